@@ -1,0 +1,69 @@
+"""The one error tree of steplog. Adapters translate what they catch into these,
+once, at their boundary; the API turns `code` and `status` into problem+json."""
+
+from __future__ import annotations
+
+
+class SteplogError(Exception):
+    code = "internal"
+    status = 500
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+
+
+class NotFound(SteplogError):
+    code = "not_found"
+    status = 404
+
+
+class WorkflowNotFound(NotFound):
+    code = "workflow_not_found"
+
+
+class ExecutionNotFound(NotFound):
+    code = "execution_not_found"
+
+
+class ConcurrencyError(SteplogError):
+    """Another writer appended at the seq this append expected to take."""
+
+    code = "concurrency_conflict"
+    status = 409
+
+
+class ExecutionNameConflict(SteplogError):
+    code = "execution_name_conflict"
+    status = 409
+
+
+class ExecutionNotRunning(SteplogError):
+    code = "execution_not_running"
+    status = 409
+
+
+class InvalidRequest(SteplogError):
+    code = "invalid_request"
+    status = 400
+
+
+class PayloadTooLarge(SteplogError):
+    code = "payload_too_large"
+    status = 413
+
+
+class InvalidDefinition(SteplogError):
+    """An ASL document that does not validate; `errors` lists (json path, message)."""
+
+    code = "invalid_definition"
+    status = 422
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{p}: {m}" for p, m in errors) or "invalid definition")
+        self.errors = errors
+
+
+class Unavailable(SteplogError):
+    code = "service_unavailable"
+    status = 503
