@@ -1,0 +1,536 @@
+"""PostgreSQL event store: the source of truth (DESIGN "How an execution moves").
+
+Every SQL statement of the store is a named constant in the block below. asyncpg
+errors are translated here, once, into the engine.errors tree. JSON crosses the
+boundary as text (``$n::text::jsonb`` in, ``::text`` out), so the store works on
+any pool whatever JSON codecs its owner registered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from engine.errors import ConcurrencyError, ExecutionNameConflict, InvalidRequest
+
+NOTIFY_CHANNEL = "steplog_events"
+TERMINAL_EVENT_TYPES: tuple[str, ...] = (
+    "ExecutionSucceeded",
+    "ExecutionFailed",
+    "ExecutionTimedOut",
+    "ExecutionAborted",
+)
+
+# ---------------------------------------------------------------------------------------------
+# Statements
+# ---------------------------------------------------------------------------------------------
+
+_EVENT_COLUMNS = "execution_id, seq, position, type, data::text AS data, recorded_at, tx_id"
+
+# Workflows. The workflows row is locked FOR UPDATE so concurrent puts of one workflow
+# serialise and never both create "the next" version.
+INSERT_WORKFLOW = """
+INSERT INTO workflows (namespace, name) VALUES ($1, $2) ON CONFLICT DO NOTHING"""
+LOCK_WORKFLOW = "SELECT 1 FROM workflows WHERE namespace = $1 AND name = $2 FOR UPDATE"
+SELECT_LATEST_VERSION = """
+SELECT namespace, name, version, definition::text AS definition, definition_hash, created_at
+FROM workflow_versions WHERE namespace = $1 AND name = $2
+ORDER BY version DESC LIMIT 1"""
+SELECT_VERSION = """
+SELECT namespace, name, version, definition::text AS definition, definition_hash, created_at
+FROM workflow_versions WHERE namespace = $1 AND name = $2 AND version = $3"""
+INSERT_VERSION = """
+INSERT INTO workflow_versions (namespace, name, version, definition, definition_hash)
+VALUES ($1, $2, $3, $4::text::jsonb, $5)
+RETURNING namespace, name, version, definition::text AS definition, definition_hash, created_at"""
+LIST_LATEST_VERSIONS = """
+SELECT DISTINCT ON (name)
+       namespace, name, version, definition::text AS definition, definition_hash, created_at
+FROM workflow_versions WHERE namespace = $1
+ORDER BY name, version DESC"""
+
+# Executions. One statement (so one implicit transaction and one round trip) inserts the
+# executions row and, only when that insert happened, event seq 1 and the notification.
+# ON CONFLICT DO NOTHING waits for a concurrent inserter of the same name to finish, so
+# the follow-up SELECT sees its committed row.
+START_EXECUTION = f"""
+WITH started AS (
+    INSERT INTO executions
+        (execution_id, namespace, workflow, version, name, input, input_hash, started_at)
+    VALUES ($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8)
+    ON CONFLICT (namespace, workflow, name) DO NOTHING
+    RETURNING execution_id, started_at
+), first_event AS (
+    INSERT INTO events (execution_id, seq, type, data, recorded_at)
+    SELECT execution_id, 1, $9, $10::text::jsonb, started_at FROM started
+    RETURNING position
+), notified AS (
+    SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM first_event
+)
+SELECT position FROM first_event CROSS JOIN notified"""
+SELECT_EXECUTION_BY_NAME = """
+SELECT execution_id, namespace, workflow, version, name, input::text AS input, input_hash,
+       started_at
+FROM executions WHERE namespace = $1 AND workflow = $2 AND name = $3"""
+SELECT_EXECUTION = """
+SELECT execution_id, namespace, workflow, version, name, input::text AS input, input_hash,
+       started_at
+FROM executions WHERE execution_id = $1"""
+# The last event of an execution is terminal exactly when the execution has ended.
+RUNNING_EXECUTIONS = """
+SELECT x.execution_id
+FROM executions x
+CROSS JOIN LATERAL (
+    SELECT type FROM events e WHERE e.execution_id = x.execution_id ORDER BY seq DESC LIMIT 1
+) last
+WHERE ($1::text IS NULL OR x.namespace = $1) AND last.type <> ALL($2::text[])
+ORDER BY x.started_at, x.execution_id"""
+
+# Events. One statement appends the batch (unnest, ordered so positions follow seq), applies
+# the timer changes and notifies. The EXISTS guard refuses an expected_seq the execution has
+# not reached (no gaps); an expected_seq someone else already passed collides on the
+# primary key. Timer changes run only when the events were inserted.
+APPEND = f"""
+WITH appended AS (
+    INSERT INTO events (execution_id, seq, type, data, recorded_at)
+    SELECT $1, $2 + u.ord, u.type, u.data::jsonb, u.recorded_at
+    FROM unnest($3::text[], $4::text[], $5::timestamptz[])
+         WITH ORDINALITY AS u(type, data, recorded_at, ord)
+    WHERE $2 = 0 OR EXISTS (SELECT 1 FROM events WHERE execution_id = $1 AND seq = $2)
+    ORDER BY u.ord
+    RETURNING seq, position, tx_id
+), cancelled AS (
+    DELETE FROM timers
+    WHERE timer_id = ANY($6::text[]) AND timer_id <> ALL($7::text[])
+      AND EXISTS (SELECT 1 FROM appended)
+), set_timers AS (
+    INSERT INTO timers (timer_id, execution_id, due_at)
+    SELECT t.timer_id, $1, t.due_at FROM unnest($7::text[], $8::timestamptz[]) AS t(timer_id, due_at)
+    WHERE EXISTS (SELECT 1 FROM appended)
+    ON CONFLICT (timer_id) DO UPDATE SET execution_id = EXCLUDED.execution_id,
+                                         due_at = EXCLUDED.due_at
+), notified AS (
+    SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM (SELECT 1 FROM appended LIMIT 1) one
+)
+SELECT appended.seq, appended.position, appended.tx_id
+FROM appended LEFT JOIN notified ON true
+ORDER BY appended.seq"""
+# Timer changes without events (an append of nothing still honours them).
+CANCEL_TIMERS = "DELETE FROM timers WHERE timer_id = ANY($1::text[])"
+UPSERT_TIMERS = """
+INSERT INTO timers (timer_id, execution_id, due_at)
+SELECT t.timer_id, $1, t.due_at FROM unnest($2::text[], $3::timestamptz[]) AS t(timer_id, due_at)
+ON CONFLICT (timer_id) DO UPDATE SET execution_id = EXCLUDED.execution_id, due_at = EXCLUDED.due_at"""
+LOAD_FORWARD = f"""
+SELECT {_EVENT_COLUMNS} FROM events
+WHERE execution_id = $1 AND seq > $2 AND seq <= $3
+ORDER BY seq LIMIT $4"""
+LOAD_BACKWARD = f"""
+SELECT {_EVENT_COLUMNS} FROM events
+WHERE execution_id = $1 AND seq > $2 AND seq <= $3
+ORDER BY seq DESC LIMIT $4"""
+# Commit-safe global order. A position (identity) is taken when a row is inserted, not when
+# its transaction commits, so a tail reader that only remembered "the largest position seen"
+# would skip a smaller position committed later, forever. Instead events are ordered by the
+# inserting transaction id, then position, and only rows whose transaction id is below the
+# xmin of the current snapshot are returned: every transaction below xmin has finished
+# (committed or rolled back), and every transaction still in flight or yet to start has an
+# id >= xmin, so nothing can later appear before the last row returned. The price: one long
+# transaction anywhere in the cluster holds the reader back until it ends.
+# (The technique of the Python eventsourcing library's Postgres recorder and of Marten.)
+READ_ALL = f"""
+SELECT {_EVENT_COLUMNS} FROM events
+WHERE (tx_id, position) > ($1::text::xid8, $2::bigint)
+  AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY tx_id, position
+LIMIT $3"""
+
+DUE_TIMERS = """
+SELECT timer_id, execution_id, due_at FROM timers WHERE due_at <= $1
+ORDER BY due_at, timer_id LIMIT $2"""
+DELETE_TIMER = "DELETE FROM timers WHERE timer_id = $1"
+PING = "SELECT 1"
+
+_MAX_SEQ = 2**31 - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Records
+# ---------------------------------------------------------------------------------------------
+
+
+class NewEvent(msgspec.Struct, frozen=True):
+    """An event to append: ``data`` is the encoded event JSON (engine.events.encode_event)."""
+
+    type: str
+    data: bytes
+    timestamp: datetime
+
+
+class StoredEvent(msgspec.Struct, frozen=True):
+    """A committed event. ``position`` is global insertion order; ``tx_id`` is the id of the
+    transaction that wrote it. ``(tx_id, position)`` is its place in `EventStore.read_all`
+    order (see `global_position`). ``data`` is the event JSON as PostgreSQL renders it
+    (same value as appended; key order and whitespace may differ)."""
+
+    execution_id: UUID
+    seq: int
+    position: int
+    type: str
+    data: bytes
+    timestamp: datetime
+    tx_id: int = 0
+
+    @property
+    def global_position(self) -> GlobalPosition:
+        return GlobalPosition(self.tx_id, self.position)
+
+
+class GlobalPosition(msgspec.Struct, frozen=True, order=True):
+    """A place in `EventStore.read_all` order; ``GlobalPosition(0, 0)`` is the beginning."""
+
+    tx_id: int = 0
+    position: int = 0
+
+
+class WorkflowVersion(msgspec.Struct, frozen=True):
+    namespace: str
+    name: str
+    version: int
+    definition: dict[str, Any]
+    created_at: datetime
+
+
+class ExecutionRecord(msgspec.Struct, frozen=True):
+    execution_id: UUID
+    namespace: str
+    workflow: str
+    version: int
+    name: str
+    input_json: bytes
+    started_at: datetime
+
+
+class TimerSpec(msgspec.Struct, frozen=True):
+    """A timer to set: fire a `timer` trigger for the owning execution at ``due``."""
+
+    timer_id: str
+    due: datetime
+
+
+class TimerLike(Protocol):
+    """Anything with a ``timer_id`` and a ``due`` (e.g. decide's TimerRequest, `TimerSpec`)."""
+
+    @property
+    def timer_id(self) -> str: ...
+    @property
+    def due(self) -> datetime: ...
+
+
+class DueTimer(msgspec.Struct, frozen=True):
+    timer_id: str
+    execution_id: UUID
+    due_at: datetime
+
+
+_decode_dict = msgspec.json.Decoder(dict[str, Any])
+_decode_any = msgspec.json.Decoder()
+_encode = msgspec.json.Encoder(order="sorted")
+
+
+def canonical_json(value: Any) -> bytes:
+    """JSON with sorted keys and no whitespace: equal values give equal bytes."""
+    return _encode.encode(value)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def input_hash(input_json: bytes) -> str:
+    """Hash of an execution input's JSON value (not its spelling), for idempotent starts."""
+    try:
+        return _sha256(canonical_json(_decode_any.decode(input_json)))
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"execution input is not valid JSON: {exc}") from None
+
+
+def _text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"JSON is not valid UTF-8: {exc}") from None
+
+
+def _stored(row: asyncpg.Record) -> StoredEvent:
+    return StoredEvent(
+        execution_id=row["execution_id"],
+        seq=row["seq"],
+        position=row["position"],
+        type=row["type"],
+        data=row["data"].encode(),
+        timestamp=row["recorded_at"],
+        tx_id=row["tx_id"],
+    )
+
+
+def _version(row: asyncpg.Record) -> WorkflowVersion:
+    return WorkflowVersion(
+        namespace=row["namespace"],
+        name=row["name"],
+        version=row["version"],
+        definition=_decode_dict.decode(row["definition"]),
+        created_at=row["created_at"],
+    )
+
+
+def _execution(row: asyncpg.Record) -> ExecutionRecord:
+    return ExecutionRecord(
+        execution_id=row["execution_id"],
+        namespace=row["namespace"],
+        workflow=row["workflow"],
+        version=row["version"],
+        name=row["name"],
+        input_json=row["input"].encode(),
+        started_at=row["started_at"],
+    )
+
+
+def _bad_json(exc: asyncpg.PostgresError) -> InvalidRequest:
+    # jsonb refuses what JSON allows but PostgreSQL cannot store, e.g. "\u0000".
+    return InvalidRequest(f"JSON refused by the database: {exc}")
+
+
+_JSON_ERRORS = (asyncpg.InvalidTextRepresentationError, asyncpg.UntranslatableCharacterError)
+
+
+# ---------------------------------------------------------------------------------------------
+# Store
+# ---------------------------------------------------------------------------------------------
+
+
+class EventStore:
+    """The event store over an asyncpg pool it does not own (it never closes it).
+
+    Contracts (docs/internals.md "Store"): events are immutable and seq is contiguous
+    from 1 per execution; `append` at a taken seq raises `ConcurrencyError`; an execution
+    name starts one execution however often it is sent (`ExecutionNameConflict` for a
+    different input); `read_all` never skips an event committed late.
+    """
+
+    notify_channel = NOTIFY_CHANNEL
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    # -- workflows ------------------------------------------------------------------------
+
+    async def put_workflow(
+        self, namespace: str, name: str, definition: dict[str, Any]
+    ) -> tuple[WorkflowVersion, bool]:
+        """Store ``definition`` as the next version of the workflow unless it equals the
+        latest one (compared as canonical JSON). Returns (version, created)."""
+        canonical = canonical_json(definition)
+        digest = _sha256(canonical)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(INSERT_WORKFLOW, namespace, name)
+            await conn.execute(LOCK_WORKFLOW, namespace, name)
+            latest = await conn.fetchrow(SELECT_LATEST_VERSION, namespace, name)
+            if latest is not None and latest["definition_hash"] == digest:
+                return _version(latest), False
+            try:
+                row = await conn.fetchrow(
+                    INSERT_VERSION,
+                    namespace,
+                    name,
+                    1 if latest is None else latest["version"] + 1,
+                    _text(canonical),
+                    digest,
+                )
+            except _JSON_ERRORS as exc:
+                raise _bad_json(exc) from None
+            return _version(row), True
+
+    async def get_workflow(
+        self, namespace: str, name: str, version: int | None = None
+    ) -> WorkflowVersion | None:
+        """The given version, or the latest one when ``version`` is None."""
+        if version is None:
+            row = await self._pool.fetchrow(SELECT_LATEST_VERSION, namespace, name)
+        else:
+            row = await self._pool.fetchrow(SELECT_VERSION, namespace, name, version)
+        return None if row is None else _version(row)
+
+    async def list_workflows(self, namespace: str) -> list[WorkflowVersion]:
+        """The latest version of every workflow of ``namespace``, by name."""
+        return [_version(r) for r in await self._pool.fetch(LIST_LATEST_VERSIONS, namespace)]
+
+    # -- executions -----------------------------------------------------------------------
+
+    async def start_execution(
+        self,
+        namespace: str,
+        workflow: str,
+        version: int,
+        execution_id: UUID,
+        name: str,
+        input_json: bytes,
+        started: NewEvent,
+    ) -> tuple[ExecutionRecord, bool]:
+        """Create the execution and its event seq 1 (``started``) atomically.
+
+        The same (namespace, workflow, name) with an equal input returns the existing
+        record and created=False (also under concurrency); a different input raises
+        `ExecutionNameConflict`. ``started.timestamp`` becomes ``started_at``.
+        """
+        digest = input_hash(input_json)
+        try:
+            position = await self._pool.fetchval(
+                START_EXECUTION,
+                execution_id,
+                namespace,
+                workflow,
+                version,
+                name,
+                _text(input_json),
+                digest,
+                started.timestamp,
+                started.type,
+                _text(started.data),
+            )
+        except _JSON_ERRORS as exc:
+            raise _bad_json(exc) from None
+        except asyncpg.UniqueViolationError as exc:
+            # Only the execution_id can collide here (names are the ON CONFLICT target).
+            raise ConcurrencyError(f"execution {execution_id} already exists") from exc
+        if position is not None:
+            record = ExecutionRecord(
+                execution_id=execution_id,
+                namespace=namespace,
+                workflow=workflow,
+                version=version,
+                name=name,
+                input_json=input_json,
+                started_at=started.timestamp,
+            )
+            return record, True
+        row = await self._pool.fetchrow(SELECT_EXECUTION_BY_NAME, namespace, workflow, name)
+        if row is None:  # pragma: no cover - rows are never deleted
+            raise ConcurrencyError(f"execution {name!r} vanished while starting")
+        if row["input_hash"] != digest:
+            raise ExecutionNameConflict(
+                f"execution {name!r} of {namespace}/{workflow} exists with a different input"
+            )
+        return _execution(row), False
+
+    async def get_execution(self, execution_id: UUID) -> ExecutionRecord | None:
+        row = await self._pool.fetchrow(SELECT_EXECUTION, execution_id)
+        return None if row is None else _execution(row)
+
+    async def running_executions(self, namespace: str | None = None) -> list[UUID]:
+        """Ids of executions whose last event is not terminal (for recovery), oldest first."""
+        rows = await self._pool.fetch(RUNNING_EXECUTIONS, namespace, list(TERMINAL_EVENT_TYPES))
+        return [r["execution_id"] for r in rows]
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def append(
+        self,
+        execution_id: UUID,
+        expected_seq: int,
+        events: Sequence[NewEvent],
+        set_timers: Sequence[TimerLike] = (),
+        cancel_timers: Sequence[str] = (),
+    ) -> list[StoredEvent]:
+        """Append ``events`` at seq ``expected_seq + 1 ...`` in one transaction with the
+        timer changes, and notify `NOTIFY_CHANNEL` on commit.
+
+        Raises `ConcurrencyError` when a seq is taken (another writer won) or when the
+        execution has no event ``expected_seq`` (the caller's state is not the log's).
+        With no events, only the timer changes are applied.
+        """
+        timer_ids = [t.timer_id for t in set_timers]
+        timer_dues = [t.due for t in set_timers]
+        if not events:
+            async with self._pool.acquire() as conn, conn.transaction():
+                if cancel_timers:
+                    await conn.execute(CANCEL_TIMERS, list(cancel_timers))
+                if timer_ids:
+                    await conn.execute(UPSERT_TIMERS, execution_id, timer_ids, timer_dues)
+            return []
+        try:
+            rows = await self._pool.fetch(
+                APPEND,
+                execution_id,
+                expected_seq,
+                [e.type for e in events],
+                [_text(e.data) for e in events],
+                [e.timestamp for e in events],
+                list(cancel_timers),
+                timer_ids,
+                timer_dues,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise ConcurrencyError(
+                f"execution {execution_id}: seq {expected_seq + 1} is already taken"
+            ) from exc
+        except _JSON_ERRORS as exc:
+            raise _bad_json(exc) from None
+        if not rows:
+            raise ConcurrencyError(f"execution {execution_id} has no event at seq {expected_seq}")
+        return [
+            StoredEvent(
+                execution_id=execution_id,
+                seq=row["seq"],
+                position=row["position"],
+                type=event.type,
+                data=event.data,
+                timestamp=event.timestamp,
+                tx_id=row["tx_id"],
+            )
+            for row, event in zip(rows, events, strict=True)
+        ]
+
+    async def load(
+        self,
+        execution_id: UUID,
+        after_seq: int = 0,
+        upto_seq: int | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> list[StoredEvent]:
+        """Events with ``after_seq < seq <= upto_seq`` (no upper bound when None), by seq
+        ascending, or descending when ``reverse``; at most ``limit`` (None = all)."""
+        query = LOAD_BACKWARD if reverse else LOAD_FORWARD
+        upper = _MAX_SEQ if upto_seq is None else upto_seq
+        rows = await self._pool.fetch(query, execution_id, after_seq, upper, limit)
+        return [_stored(r) for r in rows]
+
+    async def read_all(self, after: GlobalPosition, limit: int) -> list[StoredEvent]:
+        """Up to ``limit`` events after ``after`` in commit-safe global order: ordered by
+        (tx_id, position), never returning an event while a transaction that could still
+        commit one before it is in flight. Page with ``events[-1].global_position``."""
+        rows = await self._pool.fetch(READ_ALL, str(after.tx_id), after.position, limit)
+        return [_stored(r) for r in rows]
+
+    # -- timers ---------------------------------------------------------------------------
+
+    async def due_timers(self, now: datetime, limit: int) -> list[DueTimer]:
+        """Timers with ``due_at <= now``, earliest first."""
+        rows = await self._pool.fetch(DUE_TIMERS, now, limit)
+        return [DueTimer(r["timer_id"], r["execution_id"], r["due_at"]) for r in rows]
+
+    async def delete_timer(self, timer_id: str) -> bool:
+        """Delete a timer; False if it was already gone."""
+        status: str = await self._pool.execute(DELETE_TIMER, timer_id)
+        return status != "DELETE 0"
+
+    async def ping(self) -> bool:
+        """True when PostgreSQL answers (raises the driver's error when it does not)."""
+        return bool(await self._pool.fetchval(PING) == 1)

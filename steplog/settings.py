@@ -1,0 +1,97 @@
+"""Process settings: one frozen Struct, read from ``STEPLOG_*`` once.
+
+Only `Settings.from_env` looks at the environment, and only at the mapping it is
+given; everything else receives a `Settings` (tests build one directly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+ALL_ROLES: tuple[str, ...] = ("api", "engine", "worker", "projector")
+LOG_FORMATS: tuple[str, ...] = ("text", "json")
+LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a steplog process is configured with.
+
+    ``database_url`` / ``redis_url`` of None mean "start embedded servers under
+    ``data_dir``" (see steplog.embedded).
+    """
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path(".steplog")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    roles: tuple[str, ...] = ALL_ROLES
+    partitions: int = 4
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+    max_payload_bytes: int = 262_144
+    task_visibility_timeout_s: float = 30.0
+    namespace: str = "default"
+    redis_prefix: str = "steplog"
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1:
+            raise ValueError("partitions must be >= 1")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be in 0..65535")
+        unknown = [r for r in self.roles if r not in ALL_ROLES]
+        if unknown or not self.roles:
+            raise ValueError(f"roles must be a non-empty subset of {ALL_ROLES}, got {self.roles}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {LOG_FORMATS}")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {LOG_LEVELS}")
+        if self.max_payload_bytes < 1 or self.task_visibility_timeout_s <= 0:
+            raise ValueError("max_payload_bytes and task_visibility_timeout_s must be positive")
+        if not self.redis_prefix or any(c in self.redis_prefix for c in "{}: "):
+            # The prefix goes inside Redis hash tags; braces or colons would break them.
+            raise ValueError("redis_prefix must be non-empty without '{', '}', ':' or spaces")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build Settings from ``STEPLOG_<FIELD>`` variables (upper-cased field names).
+
+        Unset or empty variables keep the default. ``STEPLOG_ROLES`` is a comma
+        separated list. Raises ValueError naming the variable on a bad value.
+        """
+        values: dict[str, object] = {}
+
+        def get(field: str) -> str | None:
+            raw = environ.get(f"STEPLOG_{field.upper()}")
+            return raw.strip() if raw is not None and raw.strip() else None
+
+        for field in ("database_url", "redis_url", "host", "namespace", "redis_prefix"):
+            if (raw := get(field)) is not None:
+                values[field] = raw
+        if (raw := get("data_dir")) is not None:
+            values["data_dir"] = Path(raw)
+        if (raw := get("log_format")) is not None:
+            values["log_format"] = raw.lower()
+        if (raw := get("log_level")) is not None:
+            values["log_level"] = raw.upper()
+        if (raw := get("roles")) is not None:
+            values["roles"] = tuple(r.strip() for r in raw.split(",") if r.strip())
+        for field, kind in (
+            ("port", int),
+            ("partitions", int),
+            ("max_payload_bytes", int),
+            ("task_visibility_timeout_s", float),
+        ):
+            if (raw := get(field)) is not None:
+                try:
+                    values[field] = kind(raw)
+                except ValueError:
+                    raise ValueError(f"STEPLOG_{field.upper()}: not a number: {raw!r}") from None
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ValueError(f"invalid STEPLOG_* settings: {exc}") from None
