@@ -1,0 +1,567 @@
+"""States.* intrinsic functions, parsed once and evaluated per call.
+
+Contract
+--------
+``compile_intrinsic(text) -> Intrinsic`` parses a call such as
+``States.Format('Hello {}', $.name)`` and checks the function name and its
+argument count; it raises ``IntrinsicSyntaxError`` (a ``ValueError``) on bad
+syntax. ``is_intrinsic(text)`` tells a call apart from a path.
+
+``Intrinsic.evaluate(data, context, env) -> Any`` evaluates the call. Path
+arguments read ``$`` from ``data``, ``$$`` from ``context`` and ``$name``
+from ``env.variables``. Randomness (MathRandom without a seed, UUID) comes
+only from ``env.rng`` / ``env.uuid``. Failures:
+
+* a function rejects its arguments: ``StatesError(States.IntrinsicFailure,
+  cause)``;
+* a path argument selects nothing: ``ArgumentPathNotFound`` (a
+  ``PathNotFound``) carrying ``path_text``; the template layer words it as
+  AWS does for the field being rendered.
+
+Argument syntax: string literals in single quotes where ``\\'``, ``\\\\``,
+``\\{`` and ``\\}`` are escapes (``{``/``}`` stay escaped for States.Format,
+so ``'\\{}'`` is a literal ``{}`` there); integers and decimals (a JSON int
+stays a Python int); ``true``, ``false``, ``null``; JSONPaths (``$.x``,
+``$$.x``, ``$var.x``); nested calls.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from engine.asl.context import EvalEnv
+from engine.asl.errors import INTRINSIC_FAILURE, StatesError
+from engine.asl.jsonpath import (
+    JsonPath,
+    PathNotFound,
+    PathSyntaxError,
+    compile_path,
+    dump_json,
+    java_str,
+)
+
+__all__ = [
+    "ArgumentPathNotFound",
+    "Intrinsic",
+    "IntrinsicSyntaxError",
+    "compile_intrinsic",
+    "is_intrinsic",
+]
+
+
+class IntrinsicSyntaxError(ValueError):
+    """The text is not a well-formed intrinsic function call."""
+
+
+class ArgumentPathNotFound(PathNotFound):
+    """A JSONPath argument of an intrinsic selected nothing."""
+
+    def __init__(self, path_text: str, message: str) -> None:
+        super().__init__(message)
+        self.path_text = path_text
+
+
+_CALL_START = re.compile(r"\s*(States\.[A-Za-z0-9]+)\s*\(")
+_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
+_KEYWORD = re.compile(r"(true|false|null)(?=\s*[,)])")
+
+_MAX_ARRAY_RANGE = 1000
+_MAX_BASE64_INPUT = 10000
+_HASH_ALGORITHMS: Final = {
+    "MD5": "md5",
+    "SHA-1": "sha1",
+    "SHA-256": "sha256",
+    "SHA-384": "sha384",
+    "SHA-512": "sha512",
+}
+
+
+def is_intrinsic(text: str) -> bool:
+    """True if ``text`` looks like an intrinsic call rather than a path."""
+    return _CALL_START.match(text) is not None
+
+
+# --------------------------------------------------------------------------
+# Argument nodes
+# --------------------------------------------------------------------------
+
+
+class _Arg:
+    def value(self, data: Any, context: Any, env: EvalEnv) -> Any:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class _Literal(_Arg):
+    literal: Any
+    # For string literals: the text with brace escapes kept, which is what
+    # States.Format needs to tell '\{}' from a placeholder.
+    format_text: str | None = None
+
+    def value(self, data: Any, context: Any, env: EvalEnv) -> Any:
+        return self.literal
+
+
+@dataclass(frozen=True, slots=True)
+class _PathArg(_Arg):
+    path: JsonPath
+
+    def value(self, data: Any, context: Any, env: EvalEnv) -> Any:
+        try:
+            return self.path.evaluate(data, context, env.variables)
+        except PathNotFound as exc:
+            raise ArgumentPathNotFound(self.path.text, str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class _CallArg(_Arg):
+    call: Intrinsic
+
+    def value(self, data: Any, context: Any, env: EvalEnv) -> Any:
+        return self.call.evaluate(data, context, env)
+
+
+# --------------------------------------------------------------------------
+# Functions. Each takes the evaluated arguments (plus the format text of a
+# literal first argument for States.Format) and the env.
+# --------------------------------------------------------------------------
+
+
+def _fail(message: str) -> StatesError:
+    return StatesError(INTRINSIC_FAILURE, message)
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    return "object"
+
+
+def _need(fn: str, position: int, value: Any, *kinds: str) -> None:
+    if _kind(value) not in kinds:
+        raise _fail(
+            f"Invalid arguments in {fn}: argument {position} must be of type "
+            f"{' or '.join(kinds)} but was {_kind(value)} ({dump_json(value)})"
+        )
+
+
+def _need_int(fn: str, position: int, value: Any) -> int:
+    _need(fn, position, value, "number")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise _fail(f"Invalid arguments in {fn}: argument {position} must be an integer "
+                        f"but was {dump_json(value)}")
+        return int(value)
+    return int(value)
+
+
+def _json_equal(a: Any, b: Any) -> bool:
+    if _kind(a) != _kind(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def _java_round(x: float) -> int:
+    """``Math.round``: halves round towards positive infinity (-1.5 -> -1)."""
+    return math.floor(x + 0.5)
+
+
+def _format(args: list[Any], format_text: str | None, env: EvalEnv) -> Any:
+    template = args[0]
+    _need("States.Format", 1, template, "string")
+    text = format_text if format_text is not None else template
+    values = args[1:]
+    out: list[str] = []
+    used = 0
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            out.append(text[i + 1])
+            i += 2
+            continue
+        if c == "{" and text.startswith("{}", i):
+            if used >= len(values):
+                raise _fail("Number of arguments in States.Format does not match the "
+                            "number of placeholders in the format string")
+            out.append(java_str(values[used]))
+            used += 1
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    if used != len(values):
+        raise _fail("Number of arguments in States.Format does not match the number of "
+                    "placeholders in the format string")
+    return "".join(out)
+
+
+def _string_to_json(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
+    s = args[0]
+    _need("States.StringToJson", 1, s, "string")
+    if not s.strip():
+        return None  # recorded: '' and ' ' give null
+    try:
+        return json.loads(s)
+    except json.JSONDecodeError:
+        raise _fail(f"Invalid arguments in States.StringToJson: the string {dump_json(s)} "
+                    "is not valid JSON") from None
+
+
+def _json_to_string(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
+    return dump_json(args[0])
+
+
+def _array(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
+    return list(args)
+
+
+def _array_partition(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
+    arr, size = args
+    _need("States.ArrayPartition", 1, arr, "array")
+    n = _need_int("States.ArrayPartition", 2, size)
+    if n <= 0:
+        raise _fail("Invalid arguments in States.ArrayPartition: the chunk size must be "
+                    f"greater than 0 but was {n}")
+    return [arr[i : i + n] for i in range(0, len(arr), n)]
+
+
+def _array_contains(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
+    arr, item = args
+    _need("States.ArrayContains", 1, arr, "array")
+    return any(_json_equal(x, item) for x in arr)
+
+
+def _array_range(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
+    start = _need_int("States.ArrayRange", 1, args[0])
+    end = _need_int("States.ArrayRange", 2, args[1])
+    step = _need_int("States.ArrayRange", 3, args[2])
+    if step == 0:
+        raise _fail("Invalid arguments in States.ArrayRange: the step cannot be 0")
+    # The end is inclusive when the steps land on it.
+    out = list(range(start, end + (1 if step > 0 else -1), step))
+    if len(out) > _MAX_ARRAY_RANGE:
+        raise _fail("Invalid arguments in States.ArrayRange: the result may not contain more "
+                    f"than {_MAX_ARRAY_RANGE} items")
+    return out
+
+
+def _array_get_item(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
+    arr, index = args
+    _need("States.ArrayGetItem", 1, arr, "array")
+    i = _need_int("States.ArrayGetItem", 2, index)
+    if not 0 <= i < len(arr):
+        raise _fail(f"Invalid arguments in States.ArrayGetItem: index {i} is out of bounds "
+                    f"for an array of length {len(arr)}")
+    return arr[i]
+
+
+def _array_length(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
+    _need("States.ArrayLength", 1, args[0], "array")
+    return len(args[0])
+
+
+def _array_unique(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
+    arr = args[0]
+    _need("States.ArrayUnique", 1, arr, "array")
+    out: list[Any] = []
+    for x in arr:
+        if not any(_json_equal(x, y) for y in out):
+            out.append(x)
+    return out
+
+
+def _base64_encode(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
+    s = args[0]
+    _need("States.Base64Encode", 1, s, "string")
+    if len(s) > _MAX_BASE64_INPUT:
+        raise _fail("Invalid arguments in States.Base64Encode: the input may not be longer "
+                    f"than {_MAX_BASE64_INPUT} characters")
+    return base64.b64encode(s.encode("utf-8")).decode("ascii")
+
+
+def _base64_decode(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
+    s = args[0]
+    _need("States.Base64Decode", 1, s, "string")
+    if len(s) > _MAX_BASE64_INPUT:
+        raise _fail("Invalid arguments in States.Base64Decode: the input may not be longer "
+                    f"than {_MAX_BASE64_INPUT} characters")
+    try:
+        return base64.b64decode(s, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise _fail("Invalid arguments in States.Base64Decode: the input is not a valid "
+                    "base64 encoded string") from None
+
+
+def _hash(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
+    data, algorithm = args
+    _need("States.Hash", 1, data, "string")
+    _need("States.Hash", 2, algorithm, "string")
+    name = _HASH_ALGORITHMS.get(algorithm)
+    if name is None:
+        raise _fail(f"Invalid arguments in States.Hash: unsupported algorithm '{algorithm}', "
+                    f"expected one of {', '.join(_HASH_ALGORITHMS)}")
+    return hashlib.new(name, data.encode("utf-8")).hexdigest()
+
+
+def _json_merge(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
+    left, right, deep = args
+    _need("States.JsonMerge", 1, left, "object")
+    _need("States.JsonMerge", 2, right, "object")
+    _need("States.JsonMerge", 3, deep, "boolean")
+    if deep:
+        # AWS only offers the shallow merge.
+        raise _fail("Invalid arguments in States.JsonMerge: deep merging is not supported, "
+                    "the third argument must be false")
+    return {**left, **right}
+
+
+def _math_random(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
+    start = args[0]
+    end = args[1]
+    _need("States.MathRandom", 1, start, "number")
+    _need("States.MathRandom", 2, end, "number")
+    lo, hi = int(start), int(end)
+    if lo >= hi:
+        raise _fail("Invalid arguments in States.MathRandom: the start must be less than "
+                    "the end")
+    if len(args) == 3:
+        seed = _need_int("States.MathRandom", 3, args[2])
+        # A seeded call is reproducible by definition; it never touches env.
+        return random.Random(seed).randrange(lo, hi)
+    return env.rng.randrange(lo, hi)
+
+
+def _math_add(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
+    a, b = args
+    _need("States.MathAdd", 1, a, "number")
+    _need("States.MathAdd", 2, b, "number")
+    # Recorded: AWS rounds each operand (Java Math.round) and adds integers:
+    # MathAdd(1.49, 1.5) == 3, MathAdd(-1.5, 0) == -1.
+    return _java_round(a) + _java_round(b)
+
+
+def _string_split(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
+    s, delimiters = args
+    _need("States.StringSplit", 1, s, "string")
+    _need("States.StringSplit", 2, delimiters, "string")
+    if not delimiters:
+        return [s] if s else []
+    # Every character of the delimiter string splits; empty pieces are dropped.
+    pieces = re.split("[" + re.escape(delimiters) + "]", s)
+    return [p for p in pieces if p]
+
+
+def _uuid(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
+    return env.uuid()
+
+
+_Impl = Callable[[list[Any], "str | None", EvalEnv], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    impl: _Impl
+    min_args: int
+    max_args: int | None
+
+
+_FUNCTIONS: Final[dict[str, _Spec]] = {
+    "States.Format": _Spec(_format, 1, None),
+    "States.StringToJson": _Spec(_string_to_json, 1, 1),
+    "States.JsonToString": _Spec(_json_to_string, 1, 1),
+    "States.Array": _Spec(_array, 0, None),
+    "States.ArrayPartition": _Spec(_array_partition, 2, 2),
+    "States.ArrayContains": _Spec(_array_contains, 2, 2),
+    "States.ArrayRange": _Spec(_array_range, 3, 3),
+    "States.ArrayGetItem": _Spec(_array_get_item, 2, 2),
+    "States.ArrayLength": _Spec(_array_length, 1, 1),
+    "States.ArrayUnique": _Spec(_array_unique, 1, 1),
+    "States.Base64Encode": _Spec(_base64_encode, 1, 1),
+    "States.Base64Decode": _Spec(_base64_decode, 1, 1),
+    "States.Hash": _Spec(_hash, 2, 2),
+    "States.JsonMerge": _Spec(_json_merge, 3, 3),
+    "States.MathRandom": _Spec(_math_random, 2, 3),
+    "States.MathAdd": _Spec(_math_add, 2, 2),
+    "States.StringSplit": _Spec(_string_split, 2, 2),
+    "States.UUID": _Spec(_uuid, 0, 0),
+}
+
+
+class Intrinsic:
+    """A compiled intrinsic call. Build with ``compile_intrinsic``."""
+
+    __slots__ = ("args", "name", "spec", "text")
+
+    def __init__(self, text: str, name: str, args: tuple[_Arg, ...]) -> None:
+        self.text = text
+        self.name = name
+        self.args = args
+        self.spec = _FUNCTIONS[name]
+
+    def __repr__(self) -> str:
+        return f"Intrinsic({self.text!r})"
+
+    def evaluate(self, data: Any, context: Any, env: EvalEnv) -> Any:
+        values = [a.value(data, context, env) for a in self.args]
+        first = self.args[0] if self.args else None
+        format_text = first.format_text if isinstance(first, _Literal) else None
+        return self.spec.impl(values, format_text, env)
+
+
+# --------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def error(self, message: str) -> IntrinsicSyntaxError:
+        return IntrinsicSyntaxError(
+            f"Invalid intrinsic function '{self.text}': {message} at position {self.pos}")
+
+    def skip_ws(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos] in " \t\r\n":
+            self.pos += 1
+
+    def peek(self) -> str:
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def parse_call(self) -> Intrinsic:
+        start = self.pos
+        m = _CALL_START.match(self.text, self.pos)
+        if not m:
+            raise self.error("expected States.<Function>(")
+        name = m.group(1)
+        if name not in _FUNCTIONS:
+            raise self.error(f"unknown function {name}")
+        self.pos = m.end()
+        args: list[_Arg] = []
+        self.skip_ws()
+        if self.peek() == ")":
+            self.pos += 1
+        else:
+            while True:
+                args.append(self.parse_arg())
+                self.skip_ws()
+                c = self.peek()
+                self.pos += 1
+                if c == ")":
+                    break
+                if c != ",":
+                    self.pos -= 1
+                    raise self.error("expected ',' or ')'")
+        spec = _FUNCTIONS[name]
+        if len(args) < spec.min_args or (spec.max_args is not None and len(args) > spec.max_args):
+            raise self.error(f"{name} takes "
+                             + (f"{spec.min_args}" if spec.min_args == spec.max_args else
+                                f"{spec.min_args} to {spec.max_args or 'any number of'}")
+                             + f" arguments, got {len(args)}")
+        return Intrinsic(self.text[start : self.pos].strip(), name, tuple(args))
+
+    def parse_arg(self) -> _Arg:
+        self.skip_ws()
+        c = self.peek()
+        if c == "'":
+            return self.parse_string()
+        if c == "$":
+            return self.parse_path()
+        if self.text.startswith("States.", self.pos):
+            return _CallArg(self.parse_call())
+        m = _NUMBER.match(self.text, self.pos)
+        if m:
+            self.pos = m.end()
+            is_float = m.group(1) is not None or m.group(2) is not None
+            return _Literal(float(m.group()) if is_float else int(m.group()))
+        m = _KEYWORD.match(self.text, self.pos)
+        if m:
+            self.pos = m.end()
+            return _Literal({"true": True, "false": False, "null": None}[m.group(1)])
+        raise self.error("expected an argument")
+
+    def parse_string(self) -> _Literal:
+        self.pos += 1  # opening quote
+        value: list[str] = []
+        fmt: list[str] = []
+        while True:
+            c = self.peek()
+            if c == "":
+                raise self.error("unterminated string literal")
+            if c == "\\":
+                nxt = self.text[self.pos + 1 : self.pos + 2]
+                if nxt == "":
+                    raise self.error("dangling escape")
+                value.append(nxt)
+                # Brace and backslash escapes matter to Format's placeholder
+                # scan, so the format text keeps them.
+                fmt.append("\\" + nxt if nxt in "{}\\" else nxt)
+                self.pos += 2
+                continue
+            self.pos += 1
+            if c == "'":
+                return _Literal("".join(value), "".join(fmt))
+            value.append(c)
+            fmt.append(c)
+
+    def parse_path(self) -> _PathArg:
+        # A path runs to the next ',' or ')' outside brackets, parens, quotes.
+        start = self.pos
+        depth = 0
+        quote = ""
+        while self.pos < len(self.text):
+            c = self.text[self.pos]
+            if quote:
+                if c == "\\":
+                    self.pos += 1
+                elif c == quote:
+                    quote = ""
+            elif c in "'\"":
+                quote = c
+            elif c in "[(":
+                depth += 1
+            elif c in "])":
+                if depth == 0:
+                    break
+                depth -= 1
+            elif c == "," and depth == 0:
+                break
+            self.pos += 1
+        text = self.text[start : self.pos].strip()
+        try:
+            return _PathArg(compile_path(text))
+        except PathSyntaxError as exc:
+            raise self.error(str(exc)) from None
+
+
+def compile_intrinsic(text: str) -> Intrinsic:
+    """Parse an intrinsic call once (raises ``IntrinsicSyntaxError``)."""
+    parser = _Parser(text)
+    call = parser.parse_call()
+    parser.skip_ws()
+    if parser.pos != len(text):
+        raise parser.error("unexpected text after the call")
+    return call
