@@ -39,12 +39,8 @@ from typing import Any, Final
 import msgspec
 
 from engine.asl.choice import check_choice, parse_timestamp
+from engine.asl.intrinsics import IntrinsicSyntaxError, compile_intrinsic, is_intrinsic
 from engine.asl.jsonpath import PathSyntaxError, compile_path
-
-try:  # intrinsics are written in parallel; validate `.$` calls once they exist
-    from engine.asl.intrinsics import compile_intrinsic as _compile_intrinsic
-except ImportError:  # pragma: no cover - only while the module is missing
-    _compile_intrinsic = None
 
 __all__ = ["ValidationError", "validate_definition"]
 
@@ -306,17 +302,15 @@ class _Validator:
             self.fail(path, f"must be a reference path (no filters, wildcards or slices): {value!r}")
 
     def path_or_intrinsic(self, value: Any, path: str) -> None:
-        if isinstance(value, str) and value.startswith("States."):
+        if isinstance(value, str) and is_intrinsic(value):
             self.intrinsic(value, path)
         else:
             self.path_field(value, path, reference=None, nullable=False)
 
     def intrinsic(self, text: str, path: str) -> None:
-        if _compile_intrinsic is None:
-            return
         try:
-            _compile_intrinsic(text)
-        except ValueError as e:
+            compile_intrinsic(text)
+        except IntrinsicSyntaxError as e:
             self.fail(path, f"invalid intrinsic function {text!r}: {e}")
 
     def paths(self, state: dict[str, Any], path: str, language: str) -> None:

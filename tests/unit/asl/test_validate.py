@@ -442,3 +442,17 @@ def test_jsonata_expressions_stand_in_for_numbers() -> None:
 
 def test_unknown_query_language_is_rejected() -> None:
     assert _paths(_one(_pass(), QueryLanguage="XPath")) == ["$.QueryLanguage"]
+
+
+def test_malformed_intrinsic_call_is_rejected() -> None:
+    doc = _one(_pass(Parameters={"v.$": "States.Format('{}', $.a"}))
+    assert _paths(doc) == ["$.States.S.Parameters['v.$']"]
+
+
+def test_unknown_intrinsic_function_is_rejected() -> None:
+    assert _paths(_one(_pass(Parameters={"v.$": "States.Nope($.a)"}))) == ["$.States.S.Parameters['v.$']"]
+
+
+def test_fail_cause_path_may_be_an_intrinsic_call() -> None:
+    doc = _one({"Type": "Fail", "CausePath": "States.Format('{}', $.c)"})
+    assert validate_definition(doc) == []
