@@ -196,9 +196,7 @@ _TESTS: dict[str, Callable[[Any], bool]] = {
     "IsTimestamp": lambda v: isinstance(v, str) and parse_timestamp(v) is not None,
 }
 
-CHOICE_RULE_OPERATORS: Final[frozenset[str]] = frozenset(
-    [*_OPS, *_PATH_OPS, *_TESTS, "IsPresent"]
-)
+CHOICE_RULE_OPERATORS: Final[frozenset[str]] = frozenset([*_OPS, *_PATH_OPS, *_TESTS, "IsPresent"])
 _COMBINATORS: Final = frozenset({"And", "Or", "Not"})
 _RULE_META: Final = frozenset({"Comment"})
 _CHOICE_META: Final = frozenset({"Next", "Comment", "Assign", "Output"})
@@ -227,7 +225,9 @@ class Rule:
 
     __slots__ = ()
 
-    def matches(self, data: Any, context: Any = None, variables: dict[str, Any] | None = None) -> bool:
+    def matches(
+        self, data: Any, context: Any = None, variables: dict[str, Any] | None = None
+    ) -> bool:
         """True when the expression holds for the state input `data`.
 
         Raises StatesError(States.Runtime) when a path selects nothing (see the
@@ -365,7 +365,9 @@ class _Compiler:
             self.fail(where, f"invalid JSONPath {text!r}: {e}")
             return None
         if not compiled.is_definite:
-            self.fail(where, f"must be a reference path (no filters, wildcards or slices): {text!r}")
+            self.fail(
+                where, f"must be a reference path (no filters, wildcards or slices): {text!r}"
+            )
             return None
         return compiled
 
@@ -376,9 +378,12 @@ class _Compiler:
         combinators = [k for k in obj if k in _COMBINATORS]
         operators = [k for k in obj if k in CHOICE_RULE_OPERATORS]
         unknown = [
-            k for k in obj
-            if k not in _COMBINATORS and k not in CHOICE_RULE_OPERATORS
-            and k not in allowed_meta and k != "Variable"
+            k
+            for k in obj
+            if k not in _COMBINATORS
+            and k not in CHOICE_RULE_OPERATORS
+            and k not in allowed_meta
+            and k != "Variable"
         ]
         for k in unknown:
             self.fail(_key_path(path, k), f"unknown field {k!r} in a choice rule")
@@ -452,14 +457,18 @@ class _Compiler:
             return None
         nxt = obj.get("Next")
         if not isinstance(nxt, str) or not nxt:
-            self.fail(_key_path(path, "Next"), "a top-level choice rule must have a Next state name")
+            self.fail(
+                _key_path(path, "Next"), "a top-level choice rule must have a Next state name"
+            )
         if "Condition" in obj:
             condition = obj["Condition"]
             for k in obj:
                 if k not in _CHOICE_META and k != "Condition":
                     self.fail(_key_path(path, k), f"field {k!r} is not allowed with Condition")
             if not isinstance(condition, str | bool):
-                self.fail(_key_path(path, "Condition"), "Condition must be a JSONata string or a boolean")
+                self.fail(
+                    _key_path(path, "Condition"), "Condition must be a JSONata string or a boolean"
+                )
                 return None
             if isinstance(condition, str) and not _is_jsonata(condition):
                 self.fail(
@@ -475,7 +484,9 @@ class _Compiler:
         rule = self.expression(obj, path, _CHOICE_META)
         if rule is None or not isinstance(nxt, str):
             return None
-        return CompiledChoice(rule, nxt, None, obj.get("Assign"), obj.get("Output"), "Output" in obj)
+        return CompiledChoice(
+            rule, nxt, None, obj.get("Assign"), obj.get("Output"), "Output" in obj
+        )
 
 
 def _is_jsonata(text: str) -> bool:

@@ -57,7 +57,9 @@ JSONATA: Final = "JSONata"
 MAX_STATE_NAME: Final = 80
 STATES_ALL: Final = "States.ALL"
 
-_TOP_FIELDS: Final = frozenset({"Comment", "StartAt", "States", "Version", "TimeoutSeconds", "QueryLanguage"})
+_TOP_FIELDS: Final = frozenset(
+    {"Comment", "StartAt", "States", "Version", "TimeoutSeconds", "QueryLanguage"}
+)
 _BRANCH_FIELDS: Final = frozenset({"Comment", "StartAt", "States"})
 _PROCESSOR_FIELDS: Final = frozenset({"Comment", "StartAt", "States", "ProcessorConfig"})
 
@@ -69,39 +71,98 @@ _ERRORS: Final = frozenset({"Retry", "Catch"})
 
 _STATE_FIELDS: Final[dict[str, frozenset[str]]] = {
     "Pass": _COMMON | _FLOW | _IO | {"Result", "ResultPath", "Parameters", "Assign"},
-    "Task": _COMMON | _FLOW | _IO | _RESULT | _ERRORS | {
-        "Resource", "Parameters", "Arguments", "Assign", "Credentials",
-        "TimeoutSeconds", "TimeoutSecondsPath", "HeartbeatSeconds", "HeartbeatSecondsPath",
+    "Task": _COMMON
+    | _FLOW
+    | _IO
+    | _RESULT
+    | _ERRORS
+    | {
+        "Resource",
+        "Parameters",
+        "Arguments",
+        "Assign",
+        "Credentials",
+        "TimeoutSeconds",
+        "TimeoutSecondsPath",
+        "HeartbeatSeconds",
+        "HeartbeatSecondsPath",
     },
     "Choice": _COMMON | _IO | {"Choices", "Default", "Assign"},
-    "Wait": _COMMON | _FLOW | _IO | {"Seconds", "SecondsPath", "Timestamp", "TimestampPath", "Assign"},
+    "Wait": _COMMON
+    | _FLOW
+    | _IO
+    | {"Seconds", "SecondsPath", "Timestamp", "TimestampPath", "Assign"},
     "Succeed": _COMMON | _IO,
     "Fail": _COMMON | {"Error", "ErrorPath", "Cause", "CausePath"},
-    "Parallel": _COMMON | _FLOW | _IO | _RESULT | _ERRORS | {"Branches", "Parameters", "Arguments", "Assign"},
-    "Map": _COMMON | _FLOW | _IO | _RESULT | _ERRORS | {
-        "ItemProcessor", "Iterator", "ItemsPath", "Items", "ItemSelector", "Parameters",
-        "ItemReader", "ItemBatcher", "ResultWriter", "Label", "Assign",
-        "MaxConcurrency", "MaxConcurrencyPath",
-        "ToleratedFailurePercentage", "ToleratedFailurePercentagePath",
-        "ToleratedFailureCount", "ToleratedFailureCountPath",
+    "Parallel": _COMMON
+    | _FLOW
+    | _IO
+    | _RESULT
+    | _ERRORS
+    | {"Branches", "Parameters", "Arguments", "Assign"},
+    "Map": _COMMON
+    | _FLOW
+    | _IO
+    | _RESULT
+    | _ERRORS
+    | {
+        "ItemProcessor",
+        "Iterator",
+        "ItemsPath",
+        "Items",
+        "ItemSelector",
+        "Parameters",
+        "ItemReader",
+        "ItemBatcher",
+        "ResultWriter",
+        "Label",
+        "Assign",
+        "MaxConcurrency",
+        "MaxConcurrencyPath",
+        "ToleratedFailurePercentage",
+        "ToleratedFailurePercentagePath",
+        "ToleratedFailureCount",
+        "ToleratedFailureCountPath",
     },
 }
 _TERMINAL_TYPES: Final = frozenset({"Choice", "Succeed", "Fail"})
 
 # Fields that only one query language accepts.
-_JSONPATH_ONLY: Final = frozenset({
-    "InputPath", "OutputPath", "Parameters", "ResultSelector", "ResultPath", "ItemsPath",
-    "SecondsPath", "TimestampPath", "TimeoutSecondsPath", "HeartbeatSecondsPath",
-    "MaxConcurrencyPath", "ToleratedFailurePercentagePath", "ToleratedFailureCountPath",
-    "ErrorPath", "CausePath",
-})
+_JSONPATH_ONLY: Final = frozenset(
+    {
+        "InputPath",
+        "OutputPath",
+        "Parameters",
+        "ResultSelector",
+        "ResultPath",
+        "ItemsPath",
+        "SecondsPath",
+        "TimestampPath",
+        "TimeoutSecondsPath",
+        "HeartbeatSecondsPath",
+        "MaxConcurrencyPath",
+        "ToleratedFailurePercentagePath",
+        "ToleratedFailureCountPath",
+        "ErrorPath",
+        "CausePath",
+    }
+)
 _JSONATA_ONLY: Final = frozenset({"Arguments", "Output", "Items"})
 
-_RETRIER_FIELDS: Final = frozenset({
-    "ErrorEquals", "IntervalSeconds", "MaxAttempts", "BackoffRate", "MaxDelaySeconds",
-    "JitterStrategy", "Comment",
-})
-_CATCHER_FIELDS: Final = frozenset({"ErrorEquals", "Next", "ResultPath", "Comment", "Assign", "Output"})
+_RETRIER_FIELDS: Final = frozenset(
+    {
+        "ErrorEquals",
+        "IntervalSeconds",
+        "MaxAttempts",
+        "BackoffRate",
+        "MaxDelaySeconds",
+        "JitterStrategy",
+        "Comment",
+    }
+)
+_CATCHER_FIELDS: Final = frozenset(
+    {"ErrorEquals", "Next", "ResultPath", "Comment", "Assign", "Output"}
+)
 
 
 def _key(path: str, key: str) -> str:
@@ -120,7 +181,12 @@ def _is_number(value: Any) -> bool:
 
 
 def _is_jsonata(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith("{%") and value.endswith("%}") and len(value) >= 4
+    return (
+        isinstance(value, str)
+        and value.startswith("{%")
+        and value.endswith("%}")
+        and len(value) >= 4
+    )
 
 
 class _Validator:
@@ -160,7 +226,7 @@ class _Validator:
 
     def top_level(self, doc: dict[str, Any], language: str) -> str:
         if "Version" in doc and doc["Version"] != "1.0":
-            self.fail("$.Version", "Version must be \"1.0\"")
+            self.fail("$.Version", 'Version must be "1.0"')
         if "TimeoutSeconds" in doc:
             self.positive_int(doc["TimeoutSeconds"], "$.TimeoutSeconds")
         if "Comment" in doc and not isinstance(doc["Comment"], str):
@@ -168,7 +234,7 @@ class _Validator:
         if "QueryLanguage" in doc:
             ql = doc["QueryLanguage"]
             if ql not in (JSONPATH, JSONATA):
-                self.fail("$.QueryLanguage", "QueryLanguage must be \"JSONPath\" or \"JSONata\"")
+                self.fail("$.QueryLanguage", 'QueryLanguage must be "JSONPath" or "JSONata"')
             else:
                 return str(ql)
         return language
@@ -245,13 +311,15 @@ class _Validator:
         ql = state["QueryLanguage"]
         where = _key(path, "QueryLanguage")
         if ql not in (JSONPATH, JSONATA):
-            self.fail(where, "QueryLanguage must be \"JSONPath\" or \"JSONata\"")
+            self.fail(where, 'QueryLanguage must be "JSONPath" or "JSONata"')
             return machine_language
         if machine_language == JSONATA and ql == JSONPATH:
             self.fail(where, "a JSONPath state is not allowed in a JSONata state machine")
         return str(ql)
 
-    def transitions(self, kind: str, state: dict[str, Any], path: str, scope: dict[str, Any]) -> None:
+    def transitions(
+        self, kind: str, state: dict[str, Any], path: str, scope: dict[str, Any]
+    ) -> None:
         has_next = "Next" in state
         end = state.get("End")
         if "End" in state and not isinstance(end, bool):
@@ -299,7 +367,9 @@ class _Validator:
         if reference == "result" and not compiled.is_reference:
             self.fail(path, f"must be a reference path into the state input: {value!r}")
         elif reference == "definite" and not compiled.is_definite:
-            self.fail(path, f"must be a reference path (no filters, wildcards or slices): {value!r}")
+            self.fail(
+                path, f"must be a reference path (no filters, wildcards or slices): {value!r}"
+            )
 
     def path_or_intrinsic(self, value: Any, path: str) -> None:
         if isinstance(value, str) and is_intrinsic(value):
@@ -320,13 +390,23 @@ class _Validator:
             if field in state:
                 self.path_field(state[field], _key(path, field), reference=None, nullable=True)
         if "ResultPath" in state:
-            self.path_field(state["ResultPath"], _key(path, "ResultPath"), reference="result", nullable=True)
+            self.path_field(
+                state["ResultPath"], _key(path, "ResultPath"), reference="result", nullable=True
+            )
         for field in (
-            "ItemsPath", "SecondsPath", "TimestampPath", "TimeoutSecondsPath", "HeartbeatSecondsPath",
-            "MaxConcurrencyPath", "ToleratedFailurePercentagePath", "ToleratedFailureCountPath",
+            "ItemsPath",
+            "SecondsPath",
+            "TimestampPath",
+            "TimeoutSecondsPath",
+            "HeartbeatSecondsPath",
+            "MaxConcurrencyPath",
+            "ToleratedFailurePercentagePath",
+            "ToleratedFailureCountPath",
         ):
             if field in state:
-                self.path_field(state[field], _key(path, field), reference="definite", nullable=False)
+                self.path_field(
+                    state[field], _key(path, field), reference="definite", nullable=False
+                )
         for field in ("ErrorPath", "CausePath"):
             if field in state:
                 self.path_or_intrinsic(state[field], _key(path, field))
@@ -338,7 +418,10 @@ class _Validator:
                 where = _key(path, key)
                 if key.endswith(".$"):
                     if not isinstance(item, str):
-                        self.fail(where, "a field ending in .$ must hold a path or intrinsic function string")
+                        self.fail(
+                            where,
+                            "a field ending in .$ must hold a path or intrinsic function string",
+                        )
                     else:
                         self.path_or_intrinsic(item, where)
                 else:
@@ -347,7 +430,9 @@ class _Validator:
             for i, item in enumerate(value):
                 self.template(item, f"{path}[{i}]")
 
-    def exclusive(self, state: dict[str, Any], path: str, fields: Iterable[str], required: bool) -> None:
+    def exclusive(
+        self, state: dict[str, Any], path: str, fields: Iterable[str], required: bool
+    ) -> None:
         present = [f for f in fields if f in state]
         names = " / ".join(fields)
         if len(present) > 1:
@@ -360,7 +445,9 @@ class _Validator:
     def task(self, state: dict[str, Any], path: str, language: str) -> None:
         resource = state.get("Resource")
         if not isinstance(resource, str) or not resource:
-            self.fail(_key(path, "Resource"), "Task Resource is required and must be a non-empty string")
+            self.fail(
+                _key(path, "Resource"), "Task Resource is required and must be a non-empty string"
+            )
         self.exclusive(state, path, ("TimeoutSeconds", "TimeoutSecondsPath"), required=False)
         self.exclusive(state, path, ("HeartbeatSeconds", "HeartbeatSecondsPath"), required=False)
         timeout, heartbeat = state.get("TimeoutSeconds"), state.get("HeartbeatSeconds")
@@ -369,13 +456,20 @@ class _Validator:
         if "HeartbeatSeconds" in state:
             self.positive_int(heartbeat, _key(path, "HeartbeatSeconds"), language)
             if isinstance(timeout, int) and isinstance(heartbeat, int) and heartbeat >= timeout:
-                self.fail(_key(path, "HeartbeatSeconds"), "HeartbeatSeconds must be smaller than TimeoutSeconds")
+                self.fail(
+                    _key(path, "HeartbeatSeconds"),
+                    "HeartbeatSeconds must be smaller than TimeoutSeconds",
+                )
         if "Arguments" in state and language == JSONATA:
             args = state["Arguments"]
             if not isinstance(args, dict) and not _is_jsonata(args):
-                self.fail(_key(path, "Arguments"), "Arguments must be an object or a JSONata expression")
+                self.fail(
+                    _key(path, "Arguments"), "Arguments must be an object or a JSONata expression"
+                )
 
-    def choice(self, state: dict[str, Any], path: str, scope: dict[str, Any], language: str) -> None:
+    def choice(
+        self, state: dict[str, Any], path: str, scope: dict[str, Any], language: str
+    ) -> None:
         choices = state.get("Choices")
         where = _key(path, "Choices")
         if not isinstance(choices, list) or not choices:
@@ -387,26 +481,33 @@ class _Validator:
                 self.fail(err_path, message)
             if not isinstance(rule, dict):
                 continue
-            if "Next" in rule:
+            if isinstance(rule.get("Next"), str):  # a missing Next is check_choice's report
                 self.target(rule["Next"], _key(rule_path, "Next"), scope)
             if language == JSONATA and "Condition" not in rule:
                 self.fail(_key(rule_path, "Condition"), "a JSONata choice rule requires Condition")
             if language == JSONPATH:
                 for field in ("Condition", "Output"):
                     if field in rule:
-                        self.fail(_key(rule_path, field), f"field {field!r} requires QueryLanguage JSONata")
+                        self.fail(
+                            _key(rule_path, field),
+                            f"field {field!r} requires QueryLanguage JSONata",
+                        )
         if "Default" in state:
             self.target(state["Default"], _key(path, "Default"), scope)
 
     def wait(self, state: dict[str, Any], path: str, language: str) -> None:
-        self.exclusive(state, path, ("Seconds", "SecondsPath", "Timestamp", "TimestampPath"), required=True)
+        self.exclusive(
+            state, path, ("Seconds", "SecondsPath", "Timestamp", "TimestampPath"), required=True
+        )
         if "Seconds" in state:
             self.non_negative_int(state["Seconds"], _key(path, "Seconds"), language)
         if "Timestamp" in state:
             ts = state["Timestamp"]
             if not (language == JSONATA and _is_jsonata(ts)):
                 if not isinstance(ts, str) or parse_timestamp(ts) is None:
-                    self.fail(_key(path, "Timestamp"), "Timestamp must be an RFC 3339 timestamp string")
+                    self.fail(
+                        _key(path, "Timestamp"), "Timestamp must be an RFC 3339 timestamp string"
+                    )
 
     def fail_state(self, state: dict[str, Any], path: str, language: str) -> None:
         self.exclusive(state, path, ("Error", "ErrorPath"), required=False)
@@ -428,24 +529,37 @@ class _Validator:
         self.exclusive(state, path, ("ItemProcessor", "Iterator"), required=True)
         self.exclusive(state, path, ("ItemSelector", "Parameters"), required=False)
         self.exclusive(state, path, ("MaxConcurrency", "MaxConcurrencyPath"), required=False)
-        self.exclusive(state, path, ("ToleratedFailurePercentage", "ToleratedFailurePercentagePath"), required=False)
-        self.exclusive(state, path, ("ToleratedFailureCount", "ToleratedFailureCountPath"), required=False)
+        self.exclusive(
+            state,
+            path,
+            ("ToleratedFailurePercentage", "ToleratedFailurePercentagePath"),
+            required=False,
+        )
+        self.exclusive(
+            state, path, ("ToleratedFailureCount", "ToleratedFailureCountPath"), required=False
+        )
         for field in ("ItemProcessor", "Iterator"):
             if field in state:
                 processor = state[field]
                 self.machine(processor, _key(path, field), _PROCESSOR_FIELDS, language)
                 if isinstance(processor, dict) and "ProcessorConfig" in processor:
-                    self.processor_config(processor["ProcessorConfig"], _key(_key(path, field), "ProcessorConfig"))
+                    self.processor_config(
+                        processor["ProcessorConfig"], _key(_key(path, field), "ProcessorConfig")
+                    )
         if "MaxConcurrency" in state:
             self.non_negative_int(state["MaxConcurrency"], _key(path, "MaxConcurrency"), language)
         if "ToleratedFailureCount" in state:
-            self.non_negative_int(state["ToleratedFailureCount"], _key(path, "ToleratedFailureCount"), language)
+            self.non_negative_int(
+                state["ToleratedFailureCount"], _key(path, "ToleratedFailureCount"), language
+            )
         if "ToleratedFailurePercentage" in state:
             value = state["ToleratedFailurePercentage"]
             if not (language == JSONATA and _is_jsonata(value)) and (
                 not _is_number(value) or not 0 <= value <= 100
             ):
-                self.fail(_key(path, "ToleratedFailurePercentage"), "must be a number between 0 and 100")
+                self.fail(
+                    _key(path, "ToleratedFailurePercentage"), "must be a number between 0 and 100"
+                )
         if "Label" in state:
             label = state["Label"]
             if not isinstance(label, str) or len(label) > 40:
@@ -472,7 +586,9 @@ class _Validator:
 
     # ------------------------------------------------------- Retry / Catch
 
-    def handlers(self, field: str, value: Any, path: str, scope: dict[str, Any], language: str) -> None:
+    def handlers(
+        self, field: str, value: Any, path: str, scope: dict[str, Any], language: str
+    ) -> None:
         if not isinstance(value, list):
             self.fail(path, f"{field} must be an array")
             return
@@ -519,7 +635,9 @@ class _Validator:
         if "JitterStrategy" in retrier and retrier["JitterStrategy"] not in ("FULL", "NONE"):
             self.fail(_key(path, "JitterStrategy"), "JitterStrategy must be FULL or NONE")
 
-    def catcher(self, catcher: dict[str, Any], path: str, scope: dict[str, Any], language: str) -> None:
+    def catcher(
+        self, catcher: dict[str, Any], path: str, scope: dict[str, Any], language: str
+    ) -> None:
         for field in catcher:
             where = _key(path, field)
             if field not in _CATCHER_FIELDS:
@@ -533,7 +651,9 @@ class _Validator:
         else:
             self.target(catcher["Next"], _key(path, "Next"), scope)
         if "ResultPath" in catcher and language == JSONPATH:
-            self.path_field(catcher["ResultPath"], _key(path, "ResultPath"), reference="result", nullable=True)
+            self.path_field(
+                catcher["ResultPath"], _key(path, "ResultPath"), reference="result", nullable=True
+            )
 
 
 def _transitions(state: Any) -> list[str]:

@@ -110,7 +110,9 @@ def _states(machine: dict[str, Any]) -> list[dict[str, Any]]:
     ],
 )
 @pytest.mark.parametrize("value", [None, [], {}, "x", 1, True])
-def test_comparison_with_a_value_of_the_wrong_type_is_false(op: str, operand: Any, value: Any) -> None:
+def test_comparison_with_a_value_of_the_wrong_type_is_false(
+    op: str, operand: Any, value: Any
+) -> None:
     # given a comparison and a value of another JSON type (or a non-matching one)
     rule = _rule(op, operand)
     expected = {
@@ -165,9 +167,15 @@ def test_missing_variable_under_a_type_test_raises() -> None:
         rule.matches({}, None, {})
 
 
-@pytest.mark.parametrize(("expected", "data", "result"), [
-    (True, {}, False), (False, {}, True), (True, {"v": None}, True), (False, {"v": None}, False),
-])
+@pytest.mark.parametrize(
+    ("expected", "data", "result"),
+    [
+        (True, {}, False),
+        (False, {}, True),
+        (True, {"v": None}, True),
+        (False, {"v": None}, False),
+    ],
+)
 def test_is_present_tests_presence_without_raising(expected: bool, data: Any, result: bool) -> None:
     assert _matches(_rule("IsPresent", expected), data) is result
 
@@ -253,7 +261,9 @@ def test_numeric_operators_compare_by_value(a: float, b: float) -> None:
     assert _matches(_rule("NumericEquals", b), data) is (a == b)
     assert _matches(_rule("NumericLessThan", b), data) is (a < b)
     assert _matches(_rule("NumericGreaterThanEquals", b), data) is (a >= b)
-    assert _matches({"Variable": "$.v", "NumericLessThanEqualsPath": "$.w"}, {"v": a, "w": b}) is (a <= b)
+    assert _matches({"Variable": "$.v", "NumericLessThanEqualsPath": "$.w"}, {"v": a, "w": b}) is (
+        a <= b
+    )
 
 
 # ------------------------------------------------------------ timestamps
@@ -291,7 +301,8 @@ def test_strings_aws_does_not_parse_are_not_timestamps(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["2016-03-14T01:59:00Z", "2016-03-14T01:59:00.5-07:00", "2016-03-14T01:59:00.123456789+05:30"]
+    "text",
+    ["2016-03-14T01:59:00Z", "2016-03-14T01:59:00.5-07:00", "2016-03-14T01:59:00.123456789+05:30"],
 )
 def test_rfc3339_strings_are_timestamps(text: str) -> None:
     assert _matches(_rule("IsTimestamp", True), {"v": text}) is True
@@ -351,8 +362,17 @@ def test_every_comparison_operator_is_known() -> None:
         for kind in ("String", "Numeric", "Timestamp")
         for op in ("Equals", "LessThan", "GreaterThan", "LessThanEquals", "GreaterThanEquals")
         for suffix in ("", "Path")
-    } | {"BooleanEquals", "BooleanEqualsPath", "StringMatches", "IsNull", "IsPresent",
-         "IsNumeric", "IsString", "IsBoolean", "IsTimestamp"}
+    } | {
+        "BooleanEquals",
+        "BooleanEqualsPath",
+        "StringMatches",
+        "IsNull",
+        "IsPresent",
+        "IsNumeric",
+        "IsString",
+        "IsBoolean",
+        "IsTimestamp",
+    }
     assert expected == CHOICE_RULE_OPERATORS
 
 
@@ -368,8 +388,12 @@ def test_two_operators_are_rejected() -> None:
 
 
 def test_literal_of_the_wrong_type_is_rejected() -> None:
-    assert _errors(_rule("NumericEquals", "1")) == [("$.R.NumericEquals", "NumericEquals must be a number")]
-    assert _errors(_rule("BooleanEquals", 1)) == [("$.R.BooleanEquals", "BooleanEquals must be a boolean")]
+    assert _errors(_rule("NumericEquals", "1")) == [
+        ("$.R.NumericEquals", "NumericEquals must be a number")
+    ]
+    assert _errors(_rule("BooleanEquals", 1)) == [
+        ("$.R.BooleanEquals", "BooleanEquals must be a boolean")
+    ]
     assert _errors(_rule("IsPresent", "yes")) == [("$.R.IsPresent", "IsPresent must be a boolean")]
 
 
@@ -393,7 +417,9 @@ def test_empty_and_is_rejected() -> None:
 
 
 def test_nested_errors_are_all_reported_with_their_paths() -> None:
-    errors = _errors({"Or": [{"Not": _rule("NumericEquals", "x")}, {"Variable": 1, "IsNull": True}]})
+    errors = _errors(
+        {"Or": [{"Not": _rule("NumericEquals", "x")}, {"Variable": 1, "IsNull": True}]}
+    )
     assert [p for p, _ in errors] == ["$.R.Or[0].Not.NumericEquals", "$.R.Or[1].Variable"]
 
 
@@ -417,7 +443,9 @@ def test_top_level_choice_needs_next() -> None:
 def test_condition_excludes_variable() -> None:
     with pytest.raises(InvalidChoiceRule) as raised:
         compile_choice({"Condition": "{% true %}", "Variable": "$.v", "Next": "N"}, "$.C[0]")
-    assert raised.value.errors == [("$.C[0].Variable", "field 'Variable' is not allowed with Condition")]
+    assert raised.value.errors == [
+        ("$.C[0].Variable", "field 'Variable' is not allowed with Condition")
+    ]
 
 
 def test_condition_must_be_enclosed_in_jsonata_markers() -> None:

@@ -168,7 +168,14 @@ def test_terminal_states_have_no_next_or_end(kind: str) -> None:
 
 def test_choice_has_no_end() -> None:
     doc = _machine(
-        ("C", {"Type": "Choice", "End": True, "Choices": [{"Variable": "$.v", "IsNull": True, "Next": "D"}]}),
+        (
+            "C",
+            {
+                "Type": "Choice",
+                "End": True,
+                "Choices": [{"Variable": "$.v", "IsNull": True, "Next": "D"}],
+            },
+        ),
         ("D", _pass()),
     )
     assert _paths(doc) == ["$.States.C.End"]
@@ -183,10 +190,23 @@ def test_unreachable_state_is_rejected() -> None:
 
 def test_states_reached_through_choice_default_and_catch_are_reachable() -> None:
     doc = _machine(
-        ("C", {"Type": "Choice", "Choices": [{"Variable": "$.v", "IsNull": True, "Next": "T"}],
-               "Default": "D"}),
-        ("T", {"Type": "Task", "Resource": "test:echo", "End": True,
-               "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "F"}]}),
+        (
+            "C",
+            {
+                "Type": "Choice",
+                "Choices": [{"Variable": "$.v", "IsNull": True, "Next": "T"}],
+                "Default": "D",
+            },
+        ),
+        (
+            "T",
+            {
+                "Type": "Task",
+                "Resource": "test:echo",
+                "End": True,
+                "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "F"}],
+            },
+        ),
         ("D", {"Type": "Succeed"}),
         ("F", {"Type": "Fail"}),
     )
@@ -195,7 +215,9 @@ def test_states_reached_through_choice_default_and_catch_are_reachable() -> None
 
 def test_next_must_stay_inside_its_branch() -> None:
     branch = {"StartAt": "In", "States": {"In": {"Type": "Pass", "Next": "Out"}}}
-    doc = _machine(("P", {"Type": "Parallel", "Next": "Out", "Branches": [branch]}), ("Out", _pass()))
+    doc = _machine(
+        ("P", {"Type": "Parallel", "Next": "Out", "Branches": [branch]}), ("Out", _pass())
+    )
     assert _paths(doc) == ["$.States.P.Branches[0].States.In.Next"]
 
 
@@ -213,8 +235,14 @@ def test_choice_rule_next_must_name_a_state() -> None:
 
 def test_choice_default_must_name_a_state() -> None:
     doc = _machine(
-        ("C", {"Type": "Choice", "Choices": [{"Variable": "$.v", "IsNull": True, "Next": "D"}],
-               "Default": "Nope"}),
+        (
+            "C",
+            {
+                "Type": "Choice",
+                "Choices": [{"Variable": "$.v", "IsNull": True, "Next": "D"}],
+                "Default": "Nope",
+            },
+        ),
         ("D", _pass()),
     )
     assert _paths(doc) == ["$.States.C.Default"]
@@ -222,7 +250,10 @@ def test_choice_default_must_name_a_state() -> None:
 
 def test_choice_rule_errors_are_reported_inside_the_rule() -> None:
     doc = _machine(
-        ("C", {"Type": "Choice", "Choices": [{"Variable": "$.v", "NumericEquals": "1", "Next": "D"}]}),
+        (
+            "C",
+            {"Type": "Choice", "Choices": [{"Variable": "$.v", "NumericEquals": "1", "Next": "D"}]},
+        ),
         ("D", _pass()),
     )
     assert _paths(doc) == ["$.States.C.Choices[0].NumericEquals"]
@@ -230,16 +261,24 @@ def test_choice_rule_errors_are_reported_inside_the_rule() -> None:
 
 def test_jsonata_choice_rule_needs_condition() -> None:
     doc = _machine(
-        ("C", {"Type": "Choice", "QueryLanguage": "JSONata",
-               "Choices": [{"Variable": "$.v", "IsNull": True, "Next": "D"}]}),
+        (
+            "C",
+            {
+                "Type": "Choice",
+                "QueryLanguage": "JSONata",
+                "Choices": [{"Variable": "$.v", "IsNull": True, "Next": "D"}],
+            },
+        ),
         ("D", _pass()),
     )
     assert "$.States.C.Choices[0].Condition" in _paths(doc)
 
 
 def test_jsonpath_choice_rule_rejects_condition() -> None:
-    doc = _machine(("C", {"Type": "Choice", "Choices": [{"Condition": "{% true %}", "Next": "D"}]}),
-                   ("D", _pass()))
+    doc = _machine(
+        ("C", {"Type": "Choice", "Choices": [{"Condition": "{% true %}", "Next": "D"}]}),
+        ("D", _pass()),
+    )
     assert _paths(doc) == ["$.States.C.Choices[0].Condition"]
 
 
@@ -250,21 +289,32 @@ def test_task_needs_a_resource() -> None:
     assert _paths(_one({"Type": "Task", "End": True})) == ["$.States.S.Resource"]
 
 
-@pytest.mark.parametrize(("field", "value"), [("TimeoutSeconds", 0), ("TimeoutSeconds", 1.5),
-                                              ("HeartbeatSeconds", -1), ("TimeoutSeconds", True)])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("TimeoutSeconds", 0),
+        ("TimeoutSeconds", 1.5),
+        ("HeartbeatSeconds", -1),
+        ("TimeoutSeconds", True),
+    ],
+)
 def test_task_timeouts_must_be_positive_integers(field: str, value: Any) -> None:
     doc = _one({"Type": "Task", "Resource": "test:echo", "End": True, field: value})
     assert _paths(doc) == [f"$.States.S.{field}"]
 
 
 def test_heartbeat_must_be_shorter_than_timeout() -> None:
-    doc = _one({"Type": "Task", "Resource": "r", "End": True, "TimeoutSeconds": 5, "HeartbeatSeconds": 5})
+    doc = _one(
+        {"Type": "Task", "Resource": "r", "End": True, "TimeoutSeconds": 5, "HeartbeatSeconds": 5}
+    )
     assert _paths(doc) == ["$.States.S.HeartbeatSeconds"]
 
 
 def test_wait_needs_exactly_one_duration() -> None:
     assert _paths(_one({"Type": "Wait", "End": True})) == ["$.States.S"]
-    assert _paths(_one({"Type": "Wait", "End": True, "Seconds": 1, "SecondsPath": "$.s"})) == ["$.States.S"]
+    assert _paths(_one({"Type": "Wait", "End": True, "Seconds": 1, "SecondsPath": "$.s"})) == [
+        "$.States.S"
+    ]
 
 
 @pytest.mark.parametrize("seconds", [-1, 1.5, "5", None])
@@ -282,7 +332,9 @@ def test_fail_error_and_error_path_are_exclusive() -> None:
 
 
 def test_parallel_needs_branches() -> None:
-    assert _paths(_one({"Type": "Parallel", "End": True, "Branches": []})) == ["$.States.S.Branches"]
+    assert _paths(_one({"Type": "Parallel", "End": True, "Branches": []})) == [
+        "$.States.S.Branches"
+    ]
 
 
 def test_parallel_branch_is_validated_as_a_machine() -> None:
@@ -295,16 +347,23 @@ def test_map_needs_an_item_processor() -> None:
 
 
 def test_map_item_processor_is_validated_as_a_machine() -> None:
-    processor = {"StartAt": "I", "States": {"I": {"Type": "Pass"}},
-                 "ProcessorConfig": {"Mode": "SIDEWAYS"}}
+    processor = {
+        "StartAt": "I",
+        "States": {"I": {"Type": "Pass"}},
+        "ProcessorConfig": {"Mode": "SIDEWAYS"},
+    }
     doc = _one({"Type": "Map", "End": True, "ItemProcessor": processor})
-    assert _paths(doc) == ["$.States.S.ItemProcessor.States.I",
-                           "$.States.S.ItemProcessor.ProcessorConfig.Mode"]
+    assert _paths(doc) == [
+        "$.States.S.ItemProcessor.States.I",
+        "$.States.S.ItemProcessor.ProcessorConfig.Mode",
+    ]
 
 
 def test_map_tolerated_failure_percentage_is_bounded() -> None:
     processor = {"StartAt": "I", "States": {"I": _pass()}}
-    doc = _one({"Type": "Map", "End": True, "ItemProcessor": processor, "ToleratedFailurePercentage": 101})
+    doc = _one(
+        {"Type": "Map", "End": True, "ItemProcessor": processor, "ToleratedFailurePercentage": 101}
+    )
     assert _paths(doc) == ["$.States.S.ToleratedFailurePercentage"]
 
 
@@ -322,7 +381,9 @@ def test_retry_error_equals_must_be_non_empty() -> None:
 def test_states_all_must_be_alone() -> None:
     doc = _one(_task(Retry=[{"ErrorEquals": ["States.ALL", "Custom"]}]))
     assert validate_definition(doc) == [
-        ValidationError("$.States.S.Retry[0].ErrorEquals", "States.ALL must appear alone in ErrorEquals")
+        ValidationError(
+            "$.States.S.Retry[0].ErrorEquals", "States.ALL must appear alone in ErrorEquals"
+        )
     ]
 
 
@@ -333,8 +394,15 @@ def test_states_all_must_be_in_the_last_retrier() -> None:
 
 def test_states_all_must_be_in_the_last_catcher() -> None:
     doc = _machine(
-        ("S", _task(Catch=[{"ErrorEquals": ["States.ALL"], "Next": "F"},
-                           {"ErrorEquals": ["X"], "Next": "F"}])),
+        (
+            "S",
+            _task(
+                Catch=[
+                    {"ErrorEquals": ["States.ALL"], "Next": "F"},
+                    {"ErrorEquals": ["X"], "Next": "F"},
+                ]
+            ),
+        ),
         ("F", {"Type": "Fail"}),
     )
     assert _paths(doc) == ["$.States.S.Catch[0].ErrorEquals"]
@@ -342,8 +410,14 @@ def test_states_all_must_be_in_the_last_catcher() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("MaxAttempts", -1), ("IntervalSeconds", 0), ("BackoffRate", 0.5), ("JitterStrategy", "SOME"),
-     ("MaxDelaySeconds", 0), ("Delay", 1)],
+    [
+        ("MaxAttempts", -1),
+        ("IntervalSeconds", 0),
+        ("BackoffRate", 0.5),
+        ("JitterStrategy", "SOME"),
+        ("MaxDelaySeconds", 0),
+        ("Delay", 1),
+    ],
 )
 def test_retrier_fields_are_checked(field: str, value: Any) -> None:
     doc = _one(_task(Retry=[{"ErrorEquals": ["X"], field: value}]))
@@ -399,7 +473,9 @@ def test_dollar_key_value_must_be_a_string() -> None:
 
 
 def test_result_selector_is_checked_like_parameters() -> None:
-    assert _paths(_one(_task(ResultSelector={"x.$": "bad"}))) == ["$.States.S.ResultSelector['x.$']"]
+    assert _paths(_one(_task(ResultSelector={"x.$": "bad"}))) == [
+        "$.States.S.ResultSelector['x.$']"
+    ]
 
 
 # ------------------------------------------------------------- QueryLanguage
@@ -420,7 +496,9 @@ def test_jsonpath_state_rejects_jsonata_fields() -> None:
 
 
 def test_jsonata_states_in_a_jsonpath_machine_are_fine() -> None:
-    doc = _one(_pass(QueryLanguage="JSONata", Output="{% $states.input %}"), QueryLanguage="JSONPath")
+    doc = _one(
+        _pass(QueryLanguage="JSONata", Output="{% $states.input %}"), QueryLanguage="JSONPath"
+    )
     assert validate_definition(doc) == []
 
 
@@ -436,7 +514,9 @@ def test_jsonata_language_is_inherited_by_branches() -> None:
 
 
 def test_jsonata_expressions_stand_in_for_numbers() -> None:
-    doc = _one({"Type": "Wait", "End": True, "Seconds": "{% $states.input.s %}"}, QueryLanguage="JSONata")
+    doc = _one(
+        {"Type": "Wait", "End": True, "Seconds": "{% $states.input.s %}"}, QueryLanguage="JSONata"
+    )
     assert validate_definition(doc) == []
 
 
@@ -450,7 +530,9 @@ def test_malformed_intrinsic_call_is_rejected() -> None:
 
 
 def test_unknown_intrinsic_function_is_rejected() -> None:
-    assert _paths(_one(_pass(Parameters={"v.$": "States.Nope($.a)"}))) == ["$.States.S.Parameters['v.$']"]
+    assert _paths(_one(_pass(Parameters={"v.$": "States.Nope($.a)"}))) == [
+        "$.States.S.Parameters['v.$']"
+    ]
 
 
 def test_fail_cause_path_may_be_an_intrinsic_call() -> None:
