@@ -1,0 +1,175 @@
+"""The relay: the one bridge from PostgreSQL to Redis (DESIGN "Postgres to Redis").
+
+One leader at a time (a session advisory lock on a dedicated connection) tails
+`EventStore.read_all` from its checkpoint and, per batch, in one pipeline:
+publishes every event to its partition's events stream; adds a ``begin`` trigger for
+each ``ExecutionStarted``; adds each ``TaskScheduled`` to its queue's task stream.
+Only after the pipeline succeeded does it advance the checkpoint, so a crash
+between the two republishes the batch: delivery is at least once, consumers dedupe
+on (execution_id, seq). It wakes on ``LISTEN steplog_events`` and polls as a fallback
+(a notification can be missed, e.g. while reconnecting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from engine.bus import Bus, FieldValue, Task, Trigger
+from engine.store import NOTIFY_CHANNEL, EventStore, GlobalPosition, StoredEvent
+
+log = logging.getLogger(__name__)
+
+# Advisory lock class of relay leadership (the ASCII of "stpR"); the key is hashtext(name).
+RELAY_LOCK_CLASS = 0x73747052
+DEFAULT_QUEUE = "default"
+
+TRY_LEAD = "SELECT pg_try_advisory_lock($1, hashtext($2))"
+RESIGN = "SELECT pg_advisory_unlock($1, hashtext($2))"
+LOAD_CHECKPOINT = "SELECT tx_id, position FROM relay_checkpoint WHERE name = $1"
+# Never moves backwards: a deposed leader finishing a late batch cannot undo progress.
+SAVE_CHECKPOINT = """
+INSERT INTO relay_checkpoint (name, tx_id, position) VALUES ($1, $2::text::xid8, $3)
+ON CONFLICT (name) DO UPDATE
+SET tx_id = EXCLUDED.tx_id, position = EXCLUDED.position, updated_at = now()
+WHERE (relay_checkpoint.tx_id, relay_checkpoint.position)
+    < (EXCLUDED.tx_id, EXCLUDED.position)"""
+
+
+class _TaskRouting(msgspec.Struct):
+    """The part of a TaskScheduled event the relay reads; other fields pass through."""
+
+    queue: str | None = None
+
+
+_decode_routing = msgspec.json.Decoder(_TaskRouting)
+_encode = msgspec.json.Encoder()
+
+
+def task_queue(event: StoredEvent) -> str:
+    """The queue of a TaskScheduled event: its ``queue`` field, else "default"."""
+    try:
+        return _decode_routing.decode(event.data).queue or DEFAULT_QUEUE
+    except msgspec.DecodeError:  # also ValidationError: a non-string queue
+        return DEFAULT_QUEUE
+
+
+def follow_ups(events: Iterable[StoredEvent]) -> tuple[list[Trigger], list[Task]]:
+    """The triggers and tasks a batch of committed events calls for, in event order."""
+    triggers: list[Trigger] = []
+    tasks: list[Task] = []
+    for event in events:
+        if event.type == "ExecutionStarted":
+            body = _encode.encode({"now": event.timestamp.isoformat()})
+            triggers.append(Trigger(event.execution_id, "begin", body))
+        elif event.type == "TaskScheduled":
+            fields: dict[str, FieldValue] = {
+                "v": "1",
+                "execution_id": str(event.execution_id),
+                "seq": event.seq,
+                "data": event.data,
+            }
+            tasks.append(Task(task_queue(event), fields))
+    return triggers, tasks
+
+
+async def _wait_any(events: Sequence[asyncio.Event], seconds: float) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+class Relay:
+    """Publishes committed events from ``store`` to ``bus``; see the module docstring.
+
+    ``pool`` lends the relay one connection for as long as it leads (the advisory lock
+    and LISTEN live on it). Relays with the same ``name`` share one leadership and one
+    checkpoint.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        bus: Bus,
+        pool: asyncpg.Pool,
+        *,
+        name: str = "relay",
+        batch_size: int = 500,
+        poll_interval_s: float = 1.0,
+        retry_delay_s: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._pool = pool
+        self.name = name
+        self._batch_size = batch_size
+        self._poll_interval_s = poll_interval_s
+        self._retry_delay_s = retry_delay_s
+        self.is_leader = False
+        self.position = GlobalPosition()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until ``stop`` is set. Errors of PostgreSQL or Redis are logged and
+        retried after a delay (leadership is given up and contested again)."""
+        while not stop.is_set():
+            try:
+                async with self._pool.acquire() as conn:
+                    if await conn.fetchval(TRY_LEAD, RELAY_LOCK_CLASS, self.name):
+                        try:
+                            self.is_leader = True
+                            log.info("relay %s: leading", self.name)
+                            await self._lead(conn, stop)
+                        finally:
+                            self.is_leader = False
+                            if not conn.is_closed():
+                                await conn.fetchval(RESIGN, RELAY_LOCK_CLASS, self.name)
+                        continue
+                await _wait_any([stop], self._poll_interval_s)
+            except Exception:
+                log.exception("relay %s failed; retrying in %.1fs", self.name, self._retry_delay_s)
+                await _wait_any([stop], self._retry_delay_s)
+
+    async def _lead(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
+        wake = asyncio.Event()
+
+        def on_notify(*_: Any) -> None:
+            wake.set()
+
+        await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+        try:
+            row = await conn.fetchrow(LOAD_CHECKPOINT, self.name)
+            self.position = (
+                GlobalPosition() if row is None else GlobalPosition(row["tx_id"], row["position"])
+            )
+            while not stop.is_set():
+                # Cleared before reading: a notification arriving during the read wakes
+                # the next wait instead of being lost.
+                wake.clear()
+                events = await self._store.read_all(self.position, self._batch_size)
+                if events:
+                    await self._publish(events)
+                    await self._save_checkpoint(conn, events[-1].global_position)
+                    self.position = events[-1].global_position
+                    if len(events) == self._batch_size:
+                        continue  # more may be waiting
+                await _wait_any([stop, wake], self._poll_interval_s)
+                if conn.is_closed():
+                    raise ConnectionError("relay leader connection lost")
+        finally:
+            if not conn.is_closed():
+                await conn.remove_listener(NOTIFY_CHANNEL, on_notify)
+
+    async def _publish(self, events: Sequence[StoredEvent]) -> None:
+        triggers, tasks = follow_ups(events)
+        await self._bus.publish(events, triggers, tasks)
+
+    async def _save_checkpoint(self, conn: asyncpg.Connection, position: GlobalPosition) -> None:
+        await conn.execute(SAVE_CHECKPOINT, self.name, str(position.tx_id), position.position)
