@@ -1,0 +1,61 @@
+"""Health and metrics routes.
+
+GET /health/live  -> 200 {"status": "ok"} while the process serves HTTP
+GET /health/ready -> 200 {"status": "ok", "checks": {...}} when PostgreSQL
+                     (store.ping) and Redis (PING) answer within 2 s, else 503
+                     problem+json (code service_unavailable, Retry-After) with the checks
+GET /metrics      -> Prometheus text format
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+
+from aiohttp import web
+
+from api.keys import METRICS, REDIS, STORE
+from api.problems import RETRY_AFTER_SECONDS, problem
+from api.responses import json_response
+
+CHECK_TIMEOUT_S = 2.0
+
+routes = web.RouteTableDef()
+
+
+async def _check(probe: Awaitable[object]) -> str:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            await probe
+    except Exception as exc:  # any failure means "not ready"; the detail says which
+        return f"error: {type(exc).__name__}: {exc}"[:300]
+    return "ok"
+
+
+@routes.get("/health/live")
+async def live(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+@routes.get("/health/ready")
+async def ready(request: web.Request) -> web.Response:
+    postgres, redis = await asyncio.gather(
+        _check(request.app[STORE].ping()), _check(request.app[REDIS].ping())
+    )
+    checks = {"postgres": postgres, "redis": redis}
+    if postgres == "ok" and redis == "ok":
+        return json_response({"status": "ok", "checks": checks})
+    down = ", ".join(name for name, result in checks.items() if result != "ok")
+    return problem(
+        request,
+        503,
+        "service_unavailable",
+        f"not ready: {down} unavailable",
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+        extra={"checks": checks},
+    )
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    return request.app[METRICS].render()

@@ -1,0 +1,68 @@
+"""Request-id and observability middlewares (the error middleware is in problems.py).
+
+Order in the app, outermost first: request_id -> observe -> errors -> handler,
+so every response (errors included) carries X-Request-ID, and metrics and the
+access log see the final status.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from aiohttp import web
+
+from api.keys import METRICS
+from api.metrics import route_label
+from api.problems import Handler
+from steplog.logs import execution_id_var, request_id_var
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# A caller's id is echoed only when it is short and plain (it goes into logs and headers).
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+access_log = logging.getLogger("steplog.api.access")
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Take X-Request-ID (when plain) or make one (uuid4 hex); expose it in the
+    logging contextvar for the request and echo it in the response header."""
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    # aiohttp serves a keep-alive connection's requests in one task: reset both
+    # vars so nothing leaks into the next request.
+    rid_token = request_id_var.set(request_id)
+    eid_token = execution_id_var.set(None)
+    try:
+        response = await handler(request)
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+    finally:
+        execution_id_var.reset(eid_token)
+        request_id_var.reset(rid_token)
+
+
+@web.middleware
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time each request by route template and status; log one
+    access line."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        elapsed = time.perf_counter() - started
+        route = route_label(request)
+        request.app[METRICS].observe(request.method, route, status, elapsed)
+        access_log.info(
+            "%s %s %d",
+            request.method,
+            request.path,
+            status,
+            extra={"route": route, "duration_ms": round(elapsed * 1000, 2)},
+        )

@@ -1,0 +1,196 @@
+"""Errors as RFC 9457 problem+json, translated once, in `error_middleware`.
+
+Every error response has this body (`errors` only when there are some):
+    {"type": "urn:steplog:problem:<code>", "title": ..., "status": ..., "code": ...,
+     "detail": ..., "instance": <request path>, "request_id": ...,
+     "errors": [{"path": "$.States.A", "message": ...}]}
+
+`code` is stable and machine-readable. Sources, in the order they are tried:
+- `SteplogError` (engine/errors.py and the API's own below): its code/status;
+  InvalidDefinition and InvalidBody carry `errors`.
+- aiohttp HTTP errors: 404 `route_not_found`, 405 `method_not_allowed` (with
+  Allow), 413 `payload_too_large`, else `http_<status>`.
+- connection errors of PostgreSQL or Redis: 503 `service_unavailable`, Retry-After.
+- anything else: 500 `internal`, logged with its traceback and the request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from http import HTTPStatus
+from typing import Any
+
+import asyncpg
+import msgspec
+import redis.exceptions
+from aiohttp import web
+
+from engine.errors import InvalidDefinition, InvalidRequest, SteplogError, Unavailable
+from steplog.logs import request_id_var
+
+log = logging.getLogger("steplog.api")
+
+PROBLEM_JSON = "application/problem+json"
+RETRY_AFTER_SECONDS = "1"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class MalformedJson(InvalidRequest):
+    """The body is not JSON at all."""
+
+    code = "malformed_json"
+
+
+class InvalidBody(InvalidRequest):
+    """The body is JSON of the wrong shape; `errors` has the msgspec path."""
+
+    code = "invalid_body"
+    status = 422
+
+    def __init__(self, message: str, errors: Sequence[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.errors = list(errors)
+
+
+class InvalidQuery(InvalidRequest):
+    """A query parameter of the wrong type or range (including a bad cursor)."""
+
+    def __init__(self, message: str, errors: Sequence[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.errors = list(errors)
+
+
+TITLES = {
+    "internal": "Internal server error",
+    "not_found": "Not found",
+    "workflow_not_found": "Workflow not found",
+    "execution_not_found": "Execution not found",
+    "route_not_found": "No such route",
+    "method_not_allowed": "Method not allowed",
+    "concurrency_conflict": "Concurrent update",
+    "execution_name_conflict": "Execution name already used with a different input",
+    "execution_not_running": "Execution is not running",
+    "invalid_definition": "Invalid state machine definition",
+    "invalid_request": "Invalid request",
+    "invalid_body": "Request body has the wrong shape",
+    "malformed_json": "Request body is not valid JSON",
+    "payload_too_large": "Payload too large",
+    "service_unavailable": "Service unavailable",
+}
+
+_HTTP_CODES = {404: "route_not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+# Lost or refused connections to PostgreSQL or Redis: the request may succeed later.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # refused/reset sockets; also TimeoutError (pool acquire, command timeouts)
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,  # "connection is closed", released mid-query
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+_encoder = msgspec.json.Encoder()
+
+
+def problem(
+    request: web.Request | None,
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    errors: Sequence[tuple[str, str]] = (),
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> web.Response:
+    """A problem+json response."""
+    body: dict[str, Any] = {
+        "type": f"urn:steplog:problem:{code}",
+        "title": TITLES.get(code) or _phrase(status),
+        "status": status,
+        "code": code,
+        "detail": detail,
+    }
+    if request is not None:
+        body["instance"] = request.path
+    request_id = request_id_var.get()
+    if request_id:
+        body["request_id"] = request_id
+    if errors:
+        body["errors"] = [{"path": path, "message": message} for path, message in errors]
+    if extra:
+        body.update(extra)
+    response = web.Response(body=_encoder.encode(body), status=status, headers=headers)
+    response.content_type = PROBLEM_JSON
+    return response
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def from_steplog_error(request: web.Request, exc: SteplogError) -> web.Response:
+    errors: Sequence[tuple[str, str]] = ()
+    if isinstance(exc, InvalidDefinition | InvalidBody | InvalidQuery):
+        errors = exc.errors
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if isinstance(exc, Unavailable) else None
+    return problem(request, exc.status, exc.code, exc.message, errors=errors, headers=headers)
+
+
+def from_http_exception(request: web.Request, exc: web.HTTPException) -> web.Response:
+    code = _HTTP_CODES.get(exc.status, f"http_{exc.status}")
+    headers = {}
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+    if exc.status == 404:
+        detail = f"no route for {request.method} {request.path}"
+    elif exc.status == 405:
+        detail = f"{request.method} is not allowed on {request.path}"
+    elif exc.status == 413:
+        detail = f"request body is larger than {request.client_max_size} bytes"
+    else:
+        detail = exc.reason
+    return problem(request, exc.status, code, detail, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place exceptions become responses."""
+    try:
+        return await handler(request)
+    except SteplogError as exc:
+        if exc.status >= 500:
+            log.error("request failed: %s", exc.code, exc_info=exc)
+        return from_steplog_error(request, exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return from_http_exception(request, exc)
+    except asyncio.CancelledError:
+        raise
+    except CONNECTION_ERRORS as exc:
+        log.warning("dependency unavailable: %r", exc)
+        return problem(
+            request,
+            503,
+            "service_unavailable",
+            "a backing service (PostgreSQL or Redis) is unavailable; retry later",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return problem(
+            request,
+            500,
+            "internal",
+            f"internal error; quote request id {request_id_var.get()} when reporting it",
+        )

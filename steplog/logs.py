@@ -1,0 +1,106 @@
+"""Structured logging: one setup function and the context that every line carries.
+
+`configure_logging(fmt, level)` installs one handler on the root logger. With
+`fmt == "json"` each record is one JSON object per line; otherwise a readable
+line. Both include the request id and the execution id from the contextvars
+below when they are set (the API's request-id middleware sets the first; code
+that works on one execution sets the second).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import logging
+import sys
+from typing import Any
+
+import msgspec
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "steplog_request_id", default=None
+)
+execution_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "steplog_execution_id", default=None
+)
+
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_STANDARD_ATTRS = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
+    | {"message", "asctime", "request_id", "execution_id"}
+)
+# Values msgspec cannot encode (exceptions, custom objects in `extra=`) become their repr.
+_encoder = msgspec.json.Encoder(enc_hook=repr)
+
+
+class ContextFilter(logging.Filter):
+    """Copies the contextvars onto the record at emit time (before any queueing)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id_var.get()
+        if not hasattr(record, "execution_id"):
+            record.execution_id = execution_id_var.get()
+        return True
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, request_id,
+    execution_id, any `extra=` fields, and `exc` (the traceback) when present."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("request_id", "execution_id"):
+            value = getattr(record, key, None)
+            if value:
+                doc[key] = value
+        doc.update(_extras(record))
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return _encoder.encode(doc).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """`2026-01-01T00:00:00+00:00 INFO logger [req=... exec=...] message`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds")
+        ctx = []
+        request_id = getattr(record, "request_id", None)
+        execution_id = getattr(record, "execution_id", None)
+        if request_id:
+            ctx.append(f"req={request_id}")
+        if execution_id:
+            ctx.append(f"exec={execution_id}")
+        ctx.extend(f"{k}={v}" for k, v in _extras(record).items())
+        context = f" [{' '.join(ctx)}]" if ctx else ""
+        line = f"{ts} {record.levelname} {record.name}{context} {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure_logging(fmt: str = "text", level: str | int = "INFO") -> logging.Handler:
+    """Install one stderr handler on the root logger (replacing handlers a
+    previous call installed) and return it. `fmt` is "json" or anything else
+    for readable lines."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_steplog", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
+    handler._steplog = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    return handler
