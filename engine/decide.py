@@ -1,0 +1,992 @@
+"""``decide(definition, state, trigger) -> Decision``: the pure heart of the engine.
+
+Given an execution's state and one trigger (begin, a task result, a timer, a
+stop request), decide returns the events that follow, running through every
+non-blocking state in one step until each thread of the execution waits on a
+task or a timer, or the execution ends. Each event is folded into the working
+state with ``evolve`` as soon as it is emitted, so the state decide acts on is
+always exactly the fold of the events (invariant 3).
+
+Pure: no I/O, no clock, no global randomness. ``now`` comes with the trigger;
+random numbers and UUIDs come from an rng seeded with (execution id, seq).
+A duplicate or late trigger is an outcome (``Decision.ignored``), not an error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, assert_never
+
+import msgspec
+
+from engine import events as ev
+from engine.asl import errors as E
+from engine.asl.context import EvalEnv
+from engine.asl.errors import StatesError
+from engine.asl.jsonpath import JsonPath, java_str, set_result
+from engine.asl.model import JSONATA, Definition, Machine, Retrier, StateDef
+from engine.dataflow import (
+    Scope,
+    assigned_variables,
+    effective_input,
+    evaluate_jsonata,
+    jsonata_states,
+    output_only,
+    state_output,
+)
+from engine.state import ExecutionState, Frame, evolve
+
+EXECUTION_TIMEOUT_TIMER = "execution-timeout"
+
+
+# --- triggers ------------------------------------------------------------------
+
+
+class Begin(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    now: dt.datetime
+
+
+class TaskCompleted(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    task_id: str
+    output: Any = None
+    now: dt.datetime
+
+
+class TaskErrored(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    task_id: str
+    error: str | None = None
+    cause: str | None = None
+    now: dt.datetime
+
+
+class TimerFired(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    timer_id: str
+    now: dt.datetime
+
+
+class StopRequested(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    error: str | None = None
+    cause: str | None = None
+    now: dt.datetime
+
+
+Trigger = Begin | TaskCompleted | TaskErrored | TimerFired | StopRequested
+
+
+@dataclass(frozen=True, slots=True)
+class TimerRequest:
+    timer_id: str
+    due: dt.datetime
+
+
+@dataclass(slots=True)
+class Decision:
+    events: list[ev.Event]
+    state: ExecutionState
+    ignored: str | None = None
+    timers_to_set: list[TimerRequest] = field(default_factory=list)
+    timers_to_cancel: list[str] = field(default_factory=list)
+
+
+def timer_key(execution_id: str, local_id: str) -> str:
+    """Timer ids are unique across executions: the store keys timers by them."""
+    return f"{execution_id}:{local_id}"
+
+
+# --- entry point -----------------------------------------------------------------
+
+
+def decide(definition: Definition, state: ExecutionState, trigger: Trigger) -> Decision:
+    d = _Decider(definition, state, trigger.now)
+    d.handle(trigger)
+    d.run()
+    return d.decision()
+
+
+class _Failure(Exception):
+    """A state failed with an ASL error; handled by Retry/Catch or propagated."""
+
+    def __init__(self, error: str, cause: str | None) -> None:
+        super().__init__(error)
+        self.error = error
+        self.cause = cause
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _Decider:
+    def __init__(self, definition: Definition, state: ExecutionState, now: dt.datetime) -> None:
+        self.definition = definition
+        self.state = state
+        self.now = now
+        self.now_iso = _iso(now)
+        self.events: list[ev.Event] = []
+        self.ignored: str | None = None
+        self.timers_to_set: list[TimerRequest] = []
+        self.timers_to_cancel: list[str] = []
+        self.agenda: deque[Callable[[], None]] = deque()
+
+    # -- bookkeeping ----------------------------------------------------------
+
+    def emit(self, event: ev.Event) -> None:
+        before = self.state.timers
+        self.state = evolve(self.state, event, self.now_iso)
+        self.events.append(event)
+        after = self.state.timers
+        for tid in before.keys() - after.keys():
+            self.timers_to_cancel.append(timer_key(self.state.execution_id, tid))
+        for tid in after.keys() - before.keys():
+            due = dt.datetime.fromisoformat(after[tid].due.replace("Z", "+00:00"))
+            self.timers_to_set.append(TimerRequest(timer_key(self.state.execution_id, tid), due))
+
+    def decision(self) -> Decision:
+        # A timer both set and cancelled within one decision never reaches the store.
+        set_ids = {t.timer_id for t in self.timers_to_set}
+        cancel = [t for t in self.timers_to_cancel if t not in set_ids]
+        cancelled = set(self.timers_to_cancel)
+        to_set = [t for t in self.timers_to_set if t.timer_id not in cancelled]
+        if self.state.ended and self.definition.timeout_seconds:
+            cancel.append(timer_key(self.state.execution_id, EXECUTION_TIMEOUT_TIMER))
+        return Decision(self.events, self.state, self.ignored, to_set, cancel)
+
+    def ignore(self, reason: str) -> None:
+        self.ignored = reason
+
+    def run(self) -> None:
+        while self.agenda and not self.state.ended:
+            self.agenda.popleft()()
+
+    def next_local_id(self) -> str:
+        """A timer or task id unique within the execution: the seq of the event
+        that will carry it."""
+        return str(self.state.seq + 1)
+
+    # -- triggers ---------------------------------------------------------------
+
+    def handle(self, trigger: Trigger) -> None:
+        s = self.state
+        if s.status != "RUNNING":
+            self.ignore(f"execution is {s.status}")
+            return
+        match trigger:
+            case Begin():
+                root = s.frames.get("")
+                if s.seq != 1 or root is None:
+                    self.ignore("already begun")
+                    return
+                if self.definition.timeout_seconds:
+                    started = dt.datetime.fromisoformat(s.started_at.replace("Z", "+00:00"))
+                    due = started + dt.timedelta(seconds=self.definition.timeout_seconds)
+                    self.timers_to_set.append(
+                        TimerRequest(timer_key(s.execution_id, EXECUTION_TIMEOUT_TIMER), due)
+                    )
+                machine = self.definition.machine
+                self.agenda.append(lambda: self.enter("", machine.start_at, s.input))
+            case TaskCompleted() | TaskErrored():
+                frame_id = s.tasks.get(trigger.task_id)
+                if frame_id is None:
+                    if trigger.task_id in s.completed_tasks:
+                        self.ignore("duplicate task result")
+                    else:
+                        self.ignore("task attempt is no longer pending")
+                        self.emit(
+                            ev.TaskResultIgnored(
+                                task_id=trigger.task_id, reason="attempt no longer pending"
+                            )
+                        )
+                    return
+                name = self._current(frame_id)
+                if isinstance(trigger, TaskCompleted):
+                    self.emit(
+                        ev.TaskSucceeded(
+                            frame=frame_id,
+                            name=name,
+                            task_id=trigger.task_id,
+                            output=trigger.output,
+                        )
+                    )
+                    self.agenda.append(lambda: self.task_result(frame_id, trigger.output))
+                else:
+                    error = trigger.error or E.TASK_FAILED
+                    self.emit(
+                        ev.TaskFailed(
+                            frame=frame_id,
+                            name=name,
+                            task_id=trigger.task_id,
+                            error=trigger.error,
+                            cause=trigger.cause,
+                        )
+                    )
+                    self.agenda.append(lambda: self.fail(frame_id, error, trigger.cause))
+            case TimerFired():
+                self.timer(trigger.timer_id)
+            case StopRequested():
+                self.emit(ev.ExecutionAborted(error=trigger.error, cause=trigger.cause))
+            case _:
+                assert_never(trigger)
+
+    def timer(self, timer_id: str) -> None:
+        s = self.state
+        prefix = s.execution_id + ":"
+        local = timer_id[len(prefix) :] if timer_id.startswith(prefix) else timer_id
+        if local == EXECUTION_TIMEOUT_TIMER:
+            if not self.definition.timeout_seconds:
+                self.ignore("no execution timeout")
+                return
+            self.emit(
+                ev.ExecutionTimedOut(
+                    error=E.TIMEOUT, cause="The execution timed out (TimeoutSeconds)."
+                )
+            )
+            return
+        info = s.timers.get(local)
+        if info is None:
+            self.ignore("timer no longer pending")
+            return
+        frame_id = info.frame
+        match info.purpose:
+            case "wait":
+                self.agenda.append(lambda: self.wait_over(frame_id))
+            case "retry":
+                self.agenda.append(lambda: self.execute(frame_id))
+            case "task_timeout":
+                f = s.frames[frame_id]
+                assert f.task_id is not None
+                self.emit(
+                    ev.TaskTimedOut(
+                        frame=frame_id,
+                        name=self._current(frame_id),
+                        task_id=f.task_id,
+                        error=E.TIMEOUT,
+                        cause=None,
+                    )
+                )
+                self.agenda.append(lambda: self.fail(frame_id, E.TIMEOUT, None))
+            case _:
+                assert_never(info.purpose)
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _current(self, frame_id: str) -> str:
+        name = self.state.frames[frame_id].current
+        assert name is not None
+        return name
+
+    def machine_of(self, frame_id: str) -> Machine:
+        scope: list[tuple[str, int]] = []
+        f = self.state.frames[frame_id]
+        while f.parent is not None:
+            assert f.parent_state is not None
+            scope.append((f.parent_state, f.index))
+            f = self.state.frames[f.parent]
+        return self.definition.machine_at(tuple(reversed(scope)))
+
+    def state_def(self, frame_id: str) -> StateDef:
+        return self.machine_of(frame_id).states[self._current(frame_id)]
+
+    def scope(self, frame_id: str, st: StateDef, extra: dict[str, Any] | None = None) -> Scope:
+        s = self.state
+        f = s.frames[frame_id]
+        retry_count = sum(f.retry_attempts)
+        context: dict[str, Any] = {
+            "Execution": {
+                "Id": f"arn:steplog:states:{s.namespace}:execution:{s.workflow}:{s.execution_id}",
+                "Input": s.input,
+                "Name": s.name,
+                "RoleArn": "arn:steplog:iam::role/steplog",
+                "StartTime": s.started_at,
+                "RedriveCount": 0,
+            },
+            "State": {"EnteredTime": self.now_iso, "Name": st.name, "RetryCount": retry_count},
+            "StateMachine": {
+                "Id": f"arn:steplog:states:{s.namespace}:stateMachine:{s.workflow}",
+                "Name": s.workflow,
+            },
+        }
+        if extra:
+            context.update(extra)
+        env = EvalEnv.seeded(f"{s.execution_id}:{s.seq}", self.variables(frame_id))
+        return Scope(context, env)
+
+    def variables(self, frame_id: str) -> dict[str, Any]:
+        return self.state.frames[frame_id].variables
+
+    def runtime_cause(self, frame_id: str, st: StateDef, cause: str) -> str:
+        entered = self.state.frames[frame_id].entered_seq
+        return (
+            f"An error occurred while executing the state '{st.name}' "
+            f"(entered at the event id #{entered}). {cause}"
+        )
+
+    def guard(self, frame_id: str, st: StateDef, work: Callable[[], None]) -> None:
+        """Run a step of a state, turning ASL errors into the state's failure."""
+        try:
+            work()
+        except _Failure as failure:
+            self.fail(frame_id, failure.error, failure.cause)
+        except StatesError as err:
+            cause = err.cause
+            if err.error in _PREFIXED:
+                cause = self.runtime_cause(frame_id, st, cause)
+            self.fail(frame_id, err.error, cause)
+
+    # -- entering and running states ------------------------------------------------
+
+    def enter(self, frame_id: str, name: str, state_input: Any) -> None:
+        st = self.machine_of(frame_id).states[name]
+        if st.type == "Wait":
+            self.enter_wait(frame_id, st, state_input)
+            return
+        self.emit(ev.ENTERED[st.type](frame=frame_id, name=name, input=state_input))
+        self.execute(frame_id)
+
+    def execute(self, frame_id: str) -> None:
+        """Run the current state of a frame (on entry, and again on a retry)."""
+        st = self.state_def(frame_id)
+        self.guard(frame_id, st, lambda: self._execute(frame_id, st))
+
+    def _execute(self, frame_id: str, st: StateDef) -> None:
+        f = self.state.frames[frame_id]
+        raw = f.state_input
+        scope = self.scope(frame_id, st)
+        match st.type:
+            case "Pass":
+                value = effective_input(st, raw, scope)
+                if st.query_language == JSONATA:
+                    out = state_output(st, raw, None, scope, default_to_input=True)
+                    self.leave(frame_id, st, out, raw, None, scope, has_result=False)
+                    return
+                result = st.result if st.has_result else value
+                out = state_output(st, raw, result, scope)
+                self.leave(frame_id, st, out, raw, result, scope, has_result=True)
+            case "Succeed":
+                value = effective_input(st, raw, scope)
+                out = output_only(st, value, scope)
+                self.leave(frame_id, st, out, raw, None, scope, has_result=False)
+            case "Fail":
+                error, cause = self.fail_fields(st, raw, scope)
+                self.frame_failed(frame_id, error, cause)
+            case "Choice":
+                self.choose(frame_id, st, raw, scope)
+            case "Task":
+                self.schedule_task(frame_id, st, raw, scope)
+            case "Parallel":
+                value = effective_input(st, raw, scope)
+                self.emit(
+                    ev.ParallelStateStarted(
+                        frame=frame_id, name=st.name, branches=len(st.branches), branch_input=value
+                    )
+                )
+                for i, branch in enumerate(st.branches):
+                    child = self.state.frames[frame_id].children[i]
+                    self.agenda.append(
+                        lambda c=child, b=branch, v=value: self.enter(c, b.start_at, v)
+                    )
+            case "Map":
+                self.start_map(frame_id, st, raw, scope)
+            case "Wait":
+                # Only reached on a retry of a Wait, which ASL does not allow.
+                raise StatesError(E.RUNTIME, "Wait states cannot be retried")
+            case _:
+                raise StatesError(E.RUNTIME, f"Unsupported state type {st.type}")
+
+    def leave(
+        self,
+        frame_id: str,
+        st: StateDef,
+        output: Any,
+        state_input: Any,
+        result: Any,
+        scope: Scope,
+        *,
+        has_result: bool,
+        next_state: str | None = None,
+    ) -> None:
+        """Exit the current state with ``output`` and move on (Next) or end the frame."""
+        assigned = None
+        if st.has_assign:
+            assigned = assigned_variables(
+                st.assign, st.query_language, state_input, result, scope, has_result=has_result
+            )
+        nxt = next_state if next_state is not None else st.next
+        end = nxt is None
+        self.emit(
+            ev.EXITED[st.type](
+                frame=frame_id, name=st.name, output=output, end=end, assigned_variables=assigned
+            )
+        )
+        if end:
+            self.frame_done(frame_id)
+        else:
+            assert nxt is not None
+            self.agenda.append(lambda: self.enter(frame_id, nxt, output))
+
+    def fail_fields(self, st: StateDef, raw: Any, scope: Scope) -> tuple[str, str | None]:
+        if st.query_language == JSONATA:
+            states = jsonata_states(scope, raw)
+            error = evaluate_jsonata(st.error, states, scope) if st.error is not None else None
+            cause = evaluate_jsonata(st.cause, states, scope) if st.cause is not None else None
+        else:
+            error = st.error.render(raw, scope.context, scope.env) if st.error else None
+            cause = st.cause.render(raw, scope.context, scope.env) if st.cause else None
+            if st.error_path is not None:
+                error = st.error_path.render(raw, scope.context, scope.env)["v"]
+            if st.cause_path is not None:
+                cause = st.cause_path.render(raw, scope.context, scope.env)["v"]
+        return (
+            error if error is None or isinstance(error, str) else java_str(error),
+            cause if cause is None or isinstance(cause, str) else java_str(cause),
+        )  # type: ignore[return-value]
+
+    # -- Choice -------------------------------------------------------------------
+
+    def choose(self, frame_id: str, st: StateDef, raw: Any, scope: Scope) -> None:
+        value = effective_input(st, raw, scope)
+        for i, choice in enumerate(st.choices):
+            if choice.rule is not None:
+                matched = choice.rule.matches(value, scope.context, scope.variables)
+            else:
+                cond = st.choice_conditions[i]
+                result = evaluate_jsonata(cond, jsonata_states(scope, raw), scope)
+                if not isinstance(result, bool):
+                    raise StatesError(
+                        E.QUERY_EVALUATION_ERROR,
+                        "The Condition field must evaluate to a boolean",
+                    )
+                matched = result
+            if matched:
+                if st.query_language == JSONATA:
+                    if choice.has_output:
+                        out = evaluate_jsonata(choice.output, jsonata_states(scope, raw), scope)
+                    else:
+                        out = output_only(st, raw, scope)
+                else:
+                    out = output_only(st, value, scope)
+                assigned = None
+                if choice.assign is not None:
+                    assigned = assigned_variables(
+                        choice.assign, st.query_language, raw, None, scope, has_result=False
+                    )
+                self.emit(
+                    ev.ChoiceStateExited(
+                        frame=frame_id, name=st.name, output=out, assigned_variables=assigned
+                    )
+                )
+                nxt = choice.next
+                self.agenda.append(lambda: self.enter(frame_id, nxt, out))
+                return
+        if st.default is not None:
+            out = output_only(st, value if st.query_language != JSONATA else raw, scope)
+            self.leave(frame_id, st, out, raw, None, scope, has_result=False, next_state=st.default)
+            return
+        raise _Failure(E.NO_CHOICE_MATCHED, "No Matches!")
+
+    # -- Wait ---------------------------------------------------------------------
+
+    def enter_wait(self, frame_id: str, st: StateDef, state_input: Any) -> None:
+        f = self.state.frames[frame_id]
+        # The due time is worked out before the Entered event so that the event can
+        # carry the timer; an error here is raised after the event, as AWS records it.
+        probe_seq = self.state.seq + 1
+        try:
+            scope = self.scope(frame_id, st)
+            value = effective_input(st, state_input, scope)
+            due = self.wait_due(st, value, state_input, scope)
+            error: StatesError | None = None
+        except StatesError as err:
+            due, error = None, err
+        del f
+        if error is not None or due is None:
+            self.emit(ev.WaitStateEntered(frame=frame_id, name=st.name, input=state_input))
+            if error is not None:
+                cause = error.cause
+                if error.error in _PREFIXED:
+                    cause = self.runtime_cause(frame_id, st, cause)
+                self.fail(frame_id, error.error, cause)
+            return
+        timer_id = str(probe_seq)
+        if due <= self.now:
+            self.emit(ev.WaitStateEntered(frame=frame_id, name=st.name, input=state_input))
+            self.wait_over(frame_id)
+            return
+        self.emit(
+            ev.WaitStateEntered(
+                frame=frame_id, name=st.name, input=state_input, timer_id=timer_id, due=_iso(due)
+            )
+        )
+
+    def wait_due(self, st: StateDef, value: Any, raw: Any, scope: Scope) -> dt.datetime:
+        if st.seconds is not None or st.seconds_path is not None:
+            if st.seconds_path is not None:
+                seconds = _path_value(st.seconds_path, value, scope)
+                field_name = "SecondsPath"
+            elif st.query_language == JSONATA:
+                seconds = evaluate_jsonata(st.seconds, jsonata_states(scope, raw), scope)
+                field_name = "Seconds"
+            else:
+                seconds = evaluate_jsonata(st.seconds, {}, scope)
+                field_name = "Seconds"
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, int | float)
+                or seconds < 0
+                or (isinstance(seconds, float) and not seconds.is_integer())
+            ):
+                raise StatesError(
+                    E.RUNTIME,
+                    f"The {field_name} parameter does not reference a valid "
+                    f"positive integer value: {java_str(seconds)}",
+                )
+            return self.now + dt.timedelta(seconds=int(seconds))
+        if st.timestamp_path is not None:
+            stamp = _path_value(st.timestamp_path, value, scope)
+            field_name = "TimestampPath"
+        elif st.query_language == JSONATA:
+            stamp = evaluate_jsonata(st.timestamp, jsonata_states(scope, raw), scope)
+            field_name = "Timestamp"
+        else:
+            stamp = evaluate_jsonata(st.timestamp, {}, scope)
+            field_name = "Timestamp"
+        parsed = _parse_timestamp(stamp)
+        if parsed is None:
+            raise StatesError(
+                E.RUNTIME,
+                f"The {field_name} parameter does not reference a valid ISO-8601 "
+                f"extended offset date-time format string: {java_str(stamp)}",
+            )
+        return parsed
+
+    def wait_over(self, frame_id: str) -> None:
+        st = self.state_def(frame_id)
+        f = self.state.frames[frame_id]
+
+        def work() -> None:
+            scope = self.scope(frame_id, st)
+            value = effective_input(st, f.state_input, scope)
+            out = output_only(st, value if st.query_language != JSONATA else f.state_input, scope)
+            self.leave(frame_id, st, out, f.state_input, None, scope, has_result=False)
+
+        self.guard(frame_id, st, work)
+
+    # -- Task ---------------------------------------------------------------------
+
+    def schedule_task(self, frame_id: str, st: StateDef, raw: Any, scope: Scope) -> None:
+        value = effective_input(st, raw, scope)
+        timeout = self.positive_int(st, st.timeout_seconds, "TimeoutSeconds", raw, scope)
+        heartbeat = self.positive_int(st, st.heartbeat_seconds, "HeartbeatSeconds", raw, scope)
+        local = self.next_local_id()
+        task_id = f"{self.state.execution_id}:{local}"
+        attempt = sum(self.state.frames[frame_id].retry_attempts)
+        timer_id, due = "", ""
+        if timeout:
+            timer_id = f"{local}:timeout"
+            due = _iso(self.now + dt.timedelta(seconds=timeout))
+        self.emit(
+            ev.TaskScheduled(
+                frame=frame_id,
+                name=st.name,
+                task_id=task_id,
+                resource=st.resource,
+                queue=_queue_of(st.resource),
+                input=value,
+                attempt=attempt,
+                timeout_seconds=timeout,
+                heartbeat_seconds=heartbeat,
+                timeout_timer_id=timer_id,
+                timeout_due=due,
+            )
+        )
+
+    def positive_int(
+        self, st: StateDef, spec: Any, name: str, raw: Any, scope: Scope
+    ) -> int | None:
+        if spec is None:
+            return None
+        if isinstance(spec, JsonPath):
+            value = _path_value(spec, effective_input_for_paths(st, raw, scope), scope)
+            field_name = name + "Path"
+        elif isinstance(spec, int | float) and not isinstance(spec, bool):
+            value = spec
+            field_name = name
+        else:
+            value = evaluate_jsonata(spec, jsonata_states(scope, raw), scope)
+            field_name = name
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise StatesError(
+                E.RUNTIME,
+                f"The {field_name} field refers to value {_quoted(value)} "
+                f"which is not a valid integer",
+            )
+        return value
+
+    def task_result(self, frame_id: str, result: Any) -> None:
+        st = self.state_def(frame_id)
+        f = self.state.frames[frame_id]
+
+        def work() -> None:
+            scope = self.scope(frame_id, st)
+            out = state_output(st, f.state_input, result, scope)
+            self.leave(frame_id, st, out, f.state_input, result, scope, has_result=True)
+
+        self.guard(frame_id, st, work)
+
+    # -- Map ----------------------------------------------------------------------
+
+    def start_map(self, frame_id: str, st: StateDef, raw: Any, scope: Scope) -> None:
+        assert st.processor is not None
+        if st.query_language == JSONATA:
+            value = raw
+            if st.items is not None:
+                items = evaluate_jsonata(st.items, jsonata_states(scope, raw), scope)
+            else:
+                items = raw
+            if not isinstance(items, list):
+                raise StatesError(
+                    E.QUERY_EVALUATION_ERROR,
+                    f"The Items field must evaluate to a JSON array, but was {java_str(items)}",
+                )
+        else:
+            value = effective_input(st, raw, scope) if st.parameters is None else None
+            if value is None:
+                from engine.asl.jsonpath import apply_path
+
+                value = apply_path(st.input_path, raw, scope.context, scope.variables)
+            items = _path_value(st.items_path, value, scope) if st.items_path is not None else value
+            if not isinstance(items, list):
+                path = st.items_path.text if st.items_path is not None else "$"
+                raise StatesError(
+                    E.RUNTIME,
+                    f"Invalid path '{path}' : The ItemsPath field must point to a JSON array",
+                )
+        max_conc = self.map_number(st, st.max_concurrency, "MaxConcurrency", value, raw, scope)
+        tol_count = self.map_number(
+            st, st.tolerated_failure_count, "ToleratedFailureCount", value, raw, scope
+        )
+        tol_pct = self.map_number(
+            st, st.tolerated_failure_percentage, "ToleratedFailurePercentage", value, raw, scope
+        )
+        if st.item_batcher is not None:
+            items = _batch(st.item_batcher, items)
+        selected = []
+        for index, item in enumerate(items):
+            if st.has_item_selector:
+                item_scope = self.scope(
+                    frame_id, st, {"Map": {"Item": {"Index": index, "Value": item}}}
+                )
+                if st.query_language == JSONATA:
+                    states = jsonata_states(item_scope, raw)
+                    states["context"] = item_scope.context
+                    selected.append(evaluate_jsonata(st.item_selector, states, item_scope))
+                else:
+                    selected.append(
+                        st.item_selector.render(value, item_scope.context, item_scope.env)
+                    )
+            else:
+                selected.append(item)
+        self.emit(
+            ev.MapStateStarted(
+                frame=frame_id,
+                name=st.name,
+                length=len(selected),
+                items=selected,
+                max_concurrency=int(max_conc or 0),
+                tolerated_failure_count=int(tol_count) if tol_count is not None else None,
+                tolerated_failure_percentage=float(tol_pct) if tol_pct is not None else None,
+            )
+        )
+        if not selected:
+            self.emit(ev.MapStateSucceeded(frame=frame_id, name=st.name))
+            self.composite_done(frame_id, st, [])
+            return
+        self.launch_iterations(frame_id, st)
+
+    def map_number(
+        self, st: StateDef, spec: Any, name: str, value: Any, raw: Any, scope: Scope
+    ) -> float | None:
+        if spec is None:
+            return None
+        if isinstance(spec, JsonPath):
+            try:
+                found = spec.evaluate(value, scope.context, scope.variables)
+            except ValueError:
+                found = None
+            field_name = name + "Path"
+        elif isinstance(spec, int | float) and not isinstance(spec, bool):
+            return float(spec) if name == "ToleratedFailurePercentage" else spec
+        else:
+            found = evaluate_jsonata(spec, jsonata_states(scope, raw), scope)
+            field_name = name
+        ok = isinstance(found, int | float) and not isinstance(found, bool) and found >= 0
+        if name != "ToleratedFailurePercentage":
+            ok = ok and (isinstance(found, int) or float(found).is_integer())
+        elif ok and found > 100:
+            ok = False
+        if not ok:
+            kind = "integer" if name != "ToleratedFailurePercentage" else "number"
+            where = f": {spec.text}" if isinstance(spec, JsonPath) else ""
+            raise StatesError(
+                E.RUNTIME,
+                f"The {field_name} field refers to value {_quoted(found)} "
+                f"which is not a valid {kind}{where}",
+            )
+        assert isinstance(found, int | float)
+        return found
+
+    def launch_iterations(self, frame_id: str, st: StateDef) -> None:
+        assert st.processor is not None
+        proc = st.processor
+        f = self.state.frames[frame_id]
+        running = f.launched - f.finished
+        limit = f.max_concurrency or len(f.items)
+        while f.launched < len(f.items) and running < limit:
+            index = f.launched
+            self.emit(ev.MapIterationStarted(frame=frame_id, name=st.name, index=index))
+            f = self.state.frames[frame_id]
+            child = f.children[-1]
+            item = f.items[index]
+            self.agenda.append(lambda c=child, i=item: self.enter(c, proc.start_at, i))
+            running += 1
+
+    # -- frames finishing ---------------------------------------------------------
+
+    def frame_done(self, frame_id: str) -> None:
+        f = self.state.frames[frame_id]
+        if f.parent is None:
+            self.emit(ev.ExecutionSucceeded(output=f.data))
+            return
+        parent_id = f.parent
+        st = self.machine_of(parent_id).states[self._current(parent_id)]
+        if st.type == "Map":
+            self.emit(ev.MapIterationSucceeded(frame=parent_id, name=st.name, index=f.index))
+            self.map_progress(parent_id, st)
+            return
+        parent = self.state.frames[parent_id]
+        children = [self.state.frames[c] for c in parent.children]
+        if all(c.status == "succeeded" for c in children):
+            self.composite_done(parent_id, st, [c.data for c in children])
+
+    def map_progress(self, frame_id: str, st: StateDef) -> None:
+        f = self.state.frames[frame_id]
+        if f.finished == len(f.items):
+            self.emit(ev.MapStateSucceeded(frame=frame_id, name=st.name))
+            self.composite_done(frame_id, st, list(self.state.frames[frame_id].data))
+        else:
+            self.launch_iterations(frame_id, st)
+
+    def composite_done(self, frame_id: str, st: StateDef, results: list[Any]) -> None:
+        f = self.state.frames[frame_id]
+
+        def work() -> None:
+            scope = self.scope(frame_id, st)
+            out = state_output(st, f.state_input, results, scope)
+            self.leave(frame_id, st, out, f.state_input, results, scope, has_result=True)
+
+        self.guard(frame_id, st, work)
+
+    def frame_failed(self, frame_id: str, error: str | None, cause: str | None) -> None:
+        """A frame ended in failure (Fail state, or an error nothing caught)."""
+        f = self.state.frames[frame_id]
+        if f.parent is None:
+            self.emit(ev.ExecutionFailed(error=error, cause=cause))
+            return
+        parent_id = f.parent
+        parent = self.state.frames[parent_id]
+        if parent.current is None or parent.status != "running":
+            return
+        st = self.machine_of(parent_id).states[parent.current]
+        if st.type == "Parallel":
+            self.emit(ev.ParallelStateFailed(frame=parent_id, name=st.name))
+            self.fail(parent_id, error or E.BRANCH_FAILED, cause)
+            return
+        self.emit(
+            ev.MapIterationFailed(
+                frame=parent_id, name=st.name, index=f.index, error=error, cause=cause
+            )
+        )
+        parent = self.state.frames[parent_id]
+        if _tolerated(parent):
+            self.map_progress(parent_id, st)
+            return
+        self.emit(ev.MapStateFailed(frame=parent_id, name=st.name))
+        if parent.tolerated_failure_count is not None or (
+            parent.tolerated_failure_percentage is not None
+        ):
+            self.fail(
+                parent_id,
+                E.EXCEED_TOLERATED_FAILURE_THRESHOLD,
+                "The specified tolerated failure threshold was exceeded",
+            )
+        else:
+            self.fail(parent_id, error or E.TASK_FAILED, cause)
+
+    # -- errors: Retry, Catch, propagate ----------------------------------------------
+
+    def fail(self, frame_id: str, error: str, cause: str | None) -> None:
+        """The current state of ``frame_id`` failed: retry, catch, or fail the frame."""
+        f = self.state.frames[frame_id]
+        if f.current is None:
+            self.frame_failed(frame_id, error, cause)
+            return
+        st = self.state_def(frame_id)
+        if error != E.RUNTIME:
+            for index, retrier in enumerate(st.retry):
+                if not _matches(retrier.error_equals, error):
+                    continue
+                attempts = f.retry_attempts[index] if index < len(f.retry_attempts) else 0
+                if attempts < retrier.max_attempts:
+                    self.schedule_retry(frame_id, st, index, retrier, attempts, error)
+                    return
+                break
+            for catcher in st.catch:
+                if not _matches(catcher.error_equals, error):
+                    continue
+                self.catch(frame_id, st, catcher, error, cause)
+                return
+        self.frame_failed(frame_id, error, cause)
+
+    def schedule_retry(
+        self, frame_id: str, st: StateDef, index: int, r: Retrier, attempts: int, error: str
+    ) -> None:
+        delay = r.interval_seconds * (r.backoff_rate**attempts)
+        if r.max_delay_seconds is not None:
+            delay = min(delay, float(r.max_delay_seconds))
+        if r.jitter == "FULL":
+            env = EvalEnv.seeded(f"{self.state.execution_id}:{self.state.seq}:jitter")
+            delay = env.rng.uniform(0, delay)
+        local = self.next_local_id()
+        self.emit(
+            ev.StateRetryScheduled(
+                frame=frame_id,
+                name=st.name,
+                error=error,
+                retrier=index,
+                attempt=attempts + 1,
+                delay_seconds=delay,
+                timer_id=local,
+                due=_iso(self.now + dt.timedelta(seconds=delay)),
+            )
+        )
+
+    def catch(
+        self, frame_id: str, st: StateDef, catcher: Any, error: str, cause: str | None
+    ) -> None:
+        f = self.state.frames[frame_id]
+        raw = f.state_input
+        error_output: dict[str, Any] = {"Error": error, "Cause": cause if cause is not None else ""}
+        if cause is None:
+            error_output = {"Error": error}
+
+        def work() -> None:
+            scope = self.scope(frame_id, st)
+            if st.query_language == JSONATA:
+                if catcher.has_output:
+                    states = jsonata_states(scope, raw, error_output=error_output, has_error=True)
+                    out = evaluate_jsonata(catcher.output, states, scope)
+                else:
+                    out = error_output
+            else:
+                out = set_result(raw, catcher.result_path, error_output)
+            assigned = None
+            if catcher.assign is not None:
+                assigned = assigned_variables(
+                    catcher.assign,
+                    st.query_language,
+                    raw,
+                    None,
+                    scope,
+                    has_result=False,
+                    error_output=error_output,
+                    has_error=True,
+                )
+            exited = ev.EXITED.get(st.type)
+            if exited is not None:
+                self.emit(
+                    exited(frame=frame_id, name=st.name, output=out, assigned_variables=assigned)
+                )
+            nxt = catcher.next
+            self.agenda.append(lambda: self.enter(frame_id, nxt, out))
+
+        try:
+            work()
+        except StatesError as err:
+            self.frame_failed(frame_id, err.error, err.cause)
+
+
+# Errors whose cause AWS prefixes with the state and the event id it entered at.
+_PREFIXED = frozenset({E.RUNTIME, E.QUERY_EVALUATION_ERROR})
+
+
+def effective_input_for_paths(st: StateDef, raw: Any, scope: Scope) -> Any:
+    """*Path fields of a Task read the input after InputPath."""
+    from engine.asl.jsonpath import apply_path
+
+    return apply_path(st.input_path, raw, scope.context, scope.variables)
+
+
+def _path_value(path: JsonPath, value: Any, scope: Scope) -> Any:
+    from engine.asl.jsonpath import apply_path
+
+    return apply_path(path, value, scope.context, scope.variables)
+
+
+def _quoted(value: Any) -> str:
+    return f'"{java_str(value)}"'
+
+
+def _matches(error_equals: tuple[str, ...], error: str) -> bool:
+    for name in error_equals:
+        if name == error:
+            return True
+        if name == E.ALL and error not in E.NOT_MATCHED_BY_ALL:
+            return True
+        if name == E.TASK_FAILED and error not in (E.TIMEOUT, E.RUNTIME, E.HEARTBEAT_TIMEOUT):
+            if not error.startswith("States.") or error == E.TASK_FAILED:
+                return True
+    return False
+
+
+def _tolerated(f: Frame) -> bool:
+    if f.tolerated_failure_count is None and f.tolerated_failure_percentage is None:
+        return False
+    if f.tolerated_failure_count is not None and f.failed > f.tolerated_failure_count:
+        return False
+    if f.tolerated_failure_percentage is not None and f.items:
+        if f.failed * 100.0 / len(f.items) > f.tolerated_failure_percentage:
+            return False
+    return True
+
+
+def _batch(batcher: dict[str, Any], items: list[Any]) -> list[Any]:
+    size = batcher.get("MaxItemsPerBatch") or len(items) or 1
+    batches: list[Any] = []
+    for start in range(0, len(items), int(size)):
+        batch: dict[str, Any] = {"Items": items[start : start + int(size)]}
+        if "BatchInput" in batcher:
+            batch["BatchInput"] = batcher["BatchInput"]
+        batches.append(batch)
+    return batches
+
+
+def _queue_of(resource: str) -> str:
+    """Tasks go to a queue named by their resource's prefix ("test:echo" -> "test")."""
+    return "default"
+
+
+def _parse_timestamp(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if "T" not in text:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return parsed

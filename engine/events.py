@@ -1,0 +1,333 @@
+"""The events of an execution: one frozen msgspec tagged union.
+
+Each event's tag (the JSON field ``type``) is the Step Functions history type
+name, and its fields are that event's details, so a steplog history reads like
+an AWS one and can be compared with the recorded cases. Field names are
+camelCase on the wire (``inputDetails``-style), snake_case in Python.
+
+Engine fields ride along with defaults:
+- ``frame``: which branch of the execution the event belongs to: "" is the top
+  level, "P/1" branch 1 of Parallel state P, "M/3" iteration 3 of Map state M,
+  nested with "/" ("P/0/M/2").
+- timer ids and due times, task ids, retry bookkeeping.
+A few events have no AWS counterpart (``StateRetryScheduled``,
+``TaskResultIgnored``); they are listed in ``ENGINE_ONLY``.
+
+Schema evolution: a new field gets a default; a field never changes type; a
+changed meaning is a new event type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+class _Event(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", rename="camel", omit_defaults=True
+):
+    pass
+
+
+class _StateEvent(_Event, frozen=True, kw_only=True):
+    frame: str = ""
+    name: str
+
+
+class _Entered(_StateEvent, frozen=True, kw_only=True):
+    input: Any = None
+
+
+class _Exited(_StateEvent, frozen=True, kw_only=True):
+    output: Any = None
+    # True when the state ended its branch (End: true, Succeed) rather than moving on.
+    end: bool = False
+    # Variables set by the state's Assign (AWS records them as assignedVariables).
+    assigned_variables: dict[str, Any] | None = None
+
+
+# --- execution -----------------------------------------------------------------
+
+
+class ExecutionStarted(_Event, frozen=True, kw_only=True):
+    input: Any = None
+    workflow: str = ""
+    version: int = 0
+    name: str = ""
+    namespace: str = "default"
+    role_arn: str = ""
+
+
+class ExecutionSucceeded(_Event, frozen=True, kw_only=True):
+    output: Any = None
+
+
+class ExecutionFailed(_Event, frozen=True, kw_only=True):
+    error: str | None = None
+    cause: str | None = None
+
+
+class ExecutionTimedOut(_Event, frozen=True, kw_only=True):
+    error: str | None = "States.Timeout"
+    cause: str | None = None
+
+
+class ExecutionAborted(_Event, frozen=True, kw_only=True):
+    error: str | None = None
+    cause: str | None = None
+
+
+# --- simple states -------------------------------------------------------------
+
+
+class PassStateEntered(_Entered, frozen=True, kw_only=True):
+    pass
+
+
+class PassStateExited(_Exited, frozen=True, kw_only=True):
+    pass
+
+
+class ChoiceStateEntered(_Entered, frozen=True, kw_only=True):
+    pass
+
+
+class ChoiceStateExited(_Exited, frozen=True, kw_only=True):
+    pass
+
+
+class SucceedStateEntered(_Entered, frozen=True, kw_only=True):
+    pass
+
+
+class SucceedStateExited(_Exited, frozen=True, kw_only=True):
+    end: bool = True
+
+
+class FailStateEntered(_Entered, frozen=True, kw_only=True):
+    pass
+
+
+class WaitStateEntered(_Entered, frozen=True, kw_only=True):
+    # Set when the wait was computed; empty when its input processing failed.
+    timer_id: str = ""
+    due: str = ""
+
+
+class WaitStateExited(_Exited, frozen=True, kw_only=True):
+    pass
+
+
+# --- task ----------------------------------------------------------------------
+
+
+class TaskStateEntered(_Entered, frozen=True, kw_only=True):
+    pass
+
+
+class TaskStateExited(_Exited, frozen=True, kw_only=True):
+    pass
+
+
+class TaskScheduled(_StateEvent, frozen=True, kw_only=True):
+    """A task attempt was put on its queue. ``task_id`` is also the idempotency key
+    handlers receive: it names (execution, state entry, attempt)."""
+
+    task_id: str
+    resource: str
+    queue: str = "default"
+    input: Any = None
+    attempt: int = 0
+    timeout_seconds: int | None = None
+    heartbeat_seconds: int | None = None
+    timeout_timer_id: str = ""
+    timeout_due: str = ""
+
+
+class TaskSucceeded(_StateEvent, frozen=True, kw_only=True):
+    task_id: str
+    output: Any = None
+
+
+class TaskFailed(_StateEvent, frozen=True, kw_only=True):
+    task_id: str
+    error: str | None = None
+    cause: str | None = None
+
+
+class TaskTimedOut(_StateEvent, frozen=True, kw_only=True):
+    task_id: str
+    error: str | None = "States.Timeout"
+    cause: str | None = None
+
+
+class TaskResultIgnored(_Event, frozen=True, kw_only=True):
+    """A task result arrived for an attempt that is no longer pending (timed out,
+    retried, execution ended): recorded, never applied."""
+
+    task_id: str
+    reason: str
+
+
+# --- retry ---------------------------------------------------------------------
+
+
+class StateRetryScheduled(_StateEvent, frozen=True, kw_only=True):
+    """A Retrier matched ``error``; the state runs again when the timer fires."""
+
+    error: str
+    retrier: int
+    attempt: int  # attempts of this retrier so far, this one included
+    delay_seconds: float
+    timer_id: str
+    due: str
+
+
+# --- parallel ------------------------------------------------------------------
+
+
+class ParallelStateEntered(_Entered, frozen=True, kw_only=True):
+    pass
+
+
+class ParallelStateStarted(_StateEvent, frozen=True, kw_only=True):
+    branches: int = 0
+    branch_input: Any = None
+
+
+class ParallelStateFailed(_StateEvent, frozen=True, kw_only=True):
+    error: str | None = None
+    cause: str | None = None
+
+
+class ParallelStateExited(_Exited, frozen=True, kw_only=True):
+    pass
+
+
+# --- map -----------------------------------------------------------------------
+
+
+class MapStateEntered(_Entered, frozen=True, kw_only=True):
+    pass
+
+
+class MapStateStarted(_StateEvent, frozen=True, kw_only=True):
+    length: int = 0
+    # Each iteration's input (after ItemSelector), and how many may run at once.
+    items: list[Any] = []
+    max_concurrency: int = 0
+    tolerated_failure_count: int | None = None
+    tolerated_failure_percentage: float | None = None
+
+
+class MapIterationStarted(_StateEvent, frozen=True, kw_only=True):
+    index: int
+
+
+class MapIterationSucceeded(_StateEvent, frozen=True, kw_only=True):
+    index: int
+
+
+class MapIterationFailed(_StateEvent, frozen=True, kw_only=True):
+    index: int
+    error: str | None = None
+    cause: str | None = None
+
+
+class MapStateSucceeded(_StateEvent, frozen=True, kw_only=True):
+    pass
+
+
+class MapStateFailed(_StateEvent, frozen=True, kw_only=True):
+    error: str | None = None
+    cause: str | None = None
+
+
+class MapStateExited(_Exited, frozen=True, kw_only=True):
+    pass
+
+
+Event = (
+    ExecutionStarted
+    | ExecutionSucceeded
+    | ExecutionFailed
+    | ExecutionTimedOut
+    | ExecutionAborted
+    | PassStateEntered
+    | PassStateExited
+    | ChoiceStateEntered
+    | ChoiceStateExited
+    | SucceedStateEntered
+    | SucceedStateExited
+    | FailStateEntered
+    | WaitStateEntered
+    | WaitStateExited
+    | TaskStateEntered
+    | TaskStateExited
+    | TaskScheduled
+    | TaskSucceeded
+    | TaskFailed
+    | TaskTimedOut
+    | TaskResultIgnored
+    | StateRetryScheduled
+    | ParallelStateEntered
+    | ParallelStateStarted
+    | ParallelStateFailed
+    | ParallelStateExited
+    | MapStateEntered
+    | MapStateStarted
+    | MapIterationStarted
+    | MapIterationSucceeded
+    | MapIterationFailed
+    | MapStateSucceeded
+    | MapStateFailed
+    | MapStateExited
+)
+
+TERMINAL = (ExecutionSucceeded, ExecutionFailed, ExecutionTimedOut, ExecutionAborted)
+ENGINE_ONLY = frozenset({"StateRetryScheduled", "TaskResultIgnored"})
+
+ENTERED: dict[str, type[_Entered]] = {
+    "Pass": PassStateEntered,
+    "Choice": ChoiceStateEntered,
+    "Succeed": SucceedStateEntered,
+    "Fail": FailStateEntered,
+    "Wait": WaitStateEntered,
+    "Task": TaskStateEntered,
+    "Parallel": ParallelStateEntered,
+    "Map": MapStateEntered,
+}
+EXITED: dict[str, type[_Exited]] = {
+    "Pass": PassStateExited,
+    "Choice": ChoiceStateExited,
+    "Succeed": SucceedStateExited,
+    "Wait": WaitStateExited,
+    "Task": TaskStateExited,
+    "Parallel": ParallelStateExited,
+    "Map": MapStateExited,
+}
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Event)
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes | str) -> Event:
+    return _decoder.decode(data)
+
+
+def event_type(event: Event) -> str:
+    return type(event).__name__
+
+
+def event_details(event: Event) -> dict[str, Any]:
+    """The event as a JSON object without its ``type`` tag (the history's details)."""
+    details: dict[str, Any] = msgspec.to_builtins(event)
+    details.pop("type", None)
+    return details

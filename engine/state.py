@@ -1,0 +1,324 @@
+"""ExecutionState and ``evolve(state, event) -> state``: the fold of an execution's events.
+
+Pure and copy-on-write: ``evolve`` never mutates its argument; it copies the
+top-level struct and the frames it changes (frames are shallow-copied, JSON
+values are shared because nothing mutates them). Replaying an execution's
+events through ``evolve`` from ``initial_state`` gives exactly the state the
+engine acted on (invariant 3).
+
+A *frame* is one thread of control: the top level ("") or one Parallel branch
+or Map iteration. A frame runs one state at a time; a Parallel or Map state
+owns child frames until it completes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, assert_never
+from uuid import UUID
+
+import msgspec
+
+from engine import events as ev
+
+Status = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"]
+FrameStatus = Literal["running", "succeeded", "failed"]
+TimerPurpose = Literal["wait", "retry", "task_timeout"]
+
+
+class Frame(msgspec.Struct, kw_only=True):
+    id: str
+    parent: str | None = None
+    parent_state: str | None = None
+    index: int = 0
+    status: FrameStatus = "running"
+    # The state this frame is in (None before the first state and after the last).
+    current: str | None = None
+    state_input: Any = None
+    entered_seq: int = 0
+    # The data the frame carries between states: last output, final output when done.
+    data: Any = None
+    error: str | None = None
+    cause: str | None = None
+    # Workflow variables visible in this frame (Assign); branches start with a copy.
+    variables: dict[str, Any] = {}
+    # Retry bookkeeping for the current state: attempts per retrier.
+    retry_attempts: tuple[int, ...] = ()
+    # Pending work of the current state.
+    task_id: str | None = None
+    timer_id: str | None = None
+    # Composite (Parallel / Map) state in progress.
+    children: tuple[str, ...] = ()
+    items: tuple[Any, ...] = ()
+    max_concurrency: int = 0
+    launched: int = 0
+    finished: int = 0
+    failed: int = 0
+    results: tuple[Any, ...] = ()
+    tolerated_failure_count: int | None = None
+    tolerated_failure_percentage: float | None = None
+
+
+class TimerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    frame: str
+    purpose: TimerPurpose
+    due: str
+
+
+class ExecutionState(msgspec.Struct, kw_only=True):
+    execution_id: str = ""
+    namespace: str = "default"
+    workflow: str = ""
+    version: int = 0
+    name: str = ""
+    status: Status = "PENDING"
+    input: Any = None
+    output: Any = None
+    error: str | None = None
+    cause: str | None = None
+    seq: int = 0
+    started_at: str = ""
+    stopped_at: str = ""
+    frames: dict[str, Frame] = {}
+    # Pending task attempts: task id -> frame id.
+    tasks: dict[str, str] = {}
+    timers: dict[str, TimerInfo] = {}
+    # Task results seen: task ids that completed, so duplicates are recognised.
+    completed_tasks: frozenset[str] = frozenset()
+
+    @property
+    def ended(self) -> bool:
+        return self.status not in ("PENDING", "RUNNING")
+
+
+def initial_state(execution_id: UUID | str) -> ExecutionState:
+    return ExecutionState(execution_id=str(execution_id))
+
+
+def child_frame_id(frame: str, state: str, index: int) -> str:
+    return f"{frame}/{state}/{index}" if frame else f"{state}/{index}"
+
+
+def evolve(state: ExecutionState, event: ev.Event, timestamp: str = "") -> ExecutionState:
+    """Return the state after ``event``. ``timestamp`` (RFC 3339) is the event's
+    recorded time; only execution start and end read it."""
+    s = msgspec.structs.replace(state, seq=state.seq + 1)
+    match event:
+        case ev.ExecutionStarted():
+            s.status = "RUNNING"
+            s.input = event.input
+            s.workflow = event.workflow
+            s.version = event.version
+            s.name = event.name
+            s.namespace = event.namespace
+            s.started_at = timestamp
+            s.frames = {"": Frame(id="", data=event.input)}
+        case ev.ExecutionSucceeded():
+            _end(s, "SUCCEEDED", timestamp)
+            s.output = event.output
+        case ev.ExecutionFailed():
+            _end(s, "FAILED", timestamp)
+            s.error, s.cause = event.error, event.cause
+        case ev.ExecutionTimedOut():
+            _end(s, "TIMED_OUT", timestamp)
+            s.error, s.cause = event.error, event.cause
+        case ev.ExecutionAborted():
+            _end(s, "ABORTED", timestamp)
+            s.error, s.cause = event.error, event.cause
+        case ev.WaitStateEntered():
+            f = _enter(s, event)
+            if event.timer_id:
+                f.timer_id = event.timer_id
+                s.timers = {
+                    **s.timers,
+                    event.timer_id: TimerInfo(frame=event.frame, purpose="wait", due=event.due),
+                }
+        case (
+            ev.PassStateEntered()
+            | ev.ChoiceStateEntered()
+            | ev.SucceedStateEntered()
+            | ev.FailStateEntered()
+            | ev.TaskStateEntered()
+            | ev.ParallelStateEntered()
+            | ev.MapStateEntered()
+        ):
+            _enter(s, event)
+        case ev.WaitStateExited():
+            f = _frame(s, event.frame)
+            if f.timer_id is not None:
+                s.timers = _without(s.timers, f.timer_id)
+            _exit(s, event)
+        case (
+            ev.PassStateExited()
+            | ev.ChoiceStateExited()
+            | ev.SucceedStateExited()
+            | ev.TaskStateExited()
+            | ev.ParallelStateExited()
+            | ev.MapStateExited()
+        ):
+            _exit(s, event)
+        case ev.TaskScheduled():
+            f = _frame(s, event.frame)
+            f.task_id = event.task_id
+            s.tasks = {**s.tasks, event.task_id: event.frame}
+            if event.timeout_timer_id:
+                f.timer_id = event.timeout_timer_id
+                s.timers = {
+                    **s.timers,
+                    event.timeout_timer_id: TimerInfo(
+                        frame=event.frame, purpose="task_timeout", due=event.timeout_due
+                    ),
+                }
+        case ev.TaskSucceeded() | ev.TaskFailed() | ev.TaskTimedOut():
+            f = _frame(s, event.frame)
+            f.task_id = None
+            if f.timer_id is not None:
+                s.timers = _without(s.timers, f.timer_id)
+                f.timer_id = None
+            s.tasks = _without(s.tasks, event.task_id)
+            s.completed_tasks = s.completed_tasks | {event.task_id}
+            if isinstance(event, ev.TaskSucceeded):
+                f.data = event.output
+        case ev.TaskResultIgnored():
+            pass
+        case ev.StateRetryScheduled():
+            f = _frame(s, event.frame)
+            attempts = list(f.retry_attempts) or []
+            while len(attempts) <= event.retrier:
+                attempts.append(0)
+            attempts[event.retrier] = event.attempt
+            f.retry_attempts = tuple(attempts)
+            f.timer_id = event.timer_id
+            _drop_children(s, f)
+            s.timers = {
+                **s.timers,
+                event.timer_id: TimerInfo(frame=event.frame, purpose="retry", due=event.due),
+            }
+        case ev.ParallelStateStarted():
+            f = _frame(s, event.frame)
+            if f.timer_id is not None:  # a retry's timer has fired
+                s.timers = _without(s.timers, f.timer_id)
+                f.timer_id = None
+            ids = tuple(child_frame_id(event.frame, event.name, i) for i in range(event.branches))
+            f.children = ids
+            f.results = (None,) * event.branches
+            f.finished = f.failed = 0
+            f.launched = event.branches
+            s.frames = dict(s.frames)
+            for i, cid in enumerate(ids):
+                s.frames[cid] = Frame(
+                    id=cid,
+                    parent=event.frame,
+                    parent_state=event.name,
+                    index=i,
+                    data=event.branch_input,
+                    variables=f.variables,
+                )
+        case ev.MapStateStarted():
+            f = _frame(s, event.frame)
+            if f.timer_id is not None:
+                s.timers = _without(s.timers, f.timer_id)
+                f.timer_id = None
+            f.items = tuple(event.items)
+            f.children = ()
+            f.results = (None,) * len(event.items)
+            f.launched = f.finished = f.failed = 0
+            f.max_concurrency = event.max_concurrency
+            f.tolerated_failure_count = event.tolerated_failure_count
+            f.tolerated_failure_percentage = event.tolerated_failure_percentage
+        case ev.MapIterationStarted():
+            f = _frame(s, event.frame)
+            cid = child_frame_id(event.frame, event.name, event.index)
+            f.children = (*f.children, cid)
+            f.launched += 1
+            s.frames = dict(s.frames)
+            s.frames[cid] = Frame(
+                id=cid,
+                parent=event.frame,
+                parent_state=event.name,
+                index=event.index,
+                data=f.items[event.index],
+                variables=f.variables,
+            )
+        case ev.MapIterationSucceeded():
+            f = _frame(s, event.frame)
+            results = list(f.results)
+            results[event.index] = s.frames[
+                child_frame_id(event.frame, event.name, event.index)
+            ].data
+            f.results = tuple(results)
+            f.finished += 1
+            _drop_frame(s, f, child_frame_id(event.frame, event.name, event.index))
+        case ev.MapIterationFailed():
+            f = _frame(s, event.frame)
+            f.finished += 1
+            f.failed += 1
+            _drop_frame(s, f, child_frame_id(event.frame, event.name, event.index))
+        case ev.MapStateSucceeded():
+            f = _frame(s, event.frame)
+            f.data = list(f.results)
+            _drop_children(s, f)
+        case ev.ParallelStateFailed() | ev.MapStateFailed():
+            f = _frame(s, event.frame)
+            f.error, f.cause = event.error, event.cause
+            _drop_children(s, f)
+        case _:
+            assert_never(event)
+    return s
+
+
+def _end(s: ExecutionState, status: Status, timestamp: str) -> None:
+    s.status = status
+    s.stopped_at = timestamp
+    s.tasks = {}
+    s.timers = {}
+
+
+def _frame(s: ExecutionState, frame_id: str) -> Frame:
+    """Copy-on-write access to one frame."""
+    f = msgspec.structs.replace(s.frames[frame_id])
+    s.frames = {**s.frames, frame_id: f}
+    return f
+
+
+def _enter(s: ExecutionState, event: ev._Entered) -> Frame:
+    f = _frame(s, event.frame)
+    f.current = event.name
+    f.state_input = event.input
+    f.entered_seq = s.seq
+    f.retry_attempts = ()
+    f.task_id = None
+    f.timer_id = None
+    return f
+
+
+def _exit(s: ExecutionState, event: ev._Exited) -> None:
+    f = _frame(s, event.frame)
+    f.current = None
+    f.data = event.output
+    f.retry_attempts = ()
+    _drop_children(s, f)
+    if event.assigned_variables:
+        f.variables = {**f.variables, **event.assigned_variables}
+    if event.end:
+        f.status = "succeeded"
+
+
+def _drop_frame(s: ExecutionState, parent: Frame, frame_id: str) -> None:
+    """Forget a finished child frame and everything nested in it."""
+    prefix = frame_id + "/"
+    s.frames = {k: v for k, v in s.frames.items() if k != frame_id and not k.startswith(prefix)}
+    s.tasks = {t: fr for t, fr in s.tasks.items() if fr != frame_id and not fr.startswith(prefix)}
+    s.timers = {
+        t: i for t, i in s.timers.items() if i.frame != frame_id and not i.frame.startswith(prefix)
+    }
+    parent.children = tuple(c for c in parent.children if c != frame_id)
+
+
+def _drop_children(s: ExecutionState, f: Frame) -> None:
+    for cid in f.children:
+        _drop_frame(s, f, cid)
+    f.children = ()
+
+
+def _without(d: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != key}
