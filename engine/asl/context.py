@@ -36,6 +36,8 @@ class EvalEnv:
 
     variables: dict[str, Any] = field(default_factory=dict)
     rng: random.Random = field(default_factory=lambda: random.Random(0))
+    # None (the default) means "UUIDs drawn from rng"; __post_init__ replaces
+    # it, so after construction ``uuid`` is always a callable.
     uuid: Callable[[], str] = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -49,5 +51,3 @@ class EvalEnv:
         return cls(variables=variables if variables is not None else {}, rng=rng,
                    uuid=_seeded_uuid_factory(rng))
 
-
-EMPTY_ENV_SEED = 0

@@ -233,14 +233,14 @@ class _DeepScan(_Segment):
     inner: _Segment
 
     def children(self, node: Any, root: Any) -> Iterator[Any]:
-        stack = [node]
-        while stack:
-            current = stack.pop(0)
-            yield from self.inner.children(current, root)
-            if isinstance(current, dict):
-                stack[0:0] = list(current.values())
-            elif isinstance(current, list):
-                stack[0:0] = list(current)
+        # Document order: the node's own matches, then each child's subtree.
+        yield from self.inner.children(node, root)
+        if isinstance(node, dict):
+            for child in node.values():
+                yield from self.children(child, root)
+        elif isinstance(node, list):
+            for child in node:
+                yield from self.children(child, root)
 
     def render(self) -> str:
         return ".." + self.inner.render()
@@ -840,7 +840,7 @@ def set_result(data: Any, path: JsonPath | None, value: Any) -> Any:
                 copy[seg.name] = value
             else:
                 # Missing intermediate objects are created, as AWS does.
-                copy[seg.name] = write(node.get(seg.name, {}) if seg.name in node else {}, i + 1)
+                copy[seg.name] = write(node.get(seg.name, {}), i + 1)
             return copy
         assert isinstance(seg, _Index)
         if not isinstance(node, list):
