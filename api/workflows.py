@@ -10,6 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from api.keys import SERVICE, SETTINGS, STORE
+from api.responses import json_response
 from api.schemas import (
     WORKFLOW_NAME,
     RegisterWorkflow,
@@ -20,7 +21,6 @@ from api.schemas import (
     decode_query,
     rfc3339,
 )
-from api.responses import json_response
 from engine.errors import InvalidRequest, PayloadTooLarge, WorkflowNotFound
 from engine.store import WorkflowVersion
 
