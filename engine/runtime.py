@@ -1,0 +1,247 @@
+"""The engine loop: trigger streams -> decide -> append.
+
+An ``Engine`` reads every partition's trigger stream through the consumer
+group "engine" (engines share the work), turns each entry into a decide
+trigger, loads the execution's state (from its in-memory cache, checked by
+seq, else by replay from PostgreSQL), decides, appends with the expected seq
+and acknowledges the entry only after the append committed. A conflict means
+another engine appended first: reload and decide again (decide drops
+triggers that became obsolete). Triggers of one execution are handled in
+stream order; different executions run concurrently.
+
+Entries left unacknowledged by a dead engine are claimed after a visibility
+timeout (XAUTOCLAIM); an entry delivered too often is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import socket
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from engine.bus import Bus, StreamEntry
+from engine.decide import Begin, TaskCompleted, TaskErrored, TimerFired, Trigger
+from engine.errors import ConcurrencyError, NotFound
+from engine.service import EngineService
+from engine.state import ExecutionState
+
+log = logging.getLogger("steplog.engine")
+
+ENGINE_GROUP = "engine"
+
+
+class TaskResultBody(msgspec.Struct, frozen=True, kw_only=True):
+    task_id: str
+    ok: bool
+    output: Any = None
+    error: str | None = None
+    cause: str | None = None
+
+
+class TimerBody(msgspec.Struct, frozen=True, kw_only=True):
+    timer_id: str
+
+
+_decode_task_result = msgspec.json.Decoder(TaskResultBody)
+_decode_timer = msgspec.json.Decoder(TimerBody)
+_encode = msgspec.json.Encoder()
+
+
+def encode_task_result(body: TaskResultBody) -> bytes:
+    return _encode.encode(body)
+
+
+def encode_timer(timer_id: str) -> bytes:
+    return _encode.encode(TimerBody(timer_id=timer_id))
+
+
+def parse_trigger(entry: StreamEntry, now: dt.datetime) -> tuple[UUID, Trigger]:
+    """The execution id and decide trigger an entry of a triggers stream carries."""
+    kind = entry.fields["kind"].decode()
+    execution_id = UUID(entry.fields["execution_id"].decode())
+    body = entry.fields.get("body", b"{}")
+    trigger: Trigger
+    if kind == "begin":
+        trigger = Begin(now=now)
+    elif kind == "task_result":
+        r = _decode_task_result.decode(body)
+        if r.ok:
+            trigger = TaskCompleted(task_id=r.task_id, output=r.output, now=now)
+        else:
+            trigger = TaskErrored(task_id=r.task_id, error=r.error, cause=r.cause, now=now)
+    elif kind == "timer":
+        trigger = TimerFired(timer_id=_decode_timer.decode(body).timer_id, now=now)
+    else:
+        raise ValueError(f"unknown trigger kind {kind!r}")
+    return execution_id, trigger
+
+
+class StateCache:
+    """Recently used execution states, newest last. A state is only a starting point:
+    events after its seq are always loaded before deciding."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._states: OrderedDict[UUID, ExecutionState] = OrderedDict()
+
+    def get(self, execution_id: UUID) -> ExecutionState | None:
+        state = self._states.get(execution_id)
+        if state is not None:
+            self._states.move_to_end(execution_id)
+        return state
+
+    def put(self, execution_id: UUID, state: ExecutionState) -> None:
+        if self._size <= 0:
+            return
+        self._states[execution_id] = state
+        self._states.move_to_end(execution_id)
+        while len(self._states) > self._size:
+            self._states.popitem(last=False)
+
+    def drop(self, execution_id: UUID) -> None:
+        self._states.pop(execution_id, None)
+
+
+class Engine:
+    def __init__(
+        self,
+        service: EngineService,
+        bus: Bus,
+        *,
+        consumer: str | None = None,
+        cache_size: int = 10_000,
+        batch_size: int = 200,
+        block_ms: int = 1000,
+        visibility_timeout_s: float = 30.0,
+        max_deliveries: int = 10,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self.service = service
+        self.bus = bus
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.cache = StateCache(cache_size)
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self.visibility_timeout_s = visibility_timeout_s
+        self.max_deliveries = max_deliveries
+        self.clock = clock
+        self.handled = 0
+
+    async def ensure_groups(self) -> None:
+        for stream in self.bus.triggers_streams():
+            await self.bus.ensure_group(stream, ENGINE_GROUP)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.ensure_groups()
+        streams = self.bus.triggers_streams()
+        # First this consumer's own pending entries (a restart with the same name).
+        pending = await self.bus.read_group(
+            ENGINE_GROUP, self.consumer, dict.fromkeys(streams, "0"), count=self.batch_size
+        )
+        if pending:
+            await self.handle(pending)
+        last_claim = 0.0
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            try:
+                if loop.time() - last_claim > self.visibility_timeout_s / 2:
+                    last_claim = loop.time()
+                    await self.claim_stale()
+                entries = await self.bus.read_group(
+                    ENGINE_GROUP, self.consumer, streams, self.batch_size, self.block_ms
+                )
+                if entries:
+                    await self.handle(entries)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("engine loop failed; retrying")
+                await _sleep_or_stop(stop, 1.0)
+
+    async def claim_stale(self) -> None:
+        min_idle = int(self.visibility_timeout_s * 1000)
+        for stream in self.bus.triggers_streams():
+            start = "0-0"
+            while True:
+                start, entries = await self.bus.autoclaim(
+                    stream, ENGINE_GROUP, self.consumer, min_idle, 100, start
+                )
+                live = []
+                for entry in entries:
+                    if entry.deliveries > self.max_deliveries:
+                        await self.bus.dead_letter(entry, ENGINE_GROUP, "too many deliveries")
+                    else:
+                        live.append(entry)
+                if live:
+                    await self.handle(live)
+                if start == "0-0" or not entries:
+                    break
+
+    async def handle(self, entries: list[StreamEntry]) -> None:
+        """Handle a batch: per execution in order, executions concurrently."""
+        by_execution: dict[UUID, list[StreamEntry]] = {}
+        bad: list[StreamEntry] = []
+        for entry in entries:
+            try:
+                execution_id = UUID(entry.fields["execution_id"].decode())
+            except (KeyError, ValueError):
+                bad.append(entry)
+                continue
+            by_execution.setdefault(execution_id, []).append(entry)
+        for entry in bad:
+            log.error("dropping malformed trigger %s on %s", entry.id, entry.stream)
+            await self.bus.dead_letter(entry, ENGINE_GROUP, "malformed")
+        await asyncio.gather(
+            *(self._handle_execution(eid, items) for eid, items in by_execution.items())
+        )
+
+    async def _handle_execution(self, execution_id: UUID, entries: list[StreamEntry]) -> None:
+        for entry in entries:
+            try:
+                _, trigger = parse_trigger(entry, self.clock())
+            except (KeyError, ValueError, msgspec.DecodeError):
+                log.error("dropping malformed trigger %s on %s", entry.id, entry.stream)
+                await self.bus.dead_letter(entry, ENGINE_GROUP, "malformed")
+                continue
+            try:
+                await self.apply(execution_id, trigger)
+            except NotFound:
+                log.warning("trigger %s for unknown execution %s", entry.id, execution_id)
+            except Exception:
+                # Left unacknowledged: it is claimed again after the visibility timeout.
+                log.exception("trigger %s for %s failed", entry.id, execution_id)
+                self.cache.drop(execution_id)
+                continue
+            await self.bus.ack(entry.stream, ENGINE_GROUP, [entry.id])
+            self.handled += 1
+
+    async def apply(self, execution_id: UUID, trigger: Trigger) -> ExecutionState:
+        """Load, decide, append; on a conflict reload and decide again."""
+        for _ in range(50):
+            cached = self.cache.get(execution_id)
+            state = await self.service.load_state(execution_id, cached=cached)
+            try:
+                decision, _stored = await self.service.apply(state, trigger)
+            except ConcurrencyError:
+                self.cache.drop(execution_id)
+                continue
+            if decision.ignored:
+                log.debug("execution %s: trigger ignored: %s", execution_id, decision.ignored)
+            self.cache.put(execution_id, decision.state)
+            return decision.state
+        raise ConcurrencyError(f"execution {execution_id}: too many conflicting appends")
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass

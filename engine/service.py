@@ -1,0 +1,185 @@
+"""The engine's application service: what the API and the CLI call.
+
+It owns the compiled-definition cache and the path "load state, decide,
+append with the expected seq" for triggers that arrive through the API
+(stop). Triggers from the bus go through engine.runtime, which uses the same
+``load_state`` and ``apply`` helpers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import OrderedDict
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from engine import events as ev
+from engine.asl.model import Definition, compile_definition
+from engine.decide import Decision, StopRequested, Trigger, decide
+from engine.errors import (
+    ConcurrencyError,
+    ExecutionNotFound,
+    InvalidRequest,
+    PayloadTooLarge,
+    WorkflowNotFound,
+)
+from engine.state import ExecutionState, evolve, initial_state
+from engine.store import EventStore, ExecutionRecord, NewEvent, StoredEvent, WorkflowVersion
+
+_json = msgspec.json.Encoder()
+
+
+def timestamp_iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fold(
+    execution_id: UUID, events: list[StoredEvent], state: ExecutionState | None = None
+) -> ExecutionState:
+    """Replay stored events onto ``state`` (or from the beginning)."""
+    s = state if state is not None else initial_state(execution_id)
+    for stored in events:
+        s = evolve(s, ev.decode_event(stored.data), timestamp_iso(stored.timestamp))
+    return s
+
+
+def to_new_events(events: list[ev.Event], now: dt.datetime) -> list[NewEvent]:
+    return [NewEvent(type=ev.event_type(e), data=ev.encode_event(e), timestamp=now) for e in events]
+
+
+class EngineService:
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        max_payload_bytes: int = 262_144,
+        cache_size: int = 256,
+    ) -> None:
+        self.store = store
+        self.max_payload_bytes = max_payload_bytes
+        self._definitions: OrderedDict[tuple[str, str, int], Definition] = OrderedDict()
+        self._cache_size = cache_size
+
+    # -- workflows ------------------------------------------------------------------
+
+    async def register(
+        self, namespace: str, name: str, definition: Any
+    ) -> tuple[WorkflowVersion, bool]:
+        """Validate (InvalidDefinition lists every error with its path), then store."""
+        if not isinstance(definition, dict):
+            raise InvalidRequest("definition must be a JSON object")
+        compiled = compile_definition(definition)
+        version, created = await self.store.put_workflow(namespace, name, definition)
+        self._remember((namespace, name, version.version), compiled)
+        return version, created
+
+    async def definition(self, namespace: str, workflow: str, version: int) -> Definition:
+        key = (namespace, workflow, version)
+        cached = self._definitions.get(key)
+        if cached is not None:
+            self._definitions.move_to_end(key)
+            return cached
+        wf = await self.store.get_workflow(namespace, workflow, version)
+        if wf is None:
+            raise WorkflowNotFound(f"workflow {workflow!r} version {version} not found")
+        compiled = compile_definition(wf.definition)
+        self._remember(key, compiled)
+        return compiled
+
+    def _remember(self, key: tuple[str, str, int], definition: Definition) -> None:
+        self._definitions[key] = definition
+        while len(self._definitions) > self._cache_size:
+            self._definitions.popitem(last=False)
+
+    # -- executions -----------------------------------------------------------------
+
+    async def start(
+        self,
+        namespace: str,
+        workflow: str,
+        input: Any,
+        name: str | None,
+        now: dt.datetime,
+    ) -> tuple[ExecutionRecord, bool]:
+        wf = await self.store.get_workflow(namespace, workflow)
+        if wf is None:
+            raise WorkflowNotFound(f"workflow {workflow!r} not found")
+        input_json = _json.encode(input)
+        if len(input_json) > self.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"execution input is {len(input_json)} bytes; the limit is {self.max_payload_bytes}"
+            )
+        execution_id = uuid.uuid4()
+        if name is None:
+            name = str(execution_id)
+        elif not name or len(name) > 80:
+            raise InvalidRequest("name must be 1 to 80 characters")
+        started = ev.ExecutionStarted(
+            input=input, workflow=workflow, version=wf.version, name=name, namespace=namespace
+        )
+        return await self.store.start_execution(
+            namespace,
+            workflow,
+            wf.version,
+            execution_id,
+            name,
+            input_json,
+            NewEvent(type="ExecutionStarted", data=ev.encode_event(started), timestamp=now),
+        )
+
+    async def load_state(
+        self, execution_id: UUID, upto_seq: int | None = None, cached: ExecutionState | None = None
+    ) -> ExecutionState:
+        """The state rebuilt from events (continuing from ``cached`` when given)."""
+        after = cached.seq if cached is not None else 0
+        events = await self.store.load(execution_id, after_seq=after, upto_seq=upto_seq)
+        if cached is None and not events:
+            raise ExecutionNotFound(f"execution {execution_id} not found")
+        return fold(execution_id, events, cached)
+
+    async def state_at(self, execution_id: UUID, seq: int | None = None) -> ExecutionState:
+        """Replay with the cache off: the audit view of an execution at ``seq``."""
+        return await self.load_state(execution_id, upto_seq=seq)
+
+    async def apply(
+        self, state: ExecutionState, trigger: Trigger
+    ) -> tuple[Decision, list[StoredEvent]]:
+        """Decide ``trigger`` on ``state`` and append the result with the expected seq.
+        Raises ConcurrencyError when another writer appended first."""
+        definition = await self.definition(state.namespace, state.workflow, state.version)
+        decision = decide(definition, state, trigger)
+        if not decision.events and not decision.timers_to_set and not decision.timers_to_cancel:
+            return decision, []
+        stored = await self.store.append(
+            UUID(state.execution_id),
+            state.seq,
+            to_new_events(decision.events, trigger.now),
+            set_timers=decision.timers_to_set,
+            cancel_timers=decision.timers_to_cancel,
+        )
+        return decision, stored
+
+    async def stop(
+        self,
+        execution_id: UUID,
+        error: str | None,
+        cause: str | None,
+        now: dt.datetime,
+    ) -> ExecutionState:
+        """Abort a running execution; a 2xx from the API means ExecutionAborted is
+        committed. Stopping an ended execution returns it unchanged."""
+        for _ in range(20):
+            state = await self.load_state(execution_id)
+            if state.ended:
+                return state
+            try:
+                decision, _ = await self.apply(
+                    state, StopRequested(error=error, cause=cause, now=now)
+                )
+            except ConcurrencyError:
+                continue
+            return decision.state
+        raise ConcurrencyError(f"execution {execution_id} kept changing while stopping")
