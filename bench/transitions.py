@@ -1,0 +1,160 @@
+"""Benchmark: state transitions per second and start latency, through the API.
+
+Starts steplog (`steplog dev`, every role in one process, embedded PostgreSQL and
+Redis under a temporary folder) as a separate process, then starts N executions
+of each workload with bounded client concurrency and waits until none is
+RUNNING. Prints, per workload: executions/s, state transitions/s, start latency
+p50/p99, and the ratio to the baseline workload (a 1-state Pass machine)
+measured in the same run, so figures compare across machines.
+
+    .venv/bin/python bench/transitions.py [-n 500] [--concurrency 32]
+    .venv/bin/python bench/transitions.py --url http://127.0.0.1:8080   # a running steplog
+
+Run by hand; never part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import aiohttp
+
+PASS_1 = {"StartAt": "S0", "States": {"S0": {"Type": "Pass", "End": True}}}
+PASS_10 = {
+    "StartAt": "S0",
+    "States": {
+        f"S{i}": ({"Type": "Pass", "Next": f"S{i + 1}"} if i < 9 else {"Type": "Pass", "End": True})
+        for i in range(10)
+    },
+}
+TASK_3 = {
+    "StartAt": "T0",
+    "States": {
+        f"T{i}": (
+            {"Type": "Task", "Resource": "test:echo", "Next": f"T{i + 1}"}
+            if i < 2
+            else {"Type": "Task", "Resource": "test:echo", "End": True}
+        )
+        for i in range(3)
+    },
+}
+WORKLOADS = [("pass1", PASS_1, 1), ("pass10", PASS_10, 10), ("task3", TASK_3, 3)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _wait_ready(http: aiohttp.ClientSession, url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            async with http.get(url + "/health/ready") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.2)
+    raise RuntimeError("steplog did not become ready")
+
+
+async def _run_workload(
+    http: aiohttp.ClientSession, url: str, name: str, definition: dict[str, Any], n: int, conc: int
+) -> dict[str, float]:
+    async with http.put(f"{url}/v1/workflows/{name}", json={"definition": definition}) as resp:
+        assert resp.status in (200, 201), await resp.text()
+    latencies: list[float] = []
+    sem = asyncio.Semaphore(conc)
+
+    async def start(i: int) -> None:
+        async with sem:
+            t0 = time.perf_counter()
+            async with http.post(
+                f"{url}/v1/workflows/{name}/executions", json={"input": {"i": i}}
+            ) as resp:
+                assert resp.status == 201, await resp.text()
+                await resp.read()
+            latencies.append(time.perf_counter() - t0)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(start(i) for i in range(n)))
+    while True:
+        async with http.get(
+            f"{url}/v1/executions", params={"workflow": name, "status": "RUNNING", "limit": "1"}
+        ) as resp:
+            body = await resp.json()
+        if not body["executions"]:
+            break
+        await asyncio.sleep(0.05)
+    elapsed = time.perf_counter() - began
+    latencies.sort()
+    return {
+        "elapsed_s": elapsed,
+        "executions_per_s": n / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+    }
+
+
+async def _bench(url: str, n: int, conc: int) -> None:
+    async with aiohttp.ClientSession() as http:
+        await _wait_ready(http, url)
+        results = {}
+        for name, definition, states in WORKLOADS:
+            r = await _run_workload(http, url, name, definition, n, conc)
+            r["transitions_per_s"] = r["executions_per_s"] * states
+            results[name] = r
+        base = results["pass1"]["executions_per_s"]
+        print(f"{n} executions per workload, client concurrency {conc}")
+        print(
+            f"{'workload':8} {'exec/s':>9} {'transitions/s':>14} {'start p50':>10} "
+            f"{'start p99':>10} {'exec/s vs pass1':>16}"
+        )
+        for name, r in results.items():
+            print(
+                f"{name:8} {r['executions_per_s']:9.1f} {r['transitions_per_s']:14.1f} "
+                f"{r['p50_ms']:8.1f}ms {r['p99_ms']:8.1f}ms {r['executions_per_s'] / base:16.2f}"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--url", default=None, help="a running steplog; default: start one")
+    args = parser.parse_args()
+    if args.url:
+        asyncio.run(_bench(args.url, args.n, args.concurrency))
+        return
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="steplog-bench-") as data:
+        env = {
+            **os.environ,
+            "STEPLOG_DATA_DIR": data,
+            "STEPLOG_PORT": str(port),
+            "STEPLOG_LOG_LEVEL": "WARNING",
+        }
+        env.pop("STEPLOG_DATABASE_URL", None)
+        env.pop("STEPLOG_REDIS_URL", None)
+        steplog = os.path.join(os.path.dirname(sys.executable), "steplog")
+        proc = subprocess.Popen([steplog, "dev"], env=env)
+        try:
+            asyncio.run(_bench(f"http://127.0.0.1:{port}", args.n, args.concurrency))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()
