@@ -185,7 +185,7 @@ class Worker:
         """Give running handlers until the deadline, then cancel them unacknowledged."""
         if not self._running:
             return
-        done, pending = await asyncio.wait(self._running, timeout=self.shutdown_grace_s)
+        _, pending = await asyncio.wait(self._running, timeout=self.shutdown_grace_s)
         for task in pending:
             task.cancel()
         if pending:
