@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.api.conftest import register, row_counts, start
+from tests.api.helpers import register, row_counts, start
 
 Client = TestClient[Any, Any]
 

@@ -7,7 +7,7 @@ from typing import Any
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from tests.api.conftest import PASS_DEFINITION, register
+from tests.api.helpers import PASS_DEFINITION, register
 
 Client = TestClient[Any, Any]
 
