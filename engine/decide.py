@@ -15,9 +15,11 @@ A duplicate or late trigger is an outcome (``Decision.ignored``), not an error.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, assert_never
 
 import msgspec
@@ -26,8 +28,9 @@ from engine import events as ev
 from engine.asl import errors as E
 from engine.asl.context import EvalEnv
 from engine.asl.errors import StatesError
-from engine.asl.jsonpath import JsonPath, java_str, set_result
-from engine.asl.model import JSONATA, Definition, Machine, Retrier, StateDef
+from engine.asl.jsonata import type_error_cause
+from engine.asl.jsonpath import JsonPath, apply_path, dump_json, java_str, set_result
+from engine.asl.model import JSONATA, Catcher, Definition, Machine, Retrier, StateDef
 from engine.dataflow import (
     Scope,
     assigned_variables,
@@ -40,6 +43,9 @@ from engine.dataflow import (
 from engine.state import ExecutionState, Frame, evolve
 
 EXECUTION_TIMEOUT_TIMER = "execution-timeout"
+# AWS's payload quota: a state's output, as UTF-8 JSON, is at most 256 KiB.
+MAX_PAYLOAD_BYTES = 256 * 1024
+_json_bytes = msgspec.json.Encoder().encode
 
 
 # --- triggers ------------------------------------------------------------------
@@ -109,10 +115,13 @@ def decide(definition: Definition, state: ExecutionState, trigger: Trigger) -> D
 class _Failure(Exception):
     """A state failed with an ASL error; handled by Retry/Catch or propagated."""
 
-    def __init__(self, error: str, cause: str | None) -> None:
+    def __init__(self, error: str, cause: str | None, *, state_failed: bool = False) -> None:
         super().__init__(error)
         self.error = error
         self.cause = cause
+        # A Map or Parallel state failed itself (AWS records MapStateFailed /
+        # ParallelStateFailed unless a retrier takes the error).
+        self.state_failed = state_failed
 
 
 def _iso(t: dt.datetime) -> str:
@@ -130,6 +139,7 @@ class _Decider:
         self.timers_to_set: list[TimerRequest] = []
         self.timers_to_cancel: list[str] = []
         self.agenda: deque[Callable[[], None]] = deque()
+        self._execution_context: tuple[dict[str, Any], dict[str, Any]] | None = None
 
     # -- bookkeeping ----------------------------------------------------------
 
@@ -289,25 +299,37 @@ class _Decider:
     def state_def(self, frame_id: str) -> StateDef:
         return self.machine_of(frame_id).states[self._current(frame_id)]
 
+    def execution_context(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """$$.Execution and $$.StateMachine: the same for every state of a decision."""
+        if self._execution_context is None:
+            s = self.state
+            express = s.state_machine_type == "EXPRESS"
+            kind = "express" if express else "execution"
+            execution: dict[str, Any] = {
+                "Id": f"arn:steplog:states:{s.namespace}:{kind}:{s.workflow}:{s.execution_id}",
+                "Input": s.input,
+                "StartTime": s.started_at,
+                "Name": s.name,
+                "RoleArn": "arn:steplog:iam::role/steplog",
+            }
+            if not express:
+                execution["RedriveCount"] = 0
+            machine = {
+                "Id": f"arn:steplog:states:{s.namespace}:stateMachine:{s.workflow}",
+                "Name": s.workflow,
+            }
+            self._execution_context = (execution, machine)
+        return self._execution_context
+
     def scope(self, frame_id: str, st: StateDef, extra: dict[str, Any] | None = None) -> Scope:
         s = self.state
         f = s.frames[frame_id]
+        execution, machine = self.execution_context()
+        state: dict[str, Any] = {"Name": st.name, "EnteredTime": f.entered_time or self.now_iso}
         retry_count = sum(f.retry_attempts)
-        context: dict[str, Any] = {
-            "Execution": {
-                "Id": f"arn:steplog:states:{s.namespace}:execution:{s.workflow}:{s.execution_id}",
-                "Input": s.input,
-                "Name": s.name,
-                "RoleArn": "arn:steplog:iam::role/steplog",
-                "StartTime": s.started_at,
-                "RedriveCount": 0,
-            },
-            "State": {"EnteredTime": self.now_iso, "Name": st.name, "RetryCount": retry_count},
-            "StateMachine": {
-                "Id": f"arn:steplog:states:{s.namespace}:stateMachine:{s.workflow}",
-                "Name": s.workflow,
-            },
-        }
+        if retry_count:
+            state["RetryCount"] = retry_count
+        context: dict[str, Any] = {"Execution": execution, "StateMachine": machine, "State": state}
         if extra:
             context.update(extra)
         env = EvalEnv.seeded(f"{s.execution_id}:{s.seq}", self.variables(frame_id))
@@ -328,7 +350,7 @@ class _Decider:
         try:
             work()
         except _Failure as failure:
-            self.fail(frame_id, failure.error, failure.cause)
+            self.fail(frame_id, failure.error, failure.cause, state_failed=failure.state_failed)
         except StatesError as err:
             cause = err.cause
             if err.error in _PREFIXED:
@@ -384,9 +406,7 @@ class _Decider:
                 )
                 for i, branch in enumerate(st.branches):
                     child = self.state.frames[frame_id].children[i]
-                    self.agenda.append(
-                        lambda c=child, b=branch, v=value: self.enter(c, b.start_at, v)
-                    )
+                    self.agenda.append(partial(self.enter, child, branch.start_at, value))
             case "Map":
                 self.start_map(frame_id, st, raw, scope)
             case "Wait":
@@ -408,6 +428,12 @@ class _Decider:
         next_state: str | None = None,
     ) -> None:
         """Exit the current state with ``output`` and move on (Next) or end the frame."""
+        if len(_json_bytes(output)) > MAX_PAYLOAD_BYTES:
+            raise StatesError(
+                E.DATA_LIMIT_EXCEEDED,
+                f"The state/task '{st.name}' returned a result with a size exceeding "
+                "the maximum number of bytes service limit.",
+            )
         assigned = None
         if st.has_assign:
             assigned = assigned_variables(
@@ -477,8 +503,7 @@ class _Decider:
                         frame=frame_id, name=st.name, output=out, assigned_variables=assigned
                     )
                 )
-                nxt = choice.next
-                self.agenda.append(lambda: self.enter(frame_id, nxt, out))
+                self.agenda.append(partial(self.enter, frame_id, choice.next, out))
                 return
         if st.default is not None:
             out = output_only(st, value if st.query_language != JSONATA else raw, scope)
@@ -521,11 +546,29 @@ class _Decider:
         )
 
     def wait_due(self, st: StateDef, value: Any, raw: Any, scope: Scope) -> dt.datetime:
-        if st.seconds is not None or st.seconds_path is not None:
-            if st.seconds_path is not None:
-                seconds = _path_value(st.seconds_path, value, scope)
-                field_name = "SecondsPath"
-            elif st.query_language == JSONATA:
+        if st.seconds_path is not None:
+            path = st.seconds_path.text
+            seconds = _path_value(st.seconds_path, value, scope)
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+                raise StatesError(
+                    E.RUNTIME,
+                    f"The SecondsPath parameter cannot be parsed as a long value: "
+                    f"{path} == {java_str(seconds)}",
+                )
+            if isinstance(seconds, float) and not seconds.is_integer():
+                raise StatesError(
+                    E.RUNTIME,
+                    f"The SecondsPath parameter cannot be parsed as a long value: "
+                    f"{path} == {seconds}",
+                )
+            if seconds < 0:
+                raise StatesError(
+                    E.RUNTIME,
+                    f"The SecondsPath parameter references a negative value: {path} == {seconds}",
+                )
+            return self.now + dt.timedelta(seconds=int(seconds))
+        if st.seconds is not None:
+            if st.query_language == JSONATA:
                 seconds = evaluate_jsonata(st.seconds, jsonata_states(scope, raw), scope)
                 field_name = "Seconds"
             else:
@@ -545,18 +588,31 @@ class _Decider:
             return self.now + dt.timedelta(seconds=int(seconds))
         if st.timestamp_path is not None:
             stamp = _path_value(st.timestamp_path, value, scope)
-            field_name = "TimestampPath"
-        elif st.query_language == JSONATA:
+            parsed = _parse_timestamp(stamp)
+            if parsed is None:
+                raise StatesError(
+                    E.RUNTIME,
+                    "The TimestampPath parameter does not reference a valid ISO-8601 extended "
+                    f"offset date-time format string: {st.timestamp_path.text} == "
+                    f"{java_str(stamp)}",
+                )
+            return parsed
+        if st.query_language == JSONATA:
             stamp = evaluate_jsonata(st.timestamp, jsonata_states(scope, raw), scope)
-            field_name = "Timestamp"
-        else:
-            stamp = evaluate_jsonata(st.timestamp, {}, scope)
-            field_name = "Timestamp"
+            parsed = _parse_timestamp(stamp)
+            if parsed is None:
+                raise StatesError(
+                    E.QUERY_EVALUATION_ERROR,
+                    "The Timestamp field cannot be parsed as an ISO-8601 extended offset "
+                    f"date-time format string: {java_str(stamp)}",
+                )
+            return parsed
+        stamp = evaluate_jsonata(st.timestamp, {}, scope)
         parsed = _parse_timestamp(stamp)
         if parsed is None:
             raise StatesError(
                 E.RUNTIME,
-                f"The {field_name} parameter does not reference a valid ISO-8601 "
+                "The Timestamp parameter does not reference a valid ISO-8601 "
                 f"extended offset date-time format string: {java_str(stamp)}",
             )
         return parsed
@@ -637,39 +693,52 @@ class _Decider:
 
     # -- Map ----------------------------------------------------------------------
 
+    def map_items(self, frame_id: str, st: StateDef, raw: Any, scope: Scope) -> tuple[Any, Any]:
+        """The Map's effective input and its items; a JSONata Items failure fails
+        the Map state itself (AWS records MapStateFailed)."""
+        if st.query_language == JSONATA:
+            try:
+                if st.items is not None:
+                    items = evaluate_jsonata(st.items, jsonata_states(scope, raw), scope)
+                    if not isinstance(items, list):
+                        cause = type_error_cause(st.items_text, "Items", "array", items)
+                        raise StatesError(E.QUERY_EVALUATION_ERROR, cause)
+                elif not isinstance(raw, list):
+                    cause = f"Map state input must be an array but was: {dump_json(raw)}"
+                    raise StatesError(E.QUERY_EVALUATION_ERROR, cause)
+                else:
+                    items = raw
+            except StatesError as err:
+                cause = err.cause
+                if err.error in _PREFIXED:
+                    cause = self.runtime_cause(frame_id, st, cause)
+                raise _Failure(err.error, cause, state_failed=True) from None
+            return raw, items
+        value = apply_path(st.input_path, raw, scope.context, scope.variables)
+        items = _path_value(st.items_path, value, scope) if st.items_path is not None else value
+        if not isinstance(items, list):
+            path = st.items_path.text if st.items_path is not None else "$"
+            raise StatesError(
+                E.RUNTIME,
+                f"Invalid path '{path}' : The ItemsPath field must point to a JSON array",
+            )
+        return value, items
+
     def start_map(self, frame_id: str, st: StateDef, raw: Any, scope: Scope) -> None:
         assert st.processor is not None
-        if st.query_language == JSONATA:
-            value = raw
-            if st.items is not None:
-                items = evaluate_jsonata(st.items, jsonata_states(scope, raw), scope)
-            else:
-                items = raw
-            if not isinstance(items, list):
-                raise StatesError(
-                    E.QUERY_EVALUATION_ERROR,
-                    f"The Items field must evaluate to a JSON array, but was {java_str(items)}",
-                )
-        else:
-            value = effective_input(st, raw, scope) if st.parameters is None else None
-            if value is None:
-                from engine.asl.jsonpath import apply_path
-
-                value = apply_path(st.input_path, raw, scope.context, scope.variables)
-            items = _path_value(st.items_path, value, scope) if st.items_path is not None else value
-            if not isinstance(items, list):
-                path = st.items_path.text if st.items_path is not None else "$"
-                raise StatesError(
-                    E.RUNTIME,
-                    f"Invalid path '{path}' : The ItemsPath field must point to a JSON array",
-                )
+        value, items = self.map_items(frame_id, st, raw, scope)
         max_conc = self.map_number(st, st.max_concurrency, "MaxConcurrency", value, raw, scope)
-        tol_count = self.map_number(
-            st, st.tolerated_failure_count, "ToleratedFailureCount", value, raw, scope
-        )
-        tol_pct = self.map_number(
-            st, st.tolerated_failure_percentage, "ToleratedFailurePercentage", value, raw, scope
-        )
+        try:
+            tol_count = self.map_number(
+                st, st.tolerated_failure_count, "ToleratedFailureCount", value, raw, scope
+            )
+            tol_pct = self.map_number(
+                st, st.tolerated_failure_percentage, "ToleratedFailurePercentage", value, raw, scope
+            )
+        except StatesError:
+            # AWS checks the tolerated failure thresholds after the Map has started.
+            self.emit(ev.MapStateStarted(frame=frame_id, name=st.name, mode=st.mode))
+            raise
         if st.item_batcher is not None:
             items = _batch(st.item_batcher, items)
         selected = []
@@ -697,6 +766,7 @@ class _Decider:
                 max_concurrency=int(max_conc or 0),
                 tolerated_failure_count=int(tol_count) if tol_count is not None else None,
                 tolerated_failure_percentage=float(tol_pct) if tol_pct is not None else None,
+                mode=st.mode,
             )
         )
         if not selected:
@@ -710,6 +780,7 @@ class _Decider:
     ) -> float | None:
         if spec is None:
             return None
+        percentage = name == "ToleratedFailurePercentage"
         if isinstance(spec, JsonPath):
             try:
                 found = spec.evaluate(value, scope.context, scope.variables)
@@ -717,25 +788,31 @@ class _Decider:
                 found = None
             field_name = name + "Path"
         elif isinstance(spec, int | float) and not isinstance(spec, bool):
-            return float(spec) if name == "ToleratedFailurePercentage" else spec
+            return float(spec) if percentage else spec
         else:
             found = evaluate_jsonata(spec, jsonata_states(scope, raw), scope)
             field_name = name
-        ok = isinstance(found, int | float) and not isinstance(found, bool) and found >= 0
-        if name != "ToleratedFailurePercentage":
-            ok = ok and (isinstance(found, int) or float(found).is_integer())
-        elif ok and found > 100:
-            ok = False
-        if not ok:
-            kind = "integer" if name != "ToleratedFailurePercentage" else "number"
+        number = _as_number(found, integer=not percentage)
+        if number is None:
+            kind = "float" if percentage else "integer"
             where = f": {spec.text}" if isinstance(spec, JsonPath) else ""
             raise StatesError(
                 E.RUNTIME,
                 f"The {field_name} field refers to value {_quoted(found)} "
                 f"which is not a valid {kind}{where}",
             )
-        assert isinstance(found, int | float)
-        return found
+        if percentage and not 0 <= number <= 100:
+            raise StatesError(E.RUNTIME, f"{name} must be between 0 and 100.")
+        if number < 0:
+            if name == "ToleratedFailureCount":
+                raise StatesError(E.RUNTIME, f"{name} cannot be negative.")
+            raise StatesError(
+                E.RUNTIME,
+                f"The {field_name} field refers to value {_quoted(found)} "
+                f"which is not a valid integer"
+                + (f": {spec.text}" if isinstance(spec, JsonPath) else ""),
+            )
+        return number
 
     def launch_iterations(self, frame_id: str, st: StateDef) -> None:
         assert st.processor is not None
@@ -749,7 +826,7 @@ class _Decider:
             f = self.state.frames[frame_id]
             child = f.children[-1]
             item = f.items[index]
-            self.agenda.append(lambda c=child, i=item: self.enter(c, proc.start_at, i))
+            self.agenda.append(partial(self.enter, child, proc.start_at, item))
             running += 1
 
     # -- frames finishing ---------------------------------------------------------
@@ -800,8 +877,7 @@ class _Decider:
             return
         st = self.machine_of(parent_id).states[parent.current]
         if st.type == "Parallel":
-            self.emit(ev.ParallelStateFailed(frame=parent_id, name=st.name))
-            self.fail(parent_id, error or E.BRANCH_FAILED, cause)
+            self.fail(parent_id, error or E.BRANCH_FAILED, cause, state_failed=True)
             return
         self.emit(
             ev.MapIterationFailed(
@@ -812,7 +888,6 @@ class _Decider:
         if _tolerated(parent):
             self.map_progress(parent_id, st)
             return
-        self.emit(ev.MapStateFailed(frame=parent_id, name=st.name))
         if parent.tolerated_failure_count is not None or (
             parent.tolerated_failure_percentage is not None
         ):
@@ -820,33 +895,43 @@ class _Decider:
                 parent_id,
                 E.EXCEED_TOLERATED_FAILURE_THRESHOLD,
                 "The specified tolerated failure threshold was exceeded",
+                state_failed=True,
             )
         else:
-            self.fail(parent_id, error or E.TASK_FAILED, cause)
+            self.fail(parent_id, error, cause, state_failed=True)
 
     # -- errors: Retry, Catch, propagate ----------------------------------------------
 
-    def fail(self, frame_id: str, error: str, cause: str | None) -> None:
-        """The current state of ``frame_id`` failed: retry, catch, or fail the frame."""
+    def fail(
+        self, frame_id: str, error: str | None, cause: str | None, *, state_failed: bool = False
+    ) -> None:
+        """The current state of ``frame_id`` failed: retry, catch, or fail the frame.
+
+        ``state_failed``: a Map or Parallel state failed as a whole; AWS records
+        MapStateFailed / ParallelStateFailed unless a retrier takes the error."""
         f = self.state.frames[frame_id]
         if f.current is None:
             self.frame_failed(frame_id, error, cause)
             return
         st = self.state_def(frame_id)
-        if error != E.RUNTIME:
+        name = error or ""
+        catcher: Catcher | None = None
+        if name not in _TERMINAL:
             for index, retrier in enumerate(st.retry):
-                if not _matches(retrier.error_equals, error):
+                if not _matches(retrier.error_equals, name):
                     continue
                 attempts = f.retry_attempts[index] if index < len(f.retry_attempts) else 0
                 if attempts < retrier.max_attempts:
-                    self.schedule_retry(frame_id, st, index, retrier, attempts, error)
+                    self.schedule_retry(frame_id, st, index, retrier, attempts, name)
                     return
                 break
-            for catcher in st.catch:
-                if not _matches(catcher.error_equals, error):
-                    continue
-                self.catch(frame_id, st, catcher, error, cause)
-                return
+            catcher = next((c for c in st.catch if _matches(c.error_equals, name)), None)
+        if state_failed:
+            failed = ev.MapStateFailed if st.type == "Map" else ev.ParallelStateFailed
+            self.emit(failed(frame=frame_id, name=st.name, error=error, cause=cause))
+        if catcher is not None:
+            self.catch(frame_id, st, catcher, name, cause)
+            return
         self.frame_failed(frame_id, error, cause)
 
     def schedule_retry(
@@ -873,7 +958,7 @@ class _Decider:
         )
 
     def catch(
-        self, frame_id: str, st: StateDef, catcher: Any, error: str, cause: str | None
+        self, frame_id: str, st: StateDef, catcher: Catcher, error: str, cause: str | None
     ) -> None:
         f = self.state.frames[frame_id]
         raw = f.state_input
@@ -917,21 +1002,45 @@ class _Decider:
             self.frame_failed(frame_id, err.error, err.cause)
 
 
+# Errors no Retry or Catch handles: they end the execution.
+_TERMINAL = frozenset({E.RUNTIME, E.DATA_LIMIT_EXCEEDED})
+
 # Errors whose cause AWS prefixes with the state and the event id it entered at.
 _PREFIXED = frozenset({E.RUNTIME, E.QUERY_EVALUATION_ERROR})
 
 
 def effective_input_for_paths(st: StateDef, raw: Any, scope: Scope) -> Any:
     """*Path fields of a Task read the input after InputPath."""
-    from engine.asl.jsonpath import apply_path
-
     return apply_path(st.input_path, raw, scope.context, scope.variables)
 
 
 def _path_value(path: JsonPath, value: Any, scope: Scope) -> Any:
-    from engine.asl.jsonpath import apply_path
-
     return apply_path(path, value, scope.context, scope.variables)
+
+
+def _as_number(value: Any, *, integer: bool) -> float | int | None:
+    """A JSON number, or a string holding one (AWS parses numeric strings in the
+    *Path fields of a Map); None when it is neither (or not an integer)."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text)
+        except ValueError:
+            if integer:
+                return None
+            try:
+                value = float(text)
+            except ValueError:
+                return None
+            if not math.isfinite(value):
+                return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if integer and isinstance(value, float):
+        if not value.is_integer():
+            return None
+        return int(value)
+    return value
 
 
 def _quoted(value: Any) -> str:

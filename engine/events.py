@@ -19,6 +19,7 @@ changed meaning is a new event type.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -59,6 +60,8 @@ class ExecutionStarted(_Event, frozen=True, kw_only=True):
     name: str = ""
     namespace: str = "default"
     role_arn: str = ""
+    # "STANDARD" or "EXPRESS": the context object differs ($$.Execution.Id, RedriveCount).
+    state_machine_type: str = "STANDARD"
 
 
 class ExecutionSucceeded(_Event, frozen=True, kw_only=True):
@@ -221,6 +224,9 @@ class MapStateStarted(_StateEvent, frozen=True, kw_only=True):
     max_concurrency: int = 0
     tolerated_failure_count: int | None = None
     tolerated_failure_percentage: float | None = None
+    # ProcessorConfig.Mode: a "DISTRIBUTED" Map runs each iteration as a child
+    # execution on AWS, so its iterations are not part of the parent's history.
+    mode: str = "INLINE"
 
 
 class MapIterationStarted(_StateEvent, frozen=True, kw_only=True):
@@ -290,7 +296,8 @@ Event = (
 TERMINAL = (ExecutionSucceeded, ExecutionFailed, ExecutionTimedOut, ExecutionAborted)
 ENGINE_ONLY = frozenset({"StateRetryScheduled", "TaskResultIgnored"})
 
-ENTERED: dict[str, type[_Entered]] = {
+# Constructors of the Entered / Exited event of each state type.
+ENTERED: dict[str, Callable[..., Event]] = {
     "Pass": PassStateEntered,
     "Choice": ChoiceStateEntered,
     "Succeed": SucceedStateEntered,
@@ -300,7 +307,7 @@ ENTERED: dict[str, type[_Entered]] = {
     "Parallel": ParallelStateEntered,
     "Map": MapStateEntered,
 }
-EXITED: dict[str, type[_Exited]] = {
+EXITED: dict[str, Callable[..., Event]] = {
     "Pass": PassStateExited,
     "Choice": ChoiceStateExited,
     "Succeed": SucceedStateExited,
@@ -311,7 +318,7 @@ EXITED: dict[str, type[_Exited]] = {
 }
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(Event)
+_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
 
 
 def encode_event(event: Event) -> bytes:
@@ -324,6 +331,32 @@ def decode_event(data: bytes | str) -> Event:
 
 def event_type(event: Event) -> str:
     return type(event).__name__
+
+
+def aws_history(events: list[Event]) -> list[Event]:
+    """The events AWS shows in the execution's own history: engine-only events
+    are left out, and so are the iterations of a DISTRIBUTED Map (AWS records
+    those in the child executions of its Map Run)."""
+    child_prefixes: list[str] = []
+    maps: set[tuple[str, str]] = set()
+    shown: list[Event] = []
+    for event in events:
+        if event_type(event) in ENGINE_ONLY:
+            continue
+        if isinstance(event, MapStateStarted) and event.mode == "DISTRIBUTED":
+            maps.add((event.frame, event.name))
+            prefix = f"{event.frame}/{event.name}/" if event.frame else f"{event.name}/"
+            if prefix not in child_prefixes:
+                child_prefixes.append(prefix)
+        if isinstance(event, _StateEvent):
+            if isinstance(event, MapIterationStarted | MapIterationSucceeded | MapIterationFailed):
+                if (event.frame, event.name) in maps:
+                    continue
+            frame = event.frame + "/"
+            if any(frame.startswith(p) for p in child_prefixes):
+                continue
+        shown.append(event)
+    return shown
 
 
 def event_details(event: Event) -> dict[str, Any]:

@@ -61,11 +61,18 @@ def run_in_memory(
     workflow: str = "local",
     start: dt.datetime | None = None,
     max_steps: int = 100_000,
+    state_machine_type: str = "STANDARD",
 ) -> Run:
     handlers = DEFAULT_HANDLERS if handlers is None else handlers
     now = start or dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    started = ev.ExecutionStarted(input=input, workflow=workflow, version=1, name=name)
-    iso = now.isoformat().replace("+00:00", "Z")
+    started = ev.ExecutionStarted(
+        input=input,
+        workflow=workflow,
+        version=1,
+        name=name,
+        state_machine_type=state_machine_type,
+    )
+    iso = _iso(now)
     state = evolve(initial_state(execution_id), started, iso)
     run = Run(state=state, events=[started], timestamps=[iso])
     pending: list[tuple[dt.datetime, int, Trigger]] = []
@@ -87,7 +94,7 @@ def run_in_memory(
         if decision.ignored:
             run.ignored.append(decision.ignored)
         run.state = decision.state
-        stamp = now.isoformat().replace("+00:00", "Z")
+        stamp = _iso(now)
         run.events.extend(decision.events)
         run.timestamps.extend([stamp] * len(decision.events))
         for timer in decision.timers_to_set:
@@ -96,6 +103,10 @@ def run_in_memory(
             if isinstance(event, ev.TaskScheduled):
                 push(now, _run_task(handlers, event, now))
     return run
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _at(trigger: Trigger, now: dt.datetime) -> Trigger:

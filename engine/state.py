@@ -13,6 +13,7 @@ owns child frames until it completes.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Literal, assert_never
 from uuid import UUID
 
@@ -35,6 +36,8 @@ class Frame(msgspec.Struct, kw_only=True):
     current: str | None = None
     state_input: Any = None
     entered_seq: int = 0
+    # When the current state was entered (RFC 3339, milliseconds): $$.State.EnteredTime.
+    entered_time: str = ""
     # The data the frame carries between states: last output, final output when done.
     data: Any = None
     error: str | None = None
@@ -70,6 +73,7 @@ class ExecutionState(msgspec.Struct, kw_only=True):
     workflow: str = ""
     version: int = 0
     name: str = ""
+    state_machine_type: str = "STANDARD"
     status: Status = "PENDING"
     input: Any = None
     output: Any = None
@@ -110,7 +114,8 @@ def evolve(state: ExecutionState, event: ev.Event, timestamp: str = "") -> Execu
             s.version = event.version
             s.name = event.name
             s.namespace = event.namespace
-            s.started_at = timestamp
+            s.state_machine_type = event.state_machine_type
+            s.started_at = _millis(timestamp)
             s.frames = {"": Frame(id="", data=event.input)}
         case ev.ExecutionSucceeded():
             _end(s, "SUCCEEDED", timestamp)
@@ -125,7 +130,7 @@ def evolve(state: ExecutionState, event: ev.Event, timestamp: str = "") -> Execu
             _end(s, "ABORTED", timestamp)
             s.error, s.cause = event.error, event.cause
         case ev.WaitStateEntered():
-            f = _enter(s, event)
+            f = _enter(s, event, timestamp)
             if event.timer_id:
                 f.timer_id = event.timer_id
                 s.timers = {
@@ -141,7 +146,7 @@ def evolve(state: ExecutionState, event: ev.Event, timestamp: str = "") -> Execu
             | ev.ParallelStateEntered()
             | ev.MapStateEntered()
         ):
-            _enter(s, event)
+            _enter(s, event, timestamp)
         case ev.WaitStateExited():
             f = _frame(s, event.frame)
             if f.timer_id is not None:
@@ -280,11 +285,25 @@ def _frame(s: ExecutionState, frame_id: str) -> Frame:
     return f
 
 
-def _enter(s: ExecutionState, event: ev._Entered) -> Frame:
+def _millis(timestamp: str) -> str:
+    """RFC 3339 with milliseconds and "Z", as AWS writes context-object times."""
+    if not timestamp:
+        return timestamp
+    try:
+        t = dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return timestamp
+    if t.tzinfo is None:
+        return timestamp
+    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _enter(s: ExecutionState, event: ev._Entered, timestamp: str) -> Frame:
     f = _frame(s, event.frame)
     f.current = event.name
     f.state_input = event.input
     f.entered_seq = s.seq
+    f.entered_time = timestamp if len(timestamp) == 24 else _millis(timestamp)
     f.retry_attempts = ()
     f.task_id = None
     f.timer_id = None

@@ -8,6 +8,7 @@ compiles. The engine then reads only these objects, never the raw document.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +93,8 @@ class StateDef:
     processor: Machine | None = None
     items_path: JsonPath | None = None
     items: Any = None  # JSONata Items
+    items_text: str = ""  # the Items expression as AWS quotes it in errors
+    mode: str = "INLINE"  # ProcessorConfig.Mode ("DISTRIBUTED")
     item_selector: Any = None  # Template or JSONata template
     has_item_selector: bool = False
     # Each of these is a number, a compiled JsonPath (the *Path variant) or a
@@ -220,7 +223,9 @@ def _state(name: str, body: dict[str, Any], parent_ql: str) -> StateDef:
             _jsonata_or_value(c.condition, "Condition") if c.condition is not None else None
             for c in st.choices
         )
-        st.choices = tuple(c if c.assign is None else _with_assign(c, ql) for c in st.choices)
+        st.choices = tuple(
+            c if c.assign is None and not c.has_output else _with_assign(c, ql) for c in st.choices
+        )
         st.default = body.get("Default")
     elif t == "Wait":
         st.seconds = _jsonata_or_value(body["Seconds"], "Seconds") if "Seconds" in body else None
@@ -243,6 +248,12 @@ def _state(name: str, body: dict[str, Any], parent_ql: str) -> StateDef:
         st.items_path = _opt_path(body, "ItemsPath") if ql == JSONPATH else None
         if "Items" in body:
             st.items = _jsonata_or_value(body["Items"], "Items")
+            raw_items = body["Items"]
+            st.items_text = (
+                raw_items[2:-2].strip() if jsonata.is_jsonata(raw_items) else json.dumps(raw_items)
+            )
+        config = proc.get("ProcessorConfig") or {}
+        st.mode = str(config.get("Mode", "INLINE"))
         selector = body.get("ItemSelector", body.get("Parameters"))
         if selector is not None or "ItemSelector" in body:
             st.has_item_selector = True
@@ -259,7 +270,11 @@ def _state(name: str, body: dict[str, Any], parent_ql: str) -> StateDef:
 
 
 def _with_assign(c: CompiledChoice, ql: str) -> CompiledChoice:
-    assign = compile_template(c.assign) if ql == JSONPATH else _jsonata_or_value(c.assign, "Assign")
+    assign: Any = None
+    if c.assign is not None:
+        assign = (
+            compile_template(c.assign) if ql == JSONPATH else _jsonata_or_value(c.assign, "Assign")
+        )
     output = _jsonata_or_value(c.output, "Output") if c.has_output else None
     return CompiledChoice(
         rule=c.rule,

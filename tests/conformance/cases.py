@@ -127,7 +127,7 @@ def compare_history(case: dict[str, Any], produced: list[ev.Event]) -> list[str]
         return []
     want = [_AWS_ALIASES.get(h["type"], h["type"]) for h in case["history"]]
     want = [t for t in want if t not in _NOT_PRODUCED]
-    got = [ev.event_type(e) for e in produced if ev.event_type(e) not in ev.ENGINE_ONLY]
+    got = [ev.event_type(e) for e in ev.aws_history(produced)]
     features = set(case.get("features", []))
     if "state:Map" in features or "state:Parallel" in features:
         # Branches and iterations run concurrently on AWS: their events interleave

@@ -20,7 +20,13 @@ RESULTS: dict[str, list[bool]] = {}
 
 def _run(case: dict) -> list[str]:
     definition = compile_definition(case["definition"])
-    run = run_in_memory(definition, case["input"], name="conformance", workflow="conformance")
+    run = run_in_memory(
+        definition,
+        case["input"],
+        name="conformance",
+        workflow="conformance",
+        state_machine_type=case.get("state_machine_type", "STANDARD"),
+    )
     s = run.state
     problems = compare_result(case, s.status, s.output, s.error, s.cause)
     if not problems:
