@@ -273,7 +273,11 @@ class JsonataExpr:
 
     def evaluate(self, states: dict[str, Any], variables: dict[str, Any] | None = None,
                  env: EvalEnv | None = None, allow_undefined: bool = False) -> Any:
-        bindings: dict[str, Any] = dict(variables) if variables else {}
+        # A variable holding null is bound as JSONata null, not as undefined.
+        bindings: dict[str, Any] = (
+            {k: Utils.NULL_VALUE if v is None else v for k, v in variables.items()}
+            if variables else {}
+        )
         bindings.update(_env_functions(env, states))
         bindings["states"] = states
         try:
