@@ -199,7 +199,14 @@ class Projector:
 
     async def _apply(self, entries: list[StreamEntry]) -> bool:
         """Apply one batch, commit, then XACK; True when an execution had a gap."""
-        events = [entry_event(e) for e in entries]
+        events = []
+        for entry in entries:
+            try:
+                events.append(entry_event(entry))
+            except (KeyError, ValueError) as exc:
+                # Not an event entry of ours: PostgreSQL still has every event, so
+                # acknowledging it loses nothing (the next catch-up reads the log).
+                log.error("projector %s: skipping malformed entry %s: %r", NAME, entry.id, exc)
         async with self.pool.acquire() as conn, conn.transaction():
             result = await executions.apply_events(conn, events, load_missing=_loader(self.store))
         by_stream: dict[str, list[str]] = {}

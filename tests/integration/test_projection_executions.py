@@ -286,3 +286,27 @@ async def _index_names(pool: asyncpg.Pool) -> list[str]:
         "SELECT indexname FROM pg_indexes WHERE tablename = 'executions_view' ORDER BY 1"
     )
     return [r[0] for r in records]
+
+
+async def test_a_malformed_entry_is_skipped_not_fatal(
+    pool: asyncpg.Pool, store: EventStore, bus: Bus
+) -> None:
+    projector = Projector(pool, store, bus, block_ms=100, catchup_interval=3600)
+    stop = asyncio.Event()
+    task = asyncio.create_task(projector.run(stop))
+    try:
+        await eventually(lambda: _group_exists(bus))
+        stream = bus.events_streams()[0]
+        await bus.redis.xadd(stream, {"v": "1", "garbage": "yes"})
+        eid = await start(store)
+        await bus.publish_events(await store.load(eid))
+
+        async def projected() -> bool:
+            return await view.get_row(pool, eid) is not None
+
+        await eventually(projected)
+        await eventually(lambda: _nothing_pending(bus))
+        assert not task.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
