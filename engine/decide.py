@@ -40,12 +40,17 @@ from engine.dataflow import (
     output_only,
     state_output,
 )
-from engine.state import ExecutionState, Frame, evolve
+from engine.state import ExecutionState, Frame, child_frame_id, child_ids, evolve
 
 EXECUTION_TIMEOUT_TIMER = "execution-timeout"
 # AWS's payload quota: a state's output, as UTF-8 JSON, is at most 256 KiB.
 MAX_PAYLOAD_BYTES = 256 * 1024
 _json_bytes = msgspec.json.Encoder().encode
+# How many iterations a Map runs at once when MaxConcurrency is 0 (or larger):
+# AWS runs at most 40 inline iterations, and 10,000 child executions of a
+# DISTRIBUTED Map, at a time.
+INLINE_MAP_CONCURRENCY = 40
+DISTRIBUTED_MAP_CONCURRENCY = 10_000
 
 
 # --- triggers ------------------------------------------------------------------
@@ -405,7 +410,7 @@ class _Decider:
                     )
                 )
                 for i, branch in enumerate(st.branches):
-                    child = self.state.frames[frame_id].children[i]
+                    child = child_frame_id(frame_id, st.name, i)
                     self.agenda.append(partial(self.enter, child, branch.start_at, value))
             case "Map":
                 self.start_map(frame_id, st, raw, scope)
@@ -819,12 +824,13 @@ class _Decider:
         proc = st.processor
         f = self.state.frames[frame_id]
         running = f.launched - f.finished
-        limit = f.max_concurrency or len(f.items)
+        cap = INLINE_MAP_CONCURRENCY if st.mode != "DISTRIBUTED" else DISTRIBUTED_MAP_CONCURRENCY
+        limit = min(f.max_concurrency or cap, cap)
         while f.launched < len(f.items) and running < limit:
             index = f.launched
             self.emit(ev.MapIterationStarted(frame=frame_id, name=st.name, index=index))
             f = self.state.frames[frame_id]
-            child = f.children[-1]
+            child = child_frame_id(frame_id, st.name, index)
             item = f.items[index]
             self.agenda.append(partial(self.enter, child, proc.start_at, item))
             running += 1
@@ -843,7 +849,7 @@ class _Decider:
             self.map_progress(parent_id, st)
             return
         parent = self.state.frames[parent_id]
-        children = [self.state.frames[c] for c in parent.children]
+        children = [self.state.frames[c] for c in child_ids(parent)]
         if all(c.status == "succeeded" for c in children):
             self.composite_done(parent_id, st, [c.data for c in children])
 

@@ -49,8 +49,8 @@ class Frame(msgspec.Struct, kw_only=True):
     # Pending work of the current state.
     task_id: str | None = None
     timer_id: str | None = None
-    # Composite (Parallel / Map) state in progress.
-    children: tuple[str, ...] = ()
+    # Composite (Parallel / Map) state in progress. Its child frames are
+    # child_frame_id(id, current, i) for i < launched (see child_ids).
     items: tuple[Any, ...] = ()
     max_concurrency: int = 0
     launched: int = 0
@@ -163,6 +163,9 @@ def evolve(state: ExecutionState, event: ev.Event, timestamp: str = "") -> Execu
             _exit(s, event)
         case ev.TaskScheduled():
             f = _frame(s, event.frame)
+            if f.timer_id is not None:  # a retry's timer has fired
+                s.timers = _without(s.timers, f.timer_id)
+                f.timer_id = None
             f.task_id = event.task_id
             s.tasks = {**s.tasks, event.task_id: event.frame}
             if event.timeout_timer_id:
@@ -203,8 +206,7 @@ def evolve(state: ExecutionState, event: ev.Event, timestamp: str = "") -> Execu
             if f.timer_id is not None:  # a retry's timer has fired
                 s.timers = _without(s.timers, f.timer_id)
                 f.timer_id = None
-            ids = tuple(child_frame_id(event.frame, event.name, i) for i in range(event.branches))
-            f.children = ids
+            ids = [child_frame_id(event.frame, event.name, i) for i in range(event.branches)]
             f.results = (None,) * event.branches
             f.finished = f.failed = 0
             f.launched = event.branches
@@ -224,7 +226,6 @@ def evolve(state: ExecutionState, event: ev.Event, timestamp: str = "") -> Execu
                 s.timers = _without(s.timers, f.timer_id)
                 f.timer_id = None
             f.items = tuple(event.items)
-            f.children = ()
             f.results = (None,) * len(event.items)
             f.launched = f.finished = f.failed = 0
             f.max_concurrency = event.max_concurrency
@@ -233,7 +234,6 @@ def evolve(state: ExecutionState, event: ev.Event, timestamp: str = "") -> Execu
         case ev.MapIterationStarted():
             f = _frame(s, event.frame)
             cid = child_frame_id(event.frame, event.name, event.index)
-            f.children = (*f.children, cid)
             f.launched += 1
             s.frames = dict(s.frames)
             s.frames[cid] = Frame(
@@ -252,12 +252,12 @@ def evolve(state: ExecutionState, event: ev.Event, timestamp: str = "") -> Execu
             ].data
             f.results = tuple(results)
             f.finished += 1
-            _drop_frame(s, f, child_frame_id(event.frame, event.name, event.index))
+            _drop_frames(s, [child_frame_id(event.frame, event.name, event.index)])
         case ev.MapIterationFailed():
             f = _frame(s, event.frame)
             f.finished += 1
             f.failed += 1
-            _drop_frame(s, f, child_frame_id(event.frame, event.name, event.index))
+            _drop_frames(s, [child_frame_id(event.frame, event.name, event.index)])
         case ev.MapStateSucceeded():
             f = _frame(s, event.frame)
             f.data = list(f.results)
@@ -312,32 +312,55 @@ def _enter(s: ExecutionState, event: ev._Entered, timestamp: str) -> Frame:
 
 def _exit(s: ExecutionState, event: ev._Exited) -> None:
     f = _frame(s, event.frame)
+    _drop_children(s, f)
     f.current = None
     f.data = event.output
     f.retry_attempts = ()
-    _drop_children(s, f)
+    f.items = f.results = ()
+    f.launched = f.finished = f.failed = 0
     if event.assigned_variables:
         f.variables = {**f.variables, **event.assigned_variables}
     if event.end:
         f.status = "succeeded"
 
 
-def _drop_frame(s: ExecutionState, parent: Frame, frame_id: str) -> None:
-    """Forget a finished child frame and everything nested in it."""
-    prefix = frame_id + "/"
-    s.frames = {k: v for k, v in s.frames.items() if k != frame_id and not k.startswith(prefix)}
-    s.tasks = {t: fr for t, fr in s.tasks.items() if fr != frame_id and not fr.startswith(prefix)}
-    s.timers = {
-        t: i for t, i in s.timers.items() if i.frame != frame_id and not i.frame.startswith(prefix)
-    }
-    parent.children = tuple(c for c in parent.children if c != frame_id)
+def child_ids(f: Frame) -> list[str]:
+    """The child frames a composite state has launched (some may have ended)."""
+    if f.current is None or not f.launched:
+        return []
+    return [child_frame_id(f.id, f.current, i) for i in range(f.launched)]
+
+
+def _drop_frames(s: ExecutionState, frame_ids: list[str]) -> None:
+    """Forget child frames and everything nested in them, with their pending
+    task and timer. Costs one copy of each map touched, not a scan per frame:
+    a frame has at most one pending task and one timer."""
+    frames = s.frames
+    tasks, timers = s.tasks, s.timers
+    copied = False
+    stack = list(frame_ids)
+    while stack:
+        f = frames.get(stack.pop())
+        if f is None:
+            continue
+        if not copied:
+            frames, copied = dict(frames), True
+        del frames[f.id]
+        if f.task_id is not None and f.task_id in tasks:
+            tasks = _without(tasks, f.task_id)
+        if f.timer_id is not None and f.timer_id in timers:
+            timers = _without(timers, f.timer_id)
+        stack.extend(child_ids(f))
+    s.frames, s.tasks, s.timers = frames, tasks, timers
 
 
 def _drop_children(s: ExecutionState, f: Frame) -> None:
-    for cid in f.children:
-        _drop_frame(s, f, cid)
-    f.children = ()
+    _drop_frames(s, child_ids(f))
 
 
 def _without(d: dict[str, Any], key: str) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if k != key}
+    if key not in d:
+        return d
+    copy = dict(d)
+    del copy[key]
+    return copy
