@@ -64,7 +64,7 @@ class HistoryQuery(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class StateQuery(msgspec.Struct, forbid_unknown_fields=True):
-    seq: Annotated[int, Meta(ge=0)] | None = None
+    seq: Annotated[int, Meta(ge=1)] | None = None
 
 
 class WorkflowQuery(msgspec.Struct, forbid_unknown_fields=True):

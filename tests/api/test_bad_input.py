@@ -51,6 +51,8 @@ CASES: list[tuple[str, str, bytes | Any, int, str]] = [
     ("GET", "/v1/executions?status=BORED", None, 400, "invalid_request"),
     ("GET", "/v1/executions?cursor=!!notbase64", None, 400, "invalid_request"),
     ("GET", "/v1/executions?color=red", None, 400, "invalid_request"),
+    ("GET", "/v1/executions/{seed}/state?seq=0", None, 400, "invalid_request"),
+    ("GET", "/v1/executions/{seed}/history?cursor=Zm9v", None, 400, "invalid_request"),
     ("DELETE", "/v1/workflows/wf", None, 405, "method_not_allowed"),
     ("GET", "/v1/nothing-here", None, 404, "route_not_found"),
 ]
@@ -67,7 +69,8 @@ async def test_bad_input_is_refused_and_changes_nothing(
     code: str,
 ) -> None:
     await register(client, "wf")
-    await start(client, "wf", input={"seed": 1}, name="seed")
+    seed = await start(client, "wf", input={"seed": 1}, name="seed")
+    path = path.replace("{seed}", seed["execution_id"])
     before = await row_counts(pool)
 
     kwargs: dict[str, Any] = {}

@@ -310,3 +310,38 @@ async def test_a_malformed_entry_is_skipped_not_fatal(
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+async def test_rebuild_under_a_running_projector(
+    pool: asyncpg.Pool, store: EventStore, bus: Bus
+) -> None:
+    projector = Projector(pool, store, bus, block_ms=50, catchup_interval=0.2, retry_delay=0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(projector.run(stop))
+    ids: list[UUID] = []
+
+    async def produce() -> None:
+        for _ in range(30):
+            eid = await start(store)
+            await append(store, eid, 1, ev.ExecutionSucceeded(output=len(ids)))
+            await bus.publish_events(await store.load(eid))
+            ids.append(eid)
+
+    try:
+        await eventually(lambda: _group_exists(bus))
+        producing = asyncio.create_task(produce())
+        await asyncio.sleep(0)  # let the producer begin before the rebuild
+        await rebuild(pool, "executions")
+        await producing
+
+        async def all_done() -> bool:
+            got = await rows(pool)
+            return len(got) == len(ids) and all(r.status == "SUCCEEDED" for r in got.values())
+
+        await eventually(all_done)
+        assert not task.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    for eid, row in (await rows(pool)).items():
+        assert norm(view.fold(await store.load(eid))) == norm(row)
