@@ -86,7 +86,7 @@ class ExecutionState(msgspec.Struct, kw_only=True):
     # Pending task attempts: task id -> frame id.
     tasks: dict[str, str] = {}
     timers: dict[str, TimerInfo] = {}
-    # Task results seen: task ids that completed, so duplicates are recognised.
+    # Task results seen (applied or recorded as ignored), so duplicates are recognised.
     completed_tasks: frozenset[str] = frozenset()
 
     @property
@@ -183,11 +183,13 @@ def evolve(state: ExecutionState, event: ev.Event, timestamp: str = "") -> Execu
                 s.timers = _without(s.timers, f.timer_id)
                 f.timer_id = None
             s.tasks = _without(s.tasks, event.task_id)
-            s.completed_tasks = s.completed_tasks | {event.task_id}
+            if not isinstance(event, ev.TaskTimedOut):
+                # A result that arrives after a timeout is late, not a duplicate.
+                s.completed_tasks = s.completed_tasks | {event.task_id}
             if isinstance(event, ev.TaskSucceeded):
                 f.data = event.output
         case ev.TaskResultIgnored():
-            pass
+            s.completed_tasks = s.completed_tasks | {event.task_id}
         case ev.StateRetryScheduled():
             f = _frame(s, event.frame)
             attempts = list(f.retry_attempts) or []
