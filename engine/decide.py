@@ -1009,7 +1009,9 @@ class _Decider:
 
 
 # Errors no Retry or Catch handles: they end the execution.
-_TERMINAL = frozenset({E.RUNTIME, E.DATA_LIMIT_EXCEEDED})
+_TERMINAL = frozenset({E.RUNTIME})
+# Errors States.ALL does not match (a retrier or catcher must name them).
+_NOT_MATCHED_BY_ALL = E.NOT_MATCHED_BY_ALL | {E.DATA_LIMIT_EXCEEDED}
 
 # Errors whose cause AWS prefixes with the state and the event id it entered at.
 _PREFIXED = frozenset({E.RUNTIME, E.QUERY_EVALUATION_ERROR})
@@ -1057,7 +1059,7 @@ def _matches(error_equals: tuple[str, ...], error: str) -> bool:
     for name in error_equals:
         if name == error:
             return True
-        if name == E.ALL and error not in E.NOT_MATCHED_BY_ALL:
+        if name == E.ALL and error not in _NOT_MATCHED_BY_ALL:
             return True
         if name == E.TASK_FAILED and error not in (E.TIMEOUT, E.RUNTIME, E.HEARTBEAT_TIMEOUT):
             if not error.startswith("States.") or error == E.TASK_FAILED:

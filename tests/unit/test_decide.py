@@ -484,3 +484,54 @@ def test_map_retry_records_no_map_state_failed_until_retries_are_exhausted() -> 
     h = given(map_of_tasks(Retry=[{"ErrorEquals": ["Boom"], "MaxAttempts": 1}]), [1])
     then = h.when(TaskErrored(task_id=pending_task(h), error="Boom", now=at(1)))
     assert types(then.events) == ["TaskFailed", "MapIterationFailed", "StateRetryScheduled"]
+
+
+def test_parallel_retry_records_no_parallel_state_failed_for_the_retried_attempt() -> None:
+    doc = parallel_of_tasks()
+    doc["States"]["P"]["Retry"] = [{"ErrorEquals": ["Boom"], "MaxAttempts": 1}]
+    h = given(doc)
+    then = h.when(TaskErrored(task_id=pending_task(h, 0), error="Boom", now=at(1)))
+    assert types(then.events) == ["TaskFailed", "StateRetryScheduled"]
+    assert h.state.tasks == {}, "the other branch's task is dropped with its frame"
+
+
+def test_distributed_map_iterations_are_not_in_the_aws_history() -> None:
+    doc = map_of_tasks()
+    doc["States"]["M"]["ItemProcessor"]["ProcessorConfig"] = {"Mode": "DISTRIBUTED"}
+    h = given(doc, [1])
+    h.when(TaskCompleted(task_id=pending_task(h), output=1, now=at(1)))
+    assert types(ev.aws_history(h.events)) == [
+        "ExecutionStarted",
+        "MapStateEntered",
+        "MapStateStarted",
+        "MapStateSucceeded",
+        "MapStateExited",
+        "ExecutionSucceeded",
+    ]
+
+
+# --- data flow and the context object ----------------------------------------------
+
+
+def test_context_entered_time_is_when_the_state_was_entered() -> None:
+    h = given(one_task(ResultSelector={"entered.$": "$$.State.EnteredTime"}))
+    h.when(TaskCompleted(task_id=pending_task(h), output={}, now=at(30)))
+    assert h.state.output == {"entered": iso(T0)}
+
+
+def test_output_over_the_payload_limit_fails_and_states_all_does_not_catch_it() -> None:
+    doc = {
+        "StartAt": "Big",
+        "States": {
+            "Big": {
+                "Type": "Task",
+                "Resource": "test:echo",
+                "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "Caught"}],
+                "End": True,
+            },
+            "Caught": {"Type": "Succeed"},
+        },
+    }
+    h = given(doc)
+    h.when(TaskCompleted(task_id=pending_task(h), output="x" * 300_000, now=at(1)))
+    assert (h.state.status, h.state.error) == ("FAILED", "States.DataLimitExceeded")
