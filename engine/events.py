@@ -11,7 +11,9 @@ Engine fields ride along with defaults:
   nested with "/" ("P/0/M/2").
 - timer ids and due times, task ids, retry bookkeeping.
 A few events have no AWS counterpart (``StateRetryScheduled``,
-``TaskResultIgnored``); they are listed in ``ENGINE_ONLY``.
+``TaskResultIgnored``); they are listed in ``ENGINE_ONLY``. ``aws_history``
+gives the history as AWS shows it: without those, and without the iterations
+of a DISTRIBUTED Map (child executions on AWS).
 
 Schema evolution: a new field gets a default; a field never changes type; a
 changed meaning is a new event type.
