@@ -81,6 +81,16 @@ class WorkflowOut(msgspec.Struct):
     created_at: str
 
 
+class ValidationIssue(msgspec.Struct):
+    path: str
+    message: str
+
+
+class ValidationResult(msgspec.Struct):
+    valid: bool
+    errors: list[ValidationIssue]
+
+
 class WorkflowList(msgspec.Struct):
     workflows: list[WorkflowOut]
 

@@ -3,6 +3,7 @@
 PUT /v1/workflows/{name}  {"definition": {...}} -> 201 new version | 200 unchanged
 GET /v1/workflows                               -> {"workflows": [latest of each]}
 GET /v1/workflows/{name}[?version=N]            -> the latest (or that) version
+POST /v1/workflows:validate {"definition": {...}} -> 200 {"valid", "errors": [{path, message}]}
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from api.responses import json_response
 from api.schemas import (
     WORKFLOW_NAME,
     RegisterWorkflow,
+    ValidationIssue,
+    ValidationResult,
     WorkflowList,
     WorkflowOut,
     WorkflowQuery,
@@ -59,6 +62,20 @@ async def register_workflow(request: web.Request) -> web.Response:
     return json_response(
         workflow_out(wf), status=201 if created else 200, headers={"Location": location}
     )
+
+
+@routes.post("/v1/workflows:validate")
+async def validate_workflow(request: web.Request) -> web.Response:
+    """Validate without registering (like Step Functions' ValidateStateMachineDefinition):
+    a definition that does not validate is a successful answer, not a 4xx."""
+    body = await request.read()
+    limit = request.app[SETTINGS].max_payload_bytes
+    if len(body) > limit:
+        raise PayloadTooLarge(f"definition body is {len(body)} bytes; the limit is {limit}")
+    req = decode_body(body, RegisterWorkflow)
+    errors = request.app[SERVICE].validate(req.definition)
+    issues = [ValidationIssue(path=p, message=m) for p, m in errors]
+    return json_response(ValidationResult(valid=not issues, errors=issues))
 
 
 @routes.get("/v1/workflows")

@@ -22,6 +22,7 @@ from engine.decide import Decision, StopRequested, Trigger, decide
 from engine.errors import (
     ConcurrencyError,
     ExecutionNotFound,
+    InvalidDefinition,
     InvalidRequest,
     PayloadTooLarge,
     WorkflowNotFound,
@@ -75,6 +76,17 @@ class EngineService:
         version, created = await self.store.put_workflow(namespace, name, definition)
         self._remember((namespace, name, version.version), compiled)
         return version, created
+
+    def validate(self, definition: Any) -> list[tuple[str, str]]:
+        """Every (json path, message) that keeps ``definition`` from registering; none
+        when it is valid. Nothing is stored."""
+        if not isinstance(definition, dict):
+            return [("$", "definition must be a JSON object")]
+        try:
+            compile_definition(definition)
+        except InvalidDefinition as exc:
+            return exc.errors
+        return []
 
     async def definition(self, namespace: str, workflow: str, version: int) -> Definition:
         key = (namespace, workflow, version)
