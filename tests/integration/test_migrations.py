@@ -1,0 +1,121 @@
+"""Migration runner contract: each file once, in order, checksummed, under a lock;
+and the schema's own guarantee that events are immutable (invariant 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import uuid4
+
+import asyncpg
+import pytest
+
+from steplog.migrate import MigrationError, default_migrations_dir, load_migrations, migrate
+
+
+def all_labels() -> list[str]:
+    return [f"{m.version:04d}_{m.name}" for m in load_migrations(default_migrations_dir())]
+
+
+async def test_applies_every_migration_once_in_order(empty_database_url: str) -> None:
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        assert await migrate(conn) == all_labels()
+        assert await migrate(conn) == []
+        rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+        expected = load_migrations(default_migrations_dir())
+        assert [(r["version"], r["name"], r["checksum"]) for r in rows] == [
+            (m.version, m.name, m.checksum) for m in expected
+        ]
+    finally:
+        await conn.close()
+
+
+async def test_refuses_an_edited_applied_migration(empty_database_url: str, tmp_path: Path) -> None:
+    directory = tmp_path / "migrations"
+    shutil.copytree(default_migrations_dir(), directory)
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await migrate(conn, directory)
+        first = sorted(directory.glob("*.sql"))[0]
+        first.write_text(first.read_text() + "\n-- edited\n")
+        with pytest.raises(MigrationError, match="edited"):
+            await migrate(conn, directory)
+    finally:
+        await conn.close()
+
+
+async def test_applies_a_new_file_after_the_old_ones(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    directory = tmp_path / "migrations"
+    shutil.copytree(default_migrations_dir(), directory)
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await migrate(conn, directory)
+        (directory / "9999_extra.sql").write_text("CREATE TABLE extra (x int);")
+        assert await migrate(conn, directory) == ["9999_extra"]
+        assert await conn.fetchval("SELECT count(*) FROM extra") == 0
+    finally:
+        await conn.close()
+
+
+async def test_a_failing_migration_is_not_recorded(empty_database_url: str, tmp_path: Path) -> None:
+    directory = tmp_path / "migrations"
+    directory.mkdir()
+    (directory / "0001_ok.sql").write_text("CREATE TABLE ok (x int);")
+    (directory / "0002_bad.sql").write_text("CREATE TABLE half (x int); SELECT nope;")
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        with pytest.raises(asyncpg.PostgresError):
+            await migrate(conn, directory)
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+        assert await conn.fetchval("SELECT to_regclass('half')") is None
+    finally:
+        await conn.close()
+
+
+def test_refuses_malformed_file_names(tmp_path: Path) -> None:
+    (tmp_path / "1_init.sql").write_text("SELECT 1;")
+    with pytest.raises(MigrationError, match="NNNN_name"):
+        load_migrations(tmp_path)
+
+
+async def test_concurrent_runs_apply_each_file_once(empty_database_url: str) -> None:
+    conns = [await asyncpg.connect(empty_database_url) for _ in range(5)]
+    try:
+        barrier = asyncio.Barrier(len(conns))
+
+        async def run(conn: asyncpg.Connection) -> list[str]:
+            await barrier.wait()
+            return await migrate(conn)
+
+        results = await asyncio.gather(*(run(c) for c in conns))
+        assert sorted(label for r in results for label in r) == sorted(all_labels())
+        assert await conns[0].fetchval("SELECT count(*) FROM schema_migrations") == len(
+            all_labels()
+        )
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
+async def test_events_refuse_update_delete_and_truncate(pool: asyncpg.Pool) -> None:
+    execution_id = uuid4()
+    await pool.execute(
+        "INSERT INTO events (execution_id, seq, type, data, recorded_at)"
+        " VALUES ($1, 1, 'ExecutionStarted', '{}', $2)",
+        execution_id,
+        datetime.now(UTC),
+    )
+    for statement in (
+        "UPDATE events SET type = 'X'",
+        "UPDATE events SET data = '{\"a\": 1}' WHERE seq = 1",
+        "DELETE FROM events",
+        "TRUNCATE events",
+    ):
+        with pytest.raises(asyncpg.RaiseError, match="immutable"):
+            await pool.execute(statement)
+    assert await pool.fetchval("SELECT count(*) FROM events WHERE type = 'ExecutionStarted'") == 1

@@ -1,0 +1,366 @@
+"""EventStore contract suite on a real PostgreSQL (a fresh database per test)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta
+from uuid import UUID, uuid4
+
+import asyncpg
+import pytest
+
+from engine.errors import ConcurrencyError, ExecutionNameConflict, InvalidRequest
+from engine.store import EventStore, GlobalPosition, NewEvent, StoredEvent, TimerSpec
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+DEFINITION = {"StartAt": "A", "States": {"A": {"Type": "Pass", "End": True}}}
+
+
+def event(type_: str = "PassStateEntered", **data: object) -> NewEvent:
+    import msgspec
+
+    return NewEvent(type_, msgspec.json.encode({"type": type_, **data}), T0)
+
+
+async def start(store: EventStore, name: str = "run", input_json: bytes = b"{}") -> UUID:
+    record, created = await store.start_execution(
+        "default", "wf", 1, uuid4(), name, input_json, event("ExecutionStarted")
+    )
+    assert created
+    return record.execution_id
+
+
+# -- workflows ----------------------------------------------------------------------------
+
+
+async def test_put_workflow_versions_only_on_change(store: EventStore) -> None:
+    v1, created = await store.put_workflow("default", "wf", DEFINITION)
+    assert (v1.version, created, v1.definition) == (1, True, DEFINITION)
+
+    reordered = {"States": {"A": {"End": True, "Type": "Pass"}}, "StartAt": "A"}
+    same, created = await store.put_workflow("default", "wf", reordered)
+    assert (same.version, created) == (1, False)
+
+    changed = {**DEFINITION, "Comment": "v2"}
+    v2, created = await store.put_workflow("default", "wf", changed)
+    assert (v2.version, created) == (2, True)
+
+    assert (await store.get_workflow("default", "wf")) == v2
+    assert (await store.get_workflow("default", "wf", 1)) == v1
+    assert await store.get_workflow("default", "wf", 3) is None
+    assert await store.get_workflow("other", "wf") is None
+
+
+async def test_list_workflows_gives_latest_version_per_name(store: EventStore) -> None:
+    await store.put_workflow("default", "b", DEFINITION)
+    await store.put_workflow("default", "a", DEFINITION)
+    await store.put_workflow("default", "a", {**DEFINITION, "Comment": "2"})
+    await store.put_workflow("other", "c", DEFINITION)
+    listed = await store.list_workflows("default")
+    assert [(w.name, w.version) for w in listed] == [("a", 2), ("b", 1)]
+
+
+async def test_concurrent_puts_of_one_definition_make_one_version(store: EventStore) -> None:
+    results = await asyncio.gather(
+        *(store.put_workflow("default", "wf", DEFINITION) for _ in range(10))
+    )
+    assert sum(created for _, created in results) == 1
+    assert {v.version for v, _ in results} == {1}
+
+
+# -- executions ---------------------------------------------------------------------------
+
+
+async def test_start_execution_writes_record_and_first_event(store: EventStore) -> None:
+    execution_id = uuid4()
+    record, created = await store.start_execution(
+        "default", "wf", 1, execution_id, "run", b'{"x": 1}', event("ExecutionStarted")
+    )
+    assert created and record.execution_id == execution_id and record.started_at == T0
+    assert await store.get_execution(execution_id) == record.__class__(
+        execution_id, "default", "wf", 1, "run", b'{"x": 1}', T0
+    )
+    (first,) = await store.load(execution_id)
+    assert (first.seq, first.type, first.timestamp) == (1, "ExecutionStarted", T0)
+    assert await store.get_execution(uuid4()) is None
+
+
+async def test_same_name_same_input_returns_the_existing_execution(store: EventStore) -> None:
+    first = await start(store, "run", b'{"a": 1, "b": [1, 2]}')
+    again, created = await store.start_execution(
+        "default", "wf", 1, uuid4(), "run", b'{"b":[1,2],"a":1}', event("ExecutionStarted")
+    )
+    assert (again.execution_id, created) == (first, False)
+    with pytest.raises(ExecutionNameConflict):
+        await store.start_execution(
+            "default", "wf", 1, uuid4(), "run", b'{"a": 2}', event("ExecutionStarted")
+        )
+    # The name is unique per (namespace, workflow) only.
+    _, created = await store.start_execution(
+        "default", "other", 1, uuid4(), "run", b"{}", event("ExecutionStarted")
+    )
+    assert created
+
+
+async def test_fifty_concurrent_starts_of_one_name_make_one_execution(store: EventStore) -> None:
+    barrier = asyncio.Barrier(50)
+
+    async def start_one() -> tuple[UUID, bool]:
+        await barrier.wait()
+        record, created = await store.start_execution(
+            "default", "wf", 1, uuid4(), "same", b'{"k": "v"}', event("ExecutionStarted")
+        )
+        return record.execution_id, created
+
+    results = await asyncio.gather(*(start_one() for _ in range(50)))
+    assert sum(created for _, created in results) == 1
+    assert len({execution_id for execution_id, _ in results}) == 1
+    assert len(await store.load(results[0][0])) == 1
+
+
+async def test_concurrent_starts_with_different_inputs_conflict(store: EventStore) -> None:
+    barrier = asyncio.Barrier(20)
+
+    async def start_one(i: int) -> str:
+        await barrier.wait()
+        try:
+            await store.start_execution(
+                "default",
+                "wf",
+                1,
+                uuid4(),
+                "same",
+                b'{"i": %d}' % (i % 2),
+                event("ExecutionStarted"),
+            )
+        except ExecutionNameConflict:
+            return "conflict"
+        return "ok"
+
+    outcomes = await asyncio.gather(*(start_one(i) for i in range(20)))
+    assert outcomes.count("ok") == 10 and outcomes.count("conflict") == 10
+
+
+@pytest.mark.parametrize("bad", [b"{not json", b'{"a": "\\u0000"}', b"\xff"])
+async def test_bad_input_is_refused_and_changes_nothing(store: EventStore, bad: bytes) -> None:
+    with pytest.raises(InvalidRequest):
+        await store.start_execution(
+            "default", "wf", 1, uuid4(), "run", bad, event("ExecutionStarted")
+        )
+    assert await store.read_all(GlobalPosition(), 10) == []
+
+
+async def test_running_executions_excludes_terminal_ones(store: EventStore) -> None:
+    running = await start(store, "a")
+    done = await start(store, "b")
+    await store.append(done, 1, [event("ExecutionSucceeded")])
+    await store.append(running, 1, [event()])
+    assert await store.running_executions() == [running]
+    assert await store.running_executions("default") == [running]
+    assert await store.running_executions("elsewhere") == []
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+async def test_append_continues_seq_and_load_reads_ranges(store: EventStore) -> None:
+    execution_id = await start(store)
+    stored = await store.append(execution_id, 1, [event(n=i) for i in range(2, 6)])
+    assert [e.seq for e in stored] == [2, 3, 4, 5]
+    positions = [e.position for e in stored]
+    assert positions == sorted(positions) and len({e.tx_id for e in stored}) == 1
+
+    assert [e.seq for e in await store.load(execution_id)] == [1, 2, 3, 4, 5]
+    assert [e.seq for e in await store.load(execution_id, after_seq=2)] == [3, 4, 5]
+    assert [e.seq for e in await store.load(execution_id, after_seq=1, upto_seq=3)] == [2, 3]
+    assert [e.seq for e in await store.load(execution_id, limit=2)] == [1, 2]
+    assert [e.seq for e in await store.load(execution_id, limit=2, reverse=True)] == [5, 4]
+    assert [e.seq for e in await store.load(execution_id, upto_seq=3, reverse=True)] == [3, 2, 1]
+    loaded = await store.load(execution_id, after_seq=1, upto_seq=2)
+    assert loaded[0].position == stored[0].position and loaded[0].type == "PassStateEntered"
+
+
+async def test_append_at_a_taken_seq_raises_concurrency_error(store: EventStore) -> None:
+    execution_id = await start(store)
+    await store.append(execution_id, 1, [event()])
+    with pytest.raises(ConcurrencyError):
+        await store.append(execution_id, 1, [event()])
+
+
+async def test_append_past_the_end_raises_and_leaves_no_gap(store: EventStore) -> None:
+    execution_id = await start(store)
+    with pytest.raises(ConcurrencyError):
+        await store.append(execution_id, 3, [event()])
+    assert [e.seq for e in await store.load(execution_id)] == [1]
+
+
+async def test_same_seq_appends_on_a_barrier_exactly_one_wins(store: EventStore) -> None:
+    execution_id = await start(store)
+    barrier = asyncio.Barrier(10)
+
+    async def append_one(i: int) -> bool:
+        await barrier.wait()
+        try:
+            await store.append(execution_id, 1, [event(writer=i), event(writer=i)])
+        except ConcurrencyError:
+            return False
+        return True
+
+    wins = await asyncio.gather(*(append_one(i) for i in range(10)))
+    assert sum(wins) == 1
+    events = await store.load(execution_id)
+    assert [e.seq for e in events] == [1, 2, 3]
+
+
+async def test_append_writes_timer_changes_in_the_same_transaction(store: EventStore) -> None:
+    execution_id = await start(store)
+    due = T0 + timedelta(seconds=5)
+    await store.append(
+        execution_id, 1, [event()], set_timers=[TimerSpec("t1", due), TimerSpec("t2", due)]
+    )
+    timers = await store.due_timers(due, 10)
+    assert [(t.timer_id, t.execution_id, t.due_at) for t in timers] == [
+        ("t1", execution_id, due),
+        ("t2", execution_id, due),
+    ]
+    assert await store.due_timers(T0, 10) == []
+
+    # A losing append changes no timers.
+    with pytest.raises(ConcurrencyError):
+        await store.append(execution_id, 1, [event()], cancel_timers=["t1"])
+    assert len(await store.due_timers(due, 10)) == 2
+
+    await store.append(
+        execution_id, 2, [event()], cancel_timers=["t1"], set_timers=[TimerSpec("t3", T0)]
+    )
+    assert [t.timer_id for t in await store.due_timers(due, 10)] == ["t3", "t2"]
+    assert await store.delete_timer("t2") is True
+    assert await store.delete_timer("t2") is False
+    await store.append(execution_id, 3, [], cancel_timers=["t3"])
+    assert await store.due_timers(due, 10) == []
+
+
+async def test_append_notifies_the_channel(
+    store: EventStore, pool: asyncpg.Pool, eventually
+) -> None:  # type: ignore[no-untyped-def]
+    execution_id = await start(store)
+    received: list[str] = []
+
+    def listener(*args: object) -> None:
+        received.append(str(args[2]))
+
+    async def notified() -> bool:
+        return bool(received)
+
+    async with pool.acquire() as conn:
+        await conn.add_listener(store.notify_channel, listener)
+        try:
+            await store.append(execution_id, 1, [event()])
+            await eventually(notified)
+        finally:
+            await conn.remove_listener(store.notify_channel, listener)
+    assert received[0] == store.notify_channel
+
+
+# -- global order -------------------------------------------------------------------------
+
+
+async def test_read_all_pages_in_global_order(store: EventStore) -> None:
+    a = await start(store, "a")
+    b = await start(store, "b")
+    await store.append(a, 1, [event(), event()])
+    await store.append(b, 1, [event()])
+    everything = await store.read_all(GlobalPosition(), 100)
+    assert [(e.execution_id, e.seq) for e in everything] == [(a, 1), (b, 1), (a, 2), (a, 3), (b, 2)]
+    page, rest = everything[:2], everything[2:]
+    assert await store.read_all(GlobalPosition(), 2) == page
+    assert await store.read_all(page[-1].global_position, 100) == rest
+    assert await store.read_all(everything[-1].global_position, 100) == []
+
+
+INSERT_RAW = (
+    "INSERT INTO events (execution_id, seq, type, data, recorded_at)"
+    " VALUES ($1, $2, 'PassStateEntered', '{}', now())"
+)
+
+
+async def test_read_all_holds_back_events_behind_an_open_transaction(
+    store: EventStore, pool: asyncpg.Pool
+) -> None:
+    a = await start(store, "a")
+    b = await start(store, "b")
+    after = (await store.read_all(GlobalPosition(), 100))[-1].global_position
+
+    slow = await pool.acquire()
+    try:
+        tx = slow.transaction()
+        await tx.start()
+        await slow.execute(INSERT_RAW, a, 2)  # takes the smaller position, commits last
+        (fast,) = await store.append(b, 1, [event()])  # larger position, committed first
+
+        assert await store.read_all(after, 100) == []  # a naive tail would return b and skip a
+        await tx.commit()
+    finally:
+        await pool.release(slow)
+
+    seen = await store.read_all(after, 100)
+    assert [(e.execution_id, e.seq) for e in seen] == [(a, 2), (b, 2)]
+    assert seen[0].position < fast.position == seen[1].position
+
+
+async def test_read_all_orders_by_transaction_when_position_is_taken_late(
+    store: EventStore, pool: asyncpg.Pool
+) -> None:
+    a = await start(store, "a")
+    b = await start(store, "b")
+    after = (await store.read_all(GlobalPosition(), 100))[-1].global_position
+    slow = await pool.acquire()
+    try:
+        async with slow.transaction():
+            await slow.execute("SELECT pg_current_xact_id()")  # the transaction id comes first
+            await store.append(b, 1, [event()])
+            assert await store.read_all(after, 100) == []
+            await slow.execute(INSERT_RAW, a, 2)  # ... its position last
+    finally:
+        await pool.release(slow)
+    seen = await store.read_all(after, 100)
+    assert [(e.execution_id, e.seq) for e in seen] == [(a, 2), (b, 2)]
+    assert seen[0].position > seen[1].position
+
+
+async def test_tailing_reader_sees_every_event_once_while_writers_commit_out_of_order(
+    store: EventStore, pool: asyncpg.Pool
+) -> None:
+    executions = [await start(store, f"e{i}") for i in range(6)]
+    rng = random.Random(7)
+    per_execution = 15
+
+    async def writer(execution_id: UUID) -> None:
+        for seq in range(2, per_execution + 2):
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(INSERT_RAW, execution_id, seq)
+                await asyncio.sleep(rng.random() * 0.004)  # commit late, out of order
+
+    seen: list[StoredEvent] = []
+    position = GlobalPosition()
+    writers = asyncio.gather(*(writer(x) for x in executions))
+    while not writers.done():
+        page = await store.read_all(position, 7)
+        if page:
+            seen.extend(page)
+            position = page[-1].global_position
+        await asyncio.sleep(0.001)
+    await writers
+    while page := await store.read_all(position, 100):
+        seen.extend(page)
+        position = page[-1].global_position
+
+    keys = [(e.execution_id, e.seq) for e in seen]
+    assert len(keys) == len(set(keys)) == len(executions) * (per_execution + 1)
+    for execution_id in executions:
+        assert [s for x, s in keys if x == execution_id] == list(range(1, per_execution + 2))
+
+
+async def test_ping(store: EventStore) -> None:
+    assert await store.ping() is True
