@@ -1,0 +1,32 @@
+# One image for every role: `steplog serve --roles api,engine,worker,projector` (any subset).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+# Dependencies first, so a code change does not reinstall them.
+COPY pyproject.toml README.md ./
+RUN mkdir -p engine api projections steplog \
+    && touch engine/__init__.py api/__init__.py projections/__init__.py steplog/__init__.py \
+    && pip install . \
+    && pip uninstall -y steplog
+COPY engine ./engine
+COPY api ./api
+COPY projections ./projections
+COPY steplog ./steplog
+# migrate.py finds ./migrations through the working directory when installed as a wheel.
+COPY migrations ./migrations
+RUN pip install --no-deps . \
+    && useradd --system --uid 10001 steplog \
+    && mkdir -p /app/.steplog && chown steplog /app/.steplog
+USER steplog
+
+ENV STEPLOG_HOST=0.0.0.0 \
+    STEPLOG_PORT=8080 \
+    STEPLOG_LOG_FORMAT=json
+EXPOSE 8080
+ENTRYPOINT ["steplog"]
+CMD ["serve", "--roles", "api,engine,worker,projector"]
