@@ -33,7 +33,7 @@ from redis.typing import EncodableT, FieldT
 from engine.store import StoredEvent
 
 ENTRY_VERSION = "1"
-TRIGGER_KINDS = ("begin", "task_result", "timer", "stop")
+TRIGGER_KINDS = ("begin", "task_result", "heartbeat", "timer", "stop")
 DEFAULT_EVENTS_MAXLEN = 1_000_000
 
 FieldValue = str | bytes | int | float
@@ -279,28 +279,27 @@ class Bus:
         return int(await self.redis.xack(stream, group, *ids))
 
     async def autoclaim(
-        self,
-        stream: str,
-        group: str,
-        consumer: str,
-        min_idle_ms: int,
-        count: int = 100,
-        start_id: str = "0-0",
-    ) -> tuple[str, list[StreamEntry]]:
-        """XAUTOCLAIM entries idle for ``min_idle_ms`` to ``consumer``, with their delivery
-        counts (XPENDING, already counting this claim) for dead-lettering.
-
-        Returns (next start id, entries); a next id of "0-0" means the scan is complete.
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int = 100
+    ) -> list[StreamEntry]:
+        """Claim for ``consumer`` up to ``count`` entries of ``group`` that have been pending
+        (delivered, not acked) for at least ``min_idle_ms`` (XAUTOCLAIM, following its
+        cursor through the whole pending list). Each entry carries its delivery count
+        (XPENDING, this claim included) so the caller can dead-letter poison entries.
         Entries trimmed from the stream while pending are dropped by Redis and skipped."""
-        reply = await self.redis.xautoclaim(
-            stream, group, consumer, min_idle_ms, start_id=start_id, count=count
-        )
-        next_id = _str(reply[0])
-        claimed = [(_str(i), f) for i, f in reply[1] if f is not None]
+        claimed: list[tuple[str, Any]] = []
+        cursor = "0-0"
+        while len(claimed) < count:
+            reply = await self.redis.xautoclaim(
+                stream, group, consumer, min_idle_ms, start_id=cursor, count=count - len(claimed)
+            )
+            claimed.extend((_str(i), f) for i, f in reply[1] if f is not None)
+            cursor = _str(reply[0])
+            if cursor == "0-0":
+                break
         if not claimed:
-            return next_id, []
+            return []
         counts = await self.delivery_counts(stream, group, [i for i, _ in claimed], consumer)
-        return next_id, [
+        return [
             _entry(stream, entry_id, fields, counts.get(entry_id, 1))
             for entry_id, fields in claimed
         ]
