@@ -73,6 +73,13 @@ class TaskErrored(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     now: dt.datetime
 
 
+class TaskHeartbeat(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """A worker reports that a task attempt is still running (HeartbeatSeconds)."""
+
+    task_id: str
+    now: dt.datetime
+
+
 class TimerFired(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     timer_id: str
     now: dt.datetime
@@ -84,7 +91,7 @@ class StopRequested(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     now: dt.datetime
 
 
-Trigger = Begin | TaskCompleted | TaskErrored | TimerFired | StopRequested
+Trigger = Begin | TaskCompleted | TaskErrored | TaskHeartbeat | TimerFired | StopRequested
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +245,8 @@ class _Decider:
                         )
                     )
                     self.agenda.append(lambda: self.fail(frame_id, error, trigger.cause))
+            case TaskHeartbeat():
+                self.heartbeat(trigger.task_id)
             case TimerFired():
                 self.timer(trigger.timer_id)
             case StopRequested():
@@ -269,19 +278,20 @@ class _Decider:
                 self.agenda.append(lambda: self.wait_over(frame_id))
             case "retry":
                 self.agenda.append(lambda: self.execute(frame_id))
-            case "task_timeout":
+            case "task_timeout" | "heartbeat":
                 f = s.frames[frame_id]
                 assert f.task_id is not None
+                error = E.TIMEOUT if info.purpose == "task_timeout" else E.HEARTBEAT_TIMEOUT
                 self.emit(
                     ev.TaskTimedOut(
                         frame=frame_id,
                         name=self._current(frame_id),
                         task_id=f.task_id,
-                        error=E.TIMEOUT,
+                        error=error,
                         cause=None,
                     )
                 )
-                self.agenda.append(lambda: self.fail(frame_id, E.TIMEOUT, None))
+                self.agenda.append(lambda: self.fail(frame_id, error, None))
             case _:
                 assert_never(info.purpose)
 
@@ -647,6 +657,10 @@ class _Decider:
         if timeout:
             timer_id = f"{local}:timeout"
             due = _iso(self.now + dt.timedelta(seconds=timeout))
+        heartbeat_timer_id, heartbeat_due = "", ""
+        if heartbeat:
+            heartbeat_timer_id = f"{local}:heartbeat"
+            heartbeat_due = _iso(self.now + dt.timedelta(seconds=heartbeat))
         self.emit(
             ev.TaskScheduled(
                 frame=frame_id,
@@ -660,6 +674,34 @@ class _Decider:
                 heartbeat_seconds=heartbeat,
                 timeout_timer_id=timer_id,
                 timeout_due=due,
+                heartbeat_timer_id=heartbeat_timer_id,
+                heartbeat_due=heartbeat_due,
+            )
+        )
+
+    def heartbeat(self, task_id: str) -> None:
+        s = self.state
+        frame_id = s.tasks.get(task_id)
+        if frame_id is None:
+            self.ignore("heartbeat for a task attempt that is no longer pending")
+            return
+        f = s.frames[frame_id]
+        info = s.timers.get(f.heartbeat_timer_id or "")
+        if info is None:
+            self.ignore("heartbeat for a task without HeartbeatSeconds")
+            return
+        st = self.state_def(frame_id)
+        seconds = self.positive_int(
+            st, st.heartbeat_seconds, "HeartbeatSeconds", f.state_input, self.scope(frame_id, st)
+        )
+        assert seconds is not None
+        self.emit(
+            ev.TaskHeartbeatRecorded(
+                frame=frame_id,
+                name=st.name,
+                task_id=task_id,
+                timer_id=f"{self.next_local_id()}:heartbeat",
+                due=_iso(self.now + dt.timedelta(seconds=seconds)),
             )
         )
 

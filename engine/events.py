@@ -150,6 +150,10 @@ class TaskScheduled(_StateEvent, frozen=True, kw_only=True):
     heartbeat_seconds: int | None = None
     timeout_timer_id: str = ""
     timeout_due: str = ""
+    # HeartbeatSeconds: the attempt fails with States.HeartbeatTimeout unless the
+    # worker reports a heartbeat before this timer; each heartbeat moves it.
+    heartbeat_timer_id: str = ""
+    heartbeat_due: str = ""
 
 
 class TaskSucceeded(_StateEvent, frozen=True, kw_only=True):
@@ -167,6 +171,14 @@ class TaskTimedOut(_StateEvent, frozen=True, kw_only=True):
     task_id: str
     error: str | None = "States.Timeout"
     cause: str | None = None
+
+
+class TaskHeartbeatRecorded(_StateEvent, frozen=True, kw_only=True):
+    """A worker reported that a task attempt is alive; its heartbeat timer moves."""
+
+    task_id: str
+    timer_id: str
+    due: str
 
 
 class TaskResultIgnored(_Event, frozen=True, kw_only=True):
@@ -280,6 +292,7 @@ Event = (
     | TaskFailed
     | TaskTimedOut
     | TaskResultIgnored
+    | TaskHeartbeatRecorded
     | StateRetryScheduled
     | ParallelStateEntered
     | ParallelStateStarted
@@ -296,7 +309,7 @@ Event = (
 )
 
 TERMINAL = (ExecutionSucceeded, ExecutionFailed, ExecutionTimedOut, ExecutionAborted)
-ENGINE_ONLY = frozenset({"StateRetryScheduled", "TaskResultIgnored"})
+ENGINE_ONLY = frozenset({"StateRetryScheduled", "TaskResultIgnored", "TaskHeartbeatRecorded"})
 
 # Constructors of the Entered / Exited event of each state type.
 ENTERED: dict[str, Callable[..., Event]] = {

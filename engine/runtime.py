@@ -28,7 +28,14 @@ from uuid import UUID
 import msgspec
 
 from engine.bus import Bus, StreamEntry
-from engine.decide import Begin, TaskCompleted, TaskErrored, TimerFired, Trigger
+from engine.decide import (
+    Begin,
+    TaskCompleted,
+    TaskErrored,
+    TaskHeartbeat,
+    TimerFired,
+    Trigger,
+)
 from engine.errors import ConcurrencyError, NotFound
 from engine.service import EngineService
 from engine.state import ExecutionState
@@ -50,8 +57,13 @@ class TimerBody(msgspec.Struct, frozen=True, kw_only=True):
     timer_id: str
 
 
+class HeartbeatBody(msgspec.Struct, frozen=True, kw_only=True):
+    task_id: str
+
+
 _decode_task_result = msgspec.json.Decoder(TaskResultBody)
 _decode_timer = msgspec.json.Decoder(TimerBody)
+_decode_heartbeat = msgspec.json.Decoder(HeartbeatBody)
 _encode = msgspec.json.Encoder()
 
 
@@ -61,6 +73,10 @@ def encode_task_result(body: TaskResultBody) -> bytes:
 
 def encode_timer(timer_id: str) -> bytes:
     return _encode.encode(TimerBody(timer_id=timer_id))
+
+
+def encode_heartbeat(task_id: str) -> bytes:
+    return _encode.encode(HeartbeatBody(task_id=task_id))
 
 
 def parse_trigger(entry: StreamEntry, now: dt.datetime) -> tuple[UUID, Trigger]:
@@ -77,6 +93,8 @@ def parse_trigger(entry: StreamEntry, now: dt.datetime) -> tuple[UUID, Trigger]:
             trigger = TaskCompleted(task_id=r.task_id, output=r.output, now=now)
         else:
             trigger = TaskErrored(task_id=r.task_id, error=r.error, cause=r.cause, now=now)
+    elif kind == "heartbeat":
+        trigger = TaskHeartbeat(task_id=_decode_heartbeat.decode(body).task_id, now=now)
     elif kind == "timer":
         trigger = TimerFired(timer_id=_decode_timer.decode(body).timer_id, now=now)
     else:

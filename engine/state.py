@@ -23,7 +23,7 @@ from engine import events as ev
 
 Status = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"]
 FrameStatus = Literal["running", "succeeded", "failed"]
-TimerPurpose = Literal["wait", "retry", "task_timeout"]
+TimerPurpose = Literal["wait", "retry", "task_timeout", "heartbeat"]
 
 
 class Frame(msgspec.Struct, kw_only=True):
@@ -49,6 +49,8 @@ class Frame(msgspec.Struct, kw_only=True):
     # Pending work of the current state.
     task_id: str | None = None
     timer_id: str | None = None
+    # A task attempt's heartbeat timer (besides its timeout timer in ``timer_id``).
+    heartbeat_timer_id: str | None = None
     # Composite (Parallel / Map) state in progress. Its child frames are
     # child_frame_id(id, current, i) for i < launched (see child_ids).
     items: tuple[Any, ...] = ()
@@ -176,12 +178,32 @@ def evolve(state: ExecutionState, event: ev.Event, timestamp: str = "") -> Execu
                         frame=event.frame, purpose="task_timeout", due=event.timeout_due
                     ),
                 }
+            if event.heartbeat_timer_id:
+                f.heartbeat_timer_id = event.heartbeat_timer_id
+                s.timers = {
+                    **s.timers,
+                    event.heartbeat_timer_id: TimerInfo(
+                        frame=event.frame, purpose="heartbeat", due=event.heartbeat_due
+                    ),
+                }
+        case ev.TaskHeartbeatRecorded():
+            f = _frame(s, event.frame)
+            if f.heartbeat_timer_id is not None:
+                s.timers = _without(s.timers, f.heartbeat_timer_id)
+            f.heartbeat_timer_id = event.timer_id
+            s.timers = {
+                **s.timers,
+                event.timer_id: TimerInfo(frame=event.frame, purpose="heartbeat", due=event.due),
+            }
         case ev.TaskSucceeded() | ev.TaskFailed() | ev.TaskTimedOut():
             f = _frame(s, event.frame)
             f.task_id = None
             if f.timer_id is not None:
                 s.timers = _without(s.timers, f.timer_id)
                 f.timer_id = None
+            if f.heartbeat_timer_id is not None:
+                s.timers = _without(s.timers, f.heartbeat_timer_id)
+                f.heartbeat_timer_id = None
             s.tasks = _without(s.tasks, event.task_id)
             if not isinstance(event, ev.TaskTimedOut):
                 # A result that arrives after a timeout is late, not a duplicate.
@@ -309,6 +331,7 @@ def _enter(s: ExecutionState, event: ev._Entered, timestamp: str) -> Frame:
     f.retry_attempts = ()
     f.task_id = None
     f.timer_id = None
+    f.heartbeat_timer_id = None
     return f
 
 
@@ -352,6 +375,8 @@ def _drop_frames(s: ExecutionState, frame_ids: list[str]) -> None:
             tasks = _without(tasks, f.task_id)
         if f.timer_id is not None and f.timer_id in timers:
             timers = _without(timers, f.timer_id)
+        if f.heartbeat_timer_id is not None and f.heartbeat_timer_id in timers:
+            timers = _without(timers, f.heartbeat_timer_id)
         stack.extend(child_ids(f))
     s.frames, s.tasks, s.timers = frames, tasks, timers
 

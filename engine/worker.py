@@ -33,7 +33,7 @@ import msgspec
 
 from engine import events as ev
 from engine.bus import Bus, StreamEntry
-from engine.runtime import TaskResultBody, encode_task_result
+from engine.runtime import TaskResultBody, encode_heartbeat, encode_task_result
 
 log = logging.getLogger("steplog.worker")
 
@@ -49,12 +49,19 @@ class TaskFailure(Exception):
         self.cause = cause
 
 
+async def _no_heartbeat() -> None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class TaskContext:
     execution_id: str
     state: str
     attempt: int
     task_id: str
+    # Report that the task is alive (Task states with HeartbeatSeconds fail with
+    # States.HeartbeatTimeout when no heartbeat arrives in time).
+    heartbeat: Callable[[], Awaitable[None]] = _no_heartbeat
 
     @property
     def idempotency_key(self) -> str:
@@ -108,10 +115,20 @@ def _fail(value: Any, ctx: TaskContext) -> Any:
 
 
 async def _sleep(value: Any, ctx: TaskContext) -> Any:
-    seconds = value.get("seconds", 1) if isinstance(value, dict) else value
+    """Sleep ``seconds``; with ``heartbeat_every`` it reports a heartbeat that often."""
+    body = value if isinstance(value, dict) else {"seconds": value}
+    seconds = body.get("seconds", 1)
+    every = body.get("heartbeat_every")
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
         raise TaskFailure("States.TaskFailed", "test:sleep needs a non-negative number of seconds")
-    await asyncio.sleep(float(seconds))
+    if isinstance(every, int | float) and not isinstance(every, bool) and every > 0:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(seconds)
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(float(every), left))
+            await ctx.heartbeat()
+    else:
+        await asyncio.sleep(float(seconds))
     return value
 
 
@@ -199,11 +216,18 @@ class Worker:
             log.error("dropping malformed task %s", entry.id)
             await self.bus.dead_letter(entry, WORKER_GROUP, "malformed")
             return
+
+        async def heartbeat() -> None:
+            await self.bus.add_trigger(
+                execution_id, "heartbeat", encode_heartbeat(scheduled.task_id)
+            )
+
         ctx = TaskContext(
             execution_id=str(execution_id),
             state=scheduled.name,
             attempt=scheduled.attempt,
             task_id=scheduled.task_id,
+            heartbeat=heartbeat,
         )
         result = await self._call(scheduled, ctx)
         # Recording the outcome is shielded: a shutdown must not lose a finished result.
