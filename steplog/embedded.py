@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -54,7 +56,32 @@ def _prepare_dirs(data_dir: Path) -> Path:
     return data
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """pgserver stops the server only when the last process holding a handle exits, and it
+    counts handles in a file that a killed process never leaves. Forget dead holders, so a
+    run after a crash still stops the server it reuses."""
+    handles = pgdata / ".handle_pids.json"
+    if not handles.exists():
+        return
+    try:
+        pids = [int(p) for p in json.loads(handles.read_text())]
+    except (ValueError, TypeError):
+        pids = []
+    handles.write_text(json.dumps([p for p in pids if _pid_alive(p)]))
+
+
 def _start_postgres(pgdata: Path) -> Any:
+    _forget_dead_handles(pgdata)
     with warnings.catch_warnings():
         # platformdirs warns about a missing XDG_RUNTIME_DIR when pgserver is imported.
         warnings.simplefilter("ignore")

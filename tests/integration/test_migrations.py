@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import uuid4
@@ -119,3 +120,36 @@ async def test_events_refuse_update_delete_and_truncate(pool: asyncpg.Pool) -> N
         with pytest.raises(asyncpg.RaiseError, match="immutable"):
             await pool.execute(statement)
     assert await pool.fetchval("SELECT count(*) FROM events WHERE type = 'ExecutionStarted'") == 1
+
+
+async def test_embedded_servers_persist_data_and_leave_no_processes(tmp_path: Path) -> None:
+    import psutil
+    import redis.asyncio as aioredis
+
+    from steplog.embedded import embedded_servers
+
+    data_dir = Path(tempfile.mkdtemp(prefix="steplog-e-"))  # short: sockets live under it
+    try:
+        pids: list[int] = []
+        for run in range(2):
+            async with embedded_servers(data_dir, durable=False) as (database_url, redis_url):
+                conn = await asyncpg.connect(database_url)
+                try:
+                    # The second run finds the first run's schema: nothing left to apply.
+                    assert (await migrate(conn) == []) is (run == 1)
+                finally:
+                    await conn.close()
+                client = aioredis.Redis.from_url(redis_url)
+                try:
+                    if run == 0:
+                        await client.set("kept", "1")
+                    assert await client.get("kept") == b"1"  # append-only file survives
+                    pids.append(int((await client.info("server"))["process_id"]))
+                finally:
+                    await client.aclose()
+                postmaster = (data_dir / "pg" / "postmaster.pid").read_text().split()[0]
+                pids.append(int(postmaster))
+            for pid in pids:
+                assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
