@@ -6,7 +6,6 @@ evaluated) / then (the branch or error AWS gives)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,8 +22,9 @@ from engine.asl.choice import (
     parse_timestamp,
 )
 from engine.asl.errors import StatesError
+from tests.conformance.cases import CORPUS
 
-CASES_DIR = Path(__file__).resolve().parents[4] / "shared" / "conformance" / "cases"
+CASES_DIR = CORPUS / "cases"
 
 
 def _load(group: str) -> list[dict[str, Any]]:

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from engine.asl.validate import ValidationError, validate_definition
+from tests.conformance.cases import CORPUS
 
-CASES_DIR = Path(__file__).resolve().parents[4] / "shared" / "conformance" / "cases"
+CASES_DIR = CORPUS / "cases"
 
 
 def _corpus() -> list[dict[str, Any]]:
