@@ -9,7 +9,6 @@ that works on one execution sets the second).
 
 from __future__ import annotations
 
-import contextvars
 import datetime as dt
 import logging
 import sys
@@ -17,12 +16,8 @@ from typing import Any
 
 import msgspec
 
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "steplog_request_id", default=None
-)
-execution_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "steplog_execution_id", default=None
-)
+# Defined in the engine so that engine code can set them; re-exported here.
+from engine.logcontext import execution_id_var, request_id_var
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD_ATTRS = frozenset(
