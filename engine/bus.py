@@ -13,6 +13,9 @@ partitions and deployments spread over slots:
     {<prefix>:p<n>}:triggers    triggers of partition n (kind, execution_id, body)
     {<prefix>:q:<queue>}:tasks  tasks of one queue
     <stream>:dead               dead letters of <stream> (same slot as the stream)
+    {<prefix>}:intact           sentinel: present while Redis holds what steplog put
+                                there; its absence means Redis was flushed or lost its
+                                data, and engine.recovery rebuilds from PostgreSQL
 
 Streams of different partitions live in different slots: read them with one
 `read_group` call per partition when running against Redis Cluster.
@@ -62,6 +65,9 @@ class Keys:
     @staticmethod
     def dead_letters(stream: str) -> str:
         return f"{stream}:dead"
+
+    def sentinel(self) -> str:
+        return f"{{{self.prefix}}}:intact"
 
 
 class StreamEntry(msgspec.Struct, frozen=True):
@@ -345,9 +351,29 @@ class Bus:
         dead_id, _ = await pipe.execute()
         return _str(dead_id)
 
+    async def touch(self, stream: str, group: str, consumer: str, ids: Sequence[str]) -> None:
+        """Reset the idle time of entries ``consumer`` is still working on (XCLAIM JUSTID,
+        which does not count a delivery), so `autoclaim` leaves them alone."""
+        if ids:
+            await self.redis.xclaim(stream, group, consumer, 0, list(ids), justid=True)
+
+    async def is_intact(self) -> bool:
+        """True while the sentinel key is present (see `Keys.sentinel`)."""
+        return bool(await self.redis.exists(self.keys.sentinel()))
+
+    async def mark_intact(self, value: str) -> None:
+        """Set the sentinel (``value`` says who rebuilt Redis and when, for operators)."""
+        await self.redis.set(self.keys.sentinel(), value)
+
     async def ping(self) -> bool:
         """True when Redis answers (raises the client's error when it does not)."""
         return bool(await self.redis.ping())
+
+
+def is_missing_group(exc: BaseException) -> bool:
+    """True for the error of reading a group or stream that does not exist (NOGROUP),
+    e.g. after Redis was flushed: the consumer should create its group again."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # Advisory lock class of relay leadership (the ASCII of "stpR"); the key is hashtext(name).
 RELAY_LOCK_CLASS = 0x73747052
 DEFAULT_QUEUE = "default"
+HELD_BACK_FIRST_S = 0.01
 
 TRY_LEAD = "SELECT pg_try_advisory_lock($1, hashtext($2))"
 RESIGN = "SELECT pg_advisory_unlock($1, hashtext($2))"
@@ -149,6 +150,11 @@ class Relay:
             self.position = (
                 GlobalPosition() if row is None else GlobalPosition(row["tx_id"], row["position"])
             )
+            # After a notification, a commit can stay hidden from read_all for a moment
+            # behind an older transaction still in flight (e.g. a projector's batch); its
+            # notification is already spent, so re-read soon, backing off from
+            # HELD_BACK_FIRST_S up to the poll interval, instead of a full poll interval.
+            recheck = 0.0
             while not stop.is_set():
                 # Cleared before reading: a notification arriving during the read wakes
                 # the next wait instead of being lost.
@@ -160,7 +166,12 @@ class Relay:
                     self.position = events[-1].global_position
                     if len(events) == self._batch_size:
                         continue  # more may be waiting
-                await _wait_any([stop, wake], self._poll_interval_s)
+                timeout = recheck or self._poll_interval_s
+                await _wait_any([stop, wake], timeout)
+                if wake.is_set():
+                    recheck = HELD_BACK_FIRST_S
+                elif recheck:
+                    recheck = recheck * 2 if recheck * 2 < self._poll_interval_s else 0.0
                 if conn.is_closed():
                     raise ConnectionError("relay leader connection lost")
         finally:

@@ -25,9 +25,11 @@ from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 import msgspec
+import redis.exceptions
 
-from engine.bus import Bus, StreamEntry
+from engine.bus import Bus, StreamEntry, is_missing_group
 from engine.decide import (
     Begin,
     TaskCompleted,
@@ -37,6 +39,7 @@ from engine.decide import (
     Trigger,
 )
 from engine.errors import ConcurrencyError, NotFound
+from engine.logcontext import execution_id_var
 from engine.service import EngineService
 from engine.state import ExecutionState
 
@@ -152,56 +155,83 @@ class Engine:
         self.max_deliveries = max_deliveries
         self.clock = clock
         self.handled = 0
+        # Entries whose apply failed (e.g. PostgreSQL was unreachable), oldest first.
+        self._retry: list[StreamEntry] = []
 
     async def ensure_groups(self) -> None:
         for stream in self.bus.triggers_streams():
             await self.bus.ensure_group(stream, ENGINE_GROUP)
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.ensure_groups()
-        streams = self.bus.triggers_streams()
-        # First this consumer's own pending entries (a restart with the same name).
-        pending = await self.bus.read_group(
-            ENGINE_GROUP, self.consumer, dict.fromkeys(streams, "0"), count=self.batch_size
-        )
-        if pending:
-            await self.handle(pending)
-        last_claim = 0.0
+        """Consume triggers until ``stop`` is set; never returns early on errors of
+        PostgreSQL or Redis (they are logged and retried with a back-off)."""
         loop = asyncio.get_running_loop()
+        streams = self.bus.triggers_streams()
+        groups_ready = False
+        own_pending = True  # first this consumer's pending entries (a restart, same name)
+        last_claim = -1e18
+        backoff = 0.0
         while not stop.is_set():
             try:
+                if not groups_ready:
+                    await self.ensure_groups()
+                    groups_ready = True
+                entries: list[StreamEntry] = []
+                if own_pending:
+                    entries = await self.bus.read_group(
+                        ENGINE_GROUP, self.consumer, dict.fromkeys(streams, "0"), self.batch_size
+                    )
+                    own_pending = len(entries) >= self.batch_size
                 if loop.time() - last_claim > self.visibility_timeout_s / 2:
                     last_claim = loop.time()
-                    await self.claim_stale()
-                entries = await self.bus.read_group(
-                    ENGINE_GROUP, self.consumer, streams, self.batch_size, self.block_ms
-                )
-                if entries:
-                    await self.handle(entries)
+                    entries += await self.claim_stale()
+                if not entries:
+                    # Do not block while failed triggers wait for their retry.
+                    block = self.block_ms if not self._retry else min(self.block_ms, 100)
+                    entries = await self.bus.read_group(
+                        ENGINE_GROUP, self.consumer, streams, self.batch_size, block
+                    )
+                batch = _unique(self._retry + entries)
+                self._retry = []
+                if batch:
+                    await self.handle(batch)
+                backoff = min(max(backoff * 2, 0.2), 5.0) if self._retry else 0.0
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("engine loop failed; retrying")
-                await _sleep_or_stop(stop, 1.0)
+            except Exception as exc:
+                if is_missing_group(exc):
+                    log.warning("engine: trigger group missing (Redis flushed?); creating it")
+                    groups_ready = False
+                else:
+                    log.warning("engine loop failed (%r); retrying", exc)
+                backoff = min(max(backoff * 2, 0.5), 5.0)
+            if backoff:
+                await _sleep_or_stop(stop, backoff)
 
-    async def claim_stale(self) -> None:
+    async def claim_stale(self) -> list[StreamEntry]:
+        """Entries of the engine group left unacknowledged for a visibility timeout (their
+        consumer died or is stuck), claimed for this consumer; those delivered more than
+        ``max_deliveries`` times are dead-lettered instead. Skipped while PostgreSQL does
+        not answer: triggers that cannot be applied anywhere are not poison, and claiming
+        them would only count deliveries towards the dead-letter limit."""
+        await self.service.store.ping()
         min_idle = int(self.visibility_timeout_s * 1000)
+        live: list[StreamEntry] = []
         for stream in self.bus.triggers_streams():
-            start = "0-0"
-            while True:
-                start, entries = await self.bus.autoclaim(
-                    stream, ENGINE_GROUP, self.consumer, min_idle, 100, start
-                )
-                live = []
-                for entry in entries:
-                    if entry.deliveries > self.max_deliveries:
-                        await self.bus.dead_letter(entry, ENGINE_GROUP, "too many deliveries")
-                    else:
-                        live.append(entry)
-                if live:
-                    await self.handle(live)
-                if start == "0-0" or not entries:
-                    break
+            for entry in await self.bus.autoclaim(
+                stream, ENGINE_GROUP, self.consumer, min_idle, self.batch_size
+            ):
+                if entry.deliveries > self.max_deliveries:
+                    log.error(
+                        "dead-lettering trigger %s on %s after %d deliveries",
+                        entry.id,
+                        stream,
+                        entry.deliveries,
+                    )
+                    await self.bus.dead_letter(entry, ENGINE_GROUP, "too many deliveries")
+                else:
+                    live.append(entry)
+        return live
 
     async def handle(self, entries: list[StreamEntry]) -> None:
         """Handle a batch: per execution in order, executions concurrently."""
@@ -222,7 +252,9 @@ class Engine:
         )
 
     async def _handle_execution(self, execution_id: UUID, entries: list[StreamEntry]) -> None:
-        for entry in entries:
+        # Runs as its own task (gather), so this tags only this execution's log lines.
+        execution_id_var.set(str(execution_id))
+        for index, entry in enumerate(entries):
             try:
                 _, trigger = parse_trigger(entry, self.clock())
             except (KeyError, ValueError, msgspec.DecodeError):
@@ -233,11 +265,17 @@ class Engine:
                 await self.apply(execution_id, trigger)
             except NotFound:
                 log.warning("trigger %s for unknown execution %s", entry.id, execution_id)
-            except Exception:
-                # Left unacknowledged: it is claimed again after the visibility timeout.
-                log.exception("trigger %s for %s failed", entry.id, execution_id)
+            except Exception as exc:
+                # Left unacknowledged, with the execution's later triggers (their order
+                # matters): retried by this engine after a back-off, or claimed by another
+                # after the visibility timeout if this one dies.
+                if isinstance(exc, ConnectionError | OSError) or _is_connection_error(exc):
+                    log.warning("trigger %s for %s failed: %r", entry.id, execution_id, exc)
+                else:
+                    log.exception("trigger %s for %s failed", entry.id, execution_id)
                 self.cache.drop(execution_id)
-                continue
+                self._retry.extend(entries[index:])
+                return
             await self.bus.ack(entry.stream, ENGINE_GROUP, [entry.id])
             self.handled += 1
 
@@ -256,6 +294,29 @@ class Engine:
             self.cache.put(execution_id, decision.state)
             return decision.state
         raise ConcurrencyError(f"execution {execution_id}: too many conflicting appends")
+
+
+def _unique(entries: list[StreamEntry]) -> list[StreamEntry]:
+    """``entries`` without repeats of one (stream, id), first occurrence kept."""
+    seen: set[tuple[str, str]] = set()
+    out: list[StreamEntry] = []
+    for entry in entries:
+        if (entry.stream, entry.id) not in seen:
+            seen.add((entry.stream, entry.id))
+            out.append(entry)
+    return out
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    return isinstance(
+        exc,
+        asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.AdminShutdownError
+        | redis.exceptions.ConnectionError
+        | redis.exceptions.TimeoutError,
+    )
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

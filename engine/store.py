@@ -155,6 +155,41 @@ DUE_TIMERS = """
 SELECT timer_id, execution_id, due_at FROM timers WHERE due_at <= $1
 ORDER BY due_at, timer_id LIMIT $2"""
 DELETE_TIMER = "DELETE FROM timers WHERE timer_id = $1"
+# Timer firing across processes (migration 0004). A timer is claimable when it is due, was
+# not yet fired for this due time, and no live lease holds it. SKIP LOCKED lets concurrent
+# timer services take disjoint batches; the lease covers the window between this commit and
+# MARK_TIMERS_FIRED, so a firer that dies in between is replaced once the lease expires.
+CLAIM_DUE_TIMERS = """
+UPDATE timers t SET claimed_until = $1::timestamptz + make_interval(secs => $3)
+FROM (
+    SELECT timer_id FROM timers
+    WHERE due_at <= $1 AND fired_due IS DISTINCT FROM due_at
+      AND (claimed_until IS NULL OR claimed_until < $1)
+    ORDER BY due_at, timer_id LIMIT $2
+    FOR UPDATE SKIP LOCKED
+) due
+WHERE t.timer_id = due.timer_id
+RETURNING t.timer_id, t.execution_id, t.due_at, t.claimed_until"""
+# Only for the due time that was fired, and only while the claim is still the caller's
+# (claimed_until is its token): a timer moved meanwhile stays due for its new time, and one
+# re-armed by recovery meanwhile (its trigger may have been flushed) stays due.
+MARK_TIMERS_FIRED = """
+UPDATE timers t SET fired_due = f.due_at, claimed_until = NULL
+FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[])
+     AS f(timer_id, due_at, claimed_until)
+WHERE t.timer_id = f.timer_id AND t.due_at = f.due_at AND t.claimed_until = f.claimed_until"""
+# After Redis lost its data, the triggers of fired timers may be gone: fire them again.
+REARM_TIMERS = """
+UPDATE timers SET fired_due = NULL, claimed_until = NULL
+WHERE fired_due IS NOT NULL OR claimed_until IS NOT NULL"""
+# Which of the given executions have ended (their last event is terminal).
+ENDED_EXECUTIONS = """
+SELECT x.execution_id
+FROM unnest($1::uuid[]) AS x(execution_id)
+CROSS JOIN LATERAL (
+    SELECT type FROM events e WHERE e.execution_id = x.execution_id ORDER BY seq DESC LIMIT 1
+) last
+WHERE last.type = ANY($2::text[])"""
 PING = "SELECT 1"
 
 _MAX_SEQ = 2**31 - 1
@@ -237,6 +272,8 @@ class DueTimer(msgspec.Struct, frozen=True):
     timer_id: str
     execution_id: UUID
     due_at: datetime
+    # Set by `EventStore.claim_due_timers`: the claim's lease end, also its token.
+    claimed_until: datetime | None = None
 
 
 _decode_dict = msgspec.json.Decoder(dict[str, Any])
@@ -525,6 +562,44 @@ class EventStore:
         """Timers with ``due_at <= now``, earliest first."""
         rows = await self._pool.fetch(DUE_TIMERS, now, limit)
         return [DueTimer(r["timer_id"], r["execution_id"], r["due_at"]) for r in rows]
+
+    async def claim_due_timers(self, now: datetime, limit: int, lease_s: float) -> list[DueTimer]:
+        """Claim up to ``limit`` due timers not yet fired for their due time and not
+        leased by another firer, for ``lease_s`` seconds; earliest first. Concurrent
+        callers get disjoint sets. Call `mark_timers_fired` once their triggers are out."""
+        rows = await self._pool.fetch(CLAIM_DUE_TIMERS, now, limit, lease_s)
+        timers = [
+            DueTimer(r["timer_id"], r["execution_id"], r["due_at"], r["claimed_until"])
+            for r in rows
+        ]
+        timers.sort(key=lambda t: (t.due_at, t.timer_id))
+        return timers
+
+    async def mark_timers_fired(self, timers: Sequence[DueTimer]) -> None:
+        """Record that ``timers`` (as claimed) fired for their due times and release their
+        leases; a timer moved or re-armed since its claim stays due."""
+        if timers:
+            await self._pool.execute(
+                MARK_TIMERS_FIRED,
+                [t.timer_id for t in timers],
+                [t.due_at for t in timers],
+                [t.claimed_until for t in timers],
+            )
+
+    async def rearm_timers(self) -> int:
+        """Make every fired or claimed timer due again (recovery after Redis lost the
+        triggers); returns how many were re-armed."""
+        status: str = await self._pool.execute(REARM_TIMERS)
+        return int(status.split()[-1])
+
+    async def ended_executions(self, execution_ids: Sequence[UUID]) -> set[UUID]:
+        """The subset of ``execution_ids`` that have ended (unknown ids are not ended)."""
+        if not execution_ids:
+            return set()
+        rows = await self._pool.fetch(
+            ENDED_EXECUTIONS, list(execution_ids), list(TERMINAL_EVENT_TYPES)
+        )
+        return {r["execution_id"] for r in rows}
 
     async def delete_timer(self, timer_id: str) -> bool:
         """Delete a timer; False if it was already gone."""

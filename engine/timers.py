@@ -1,12 +1,18 @@
 """The timer service: due timers in PostgreSQL -> `timer` triggers on the bus.
 
 Timers are rows written in the same transaction as the events that asked for
-them (Wait, retry back-off, task timeout, execution timeout), so they survive
-any restart; a timer that came due while every engine was down fires late,
-never not at all. The append that consumes a timer deletes its row. Until
-then the service re-fires it only after ``refire_after_s`` (a trigger lost with
-a flushed Redis is sent again); decide ignores a timer that is no longer
-pending, so a second firing changes nothing.
+them (Wait, retry back-off, task timeout, heartbeat, execution timeout), so
+they survive any restart; a timer that came due while every engine was down
+fires late, never not at all. The append that consumes a timer deletes its row.
+
+Each timer fires at most once per due time, however many processes run a
+timer service: a tick claims due timers with a lease (FOR UPDATE SKIP LOCKED,
+`EventStore.claim_due_timers`), adds their triggers, then records the due time
+they fired for. A service that dies between claim and record leaves the lease
+to expire, and another fires the timer (a duplicate trigger is harmless: decide
+ignores a timer that is no longer pending). A timer whose due time moves (a
+heartbeat) is due again at its new time. When Redis loses its data, recovery
+re-arms fired timers (engine.recovery), because their triggers may be gone.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
-from engine.bus import Bus
+from engine.bus import Bus, Trigger
 from engine.runtime import encode_timer
 from engine.store import EventStore
 
@@ -30,46 +36,48 @@ class TimerService:
         bus: Bus,
         *,
         poll_interval_s: float = 0.2,
-        refire_after_s: float = 30.0,
+        lease_s: float = 10.0,
         batch_size: int = 500,
+        retry_delay_s: float = 1.0,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.store = store
         self.bus = bus
         self.poll_interval_s = poll_interval_s
-        self.refire_after_s = refire_after_s
+        self.lease_s = lease_s
         self.batch_size = batch_size
+        self.retry_delay_s = retry_delay_s
         self.clock = clock
-        # timer id -> when this process last fired it (monotonic seconds).
-        self._fired: dict[str, float] = {}
         self.fired = 0
 
     async def tick(self) -> int:
-        """Fire every due timer not fired recently; returns how many were fired."""
-        loop = asyncio.get_running_loop()
-        now_mono = loop.time()
-        due = await self.store.due_timers(self.clock(), self.batch_size)
-        due_ids = {t.timer_id for t in due}
-        # Forget timers that are gone (consumed): the map stays as small as the table.
-        self._fired = {k: v for k, v in self._fired.items() if k in due_ids}
-        fresh = [
-            t for t in due if now_mono - self._fired.get(t.timer_id, -1e18) >= self.refire_after_s
-        ]
-        for timer in fresh:
-            await self.bus.add_trigger(timer.execution_id, "timer", encode_timer(timer.timer_id))
-            self._fired[timer.timer_id] = now_mono
-        self.fired += len(fresh)
-        return len(fresh)
+        """Claim due timers, add one trigger each (one pipeline), record them as fired;
+        returns how many were fired."""
+        due = await self.store.claim_due_timers(self.clock(), self.batch_size, self.lease_s)
+        if not due:
+            return 0
+        await self.bus.publish(
+            triggers=[Trigger(t.execution_id, "timer", encode_timer(t.timer_id)) for t in due]
+        )
+        await self.store.mark_timers_fired(due)
+        self.fired += len(due)
+        return len(due)
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Tick until ``stop`` is set; a full batch ticks again at once. Errors of
+        PostgreSQL or Redis are logged and retried after ``retry_delay_s``."""
         while not stop.is_set():
+            delay = self.poll_interval_s
             try:
-                await self.tick()
+                if await self.tick() >= self.batch_size:
+                    delay = 0.0
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("timer tick failed; retrying")
-            try:
-                await asyncio.wait_for(stop.wait(), self.poll_interval_s)
-            except TimeoutError:
-                pass
+            except Exception as exc:
+                log.warning("timer tick failed (%r); retrying", exc)
+                delay = self.retry_delay_s
+            if delay:
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except TimeoutError:
+                    pass

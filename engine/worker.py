@@ -10,7 +10,14 @@ the exception's class name as the error.
 
 A ``Worker`` reads its queue's stream through the consumer group "workers",
 runs each task, adds the result to the execution's trigger stream and only
-then acknowledges the task (a crash in between runs the task again).
+then acknowledges the task (a crash in between runs the task again). Tasks
+left unacknowledged by a dead worker are claimed after a visibility timeout
+(XAUTOCLAIM); a worker keeps its running tasks from being claimed by touching
+them. A task delivered more than ``max_deliveries`` times is dead-lettered
+and reported as failed with ``Steplog.TaskDeliveryExceeded`` (a Retry or Catch
+can handle it, States.TaskFailed and States.ALL match it). Given ``ended``, a
+worker skips tasks of executions that have ended and cancels running handlers
+of executions that end (a stop, a timeout): their results would be ignored.
 Installed packages can contribute handlers through the entry point group
 ``steplog.handlers`` (each entry point is a ``HandlerRegistry`` or a callable
 taking one and registering into it).
@@ -19,11 +26,12 @@ taking one and registering into it).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -32,7 +40,8 @@ from uuid import UUID
 import msgspec
 
 from engine import events as ev
-from engine.bus import Bus, StreamEntry
+from engine.bus import Bus, StreamEntry, is_missing_group
+from engine.logcontext import execution_id_var
 from engine.runtime import TaskResultBody, encode_heartbeat, encode_task_result
 
 log = logging.getLogger("steplog.worker")
@@ -65,7 +74,12 @@ class TaskContext:
 
     @property
     def idempotency_key(self) -> str:
-        return f"{self.execution_id}:{self.state}:{self.attempt}"
+        """Names one task attempt: ``<execution id>:<state>:<attempt>:<task id>``. Every
+        delivery of the attempt (redelivery after a crash, recovery after a Redis flush)
+        gets the same key; another attempt (a retry) gets another. The task id (the seq
+        of the attempt's TaskScheduled event) tells apart the iterations of a Map and
+        the passes of a loop through one state, which share state and attempt."""
+        return f"{self.execution_id}:{self.state}:{self.attempt}:{self.task_id}"
 
 
 Handler = Callable[[Any, TaskContext], Any | Awaitable[Any]]
@@ -94,12 +108,24 @@ class HandlerRegistry:
         return resource in self._handlers
 
     def load_entry_points(self) -> None:
+        """Add the handlers of every ``steplog.handlers`` entry point."""
         for ep in entry_points(group="steplog.handlers"):
-            target = ep.load()
-            if isinstance(target, HandlerRegistry):
-                self._handlers.update(target._handlers)
-            else:
-                target(self)
+            self._add(ep.load())
+
+    def load_modules(self, specs: Sequence[str]) -> None:
+        """Add handlers named by ``module:attribute`` specs (``module`` alone means
+        ``module:register``), as entry points would: the attribute is a HandlerRegistry
+        or a callable taking this registry. Raises ImportError or AttributeError."""
+        for spec in specs:
+            module_name, _, attribute = spec.partition(":")
+            target = getattr(importlib.import_module(module_name), attribute or "register")
+            self._add(target)
+
+    def _add(self, target: Any) -> None:
+        if isinstance(target, HandlerRegistry):
+            self._handlers.update(target._handlers)
+        else:
+            target(self)
 
 
 # --- built-in handlers for examples and tests ----------------------------------------
@@ -143,7 +169,33 @@ def default_registry() -> HandlerRegistry:
 _decode_task = msgspec.json.Decoder(ev.TaskScheduled)
 
 
+def _parse(entry: StreamEntry) -> tuple[UUID, ev.TaskScheduled] | None:
+    """The execution id and TaskScheduled event of a task entry; None when malformed."""
+    try:
+        execution_id = UUID(entry.fields["execution_id"].decode())
+        return execution_id, _decode_task.decode(entry.fields["data"])
+    except (KeyError, ValueError, msgspec.DecodeError):
+        return None
+
+
+DELIVERY_EXCEEDED = "Steplog.TaskDeliveryExceeded"
+
+EndedCheck = Callable[[Sequence[UUID]], Awaitable[set[UUID]]]
+
+
+@dataclass(slots=True)
+class _Running:
+    execution_id: UUID
+    task: asyncio.Task[None]
+
+
 class Worker:
+    """Runs the tasks of one queue; see the module docstring for the delivery contract.
+
+    ``ended`` (e.g. `EventStore.ended_executions`) tells which executions have ended;
+    without it every task runs to its end.
+    """
+
     def __init__(
         self,
         bus: Bus,
@@ -154,6 +206,10 @@ class Worker:
         concurrency: int = 16,
         block_ms: int = 1000,
         shutdown_grace_s: float = 10.0,
+        visibility_timeout_s: float = 30.0,
+        max_deliveries: int = 10,
+        ended: EndedCheck | None = None,
+        ended_check_interval_s: float = 1.0,
     ) -> None:
         self.bus = bus
         self.registry = registry
@@ -163,59 +219,186 @@ class Worker:
         self.concurrency = concurrency
         self.block_ms = block_ms
         self.shutdown_grace_s = shutdown_grace_s
-        self._running: set[asyncio.Task[None]] = set()
+        self.visibility_timeout_s = visibility_timeout_s
+        self.max_deliveries = max_deliveries
+        self._ended = ended
+        self.ended_check_interval_s = ended_check_interval_s
+        self._running: dict[str, _Running] = {}  # by entry id
         self.completed = 0
+        self.dead_lettered = 0
+        self.skipped = 0  # tasks of ended executions, not run
+        self.cancelled = 0  # handlers cancelled because their execution ended
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.bus.ensure_group(self.stream, WORKER_GROUP)
-        # Own pending entries first (tasks read before a restart under the same name).
-        backlog = await self.bus.read_group(
-            WORKER_GROUP, self.consumer, {self.stream: "0"}, count=self.concurrency
-        )
-        for entry in backlog:
-            self._spawn(entry)
+        """Run tasks until ``stop`` is set, then drain (see `_drain`). Errors of Redis or
+        PostgreSQL are logged and retried; a flushed Redis gets the group re-created."""
+        loop = asyncio.get_running_loop()
+        group_ready = False
+        own_pending = True  # tasks read before a restart under the same consumer name
+        last_claim = last_touch = last_ended = loop.time()
+        last_claim -= self.visibility_timeout_s  # claim at once: a predecessor may have died
         while not stop.is_set():
-            free = self.concurrency - len(self._running)
-            if free <= 0:
-                await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
-                continue
             try:
-                entries = await self.bus.read_group(
-                    WORKER_GROUP, self.consumer, [self.stream], free, self.block_ms
-                )
+                if not group_ready:
+                    await self.bus.ensure_group(self.stream, WORKER_GROUP)
+                    group_ready = True
+                now = loop.time()
+                if now - last_touch >= self.visibility_timeout_s / 3:
+                    last_touch = now
+                    await self.bus.touch(self.stream, WORKER_GROUP, self.consumer, [*self._running])
+                if self._ended is not None and now - last_ended >= self.ended_check_interval_s:
+                    last_ended = now
+                    await self._cancel_ended()
+                free = self.concurrency - len(self._running)
+                if free <= 0:
+                    await asyncio.wait(
+                        [r.task for r in self._running.values()],
+                        timeout=self.block_ms / 1000,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    continue
+                entries: list[StreamEntry] = []
+                if own_pending:
+                    own_pending = False
+                    entries = await self.bus.read_group(
+                        WORKER_GROUP, self.consumer, {self.stream: "0"}, count=free
+                    )
+                elif now - last_claim >= self.visibility_timeout_s / 2:
+                    last_claim = now
+                    entries = await self._claim_stale(free)
+                if not entries:
+                    entries = await self.bus.read_group(
+                        WORKER_GROUP, self.consumer, [self.stream], free, self.block_ms
+                    )
+                await self._start(entries)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("worker read failed; retrying")
-                await asyncio.sleep(1.0)
-                continue
-            for entry in entries:
-                self._spawn(entry)
+            except Exception as exc:
+                if is_missing_group(exc):
+                    log.warning("worker: task group missing (Redis flushed?); creating it")
+                    group_ready = False
+                else:
+                    log.warning("worker loop failed (%r); retrying", exc)
+                try:
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                except TimeoutError:
+                    pass
         await self._drain()
 
-    def _spawn(self, entry: StreamEntry) -> None:
-        task = asyncio.create_task(self._run_task(entry))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+    async def _claim_stale(self, count: int) -> list[StreamEntry]:
+        """Claim tasks idle for a visibility timeout; give up on those delivered too often."""
+        claimed = await self.bus.autoclaim(
+            self.stream,
+            WORKER_GROUP,
+            self.consumer,
+            int(self.visibility_timeout_s * 1000),
+            count,
+        )
+        live = []
+        for entry in claimed:
+            if entry.id in self._running:
+                continue
+            if entry.deliveries > self.max_deliveries:
+                await self._give_up(entry)
+            else:
+                live.append(entry)
+        return live
 
-    async def _drain(self) -> None:
-        """Give running handlers until the deadline, then cancel them unacknowledged."""
+    async def _give_up(self, entry: StreamEntry) -> None:
+        """Fail the task's attempt with DELIVERY_EXCEEDED, then dead-letter the entry (in
+        this order: a crash in between reports the failure twice, and decide ignores the
+        second report, where the other order could lose it)."""
+        parsed = _parse(entry)
+        if parsed is not None:
+            execution_id, scheduled = parsed
+            log.error(
+                "task %s of %s delivered %d times; failing it",
+                scheduled.task_id,
+                execution_id,
+                entry.deliveries,
+            )
+            result = TaskResultBody(
+                task_id=scheduled.task_id,
+                ok=False,
+                error=DELIVERY_EXCEEDED,
+                cause=(
+                    f"task {scheduled.resource!r} was delivered {entry.deliveries} times "
+                    f"without a result (the limit is {self.max_deliveries})"
+                ),
+            )
+            await self.bus.add_trigger(execution_id, "task_result", encode_task_result(result))
+        await self.bus.dead_letter(entry, WORKER_GROUP, "too many deliveries")
+        self.dead_lettered += 1
+
+    async def _start(self, entries: list[StreamEntry]) -> None:
+        """Spawn a handler per entry; malformed ones are dead-lettered, tasks of ended
+        executions acknowledged without running."""
+        parsed: list[tuple[StreamEntry, UUID, ev.TaskScheduled]] = []
+        for entry in entries:
+            if entry.id in self._running:
+                continue
+            p = _parse(entry)
+            if p is None:
+                log.error("dropping malformed task %s", entry.id)
+                await self.bus.dead_letter(entry, WORKER_GROUP, "malformed")
+                continue
+            parsed.append((entry, *p))
+        ended: set[UUID] = set()
+        if self._ended is not None and parsed:
+            try:
+                ended = await self._ended([eid for _, eid, _ in parsed])
+            except Exception as exc:  # PostgreSQL away: run them; results are checked anyway
+                log.warning("worker: cannot check for ended executions: %r", exc)
+        for entry, execution_id, scheduled in parsed:
+            if execution_id in ended:
+                await self.bus.ack(self.stream, WORKER_GROUP, [entry.id])
+                self.skipped += 1
+                continue
+            task = asyncio.create_task(self._run_task(entry, execution_id, scheduled))
+            self._running[entry.id] = _Running(execution_id, task)
+            task.add_done_callback(self._forget(entry.id))
+
+    def _forget(self, entry_id: str) -> Callable[[asyncio.Task[None]], None]:
+        def forget(_: asyncio.Task[None]) -> None:
+            self._running.pop(entry_id, None)
+
+        return forget
+
+    async def _cancel_ended(self) -> None:
+        """Cancel the handlers of executions that have ended, and acknowledge their tasks."""
+        assert self._ended is not None
         if not self._running:
             return
-        _, pending = await asyncio.wait(self._running, timeout=self.shutdown_grace_s)
+        try:
+            ended = await self._ended(list({r.execution_id for r in self._running.values()}))
+        except Exception as exc:  # PostgreSQL away: check again at the next interval
+            log.debug("worker: cannot check for ended executions: %r", exc)
+            return
+        doomed = {i: r for i, r in self._running.items() if r.execution_id in ended}
+        if not doomed:
+            return
+        for running in doomed.values():
+            running.task.cancel()
+        await asyncio.wait([r.task for r in doomed.values()])
+        await self.bus.ack(self.stream, WORKER_GROUP, list(doomed))
+        self.cancelled += len(doomed)
+
+    async def _drain(self) -> None:
+        """Give running handlers until the deadline, then cancel them unacknowledged (they
+        are claimed by another worker after the visibility timeout)."""
+        if not self._running:
+            return
+        tasks = [r.task for r in self._running.values()]
+        _, pending = await asyncio.wait(tasks, timeout=self.shutdown_grace_s)
         for task in pending:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
 
-    async def _run_task(self, entry: StreamEntry) -> None:
-        try:
-            execution_id = UUID(entry.fields["execution_id"].decode())
-            scheduled = _decode_task.decode(entry.fields["data"])
-        except (KeyError, ValueError, msgspec.DecodeError):
-            log.error("dropping malformed task %s", entry.id)
-            await self.bus.dead_letter(entry, WORKER_GROUP, "malformed")
-            return
+    async def _run_task(
+        self, entry: StreamEntry, execution_id: UUID, scheduled: ev.TaskScheduled
+    ) -> None:
+        execution_id_var.set(str(execution_id))  # each task runs in its own asyncio task
 
         async def heartbeat() -> None:
             await self.bus.add_trigger(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from engine.bus import Bus
+from engine.recovery import Recovery
 from engine.relay import Relay
 from engine.runtime import Engine
 from engine.service import EngineService
@@ -31,6 +32,14 @@ from steplog.migrate import migrate
 from steplog.settings import Settings
 
 log = logging.getLogger("steplog")
+
+# What a server that is down or restarting raises on connect.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+)
 
 
 @dataclass
@@ -73,6 +82,26 @@ async def open_resources(
         await pool.close()
 
 
+async def _supervised(
+    name: str, run: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
+) -> None:
+    """Run one role's loop until ``stop`` is set. A loop that dies of an error it did
+    not handle is logged and started again after a back-off: one role's bug, or an
+    error of PostgreSQL or Redis nobody foresaw, never takes the process down."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            await run(stop)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("role %s failed; restarting it in %.0fs", name, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 30.0)
+
+
 async def run_roles(
     r: Resources,
     stop: asyncio.Event,
@@ -87,17 +116,33 @@ async def run_roles(
     roles = set(settings.roles)
     coros = []
     if "engine" in roles:
-        engine = Engine(r.service, r.bus, visibility_timeout_s=settings.task_visibility_timeout_s)
-        coros.append(engine.run(stop))
-        coros.append(TimerService(r.store, r.bus).run(stop))
-        coros.append(Relay(r.store, r.bus, r.pool).run(stop))
+        engine = Engine(
+            r.service,
+            r.bus,
+            visibility_timeout_s=settings.task_visibility_timeout_s,
+            max_deliveries=settings.max_deliveries,
+        )
+        coros.append(_supervised("engine", engine.run, stop))
+        coros.append(_supervised("timers", TimerService(r.store, r.bus).run, stop))
+        coros.append(_supervised("relay", Relay(r.store, r.bus, r.pool).run, stop))
+        coros.append(_supervised("recovery", Recovery(r.service, r.bus, r.pool).run, stop))
     if "worker" in roles:
         if registry is None:
             registry = default_registry()
             registry.load_entry_points()
-        coros.append(Worker(r.bus, registry).run(stop))
+            registry.load_modules(settings.handlers)
+        worker = Worker(
+            r.bus,
+            registry,
+            shutdown_grace_s=settings.shutdown_grace_s,
+            visibility_timeout_s=settings.task_visibility_timeout_s,
+            max_deliveries=settings.max_deliveries,
+            ended=r.store.ended_executions,
+        )
+        coros.append(_supervised("worker", worker.run, stop))
     if "projector" in roles:
-        coros.append(Projector(r.pool, r.store, r.bus).run(stop))
+        projector = Projector(r.pool, r.store, r.bus)
+        coros.append(_supervised("projector", projector.run, stop))
     runner: web.AppRunner | None = None
     if "api" in roles:
         from api.app import create_app
@@ -125,6 +170,22 @@ async def run_roles(
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run the roles until ``stop`` is set. PostgreSQL not answering at start (e.g. it is
+    restarting) is waited for, with a back-off, rather than fatal."""
     async with server_urls(settings) as (db_url, redis_url):
-        async with open_resources(settings, db_url, redis_url) as r:
-            await run_roles(r, stop)
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                resources = open_resources(settings, db_url, redis_url)
+                r = await resources.__aenter__()
+            except CONNECTION_ERRORS as exc:
+                log.warning("cannot reach PostgreSQL (%r); retrying in %.1fs", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            try:
+                await run_roles(r, stop)
+            finally:
+                await resources.__aexit__(None, None, None)
+            return

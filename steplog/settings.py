@@ -35,6 +35,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "INFO"
     max_payload_bytes: int = 262_144
     task_visibility_timeout_s: float = 30.0
+    # A trigger or task delivered more often than this is dead-lettered (a task's
+    # attempt then fails with Steplog.TaskDeliveryExceeded).
+    max_deliveries: int = 10
+    # SIGTERM: running task handlers get this long to finish before they are cancelled.
+    shutdown_grace_s: float = 10.0
+    # Extra task handlers: "module:attribute" (a HandlerRegistry or a callable taking
+    # one), "module" alone meaning "module:register"; besides the entry points.
+    handlers: tuple[str, ...] = ()
     namespace: str = "default"
     redis_prefix: str = "steplog"
 
@@ -52,6 +60,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"log_level must be one of {LOG_LEVELS}")
         if self.max_payload_bytes < 1 or self.task_visibility_timeout_s <= 0:
             raise ValueError("max_payload_bytes and task_visibility_timeout_s must be positive")
+        if self.max_deliveries < 1 or self.shutdown_grace_s < 0:
+            raise ValueError("max_deliveries must be positive and shutdown_grace_s not negative")
         if not self.redis_prefix or any(c in self.redis_prefix for c in "{}: "):
             # The prefix goes inside Redis hash tags; braces or colons would break them.
             raise ValueError("redis_prefix must be non-empty without '{', '}', ':' or spaces")
@@ -80,11 +90,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             values["log_level"] = raw.upper()
         if (raw := get("roles")) is not None:
             values["roles"] = tuple(r.strip() for r in raw.split(",") if r.strip())
+        if (raw := get("handlers")) is not None:
+            values["handlers"] = tuple(h.strip() for h in raw.split(",") if h.strip())
         for field, kind in (
             ("port", int),
             ("partitions", int),
             ("max_payload_bytes", int),
             ("task_visibility_timeout_s", float),
+            ("max_deliveries", int),
+            ("shutdown_grace_s", float),
         ):
             if (raw := get(field)) is not None:
                 try:

@@ -1,0 +1,172 @@
+"""Recovery of Redis from PostgreSQL after Redis lost its data (DESIGN "Postgres to Redis").
+
+Redis only carries copies and pointers of what PostgreSQL holds, so everything a
+running execution waits for can be rebuilt from the event log. A sentinel key
+(`Keys.sentinel`) marks a Redis that holds steplog's work; every engine process
+checks it every ``check_interval_s``. When it is missing (FLUSHALL, a new or
+emptied server), one process at a time (a PostgreSQL advisory lock) rebuilds:
+
+1. the engine's consumer groups on every trigger stream, and the workers' group
+   on the task stream of every queue it republishes to (consumers also re-create
+   their own groups when they meet NOGROUP);
+2. timers: every fired timer is re-armed, because its trigger may be gone (timers
+   themselves live in PostgreSQL and are never lost);
+3. for every running execution, from its replayed state: a ``begin`` trigger when
+   it has only ExecutionStarted, and each pending task attempt's TaskScheduled
+   again (same entry as the relay's, so the handler gets the same idempotency key);
+4. then the sentinel, last, so a recoverer dying midway leaves the work to the next.
+
+Everything republished is idempotent downstream (decide ignores a second begin, a
+second result of an attempt, a timer no longer pending), so work that moved on
+between the replay and the publish costs only a duplicate run of a handler. Task
+results, heartbeats and stop requests lost with Redis need nothing: a lost result
+is replaced by running the still-pending attempt again; a stop is appended to
+PostgreSQL directly.
+
+The events streams are not re-fed: they are a feed of what PostgreSQL holds, the
+projections catch up from PostgreSQL by their checkpoint (projections.runner),
+and re-feeding history through the relay would also resend every begin and task
+ever published. Consumers of the events streams of their own catch up through
+the API's history after they see their group missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import socket
+from collections.abc import Callable
+
+import asyncpg
+
+from engine import events as ev
+from engine.bus import Bus, Task, Trigger
+from engine.relay import follow_ups
+from engine.runtime import ENGINE_GROUP
+from engine.service import EngineService, fold
+from engine.store import StoredEvent
+from engine.worker import WORKER_GROUP
+
+log = logging.getLogger("steplog.recovery")
+
+# Advisory lock class of the recoverer (the ASCII of "stpC"); the key is hashtext(prefix).
+RECOVERY_LOCK_CLASS = 0x73747043
+TRY_LOCK = "SELECT pg_try_advisory_lock($1, hashtext($2))"
+UNLOCK = "SELECT pg_advisory_unlock($1, hashtext($2))"
+DEFAULT_QUEUE = "default"
+
+
+def pending_work(events: list[StoredEvent]) -> tuple[list[Trigger], list[Task]]:
+    """What an execution with these (all of its) events waits for from Redis: a begin
+    trigger when it has only begun, and its pending task attempts. Nothing once ended."""
+    if not events:
+        return [], []
+    state = fold(events[0].execution_id, events)
+    if state.ended:
+        return [], []
+    wanted: list[StoredEvent] = []
+    if state.seq == 1:
+        wanted.append(events[0])
+    pending = set(state.tasks)
+    for stored in events:
+        if stored.type == "TaskScheduled":
+            scheduled = ev.decode_event(stored.data)
+            if isinstance(scheduled, ev.TaskScheduled) and scheduled.task_id in pending:
+                wanted.append(stored)
+    return follow_ups(wanted)
+
+
+class Recovery:
+    """Watches the sentinel and rebuilds Redis from PostgreSQL; see the module docstring.
+
+    ``pool`` lends a connection for the advisory lock while recovering.
+    """
+
+    def __init__(
+        self,
+        service: EngineService,
+        bus: Bus,
+        pool: asyncpg.Pool,
+        *,
+        check_interval_s: float = 1.0,
+        batch_size: int = 200,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self.service = service
+        self.bus = bus
+        self.pool = pool
+        self.check_interval_s = check_interval_s
+        self.batch_size = batch_size
+        self.clock = clock
+        self.recoveries = 0  # how many times this process rebuilt Redis
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Check the sentinel until ``stop`` is set; errors are logged and retried."""
+        while not stop.is_set():
+            try:
+                if not await self.bus.is_intact():
+                    await self.recover()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("recovery check failed (%r); retrying", exc)
+            try:
+                await asyncio.wait_for(stop.wait(), self.check_interval_s)
+            except TimeoutError:
+                pass
+
+    async def recover(self) -> bool:
+        """Rebuild Redis unless another process is doing it or it is intact again.
+        Returns True when this call rebuilt it."""
+        async with self.pool.acquire() as conn:
+            if not await conn.fetchval(TRY_LOCK, RECOVERY_LOCK_CLASS, self.bus.prefix):
+                return False
+            try:
+                if await self.bus.is_intact():
+                    return False
+                await self._rebuild()
+                return True
+            finally:
+                if not conn.is_closed():
+                    await conn.fetchval(UNLOCK, RECOVERY_LOCK_CLASS, self.bus.prefix)
+
+    async def _rebuild(self) -> None:
+        started = self.clock()
+        log.warning("Redis holds no steplog sentinel: rebuilding it from PostgreSQL")
+        for stream in self.bus.triggers_streams():
+            await self.bus.ensure_group(stream, ENGINE_GROUP)
+        queues = {DEFAULT_QUEUE}
+        rearmed = await self.service.store.rearm_timers()
+        running = await self.service.store.running_executions()
+        begins = tasks = 0
+        for i in range(0, len(running), self.batch_size):
+            triggers: list[Trigger] = []
+            work: list[Task] = []
+            for execution_id in running[i : i + self.batch_size]:
+                t, w = pending_work(await self.service.store.load(execution_id))
+                triggers += t
+                work += w
+            queues |= {task.queue for task in work}
+            for queue in queues:
+                await self.bus.ensure_group(self.bus.tasks_stream(queue), WORKER_GROUP)
+            await self.bus.publish(triggers=triggers, tasks=work)
+            begins += len(triggers)
+            tasks += len(work)
+        await self.bus.mark_intact(f"{_whoami()} {started.isoformat()}")
+        self.recoveries += 1
+        log.warning(
+            "Redis rebuilt: %d running executions, %d begin triggers, %d tasks, %d timers re-armed",
+            len(running),
+            begins,
+            tasks,
+            rearmed,
+        )
+
+
+def _whoami() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+__all__ = ["Recovery", "pending_work"]
