@@ -13,7 +13,7 @@ import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
-from api import executions, health, workflows
+from api import executions, feed, health, stats, workflows
 from api.keys import METRICS, POOL, REDIS, SERVICE, SETTINGS, STORE
 from api.metrics import HttpMetrics
 from api.middleware import observe_middleware, request_id_middleware
@@ -46,5 +46,8 @@ def create_app(
     app[METRICS] = HttpMetrics()
     app.add_routes(workflows.routes)
     app.add_routes(executions.routes)
+    app.add_routes(feed.routes)
+    app.add_routes(stats.routes)
+    app.cleanup_ctx.append(feed.notifier_ctx)
     app.add_routes(health.routes)
     return app

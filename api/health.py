@@ -4,21 +4,25 @@ GET /health/live  -> 200 {"status": "ok"} while the process serves HTTP
 GET /health/ready -> 200 {"status": "ok", "checks": {...}} when PostgreSQL
                      (store.ping) and Redis (PING) answer within 2 s, else 503
                      problem+json (code service_unavailable, Retry-After) with the checks
-GET /metrics      -> Prometheus text format
+GET /metrics      -> Prometheus text format (with projection lag gauges)
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import logging
 from collections.abc import Awaitable
 
 from aiohttp import web
 
-from api.keys import METRICS, REDIS, STORE
+from api.keys import METRICS, POOL, REDIS, STORE
 from api.problems import RETRY_AFTER_SECONDS, problem
 from api.responses import json_response
+from projections.status import projection_status
 
 CHECK_TIMEOUT_S = 2.0
+log = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
 
@@ -58,4 +62,16 @@ async def ready(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    return request.app[METRICS].render()
+    """Prometheus text; projection lag is measured at scrape time (a failure to
+    measure leaves the previous values: the rest of the page still renders)."""
+    metrics = request.app[METRICS]
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            statuses = await projection_status(request.app[POOL], dt.datetime.now(dt.UTC))
+    except Exception as exc:  # metrics must render even when PostgreSQL does not answer
+        log.warning("projection lag not measured: %r", exc)
+    else:
+        for s in statuses:
+            metrics.projection_lag.labels(s.name).set(s.lag_events)
+            metrics.projection_behind.labels(s.name).set(s.behind_seconds)
+    return metrics.render()

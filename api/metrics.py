@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import prometheus_client
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class HttpMetrics:
@@ -27,6 +27,19 @@ class HttpMetrics:
             ("method", "route"),
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+
+        self.projection_lag = Gauge(
+            "steplog_projection_lag_events",
+            "Committed events a projection has not applied yet, by projection.",
+            ("projection",),
+            registry=self.registry,
+        )
+        self.projection_behind = Gauge(
+            "steplog_projection_behind_seconds",
+            "Age of the oldest event a projection has not applied yet (0 when current).",
+            ("projection",),
+            registry=self.registry,
         )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:

@@ -17,7 +17,7 @@ from aiohttp import web
 from api.keys import METRICS
 from api.metrics import route_label
 from api.problems import Handler
-from steplog.logs import execution_id_var, request_id_var
+from engine.logcontext import execution_id_var, request_id_var
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A caller's id is echoed only when it is short and plain (it goes into logs and headers).

@@ -28,7 +28,7 @@ import redis.exceptions
 from aiohttp import web
 
 from engine.errors import InvalidDefinition, InvalidRequest, SteplogError, Unavailable
-from steplog.logs import request_id_var
+from engine.logcontext import request_id_var
 
 log = logging.getLogger("steplog.api")
 
@@ -70,6 +70,7 @@ TITLES = {
     "execution_not_found": "Execution not found",
     "route_not_found": "No such route",
     "method_not_allowed": "Method not allowed",
+    "not_acceptable": "Not acceptable",
     "concurrency_conflict": "Concurrent update",
     "execution_name_conflict": "Execution name already used with a different input",
     "execution_not_running": "Execution is not running",

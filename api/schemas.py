@@ -51,16 +51,59 @@ class StopExecution(msgspec.Struct, forbid_unknown_fields=True):
     cause: Cause | None = None
 
 
+Timestamp = Annotated[dt.datetime, Meta(tz=True)]  # RFC 3339 with an offset
+Seq = Annotated[int, Meta(ge=1)]
+
+
 class ListExecutionsQuery(msgspec.Struct, forbid_unknown_fields=True):
+    """Time ranges are [after, before); ``order`` sorts by start time."""
+
     workflow: str | None = None
+    version: Annotated[int, Meta(ge=1)] | None = None
     status: Status | None = None
+    name_prefix: Annotated[str, Meta(min_length=1, max_length=80)] | None = None
+    started_after: Timestamp | None = None
+    started_before: Timestamp | None = None
+    stopped_after: Timestamp | None = None
+    stopped_before: Timestamp | None = None
+    order: Literal["desc", "asc"] = "desc"
     limit: Limit = 100
     cursor: str | None = None
 
 
 class HistoryQuery(msgspec.Struct, forbid_unknown_fields=True):
+    """``reverse``: newest first. ``include_data=false`` leaves out the input and
+    output payloads of the events (as AWS's includeExecutionData)."""
+
     limit: Limit = 100
     cursor: str | None = None
+    reverse: bool = False
+    include_data: bool = True
+
+
+class ExportQuery(msgspec.Struct, forbid_unknown_fields=True):
+    include_data: bool = True
+
+
+class EventsFeedQuery(msgspec.Struct, forbid_unknown_fields=True):
+    """Resume after this seq (the Last-Event-ID header wins when both are given)."""
+
+    after: Annotated[int, Meta(ge=0)] | None = None
+
+
+class DiffQuery(
+    msgspec.Struct, forbid_unknown_fields=True, rename={"from_seq": "from", "to_seq": "to"}
+):
+    from_seq: Seq
+    to_seq: Seq
+
+
+class StatsQuery(msgspec.Struct, forbid_unknown_fields=True, rename={"start": "from", "end": "to"}):
+    """The window [from, to): by default the 24 hours before now."""
+
+    start: Timestamp | None = None
+    end: Timestamp | None = None
+    version: Annotated[int, Meta(ge=1)] | None = None
 
 
 class StateQuery(msgspec.Struct, forbid_unknown_fields=True):
@@ -124,6 +167,26 @@ class EventOut(msgspec.Struct):
 class History(msgspec.Struct):
     events: list[EventOut]
     next_cursor: str | None
+
+
+class StateDiff(msgspec.Struct):
+    """The events after ``from`` up to ``to`` and the RFC 6902 ops from the
+    state at ``from`` to the state at ``to``."""
+
+    execution_id: str
+    from_seq: int = msgspec.field(name="from")
+    to_seq: int = msgspec.field(name="to")
+    events: list[EventOut] = []
+    patch: list[dict[str, Any]] = []
+
+
+class WorkflowStats(msgspec.Struct):
+    workflow: str
+    version: int | None
+    start: str = msgspec.field(name="from")
+    end: str = msgspec.field(name="to")
+    executions: Any = None
+    states: list[Any] = []
 
 
 # --- helpers ------------------------------------------------------------------

@@ -82,6 +82,13 @@ SELECT_EXECUTION = """
 SELECT execution_id, namespace, workflow, version, name, input::text AS input, input_hash,
        started_at
 FROM executions WHERE execution_id = $1"""
+# Executions in id order (a stable keyset for long scans such as `steplog verify`).
+LIST_EXECUTIONS = """
+SELECT execution_id, namespace, workflow, version, name, input::text AS input, input_hash,
+       started_at
+FROM executions
+WHERE namespace = $1 AND ($2::text IS NULL OR workflow = $2) AND execution_id > $3
+ORDER BY execution_id LIMIT $4"""
 # The last event of an execution is terminal exactly when the execution has ended.
 RUNNING_EXECUTIONS = """
 SELECT x.execution_id
@@ -469,6 +476,19 @@ class EventStore:
     async def get_execution(self, execution_id: UUID) -> ExecutionRecord | None:
         row = await self._pool.fetchrow(SELECT_EXECUTION, execution_id)
         return None if row is None else _execution(row)
+
+    async def list_executions(
+        self,
+        namespace: str,
+        workflow: str | None = None,
+        after: UUID | None = None,
+        limit: int = 100,
+    ) -> list[ExecutionRecord]:
+        """Executions of ``namespace`` (of ``workflow`` when given) by id, after ``after``."""
+        rows = await self._pool.fetch(
+            LIST_EXECUTIONS, namespace, workflow, after or UUID(int=0), limit
+        )
+        return [_execution(r) for r in rows]
 
     async def running_executions(self, namespace: str | None = None) -> list[UUID]:
         """Ids of executions whose last event is not terminal (for recovery), oldest first."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -28,6 +28,7 @@ import asyncpg
 import msgspec
 
 from engine import events as ev
+from projections.base import Projection
 
 log = logging.getLogger(__name__)
 
@@ -277,37 +278,161 @@ class Page(msgspec.Struct):
     more: bool
 
 
+class Filters(msgspec.Struct, frozen=True, kw_only=True):
+    """Listing filters; time ranges are [after, before) and every bound is optional."""
+
+    workflow: str | None = None
+    version: int | None = None
+    status: str | None = None
+    name_prefix: str | None = None
+    started_after: dt.datetime | None = None
+    started_before: dt.datetime | None = None
+    stopped_after: dt.datetime | None = None
+    stopped_before: dt.datetime | None = None
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """The least string above every string starting with ``prefix`` in code-point
+    (= UTF-8 byte, COLLATE "C") order; None when there is none."""
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop())
+        if last < 0x10FFFF:
+            nxt = last + 1
+            if 0xD800 <= nxt <= 0xDFFF:  # surrogates are not text
+                nxt = 0xE000
+            return "".join(chars) + chr(nxt)
+    return None
+
+
 async def list_rows(
     conn: asyncpg.Connection | asyncpg.Pool,
     *,
     namespace: str,
-    workflow: str | None,
-    status: str | None,
+    workflow: str | None = None,
+    status: str | None = None,
     limit: int,
     after: tuple[dt.datetime, UUID] | None,
+    filters: Filters | None = None,
+    ascending: bool = False,
     table: str = TABLE,
 ) -> Page:
-    """Rows ordered by (started_at desc, execution_id asc), strictly after the
-    keyset `after` when given: rows started later than the cursor never shift
-    a page boundary, so paging stays correct while executions arrive."""
+    """Rows ordered by (started_at desc, execution_id asc), or exactly the reverse
+    when ``ascending``, strictly after the keyset ``after`` when given. A row that
+    arrives while a client pages lands before its cursor (newest first) or is met
+    in order (oldest first): the keyset never shifts, so no row repeats and none
+    that existed when paging began is missed."""
+    f = filters or Filters()
+    if workflow is not None or status is not None:
+        f = msgspec.structs.replace(f, workflow=workflow or f.workflow, status=status or f.status)
     conditions = ["namespace = $1"]
     args: list[Any] = [namespace]
-    if workflow is not None:
-        args.append(workflow)
-        conditions.append(f"workflow = ${len(args)}")
-    if status is not None:
-        args.append(status)
-        conditions.append(f"status = ${len(args)}")
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if f.workflow is not None:
+        conditions.append(f"workflow = {arg(f.workflow)}")
+    if f.version is not None:
+        conditions.append(f"version = {arg(f.version)}")
+    if f.status is not None:
+        conditions.append(f"status = {arg(f.status)}")
+    if f.name_prefix:
+        conditions.append(f'name COLLATE "C" >= {arg(f.name_prefix)}')
+        upper = prefix_upper_bound(f.name_prefix)
+        if upper is not None:
+            conditions.append(f'name COLLATE "C" < {arg(upper)}')
+    if f.started_after is not None:
+        conditions.append(f"started_at >= {arg(f.started_after)}")
+    if f.started_before is not None:
+        conditions.append(f"started_at < {arg(f.started_before)}")
+    if f.stopped_after is not None:
+        conditions.append(f"stopped_at >= {arg(f.stopped_after)}")
+    if f.stopped_before is not None:
+        conditions.append(f"stopped_at < {arg(f.stopped_before)}")
     if after is not None:
-        args.extend(after)
-        ts, eid = f"${len(args) - 1}", f"${len(args)}"
-        # started_at <= ts bounds the index scan; the rest breaks ties by id.
-        conditions.append(f"started_at <= {ts} AND (started_at < {ts} OR execution_id > {eid})")
-    args.append(limit + 1)
+        ts, eid = arg(after[0]), arg(after[1])
+        # The first comparison bounds the index scan; the rest breaks ties by id.
+        if ascending:
+            conditions.append(f"started_at >= {ts} AND (started_at > {ts} OR execution_id < {eid})")
+        else:
+            conditions.append(f"started_at <= {ts} AND (started_at < {ts} OR execution_id > {eid})")
+    order = "started_at, execution_id DESC" if ascending else "started_at DESC, execution_id"
     sql = (
         f"{select_sql(table)} WHERE {' AND '.join(conditions)}"
-        f" ORDER BY started_at DESC, execution_id LIMIT ${len(args)}"
+        f" ORDER BY {order} LIMIT {arg(limit + 1)}"
     )
     records = await conn.fetch(sql, *args)
     rows = [row_from_record(r) for r in records[:limit]]
     return Page(rows=rows, more=len(records) > limit)
+
+
+# --- statistics -------------------------------------------------------------------------
+
+
+class Percentiles(msgspec.Struct):
+    """Durations in milliseconds (None when nothing in the window has ended)."""
+
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+
+
+def percentiles(values: Sequence[float] | None) -> Percentiles:
+    if not values:
+        return Percentiles()
+    return Percentiles(*(round(v, 3) for v in values))
+
+
+class ExecutionSummary(msgspec.Struct):
+    total: int
+    by_status: dict[str, int]
+    duration_ms: Percentiles
+
+
+_SUMMARY_COUNTS = f"""
+SELECT status, count(*) FROM {TABLE}
+WHERE namespace = $1 AND workflow = $2 AND started_at >= $3 AND started_at < $4
+  AND ($5::int IS NULL OR version = $5)
+GROUP BY status"""
+# Exact percentiles over the ended executions started in the window (see stats.py).
+_SUMMARY_DURATIONS = f"""
+SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]::float8[]) WITHIN GROUP (
+    ORDER BY extract(epoch FROM stopped_at - started_at) * 1000)
+FROM {TABLE}
+WHERE namespace = $1 AND workflow = $2 AND started_at >= $3 AND started_at < $4
+  AND ($5::int IS NULL OR version = $5) AND stopped_at IS NOT NULL"""
+
+
+async def summary(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    namespace: str,
+    workflow: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    version: int | None = None,
+) -> ExecutionSummary:
+    """Executions of ``workflow`` started in [start, end): counts by status (every
+    status present, zeros included) and duration percentiles of the ended ones."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for status, count in await conn.fetch(
+        _SUMMARY_COUNTS, namespace, workflow, start, end, version
+    ):
+        counts[status] = count
+    durations = await conn.fetchval(_SUMMARY_DURATIONS, namespace, workflow, start, end, version)
+    return ExecutionSummary(
+        total=sum(counts.values()), by_status=counts, duration_ms=percentiles(durations)
+    )
+
+
+# --- the projection ---------------------------------------------------------------------
+
+
+async def _apply(conn: asyncpg.Connection, events: Sequence[Any], tables: Mapping[str, str]) -> int:
+    result = await apply_events(conn, events, table=tables[TABLE])
+    return result.applied
+
+
+# Every event type: last_seq follows each event, which is how duplicates are recognised.
+PROJECTION = Projection(name="executions", tables=(TABLE,), handles=None, apply=_apply)

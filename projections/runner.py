@@ -1,23 +1,24 @@
-"""The projector: keeps a read model current from the event streams, and can
-rebuild it from PostgreSQL while the service runs.
+"""The projection runner: keeps every read model current from the event log, and
+rebuilds one from PostgreSQL while the service runs.
 
 Contracts
-- `Projector(pool, store, bus).run(stop_event)` follows the events streams
-  through its own consumer group ("projection:executions"), applies each batch
-  idempotently in one PostgreSQL transaction and XACKs only after the commit.
-- PostgreSQL is the source of truth: the checkpoint (a `GlobalPosition` in
-  `projection_checkpoints`) advances only by `catch_up`, which reads
-  `store.read_all` from it and writes rows and checkpoint in one transaction.
-  Everything at or before the checkpoint is applied, whatever Redis lost.
-  `run` catches up at start, after a seq gap, after a Redis error (e.g. a flush
-  that dropped the group) and every `catchup_interval` seconds, so an event
-  lost from Redis is applied at the latest by the next periodic catch-up.
-- A Redis-delivered event whose execution misses earlier events is repaired at
-  once from `store.load` (projections.executions.apply_events).
-- `rebuild(pool, "executions")` refills the read model in global order into a
-  fresh table and swaps it in with its checkpoint in one transaction.
+- A projection (projections/base.py) is fed by `Projector(pool, store, bus,
+  projection=...)`, one per projection, each with its own consumer group
+  ("projection:<name>") on the events streams.
+- PostgreSQL is the source of truth and the stream is the doorbell: the data
+  applied always comes from `store.read_all` after the projection's checkpoint
+  (a `GlobalPosition` in `projection_checkpoints`), written with the rows in one
+  transaction (`catch_up`). So every committed event is applied exactly once, in
+  global order, whatever Redis lost, duplicated or reordered. This costs no
+  latency: the relay publishes an event only after read_all returned it, so an
+  event announced on the stream is already readable there.
+- The runner reads its group, catches up, then XACKs (after the commit); it also
+  catches up at start, after a Redis error (e.g. a flush that dropped the group)
+  and every `catchup_interval` seconds.
+- `rebuild(pool, name)` refills every table of the projection in global order
+  into fresh tables and swaps them in, with the checkpoint, in one transaction.
 
-Lock order, everywhere: checkpoint row, then the read-model table or its rows.
+Lock order, everywhere: checkpoint row, then the read-model tables or their rows.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import datetime as dt
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from uuid import UUID
 
 import asyncpg
@@ -35,13 +36,14 @@ import redis.exceptions
 
 from engine.bus import Bus, StreamEntry
 from engine.store import EventStore, GlobalPosition, StoredEvent
-from projections import executions
+from projections import executions, stats
+from projections.base import Projection
 
 log = logging.getLogger(__name__)
 
-NAME = "executions"
-GROUP = "projection:executions"
-PROJECTIONS = {NAME: executions.TABLE}
+PROJECTIONS: dict[str, Projection] = {p.name: p for p in (executions.PROJECTION, stats.PROJECTION)}
+NAME = executions.PROJECTION.name
+GROUP = executions.PROJECTION.group
 
 GET_CHECKPOINT = """
 SELECT tx_id::text, position FROM projection_checkpoints WHERE name = $1"""
@@ -53,6 +55,14 @@ ON CONFLICT (name) DO NOTHING"""
 SET_CHECKPOINT = """
 UPDATE projection_checkpoints SET tx_id = $2::text::xid8, position = $3, updated_at = now()
 WHERE name = $1"""
+
+
+def projection_named(name: str) -> Projection:
+    """The registered projection ``name`` (ValueError naming the known ones)."""
+    projection = PROJECTIONS.get(name)
+    if projection is None:
+        raise ValueError(f"unknown projection {name!r}; known: {sorted(PROJECTIONS)}")
+    return projection
 
 
 def _position(record: asyncpg.Record | None) -> GlobalPosition:
@@ -73,19 +83,21 @@ async def _set_checkpoint(conn: asyncpg.Connection, name: str, pos: GlobalPositi
     await conn.execute(SET_CHECKPOINT, name, str(pos.tx_id), pos.position)
 
 
-def _loader(store: EventStore) -> executions.LoadMissing:
-    async def load_missing(execution_id: UUID, after: int, upto: int) -> list[StoredEvent]:
-        return await store.load(execution_id, after_seq=after, upto_seq=upto)
-
-    return load_missing
+async def _apply(
+    conn: asyncpg.Connection,
+    projection: Projection,
+    batch: Sequence[StoredEvent],
+    tables: Mapping[str, str],
+) -> int:
+    relevant = projection.relevant(batch)
+    return await projection.apply(conn, relevant, tables) if relevant else 0
 
 
 async def catch_up(
     pool: asyncpg.Pool,
     store: EventStore,
+    projection: Projection = executions.PROJECTION,
     *,
-    name: str = NAME,
-    table: str = executions.TABLE,
     batch_size: int = 500,
 ) -> int:
     """Apply every committed event after the checkpoint; returns how many were read.
@@ -96,6 +108,7 @@ async def catch_up(
     meanwhile (another projector, a rebuild) the batch is dropped and re-read.
     """
     total = 0
+    name, tables = projection.name, projection.identity()
     while True:
         start = await get_checkpoint(pool, name)
         batch = await store.read_all(start, batch_size)
@@ -104,9 +117,14 @@ async def catch_up(
         async with pool.acquire() as conn, conn.transaction():
             if await _lock_checkpoint(conn, name) != start:
                 continue
-            await executions.apply_events(conn, batch, load_missing=_loader(store), table=table)
+            await _apply(conn, projection, batch, tables)
             await _set_checkpoint(conn, name, batch[-1].global_position)
         total += len(batch)
+
+
+async def catch_up_all(pool: asyncpg.Pool, store: EventStore) -> int:
+    """`catch_up` of every registered projection; returns the events read in all."""
+    return sum([await catch_up(pool, store, p) for p in PROJECTIONS.values()])
 
 
 def entry_event(entry: StreamEntry) -> StoredEvent:
@@ -123,7 +141,7 @@ def entry_event(entry: StreamEntry) -> StoredEvent:
 
 
 class Projector:
-    """Runs the executions projection until `stop_event` is set (see module doc)."""
+    """Runs one projection until `stop_event` is set (see module doc)."""
 
     def __init__(
         self,
@@ -131,29 +149,37 @@ class Projector:
         store: EventStore,
         bus: Bus,
         *,
+        projection: Projection = executions.PROJECTION,
         consumer: str | None = None,
         batch_size: int = 500,
         block_ms: int = 1000,
         catchup_interval: float = 5.0,
         retry_delay: float = 1.0,
+        horizon_retry: float = 0.05,
     ) -> None:
         self.pool = pool
         self.store = store
         self.bus = bus
+        self.projection = projection
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.batch_size = batch_size
         self.block_ms = block_ms
         self.catchup_interval = catchup_interval
         self.retry_delay = retry_delay
-        self.applied = 0  # events applied from the stream (observability, tests)
+        # When announced events were not readable yet (another projector applied them,
+        # or the read horizon lags a moment), look again this soon.
+        self.horizon_retry = horizon_retry
+        self.applied = 0  # events read and applied (observability, tests)
 
     async def ensure_groups(self) -> None:
         for stream in self.bus.events_streams():
             # "$": history is caught up from PostgreSQL, not re-read from the stream.
-            await self.bus.ensure_group(stream, GROUP, start_id="$")
+            await self.bus.ensure_group(stream, self.projection.group, start_id="$")
 
     async def catch_up(self) -> int:
-        return await catch_up(self.pool, self.store, batch_size=self.batch_size)
+        count = await catch_up(self.pool, self.store, self.projection, batch_size=self.batch_size)
+        self.applied += count
+        return count
 
     async def run(self, stop_event: asyncio.Event) -> None:
         """Catch up from PostgreSQL, then follow the streams; returns once
@@ -168,54 +194,45 @@ class Projector:
                     await self.ensure_groups()
                     await self.catch_up()
                     next_catch_up = loop.time() + self.catchup_interval
-                entries = await self._read(pending)
+                entries = await self._read(pending, loop.time(), next_catch_up)
                 if pending and not entries:
                     pending = False
                     continue
                 if not entries:
                     continue
-                gap = await asyncio.shield(self._apply(entries))
-                if gap:
-                    next_catch_up = 0.0  # let PostgreSQL fill in whatever else Redis lost
+                if await asyncio.shield(self._apply(entries)) == 0:
+                    next_catch_up = min(next_catch_up, loop.time() + self.horizon_retry)
             except asyncio.CancelledError:
                 raise
             except (redis.exceptions.RedisError, asyncpg.PostgresError, OSError) as exc:
-                log.warning("projector %s: %r; retrying", NAME, exc)
+                log.warning("projector %s: %r; retrying", self.projection.name, exc)
                 next_catch_up = 0.0
                 pending = True
                 await _sleep_or_stop(stop_event, self.retry_delay)
 
-    async def _read(self, pending: bool) -> list[StreamEntry]:
+    async def _read(self, pending: bool, now: float, next_catch_up: float) -> list[StreamEntry]:
         streams: Sequence[str] | dict[str, str] = self.bus.events_streams()
         if pending:
             streams = dict.fromkeys(streams, "0")
+        block = max(1, min(self.block_ms, int((next_catch_up - now) * 1000)))
         return await self.bus.read_group(
-            GROUP,
+            self.projection.group,
             self.consumer,
             streams,
             count=self.batch_size,
-            block_ms=None if pending else self.block_ms,
+            block_ms=None if pending else block,
         )
 
-    async def _apply(self, entries: list[StreamEntry]) -> bool:
-        """Apply one batch, commit, then XACK; True when an execution had a gap."""
-        events = []
-        for entry in entries:
-            try:
-                events.append(entry_event(entry))
-            except (KeyError, ValueError) as exc:
-                # Not an event entry of ours: PostgreSQL still has every event, so
-                # acknowledging it loses nothing (the next catch-up reads the log).
-                log.error("projector %s: skipping malformed entry %s: %r", NAME, entry.id, exc)
-        async with self.pool.acquire() as conn, conn.transaction():
-            result = await executions.apply_events(conn, events, load_missing=_loader(self.store))
+    async def _apply(self, entries: list[StreamEntry]) -> int:
+        """Catch up (the entries announce new events), then XACK them all: what
+        they announce is in PostgreSQL, applied now or by the next catch-up."""
+        count = await self.catch_up()
         by_stream: dict[str, list[str]] = {}
         for entry in entries:
             by_stream.setdefault(entry.stream, []).append(entry.id)
         for stream, ids in by_stream.items():
-            await self.bus.ack(stream, GROUP, ids)
-        self.applied += result.applied
-        return result.gaps > 0 or result.repaired > 0
+            await self.bus.ack(stream, self.projection.group, ids)
+        return count
 
 
 async def _sleep_or_stop(stop_event: asyncio.Event, seconds: float) -> None:
@@ -223,6 +240,11 @@ async def _sleep_or_stop(stop_event: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop_event.wait(), seconds)
     except TimeoutError:
         pass
+
+
+def projectors(pool: asyncpg.Pool, store: EventStore, bus: Bus) -> list[Projector]:
+    """One Projector per registered projection (the projector role runs them all)."""
+    return [Projector(pool, store, bus, projection=p) for p in PROJECTIONS.values()]
 
 
 # --- rebuild ---------------------------------------------------------------------------
@@ -238,44 +260,51 @@ def _index_shape(indexdef: str, index: str, table: str) -> str:
     return indexdef.replace(f" INDEX {index} ON ", " INDEX _ ON ").replace(f".{table} ", "._ ")
 
 
+async def _swap(conn: asyncpg.Connection, table: str, new: str) -> None:
+    """Replace ``table`` by ``new``, keeping the old index names."""
+    old_indexes = await conn.fetch(_INDEXES, table)
+    new_indexes = await conn.fetch(_INDEXES, new)
+    await conn.execute(f"ALTER TABLE {table} RENAME TO {table}_old")
+    await conn.execute(f"ALTER TABLE {new} RENAME TO {table}")
+    await conn.execute(f"DROP TABLE {table}_old")
+    by_shape = {_index_shape(d, n, new): n for n, d in new_indexes}
+    for index, indexdef in old_indexes:
+        match = by_shape.get(_index_shape(indexdef, index, table))
+        if match is not None and match != index:
+            await conn.execute(f"ALTER INDEX {match} RENAME TO {index}")
+
+
 async def rebuild(pool: asyncpg.Pool, name: str, *, batch_size: int = 2000) -> int:
     """Rebuild projection `name` from PostgreSQL without stopping the service.
 
-    Fills `<table>_new` (LIKE <table> INCLUDING ALL) from the whole log in
-    global order, then in one transaction: lock the checkpoint row and the live
-    table, apply what was committed meanwhile, swap the tables (index names kept)
-    and set the checkpoint to the last event applied. Live projectors then go on
-    from that checkpoint. Returns the number of events applied.
+    Fills `<table>_new` (LIKE <table> INCLUDING ALL) for each of its tables from
+    the whole log in global order, then in one transaction: lock the checkpoint
+    row and the live tables, apply what was committed meanwhile, swap the tables
+    (index names kept) and set the checkpoint to the last event applied. Live
+    projectors go on from that checkpoint; readers wait only for the swap.
+    Returns the number of events read.
     """
-    table = PROJECTIONS.get(name)
-    if table is None:
-        raise ValueError(f"unknown projection {name!r}; known: {sorted(PROJECTIONS)}")
+    projection = projection_named(name)
     store = EventStore(pool)
-    new, old = f"{table}_new", f"{table}_old"
+    fresh = {t: f"{t}_new" for t in projection.tables}
     async with pool.acquire() as conn:
-        await conn.execute(f"DROP TABLE IF EXISTS {new}")
-        await conn.execute(f"CREATE TABLE {new} (LIKE {table} INCLUDING ALL)")
+        for table, new in fresh.items():
+            await conn.execute(f"DROP TABLE IF EXISTS {new}")
+            await conn.execute(f"CREATE TABLE {new} (LIKE {table} INCLUDING ALL)")
     pos, total = GlobalPosition(), 0
     while batch := await store.read_all(pos, batch_size):
         async with pool.acquire() as conn, conn.transaction():
-            await executions.apply_events(conn, batch, load_missing=_loader(store), table=new)
+            await _apply(conn, projection, batch, fresh)
         pos, total = batch[-1].global_position, total + len(batch)
     async with pool.acquire() as conn, conn.transaction():
         await _lock_checkpoint(conn, name)
-        await conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        for table in projection.tables:
+            await conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
         while batch := await store.read_all(pos, batch_size):
-            await executions.apply_events(conn, batch, load_missing=_loader(store), table=new)
+            await _apply(conn, projection, batch, fresh)
             pos, total = batch[-1].global_position, total + len(batch)
-        old_indexes = await conn.fetch(_INDEXES, table)
-        new_indexes = await conn.fetch(_INDEXES, new)
-        await conn.execute(f"ALTER TABLE {table} RENAME TO {old}")
-        await conn.execute(f"ALTER TABLE {new} RENAME TO {table}")
-        await conn.execute(f"DROP TABLE {old}")
-        by_shape = {_index_shape(d, n, new): n for n, d in new_indexes}
-        for index, indexdef in old_indexes:
-            match = by_shape.get(_index_shape(indexdef, index, table))
-            if match is not None and match != index:
-                await conn.execute(f"ALTER INDEX {match} RENAME TO {index}")
+        for table, new in fresh.items():
+            await _swap(conn, table, new)
         await _set_checkpoint(conn, name, pos)
     log.info("projection %s rebuilt from %d events", name, total)
     return total

@@ -110,7 +110,7 @@ async def run_roles(
     ready: asyncio.Event | None = None,
 ) -> None:
     """Run the roles of ``r.settings`` until ``stop`` is set."""
-    from projections.runner import Projector
+    from projections.runner import projectors
 
     settings = r.settings
     roles = set(settings.roles)
@@ -141,8 +141,9 @@ async def run_roles(
         )
         coros.append(_supervised("worker", worker.run, stop))
     if "projector" in roles:
-        projector = Projector(r.pool, r.store, r.bus)
-        coros.append(_supervised("projector", projector.run, stop))
+        coros.extend(
+            _supervised("projector", p.run, stop) for p in projectors(r.pool, r.store, r.bus)
+        )
     runner: web.AppRunner | None = None
     if "api" in roles:
         from api.app import create_app

@@ -7,6 +7,11 @@ steplog serve --roles api,engine   chosen roles (any subset of api, engine,
 steplog migrate                    apply pending migrations
 steplog replay ID [--seq N]        print the state rebuilt from events (at seq N)
 steplog projections rebuild NAME   rebuild a read model from PostgreSQL
+steplog projections status         each read model's position and lag
+steplog verify [--workflow W] [--limit N]
+                                   replay histories through the current engine;
+                                   exit 1 when any execution's events would differ
+steplog export ID [--no-data]      an execution's history as JSON Lines
 """
 
 from __future__ import annotations
@@ -39,6 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     proj_sub = proj.add_subparsers(dest="action", required=True)
     rebuild = proj_sub.add_parser("rebuild", help="rebuild a projection from PostgreSQL")
     rebuild.add_argument("name")
+    proj_sub.add_parser("status", help="each projection's position and lag")
+    verify = sub.add_parser(
+        "verify", help="replay recorded histories through the current engine; 1 when any differ"
+    )
+    verify.add_argument("--workflow", default=None)
+    verify.add_argument("--limit", type=int, default=None)
+    export = sub.add_parser("export", help="print an execution's history as JSON Lines")
+    export.add_argument("execution_id")
+    export.add_argument("--no-data", action="store_true", help="leave out inputs and outputs")
     return p
 
 
@@ -63,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _command(args: argparse.Namespace, settings: Settings) -> int:
-    from steplog import app
+    from steplog import app, audit
 
     if args.command in ("dev", "serve"):
         stop = asyncio.Event()
@@ -89,8 +103,26 @@ async def _command(args: argparse.Namespace, settings: Settings) -> int:
             if args.command == "projections" and args.action == "rebuild":
                 from projections.runner import rebuild
 
-                count = await rebuild(r.pool, args.name)
+                try:
+                    count = await rebuild(r.pool, args.name)
+                except ValueError as exc:
+                    print(f"steplog: {exc}", file=sys.stderr)
+                    return 2
                 print(f"rebuilt {args.name} from {count} events")
+                return 0
+            if args.command == "projections" and args.action == "status":
+                return await audit.status(r, sys.stdout)
+            if args.command == "verify":
+                report = await audit.verify(r, sys.stdout, workflow=args.workflow, limit=args.limit)
+                return report.exit_code
+            if args.command == "export":
+                try:
+                    eid = UUID(args.execution_id)
+                except ValueError:
+                    eid = None
+                if eid is None or await audit.export(r, eid, sys.stdout, not args.no_data):
+                    print(f"steplog: no execution {args.execution_id}", file=sys.stderr)
+                    return 1
                 return 0
     return 2
 

@@ -11,7 +11,15 @@ PASS_DEFINITION: dict[str, Any] = {
     "StartAt": "A",
     "States": {"A": {"Type": "Pass", "End": True}},
 }
-COUNTED_TABLES = ("workflows", "workflow_versions", "executions", "events", "executions_view")
+COUNTED_TABLES = (
+    "workflows",
+    "workflow_versions",
+    "executions",
+    "events",
+    "executions_view",
+    "state_visits",
+    "state_stats_progress",
+)
 
 
 async def row_counts(pool: asyncpg.Pool) -> dict[str, int]:

@@ -1,0 +1,58 @@
+"""Workflow statistics from the read models.
+
+GET /v1/workflows/{name}/stats?from=&to=&version=
+    -> {"workflow", "version", "from", "to",
+        "executions": {"total", "by_status": {...}, "duration_ms": {"p50", "p95", "p99"}},
+        "states": [{"name", "entered", "succeeded", "failed", "aborted", "running",
+                    "retried", "failed_attempts", "duration_ms": {...}}]}
+The window is [from, to) over start times (executions) and entry times (state
+visits); by default the DEFAULT_WINDOW before now. Durations are milliseconds,
+over what has ended; null when nothing has.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from aiohttp import web
+
+from api.keys import POOL, SETTINGS, STORE
+from api.problems import InvalidQuery
+from api.responses import json_response
+from api.schemas import StatsQuery, WorkflowStats, decode_query, rfc3339
+from api.workflows import workflow_name
+from engine.errors import WorkflowNotFound
+from projections import executions as executions_view
+from projections import stats as stats_view
+
+DEFAULT_WINDOW = dt.timedelta(hours=24)
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/workflows/{name}/stats")
+async def workflow_stats(request: web.Request) -> web.Response:
+    name = workflow_name(request)
+    query = decode_query(request.query, StatsQuery)
+    end = query.end or dt.datetime.now(dt.UTC)
+    start = query.start or end - DEFAULT_WINDOW
+    if start >= end:
+        raise InvalidQuery("from must be before to", [("from", "not before to")])
+    namespace = request.app[SETTINGS].namespace
+    if await request.app[STORE].get_workflow(namespace, name, query.version) is None:
+        raise WorkflowNotFound(
+            f"no workflow {name!r}" + (f" version {query.version}" if query.version else "")
+        )
+    pool = request.app[POOL]
+    summary = await executions_view.summary(pool, namespace, name, start, end, query.version)
+    states = await stats_view.state_stats(pool, namespace, name, start, end, query.version)
+    return json_response(
+        WorkflowStats(
+            workflow=name,
+            version=query.version,
+            start=rfc3339(start),
+            end=rfc3339(end),
+            executions=summary,
+            states=states,
+        )
+    )

@@ -1,0 +1,171 @@
+"""The projection framework with the state-stats read model, against real
+PostgreSQL and Redis: live projection from the stream, rebuild equals live,
+status and lag, and the statistics themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+import msgspec
+
+from engine import events as ev
+from engine.bus import Bus
+from engine.store import EventStore, NewEvent
+from projections import stats
+from projections.runner import PROJECTIONS, Projector, catch_up, catch_up_all, rebuild
+from projections.status import projection_status
+from tests.unit.test_replay import EID, WORKFLOW, run
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+async def record(store: EventStore, input: Any, stop_at: int | None = None) -> UUID:
+    """Store a history made by decide (tests/unit/test_replay.run) under a new id,
+    one append per decision (events of a decision share a timestamp)."""
+    eid = uuid4()
+    history = run(WORKFLOW, input, stop_at)
+    started = history[0].event
+    assert isinstance(started, ev.ExecutionStarted)
+    await store.start_execution(
+        "default",
+        "wf",
+        1,
+        eid,
+        str(eid),
+        msgspec.json.encode(started.input),
+        NewEvent("ExecutionStarted", ev.encode_event(started), history[0].timestamp),
+    )
+    seq = 1
+    for stamp, group in itertools.groupby(history[1:], key=lambda r: r.timestamp):
+        batch = [r.event for r in group]
+        # Ids in the events name the execution they were decided for: re-key them.
+        data = [ev.encode_event(e).replace(EID.encode(), str(eid).encode()) for e in batch]
+        await store.append(
+            eid,
+            seq,
+            [NewEvent(ev.event_type(e), d, stamp) for e, d in zip(batch, data, strict=True)],
+        )
+        seq += len(batch)
+    return eid
+
+
+async def table(pool: asyncpg.Pool, name: str, order: str) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in await pool.fetch(f"SELECT * FROM {name} ORDER BY {order}")]
+
+
+async def snapshot(pool: asyncpg.Pool) -> dict[str, list[tuple[Any, ...]]]:
+    return {
+        "visits": await table(pool, stats.VISITS, "execution_id, entered_seq"),
+        "progress": await table(pool, stats.PROGRESS, "execution_id"),
+        "executions": await table(pool, "executions_view", "execution_id"),
+    }
+
+
+async def test_state_visits_count_entries_outcomes_retries_and_durations(
+    pool: asyncpg.Pool, store: EventStore
+) -> None:
+    for n in (1, 2):
+        await record(store, {"items": list(range(n))})
+    await record(store, {"items": [1]}, stop_at=2)
+
+    await catch_up_all(pool, store)
+
+    got = {
+        s.name: s
+        for s in await stats.state_stats(pool, "default", "wf", T0, T0 + dt.timedelta(days=1))
+    }
+    assert got["Item"].entered == 3
+    assert (got["Item"].succeeded, got["Item"].failed) == (3, 0)
+    # Two completed runs: Flaky failed 3 times each (2 retries), then its Catch took it.
+    assert (got["Flaky"].entered, got["Flaky"].retried, got["Flaky"].failed) == (2, 4, 2)
+    assert got["Flaky"].failed_attempts == 6
+    assert got["Done"].succeeded == 2
+    # The stopped run was in its Parallel state: those visits were aborted.
+    assert got["Both"].aborted == 1 and got["Both"].succeeded == 2
+    # W waits 5 s; the driver advances 1 s per decision otherwise.
+    assert got["W"].duration_ms.p50 == 5000.0
+    assert got["Done"].duration_ms.p99 == 0.0
+    nothing = await stats.state_stats(pool, "default", "wf", T0 - dt.timedelta(days=2), T0)
+    assert nothing == []
+
+
+async def test_reapplying_events_changes_nothing(pool: asyncpg.Pool, store: EventStore) -> None:
+    eid = await record(store, {"items": [1, 2]})
+    await catch_up_all(pool, store)
+    before = await snapshot(pool)
+
+    async with pool.acquire() as conn, conn.transaction():
+        events = stats.PROJECTION.relevant(await store.load(eid))
+        assert await stats.apply_events(conn, events, stats.PROJECTION.identity()) == 0
+
+    assert await snapshot(pool) == before
+
+
+async def _groups_exist(bus: Bus, group: str) -> bool:
+    for stream in bus.events_streams():
+        if not await bus.redis.exists(stream):
+            return False
+        names = {g["name"] for g in await bus.redis.xinfo_groups(stream)}
+        if group not in names and group.encode() not in names:
+            return False
+    return True
+
+
+async def test_rebuilt_projections_equal_the_live_ones(
+    pool: asyncpg.Pool, store: EventStore, bus: Bus, eventually: Any
+) -> None:
+    # Live: every projection fed by its own group while histories are written and
+    # published (the hourly catch-up cannot be what applies them).
+    runners = [
+        Projector(pool, store, bus, projection=p, block_ms=50, catchup_interval=3600)
+        for p in PROJECTIONS.values()
+    ]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(r.run(stop)) for r in runners]
+    try:
+        for p in PROJECTIONS.values():
+            await eventually(lambda p=p: _groups_exist(bus, p.group))
+        ids = [await record(store, {"items": list(range(n))}) for n in range(3)]
+        ids.append(await record(store, {"items": [1]}, stop_at=4))
+        total = sum([len(await store.load(eid)) for eid in ids])
+        await bus.publish_events([e for eid in ids for e in await store.load(eid)])
+
+        async def all_applied() -> bool:
+            return all(r.applied == total for r in runners)
+
+        await eventually(all_applied, timeout_s=10)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    live = await snapshot(pool)
+    assert len(live["visits"]) > 20 and len(live["executions"]) == 4
+    # Damage the live tables: a rebuild must not depend on them.
+    await pool.execute("UPDATE state_visits SET outcome = 'running', retries = 0")
+    await pool.execute("DELETE FROM executions_view")
+
+    for name in PROJECTIONS:
+        assert await rebuild(pool, name) == total
+
+    assert await snapshot(pool) == live
+    assert await pool.fetchval("SELECT to_regclass('state_visits_new')") is None
+
+
+async def test_status_reports_position_and_lag(pool: asyncpg.Pool, store: EventStore) -> None:
+    eid = await record(store, {"items": []})
+    count = len(await store.load(eid))
+    now = dt.datetime.now(dt.UTC)
+
+    before = {s.name: s for s in await projection_status(pool, now)}
+    await catch_up(pool, store, PROJECTIONS["executions"])
+    after = {s.name: s for s in await projection_status(pool, now)}
+
+    assert set(before) == set(PROJECTIONS)
+    assert before["executions"].lag_events == count and before["executions"].behind_seconds > 0
+    assert (after["executions"].lag_events, after["executions"].behind_seconds) == (0, 0.0)
+    assert after["executions"].position > 0 and after["executions"].updated_at is not None
+    assert after["state_stats"].lag_events == count  # each projection has its own checkpoint
