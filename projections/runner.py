@@ -250,6 +250,11 @@ def projectors(pool: asyncpg.Pool, store: EventStore, bus: Bus) -> list[Projecto
 # --- rebuild ---------------------------------------------------------------------------
 
 
+# The fresh tables grow from nothing while statistics lag behind, so the planner keeps
+# choosing sequential scans for the apply functions' key lookups (ANY of a batch's ids):
+# a rebuild would slow down quadratically. Every lookup there has an index.
+_INDEX_LOOKUPS = "SET LOCAL enable_seqscan = off"
+
 _INDEXES = """
 SELECT indexname, indexdef FROM pg_indexes
 WHERE schemaname = current_schema() AND tablename = $1"""
@@ -294,9 +299,11 @@ async def rebuild(pool: asyncpg.Pool, name: str, *, batch_size: int = 2000) -> i
     pos, total = GlobalPosition(), 0
     while batch := await store.read_all(pos, batch_size):
         async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(_INDEX_LOOKUPS)
             await _apply(conn, projection, batch, fresh)
         pos, total = batch[-1].global_position, total + len(batch)
     async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(_INDEX_LOOKUPS)
         await _lock_checkpoint(conn, name)
         for table in projection.tables:
             await conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")

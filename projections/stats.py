@@ -106,10 +106,11 @@ def _select_open(visits: str) -> str:
     WHERE execution_id = ANY($1::uuid[]) AND outcome = 'running' FOR UPDATE"""
 
 
+# Both upserts take a whole batch as arrays (unnest): one statement per batch.
 def _upsert_progress(progress: str) -> str:
     return f"""
     INSERT INTO {progress} (execution_id, namespace, workflow, version, last_seq)
-    VALUES ($1, $2, $3, $4, $5)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[])
     ON CONFLICT (execution_id) DO UPDATE SET last_seq = EXCLUDED.last_seq
     WHERE {progress}.last_seq < EXCLUDED.last_seq"""
 
@@ -117,7 +118,9 @@ def _upsert_progress(progress: str) -> str:
 def _upsert_visit(visits: str) -> str:
     return f"""
     INSERT INTO {visits} ({_VISIT_COLUMNS})
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[],
+                         $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[],
+                         $11::int[], $12::int[], $13::bool[])
     ON CONFLICT (execution_id, entered_seq) DO UPDATE SET
         ended_at = EXCLUDED.ended_at, outcome = EXCLUDED.outcome,
         failed_attempts = EXCLUDED.failed_attempts, retries = EXCLUDED.retries,
@@ -129,16 +132,17 @@ class _Fold:
 
     def __init__(self, progress: dict[UUID, Progress], open_visits: list[Visit]) -> None:
         self.progress = progress
-        self.open: dict[tuple[UUID, str], Visit] = {
-            (v.execution_id, v.frame): v for v in open_visits
-        }
+        # Open visits by execution, then frame (a frame runs one state at a time).
+        self.open: dict[UUID, dict[str, Visit]] = {}
+        for v in open_visits:
+            self.open.setdefault(v.execution_id, {})[v.frame] = v
         self.dirty: dict[tuple[UUID, int], Visit] = {}
         self.dirty_progress: set[UUID] = set()
         self.applied = 0
 
     def close(self, visit: Visit, outcome: str, at: dt.datetime) -> None:
         visit.outcome, visit.ended_at = outcome, at
-        self.open.pop((visit.execution_id, visit.frame), None)
+        self.open.get(visit.execution_id, {}).pop(visit.frame, None)
         self.dirty[(visit.execution_id, visit.entered_seq)] = visit
 
     def close_under(
@@ -146,9 +150,7 @@ class _Fold:
     ) -> None:
         """Close the open visits of an execution, or of the frames under a prefix.
         An ``aborted`` close counts as ``failed`` for a visit whose failure is pending."""
-        for (vid, frame), visit in list(self.open.items()):
-            if vid != eid:
-                continue
+        for frame, visit in list(self.open.get(eid, {}).items()):
             if frame_prefix is not None and not (
                 frame == frame_prefix or frame.startswith(frame_prefix + "/")
             ):
@@ -189,7 +191,7 @@ class _Fold:
             child = child_frame_id(frame, data.name, data.index)
             self.close_under(eid, child, at, "aborted")
             return
-        visit = self.open.get((eid, frame))
+        visit = self.open.get(eid, {}).get(frame)
         if event.type in ENTERED_TYPES:
             if visit is not None:  # not expected: entries follow exits; keep the count honest
                 self.close(visit, "failed" if visit.pending_failure else "succeeded", at)
@@ -203,7 +205,7 @@ class _Fold:
                 state=data.name,
                 entered_at=at,
             )
-            self.open[(eid, frame)] = visit
+            self.open.setdefault(eid, {})[frame] = visit
             self.dirty[(eid, event.seq)] = visit
             if event.type == "FailStateEntered":
                 self.close(visit, "failed", at)
@@ -258,35 +260,31 @@ async def apply_events(
     for event in events:
         fold.step(event)
     if fold.dirty:
-        await conn.executemany(
-            _upsert_visit(visits),
-            [
-                (
-                    v.execution_id,
-                    v.entered_seq,
-                    v.namespace,
-                    v.workflow,
-                    v.version,
-                    v.frame,
-                    v.state,
-                    v.entered_at,
-                    v.ended_at,
-                    v.outcome,
-                    v.failed_attempts,
-                    v.retries,
-                    v.pending_failure,
-                )
-                for v in fold.dirty.values()
-            ],
-        )
+        visit_rows = [
+            (
+                v.execution_id,
+                v.entered_seq,
+                v.namespace,
+                v.workflow,
+                v.version,
+                v.frame,
+                v.state,
+                v.entered_at,
+                v.ended_at,
+                v.outcome,
+                v.failed_attempts,
+                v.retries,
+                v.pending_failure,
+            )
+            for v in fold.dirty.values()
+        ]
+        await conn.execute(_upsert_visit(visits), *zip(*visit_rows, strict=True))
     if fold.dirty_progress:
-        await conn.executemany(
-            _upsert_progress(progress_table),
-            [
-                (p.execution_id, p.namespace, p.workflow, p.version, p.last_seq)
-                for p in (fold.progress[i] for i in fold.dirty_progress)
-            ],
-        )
+        progress_rows = [
+            (p.execution_id, p.namespace, p.workflow, p.version, p.last_seq)
+            for p in (fold.progress[i] for i in fold.dirty_progress)
+        ]
+        await conn.execute(_upsert_progress(progress_table), *zip(*progress_rows, strict=True))
     return fold.applied
 
 

@@ -234,7 +234,9 @@ async def test_stats_and_listing_follow_the_running_projectors(
     async def stats() -> Any:
         async with app.http.get(f"{app.base_url}/v1/workflows/audited/stats") as resp:
             body = await resp.json()
-        return body if body["executions"]["by_status"]["SUCCEEDED"] == 2 else None
+        # Two projections, each at its own pace: wait for both to see the ends.
+        done = [s for s in body["states"] if s["name"] == "Done" and s["succeeded"] == 2]
+        return body if body["executions"]["by_status"]["SUCCEEDED"] == 2 and done else None
 
     body = await eventually(stats, timeout_s=10)
     states = {s["name"]: s for s in body["states"]}
