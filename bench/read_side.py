@@ -143,7 +143,7 @@ async def bench_listing(pool: asyncpg.Pool, repeat: int) -> None:
         "name prefix (~100 matches)": page(
             name_prefix=lambda r: f"order-{r.randrange(10_000):05d}"
         ),
-        "name prefix + oldest first": page(
+        "prefix, 0 or 10k matches, asc": page(
             name_prefix=lambda r: f"order-{r.randrange(1000):03d}", ascending=True
         ),
         "deep cursor (row n/2)": page(after=(deep[0], deep[1])),
