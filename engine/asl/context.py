@@ -48,6 +48,8 @@ class EvalEnv:
     def seeded(cls, seed: int | str, variables: dict[str, Any] | None = None) -> EvalEnv:
         """An env whose rng and uuids are fully determined by ``seed``."""
         rng = random.Random(seed)
-        return cls(variables=variables if variables is not None else {}, rng=rng,
-                   uuid=_seeded_uuid_factory(rng))
-
+        return cls(
+            variables=variables if variables is not None else {},
+            rng=rng,
+            uuid=_seeded_uuid_factory(rng),
+        )

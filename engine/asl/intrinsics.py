@@ -166,8 +166,10 @@ def _need_int(fn: str, position: int, value: Any) -> int:
     _need(fn, position, value, "number")
     if isinstance(value, float):
         if not value.is_integer():
-            raise _fail(f"Invalid arguments in {fn}: argument {position} must be an integer "
-                        f"but was {dump_json(value)}")
+            raise _fail(
+                f"Invalid arguments in {fn}: argument {position} must be an integer "
+                f"but was {dump_json(value)}"
+            )
         return int(value)
     return int(value)
 
@@ -203,8 +205,10 @@ def _format(args: list[Any], format_text: str | None, env: EvalEnv) -> Any:
             continue
         if c == "{" and text.startswith("{}", i):
             if used >= len(values):
-                raise _fail("Number of arguments in States.Format does not match the "
-                            "number of placeholders in the format string")
+                raise _fail(
+                    "Number of arguments in States.Format does not match the "
+                    "number of placeholders in the format string"
+                )
             out.append(java_str(values[used]))
             used += 1
             i += 2
@@ -212,8 +216,10 @@ def _format(args: list[Any], format_text: str | None, env: EvalEnv) -> Any:
         out.append(c)
         i += 1
     if used != len(values):
-        raise _fail("Number of arguments in States.Format does not match the number of "
-                    "placeholders in the format string")
+        raise _fail(
+            "Number of arguments in States.Format does not match the number of "
+            "placeholders in the format string"
+        )
     return "".join(out)
 
 
@@ -225,8 +231,9 @@ def _string_to_json(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
     try:
         return json.loads(s)
     except json.JSONDecodeError:
-        raise _fail(f"Invalid arguments in States.StringToJson: the string {dump_json(s)} "
-                    "is not valid JSON") from None
+        raise _fail(
+            f"Invalid arguments in States.StringToJson: the string {dump_json(s)} is not valid JSON"
+        ) from None
 
 
 def _json_to_string(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
@@ -242,8 +249,10 @@ def _array_partition(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
     _need("States.ArrayPartition", 1, arr, "array")
     n = _need_int("States.ArrayPartition", 2, size)
     if n <= 0:
-        raise _fail("Invalid arguments in States.ArrayPartition: the chunk size must be "
-                    f"greater than 0 but was {n}")
+        raise _fail(
+            "Invalid arguments in States.ArrayPartition: the chunk size must be "
+            f"greater than 0 but was {n}"
+        )
     return [arr[i : i + n] for i in range(0, len(arr), n)]
 
 
@@ -262,8 +271,10 @@ def _array_range(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
     # The end is inclusive when the steps land on it.
     out = list(range(start, end + (1 if step > 0 else -1), step))
     if len(out) > _MAX_ARRAY_RANGE:
-        raise _fail("Invalid arguments in States.ArrayRange: the result may not contain more "
-                    f"than {_MAX_ARRAY_RANGE} items")
+        raise _fail(
+            "Invalid arguments in States.ArrayRange: the result may not contain more "
+            f"than {_MAX_ARRAY_RANGE} items"
+        )
     return out
 
 
@@ -272,8 +283,10 @@ def _array_get_item(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
     _need("States.ArrayGetItem", 1, arr, "array")
     i = _need_int("States.ArrayGetItem", 2, index)
     if not 0 <= i < len(arr):
-        raise _fail(f"Invalid arguments in States.ArrayGetItem: index {i} is out of bounds "
-                    f"for an array of length {len(arr)}")
+        raise _fail(
+            f"Invalid arguments in States.ArrayGetItem: index {i} is out of bounds "
+            f"for an array of length {len(arr)}"
+        )
     return arr[i]
 
 
@@ -296,8 +309,10 @@ def _base64_encode(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
     s = args[0]
     _need("States.Base64Encode", 1, s, "string")
     if len(s) > _MAX_BASE64_INPUT:
-        raise _fail("Invalid arguments in States.Base64Encode: the input may not be longer "
-                    f"than {_MAX_BASE64_INPUT} characters")
+        raise _fail(
+            "Invalid arguments in States.Base64Encode: the input may not be longer "
+            f"than {_MAX_BASE64_INPUT} characters"
+        )
     return base64.b64encode(s.encode("utf-8")).decode("ascii")
 
 
@@ -305,13 +320,17 @@ def _base64_decode(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
     s = args[0]
     _need("States.Base64Decode", 1, s, "string")
     if len(s) > _MAX_BASE64_INPUT:
-        raise _fail("Invalid arguments in States.Base64Decode: the input may not be longer "
-                    f"than {_MAX_BASE64_INPUT} characters")
+        raise _fail(
+            "Invalid arguments in States.Base64Decode: the input may not be longer "
+            f"than {_MAX_BASE64_INPUT} characters"
+        )
     try:
         return base64.b64decode(s, validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
-        raise _fail("Invalid arguments in States.Base64Decode: the input is not a valid "
-                    "base64 encoded string") from None
+        raise _fail(
+            "Invalid arguments in States.Base64Decode: the input is not a valid "
+            "base64 encoded string"
+        ) from None
 
 
 def _hash(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
@@ -320,8 +339,10 @@ def _hash(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
     _need("States.Hash", 2, algorithm, "string")
     name = _HASH_ALGORITHMS.get(algorithm)
     if name is None:
-        raise _fail(f"Invalid arguments in States.Hash: unsupported algorithm '{algorithm}', "
-                    f"expected one of {', '.join(_HASH_ALGORITHMS)}")
+        raise _fail(
+            f"Invalid arguments in States.Hash: unsupported algorithm '{algorithm}', "
+            f"expected one of {', '.join(_HASH_ALGORITHMS)}"
+        )
     return hashlib.new(name, data.encode("utf-8")).hexdigest()
 
 
@@ -332,8 +353,10 @@ def _json_merge(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
     _need("States.JsonMerge", 3, deep, "boolean")
     if deep:
         # AWS only offers the shallow merge.
-        raise _fail("Invalid arguments in States.JsonMerge: deep merging is not supported, "
-                    "the third argument must be false")
+        raise _fail(
+            "Invalid arguments in States.JsonMerge: deep merging is not supported, "
+            "the third argument must be false"
+        )
     return {**left, **right}
 
 
@@ -344,8 +367,7 @@ def _math_random(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
     _need("States.MathRandom", 2, end, "number")
     lo, hi = int(start), int(end)
     if lo >= hi:
-        raise _fail("Invalid arguments in States.MathRandom: the start must be less than "
-                    "the end")
+        raise _fail("Invalid arguments in States.MathRandom: the start must be less than the end")
     if len(args) == 3:
         seed = _need_int("States.MathRandom", 3, args[2])
         # A seeded call is reproducible by definition; it never touches env.
@@ -442,7 +464,8 @@ class _Parser:
 
     def error(self, message: str) -> IntrinsicSyntaxError:
         return IntrinsicSyntaxError(
-            f"Invalid intrinsic function '{self.text}': {message} at position {self.pos}")
+            f"Invalid intrinsic function '{self.text}': {message} at position {self.pos}"
+        )
 
     def skip_ws(self) -> None:
         while self.pos < len(self.text) and self.text[self.pos] in " \t\r\n":
@@ -477,10 +500,15 @@ class _Parser:
                     raise self.error("expected ',' or ')'")
         spec = _FUNCTIONS[name]
         if len(args) < spec.min_args or (spec.max_args is not None and len(args) > spec.max_args):
-            raise self.error(f"{name} takes "
-                             + (f"{spec.min_args}" if spec.min_args == spec.max_args else
-                                f"{spec.min_args} to {spec.max_args or 'any number of'}")
-                             + f" arguments, got {len(args)}")
+            raise self.error(
+                f"{name} takes "
+                + (
+                    f"{spec.min_args}"
+                    if spec.min_args == spec.max_args
+                    else f"{spec.min_args} to {spec.max_args or 'any number of'}"
+                )
+                + f" arguments, got {len(args)}"
+            )
         return Intrinsic(self.text[start : self.pos].strip(), name, tuple(args))
 
     def parse_arg(self) -> _Arg:

@@ -84,13 +84,21 @@ class _Undefined:
 UNDEFINED: Final = _Undefined()
 
 _HASH_ALGORITHMS: Final = {
-    "MD5": "md5", "SHA-1": "sha1", "SHA-256": "sha256", "SHA-384": "sha384", "SHA-512": "sha512",
+    "MD5": "md5",
+    "SHA-1": "sha1",
+    "SHA-256": "sha256",
+    "SHA-384": "sha384",
+    "SHA-512": "sha512",
 }
 
 
 def is_jsonata(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith("{%") and value.endswith("%}") \
+    return (
+        isinstance(value, str)
+        and value.startswith("{%")
+        and value.endswith("%}")
         and len(value) >= 4
+    )
 
 
 def _json_type(value: Any) -> str:
@@ -109,9 +117,11 @@ def _json_type(value: Any) -> str:
 
 def type_error_cause(expr_text: str, field: str, expected: str, value: Any) -> str:
     """AWS's cause for a JSONata result of the wrong JSON type."""
-    return (f"The JSONata expression '{expr_text}' specified for the field '{field}' returned "
-            f"an unexpected result type. Expected '{expected}', but was '{_json_type(value)}' "
-            f"for value: {dump_json(value)}")
+    return (
+        f"The JSONata expression '{expr_text}' specified for the field '{field}' returned "
+        f"an unexpected result type. Expected '{expected}', but was '{_json_type(value)}' "
+        f"for value: {dump_json(value)}"
+    )
 
 
 class _Unsupported(Exception):
@@ -148,8 +158,12 @@ def _fn_error(name: str, message: str) -> JException:
 def _partition(array: Any, size: Any) -> Any:
     if not isinstance(array, list):
         raise _fn_error("$partition", "the first argument must be an array")
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0 \
-            or int(size) != size:
+    if (
+        isinstance(size, bool)
+        or not isinstance(size, (int, float))
+        or size <= 0
+        or int(size) != size
+    ):
         raise _fn_error("$partition", "the chunk size must be a positive integer")
     n = int(size)
     return [list(array[i : i + n]) for i in range(0, len(array), n)]
@@ -271,23 +285,32 @@ class JsonataExpr:
     def _cause(self, tail: str) -> str:
         return f"The JSONata expression '{self.text}' specified for the field '{self.field}' {tail}"
 
-    def evaluate(self, states: dict[str, Any], variables: dict[str, Any] | None = None,
-                 env: EvalEnv | None = None, allow_undefined: bool = False) -> Any:
+    def evaluate(
+        self,
+        states: dict[str, Any],
+        variables: dict[str, Any] | None = None,
+        env: EvalEnv | None = None,
+        allow_undefined: bool = False,
+    ) -> Any:
         # A variable holding null is bound as JSONata null, not as undefined.
         bindings: dict[str, Any] = (
             {k: Utils.NULL_VALUE if v is None else v for k, v in variables.items()}
-            if variables else {}
+            if variables
+            else {}
         )
         bindings.update(_env_functions(env, states))
         bindings["states"] = states
         try:
             raw = self._jsonata.evaluate(None, bindings)
         except JException as exc:
-            raise StatesError(QUERY_EVALUATION_ERROR,
-                              self._cause(f"threw an error during evaluation. {exc}")) from None
+            raise StatesError(
+                QUERY_EVALUATION_ERROR, self._cause(f"threw an error during evaluation. {exc}")
+            ) from None
         except RecursionError:
-            raise StatesError(QUERY_EVALUATION_ERROR, self._cause(
-                "threw an error during evaluation. Stack overflow")) from None
+            raise StatesError(
+                QUERY_EVALUATION_ERROR,
+                self._cause("threw an error during evaluation. Stack overflow"),
+            ) from None
         if raw is None:
             if allow_undefined:
                 return UNDEFINED
@@ -295,11 +318,13 @@ class JsonataExpr:
         try:
             value = _to_json(raw)
         except _Unsupported:
-            raise StatesError(QUERY_EVALUATION_ERROR,
-                              self._cause("returned an unsupported result type.")) from None
+            raise StatesError(
+                QUERY_EVALUATION_ERROR, self._cause("returned an unsupported result type.")
+            ) from None
         if isinstance(value, float) and not math.isfinite(value):
-            raise StatesError(QUERY_EVALUATION_ERROR,
-                              self._cause("returned an unsupported result type."))
+            raise StatesError(
+                QUERY_EVALUATION_ERROR, self._cause("returned an unsupported result type.")
+            )
         return value
 
 
@@ -329,8 +354,12 @@ class JsonataTemplate:
     def is_constant(self) -> bool:
         return isinstance(self._render, _ConstRender)
 
-    def render(self, states: dict[str, Any], variables: dict[str, Any] | None = None,
-               env: EvalEnv | None = None) -> Any:
+    def render(
+        self,
+        states: dict[str, Any],
+        variables: dict[str, Any] | None = None,
+        env: EvalEnv | None = None,
+    ) -> Any:
         return self._render(states, variables, env)
 
 
@@ -343,8 +372,9 @@ class _ConstRender:
     def __init__(self, value: Any) -> None:
         self.value = value
 
-    def __call__(self, states: dict[str, Any], variables: dict[str, Any] | None,
-                 env: EvalEnv | None) -> Any:
+    def __call__(
+        self, states: dict[str, Any], variables: dict[str, Any] | None, env: EvalEnv | None
+    ) -> Any:
         return self.value
 
 
@@ -357,8 +387,9 @@ def _compile_node(obj: Any, field: str) -> _Render:
         if all(isinstance(r, _ConstRender) for _, r in parts):
             return _ConstRender(obj)
 
-        def render_obj(states: dict[str, Any], variables: dict[str, Any] | None,
-                       env: EvalEnv | None) -> Any:
+        def render_obj(
+            states: dict[str, Any], variables: dict[str, Any] | None, env: EvalEnv | None
+        ) -> Any:
             return {k: r(states, variables, env) for k, r in parts}
 
         return render_obj
@@ -367,8 +398,9 @@ def _compile_node(obj: Any, field: str) -> _Render:
         if all(isinstance(r, _ConstRender) for r in items):
             return _ConstRender(obj)
 
-        def render_list(states: dict[str, Any], variables: dict[str, Any] | None,
-                        env: EvalEnv | None) -> Any:
+        def render_list(
+            states: dict[str, Any], variables: dict[str, Any] | None, env: EvalEnv | None
+        ) -> Any:
             return [r(states, variables, env) for r in items]
 
         return render_list

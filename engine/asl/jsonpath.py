@@ -169,7 +169,11 @@ class _Union(_Segment):
 
     def render(self) -> str:
         if isinstance(self.members[0], _Field):
-            return "[" + ",".join("'" + m.name + "'" for m in self.members if isinstance(m, _Field)) + "]"
+            return (
+                "["
+                + ",".join("'" + m.name + "'" for m in self.members if isinstance(m, _Field))
+                + "]"
+            )
         return "[" + ",".join(str(m.index) for m in self.members if isinstance(m, _Index)) + "]"
 
 
@@ -258,11 +262,19 @@ _ROOT_VARIABLE: Final = 2
 class JsonPath:
     """A compiled JSONPath. Build with ``compile_path``."""
 
-    __slots__ = ("_definite_steps", "_root", "is_definite", "is_reference", "segments", "text",
-                 "variable")
+    __slots__ = (
+        "_definite_steps",
+        "_root",
+        "is_definite",
+        "is_reference",
+        "segments",
+        "text",
+        "variable",
+    )
 
-    def __init__(self, text: str, root: int, variable: str | None,
-                 segments: tuple[_Segment, ...]) -> None:
+    def __init__(
+        self, text: str, root: int, variable: str | None, segments: tuple[_Segment, ...]
+    ) -> None:
         self.text = text
         self._root = root
         self.variable = variable
@@ -270,10 +282,14 @@ class JsonPath:
         self.is_definite = all(s.definite for s in segments)
         self.is_reference = root == _ROOT_DATA and self.is_definite
         # Definite paths run through a tight loop over (is_field, key) pairs.
-        self._definite_steps: tuple[tuple[bool, Any], ...] = tuple(
-            (True, s.name) if isinstance(s, _Field) else (False, s.index)  # type: ignore[attr-defined]
-            for s in segments
-        ) if self.is_definite else ()
+        self._definite_steps: tuple[tuple[bool, Any], ...] = (
+            tuple(
+                (True, s.name) if isinstance(s, _Field) else (False, s.index)  # type: ignore[attr-defined]
+                for s in segments
+            )
+            if self.is_definite
+            else ()
+        )
 
     @property
     def is_context(self) -> bool:
@@ -302,8 +318,9 @@ class JsonPath:
             raise PathNotFound(f"Variable '{self.variable}' is not defined")
         return variables[self.variable]
 
-    def evaluate(self, data: Any, context: Any = None,
-                 variables: dict[str, Any] | None = None) -> Any:
+    def evaluate(
+        self, data: Any, context: Any = None, variables: dict[str, Any] | None = None
+    ) -> Any:
         """Select from ``data`` / ``context`` / ``variables`` (see module doc)."""
         root = self._root_value(data, context, variables)
         if self.is_definite:
@@ -313,8 +330,7 @@ class JsonPath:
             nodes = [child for node in nodes for child in seg.children(node, root)]
         return nodes
 
-    def find(self, data: Any, context: Any = None,
-             variables: dict[str, Any] | None = None) -> Any:
+    def find(self, data: Any, context: Any = None, variables: dict[str, Any] | None = None) -> Any:
         """Like ``evaluate`` but returns ``MISSING`` instead of raising."""
         try:
             return self.evaluate(data, context, variables)
@@ -566,7 +582,9 @@ class _Parser:
         return _Union(tuple(_Index(i) for i in indexes))
 
     def parse_script(self) -> _Segment:
-        m = re.compile(r"\(\s*@\.length(?:\(\))?\s*(?:([+-])\s*(\d+))?\s*\)").match(self.text, self.pos)
+        m = re.compile(r"\(\s*@\.length(?:\(\))?\s*(?:([+-])\s*(\d+))?\s*\)").match(
+            self.text, self.pos
+        )
         if not m:
             raise self.error("only (@.length-N) scripts are supported")
         self.pos = m.end()
@@ -580,8 +598,22 @@ class _Parser:
 
 _Operand = Callable[[Any, Any], Any]
 
-_COMPARISON_OPS = ("==", "!=", "<=", ">=", "<", ">", "=~", " in ", " nin ", " size ", " empty ",
-                   " anyof ", " noneof ", " subsetof ")
+_COMPARISON_OPS = (
+    "==",
+    "!=",
+    "<=",
+    ">=",
+    "<",
+    ">",
+    "=~",
+    " in ",
+    " nin ",
+    " size ",
+    " empty ",
+    " anyof ",
+    " noneof ",
+    " subsetof ",
+)
 
 
 def _json_kind(v: Any) -> str:
@@ -639,14 +671,23 @@ def _compare(op: str, a: Any, b: Any) -> bool:
         empty = isinstance(a, (str, list, dict)) and len(a) == 0
         return empty == bool(b)
     if op == "anyof":
-        return isinstance(a, list) and isinstance(b, list) and any(
-            _json_equal(x, y) for x in a for y in b)
+        return (
+            isinstance(a, list)
+            and isinstance(b, list)
+            and any(_json_equal(x, y) for x in a for y in b)
+        )
     if op == "noneof":
-        return isinstance(a, list) and isinstance(b, list) and not any(
-            _json_equal(x, y) for x in a for y in b)
+        return (
+            isinstance(a, list)
+            and isinstance(b, list)
+            and not any(_json_equal(x, y) for x in a for y in b)
+        )
     if op == "subsetof":
-        return isinstance(a, list) and isinstance(b, list) and all(
-            any(_json_equal(x, y) for y in b) for x in a)
+        return (
+            isinstance(a, list)
+            and isinstance(b, list)
+            and all(any(_json_equal(x, y) for y in b) for x in a)
+        )
     raise AssertionError(op)
 
 
@@ -721,8 +762,12 @@ class _FilterParser:
             if root_kind != _ROOT_DATA or variable is not None:
                 raise p.error("filters may only use @ and $ paths")
             length_fn = False
-            if p.text.startswith("()", p.pos) and segments and isinstance(segments[-1], _Field) \
-                    and segments[-1].name == "length":
+            if (
+                p.text.startswith("()", p.pos)
+                and segments
+                and isinstance(segments[-1], _Field)
+                and segments[-1].name == "length"
+            ):
                 p.pos += 2
                 length_fn = True
             return _path_operand(segments, from_root, length_fn), True
@@ -771,8 +816,13 @@ def _path_operand(segments: tuple[_Segment, ...], from_root: bool, length_fn: bo
         values = [root if from_root else node]
         for i, seg in enumerate(segments):
             # "@.length" on an array (not a field) is its length, as in Jayway.
-            if (isinstance(seg, _Field) and seg.name == "length" and i == len(segments) - 1
-                    and len(values) == 1 and isinstance(values[0], list)):
+            if (
+                isinstance(seg, _Field)
+                and seg.name == "length"
+                and i == len(segments) - 1
+                and len(values) == 1
+                and isinstance(values[0], list)
+            ):
                 return len(values[0])
             values = [c for v in values for c in seg.children(v, root)]
         if length_fn:
@@ -802,8 +852,9 @@ def compile_path(text: str) -> JsonPath:
     return JsonPath(text, root, variable, segments)
 
 
-def apply_path(path: JsonPath | None, data: Any, context: Any = None,
-               variables: dict[str, Any] | None = None) -> Any:
+def apply_path(
+    path: JsonPath | None, data: Any, context: Any = None, variables: dict[str, Any] | None = None
+) -> Any:
     """InputPath / OutputPath: ``None`` gives ``{}``; no match is States.Runtime."""
     if path is None:
         return {}

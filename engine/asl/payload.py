@@ -61,8 +61,10 @@ class TemplateSyntaxError(ValueError):
 
 def path_not_found_cause(path_text: str, field: str, data: Any) -> str:
     """AWS's wording when a template or field path selects nothing."""
-    return (f"The JSONPath '{path_text}' specified for the field '{field}' "
-            f"could not be found in the input '{dump_json(data)}'")
+    return (
+        f"The JSONPath '{path_text}' specified for the field '{field}' "
+        f"could not be found in the input '{dump_json(data)}'"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +85,11 @@ class FieldExpression:
                 return expr.evaluate(data, context, env.variables)
             return expr.evaluate(data, context, env)
         except ArgumentPathNotFound as exc:
-            raise StatesError(RUNTIME, path_not_found_cause(exc.path_text, self.field, data)) \
-                from None
+            raise StatesError(
+                RUNTIME, path_not_found_cause(exc.path_text, self.field, data)
+            ) from None
         except PathNotFound:
-            raise StatesError(RUNTIME, path_not_found_cause(expr.text, self.field, data)) \
-                from None
+            raise StatesError(RUNTIME, path_not_found_cause(expr.text, self.field, data)) from None
 
 
 def compile_field(field: str, text: Any) -> FieldExpression:
@@ -102,7 +104,8 @@ def compile_field(field: str, text: Any) -> FieldExpression:
     except (PathSyntaxError, IntrinsicSyntaxError) as exc:
         raise TemplateSyntaxError(f"Invalid value for '{field}': {exc}") from None
     raise TemplateSyntaxError(
-        f"The value of '{field}' must be a JSONPath or an intrinsic function, got {text!r}")
+        f"The value of '{field}' must be a JSONPath or an intrinsic function, got {text!r}"
+    )
 
 
 class Template:

@@ -19,10 +19,16 @@ from engine.asl.jsonata import (
 )
 
 
-def ev(text: str, input_: Any = None, variables: dict[str, Any] | None = None,
-       env: EvalEnv | None = None, field: str = "Output") -> Any:
-    return compile_expression(text, field).evaluate({"input": input_, "context": {}},
-                                                    variables or {}, env)
+def ev(
+    text: str,
+    input_: Any = None,
+    variables: dict[str, Any] | None = None,
+    env: EvalEnv | None = None,
+    field: str = "Output",
+) -> Any:
+    return compile_expression(text, field).evaluate(
+        {"input": input_, "context": {}}, variables or {}, env
+    )
 
 
 @pytest.mark.parametrize(
@@ -30,8 +36,11 @@ def ev(text: str, input_: Any = None, variables: dict[str, Any] | None = None,
     [
         ("{% $states.input.value >= 20 and $states.input.value < 30 %}", {"value": 25}, True),
         ("{% $not($states.input.type = 'Private') %}", {"type": "Public"}, True),
-        ("{% $merge([$states.input.part1, $states.input.part2]) %}",
-         {"part1": {"a": 1}, "part2": {"b": 2}}, {"a": 1, "b": 2}),
+        (
+            "{% $merge([$states.input.part1, $states.input.part2]) %}",
+            {"part1": {"a": 1}, "part2": {"b": 2}},
+            {"a": 1, "b": 2},
+        ),
         # evaluate_jsonata/test_base_jsonata_regular_expressions
         ('{% $contains("hello$world", /^hello\\$/) %}', None, True),
         ("{% $contains('hello$world', /^hello\\ /) %}", None, False),
@@ -53,23 +62,37 @@ def test_expressions(text: str, input_: Any, expected: Any) -> None:
 )
 def test_partition(arr: list[int], size: int, expected: Any) -> None:
     # intrinsic_functions/test_array_jsonata::test_array_partition
-    assert ev("{% $partition($states.input.a, $states.input.n) %}", {"a": arr, "n": size}) == expected
+    assert (
+        ev("{% $partition($states.input.a, $states.input.n) %}", {"a": arr, "n": size}) == expected
+    )
 
 
 @pytest.mark.parametrize(
     ("args", "expected"),
-    [((0, 9, 3), [0, 3, 6, 9]), ((0, 10, 3), [0, 3, 6, 9]), ((1, 9, 9), 1), ((1, 9, 2), [1, 3, 5, 7, 9])],
+    [
+        ((0, 9, 3), [0, 3, 6, 9]),
+        ((0, 10, 3), [0, 3, 6, 9]),
+        ((1, 9, 9), 1),
+        ((1, 9, 2), [1, 3, 5, 7, 9]),
+    ],
 )
 def test_range_is_a_sequence(args: tuple[int, int, int], expected: Any) -> None:
     # Recorded: a single-element $range unwraps to a scalar.
-    assert ev("{% $range($states.input[0], $states.input[1], $states.input[2]) %}",
-              list(args)) == expected
+    assert (
+        ev("{% $range($states.input[0], $states.input[1], $states.input[2]) %}", list(args))
+        == expected
+    )
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("-0", 0), ("1.1", 1.1), ("true", True), ('"HelloWorld"', "HelloWorld"),
-     ('{"Arg1": 1, "Arg2": []}', {"Arg1": 1, "Arg2": []})],
+    [
+        ("-0", 0),
+        ("1.1", 1.1),
+        ("true", True),
+        ('"HelloWorld"', "HelloWorld"),
+        ('{"Arg1": 1, "Arg2": []}', {"Arg1": 1, "Arg2": []}),
+    ],
 )
 def test_parse(text: str, expected: Any) -> None:
     assert ev("{% $parse($states.input) %}", text) == expected
@@ -90,14 +113,22 @@ def test_now_reads_the_context_not_the_clock() -> None:
 
 
 def test_variables_and_states_bindings() -> None:
-    states = {"input": {"input_values": [1, 2, 3]}, "context": {"Map": {"Item": {"Value": 7}}},
-              "result": {"ja_expr": "r"}}
-    assert compile_expression("{% $sum($states.input.input_values) + $var_constant_1 %}").evaluate(
-        states, {"var_constant_1": 1}) == 7
+    states = {
+        "input": {"input_values": [1, 2, 3]},
+        "context": {"Map": {"Item": {"Value": 7}}},
+        "result": {"ja_expr": "r"},
+    }
+    assert (
+        compile_expression("{% $sum($states.input.input_values) + $var_constant_1 %}").evaluate(
+            states, {"var_constant_1": 1}
+        )
+        == 7
+    )
     assert compile_expression("{% $states.context.Map.Item.Value %}").evaluate(states, {}) == 7
     assert compile_expression("{% $states.result.ja_expr %}").evaluate(states, {}) == "r"
     assert compile_expression("{% $varname.varfield %}").evaluate(
-        states, {"varname": {"varfield": [1]}}) == [1]
+        states, {"varname": {"varfield": [1]}}
+    ) == [1]
 
 
 def test_undefined_wording() -> None:
@@ -105,8 +136,10 @@ def test_undefined_wording() -> None:
     with pytest.raises(StatesError) as info:
         ev("{% $doesNotExist %}", field="Assign/result")
     assert info.value.error == QUERY_EVALUATION_ERROR
-    assert info.value.cause == ("The JSONata expression '$doesNotExist' specified for the field "
-                                "'Assign/result' returned nothing (undefined).")
+    assert info.value.cause == (
+        "The JSONata expression '$doesNotExist' specified for the field "
+        "'Assign/result' returned nothing (undefined)."
+    )
     expr = compile_expression("{% $doesNotExist %}")
     assert expr.evaluate({"input": {}}, {}, allow_undefined=True) is UNDEFINED
 
@@ -115,8 +148,10 @@ def test_function_result_is_unsupported() -> None:
     # scenarios/test_map_state_items_eval_jsonata_fail[function]
     with pytest.raises(StatesError) as info:
         ev("{% $fn := function($x){$x} %}", field="Items")
-    assert info.value.cause == ("The JSONata expression '$fn := function($x){$x}' specified for "
-                                "the field 'Items' returned an unsupported result type.")
+    assert info.value.cause == (
+        "The JSONata expression '$fn := function($x){$x}' specified for "
+        "the field 'Items' returned an unsupported result type."
+    )
 
 
 def test_evaluation_error_is_query_evaluation_error() -> None:
@@ -130,7 +165,8 @@ def test_type_error_cause_wording() -> None:
     # scenarios/test_map_state_items_eval_jsonata_fail
     assert type_error_cause("{'foo': 'bar'}", "Items", "array", {"foo": "bar"}) == (
         "The JSONata expression '{'foo': 'bar'}' specified for the field 'Items' returned an "
-        "unexpected result type. Expected 'array', but was 'object' for value: {\"foo\":\"bar\"}")
+        "unexpected result type. Expected 'array', but was 'object' for value: {\"foo\":\"bar\"}"
+    )
     assert type_error_cause("1", "Items", "array", 1).endswith("but was 'number' for value: 1")
 
 
@@ -160,16 +196,21 @@ def test_template_literals_stay_literal_and_expressions_nest() -> None:
     template = compile_jsonata_template(source, "Output")
     assert not template.is_constant
     out = template.render({"input": {"input_value": "s", "input_values": [1, 2, 3]}}, {})
-    assert out == {**source, "lst": [None, 0, 0.1, True, [], {"constant": 0}, "s"],
-                   "obj": {"sum": 6}}
+    assert out == {
+        **source,
+        "lst": [None, 0, 0.1, True, [], {"constant": 0}, "s"],
+        "obj": {"sum": 6},
+    }
 
 
 def test_template_field_names_nest_with_slashes() -> None:
     template = compile_jsonata_template({"result": "{% $doesNotExist %}"}, "Output")
     with pytest.raises(StatesError) as info:
         template.render({"input": {}}, {})
-    assert info.value.cause == ("The JSONata expression '$doesNotExist' specified for the field "
-                                "'Output/result' returned nothing (undefined).")
+    assert info.value.cause == (
+        "The JSONata expression '$doesNotExist' specified for the field "
+        "'Output/result' returned nothing (undefined)."
+    )
 
 
 def test_constant_template() -> None:

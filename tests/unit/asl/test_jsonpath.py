@@ -35,7 +35,7 @@ USERS = {"users": [{"year": 1997, "status": 0}, {"year": 1998, "status": 1}]}
         ("$.delivery-partner", {"delivery-partner": "x"}, "x"),
         ("$['a b']", {"a b": 2}, 2),
         # Recorded: a backslash inside brackets stays literal.
-        ("$['Test\\\"\"Name\"']", {'Test\\""Name"': 'Value"\\'}, 'Value"\\'),
+        ('$[\'Test\\""Name"\']', {'Test\\""Name"': 'Value"\\'}, 'Value"\\'),
     ],
 )
 def test_definite_paths_select_one_value(path: str, data: Any, expected: Any) -> None:
@@ -79,8 +79,11 @@ def test_indefinite_paths_return_lists(path: str, data: Any, expected: Any) -> N
         ("$.no.such.result.path", {}, "Missing property in path $['no']"),
         ("$.a.c", {"a": {}}, "No results for path: $['a']['c']"),
         ("$.items[20]", ITEMS, "No results for path: $['items'][20]"),
-        ("$.a[0]", {"a": {"b": 1}}, "Filter: [0] can only be applied to arrays. "
-                                     "Current context is: {b=1}"),
+        (
+            "$.a[0]",
+            {"a": {"b": 1}},
+            "Filter: [0] can only be applied to arrays. Current context is: {b=1}",
+        ),
     ],
 )
 def test_definite_paths_that_find_nothing_raise_jayway_messages(
@@ -131,11 +134,13 @@ def test_apply_path_wording_matches_aws() -> None:
         apply_path(compile_path("$.NoSuchOutputPath"), {"int-literal": 0})
     assert info.value.error == RUNTIME
     assert info.value.cause == (
-        "Invalid path '$.NoSuchOutputPath' : No results for path: $['NoSuchOutputPath']")
+        "Invalid path '$.NoSuchOutputPath' : No results for path: $['NoSuchOutputPath']"
+    )
     with pytest.raises(StatesError) as info:
         apply_path(compile_path("$.no.such.result.path"), {})
     assert info.value.cause == (
-        "Invalid path '$.no.such.result.path' : Missing property in path $['no']")
+        "Invalid path '$.no.such.result.path' : Missing property in path $['no']"
+    )
 
 
 def test_apply_path_null_gives_empty_object() -> None:
@@ -199,8 +204,11 @@ _json = st.recursive(
 )
 
 
-@given(data=st.dictionaries(_keys, _json, max_size=4), keys=st.lists(_keys, min_size=1, max_size=3),
-       value=_json)
+@given(
+    data=st.dictionaries(_keys, _json, max_size=4),
+    keys=st.lists(_keys, min_size=1, max_size=3),
+    value=_json,
+)
 def test_result_path_then_output_path_reads_back_the_result(
     data: dict[str, Any], keys: list[str], value: Any
 ) -> None:

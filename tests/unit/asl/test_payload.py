@@ -23,16 +23,23 @@ def test_constant_template_is_built_once_and_shared() -> None:
 
 
 def test_dollar_keys_take_paths_intrinsics_context_and_variables() -> None:
-    template = compile_template({
-        "fromInput.$": "$.a",
-        "nested": {"ctx.$": "$$.Map.Item.Index", "list": [1, {"var.$": "$v.k"}]},
-        "fn.$": "States.Format('{}-{}', $.a, $v.k)",
+    template = compile_template(
+        {
+            "fromInput.$": "$.a",
+            "nested": {"ctx.$": "$$.Map.Item.Index", "list": [1, {"var.$": "$v.k"}]},
+            "fn.$": "States.Format('{}-{}', $.a, $v.k)",
+            "plain": "States.Format('kept')",
+        }
+    )
+    out = template.render(
+        {"a": 1}, {"Map": {"Item": {"Index": 3}}}, EvalEnv(variables={"v": {"k": "x"}})
+    )
+    assert out == {
+        "fromInput": 1,
+        "nested": {"ctx": 3, "list": [1, {"var": "x"}]},
+        "fn": "1-x",
         "plain": "States.Format('kept')",
-    })
-    out = template.render({"a": 1}, {"Map": {"Item": {"Index": 3}}},
-                          EvalEnv(variables={"v": {"k": "x"}}))
-    assert out == {"fromInput": 1, "nested": {"ctx": 3, "list": [1, {"var": "x"}]},
-                   "fn": "1-x", "plain": "States.Format('kept')"}
+    }
 
 
 def test_indefinite_path_in_template_gives_list() -> None:
@@ -47,16 +54,22 @@ def test_indefinite_path_in_template_gives_list() -> None:
     ("params", "cause"),
     [
         # scenarios/test_invalid_jsonpath[INVALID_JSONPATH_IN_STRING_EXPR_JSONPATH]
-        ({"value.$": "$.no_such_jsonpath"},
-         "The JSONPath '$.no_such_jsonpath' specified for the field 'value.$' could not be "
-         "found in the input '{\"int-literal\":0}'"),
+        (
+            {"value.$": "$.no_such_jsonpath"},
+            "The JSONPath '$.no_such_jsonpath' specified for the field 'value.$' could not be "
+            "found in the input '{\"int-literal\":0}'",
+        ),
         # ... [INVALID_JSONPATH_IN_STRING_EXPR_CONTEXTPATH]: the input is still the state input
-        ({"value.$": "$$.Execution.Input.no_such_jsonpath"},
-         "The JSONPath '$$.Execution.Input.no_such_jsonpath' specified for the field 'value.$' "
-         "could not be found in the input '{\"int-literal\":0}'"),
-        ({"value.$": "States.Format('{}', $.missing)"},
-         "The JSONPath '$.missing' specified for the field 'value.$' could not be found in the "
-         "input '{\"int-literal\":0}'"),
+        (
+            {"value.$": "$$.Execution.Input.no_such_jsonpath"},
+            "The JSONPath '$$.Execution.Input.no_such_jsonpath' specified for the field 'value.$' "
+            "could not be found in the input '{\"int-literal\":0}'",
+        ),
+        (
+            {"value.$": "States.Format('{}', $.missing)"},
+            "The JSONPath '$.missing' specified for the field 'value.$' could not be found in the "
+            "input '{\"int-literal\":0}'",
+        ),
     ],
 )
 def test_missing_path_wording(params: dict[str, Any], cause: str) -> None:
@@ -72,12 +85,17 @@ def test_fail_state_fields_name_themselves() -> None:
     field = compile_field("ErrorPath", "$.ErrorX")
     with pytest.raises(StatesError) as info:
         field.render({"Error": "error-value"}, None, ENV)
-    assert info.value.cause == ("The JSONPath '$.ErrorX' specified for the field 'ErrorPath' "
-                                "could not be found in the input '{\"Error\":\"error-value\"}'")
-    cause = compile_field("CausePath", "States.Format('This is a custom error message for {}, "
-                                       "caused by {}.', $.Error, $.Cause)")
+    assert info.value.cause == (
+        "The JSONPath '$.ErrorX' specified for the field 'ErrorPath' "
+        'could not be found in the input \'{"Error":"error-value"}\''
+    )
+    cause = compile_field(
+        "CausePath",
+        "States.Format('This is a custom error message for {}, caused by {}.', $.Error, $.Cause)",
+    )
     assert cause.render({"Error": "error string", "Cause": "cause string"}, None, ENV) == (
-        "This is a custom error message for error string, caused by cause string.")
+        "This is a custom error message for error string, caused by cause string."
+    )
 
 
 def test_intrinsic_failure_propagates() -> None:
@@ -88,8 +106,13 @@ def test_intrinsic_failure_propagates() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"x.$": "no dollar"}, {"x.$": 5}, {"x.$": "$.a["}, {"x.$": "States.Nope()"},
-     {"deep": [{"x.$": "States.Format("}]}],
+    [
+        {"x.$": "no dollar"},
+        {"x.$": 5},
+        {"x.$": "$.a["},
+        {"x.$": "States.Nope()"},
+        {"deep": [{"x.$": "States.Format("}]},
+    ],
 )
 def test_bad_dynamic_values_fail_at_compile_time(bad: dict[str, Any]) -> None:
     with pytest.raises(TemplateSyntaxError):
