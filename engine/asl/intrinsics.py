@@ -48,6 +48,7 @@ from engine.asl.jsonpath import (
     dump_json,
     java_str,
 )
+from engine.asl.jsonvalue import json_equal, json_type
 
 __all__ = [
     "ArgumentPathNotFound",
@@ -140,25 +141,11 @@ def _fail(message: str) -> StatesError:
     return StatesError(INTRINSIC_FAILURE, message)
 
 
-def _kind(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, (int, float)):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    return "object"
-
-
 def _need(fn: str, position: int, value: Any, *kinds: str) -> None:
-    if _kind(value) not in kinds:
+    if json_type(value) not in kinds:
         raise _fail(
             f"Invalid arguments in {fn}: argument {position} must be of type "
-            f"{' or '.join(kinds)} but was {_kind(value)} ({dump_json(value)})"
+            f"{' or '.join(kinds)} but was {json_type(value)} ({dump_json(value)})"
         )
 
 
@@ -172,16 +159,6 @@ def _need_int(fn: str, position: int, value: Any) -> int:
             )
         return int(value)
     return int(value)
-
-
-def _json_equal(a: Any, b: Any) -> bool:
-    if _kind(a) != _kind(b):
-        return False
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
-    return bool(a == b)
 
 
 def _java_round(x: float) -> int:
@@ -259,7 +236,7 @@ def _array_partition(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
 def _array_contains(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
     arr, item = args
     _need("States.ArrayContains", 1, arr, "array")
-    return any(_json_equal(x, item) for x in arr)
+    return any(json_equal(x, item) for x in arr)
 
 
 def _array_range(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
@@ -300,7 +277,7 @@ def _array_unique(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
     _need("States.ArrayUnique", 1, arr, "array")
     out: list[Any] = []
     for x in arr:
-        if not any(_json_equal(x, y) for y in out):
+        if not any(json_equal(x, y) for y in out):
             out.append(x)
     return out
 

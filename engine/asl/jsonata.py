@@ -57,6 +57,7 @@ from jsonata.utils import Utils
 from engine.asl.context import EvalEnv
 from engine.asl.errors import QUERY_EVALUATION_ERROR, StatesError
 from engine.asl.jsonpath import dump_json
+from engine.asl.jsonvalue import json_type
 
 __all__ = [
     "UNDEFINED",
@@ -101,25 +102,11 @@ def is_jsonata(value: Any) -> bool:
     )
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
 def type_error_cause(expr_text: str, field: str, expected: str, value: Any) -> str:
     """AWS's cause for a JSONata result of the wrong JSON type."""
     return (
         f"The JSONata expression '{expr_text}' specified for the field '{field}' returned "
-        f"an unexpected result type. Expected '{expected}', but was '{_json_type(value)}' "
+        f"an unexpected result type. Expected '{expected}', but was '{json_type(value)}' "
         f"for value: {dump_json(value)}"
     )
 

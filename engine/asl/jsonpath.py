@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from engine.asl.errors import RESULT_PATH_MATCH_FAILURE, RUNTIME, StatesError
+from engine.asl.jsonvalue import json_equal, json_type
 
 __all__ = [
     "JsonPath",
@@ -616,39 +617,18 @@ _COMPARISON_OPS = (
 )
 
 
-def _json_kind(v: Any) -> str:
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, (int, float)):
-        return "number"
-    if v is None:
-        return "null"
-    return type(v).__name__
-
-
-def _json_equal(a: Any, b: Any) -> bool:
-    # JSON equality: true is not 1; 1 equals 1.0.
-    if _json_kind(a) != _json_kind(b):
-        return False
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
-    return bool(a == b)
-
-
 def _ordered(a: Any, b: Any) -> bool:
-    ka, kb = _json_kind(a), _json_kind(b)
-    return ka == kb and ka in ("number", "str")
+    ka, kb = json_type(a), json_type(b)
+    return ka == kb and ka in ("number", "string")
 
 
 def _compare(op: str, a: Any, b: Any) -> bool:
     if a is MISSING or (b is MISSING and op not in ("empty",)):
         return False
     if op == "==":
-        return _json_equal(a, b)
+        return json_equal(a, b)
     if op == "!=":
-        return not _json_equal(a, b)
+        return not json_equal(a, b)
     if op in ("<", "<=", ">", ">="):
         if not _ordered(a, b):
             return False
@@ -662,11 +642,11 @@ def _compare(op: str, a: Any, b: Any) -> bool:
     if op == "=~":
         return isinstance(a, str) and isinstance(b, re.Pattern) and b.fullmatch(a) is not None
     if op == "in":
-        return isinstance(b, list) and any(_json_equal(a, x) for x in b)
+        return isinstance(b, list) and any(json_equal(a, x) for x in b)
     if op == "nin":
-        return isinstance(b, list) and not any(_json_equal(a, x) for x in b)
+        return isinstance(b, list) and not any(json_equal(a, x) for x in b)
     if op == "size":
-        return isinstance(a, (str, list, dict)) and _json_kind(b) == "number" and len(a) == b
+        return isinstance(a, (str, list, dict)) and json_type(b) == "number" and len(a) == b
     if op == "empty":
         empty = isinstance(a, (str, list, dict)) and len(a) == 0
         return empty == bool(b)
@@ -674,19 +654,19 @@ def _compare(op: str, a: Any, b: Any) -> bool:
         return (
             isinstance(a, list)
             and isinstance(b, list)
-            and any(_json_equal(x, y) for x in a for y in b)
+            and any(json_equal(x, y) for x in a for y in b)
         )
     if op == "noneof":
         return (
             isinstance(a, list)
             and isinstance(b, list)
-            and not any(_json_equal(x, y) for x in a for y in b)
+            and not any(json_equal(x, y) for x in a for y in b)
         )
     if op == "subsetof":
         return (
             isinstance(a, list)
             and isinstance(b, list)
-            and all(any(_json_equal(x, y) for y in b) for x in a)
+            and all(any(json_equal(x, y) for y in b) for x in a)
         )
     raise AssertionError(op)
 

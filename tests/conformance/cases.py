@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import events as ev
+from engine.asl.jsonvalue import json_equal
 
 # A copy of ../shared/conformance (Apache-2.0, see corpus/NOTICE) lives in the repository
 # so that a clean clone tests on its own; STEPLOG_CONFORMANCE_DIR points elsewhere.
@@ -82,18 +83,6 @@ def _null_paths(value: Any, paths: list[str]) -> Any:
     return value
 
 
-def _json_equal(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b if isinstance(a, bool) and isinstance(b, bool) else False
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
-    return type(a) is type(b) and a == b
-
-
 def compare_result(
     case: dict[str, Any], status: str, output: Any, error: Any, cause: Any
 ) -> list[str]:
@@ -109,7 +98,7 @@ def compare_result(
         paths = [p for p in nondet if p.startswith("$")]
         want = _null_paths(expected.get("output"), paths)
         got = _null_paths(output, paths)
-        if not _json_equal(got, want):
+        if not json_equal(got, want):
             problems.append(f"output {json.dumps(output)} != {json.dumps(expected.get('output'))}")
     else:
         if "error" not in nondet and (error or None) != expected.get("error"):
