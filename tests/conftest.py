@@ -16,6 +16,7 @@ Fixtures: ``servers`` (session: database_url, redis_url of the server), ``databa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import secrets
@@ -131,38 +132,40 @@ async def servers(_server_dir: Path) -> AsyncIterator[Servers]:
         yield Servers(db_url, redis_url, await _ensure_template(db_url))
 
 
+async def _admin_execute(servers: Servers, sql: str) -> None:
+    admin = await _admin_connect(servers.database_url)
+    try:
+        await admin.execute(sql)
+    finally:
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def _scratch_database(servers: Servers, name: str, create: str) -> AsyncIterator[str]:
+    """Create a database with ``create`` (a CREATE DATABASE statement), yield its URL,
+    drop it afterwards."""
+    await _admin_execute(servers, create)
+    try:
+        yield with_database(servers.database_url, name)
+    finally:
+        await _admin_execute(servers, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 async def database_url(servers: Servers) -> AsyncIterator[str]:
     """A fresh, migrated database for this test, dropped afterwards."""
     name = f"t_{secrets.token_hex(6)}"
-    admin = await _admin_connect(servers.database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{servers.template}"')
-    finally:
-        await admin.close()
-    yield with_database(servers.database_url, name)
-    admin = await _admin_connect(servers.database_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    create = f'CREATE DATABASE "{name}" TEMPLATE "{servers.template}"'
+    async with _scratch_database(servers, name, create) as url:
+        yield url
 
 
 @pytest.fixture
 async def empty_database_url(servers: Servers) -> AsyncIterator[str]:
     """A fresh database without the schema (for migration tests), dropped afterwards."""
     name = f"m_{secrets.token_hex(6)}"
-    admin = await _admin_connect(servers.database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield with_database(servers.database_url, name)
-    admin = await _admin_connect(servers.database_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with _scratch_database(servers, name, f'CREATE DATABASE "{name}"') as url:
+        yield url
 
 
 @pytest.fixture
