@@ -15,7 +15,6 @@ A duplicate or late trigger is an outcome (``Decision.ignored``), not an error.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from engine.asl import errors as E
 from engine.asl.context import EvalEnv
 from engine.asl.errors import StatesError
 from engine.asl.jsonata import type_error_cause
-from engine.asl.jsonpath import JsonPath, apply_path, dump_json, java_str, set_result
+from engine.asl.jsonpath import apply_path, dump_json, java_str, set_result
 from engine.asl.model import JSONATA, Catcher, Definition, Machine, Retrier, StateDef
 from engine.dataflow import (
     Scope,
@@ -40,7 +39,18 @@ from engine.dataflow import (
     output_only,
     state_output,
 )
-from engine.state import ExecutionState, Frame, child_frame_id, child_ids, evolve
+from engine.retry import matches, retry_delay, tolerated
+from engine.state import ExecutionState, child_frame_id, child_ids, evolve
+from engine.state_fields import batch_items, map_number, path_value, positive_int, wait_due
+from engine.triggers import (
+    Begin,
+    StopRequested,
+    TaskCompleted,
+    TaskErrored,
+    TaskHeartbeat,
+    TimerFired,
+    Trigger,
+)
 
 EXECUTION_TIMEOUT_TIMER = "execution-timeout"
 # AWS's payload quota: a state's output, as UTF-8 JSON, is at most 256 KiB.
@@ -51,47 +61,6 @@ _json_bytes = msgspec.json.Encoder().encode
 # DISTRIBUTED Map, at a time.
 INLINE_MAP_CONCURRENCY = 40
 DISTRIBUTED_MAP_CONCURRENCY = 10_000
-
-
-# --- triggers ------------------------------------------------------------------
-
-
-class Begin(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    now: dt.datetime
-
-
-class TaskCompleted(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    task_id: str
-    output: Any = None
-    now: dt.datetime
-
-
-class TaskErrored(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    task_id: str
-    error: str | None = None
-    cause: str | None = None
-    now: dt.datetime
-
-
-class TaskHeartbeat(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    """A worker reports that a task attempt is still running (HeartbeatSeconds)."""
-
-    task_id: str
-    now: dt.datetime
-
-
-class TimerFired(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    timer_id: str
-    now: dt.datetime
-
-
-class StopRequested(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    error: str | None = None
-    cause: str | None = None
-    now: dt.datetime
-
-
-Trigger = Begin | TaskCompleted | TaskErrored | TaskHeartbeat | TimerFired | StopRequested
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,7 +505,7 @@ class _Decider:
         try:
             scope = self.scope(frame_id, st)
             value = effective_input(st, state_input, scope)
-            due = self.wait_due(st, value, state_input, scope)
+            due = wait_due(st, value, state_input, scope, self.now)
             error: StatesError | None = None
         except StatesError as err:
             due, error = None, err
@@ -560,78 +529,6 @@ class _Decider:
             )
         )
 
-    def wait_due(self, st: StateDef, value: Any, raw: Any, scope: Scope) -> dt.datetime:
-        if st.seconds_path is not None:
-            path = st.seconds_path.text
-            seconds = _path_value(st.seconds_path, value, scope)
-            if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-                raise StatesError(
-                    E.RUNTIME,
-                    f"The SecondsPath parameter cannot be parsed as a long value: "
-                    f"{path} == {java_str(seconds)}",
-                )
-            if isinstance(seconds, float) and not seconds.is_integer():
-                raise StatesError(
-                    E.RUNTIME,
-                    f"The SecondsPath parameter cannot be parsed as a long value: "
-                    f"{path} == {seconds}",
-                )
-            if seconds < 0:
-                raise StatesError(
-                    E.RUNTIME,
-                    f"The SecondsPath parameter references a negative value: {path} == {seconds}",
-                )
-            return self.now + dt.timedelta(seconds=int(seconds))
-        if st.seconds is not None:
-            if st.query_language == JSONATA:
-                seconds = evaluate_jsonata(st.seconds, jsonata_states(scope, raw), scope)
-                field_name = "Seconds"
-            else:
-                seconds = evaluate_jsonata(st.seconds, {}, scope)
-                field_name = "Seconds"
-            if (
-                isinstance(seconds, bool)
-                or not isinstance(seconds, int | float)
-                or seconds < 0
-                or (isinstance(seconds, float) and not seconds.is_integer())
-            ):
-                raise StatesError(
-                    E.RUNTIME,
-                    f"The {field_name} parameter does not reference a valid "
-                    f"positive integer value: {java_str(seconds)}",
-                )
-            return self.now + dt.timedelta(seconds=int(seconds))
-        if st.timestamp_path is not None:
-            stamp = _path_value(st.timestamp_path, value, scope)
-            parsed = _parse_timestamp(stamp)
-            if parsed is None:
-                raise StatesError(
-                    E.RUNTIME,
-                    "The TimestampPath parameter does not reference a valid ISO-8601 extended "
-                    f"offset date-time format string: {st.timestamp_path.text} == "
-                    f"{java_str(stamp)}",
-                )
-            return parsed
-        if st.query_language == JSONATA:
-            stamp = evaluate_jsonata(st.timestamp, jsonata_states(scope, raw), scope)
-            parsed = _parse_timestamp(stamp)
-            if parsed is None:
-                raise StatesError(
-                    E.QUERY_EVALUATION_ERROR,
-                    "The Timestamp field cannot be parsed as an ISO-8601 extended offset "
-                    f"date-time format string: {java_str(stamp)}",
-                )
-            return parsed
-        stamp = evaluate_jsonata(st.timestamp, {}, scope)
-        parsed = _parse_timestamp(stamp)
-        if parsed is None:
-            raise StatesError(
-                E.RUNTIME,
-                "The Timestamp parameter does not reference a valid ISO-8601 "
-                f"extended offset date-time format string: {java_str(stamp)}",
-            )
-        return parsed
-
     def wait_over(self, frame_id: str) -> None:
         st = self.state_def(frame_id)
         f = self.state.frames[frame_id]
@@ -648,8 +545,8 @@ class _Decider:
 
     def schedule_task(self, frame_id: str, st: StateDef, raw: Any, scope: Scope) -> None:
         value = effective_input(st, raw, scope)
-        timeout = self.positive_int(st, st.timeout_seconds, "TimeoutSeconds", raw, scope)
-        heartbeat = self.positive_int(st, st.heartbeat_seconds, "HeartbeatSeconds", raw, scope)
+        timeout = positive_int(st, st.timeout_seconds, "TimeoutSeconds", raw, scope)
+        heartbeat = positive_int(st, st.heartbeat_seconds, "HeartbeatSeconds", raw, scope)
         local = self.next_local_id()
         task_id = f"{self.state.execution_id}:{local}"
         attempt = sum(self.state.frames[frame_id].retry_attempts)
@@ -691,7 +588,7 @@ class _Decider:
             self.ignore("heartbeat for a task without HeartbeatSeconds")
             return
         st = self.state_def(frame_id)
-        seconds = self.positive_int(
+        seconds = positive_int(
             st, st.heartbeat_seconds, "HeartbeatSeconds", f.state_input, self.scope(frame_id, st)
         )
         assert seconds is not None
@@ -704,28 +601,6 @@ class _Decider:
                 due=_iso(self.now + dt.timedelta(seconds=seconds)),
             )
         )
-
-    def positive_int(
-        self, st: StateDef, spec: Any, name: str, raw: Any, scope: Scope
-    ) -> int | None:
-        if spec is None:
-            return None
-        if isinstance(spec, JsonPath):
-            value = _path_value(spec, effective_input_for_paths(st, raw, scope), scope)
-            field_name = name + "Path"
-        elif isinstance(spec, int | float) and not isinstance(spec, bool):
-            value = spec
-            field_name = name
-        else:
-            value = evaluate_jsonata(spec, jsonata_states(scope, raw), scope)
-            field_name = name
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise StatesError(
-                E.RUNTIME,
-                f"The {field_name} field refers to value {_quoted(value)} "
-                f"which is not a valid integer",
-            )
-        return value
 
     def task_result(self, frame_id: str, result: Any) -> None:
         st = self.state_def(frame_id)
@@ -762,7 +637,7 @@ class _Decider:
                 raise _Failure(err.error, cause, state_failed=True) from None
             return raw, items
         value = apply_path(st.input_path, raw, scope.context, scope.variables)
-        items = _path_value(st.items_path, value, scope) if st.items_path is not None else value
+        items = path_value(st.items_path, value, scope) if st.items_path is not None else value
         if not isinstance(items, list):
             path = st.items_path.text if st.items_path is not None else "$"
             raise StatesError(
@@ -774,20 +649,20 @@ class _Decider:
     def start_map(self, frame_id: str, st: StateDef, raw: Any, scope: Scope) -> None:
         assert st.processor is not None
         value, items = self.map_items(frame_id, st, raw, scope)
-        max_conc = self.map_number(st, st.max_concurrency, "MaxConcurrency", value, raw, scope)
+        max_conc = map_number(st.max_concurrency, "MaxConcurrency", value, raw, scope)
         try:
-            tol_count = self.map_number(
-                st, st.tolerated_failure_count, "ToleratedFailureCount", value, raw, scope
+            tol_count = map_number(
+                st.tolerated_failure_count, "ToleratedFailureCount", value, raw, scope
             )
-            tol_pct = self.map_number(
-                st, st.tolerated_failure_percentage, "ToleratedFailurePercentage", value, raw, scope
+            tol_pct = map_number(
+                st.tolerated_failure_percentage, "ToleratedFailurePercentage", value, raw, scope
             )
         except StatesError:
             # AWS checks the tolerated failure thresholds after the Map has started.
             self.emit(ev.MapStateStarted(frame=frame_id, name=st.name, mode=st.mode))
             raise
         if st.item_batcher is not None:
-            items = _batch(st.item_batcher, items)
+            items = batch_items(st.item_batcher, items)
         selected = []
         for index, item in enumerate(items):
             if st.has_item_selector:
@@ -821,45 +696,6 @@ class _Decider:
             self.composite_done(frame_id, st, [])
             return
         self.launch_iterations(frame_id, st)
-
-    def map_number(
-        self, st: StateDef, spec: Any, name: str, value: Any, raw: Any, scope: Scope
-    ) -> float | None:
-        if spec is None:
-            return None
-        percentage = name == "ToleratedFailurePercentage"
-        if isinstance(spec, JsonPath):
-            try:
-                found = spec.evaluate(value, scope.context, scope.variables)
-            except ValueError:
-                found = None
-            field_name = name + "Path"
-        elif isinstance(spec, int | float) and not isinstance(spec, bool):
-            return float(spec) if percentage else spec
-        else:
-            found = evaluate_jsonata(spec, jsonata_states(scope, raw), scope)
-            field_name = name
-        number = _as_number(found, integer=not percentage)
-        if number is None:
-            kind = "float" if percentage else "integer"
-            where = f": {spec.text}" if isinstance(spec, JsonPath) else ""
-            raise StatesError(
-                E.RUNTIME,
-                f"The {field_name} field refers to value {_quoted(found)} "
-                f"which is not a valid {kind}{where}",
-            )
-        if percentage and not 0 <= number <= 100:
-            raise StatesError(E.RUNTIME, f"{name} must be between 0 and 100.")
-        if number < 0:
-            if name == "ToleratedFailureCount":
-                raise StatesError(E.RUNTIME, f"{name} cannot be negative.")
-            raise StatesError(
-                E.RUNTIME,
-                f"The {field_name} field refers to value {_quoted(found)} "
-                f"which is not a valid integer"
-                + (f": {spec.text}" if isinstance(spec, JsonPath) else ""),
-            )
-        return number
 
     def launch_iterations(self, frame_id: str, st: StateDef) -> None:
         assert st.processor is not None
@@ -933,7 +769,7 @@ class _Decider:
             )
         )
         parent = self.state.frames[parent_id]
-        if _tolerated(parent):
+        if tolerated(parent):
             self.map_progress(parent_id, st)
             return
         if parent.tolerated_failure_count is not None or (
@@ -966,14 +802,14 @@ class _Decider:
         catcher: Catcher | None = None
         if name not in _TERMINAL:
             for index, retrier in enumerate(st.retry):
-                if not _matches(retrier.error_equals, name):
+                if not matches(retrier.error_equals, name):
                     continue
                 attempts = f.retry_attempts[index] if index < len(f.retry_attempts) else 0
                 if attempts < retrier.max_attempts:
                     self.schedule_retry(frame_id, st, index, retrier, attempts, name)
                     return
                 break
-            catcher = next((c for c in st.catch if _matches(c.error_equals, name)), None)
+            catcher = next((c for c in st.catch if matches(c.error_equals, name)), None)
         if state_failed:
             failed = ev.MapStateFailed if st.type == "Map" else ev.ParallelStateFailed
             self.emit(failed(frame=frame_id, name=st.name, error=error, cause=cause))
@@ -985,12 +821,7 @@ class _Decider:
     def schedule_retry(
         self, frame_id: str, st: StateDef, index: int, r: Retrier, attempts: int, error: str
     ) -> None:
-        delay = r.interval_seconds * (r.backoff_rate**attempts)
-        if r.max_delay_seconds is not None:
-            delay = min(delay, float(r.max_delay_seconds))
-        if r.jitter == "FULL":
-            env = EvalEnv.seeded(f"{self.state.execution_id}:{self.state.seq}:jitter")
-            delay = env.rng.uniform(0, delay)
+        delay = retry_delay(r, attempts, f"{self.state.execution_id}:{self.state.seq}:jitter")
         local = self.next_local_id()
         self.emit(
             ev.StateRetryScheduled(
@@ -1052,100 +883,13 @@ class _Decider:
 
 # Errors no Retry or Catch handles: they end the execution.
 _TERMINAL = frozenset({E.RUNTIME})
-# Errors States.ALL does not match (a retrier or catcher must name them).
-_NOT_MATCHED_BY_ALL = E.NOT_MATCHED_BY_ALL | {E.DATA_LIMIT_EXCEEDED}
+
 
 # Errors whose cause AWS prefixes with the state and the event id it entered at.
 _PREFIXED = frozenset({E.RUNTIME, E.QUERY_EVALUATION_ERROR})
 
 
-def effective_input_for_paths(st: StateDef, raw: Any, scope: Scope) -> Any:
-    """*Path fields of a Task read the input after InputPath."""
-    return apply_path(st.input_path, raw, scope.context, scope.variables)
-
-
-def _path_value(path: JsonPath, value: Any, scope: Scope) -> Any:
-    return apply_path(path, value, scope.context, scope.variables)
-
-
-def _as_number(value: Any, *, integer: bool) -> float | int | None:
-    """A JSON number, or a string holding one (AWS parses numeric strings in the
-    *Path fields of a Map); None when it is neither (or not an integer)."""
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = int(text)
-        except ValueError:
-            if integer:
-                return None
-            try:
-                value = float(text)
-            except ValueError:
-                return None
-            if not math.isfinite(value):
-                return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if integer and isinstance(value, float):
-        if not value.is_integer():
-            return None
-        return int(value)
-    return value
-
-
-def _quoted(value: Any) -> str:
-    return f'"{java_str(value)}"'
-
-
-def _matches(error_equals: tuple[str, ...], error: str) -> bool:
-    for name in error_equals:
-        if name == error:
-            return True
-        if name == E.ALL and error not in _NOT_MATCHED_BY_ALL:
-            return True
-        if name == E.TASK_FAILED and error not in (E.TIMEOUT, E.RUNTIME, E.HEARTBEAT_TIMEOUT):
-            if not error.startswith("States.") or error == E.TASK_FAILED:
-                return True
-    return False
-
-
-def _tolerated(f: Frame) -> bool:
-    if f.tolerated_failure_count is None and f.tolerated_failure_percentage is None:
-        return False
-    if f.tolerated_failure_count is not None and f.failed > f.tolerated_failure_count:
-        return False
-    if f.tolerated_failure_percentage is not None and f.items:
-        if f.failed * 100.0 / len(f.items) > f.tolerated_failure_percentage:
-            return False
-    return True
-
-
-def _batch(batcher: dict[str, Any], items: list[Any]) -> list[Any]:
-    size = batcher.get("MaxItemsPerBatch") or len(items) or 1
-    batches: list[Any] = []
-    for start in range(0, len(items), int(size)):
-        batch: dict[str, Any] = {"Items": items[start : start + int(size)]}
-        if "BatchInput" in batcher:
-            batch["BatchInput"] = batcher["BatchInput"]
-        batches.append(batch)
-    return batches
-
-
 def _queue_of(resource: str) -> str:
-    """Tasks go to a queue named by their resource's prefix ("test:echo" -> "test")."""
+    """Every task goes to the "default" queue for now; routing resources to their
+    own queues (and workers to them) is a deployment choice still to make."""
     return "default"
-
-
-def _parse_timestamp(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if "T" not in text:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        return None
-    return parsed

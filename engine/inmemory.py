@@ -15,8 +15,9 @@ from typing import Any
 
 from engine import events as ev
 from engine.asl.model import Definition
-from engine.decide import Begin, TaskCompleted, TaskErrored, TimerFired, Trigger, decide
+from engine.decide import decide
 from engine.state import ExecutionState, evolve, initial_state
+from engine.triggers import Begin, TaskCompleted, TaskErrored, TimerFired, Trigger
 
 
 class TaskError(Exception):

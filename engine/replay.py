@@ -31,20 +31,17 @@ import msgspec
 
 from engine import events as ev
 from engine.asl.model import Definition
-from engine.decide import (
-    EXECUTION_TIMEOUT_TIMER,
+from engine.decide import EXECUTION_TIMEOUT_TIMER, Decision, decide, timer_key
+from engine.state import ExecutionState, evolve, initial_state
+from engine.triggers import (
     Begin,
-    Decision,
     StopRequested,
     TaskCompleted,
     TaskErrored,
     TaskHeartbeat,
     TimerFired,
     Trigger,
-    decide,
-    timer_key,
 )
-from engine.state import ExecutionState, evolve, initial_state
 
 DecideFn = Callable[[Definition, ExecutionState, Trigger], Decision]
 

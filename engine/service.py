@@ -18,7 +18,7 @@ import msgspec
 
 from engine import events as ev
 from engine.asl.model import Definition, compile_definition
-from engine.decide import Decision, StopRequested, Trigger, decide
+from engine.decide import Decision, decide
 from engine.errors import (
     ConcurrencyError,
     ExecutionNotFound,
@@ -29,6 +29,7 @@ from engine.errors import (
 )
 from engine.state import ExecutionState, evolve, initial_state
 from engine.store import EventStore, ExecutionRecord, NewEvent, StoredEvent, WorkflowVersion
+from engine.triggers import StopRequested, Trigger
 
 _json = msgspec.json.Encoder()
 

@@ -15,8 +15,9 @@ import pytest
 
 from engine import events as ev
 from engine.asl.model import Definition
-from engine.decide import Decision, Trigger, decide
+from engine.decide import Decision, decide
 from engine.state import ExecutionState
+from engine.triggers import Trigger
 from steplog import audit
 from steplog.settings import Settings
 from tests.serving import Running, running_steplog

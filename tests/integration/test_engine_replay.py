@@ -10,10 +10,10 @@ from pathlib import Path
 from uuid import UUID
 
 from engine.bus import Bus
-from engine.decide import Begin, TaskCompleted, TimerFired
 from engine.runtime import Engine
 from engine.service import EngineService
 from engine.store import EventStore
+from engine.triggers import Begin, TaskCompleted, TimerFired
 
 ORDER = json.loads((Path(__file__).parents[2] / "examples" / "order.asl.json").read_text())
 T0 = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)

@@ -15,18 +15,9 @@ import pytest
 
 from engine import events as ev
 from engine.asl.model import compile_definition
-from engine.decide import (
-    Begin,
-    Decision,
-    StopRequested,
-    TaskCompleted,
-    TaskErrored,
-    TimerFired,
-    Trigger,
-    decide,
-    timer_key,
-)
+from engine.decide import Decision, decide, timer_key
 from engine.state import ExecutionState, evolve, initial_state
+from engine.triggers import Begin, StopRequested, TaskCompleted, TaskErrored, TimerFired, Trigger
 
 EXECUTION_ID = "00000000-0000-4000-8000-0000000000aa"
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from engine import events as ev
-from engine.decide import TaskErrored, TimerFired, timer_key
+from engine.decide import timer_key
+from engine.triggers import TaskErrored, TimerFired
 from tests.unit.test_decide import (
     EXECUTION_ID,
     at,
@@ -29,8 +30,9 @@ def test_machine_timeout_ends_the_execution_timed_out() -> None:
 
 def test_begin_asks_for_the_machine_timeout_timer() -> None:
     from engine.asl.model import compile_definition
-    from engine.decide import Begin, decide
+    from engine.decide import decide
     from engine.state import evolve, initial_state
+    from engine.triggers import Begin
 
     definition = compile_definition({**one_task(), "TimeoutSeconds": 60})
     state = evolve(

@@ -24,18 +24,10 @@ from hypothesis.stateful import (
 
 from engine import events as ev
 from engine.asl.model import Definition, compile_definition
-from engine.decide import (
-    Begin,
-    StopRequested,
-    TaskCompleted,
-    TaskErrored,
-    TimerFired,
-    Trigger,
-    decide,
-    timer_key,
-)
+from engine.decide import decide, timer_key
 from engine.inmemory import TaskError, echo, run_in_memory
 from engine.state import ExecutionState, evolve, initial_state
+from engine.triggers import Begin, StopRequested, TaskCompleted, TaskErrored, TimerFired, Trigger
 
 EXECUTION_ID = "00000000-0000-4000-8000-0000000000bb"
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

@@ -15,19 +15,10 @@ import msgspec
 
 from engine import events as ev
 from engine.asl.model import Definition, compile_definition
-from engine.decide import (
-    Begin,
-    Decision,
-    StopRequested,
-    TaskCompleted,
-    TaskErrored,
-    TimerFired,
-    Trigger,
-    decide,
-    timer_key,
-)
+from engine.decide import Decision, decide, timer_key
 from engine.replay import Recorded, candidate_triggers, verify_history
 from engine.state import ExecutionState, evolve, initial_state
+from engine.triggers import Begin, StopRequested, TaskCompleted, TaskErrored, TimerFired, Trigger
 
 EID = "00000000-0000-4000-8000-0000000000bb"
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
