@@ -214,10 +214,14 @@ def decode_body(body: bytes, kind: type[T]) -> T:
             msgspec.json.decode(body)
         except msgspec.DecodeError:
             raise MalformedJson(f"request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise MalformedJson("request body is JSON nested too deeply") from None
         path, message = _path_of(str(exc))
         raise InvalidBody(f"{message} at {path}", [(path, message)]) from None
     except msgspec.DecodeError as exc:
         raise MalformedJson(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedJson("request body is JSON nested too deeply") from None
 
 
 def decode_query(query: Any, kind: type[T]) -> T:

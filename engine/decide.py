@@ -340,6 +340,11 @@ class _Decider:
             if err.error in _PREFIXED:
                 cause = self.runtime_cause(frame_id, st, cause)
             self.fail(frame_id, err.error, cause)
+        except RecursionError:
+            # A value built by the workflow itself (an intrinsic, JSONata) nested deeper
+            # than can be processed: the state fails, the engine does not.
+            cause = self.runtime_cause(frame_id, st, "A JSON value is nested too deeply.")
+            self.fail(frame_id, E.RUNTIME, cause)
 
     # -- entering and running states ------------------------------------------------
 

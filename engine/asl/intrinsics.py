@@ -207,7 +207,7 @@ def _string_to_json(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
         return None  # recorded: '' and ' ' give null
     try:
         return json.loads(s)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise _fail(
             f"Invalid arguments in States.StringToJson: the string {dump_json(s)} is not valid JSON"
         ) from None

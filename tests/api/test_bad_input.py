@@ -22,6 +22,8 @@ INVALID_ASL = {
     },
 }
 BIG = "x" * (256 * 1024)
+# Under the size limit but nested deeper than a JSON parser can go.
+DEEP = b'{"input": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
 
 # (method, path, raw body or JSON, expected status, expected code)
 CASES: list[tuple[str, str, bytes | Any, int, str]] = [
@@ -34,6 +36,8 @@ CASES: list[tuple[str, str, bytes | Any, int, str]] = [
     ("PUT", "/v1/workflows/bad%20name", {"definition": {}}, 400, "invalid_request"),
     ("PUT", "/v1/workflows/wf2", {"definition": {"Comment": BIG}}, 413, "payload_too_large"),
     ("POST", "/v1/workflows/wf/executions", b"[1,", 400, "malformed_json"),
+    ("POST", "/v1/workflows/wf/executions", DEEP, 400, "malformed_json"),
+    ("PUT", "/v1/workflows/wf2", DEEP, 400, "malformed_json"),
     ("POST", "/v1/workflows/wf/executions", {"name": 5}, 422, "invalid_body"),
     ("POST", "/v1/workflows/wf/executions", {"name": "a b"}, 422, "invalid_body"),
     ("POST", "/v1/workflows/wf/executions", {"name": "x" * 81}, 422, "invalid_body"),

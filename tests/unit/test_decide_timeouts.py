@@ -1,5 +1,5 @@
-"""The machine's TimeoutSeconds and the Retry delay options (MaxDelaySeconds,
-JitterStrategy), as given events / when trigger / then events."""
+"""The machine's TimeoutSeconds, the Retry delay options (MaxDelaySeconds,
+JitterStrategy) and values nested too deeply, as given events / when trigger / then events."""
 
 from __future__ import annotations
 
@@ -77,3 +77,19 @@ def test_exhausted_retries_fail_the_execution_with_the_task_error() -> None:
     then = h.when(TaskErrored(task_id=pending_task(h), error="Boom", cause="c2", now=at(3)))
     assert types(then.events) == ["TaskFailed", "ExecutionFailed"]
     assert (h.state.error, h.state.cause) == ("Boom", "c2")
+
+
+def test_a_value_nested_too_deeply_fails_the_state_not_the_engine() -> None:
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    doc = {
+        "StartAt": "A",
+        "States": {
+            "A": {"Type": "Pass", "Parameters": {"s.$": "States.JsonToString($.v)"}, "End": True}
+        },
+    }
+    h = given(doc, {"v": deep})
+    assert h.state.status == "FAILED"
+    assert h.state.error == "States.Runtime"
+    assert h.state.cause is not None and h.state.cause.endswith("nested too deeply.")

@@ -402,3 +402,10 @@ def test_array_range_matches_inclusive_python_range(start: int, end: int, step: 
     assert run("States.ArrayRange($.a, $.b, $.c)", {"a": start, "b": end, "c": step}) == list(
         range(start, end + 1, step)
     )
+
+
+def test_string_to_json_of_a_too_deeply_nested_string_is_an_intrinsic_failure() -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(StatesError) as caught:
+        compile_intrinsic("States.StringToJson($.s)").evaluate({"s": deep}, None, EvalEnv())
+    assert caught.value.error == "States.IntrinsicFailure"
