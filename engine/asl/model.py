@@ -16,7 +16,7 @@ from engine.asl import jsonata
 from engine.asl.choice import CompiledChoice, compile_choice
 from engine.asl.jsonpath import JsonPath, compile_path
 from engine.asl.payload import Template, compile_template
-from engine.asl.validate import validate_definition
+from engine.asl.validate import json_path_key, validate_definition
 from engine.errors import InvalidDefinition
 
 JSONPATH = "JSONPath"
@@ -142,12 +142,15 @@ def compile_definition(doc: Any) -> Definition:
     assert isinstance(doc, dict)
     ql = doc.get("QueryLanguage", JSONPATH)
     timeout = doc.get("TimeoutSeconds")
-    return Definition(machine=_machine(doc, ql), timeout_seconds=timeout, raw=doc)
+    return Definition(machine=_machine(doc, ql, "$"), timeout_seconds=timeout, raw=doc)
 
 
-def _machine(doc: dict[str, Any], parent_ql: str) -> Machine:
+def _machine(doc: dict[str, Any], parent_ql: str, path: str) -> Machine:
     ql = doc.get("QueryLanguage", parent_ql)
-    states = {name: _state(name, body, ql) for name, body in doc["States"].items()}
+    states = {
+        name: _compiled_state(name, body, ql, json_path_key(f"{path}.States", name))
+        for name, body in doc["States"].items()
+    }
     return Machine(start_at=doc["StartAt"], states=states, query_language=ql)
 
 
@@ -168,7 +171,19 @@ def _jsonata_or_value(value: Any, field: str) -> Any:
     return jsonata.compile_jsonata_template(value, field)
 
 
-def _state(name: str, body: dict[str, Any], parent_ql: str) -> StateDef:
+def _compiled_state(name: str, body: dict[str, Any], ql: str, path: str) -> StateDef:
+    """A state compiled; whatever the validator let through but a compiler refuses
+    (an expression that does not parse, a ``.$`` value that is not a string) is
+    reported like a validation error, with the state's path."""
+    try:
+        return _state(name, body, ql, path)
+    except InvalidDefinition:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise InvalidDefinition([(path, str(exc))]) from None
+
+
+def _state(name: str, body: dict[str, Any], parent_ql: str, path: str) -> StateDef:
     ql = body.get("QueryLanguage", parent_ql)
     t = body["Type"]
     st = StateDef(
@@ -240,11 +255,14 @@ def _state(name: str, body: dict[str, Any], parent_ql: str) -> StateDef:
         st.error_path = _fail_path(body.get("ErrorPath"))
         st.cause_path = _fail_path(body.get("CausePath"))
     elif t == "Parallel":
-        st.branches = tuple(_machine(b, ql) for b in body["Branches"])
+        st.branches = tuple(
+            _machine(b, ql, f"{path}.Branches[{i}]") for i, b in enumerate(body["Branches"])
+        )
     elif t == "Map":
         proc = body.get("ItemProcessor") or body.get("Iterator")
         assert isinstance(proc, dict)
-        st.processor = _machine(proc, ql)
+        field = "ItemProcessor" if "ItemProcessor" in body else "Iterator"
+        st.processor = _machine(proc, ql, f"{path}.{field}")
         st.items_path = _opt_path(body, "ItemsPath") if ql == JSONPATH else None
         if "Items" in body:
             st.items = _jsonata_or_value(body["Items"], "Items")

@@ -165,7 +165,7 @@ _CATCHER_FIELDS: Final = frozenset(
 )
 
 
-def _key(path: str, key: str) -> str:
+def json_path_key(path: str, key: str) -> str:
     """`path.key`, or `path['key']` when the key is not a plain identifier."""
     if key.isidentifier():
         return f"{path}.{key}"
@@ -205,22 +205,24 @@ class _Validator:
             return
         for field in doc:
             if field not in allowed:
-                self.fail(_key(path, field), f"unknown field {field!r}")
+                self.fail(json_path_key(path, field), f"unknown field {field!r}")
         if path == "$":
             language = self.top_level(doc, language)
         start = doc.get("StartAt")
         states = doc.get("States")
         if not isinstance(start, str):
-            self.fail(_key(path, "StartAt"), "StartAt is required and must be a string")
+            self.fail(json_path_key(path, "StartAt"), "StartAt is required and must be a string")
         if not isinstance(states, dict) or not states:
-            self.fail(_key(path, "States"), "States is required and must be a non-empty object")
+            self.fail(
+                json_path_key(path, "States"), "States is required and must be a non-empty object"
+            )
             return
-        states_path = _key(path, "States")
+        states_path = json_path_key(path, "States")
         for name, state in states.items():
-            self.state(name, state, _key(states_path, name), states, language)
+            self.state(name, state, json_path_key(states_path, name), states, language)
         if isinstance(start, str):
             if start not in states:
-                self.fail(_key(path, "StartAt"), f"StartAt names no state: {start!r}")
+                self.fail(json_path_key(path, "StartAt"), f"StartAt names no state: {start!r}")
             else:
                 self.reachability(start, states, states_path)
 
@@ -250,7 +252,10 @@ class _Validator:
                     todo.append(target)
         for name in states:
             if name not in seen:
-                self.fail(_key(states_path, name), f"state {name!r} is not reachable from StartAt")
+                self.fail(
+                    json_path_key(states_path, name),
+                    f"state {name!r} is not reachable from StartAt",
+                )
 
     # -------------------------------------------------------------- states
 
@@ -269,13 +274,16 @@ class _Validator:
             self.fail(path, "a state must be a JSON object")
             return
         kind = state.get("Type")
-        if kind not in _STATE_FIELDS:
-            self.fail(_key(path, "Type"), f"Type must be one of {', '.join(sorted(_STATE_FIELDS))}")
+        if not isinstance(kind, str) or kind not in _STATE_FIELDS:
+            self.fail(
+                json_path_key(path, "Type"),
+                f"Type must be one of {', '.join(sorted(_STATE_FIELDS))}",
+            )
             return
         language = self.state_language(state, path, machine_language)
         allowed = _STATE_FIELDS[kind]
         for field in state:
-            where = _key(path, field)
+            where = json_path_key(path, field)
             if field not in allowed:
                 self.fail(where, f"field {field!r} is not allowed in a {kind} state")
             elif language == JSONATA and field in _JSONPATH_ONLY:
@@ -283,7 +291,7 @@ class _Validator:
             elif language == JSONPATH and field in _JSONATA_ONLY:
                 self.fail(where, f"field {field!r} requires QueryLanguage JSONata")
         if "Comment" in state and not isinstance(state["Comment"], str):
-            self.fail(_key(path, "Comment"), "Comment must be a string")
+            self.fail(json_path_key(path, "Comment"), "Comment must be a string")
         self.transitions(kind, state, path, scope)
         self.paths(state, path, language)
         if kind == "Task":
@@ -300,16 +308,16 @@ class _Validator:
             self.map(state, path, language)
         for field in ("Parameters", "ResultSelector", "ItemSelector"):
             if field in state and language == JSONPATH:
-                self.template(state[field], _key(path, field))
+                self.template(state[field], json_path_key(path, field))
         for field in ("Retry", "Catch"):
             if field in state:
-                self.handlers(field, state[field], _key(path, field), scope, language)
+                self.handlers(field, state[field], json_path_key(path, field), scope, language)
 
     def state_language(self, state: dict[str, Any], path: str, machine_language: str) -> str:
         if "QueryLanguage" not in state:
             return machine_language
         ql = state["QueryLanguage"]
-        where = _key(path, "QueryLanguage")
+        where = json_path_key(path, "QueryLanguage")
         if ql not in (JSONPATH, JSONATA):
             self.fail(where, 'QueryLanguage must be "JSONPath" or "JSONata"')
             return machine_language
@@ -323,7 +331,7 @@ class _Validator:
         has_next = "Next" in state
         end = state.get("End")
         if "End" in state and not isinstance(end, bool):
-            self.fail(_key(path, "End"), "End must be a boolean")
+            self.fail(json_path_key(path, "End"), "End must be a boolean")
         if kind in _TERMINAL_TYPES:
             return  # Next/End are not in the allowed fields: reported as unknown
         if has_next and end is True:
@@ -331,7 +339,7 @@ class _Validator:
         elif not has_next and end is not True:
             self.fail(path, "a state must have Next or End: true")
         if has_next:
-            self.target(state["Next"], _key(path, "Next"), scope)
+            self.target(state["Next"], json_path_key(path, "Next"), scope)
 
     def target(self, name: Any, path: str, scope: dict[str, Any]) -> None:
         if not isinstance(name, str):
@@ -388,10 +396,15 @@ class _Validator:
             return  # JSONPath-only fields are already reported for JSONata states
         for field in ("InputPath", "OutputPath"):
             if field in state:
-                self.path_field(state[field], _key(path, field), reference=None, nullable=True)
+                self.path_field(
+                    state[field], json_path_key(path, field), reference=None, nullable=True
+                )
         if "ResultPath" in state:
             self.path_field(
-                state["ResultPath"], _key(path, "ResultPath"), reference="result", nullable=True
+                state["ResultPath"],
+                json_path_key(path, "ResultPath"),
+                reference="result",
+                nullable=True,
             )
         for field in (
             "ItemsPath",
@@ -405,17 +418,17 @@ class _Validator:
         ):
             if field in state:
                 self.path_field(
-                    state[field], _key(path, field), reference="definite", nullable=False
+                    state[field], json_path_key(path, field), reference="definite", nullable=False
                 )
         for field in ("ErrorPath", "CausePath"):
             if field in state:
-                self.path_or_intrinsic(state[field], _key(path, field))
+                self.path_or_intrinsic(state[field], json_path_key(path, field))
 
     def template(self, value: Any, path: str) -> None:
         """A Parameters-like payload: every `.$` key holds a path or an intrinsic call."""
         if isinstance(value, dict):
             for key, item in value.items():
-                where = _key(path, key)
+                where = json_path_key(path, key)
                 if key.endswith(".$"):
                     if not isinstance(item, str):
                         self.fail(
@@ -446,32 +459,34 @@ class _Validator:
         resource = state.get("Resource")
         if not isinstance(resource, str) or not resource:
             self.fail(
-                _key(path, "Resource"), "Task Resource is required and must be a non-empty string"
+                json_path_key(path, "Resource"),
+                "Task Resource is required and must be a non-empty string",
             )
         self.exclusive(state, path, ("TimeoutSeconds", "TimeoutSecondsPath"), required=False)
         self.exclusive(state, path, ("HeartbeatSeconds", "HeartbeatSecondsPath"), required=False)
         timeout, heartbeat = state.get("TimeoutSeconds"), state.get("HeartbeatSeconds")
         if "TimeoutSeconds" in state:
-            self.positive_int(timeout, _key(path, "TimeoutSeconds"), language)
+            self.positive_int(timeout, json_path_key(path, "TimeoutSeconds"), language)
         if "HeartbeatSeconds" in state:
-            self.positive_int(heartbeat, _key(path, "HeartbeatSeconds"), language)
+            self.positive_int(heartbeat, json_path_key(path, "HeartbeatSeconds"), language)
             if isinstance(timeout, int) and isinstance(heartbeat, int) and heartbeat >= timeout:
                 self.fail(
-                    _key(path, "HeartbeatSeconds"),
+                    json_path_key(path, "HeartbeatSeconds"),
                     "HeartbeatSeconds must be smaller than TimeoutSeconds",
                 )
         if "Arguments" in state and language == JSONATA:
             args = state["Arguments"]
             if not isinstance(args, dict) and not _is_jsonata(args):
                 self.fail(
-                    _key(path, "Arguments"), "Arguments must be an object or a JSONata expression"
+                    json_path_key(path, "Arguments"),
+                    "Arguments must be an object or a JSONata expression",
                 )
 
     def choice(
         self, state: dict[str, Any], path: str, scope: dict[str, Any], language: str
     ) -> None:
         choices = state.get("Choices")
-        where = _key(path, "Choices")
+        where = json_path_key(path, "Choices")
         if not isinstance(choices, list) or not choices:
             self.fail(where, "Choices is required and must be a non-empty array")
             choices = []
@@ -482,31 +497,35 @@ class _Validator:
             if not isinstance(rule, dict):
                 continue
             if isinstance(rule.get("Next"), str):  # a missing Next is check_choice's report
-                self.target(rule["Next"], _key(rule_path, "Next"), scope)
+                self.target(rule["Next"], json_path_key(rule_path, "Next"), scope)
             if language == JSONATA and "Condition" not in rule:
-                self.fail(_key(rule_path, "Condition"), "a JSONata choice rule requires Condition")
+                self.fail(
+                    json_path_key(rule_path, "Condition"),
+                    "a JSONata choice rule requires Condition",
+                )
             if language == JSONPATH:
                 for field in ("Condition", "Output"):
                     if field in rule:
                         self.fail(
-                            _key(rule_path, field),
+                            json_path_key(rule_path, field),
                             f"field {field!r} requires QueryLanguage JSONata",
                         )
         if "Default" in state:
-            self.target(state["Default"], _key(path, "Default"), scope)
+            self.target(state["Default"], json_path_key(path, "Default"), scope)
 
     def wait(self, state: dict[str, Any], path: str, language: str) -> None:
         self.exclusive(
             state, path, ("Seconds", "SecondsPath", "Timestamp", "TimestampPath"), required=True
         )
         if "Seconds" in state:
-            self.non_negative_int(state["Seconds"], _key(path, "Seconds"), language)
+            self.non_negative_int(state["Seconds"], json_path_key(path, "Seconds"), language)
         if "Timestamp" in state:
             ts = state["Timestamp"]
             if not (language == JSONATA and _is_jsonata(ts)):
                 if not isinstance(ts, str) or parse_timestamp(ts) is None:
                     self.fail(
-                        _key(path, "Timestamp"), "Timestamp must be an RFC 3339 timestamp string"
+                        json_path_key(path, "Timestamp"),
+                        "Timestamp must be an RFC 3339 timestamp string",
                     )
 
     def fail_state(self, state: dict[str, Any], path: str, language: str) -> None:
@@ -514,11 +533,11 @@ class _Validator:
         self.exclusive(state, path, ("Cause", "CausePath"), required=False)
         for field in ("Error", "Cause"):
             if field in state and not isinstance(state[field], str):
-                self.fail(_key(path, field), f"{field} must be a string")
+                self.fail(json_path_key(path, field), f"{field} must be a string")
 
     def parallel(self, state: dict[str, Any], path: str, language: str) -> None:
         branches = state.get("Branches")
-        where = _key(path, "Branches")
+        where = json_path_key(path, "Branches")
         if not isinstance(branches, list) or not branches:
             self.fail(where, "Branches is required and must be a non-empty array")
             return
@@ -541,16 +560,21 @@ class _Validator:
         for field in ("ItemProcessor", "Iterator"):
             if field in state:
                 processor = state[field]
-                self.machine(processor, _key(path, field), _PROCESSOR_FIELDS, language)
+                self.machine(processor, json_path_key(path, field), _PROCESSOR_FIELDS, language)
                 if isinstance(processor, dict) and "ProcessorConfig" in processor:
                     self.processor_config(
-                        processor["ProcessorConfig"], _key(_key(path, field), "ProcessorConfig")
+                        processor["ProcessorConfig"],
+                        json_path_key(json_path_key(path, field), "ProcessorConfig"),
                     )
         if "MaxConcurrency" in state:
-            self.non_negative_int(state["MaxConcurrency"], _key(path, "MaxConcurrency"), language)
+            self.non_negative_int(
+                state["MaxConcurrency"], json_path_key(path, "MaxConcurrency"), language
+            )
         if "ToleratedFailureCount" in state:
             self.non_negative_int(
-                state["ToleratedFailureCount"], _key(path, "ToleratedFailureCount"), language
+                state["ToleratedFailureCount"],
+                json_path_key(path, "ToleratedFailureCount"),
+                language,
             )
         if "ToleratedFailurePercentage" in state:
             value = state["ToleratedFailurePercentage"]
@@ -558,23 +582,28 @@ class _Validator:
                 not _is_number(value) or not 0 <= value <= 100
             ):
                 self.fail(
-                    _key(path, "ToleratedFailurePercentage"), "must be a number between 0 and 100"
+                    json_path_key(path, "ToleratedFailurePercentage"),
+                    "must be a number between 0 and 100",
                 )
         if "Label" in state:
             label = state["Label"]
             if not isinstance(label, str) or len(label) > 40:
-                self.fail(_key(path, "Label"), "Label must be a string of at most 40 characters")
+                self.fail(
+                    json_path_key(path, "Label"), "Label must be a string of at most 40 characters"
+                )
         if "Items" in state and language == JSONATA:
             items = state["Items"]
             if not isinstance(items, list) and not _is_jsonata(items):
-                self.fail(_key(path, "Items"), "Items must be an array or a JSONata expression")
+                self.fail(
+                    json_path_key(path, "Items"), "Items must be an array or a JSONata expression"
+                )
 
     def processor_config(self, config: Any, path: str) -> None:
         if not isinstance(config, dict):
             self.fail(path, "ProcessorConfig must be an object")
             return
         for field, value in config.items():
-            where = _key(path, field)
+            where = json_path_key(path, field)
             if field == "Mode":
                 if value not in ("INLINE", "DISTRIBUTED"):
                     self.fail(where, "Mode must be INLINE or DISTRIBUTED")
@@ -605,7 +634,7 @@ class _Validator:
 
     def error_equals(self, handler: dict[str, Any], path: str, last: bool) -> None:
         errors = handler.get("ErrorEquals")
-        where = _key(path, "ErrorEquals")
+        where = json_path_key(path, "ErrorEquals")
         if not isinstance(errors, list) or not errors:
             self.fail(where, "ErrorEquals is required and must be a non-empty array")
             return
@@ -621,25 +650,25 @@ class _Validator:
     def retrier(self, retrier: dict[str, Any], path: str) -> None:
         for field in retrier:
             if field not in _RETRIER_FIELDS:
-                self.fail(_key(path, field), f"unknown field {field!r} in a retrier")
+                self.fail(json_path_key(path, field), f"unknown field {field!r} in a retrier")
         if "IntervalSeconds" in retrier:
-            self.positive_int(retrier["IntervalSeconds"], _key(path, "IntervalSeconds"))
+            self.positive_int(retrier["IntervalSeconds"], json_path_key(path, "IntervalSeconds"))
         if "MaxDelaySeconds" in retrier:
-            self.positive_int(retrier["MaxDelaySeconds"], _key(path, "MaxDelaySeconds"))
+            self.positive_int(retrier["MaxDelaySeconds"], json_path_key(path, "MaxDelaySeconds"))
         if "MaxAttempts" in retrier:
-            self.non_negative_int(retrier["MaxAttempts"], _key(path, "MaxAttempts"))
+            self.non_negative_int(retrier["MaxAttempts"], json_path_key(path, "MaxAttempts"))
         if "BackoffRate" in retrier:
             rate = retrier["BackoffRate"]
             if not _is_number(rate) or rate < 1.0:
-                self.fail(_key(path, "BackoffRate"), "BackoffRate must be a number >= 1.0")
+                self.fail(json_path_key(path, "BackoffRate"), "BackoffRate must be a number >= 1.0")
         if "JitterStrategy" in retrier and retrier["JitterStrategy"] not in ("FULL", "NONE"):
-            self.fail(_key(path, "JitterStrategy"), "JitterStrategy must be FULL or NONE")
+            self.fail(json_path_key(path, "JitterStrategy"), "JitterStrategy must be FULL or NONE")
 
     def catcher(
         self, catcher: dict[str, Any], path: str, scope: dict[str, Any], language: str
     ) -> None:
         for field in catcher:
-            where = _key(path, field)
+            where = json_path_key(path, field)
             if field not in _CATCHER_FIELDS:
                 self.fail(where, f"unknown field {field!r} in a catcher")
             elif language == JSONATA and field == "ResultPath":
@@ -647,12 +676,15 @@ class _Validator:
             elif language == JSONPATH and field == "Output":
                 self.fail(where, "field 'Output' requires QueryLanguage JSONata")
         if "Next" not in catcher:
-            self.fail(_key(path, "Next"), "a catcher requires Next")
+            self.fail(json_path_key(path, "Next"), "a catcher requires Next")
         else:
-            self.target(catcher["Next"], _key(path, "Next"), scope)
+            self.target(catcher["Next"], json_path_key(path, "Next"), scope)
         if "ResultPath" in catcher and language == JSONPATH:
             self.path_field(
-                catcher["ResultPath"], _key(path, "ResultPath"), reference="result", nullable=True
+                catcher["ResultPath"],
+                json_path_key(path, "ResultPath"),
+                reference="result",
+                nullable=True,
             )
 
 
