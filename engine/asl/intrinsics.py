@@ -246,13 +246,14 @@ def _array_range(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
     if step == 0:
         raise _fail("Invalid arguments in States.ArrayRange: the step cannot be 0")
     # The end is inclusive when the steps land on it.
-    out = list(range(start, end + (1 if step > 0 else -1), step))
-    if len(out) > _MAX_ARRAY_RANGE:
+    steps = range(start, end + (1 if step > 0 else -1), step)
+    # Counted before it is built: a range of 10**20 items must fail, not fill memory.
+    if range_too_long(steps, _MAX_ARRAY_RANGE):
         raise _fail(
             "Invalid arguments in States.ArrayRange: the result may not contain more "
             f"than {_MAX_ARRAY_RANGE} items"
         )
-    return out
+    return list(steps)
 
 
 def _array_get_item(args: list[Any], _f: str | None, env: EvalEnv) -> Any:
@@ -570,3 +571,12 @@ def compile_intrinsic(text: str) -> Intrinsic:
     if parser.pos != len(text):
         raise parser.error("unexpected text after the call")
     return call
+
+
+def range_too_long(steps: range, limit: int) -> bool:
+    """Whether ``steps`` has more than ``limit`` items, without building it (len()
+    of a range of more than sys.maxsize items overflows)."""
+    try:
+        return len(steps) > limit
+    except OverflowError:
+        return True

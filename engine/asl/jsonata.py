@@ -56,6 +56,7 @@ from jsonata.utils import Utils
 
 from engine.asl.context import EvalEnv
 from engine.asl.errors import QUERY_EVALUATION_ERROR, StatesError
+from engine.asl.intrinsics import range_too_long
 from engine.asl.jsonpath import dump_json
 from engine.asl.jsonvalue import json_type
 
@@ -156,6 +157,10 @@ def _partition(array: Any, size: Any) -> Any:
     return [list(array[i : i + n]) for i in range(0, len(array), n)]
 
 
+# AWS caps $range (like States.ArrayRange) at 1,000 items.
+MAX_RANGE_ITEMS = 1000
+
+
 def _range(start: Any, end: Any, step: Any) -> Any:
     for v in (start, end, step):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
@@ -163,9 +168,12 @@ def _range(start: Any, end: Any, step: Any) -> Any:
     s, e, st = int(start), int(end), int(step)
     if st == 0:
         raise _fn_error("$range", "the step cannot be 0")
+    steps = range(s, e + (1 if st > 0 else -1), st)
+    if range_too_long(steps, MAX_RANGE_ITEMS):  # counted before it is built
+        raise _fn_error("$range", f"the result may not contain more than {MAX_RANGE_ITEMS} items")
     # A JSONata sequence: a single value unwraps to a scalar, as AWS records
     # ($range(1, 9, 9) gives 1, not [1]).
-    return Utils.create_sequence_from_iter(range(s, e + (1 if st > 0 else -1), st))
+    return Utils.create_sequence_from_iter(steps)
 
 
 def _hash(data: Any, algorithm: Any) -> Any:

@@ -409,3 +409,11 @@ def test_string_to_json_of_a_too_deeply_nested_string_is_an_intrinsic_failure() 
     with pytest.raises(StatesError) as caught:
         compile_intrinsic("States.StringToJson($.s)").evaluate({"s": deep}, None, EvalEnv())
     assert caught.value.error == "States.IntrinsicFailure"
+
+
+def test_array_range_too_large_fails_before_building_it() -> None:
+    with pytest.raises(StatesError) as caught:
+        compile_intrinsic("States.ArrayRange(1, 100000000000000000000, 1)").evaluate(
+            {}, None, EvalEnv()
+        )
+    assert caught.value.error == INTRINSIC_FAILURE

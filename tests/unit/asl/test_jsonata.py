@@ -217,3 +217,12 @@ def test_constant_template() -> None:
     template = compile_jsonata_template([1, "two"], "Items")
     assert template.is_constant
     assert template.render({"input": {}}, {}) == [1, "two"]
+
+
+def test_range_too_large_is_an_evaluation_error_not_a_memory_bomb() -> None:
+    from engine.asl.jsonata import compile_expression
+
+    expr = compile_expression("{% $range(1, 100000000000000000000, 1) %}", "Output")
+    with pytest.raises(StatesError) as caught:
+        expr.evaluate({"input": {}}, {})
+    assert caught.value.error == "States.QueryEvaluationError"
