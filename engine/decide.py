@@ -55,6 +55,8 @@ from engine.triggers import (
 EXECUTION_TIMEOUT_TIMER = "execution-timeout"
 # AWS's payload quota: a state's output, as UTF-8 JSON, is at most 256 KiB.
 MAX_PAYLOAD_BYTES = 256 * 1024
+# AWS's hard quota on an execution's history: 25,000 events.
+MAX_HISTORY_EVENTS = 25_000
 _json_bytes = msgspec.json.Encoder().encode
 # How many iterations a Map runs at once when MaxConcurrency is 0 (or larger):
 # AWS runs at most 40 inline iterations, and 10,000 child executions of a
@@ -150,6 +152,18 @@ class _Decider:
 
     def run(self) -> None:
         while self.agenda and not self.state.ended:
+            if self.state.seq >= MAX_HISTORY_EVENTS:
+                # A loop of non-blocking states would otherwise never return (and grow
+                # the history without bound); AWS fails an execution at this size too.
+                self.agenda.clear()
+                self.emit(
+                    ev.ExecutionFailed(
+                        error=E.RUNTIME,
+                        cause=f"The execution reached the limit of {MAX_HISTORY_EVENTS} "
+                        "history events.",
+                    )
+                )
+                return
             self.agenda.popleft()()
 
     def next_local_id(self) -> str:

@@ -1,5 +1,5 @@
 """The machine's TimeoutSeconds, the Retry delay options (MaxDelaySeconds,
-JitterStrategy) and values nested too deeply, as given events / when trigger / then events."""
+JitterStrategy), values nested too deeply and the history limit, as given / when / then."""
 
 from __future__ import annotations
 
@@ -93,3 +93,17 @@ def test_a_value_nested_too_deeply_fails_the_state_not_the_engine() -> None:
     assert h.state.status == "FAILED"
     assert h.state.error == "States.Runtime"
     assert h.state.cause is not None and h.state.cause.endswith("nested too deeply.")
+
+
+def test_a_loop_that_never_blocks_fails_at_the_history_limit() -> None:
+    from engine.decide import MAX_HISTORY_EVENTS
+
+    doc = {
+        "StartAt": "A",
+        "States": {"A": {"Type": "Pass", "Next": "B"}, "B": {"Type": "Pass", "Next": "A"}},
+    }
+    h = given(doc)
+    assert h.state.status == "FAILED"
+    assert h.state.error == "States.Runtime"
+    assert MAX_HISTORY_EVENTS < h.state.seq <= MAX_HISTORY_EVENTS + 3
+    assert isinstance(h.events[-1], ev.ExecutionFailed)
