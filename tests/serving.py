@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -21,9 +22,41 @@ def free_port() -> int:
 
 
 class Running(msgspec.Struct):
+    """A running steplog and an HTTP client for it, with the calls tests repeat."""
+
     base_url: str
     resources: Resources
     http: aiohttp.ClientSession
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """(status, JSON body) of one request; ``body`` is sent as JSON."""
+        async with self.http.request(method, self.base_url + path, json=body) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    async def register(self, name: str, definition: Any) -> None:
+        status, body = await self.call("PUT", f"/v1/workflows/{name}", {"definition": definition})
+        assert status in (200, 201), body
+
+    async def start(self, workflow: str, input: Any, name: str | None = None) -> tuple[int, Any]:
+        payload: dict[str, Any] = {"input": input}
+        if name is not None:
+            payload["name"] = name
+        return await self.call("POST", f"/v1/workflows/{workflow}/executions", payload)
+
+    async def start_id(self, workflow: str, input: Any) -> str:
+        """Start an execution that must be created (201); its id."""
+        status, body = await self.start(workflow, input)
+        assert status == 201, body
+        return str(body["execution_id"])
+
+    async def ended(self, eventually: Any, execution_id: str, timeout_s: float = 15) -> Any:
+        """The execution once it is no longer RUNNING (polled until the deadline)."""
+
+        async def not_running() -> Any:
+            status, body = await self.call("GET", f"/v1/executions/{execution_id}")
+            return body if status == 200 and body["status"] != "RUNNING" else None
+
+        return await eventually(not_running, timeout_s=timeout_s)
 
 
 @contextlib.asynccontextmanager

@@ -72,28 +72,8 @@ SLEEPER: dict[str, Any] = {
 async def app(settings: Settings) -> AsyncIterator[Running]:
     async with running_steplog(settings) as running:
         for name, definition in (("audited", AUDITED), ("sleeper", SLEEPER)):
-            async with running.http.put(
-                f"{running.base_url}/v1/workflows/{name}", json={"definition": definition}
-            ) as resp:
-                assert resp.status == 201
+            await running.register(name, definition)
         yield running
-
-
-async def _start(app: Running, workflow: str, input: Any) -> str:
-    async with app.http.post(
-        f"{app.base_url}/v1/workflows/{workflow}/executions", json={"input": input}
-    ) as resp:
-        assert resp.status == 201, await resp.text()
-        return str((await resp.json())["execution_id"])
-
-
-async def _ended(app: Running, eventually: Any, execution_id: str) -> Any:
-    async def ended() -> Any:
-        async with app.http.get(f"{app.base_url}/v1/executions/{execution_id}") as resp:
-            body = await resp.json()
-        return body if body["status"] != "RUNNING" else None
-
-    return await eventually(ended, timeout_s=15)
 
 
 class Message(msgspec.Struct):
@@ -128,7 +108,7 @@ SSE = {"Accept": "text/event-stream"}
 async def test_the_feed_sends_history_then_live_events_and_resumes(
     app: Running, eventually: Any
 ) -> None:
-    eid = await _start(app, "sleeper", {"seconds": 1})
+    eid = await app.start_id("sleeper", {"seconds": 1})
     url = f"{app.base_url}/v1/executions/{eid}/events"
 
     async with app.http.get(url, headers=SSE) as resp:
@@ -152,7 +132,7 @@ async def test_the_feed_sends_history_then_live_events_and_resumes(
 
 
 async def test_the_feed_refuses_bad_requests(app: Running) -> None:
-    eid = await _start(app, "sleeper", {"seconds": 0})
+    eid = await app.start_id("sleeper", {"seconds": 0})
     url = f"{app.base_url}/v1/executions/{eid}/events"
     cases = [
         (url, {**SSE, "Last-Event-ID": "x"}, 400, "invalid_request"),
@@ -185,10 +165,10 @@ def _changed_decide(definition: Definition, state: ExecutionState, trigger: Trig
 async def test_verify_passes_recorded_histories_and_flags_a_changed_decide(
     app: Running, eventually: Any
 ) -> None:
-    audited = [await _start(app, "audited", {"items": list(range(n)), "n": n}) for n in (0, 2, 3)]
-    stopped = await _start(app, "sleeper", {"seconds": 2})
+    audited = [await app.start_id("audited", {"items": list(range(n)), "n": n}) for n in (0, 2, 3)]
+    stopped = await app.start_id("sleeper", {"seconds": 2})
     for eid in audited:
-        assert (await _ended(app, eventually, eid))["status"] == "SUCCEEDED"
+        assert (await app.ended(eventually, eid))["status"] == "SUCCEEDED"
     async with app.http.post(f"{app.base_url}/v1/executions/{stopped}/stop", json={}) as resp:
         assert resp.status == 200
 
@@ -209,8 +189,8 @@ async def test_verify_passes_recorded_histories_and_flags_a_changed_decide(
 
 
 async def test_export_writes_the_history_as_json_lines(app: Running, eventually: Any) -> None:
-    eid = await _start(app, "audited", {"items": [1]})
-    await _ended(app, eventually, eid)
+    eid = await app.start_id("audited", {"items": [1]})
+    await app.ended(eventually, eid)
     out = io.StringIO()
 
     assert await audit.export(app.resources, UUID(eid), out) == 0
@@ -230,7 +210,7 @@ async def test_stats_and_listing_follow_the_running_projectors(
     app: Running, eventually: Any
 ) -> None:
     for n in (1, 2):
-        await _ended(app, eventually, await _start(app, "audited", {"items": list(range(n))}))
+        await app.ended(eventually, await app.start_id("audited", {"items": list(range(n))}))
 
     async def stats() -> Any:
         async with app.http.get(f"{app.base_url}/v1/workflows/audited/stats") as resp:

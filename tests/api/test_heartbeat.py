@@ -22,25 +22,12 @@ SLEEPER = {
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[Running]:
     async with running_steplog(settings) as running:
-        async with running.http.put(
-            running.base_url + "/v1/workflows/sleeper", json={"definition": SLEEPER}
-        ) as resp:
-            assert resp.status == 201
+        await running.register("sleeper", SLEEPER)
         yield running
 
 
 async def _run(app: Running, eventually: Any, input: Any) -> Any:
-    async with app.http.post(
-        app.base_url + "/v1/workflows/sleeper/executions", json={"input": input}
-    ) as resp:
-        execution_id = (await resp.json())["execution_id"]
-
-    async def ended() -> Any:
-        async with app.http.get(f"{app.base_url}/v1/executions/{execution_id}") as resp:
-            body = await resp.json()
-        return body if body["status"] != "RUNNING" else None
-
-    return await eventually(ended, timeout_s=15)
+    return await app.ended(eventually, await app.start_id("sleeper", input))
 
 
 async def test_heartbeats_keep_a_task_longer_than_heartbeat_seconds_alive(

@@ -19,30 +19,17 @@ async def app(settings: Settings) -> AsyncIterator[Running]:
         yield running
 
 
-async def _json(app: Running, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    async with app.http.request(method, app.base_url + path, json=body) as resp:
-        return resp.status, await resp.json(content_type=None)
-
-
 async def test_listing_follows_executions_to_their_end(app: Running, eventually: Any) -> None:
-    assert (await _json(app, "PUT", "/v1/workflows/pass", {"definition": PASS_DEFINITION}))[
-        0
-    ] == 201
-    started = set()
-    for i in range(5):
-        status, body = await _json(
-            app, "POST", "/v1/workflows/pass/executions", {"input": {"i": i}}
-        )
-        assert status == 201
-        started.add(body["execution_id"])
+    await app.register("pass", PASS_DEFINITION)
+    started = {await app.start_id("pass", {"i": i}) for i in range(5)}
 
     async def all_succeeded() -> Any:
-        status, page = await _json(app, "GET", "/v1/executions?workflow=pass&status=SUCCEEDED")
+        status, page = await app.call("GET", "/v1/executions?workflow=pass&status=SUCCEEDED")
         listed = {e["execution_id"]: e for e in page["executions"]}
         return listed if status == 200 and set(listed) == started else None
 
     listed = await eventually(all_succeeded, timeout_s=15)
     assert sorted(e["output"]["i"] for e in listed.values()) == [0, 1, 2, 3, 4]
     assert all(e["stopped_at"] >= e["started_at"] for e in listed.values())
-    status, running = await _json(app, "GET", "/v1/executions?status=RUNNING")
+    status, running = await app.call("GET", "/v1/executions?status=RUNNING")
     assert (status, running) == (200, {"executions": [], "next_cursor": None})

@@ -23,36 +23,18 @@ async def app(settings: Settings) -> AsyncIterator[Running]:
         yield running
 
 
-async def _json(app: Running, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    async with app.http.request(method, app.base_url + path, json=body) as resp:
-        return resp.status, await resp.json(content_type=None)
-
-
-async def _finished(app: Running, eventually: Any, execution_id: str, timeout_s: float = 10) -> Any:
-    async def ended() -> Any:
-        status, body = await _json(app, "GET", f"/v1/executions/{execution_id}")
-        return body if status == 200 and body["status"] != "RUNNING" else None
-
-    return await eventually(ended, timeout_s=timeout_s)
-
-
-async def _start(app: Running, input: Any, name: str | None = None) -> tuple[int, Any]:
-    payload: dict[str, Any] = {"input": input}
-    if name is not None:
-        payload["name"] = name
-    return await _json(app, "POST", "/v1/workflows/order/executions", payload)
-
-
 async def test_order_approve_path(app: Running, eventually: Any) -> None:
-    assert (await _json(app, "PUT", "/v1/workflows/order", {"definition": ORDER}))[0] == 201
-    status, started = await _start(app, {"order_id": "o-1", "amount": 250, "hold_seconds": 0})
+    assert (await app.call("PUT", "/v1/workflows/order", {"definition": ORDER}))[0] == 201
+    status, started = await app.start(
+        "order", {"order_id": "o-1", "amount": 250, "hold_seconds": 0}
+    )
     assert status == 201
-    done = await _finished(app, eventually, started["execution_id"])
+    done = await app.ended(eventually, started["execution_id"])
     assert done["status"] == "SUCCEEDED"
     assert done["output"] == {"order_id": "o-1", "status": "APPROVED"}
     assert done["started_at"] and done["stopped_at"]
 
-    status, history = await _json(app, "GET", f"/v1/executions/{started['execution_id']}/history")
+    status, history = await app.call("GET", f"/v1/executions/{started['execution_id']}/history")
     assert status == 200
     types = [e["type"] for e in history["events"]]
     assert types[0] == "ExecutionStarted" and types[-1] == "ExecutionSucceeded"
@@ -61,20 +43,20 @@ async def test_order_approve_path(app: Running, eventually: Any) -> None:
 
 
 async def test_order_reject_path_fails_with_error_and_cause(app: Running, eventually: Any) -> None:
-    await _json(app, "PUT", "/v1/workflows/order", {"definition": ORDER})
-    _, started = await _start(app, {"order_id": "o-2", "amount": 5000, "hold_seconds": 0})
-    done = await _finished(app, eventually, started["execution_id"])
+    await app.call("PUT", "/v1/workflows/order", {"definition": ORDER})
+    _, started = await app.start("order", {"order_id": "o-2", "amount": 5000, "hold_seconds": 0})
+    done = await app.ended(eventually, started["execution_id"])
     assert done["status"] == "FAILED"
     assert done["error"] == "OrderRejected"
     assert done["cause"] == "The amount is over the approval limit of 1000."
 
 
 async def test_order_path_through_a_one_second_wait(app: Running, eventually: Any) -> None:
-    await _json(app, "PUT", "/v1/workflows/order", {"definition": ORDER})
-    _, started = await _start(app, {"order_id": "o-3", "amount": 10, "hold_seconds": 1})
-    done = await _finished(app, eventually, started["execution_id"])
+    await app.call("PUT", "/v1/workflows/order", {"definition": ORDER})
+    _, started = await app.start("order", {"order_id": "o-3", "amount": 10, "hold_seconds": 1})
+    done = await app.ended(eventually, started["execution_id"])
     assert done["status"] == "SUCCEEDED"
-    _, history = await _json(app, "GET", f"/v1/executions/{started['execution_id']}/history")
+    _, history = await app.call("GET", f"/v1/executions/{started['execution_id']}/history")
     events = {e["type"]: e for e in history["events"]}
     entered, exited = events["WaitStateEntered"], events["WaitStateExited"]
     assert entered["details"]["due"]
@@ -90,14 +72,16 @@ async def test_order_path_through_a_one_second_wait(app: Running, eventually: An
 async def test_fifty_concurrent_starts_with_one_name_give_one_execution(
     app: Running, eventually: Any
 ) -> None:
-    await _json(app, "PUT", "/v1/workflows/order", {"definition": ORDER})
+    await app.call("PUT", "/v1/workflows/order", {"definition": ORDER})
     input = {"order_id": "o-4", "amount": 1, "hold_seconds": 0}
-    results = await asyncio.gather(*(_start(app, input, name="same-name") for _ in range(50)))
+    results = await asyncio.gather(
+        *(app.start("order", input, name="same-name") for _ in range(50))
+    )
     ids = {body["execution_id"] for _, body in results}
     statuses = sorted(status for status, _ in results)
     assert len(ids) == 1
     assert statuses.count(201) == 1 and statuses.count(200) == 49
-    conflict, body = await _start(app, {**input, "amount": 2}, name="same-name")
+    conflict, body = await app.start("order", {**input, "amount": 2}, name="same-name")
     assert conflict == 409 and body["code"] == "execution_name_conflict"
     rows = await app.resources.pool.fetchval("SELECT count(*) FROM executions")
     assert rows == 1
@@ -106,35 +90,35 @@ async def test_fifty_concurrent_starts_with_one_name_give_one_execution(
 async def test_replayed_state_equals_the_state_the_engine_acted_on(
     app: Running, eventually: Any
 ) -> None:
-    await _json(app, "PUT", "/v1/workflows/order", {"definition": ORDER})
-    _, started = await _start(app, {"order_id": "o-5", "amount": 3, "hold_seconds": 0})
+    await app.call("PUT", "/v1/workflows/order", {"definition": ORDER})
+    _, started = await app.start("order", {"order_id": "o-5", "amount": 3, "hold_seconds": 0})
     eid = started["execution_id"]
-    await _finished(app, eventually, eid)
-    status, replayed = await _json(app, "GET", f"/v1/executions/{eid}/state")
+    await app.ended(eventually, eid)
+    status, replayed = await app.call("GET", f"/v1/executions/{eid}/state")
     assert status == 200
     assert replayed["status"] == "SUCCEEDED"
     # The state at an earlier seq is the fold of the events up to it.
-    _, history = await _json(app, "GET", f"/v1/executions/{eid}/history")
+    _, history = await app.call("GET", f"/v1/executions/{eid}/history")
     last_seq = history["events"][-1]["seq"]
     assert replayed["seq"] == last_seq
-    _, at_two = await _json(app, "GET", f"/v1/executions/{eid}/state?seq=2")
+    _, at_two = await app.call("GET", f"/v1/executions/{eid}/state?seq=2")
     assert at_two["seq"] == 2 and at_two["status"] == "RUNNING"
     assert at_two["frames"][""]["current"] == "CheckOrder"
 
 
 async def test_stop_aborts_a_waiting_execution(app: Running, eventually: Any) -> None:
-    await _json(app, "PUT", "/v1/workflows/order", {"definition": ORDER})
-    _, started = await _start(app, {"order_id": "o-6", "amount": 3, "hold_seconds": 60})
+    await app.call("PUT", "/v1/workflows/order", {"definition": ORDER})
+    _, started = await app.start("order", {"order_id": "o-6", "amount": 3, "hold_seconds": 60})
     eid = started["execution_id"]
 
     async def waiting() -> bool:
-        _, history = await _json(app, "GET", f"/v1/executions/{eid}/history")
+        _, history = await app.call("GET", f"/v1/executions/{eid}/history")
         return any(e["type"] == "WaitStateEntered" for e in history["events"])
 
     await eventually(waiting)
-    status, _ = await _json(app, "POST", f"/v1/executions/{eid}/stop", {"cause": "by test"})
+    status, _ = await app.call("POST", f"/v1/executions/{eid}/stop", {"cause": "by test"})
     assert status in (200, 202)
-    done = await _finished(app, eventually, eid)
+    done = await app.ended(eventually, eid)
     assert done["status"] == "ABORTED"
     timers = await app.resources.pool.fetchval("SELECT count(*) FROM timers")
     assert timers == 0

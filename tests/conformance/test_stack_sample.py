@@ -42,22 +42,9 @@ def _sample() -> list[dict[str, Any]]:
 
 async def _run_case(app: Running, eventually: Any, index: int, case: dict[str, Any]) -> list[str]:
     name = f"case{index}"
-    async with app.http.put(
-        f"{app.base_url}/v1/workflows/{name}", json={"definition": case["definition"]}
-    ) as resp:
-        assert resp.status == 201, await resp.text()
-    async with app.http.post(
-        f"{app.base_url}/v1/workflows/{name}/executions", json={"input": case["input"]}
-    ) as resp:
-        assert resp.status == 201, await resp.text()
-        execution_id = (await resp.json())["execution_id"]
-
-    async def ended() -> Any:
-        async with app.http.get(f"{app.base_url}/v1/executions/{execution_id}") as resp:
-            body = await resp.json()
-        return body if body["status"] != "RUNNING" else None
-
-    done = await eventually(ended, timeout_s=15)
+    await app.register(name, case["definition"])
+    execution_id = await app.start_id(name, case["input"])
+    done = await app.ended(eventually, execution_id)
     problems = compare_result(case, done["status"], done["output"], done["error"], done["cause"])
     events = await app.resources.store.load(execution_id)
     produced = [ev.decode_event(e.data) for e in events]

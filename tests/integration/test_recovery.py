@@ -48,19 +48,8 @@ MAP = {
 async def app(settings: Settings) -> AsyncIterator[Running]:
     async with running_steplog(settings) as running:
         for name, definition in (("flow", FLOW), ("slow", SLOW), ("wait", WAIT), ("map", MAP)):
-            async with running.http.put(
-                f"{running.base_url}/v1/workflows/{name}", json={"definition": definition}
-            ) as resp:
-                assert resp.status == 201
+            await running.register(name, definition)
         yield running
-
-
-async def _start(app: Running, workflow: str, input: Any) -> str:
-    async with app.http.post(
-        f"{app.base_url}/v1/workflows/{workflow}/executions", json={"input": input}
-    ) as resp:
-        assert resp.status == 201
-        return str((await resp.json())["execution_id"])
 
 
 async def _status(app: Running, execution_id: str) -> str:
@@ -79,7 +68,7 @@ async def _empty_redis(redis: aioredis.Redis, prefix: str) -> int:
 async def test_executions_finish_after_redis_is_emptied_mid_run(
     app: Running, redis: aioredis.Redis, redis_prefix: str, eventually: Any
 ) -> None:
-    ids = [await _start(app, "flow", {"seconds": 0.5}) for _ in range(10)]
+    ids = [await app.start_id("flow", {"seconds": 0.5}) for _ in range(10)]
     await asyncio.sleep(0.3)  # begun, tasks running or queued
     assert await _empty_redis(redis, redis_prefix) > 0
 
@@ -115,7 +104,7 @@ async def _types(app: Running, execution_id: str) -> list[str]:
 async def test_stop_during_a_task_cancels_the_handler(
     app: Running, redis: aioredis.Redis, eventually: Any
 ) -> None:
-    execution_id = await _start(app, "slow", {"seconds": 60})
+    execution_id = await app.start_id("slow", {"seconds": 60})
 
     async def handler_running() -> bool:
         return not await _nothing_pending(app, redis)
@@ -130,7 +119,7 @@ async def test_stop_during_a_task_cancels_the_handler(
 
 
 async def test_stop_during_a_wait_removes_its_timer(app: Running, eventually: Any) -> None:
-    execution_id = await _start(app, "wait", {})
+    execution_id = await app.start_id("wait", {})
 
     async def waiting() -> bool:
         return "WaitStateEntered" in await _types(app, execution_id)
@@ -145,7 +134,7 @@ async def test_stop_during_a_wait_removes_its_timer(app: Running, eventually: An
 async def test_stop_during_a_map_cancels_its_tasks(
     app: Running, redis: aioredis.Redis, eventually: Any
 ) -> None:
-    execution_id = await _start(app, "map", [{"seconds": 60}] * 5)
+    execution_id = await app.start_id("map", [{"seconds": 60}] * 5)
 
     async def all_scheduled() -> bool:
         return (await _types(app, execution_id)).count("TaskScheduled") == 5
