@@ -46,6 +46,7 @@ from engine.bus import Bus, Task, Trigger
 from engine.relay import follow_ups
 from engine.runtime import ENGINE_GROUP
 from engine.service import EngineService, fold
+from engine.stopping import sleep_or_stop
 from engine.store import StoredEvent
 from engine.worker import WORKER_GROUP
 
@@ -112,10 +113,7 @@ class Recovery:
                 raise
             except Exception as exc:
                 log.warning("recovery check failed (%r); retrying", exc)
-            try:
-                await asyncio.wait_for(stop.wait(), self.check_interval_s)
-            except TimeoutError:
-                pass
+            await sleep_or_stop(stop, self.check_interval_s)
 
     async def recover(self) -> bool:
         """Rebuild Redis unless another process is doing it or it is intact again.

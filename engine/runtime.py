@@ -34,6 +34,7 @@ from engine.errors import ConcurrencyError, NotFound
 from engine.logcontext import execution_id_var
 from engine.service import EngineService
 from engine.state import ExecutionState
+from engine.stopping import sleep_or_stop
 from engine.triggers import Begin, TaskCompleted, TaskErrored, TaskHeartbeat, TimerFired, Trigger
 
 log = logging.getLogger("steplog.engine")
@@ -199,7 +200,7 @@ class Engine:
                     log.warning("engine loop failed (%r); retrying", exc)
                 backoff = min(max(backoff * 2, 0.5), 5.0)
             if backoff:
-                await _sleep_or_stop(stop, backoff)
+                await sleep_or_stop(stop, backoff)
 
     async def claim_stale(self) -> list[StreamEntry]:
         """Entries of the engine group left unacknowledged for a visibility timeout (their
@@ -310,10 +311,3 @@ def _is_connection_error(exc: BaseException) -> bool:
         | redis.exceptions.ConnectionError
         | redis.exceptions.TimeoutError,
     )
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from engine.bus import Bus, Trigger
 from engine.runtime import encode_timer
+from engine.stopping import sleep_or_stop
 from engine.store import EventStore
 
 log = logging.getLogger("steplog.timers")
@@ -77,7 +78,4 @@ class TimerService:
                 log.warning("timer tick failed (%r); retrying", exc)
                 delay = self.retry_delay_s
             if delay:
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                except TimeoutError:
-                    pass
+                await sleep_or_stop(stop, delay)

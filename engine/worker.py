@@ -43,6 +43,7 @@ from engine import events as ev
 from engine.bus import Bus, StreamEntry, is_missing_group
 from engine.logcontext import execution_id_var
 from engine.runtime import TaskResultBody, encode_heartbeat, encode_task_result
+from engine.stopping import sleep_or_stop
 
 log = logging.getLogger("steplog.worker")
 
@@ -279,10 +280,7 @@ class Worker:
                     group_ready = False
                 else:
                     log.warning("worker loop failed (%r); retrying", exc)
-                try:
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                except TimeoutError:
-                    pass
+                await sleep_or_stop(stop, 1.0)
         await self._drain()
 
     async def _claim_stale(self, count: int) -> list[StreamEntry]:

@@ -35,6 +35,7 @@ import asyncpg
 import redis.exceptions
 
 from engine.bus import Bus, StreamEntry
+from engine.stopping import sleep_or_stop
 from engine.store import EventStore, GlobalPosition, StoredEvent
 from projections import executions, stats
 from projections.base import Projection
@@ -208,7 +209,7 @@ class Projector:
                 log.warning("projector %s: %r; retrying", self.projection.name, exc)
                 next_catch_up = 0.0
                 pending = True
-                await _sleep_or_stop(stop_event, self.retry_delay)
+                await sleep_or_stop(stop_event, self.retry_delay)
 
     async def _read(self, pending: bool, now: float, next_catch_up: float) -> list[StreamEntry]:
         streams: Sequence[str] | dict[str, str] = self.bus.events_streams()
@@ -233,13 +234,6 @@ class Projector:
         for stream, ids in by_stream.items():
             await self.bus.ack(stream, self.projection.group, ids)
         return count
-
-
-async def _sleep_or_stop(stop_event: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop_event.wait(), seconds)
-    except TimeoutError:
-        pass
 
 
 def projectors(pool: asyncpg.Pool, store: EventStore, bus: Bus) -> list[Projector]:

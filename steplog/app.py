@@ -24,6 +24,7 @@ from engine.recovery import Recovery
 from engine.relay import Relay
 from engine.runtime import Engine
 from engine.service import EngineService
+from engine.stopping import sleep_or_stop
 from engine.store import EventStore
 from engine.timers import TimerService
 from engine.worker import HandlerRegistry, Worker, default_registry
@@ -97,8 +98,7 @@ async def _supervised(
             raise
         except Exception:
             log.exception("role %s failed; restarting it in %.0fs", name, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+            await sleep_or_stop(stop, delay)
             delay = min(delay * 2, 30.0)
 
 
@@ -181,8 +181,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                 r = await resources.__aenter__()
             except CONNECTION_ERRORS as exc:
                 log.warning("cannot reach PostgreSQL (%r); retrying in %.1fs", exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                await sleep_or_stop(stop, delay)
                 delay = min(delay * 2, 5.0)
                 continue
             try:
