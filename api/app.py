@@ -18,8 +18,8 @@ from api.keys import METRICS, POOL, REDIS, SERVICE, SETTINGS, STORE
 from api.metrics import HttpMetrics
 from api.middleware import observe_middleware, request_id_middleware
 from api.problems import error_middleware
+from engine.adapters.store import EventStore
 from engine.service import EngineService
-from engine.store import EventStore
 from steplog.settings import Settings
 
 # Room for the JSON around an input of exactly max_payload_bytes ({"input": ..., "name": ...}).

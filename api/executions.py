@@ -52,11 +52,11 @@ from api.schemas import (
     rfc3339,
 )
 from api.workflows import workflow_name
-from engine import jsondiff
+from engine.adapters.store import EventStore, ExecutionRecord, StoredEvent
+from engine.core import jsondiff
 from engine.errors import ExecutionNotFound, PayloadTooLarge
 from engine.logcontext import execution_id_var
 from engine.service import fold
-from engine.store import EventStore, ExecutionRecord, StoredEvent
 from projections import executions as view
 
 routes = web.RouteTableDef()

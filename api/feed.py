@@ -33,8 +33,9 @@ from api.executions import event_out, execution_id, require_execution
 from api.keys import POOL, STORE
 from api.problems import InvalidQuery
 from api.schemas import EventsFeedQuery, decode_query
+from engine.adapters.store import NOTIFY_CHANNEL, EventStore
+from engine.core.events import TERMINAL_EVENT_TYPES
 from engine.errors import SteplogError
-from engine.store import NOTIFY_CHANNEL, TERMINAL_EVENT_TYPES, EventStore
 
 log = logging.getLogger(__name__)
 

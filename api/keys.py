@@ -8,8 +8,8 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from api.metrics import HttpMetrics
+from engine.adapters.store import EventStore
 from engine.service import EngineService
-from engine.store import EventStore
 from steplog.settings import Settings
 
 SERVICE = web.AppKey("steplog_service", EngineService)

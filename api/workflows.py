@@ -24,8 +24,8 @@ from api.schemas import (
     decode_query,
     rfc3339,
 )
+from engine.adapters.store import WorkflowVersion
 from engine.errors import InvalidRequest, PayloadTooLarge, WorkflowNotFound
-from engine.store import WorkflowVersion
 
 routes = web.RouteTableDef()
 

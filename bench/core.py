@@ -1,6 +1,6 @@
 """Transitions per second of the pure core (run by hand: ``python -m bench.core``).
 
-Each workload runs through ``engine.inmemory.run_in_memory`` (decide + evolve,
+Each workload runs through ``engine.core.inmemory.run_in_memory`` (decide + evolve,
 no store, no bus). A *transition* is one recorded event. A trivial one-state
 Pass execution is measured in the same run as the baseline, so the figures
 can be compared across machines as ratios.
@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from engine.asl.model import Definition, compile_definition
-from engine.inmemory import run_in_memory
+from engine.core.asl.model import Definition, compile_definition
+from engine.core.inmemory import run_in_memory
 
 
 def pass_chain(n: int = 100) -> dict[str, Any]:

@@ -39,7 +39,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.store import EventStore, GlobalPosition
+from engine.adapters.store import EventStore, GlobalPosition
 from projections import executions as view
 from projections.runner import rebuild
 from steplog.embedded import embedded_servers

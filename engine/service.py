@@ -2,7 +2,7 @@
 
 It owns the compiled-definition cache and the path "load state, decide,
 append with the expected seq" for triggers that arrive through the API
-(stop). Triggers from the bus go through engine.runtime, which uses the same
+(stop). Triggers from the bus go through engine.loops.engine_loop, which uses the same
 ``load_state`` and ``apply`` helpers.
 """
 
@@ -16,9 +16,19 @@ from uuid import UUID
 
 import msgspec
 
-from engine import events as ev
-from engine.asl.model import Definition, compile_definition
-from engine.decide import Decision, decide
+from engine.adapters.store import (
+    EventStore,
+    ExecutionRecord,
+    NewEvent,
+    StoredEvent,
+    WorkflowVersion,
+)
+from engine.core import events as ev
+from engine.core.asl.model import Definition, compile_definition
+from engine.core.decide import Decision, decide
+from engine.core.state import ExecutionState, evolve, initial_state
+from engine.core.timestamps import iso_millis
+from engine.core.triggers import StopRequested, Trigger
 from engine.errors import (
     ConcurrencyError,
     ExecutionNotFound,
@@ -27,15 +37,8 @@ from engine.errors import (
     PayloadTooLarge,
     WorkflowNotFound,
 )
-from engine.state import ExecutionState, evolve, initial_state
-from engine.store import EventStore, ExecutionRecord, NewEvent, StoredEvent, WorkflowVersion
-from engine.triggers import StopRequested, Trigger
 
 _json = msgspec.json.Encoder()
-
-
-def timestamp_iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def fold(
@@ -44,7 +47,7 @@ def fold(
     """Replay stored events onto ``state`` (or from the beginning)."""
     s = state if state is not None else initial_state(execution_id)
     for stored in events:
-        s = evolve(s, ev.decode_event(stored.data), timestamp_iso(stored.timestamp))
+        s = evolve(s, ev.decode_event(stored.data), iso_millis(stored.timestamp))
     return s
 
 

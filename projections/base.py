@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from engine.store import StoredEvent
+from engine.adapters.store import StoredEvent
 
 # (connection in the caller's transaction, events, logical table -> actual table) -> applied
 ApplyFn = Callable[[asyncpg.Connection, Sequence[StoredEvent], Mapping[str, str]], Awaitable[int]]

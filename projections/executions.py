@@ -27,7 +27,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from engine import events as ev
+from engine.core import events as ev
 from projections.base import Projection
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")
 
 
 class EventLike(Protocol):
-    """What the read model needs of an event: engine.store.StoredEvent has it."""
+    """What the read model needs of an event: engine.adapters.store.StoredEvent has it."""
 
     @property
     def execution_id(self) -> UUID: ...

@@ -34,9 +34,9 @@ from uuid import UUID
 import asyncpg
 import redis.exceptions
 
-from engine.bus import Bus, StreamEntry
+from engine.adapters.bus import Bus, StreamEntry
+from engine.adapters.store import EventStore, GlobalPosition, StoredEvent
 from engine.stopping import sleep_or_stop
-from engine.store import EventStore, GlobalPosition, StoredEvent
 from projections import executions, stats
 from projections.base import Projection
 
@@ -129,7 +129,7 @@ async def catch_up_all(pool: asyncpg.Pool, store: EventStore) -> int:
 
 
 def entry_event(entry: StreamEntry) -> StoredEvent:
-    """An events-stream entry (engine.bus.event_fields) as a StoredEvent (tx_id unknown)."""
+    """An events-stream entry (engine.adapters.bus.event_fields) as a StoredEvent (tx_id unknown)."""
     f = entry.fields
     return StoredEvent(
         execution_id=UUID(f["execution_id"].decode()),

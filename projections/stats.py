@@ -36,9 +36,9 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from engine import events as ev
-from engine.state import child_frame_id
-from engine.store import StoredEvent
+from engine.adapters.store import StoredEvent
+from engine.core import events as ev
+from engine.core.state import child_frame_id
 from projections.base import Projection
 from projections.executions import Percentiles, percentiles
 

@@ -19,15 +19,15 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from engine.bus import Bus
-from engine.recovery import Recovery
-from engine.relay import Relay
-from engine.runtime import Engine
+from engine.adapters.bus import Bus
+from engine.adapters.store import EventStore
+from engine.loops.engine_loop import Engine
+from engine.loops.recovery import Recovery
+from engine.loops.relay import Relay
+from engine.loops.timers import TimerService
+from engine.loops.worker import HandlerRegistry, Worker, default_registry
 from engine.service import EngineService
 from engine.stopping import sleep_or_stop
-from engine.store import EventStore
-from engine.timers import TimerService
-from engine.worker import HandlerRegistry, Worker, default_registry
 from steplog.embedded import embedded_servers
 from steplog.migrate import migrate
 from steplog.settings import Settings

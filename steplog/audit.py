@@ -4,7 +4,7 @@ write to, so tests call them directly.
 
 verify: every execution (of one workflow, or all; at most ``limit``) is loaded
 from PostgreSQL in id order, its pinned definition compiled, and its history
-replayed through decide (engine.replay). One line per execution that differs,
+replayed through decide (engine.core.replay). One line per execution that differs,
 a summary at the end; the exit code is 1 when any differs.
 """
 
@@ -16,12 +16,12 @@ from uuid import UUID
 
 import msgspec
 
-from engine import events as ev
-from engine.asl.model import Definition
-from engine.decide import decide
+from engine.adapters.store import EventStore, ExecutionRecord
+from engine.core import events as ev
+from engine.core.asl.model import Definition
+from engine.core.decide import decide
+from engine.core.replay import DecideFn, Recorded, Verdict, verify_history
 from engine.errors import InvalidDefinition, WorkflowNotFound
-from engine.replay import DecideFn, Recorded, Verdict, verify_history
-from engine.store import EventStore, ExecutionRecord
 from projections.status import projection_status
 from steplog.app import Resources
 

@@ -32,8 +32,8 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from engine.bus import Bus
-from engine.store import EventStore
+from engine.adapters.bus import Bus
+from engine.adapters.store import EventStore
 from steplog.embedded import embedded_servers
 from steplog.migrate import default_migrations_dir, migrate
 from steplog.settings import Settings

@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from api.app import create_app
+from engine.adapters.store import EventStore
 from engine.service import EngineService
-from engine.store import EventStore
 from steplog.settings import Settings
 
 

@@ -13,11 +13,11 @@ import aiohttp
 import msgspec
 import pytest
 
-from engine import events as ev
-from engine.asl.model import Definition
-from engine.decide import Decision, decide
-from engine.state import ExecutionState
-from engine.triggers import Trigger
+from engine.core import events as ev
+from engine.core.asl.model import Definition
+from engine.core.decide import Decision, decide
+from engine.core.state import ExecutionState
+from engine.core.triggers import Trigger
 from steplog import audit
 from steplog.settings import Settings
 from tests.serving import Running, running_steplog

@@ -10,8 +10,8 @@ from uuid import UUID
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from engine import events as ev
-from engine.store import EventStore, NewEvent
+from engine.adapters.store import EventStore, NewEvent
+from engine.core import events as ev
 from projections.runner import catch_up
 from tests.api.helpers import register, start
 

@@ -15,9 +15,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from api.app import create_app
+from engine.adapters.store import EventStore
+from engine.core.state import ExecutionState
 from engine.service import EngineService
-from engine.state import ExecutionState
-from engine.store import EventStore
 from steplog.logs import ContextFilter, JsonFormatter, configure_logging, request_id_var
 from steplog.settings import Settings
 from tests.api.helpers import register, start

@@ -14,10 +14,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from api.keys import SERVICE
-from engine import events as ev
-from engine import jsondiff
-from engine.store import EventStore, NewEvent
-from engine.triggers import Begin
+from engine.adapters.store import EventStore, NewEvent
+from engine.core import events as ev
+from engine.core import jsondiff
+from engine.core.triggers import Begin
 from projections.runner import catch_up, catch_up_all
 from tests.api.helpers import register, row_counts, start
 

@@ -20,7 +20,7 @@ from uuid import UUID
 
 import asyncpg
 
-from engine.worker import HandlerRegistry, TaskContext, TaskFailure
+from engine.loops.worker import HandlerRegistry, TaskContext, TaskFailure
 from steplog.settings import Settings
 
 TABLES = """

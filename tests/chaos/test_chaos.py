@@ -24,9 +24,9 @@ import asyncpg
 import msgspec
 import pytest
 
-from engine import events as ev
+from engine.adapters.store import TERMINAL_EVENT_TYPES, EventStore
+from engine.core import events as ev
 from engine.service import fold
-from engine.store import TERMINAL_EVENT_TYPES, EventStore
 from tests.chaos.harness import (
     WORKFLOW,
     Cluster,

@@ -8,8 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from engine import events as ev
-from engine.asl.jsonvalue import json_equal
+from engine.core import events as ev
+from engine.core.asl.jsonvalue import json_equal
 
 # A copy of ../shared/conformance (Apache-2.0, see corpus/NOTICE) lives in the repository
 # so that a clean clone tests on its own; STEPLOG_CONFORMANCE_DIR points elsewhere.

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.asl.model import compile_definition
-from engine.inmemory import run_in_memory
+from engine.core.asl.model import compile_definition
+from engine.core.inmemory import run_in_memory
 from tests.conformance.cases import compare_history, compare_result, load_cases, load_known_failures
 
 CASES = load_cases()

@@ -9,7 +9,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from engine import events as ev
+from engine.core import events as ev
 from steplog.settings import Settings
 from tests.conformance.cases import compare_history, compare_result, load_cases, load_known_failures
 from tests.serving import Running, running_steplog

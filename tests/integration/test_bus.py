@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from engine.bus import Bus, Keys, Task, Trigger
-from engine.store import StoredEvent
+from engine.adapters.bus import Bus, Keys, Task, Trigger
+from engine.adapters.store import StoredEvent
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 

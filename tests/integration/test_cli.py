@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from engine.adapters.store import EventStore
 from engine.service import EngineService
-from engine.store import EventStore
 from steplog.settings import Settings
 
 STEPLOG = str(Path(sys.executable).with_name("steplog"))

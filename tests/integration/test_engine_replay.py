@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 from uuid import UUID
 
-from engine.bus import Bus
-from engine.runtime import Engine
+from engine.adapters.bus import Bus
+from engine.adapters.store import EventStore
+from engine.core.triggers import Begin, TaskCompleted, TimerFired
+from engine.loops.engine_loop import Engine
 from engine.service import EngineService
-from engine.store import EventStore
-from engine.triggers import Begin, TaskCompleted, TimerFired
 
 ORDER = json.loads((Path(__file__).parents[2] / "examples" / "order.asl.json").read_text())
 T0 = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)

@@ -9,9 +9,9 @@ import sqlite3
 from pathlib import Path
 from types import ModuleType
 
-from engine import events as ev
-from engine.bus import Bus
-from engine.store import EventStore, NewEvent
+from engine.adapters.bus import Bus
+from engine.adapters.store import EventStore, NewEvent
+from engine.core import events as ev
 from tests.integration.test_projection_executions import T0, start
 
 

@@ -8,8 +8,8 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
-from engine import events as ev
-from engine.store import EventStore
+from engine.adapters.store import EventStore
+from engine.core import events as ev
 from projections import executions as view
 from projections.runner import catch_up
 from tests.integration.test_projection_executions import T0, _new

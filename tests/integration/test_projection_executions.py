@@ -11,9 +11,9 @@ from uuid import UUID, uuid4
 import asyncpg
 import msgspec
 
-from engine import events as ev
-from engine.bus import Bus
-from engine.store import EventStore, NewEvent
+from engine.adapters.bus import Bus
+from engine.adapters.store import EventStore, NewEvent
+from engine.core import events as ev
 from projections import executions as view
 from projections.runner import GROUP, Projector, catch_up, get_checkpoint, rebuild
 

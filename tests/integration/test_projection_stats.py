@@ -13,9 +13,9 @@ from uuid import UUID, uuid4
 import asyncpg
 import msgspec
 
-from engine import events as ev
-from engine.bus import Bus
-from engine.store import EventStore, NewEvent
+from engine.adapters.bus import Bus
+from engine.adapters.store import EventStore, NewEvent
+from engine.core import events as ev
 from projections import stats
 from projections.runner import PROJECTIONS, Projector, catch_up, catch_up_all, rebuild
 from projections.status import projection_status

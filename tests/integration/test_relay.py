@@ -13,9 +13,9 @@ import asyncpg
 import msgspec
 import redis.asyncio as aioredis
 
-from engine.bus import Bus
-from engine.relay import Relay
-from engine.store import EventStore, GlobalPosition, NewEvent
+from engine.adapters.bus import Bus
+from engine.adapters.store import EventStore, GlobalPosition, NewEvent
+from engine.loops.relay import Relay
 
 T0 = datetime(2024, 1, 1, 12, tzinfo=UTC)
 

@@ -10,8 +10,8 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
+from engine.adapters.store import EventStore, GlobalPosition, NewEvent, StoredEvent, TimerSpec
 from engine.errors import ConcurrencyError, ExecutionNameConflict, InvalidRequest
-from engine.store import EventStore, GlobalPosition, NewEvent, StoredEvent, TimerSpec
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 DEFINITION = {"StartAt": "A", "States": {"A": {"Type": "Pass", "End": True}}}

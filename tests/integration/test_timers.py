@@ -11,9 +11,9 @@ from uuid import UUID, uuid4
 import msgspec
 import redis.asyncio as aioredis
 
-from engine.bus import Bus
-from engine.store import EventStore, NewEvent, TimerSpec
-from engine.timers import TimerService
+from engine.adapters.bus import Bus
+from engine.adapters.store import EventStore, NewEvent, TimerSpec
+from engine.loops.timers import TimerService
 
 T0 = datetime(2024, 1, 1, 12, tzinfo=UTC)
 

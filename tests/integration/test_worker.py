@@ -14,9 +14,9 @@ from uuid import UUID, uuid4
 import msgspec
 import redis.asyncio as aioredis
 
-from engine import events as ev
-from engine.bus import Bus
-from engine.worker import (
+from engine.adapters.bus import Bus
+from engine.core import events as ev
+from engine.loops.worker import (
     DELIVERY_EXCEEDED,
     WORKER_GROUP,
     HandlerRegistry,

@@ -13,11 +13,18 @@ from typing import Any
 
 import pytest
 
-from engine import events as ev
-from engine.asl.model import compile_definition
-from engine.decide import Decision, decide, timer_key
-from engine.state import ExecutionState, evolve, initial_state
-from engine.triggers import Begin, StopRequested, TaskCompleted, TaskErrored, TimerFired, Trigger
+from engine.core import events as ev
+from engine.core.asl.model import compile_definition
+from engine.core.decide import Decision, decide, timer_key
+from engine.core.state import ExecutionState, evolve, initial_state
+from engine.core.triggers import (
+    Begin,
+    StopRequested,
+    TaskCompleted,
+    TaskErrored,
+    TimerFired,
+    Trigger,
+)
 
 EXECUTION_ID = "00000000-0000-4000-8000-0000000000aa"
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

@@ -3,8 +3,8 @@ arrive, then its timer moves or the attempt fails with States.HeartbeatTimeout."
 
 from __future__ import annotations
 
-from engine.decide import timer_key
-from engine.triggers import TaskCompleted, TaskHeartbeat, TimerFired
+from engine.core.decide import timer_key
+from engine.core.triggers import TaskCompleted, TaskHeartbeat, TimerFired
 from tests.unit.test_decide import (
     EXECUTION_ID,
     at,

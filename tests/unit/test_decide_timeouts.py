@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine import events as ev
-from engine.decide import timer_key
-from engine.triggers import TaskErrored, TimerFired
+from engine.core import events as ev
+from engine.core.decide import timer_key
+from engine.core.triggers import TaskErrored, TimerFired
 from tests.unit.test_decide import (
     EXECUTION_ID,
     at,
@@ -29,10 +29,10 @@ def test_machine_timeout_ends_the_execution_timed_out() -> None:
 
 
 def test_begin_asks_for_the_machine_timeout_timer() -> None:
-    from engine.asl.model import compile_definition
-    from engine.decide import decide
-    from engine.state import evolve, initial_state
-    from engine.triggers import Begin
+    from engine.core.asl.model import compile_definition
+    from engine.core.decide import decide
+    from engine.core.state import evolve, initial_state
+    from engine.core.triggers import Begin
 
     definition = compile_definition({**one_task(), "TimeoutSeconds": 60})
     state = evolve(
@@ -96,7 +96,7 @@ def test_a_value_nested_too_deeply_fails_the_state_not_the_engine() -> None:
 
 
 def test_a_loop_that_never_blocks_fails_at_the_history_limit() -> None:
-    from engine.decide import MAX_HISTORY_EVENTS
+    from engine.core.decide import MAX_HISTORY_EVENTS
 
     doc = {
         "StartAt": "A",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from engine import events as ev
-from engine.state import ExecutionState, evolve, initial_state
+from engine.core import events as ev
+from engine.core.state import ExecutionState, evolve, initial_state
 
 STAMP = "2026-01-01T00:00:00.000Z"
 

@@ -22,12 +22,19 @@ from hypothesis.stateful import (
     rule,
 )
 
-from engine import events as ev
-from engine.asl.model import Definition, compile_definition
-from engine.decide import decide, timer_key
-from engine.inmemory import TaskError, echo, run_in_memory
-from engine.state import ExecutionState, evolve, initial_state
-from engine.triggers import Begin, StopRequested, TaskCompleted, TaskErrored, TimerFired, Trigger
+from engine.core import events as ev
+from engine.core.asl.model import Definition, compile_definition
+from engine.core.decide import decide, timer_key
+from engine.core.inmemory import TaskError, echo, run_in_memory
+from engine.core.state import ExecutionState, evolve, initial_state
+from engine.core.triggers import (
+    Begin,
+    StopRequested,
+    TaskCompleted,
+    TaskErrored,
+    TimerFired,
+    Trigger,
+)
 
 EXECUTION_ID = "00000000-0000-4000-8000-0000000000bb"
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

@@ -1,4 +1,4 @@
-"""engine.replay: a history recorded by decide verifies; one recorded by a changed
+"""engine.core.replay: a history recorded by decide verifies; one recorded by a changed
 engine (or a changed definition) is flagged at its first differing event.
 
 Histories are made here by driving decide like the runtime does: each decision's
@@ -13,12 +13,19 @@ from typing import Any
 
 import msgspec
 
-from engine import events as ev
-from engine.asl.model import Definition, compile_definition
-from engine.decide import Decision, decide, timer_key
-from engine.replay import Recorded, candidate_triggers, verify_history
-from engine.state import ExecutionState, evolve, initial_state
-from engine.triggers import Begin, StopRequested, TaskCompleted, TaskErrored, TimerFired, Trigger
+from engine.core import events as ev
+from engine.core.asl.model import Definition, compile_definition
+from engine.core.decide import Decision, decide, timer_key
+from engine.core.replay import Recorded, candidate_triggers, verify_history
+from engine.core.state import ExecutionState, evolve, initial_state
+from engine.core.triggers import (
+    Begin,
+    StopRequested,
+    TaskCompleted,
+    TaskErrored,
+    TimerFired,
+    Trigger,
+)
 
 EID = "00000000-0000-4000-8000-0000000000bb"
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

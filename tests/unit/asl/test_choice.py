@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.asl.choice import (
+from engine.core.asl.choice import (
     CHOICE_RULE_OPERATORS,
     CompiledChoice,
     InvalidChoiceRule,
@@ -21,7 +21,7 @@ from engine.asl.choice import (
     compile_rule,
     parse_timestamp,
 )
-from engine.asl.errors import StatesError
+from engine.core.asl.errors import StatesError
 from tests.conformance.cases import CORPUS
 
 CASES_DIR = CORPUS / "cases"

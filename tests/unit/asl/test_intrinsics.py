@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.asl.context import EvalEnv
-from engine.asl.errors import INTRINSIC_FAILURE, StatesError
-from engine.asl.intrinsics import (
+from engine.core.asl.context import EvalEnv
+from engine.core.asl.errors import INTRINSIC_FAILURE, StatesError
+from engine.core.asl.intrinsics import (
     ArgumentPathNotFound,
     IntrinsicSyntaxError,
     compile_intrinsic,

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from engine.asl.context import EvalEnv
-from engine.asl.errors import QUERY_EVALUATION_ERROR, StatesError
-from engine.asl.jsonata import (
+from engine.core.asl.context import EvalEnv
+from engine.core.asl.errors import QUERY_EVALUATION_ERROR, StatesError
+from engine.core.asl.jsonata import (
     UNDEFINED,
     JsonataSyntaxError,
     compile_expression,
@@ -220,7 +220,7 @@ def test_constant_template() -> None:
 
 
 def test_range_too_large_is_an_evaluation_error_not_a_memory_bomb() -> None:
-    from engine.asl.jsonata import compile_expression
+    from engine.core.asl.jsonata import compile_expression
 
     expr = compile_expression("{% $range(1, 100000000000000000000, 1) %}", "Output")
     with pytest.raises(StatesError) as caught:

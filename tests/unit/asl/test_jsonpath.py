@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.asl.errors import RESULT_PATH_MATCH_FAILURE, RUNTIME, StatesError
-from engine.asl.jsonpath import (
+from engine.core.asl.errors import RESULT_PATH_MATCH_FAILURE, RUNTIME, StatesError
+from engine.core.asl.jsonpath import (
     PathNotFound,
     PathSyntaxError,
     apply_path,

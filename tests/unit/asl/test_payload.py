@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from engine.asl.context import EvalEnv
-from engine.asl.errors import INTRINSIC_FAILURE, RUNTIME, StatesError
-from engine.asl.payload import TemplateSyntaxError, compile_field, compile_template
+from engine.core.asl.context import EvalEnv
+from engine.core.asl.errors import INTRINSIC_FAILURE, RUNTIME, StatesError
+from engine.core.asl.payload import TemplateSyntaxError, compile_field, compile_template
 
 ENV = EvalEnv()
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from engine.asl.validate import ValidationError, validate_definition
+from engine.core.asl.validate import ValidationError, validate_definition
 from tests.conformance.cases import CORPUS
 
 CASES_DIR = CORPUS / "cases"

@@ -29,13 +29,20 @@ import asyncpg
 import msgspec
 import redis.exceptions
 
-from engine.bus import Bus, StreamEntry, is_missing_group
+from engine.adapters.bus import Bus, StreamEntry, is_missing_group
+from engine.core.state import ExecutionState
+from engine.core.triggers import (
+    Begin,
+    TaskCompleted,
+    TaskErrored,
+    TaskHeartbeat,
+    TimerFired,
+    Trigger,
+)
 from engine.errors import ConcurrencyError, NotFound
 from engine.logcontext import execution_id_var
 from engine.service import EngineService
-from engine.state import ExecutionState
 from engine.stopping import sleep_or_stop
-from engine.triggers import Begin, TaskCompleted, TaskErrored, TaskHeartbeat, TimerFired, Trigger
 
 log = logging.getLogger("steplog.engine")
 

@@ -29,11 +29,12 @@ from collections.abc import Callable, Iterator, Sequence
 
 import msgspec
 
-from engine import events as ev
-from engine.asl.model import Definition
-from engine.decide import EXECUTION_TIMEOUT_TIMER, Decision, decide, timer_key
-from engine.state import ExecutionState, evolve, initial_state
-from engine.triggers import (
+from engine.core import events as ev
+from engine.core.asl.model import Definition
+from engine.core.decide import EXECUTION_TIMEOUT_TIMER, Decision, decide, timer_key
+from engine.core.state import ExecutionState, evolve, initial_state
+from engine.core.timestamps import iso_millis
+from engine.core.triggers import (
     Begin,
     StopRequested,
     TaskCompleted,
@@ -75,10 +76,6 @@ class Verdict(msgspec.Struct, frozen=True):
         return self.divergence is None
 
 
-def _iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def verify_history(
     definition: Definition,
     execution_id: str,
@@ -91,7 +88,7 @@ def verify_history(
         return Verdict(
             0, 0, Divergence(1, first, None, "history does not begin with ExecutionStarted")
         )
-    state = evolve(initial_state(execution_id), history[0].event, _iso(history[0].timestamp))
+    state = evolve(initial_state(execution_id), history[0].event, iso_millis(history[0].timestamp))
     i, decisions = 1, 0
     while i < len(history):
         matched: Decision | None = None

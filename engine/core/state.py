@@ -13,13 +13,13 @@ owns child frames until it completes.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any, Literal, assert_never
 from uuid import UUID
 
 import msgspec
 
-from engine import events as ev
+from engine.core import events as ev
+from engine.core.timestamps import iso_millis, parse_iso
 
 Status = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"]
 FrameStatus = Literal["running", "succeeded", "failed"]
@@ -314,12 +314,12 @@ def _millis(timestamp: str) -> str:
     if not timestamp:
         return timestamp
     try:
-        t = dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+        t = parse_iso(timestamp)
     except ValueError:
         return timestamp
     if t.tzinfo is None:
         return timestamp
-    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_millis(t)
 
 
 def _enter(s: ExecutionState, event: ev._Entered, timestamp: str) -> Frame:

@@ -17,15 +17,10 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
+from engine.core.events import TERMINAL_EVENT_TYPES
 from engine.errors import ConcurrencyError, ExecutionNameConflict, InvalidRequest
 
 NOTIFY_CHANNEL = "steplog_events"
-TERMINAL_EVENT_TYPES: tuple[str, ...] = (
-    "ExecutionSucceeded",
-    "ExecutionFailed",
-    "ExecutionTimedOut",
-    "ExecutionAborted",
-)
 
 # ---------------------------------------------------------------------------------------------
 # Statements
@@ -208,7 +203,7 @@ _MAX_SEQ = 2**31 - 1
 
 
 class NewEvent(msgspec.Struct, frozen=True):
-    """An event to append: ``data`` is the encoded event JSON (engine.events.encode_event)."""
+    """An event to append: ``data`` is the encoded event JSON (engine.core.events.encode_event)."""
 
     type: str
     data: bytes

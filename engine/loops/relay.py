@@ -20,8 +20,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from engine.bus import Bus, FieldValue, Task, Trigger
-from engine.store import NOTIFY_CHANNEL, EventStore, GlobalPosition, StoredEvent
+from engine.adapters.bus import Bus, FieldValue, Task, Trigger
+from engine.adapters.store import NOTIFY_CHANNEL, EventStore, GlobalPosition, StoredEvent
 
 log = logging.getLogger(__name__)
 

@@ -54,11 +54,11 @@ from jsonata import Jsonata
 from jsonata.jexception import JException
 from jsonata.utils import Utils
 
-from engine.asl.context import EvalEnv
-from engine.asl.errors import QUERY_EVALUATION_ERROR, StatesError
-from engine.asl.intrinsics import range_too_long
-from engine.asl.jsonpath import dump_json
-from engine.asl.jsonvalue import json_type
+from engine.core.asl.context import EvalEnv
+from engine.core.asl.errors import QUERY_EVALUATION_ERROR, StatesError
+from engine.core.asl.intrinsics import range_too_long
+from engine.core.asl.jsonpath import dump_json
+from engine.core.asl.jsonvalue import json_type
 
 __all__ = [
     "UNDEFINED",

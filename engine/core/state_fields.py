@@ -10,11 +10,11 @@ import datetime as dt
 import math
 from typing import Any
 
-from engine.asl import errors as E
-from engine.asl.errors import StatesError
-from engine.asl.jsonpath import JsonPath, apply_path, java_str
-from engine.asl.model import JSONATA, StateDef
-from engine.dataflow import Scope, evaluate_jsonata, jsonata_states
+from engine.core.asl import errors as E
+from engine.core.asl.errors import StatesError
+from engine.core.asl.jsonpath import JsonPath, apply_path, java_str
+from engine.core.asl.model import JSONATA, StateDef
+from engine.core.dataflow import Scope, evaluate_jsonata, jsonata_states
 
 
 def wait_due(st: StateDef, value: Any, raw: Any, scope: Scope, now: dt.datetime) -> dt.datetime:

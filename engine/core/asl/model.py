@@ -1,7 +1,7 @@
 """A compiled ASL definition: every path, template, intrinsic, JSONata expression
 and Choice rule parsed once, when the definition is registered.
 
-``compile_definition(doc)`` validates first (``engine.asl.validate``) and raises
+``compile_definition(doc)`` validates first (``engine.core.asl.validate``) and raises
 ``InvalidDefinition`` listing every (json path, message); a valid document always
 compiles. The engine then reads only these objects, never the raw document.
 """
@@ -12,11 +12,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.asl import jsonata
-from engine.asl.choice import CompiledChoice, compile_choice
-from engine.asl.jsonpath import JsonPath, compile_path
-from engine.asl.payload import Template, compile_template
-from engine.asl.validate import json_path_key, validate_definition
+from engine.core.asl import jsonata
+from engine.core.asl.choice import CompiledChoice, compile_choice
+from engine.core.asl.jsonpath import JsonPath, compile_path
+from engine.core.asl.payload import Template, compile_template
+from engine.core.asl.validate import json_path_key, validate_definition
 from engine.errors import InvalidDefinition
 
 JSONPATH = "JSONPath"
@@ -59,7 +59,7 @@ class StateDef:
     result_selector: Template | None = None
     result: Any = None
     has_result: bool = False
-    # JSONata data flow (compiled templates, see engine.asl.jsonata).
+    # JSONata data flow (compiled templates, see engine.core.asl.jsonata).
     arguments: Any = None
     has_arguments: bool = False
     output: Any = None

@@ -13,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import events as ev
-from engine.asl.model import Definition
-from engine.decide import decide
-from engine.state import ExecutionState, evolve, initial_state
-from engine.triggers import Begin, TaskCompleted, TaskErrored, TimerFired, Trigger
+from engine.core import events as ev
+from engine.core.asl.model import Definition
+from engine.core.decide import decide
+from engine.core.state import ExecutionState, evolve, initial_state
+from engine.core.timestamps import iso_millis
+from engine.core.triggers import Begin, TaskCompleted, TaskErrored, TimerFired, Trigger
 
 
 class TaskError(Exception):
@@ -73,7 +74,7 @@ def run_in_memory(
         name=name,
         state_machine_type=state_machine_type,
     )
-    iso = _iso(now)
+    iso = iso_millis(now)
     state = evolve(initial_state(execution_id), started, iso)
     run = Run(state=state, events=[started], timestamps=[iso])
     pending: list[tuple[dt.datetime, int, Trigger]] = []
@@ -95,7 +96,7 @@ def run_in_memory(
         if decision.ignored:
             run.ignored.append(decision.ignored)
         run.state = decision.state
-        stamp = _iso(now)
+        stamp = iso_millis(now)
         run.events.extend(decision.events)
         run.timestamps.extend([stamp] * len(decision.events))
         for timer in decision.timers_to_set:
@@ -104,10 +105,6 @@ def run_in_memory(
             if isinstance(event, ev.TaskScheduled):
                 push(now, _run_task(handlers, event, now))
     return run
-
-
-def _iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _at(trigger: Trigger, now: dt.datetime) -> Trigger:

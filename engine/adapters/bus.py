@@ -15,7 +15,7 @@ partitions and deployments spread over slots:
     <stream>:dead               dead letters of <stream> (same slot as the stream)
     {<prefix>}:intact           sentinel: present while Redis holds what steplog put
                                 there; its absence means Redis was flushed or lost its
-                                data, and engine.recovery rebuilds from PostgreSQL
+                                data, and engine.loops.recovery rebuilds from PostgreSQL
 
 Streams of different partitions live in different slots: read them with one
 `read_group` call per partition when running against Redis Cluster.
@@ -33,7 +33,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
-from engine.store import StoredEvent
+from engine.adapters.store import StoredEvent
 
 ENTRY_VERSION = "1"
 TRIGGER_KINDS = ("begin", "task_result", "heartbeat", "timer", "stop")

@@ -39,10 +39,10 @@ from uuid import UUID
 
 import msgspec
 
-from engine import events as ev
-from engine.bus import Bus, StreamEntry, is_missing_group
+from engine.adapters.bus import Bus, StreamEntry, is_missing_group
+from engine.core import events as ev
 from engine.logcontext import execution_id_var
-from engine.runtime import TaskResultBody, encode_heartbeat, encode_task_result
+from engine.loops.engine_loop import TaskResultBody, encode_heartbeat, encode_task_result
 from engine.stopping import sleep_or_stop
 
 log = logging.getLogger("steplog.worker")

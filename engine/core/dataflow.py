@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.asl.context import EvalEnv
-from engine.asl.errors import RUNTIME, StatesError
-from engine.asl.jsonpath import JsonPath, apply_path, set_result
-from engine.asl.model import JSONATA, StateDef
+from engine.core.asl.context import EvalEnv
+from engine.core.asl.errors import RUNTIME, StatesError
+from engine.core.asl.jsonpath import JsonPath, apply_path, set_result
+from engine.core.asl.model import JSONATA, StateDef
 
 
 class Scope:

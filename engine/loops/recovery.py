@@ -41,14 +41,14 @@ from collections.abc import Callable
 
 import asyncpg
 
-from engine import events as ev
-from engine.bus import Bus, Task, Trigger
-from engine.relay import follow_ups
-from engine.runtime import ENGINE_GROUP
+from engine.adapters.bus import Bus, Task, Trigger
+from engine.adapters.store import StoredEvent
+from engine.core import events as ev
+from engine.loops.engine_loop import ENGINE_GROUP
+from engine.loops.relay import follow_ups
+from engine.loops.worker import WORKER_GROUP
 from engine.service import EngineService, fold
 from engine.stopping import sleep_or_stop
-from engine.store import StoredEvent
-from engine.worker import WORKER_GROUP
 
 log = logging.getLogger("steplog.recovery")
 

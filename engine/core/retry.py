@@ -3,10 +3,10 @@ Map has failed too often: the error-handling rules of ASL, as pure functions."""
 
 from __future__ import annotations
 
-from engine.asl import errors as E
-from engine.asl.context import EvalEnv
-from engine.asl.model import Retrier
-from engine.state import Frame
+from engine.core.asl import errors as E
+from engine.core.asl.context import EvalEnv
+from engine.core.asl.model import Retrier
+from engine.core.state import Frame
 
 # Errors States.ALL does not match (a retrier or catcher must name them).
 _NOT_MATCHED_BY_ALL = E.NOT_MATCHED_BY_ALL | {E.DATA_LIMIT_EXCEEDED}

@@ -23,14 +23,14 @@ from typing import Any, assert_never
 
 import msgspec
 
-from engine import events as ev
-from engine.asl import errors as E
-from engine.asl.context import EvalEnv
-from engine.asl.errors import StatesError
-from engine.asl.jsonata import type_error_cause
-from engine.asl.jsonpath import apply_path, dump_json, java_str, set_result
-from engine.asl.model import JSONATA, Catcher, Definition, Machine, Retrier, StateDef
-from engine.dataflow import (
+from engine.core import events as ev
+from engine.core.asl import errors as E
+from engine.core.asl.context import EvalEnv
+from engine.core.asl.errors import StatesError
+from engine.core.asl.jsonata import type_error_cause
+from engine.core.asl.jsonpath import apply_path, dump_json, java_str, set_result
+from engine.core.asl.model import JSONATA, Catcher, Definition, Machine, Retrier, StateDef
+from engine.core.dataflow import (
     Scope,
     assigned_variables,
     effective_input,
@@ -39,10 +39,11 @@ from engine.dataflow import (
     output_only,
     state_output,
 )
-from engine.retry import matches, retry_delay, tolerated
-from engine.state import ExecutionState, child_frame_id, child_ids, evolve
-from engine.state_fields import batch_items, map_number, path_value, positive_int, wait_due
-from engine.triggers import (
+from engine.core.retry import matches, retry_delay, tolerated
+from engine.core.state import ExecutionState, child_frame_id, child_ids, evolve
+from engine.core.state_fields import batch_items, map_number, path_value, positive_int, wait_due
+from engine.core.timestamps import iso_millis, parse_iso
+from engine.core.triggers import (
     Begin,
     StopRequested,
     TaskCompleted,
@@ -107,16 +108,12 @@ class _Failure(Exception):
         self.state_failed = state_failed
 
 
-def _iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class _Decider:
     def __init__(self, definition: Definition, state: ExecutionState, now: dt.datetime) -> None:
         self.definition = definition
         self.state = state
         self.now = now
-        self.now_iso = _iso(now)
+        self.now_iso = iso_millis(now)
         self.events: list[ev.Event] = []
         self.ignored: str | None = None
         self.timers_to_set: list[TimerRequest] = []
@@ -134,7 +131,7 @@ class _Decider:
         for tid in before.keys() - after.keys():
             self.timers_to_cancel.append(timer_key(self.state.execution_id, tid))
         for tid in after.keys() - before.keys():
-            due = dt.datetime.fromisoformat(after[tid].due.replace("Z", "+00:00"))
+            due = parse_iso(after[tid].due)
             self.timers_to_set.append(TimerRequest(timer_key(self.state.execution_id, tid), due))
 
     def decision(self) -> Decision:
@@ -185,7 +182,7 @@ class _Decider:
                     self.ignore("already begun")
                     return
                 if self.definition.timeout_seconds:
-                    started = dt.datetime.fromisoformat(s.started_at.replace("Z", "+00:00"))
+                    started = parse_iso(s.started_at)
                     due = started + dt.timedelta(seconds=self.definition.timeout_seconds)
                     self.timers_to_set.append(
                         TimerRequest(timer_key(s.execution_id, EXECUTION_TIMEOUT_TIMER), due)
@@ -544,7 +541,11 @@ class _Decider:
             return
         self.emit(
             ev.WaitStateEntered(
-                frame=frame_id, name=st.name, input=state_input, timer_id=timer_id, due=_iso(due)
+                frame=frame_id,
+                name=st.name,
+                input=state_input,
+                timer_id=timer_id,
+                due=iso_millis(due),
             )
         )
 
@@ -572,11 +573,11 @@ class _Decider:
         timer_id, due = "", ""
         if timeout:
             timer_id = f"{local}:timeout"
-            due = _iso(self.now + dt.timedelta(seconds=timeout))
+            due = iso_millis(self.now + dt.timedelta(seconds=timeout))
         heartbeat_timer_id, heartbeat_due = "", ""
         if heartbeat:
             heartbeat_timer_id = f"{local}:heartbeat"
-            heartbeat_due = _iso(self.now + dt.timedelta(seconds=heartbeat))
+            heartbeat_due = iso_millis(self.now + dt.timedelta(seconds=heartbeat))
         self.emit(
             ev.TaskScheduled(
                 frame=frame_id,
@@ -617,7 +618,7 @@ class _Decider:
                 name=st.name,
                 task_id=task_id,
                 timer_id=f"{self.next_local_id()}:heartbeat",
-                due=_iso(self.now + dt.timedelta(seconds=seconds)),
+                due=iso_millis(self.now + dt.timedelta(seconds=seconds)),
             )
         )
 
@@ -851,7 +852,7 @@ class _Decider:
                 attempt=attempts + 1,
                 delay_seconds=delay,
                 timer_id=local,
-                due=_iso(self.now + dt.timedelta(seconds=delay)),
+                due=iso_millis(self.now + dt.timedelta(seconds=delay)),
             )
         )
 

@@ -38,9 +38,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from engine.asl.context import EvalEnv
-from engine.asl.errors import INTRINSIC_FAILURE, StatesError
-from engine.asl.jsonpath import (
+from engine.core.asl.context import EvalEnv
+from engine.core.asl.errors import INTRINSIC_FAILURE, StatesError
+from engine.core.asl.jsonpath import (
     JsonPath,
     PathNotFound,
     PathSyntaxError,
@@ -48,7 +48,7 @@ from engine.asl.jsonpath import (
     dump_json,
     java_str,
 )
-from engine.asl.jsonvalue import json_equal, json_type
+from engine.core.asl.jsonvalue import json_equal, json_type
 
 __all__ = [
     "ArgumentPathNotFound",

@@ -28,7 +28,7 @@ Checked (each is an error AWS reports as well):
 - QueryLanguage: JSONata states reject JSONPath-only fields and JSONPath
   states reject JSONata-only fields; a JSONPath state inside a JSONata
   machine is an error.
-- Choice rules are checked by `engine.asl.choice.check_choice`.
+- Choice rules are checked by `engine.core.asl.choice.check_choice`.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from typing import Any, Final
 
 import msgspec
 
-from engine.asl.choice import check_choice, parse_timestamp
-from engine.asl.intrinsics import IntrinsicSyntaxError, compile_intrinsic, is_intrinsic
-from engine.asl.jsonpath import PathSyntaxError, compile_path
+from engine.core.asl.choice import check_choice, parse_timestamp
+from engine.core.asl.intrinsics import IntrinsicSyntaxError, compile_intrinsic, is_intrinsic
+from engine.core.asl.jsonpath import PathSyntaxError, compile_path
 
 __all__ = ["ValidationError", "validate_definition"]
 

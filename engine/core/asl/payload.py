@@ -21,7 +21,7 @@ engine adds because only it knows the state name and event id:
   '$.x' specified for the field 'y.$' could not be found in the input
   '<compact JSON of data>'")``;
 * an intrinsic that rejects its arguments: ``StatesError(
-  States.IntrinsicFailure, ...)`` from ``engine.asl.intrinsics``.
+  States.IntrinsicFailure, ...)`` from ``engine.core.asl.intrinsics``.
 
 ``FieldExpression`` is the same machinery for one field whose value is a
 path or an intrinsic (Fail ``ErrorPath``/``CausePath``, ``ItemsPath`` ...):
@@ -34,16 +34,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engine.asl.context import EvalEnv
-from engine.asl.errors import RUNTIME, StatesError
-from engine.asl.intrinsics import (
+from engine.core.asl.context import EvalEnv
+from engine.core.asl.errors import RUNTIME, StatesError
+from engine.core.asl.intrinsics import (
     ArgumentPathNotFound,
     Intrinsic,
     IntrinsicSyntaxError,
     compile_intrinsic,
     is_intrinsic,
 )
-from engine.asl.jsonpath import JsonPath, PathNotFound, PathSyntaxError, compile_path, dump_json
+from engine.core.asl.jsonpath import (
+    JsonPath,
+    PathNotFound,
+    PathSyntaxError,
+    compile_path,
+    dump_json,
+)
 
 __all__ = [
     "FieldExpression",

@@ -309,6 +309,8 @@ Event = (
 )
 
 TERMINAL = (ExecutionSucceeded, ExecutionFailed, ExecutionTimedOut, ExecutionAborted)
+# Their tags, for code that sees stored rows rather than decoded events.
+TERMINAL_EVENT_TYPES: tuple[str, ...] = tuple(t.__struct_config__.tag for t in TERMINAL)  # type: ignore[misc]
 ENGINE_ONLY = frozenset({"StateRetryScheduled", "TaskResultIgnored", "TaskHeartbeatRecorded"})
 
 # Constructors of the Entered / Exited event of each state type.

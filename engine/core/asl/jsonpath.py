@@ -43,8 +43,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from engine.asl.errors import RESULT_PATH_MATCH_FAILURE, RUNTIME, StatesError
-from engine.asl.jsonvalue import json_equal, json_type
+from engine.core.asl.errors import RESULT_PATH_MATCH_FAILURE, RUNTIME, StatesError
+from engine.core.asl.jsonvalue import json_equal, json_type
 
 __all__ = [
     "JsonPath",

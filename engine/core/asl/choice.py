@@ -35,8 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from engine.asl.errors import StatesError
-from engine.asl.jsonpath import JsonPath, PathNotFound, PathSyntaxError, compile_path
+from engine.core.asl.errors import StatesError
+from engine.core.asl.jsonpath import JsonPath, PathNotFound, PathSyntaxError, compile_path
 
 __all__ = [
     "CHOICE_RULE_OPERATORS",

@@ -12,7 +12,7 @@ they fired for. A service that dies between claim and record leaves the lease
 to expire, and another fires the timer (a duplicate trigger is harmless: decide
 ignores a timer that is no longer pending). A timer whose due time moves (a
 heartbeat) is due again at its new time. When Redis loses its data, recovery
-re-arms fired timers (engine.recovery), because their triggers may be gone.
+re-arms fired timers (engine.loops.recovery), because their triggers may be gone.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
-from engine.bus import Bus, Trigger
-from engine.runtime import encode_timer
+from engine.adapters.bus import Bus, Trigger
+from engine.adapters.store import EventStore
+from engine.loops.engine_loop import encode_timer
 from engine.stopping import sleep_or_stop
-from engine.store import EventStore
 
 log = logging.getLogger("steplog.timers")
 

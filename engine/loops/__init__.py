@@ -1,0 +1,1 @@
+"""The long-running roles: the engine loop, relay, timers, worker and recovery."""
