@@ -28,7 +28,7 @@ from engine.loops.timers import TimerService
 from engine.loops.worker import HandlerRegistry, Worker, default_registry
 from engine.service import EngineService
 from engine.stopping import sleep_or_stop
-from steplog.embedded import embedded_servers
+from steplog.datadir import local_servers
 from steplog.migrate import migrate
 from steplog.settings import Settings
 
@@ -54,13 +54,15 @@ class Resources:
 
 
 @contextlib.asynccontextmanager
-async def server_urls(settings: Settings) -> AsyncIterator[tuple[str, str]]:
-    """The PostgreSQL and Redis URLs to use: the configured ones, or embedded servers
-    started (and stopped afterwards) under ``settings.data_dir``."""
+async def server_urls(settings: Settings, *, own: bool = False) -> AsyncIterator[tuple[str, str]]:
+    """The PostgreSQL and Redis URLs to use: the configured ones, else the embedded
+    servers of ``settings.data_dir``: those of the steplog already running on it, or
+    started here (and stopped afterwards). ``own``: refuse a folder another steplog
+    runs on (steplog.datadir.DataDirError)."""
     if settings.database_url and settings.redis_url:
         yield settings.database_url, settings.redis_url
         return
-    async with embedded_servers(settings.data_dir) as (db_url, redis_url):
+    async with local_servers(settings.data_dir, own=own) as (db_url, redis_url):
         yield settings.database_url or db_url, settings.redis_url or redis_url
 
 
@@ -170,10 +172,11 @@ async def run_roles(
             await runner.cleanup()
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
+async def serve(settings: Settings, stop: asyncio.Event, *, own: bool = False) -> None:
     """Run the roles until ``stop`` is set. PostgreSQL not answering at start (e.g. it is
-    restarting) is waited for, with a back-off, rather than fatal."""
-    async with server_urls(settings) as (db_url, redis_url):
+    restarting) is waited for, with a back-off, rather than fatal. ``own``: as in
+    `server_urls` (`steplog dev` owns its data folder)."""
+    async with server_urls(settings, own=own) as (db_url, redis_url):
         delay = 0.5
         while not stop.is_set():
             try:

@@ -18,42 +18,106 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from uuid import UUID
 
 import msgspec
 
+from steplog.datadir import DEFAULT_NAME, DataDirError, find_data_dir
 from steplog.logs import configure_logging
 from steplog.settings import ALL_ROLES, Settings
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (seqs and limits count from 1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _execution_id(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an execution id (a UUID): {text!r}") from None
+
+
+_SETTINGS_HELP = """\
+settings come from STEPLOG_* variables (see README.md and steplog/settings.py). Without
+STEPLOG_DATABASE_URL and STEPLOG_REDIS_URL, commands use the embedded servers of the data
+folder: STEPLOG_DATA_DIR, else .steplog in the current directory or its nearest parent
+that has one. When a steplog (`make run`) is running on that folder, commands use its
+servers; otherwise they start them for the time of the command."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="steplog", description="Event-sourced ASL workflow engine")
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("dev", help="run every role in one process (embedded servers by default)")
+    p = argparse.ArgumentParser(
+        prog="steplog",
+        description="Event-sourced ASL workflow engine",
+        epilog=_SETTINGS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser(
+        "dev",
+        help="run every role in one process (embedded servers unless URLs are set); "
+        "refuses a data folder another steplog runs on",
+    )
     serve = sub.add_parser("serve", help="run the given roles")
-    serve.add_argument("--roles", default=",".join(ALL_ROLES), help="comma-separated roles")
+    serve.add_argument(
+        "--roles",
+        default=",".join(ALL_ROLES),
+        help=f"comma-separated subset of {', '.join(ALL_ROLES)} (default: all)",
+    )
     sub.add_parser("migrate", help="apply pending migrations")
     replay = sub.add_parser("replay", help="print an execution's state rebuilt from its events")
-    replay.add_argument("execution_id")
-    replay.add_argument("--seq", type=int, default=None)
+    replay.add_argument("execution_id", type=_execution_id, help="the execution's id (a UUID)")
+    replay.add_argument(
+        "--seq",
+        type=_positive_int,
+        default=None,
+        help="rebuild the state as it was after event SEQ (1 = ExecutionStarted; "
+        "default: the last event)",
+    )
     proj = sub.add_parser("projections", help="read-model maintenance")
-    proj_sub = proj.add_subparsers(dest="action", required=True)
+    proj_sub = proj.add_subparsers(dest="action", required=True, metavar="ACTION")
     rebuild = proj_sub.add_parser("rebuild", help="rebuild a projection from PostgreSQL")
-    rebuild.add_argument("name")
+    rebuild.add_argument("name", help="the projection (see `steplog projections status`)")
     proj_sub.add_parser("status", help="each projection's position and lag")
     verify = sub.add_parser(
         "verify", help="replay recorded histories through the current engine; 1 when any differ"
     )
-    verify.add_argument("--workflow", default=None)
-    verify.add_argument("--limit", type=int, default=None)
+    verify.add_argument("--workflow", default=None, help="only executions of this workflow")
+    verify.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        help="check at most LIMIT executions (default: all)",
+    )
     export = sub.add_parser("export", help="print an execution's history as JSON Lines")
-    export.add_argument("execution_id")
+    export.add_argument("execution_id", type=_execution_id, help="the execution's id (a UUID)")
     export.add_argument("--no-data", action="store_true", help="leave out inputs and outputs")
     return p
+
+
+_SERVER_COMMANDS = ("dev", "serve")
+
+
+def _with_data_dir(settings: Settings, environ: Mapping[str, str], cwd: Path) -> Settings:
+    """Settings whose data folder is found from ``cwd`` unless STEPLOG_DATA_DIR names one."""
+    if (environ.get("STEPLOG_DATA_DIR") or "").strip():
+        return settings
+    found = find_data_dir(cwd)
+    return msgspec.structs.replace(settings, data_dir=found or cwd / DEFAULT_NAME)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,17 +127,49 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"steplog: {exc}", file=sys.stderr)
         return 2
+    settings = _with_data_dir(settings, os.environ, Path.cwd())
+    embedded = not (settings.database_url and settings.redis_url)
+    if embedded and args.command not in _SERVER_COMMANDS and not settings.data_dir.is_dir():
+        # A command must not create an empty database somewhere by accident.
+        print(
+            f"steplog: no data folder at {settings.data_dir} (nor .steplog in a parent); "
+            "start steplog with `make run` in the project, or set STEPLOG_DATA_DIR, or "
+            "STEPLOG_DATABASE_URL and STEPLOG_REDIS_URL",
+            file=sys.stderr,
+        )
+        return 1
     if args.command == "serve":
         roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
-        settings = msgspec.structs.replace(settings, roles=roles)
-    configure_logging(settings.log_format, settings.log_level)
+        try:
+            settings = msgspec.structs.replace(settings, roles=roles)
+        except ValueError as exc:
+            print(f"steplog: --roles: {exc}", file=sys.stderr)
+            return 2
+    level = settings.log_level
+    if args.command not in _SERVER_COMMANDS and level.upper() == "INFO":
+        # A command prints its result; INFO lines (servers starting, migrations) are noise.
+        level = "WARNING"
+    configure_logging(settings.log_format, level)
     try:
         import uvloop
 
         runner: Callable[[Awaitable[int]], int] = uvloop.run  # type: ignore[assignment]
     except ImportError:  # pragma: no cover - uvloop is not on Windows
         runner = asyncio.run  # type: ignore[assignment]
-    return runner(_command(args, settings))
+    try:
+        return runner(_command(args, settings))
+    except DataDirError as exc:
+        print(f"steplog: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(
+            f"steplog: cannot listen on {settings.host}:{settings.port}: address already in "
+            "use (STEPLOG_PORT chooses another port)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 async def _command(args: argparse.Namespace, settings: Settings) -> int:
@@ -84,7 +180,7 @@ async def _command(args: argparse.Namespace, settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await app.serve(settings, stop)
+        await app.serve(settings, stop, own=args.command == "dev")
         return 0
     async with app.server_urls(settings) as (db_url, redis_url):
         async with app.open_resources(settings, db_url, redis_url, pool_size=4) as r:
@@ -94,8 +190,8 @@ async def _command(args: argparse.Namespace, settings: Settings) -> int:
                 from engine.errors import NotFound
 
                 try:
-                    state = await r.service.state_at(UUID(args.execution_id), args.seq)
-                except (ValueError, NotFound) as exc:
+                    state = await r.service.state_at(args.execution_id, args.seq)
+                except NotFound as exc:
                     print(f"steplog: {exc}", file=sys.stderr)
                     return 1
                 sys.stdout.write(msgspec.json.format(msgspec.json.encode(state)).decode() + "\n")
@@ -116,11 +212,7 @@ async def _command(args: argparse.Namespace, settings: Settings) -> int:
                 report = await audit.verify(r, sys.stdout, workflow=args.workflow, limit=args.limit)
                 return report.exit_code
             if args.command == "export":
-                try:
-                    eid = UUID(args.execution_id)
-                except ValueError:
-                    eid = None
-                if eid is None or await audit.export(r, eid, sys.stdout, not args.no_data):
+                if await audit.export(r, args.execution_id, sys.stdout, not args.no_data):
                     print(f"steplog: no execution {args.execution_id}", file=sys.stderr)
                     return 1
                 return 0

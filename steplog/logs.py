@@ -64,6 +64,20 @@ class JsonFormatter(logging.Formatter):
         return _encoder.encode(doc).decode()
 
 
+# Control characters in a logged value (a path or header a client sent) would forge lines
+# or smuggle terminal escapes into a text log: they are shown escaped instead.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x09: "\\t",
+}
+
+
+def escape_control(text: str) -> str:
+    """``text`` with every control character written as an escape (newline as ``\\n``)."""
+    return text.translate(_CONTROL)
+
+
 class TextFormatter(logging.Formatter):
     """`2026-01-01T00:00:00+00:00 INFO logger [req=... exec=...] message`."""
 
@@ -77,8 +91,9 @@ class TextFormatter(logging.Formatter):
         if execution_id:
             ctx.append(f"exec={execution_id}")
         ctx.extend(f"{k}={v}" for k, v in _extras(record).items())
-        context = f" [{' '.join(ctx)}]" if ctx else ""
-        line = f"{ts} {record.levelname} {record.name}{context} {record.getMessage()}"
+        context = escape_control(f" [{' '.join(ctx)}]") if ctx else ""
+        message = escape_control(record.getMessage())
+        line = f"{ts} {record.levelname} {record.name}{context} {message}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -98,4 +113,6 @@ def configure_logging(fmt: str = "text", level: str | int = "INFO") -> logging.H
     handler._steplog = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    # pgserver logs every initdb and pg_ctl call with its whole output at INFO.
+    logging.getLogger("pgserver").setLevel(max(root.level, logging.WARNING))
     return handler

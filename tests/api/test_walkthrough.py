@@ -44,7 +44,8 @@ async def test_order_approve_path(app: Running, eventually: Any) -> None:
 
 async def test_order_reject_path_fails_with_error_and_cause(app: Running, eventually: Any) -> None:
     await app.call("PUT", "/v1/workflows/order", {"definition": ORDER})
-    _, started = await app.start("order", {"order_id": "o-2", "amount": 5000, "hold_seconds": 0})
+    # hold_seconds is optional: the README's reject example leaves it out.
+    _, started = await app.start("order", {"order_id": "o-2", "amount": 5000})
     done = await app.ended(eventually, started["execution_id"])
     assert done["status"] == "FAILED"
     assert done["error"] == "OrderRejected"

@@ -1,0 +1,154 @@
+"""The steplog command beside a running `steplog dev`: commands use its embedded servers
+instead of starting a second pair over its files, a second `dev` refuses with one line,
+and a command run outside any project says where it looked instead of creating a folder."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+STEPLOG = str(Path(sys.executable).with_name("steplog"))
+PASS = {"StartAt": "A", "States": {"A": {"Type": "Pass", "Result": 1, "End": True}}}
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """The environment without any STEPLOG_* setting, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")}
+    return {**env, **extra}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _run(cwd: Path, *args: str, **env: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        STEPLOG,
+        *args,
+        cwd=cwd,
+        env=_env(**env),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def _eventually_ready(http: aiohttp.ClientSession, base: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 90
+    while True:
+        try:
+            async with http.get(f"{base}/health/ready") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("steplog dev did not become ready")
+        await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+async def dev(tmp_path: Path) -> AsyncIterator[tuple[Path, str]]:
+    """A real `steplog dev` process owning ``tmp_path/.steplog``; yields (project, base URL)."""
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        STEPLOG,
+        "dev",
+        cwd=tmp_path,
+        env=_env(STEPLOG_PORT=str(port)),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            await _eventually_ready(http, base)
+        yield tmp_path, base
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+
+
+async def _runs_a_workflow(base: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.put(f"{base}/v1/workflows/p", json={"definition": PASS}) as resp:
+            assert resp.status in (200, 201), await resp.text()
+        async with http.post(f"{base}/v1/workflows/p/executions", json={"input": {}}) as resp:
+            assert resp.status in (200, 201), await resp.text()
+            eid = (await resp.json())["execution_id"]
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            async with http.get(f"{base}/v1/executions/{eid}") as resp:
+                if (await resp.json())["status"] == "SUCCEEDED":
+                    return
+            assert asyncio.get_running_loop().time() < deadline, "execution did not end"
+            await asyncio.sleep(0.1)
+
+
+async def test_commands_use_the_running_servers_and_leave_them_working(
+    dev: tuple[Path, str],
+) -> None:
+    project, base = dev
+    inside = project / "sub" / "dir"
+    os.makedirs(inside)
+    # From a folder inside the project: the data folder is found in a parent.
+    code, out, err = await _run(inside, "projections", "status")
+    assert code == 0, err
+    assert out.startswith("projection")
+    code, _, err = await _run(project, "replay", str(uuid.uuid4()))
+    assert code == 1
+    assert "not found" in err
+    # Before this fix, the command's own redis-server unlinked the running one's socket.
+    await _runs_a_workflow(base)
+
+
+async def test_a_second_dev_on_the_same_folder_refuses_in_one_line(
+    dev: tuple[Path, str],
+) -> None:
+    project, base = dev
+    code, _, err = await _run(project, "dev", STEPLOG_PORT=str(_free_port()))
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "is in use by steplog (pid" in lines[0]
+    await _runs_a_workflow(base)
+
+
+async def test_a_command_outside_a_project_creates_nothing(tmp_path: Path) -> None:
+    code, _, err = await _run(tmp_path, "replay", str(uuid.uuid4()))
+    assert code == 1
+    assert str(tmp_path / ".steplog") in err
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("replay", "00000000-0000-4000-8000-000000000001", "--seq", "0"),
+        ("replay", "00000000-0000-4000-8000-000000000001", "--seq", "x"),
+        ("replay", "not-a-uuid"),
+        ("verify", "--limit", "-5"),
+        ("export", "nope"),
+        ("serve", "--roles", "api,bogus"),
+    ],
+)
+async def test_bad_arguments_are_usage_errors(tmp_path: Path, args: tuple[str, ...]) -> None:
+    os.mkdir(tmp_path / ".steplog")
+    code, _, err = await _run(tmp_path, *args)
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert not os.listdir(tmp_path / ".steplog")
