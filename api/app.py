@@ -1,48 +1,39 @@
-"""The aiohttp application: `create_app(service, store, pool, redis, settings)`.
+"""The aiohttp application: `create_app(commands, queries, config)`.
 
-The caller (steplog/) owns every dependency: it opens and closes the pool and
-the Redis client; the app only reads them through typed AppKeys. Request
-bodies are capped at settings.max_payload_bytes plus a small envelope
-allowance (aiohttp answers 413 beyond that); routes check the definition and
-the execution input against max_payload_bytes itself.
+The API talks to two facades only: the command side (`EngineService`) and the
+query side (`Queries`), both built and owned by the caller (steplog/), which
+also closes what they use; the app reaches them through typed AppKeys. Request
+bodies are capped at config.max_payload_bytes plus a small envelope allowance
+(aiohttp answers 413 beyond that); routes check the definition and the
+execution input against max_payload_bytes itself.
 """
 
 from __future__ import annotations
 
-import asyncpg
 from aiohttp import web
-from redis.asyncio import Redis
 
 from api import executions, feed, health, stats, workflows
-from api.keys import METRICS, POOL, REDIS, SERVICE, SETTINGS, STORE
+from api.config import ApiConfig
+from api.keys import COMMANDS, CONFIG, METRICS, QUERIES
 from api.metrics import HttpMetrics
 from api.middleware import observe_middleware, request_id_middleware
 from api.problems import error_middleware
-from engine.adapters.store import EventStore
 from engine.service import EngineService
-from steplog.settings import Settings
+from projections.queries import Queries
 
 # Room for the JSON around an input of exactly max_payload_bytes ({"input": ..., "name": ...}).
 ENVELOPE_BYTES = 1024
 
 
-def create_app(
-    service: EngineService,
-    store: EventStore,
-    pool: asyncpg.Pool,
-    redis: Redis,
-    settings: Settings,
-) -> web.Application:
+def create_app(commands: EngineService, queries: Queries, config: ApiConfig) -> web.Application:
     """Build the API application; nothing in it closes what it was given."""
     app = web.Application(
-        client_max_size=settings.max_payload_bytes + ENVELOPE_BYTES,
+        client_max_size=config.max_payload_bytes + ENVELOPE_BYTES,
         middlewares=[request_id_middleware, observe_middleware, error_middleware],
     )
-    app[SERVICE] = service
-    app[STORE] = store
-    app[POOL] = pool
-    app[REDIS] = redis
-    app[SETTINGS] = settings
+    app[COMMANDS] = commands
+    app[QUERIES] = queries
+    app[CONFIG] = config
     app[METRICS] = HttpMetrics()
     app.add_routes(workflows.routes)
     app.add_routes(executions.routes)

@@ -21,21 +21,18 @@ A malformed execution id is answered like an unknown one: 404 execution_not_foun
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
-from typing import Any
 from uuid import UUID
 
 import msgspec
 from aiohttp import web
 
-from api.keys import POOL, SERVICE, SETTINGS, STORE
+from api.keys import COMMANDS, CONFIG, QUERIES
+from api.params import execution_id, workflow_name
 from api.problems import InvalidQuery
 from api.responses import json_response
 from api.schemas import (
     DiffQuery,
-    EventOut,
     ExecutionList,
-    ExecutionOut,
     ExportQuery,
     History,
     HistoryQuery,
@@ -48,89 +45,25 @@ from api.schemas import (
     decode_cursor,
     decode_query,
     encode_cursor,
-    parse_execution_id,
-    rfc3339,
 )
-from api.workflows import workflow_name
-from engine.adapters.store import EventStore, ExecutionRecord, StoredEvent
-from engine.core import jsondiff
-from engine.errors import ExecutionNotFound, PayloadTooLarge
+from api.views import event_out, execution_out, started_out
+from engine.errors import PayloadTooLarge
 from engine.logcontext import execution_id_var
-from engine.service import fold
-from projections import executions as view
+from projections.executions import Filters
 
 routes = web.RouteTableDef()
-
-_Keyset = tuple[dt.datetime, UUID]
-
-
-def execution_out(row: view.ExecutionRow) -> ExecutionOut:
-    return ExecutionOut(
-        execution_id=str(row.execution_id),
-        workflow=row.workflow,
-        version=row.version,
-        name=row.name,
-        status=row.status,
-        input=msgspec.Raw(row.input.encode()),
-        output=None if row.output is None else msgspec.Raw(row.output.encode()),
-        error=row.error,
-        cause=row.cause,
-        started_at=rfc3339(row.started_at),
-        stopped_at=None if row.stopped_at is None else rfc3339(row.stopped_at),
-    )
-
-
-def started_out(record: ExecutionRecord) -> ExecutionOut:
-    """A just-started execution, straight from its start record."""
-    return ExecutionOut(
-        execution_id=str(record.execution_id),
-        workflow=record.workflow,
-        version=record.version,
-        name=record.name,
-        status="RUNNING",
-        input=msgspec.Raw(record.input_json),
-        output=None,
-        error=None,
-        cause=None,
-        started_at=rfc3339(record.started_at),
-        stopped_at=None,
-    )
-
-
-def execution_id(request: web.Request) -> UUID:
-    """The {id} path segment; also names the execution in this request's logs."""
-    text = request.match_info["id"]
-    parsed = parse_execution_id(text)
-    if parsed is None:
-        raise ExecutionNotFound(f"no execution {text!r}")
-    execution_id_var.set(str(parsed))
-    return parsed
-
-
-async def replay_row(store: EventStore, eid: UUID) -> view.ExecutionRow:
-    """The execution's row folded from its events: always current."""
-    row = view.fold(await store.load(eid))
-    if row is None:
-        raise ExecutionNotFound(f"no execution {eid}")
-    return row
-
-
-async def current_row(request: web.Request, eid: UUID) -> view.ExecutionRow:
-    """From the read model; by replay when the projection has no row yet."""
-    row = await view.get_row(request.app[POOL], eid)
-    return row if row is not None else await replay_row(request.app[STORE], eid)
 
 
 @routes.post("/v1/workflows/{name}/executions")
 async def start_execution(request: web.Request) -> web.Response:
     workflow = workflow_name(request)
     req = decode_body(await request.read(), StartExecution)
-    limit = request.app[SETTINGS].max_payload_bytes
+    limit = request.app[CONFIG].max_payload_bytes
     size = len(bytes(req.input))
     if size > limit:
         raise PayloadTooLarge(f"execution input is {size} bytes; the limit is {limit}")
-    record, created = await request.app[SERVICE].start(
-        request.app[SETTINGS].namespace,
+    record, created = await request.app[COMMANDS].start(
+        request.app[CONFIG].namespace,
         workflow,
         msgspec.json.decode(req.input),
         req.name,
@@ -140,7 +73,7 @@ async def start_execution(request: web.Request) -> web.Response:
     out = (
         started_out(record)
         if created
-        else execution_out(await current_row(request, record.execution_id))
+        else execution_out(await request.app[QUERIES].execution(record.execution_id))
     )
     return json_response(
         out,
@@ -164,7 +97,7 @@ async def list_executions(request: web.Request) -> web.Response:
                 f"{name}_after must be before {name}_before",
                 [(f"{name}_after", "not before the end of the range")],
             )
-    after: _Keyset | None = None
+    after: tuple[dt.datetime, UUID] | None = None
     if query.cursor is not None:
         ts, eid, order = decode_cursor(query.cursor, _ListCursor)
         if order != query.order:
@@ -173,13 +106,12 @@ async def list_executions(request: web.Request) -> web.Response:
                 [("cursor", "order differs")],
             )
         after = (ts, eid)
-    page = await view.list_rows(
-        request.app[POOL],
-        namespace=request.app[SETTINGS].namespace,
+    page = await request.app[QUERIES].list_executions(
+        request.app[CONFIG].namespace,
         limit=query.limit,
         after=after,
         ascending=query.order == "asc",
-        filters=view.Filters(
+        filters=Filters(
             workflow=query.workflow,
             version=query.version,
             status=query.status,
@@ -204,30 +136,7 @@ async def list_executions(request: web.Request) -> web.Response:
 @routes.get("/v1/executions/{id}")
 async def get_execution(request: web.Request) -> web.Response:
     eid = execution_id(request)
-    return json_response(execution_out(await current_row(request, eid)))
-
-
-# Event fields that carry execution data (left out with include_data=false).
-DATA_FIELDS = ("input", "output", "branchInput", "items", "assignedVariables")
-
-
-def event_out(event: StoredEvent, include_data: bool = True) -> EventOut:
-    details = msgspec.json.decode(event.data)
-    if isinstance(details, dict):
-        details.pop("type", None)
-        if not include_data:
-            for name in DATA_FIELDS:
-                details.pop(name, None)
-    return EventOut(
-        seq=event.seq, type=event.type, timestamp=rfc3339(event.timestamp), details=details
-    )
-
-
-async def require_execution(store: EventStore, eid: UUID) -> ExecutionRecord:
-    record = await store.get_execution(eid)
-    if record is None:
-        raise ExecutionNotFound(f"no execution {eid}")
-    return record
+    return json_response(execution_out(await request.app[QUERIES].execution(eid)))
 
 
 @routes.get("/v1/executions/{id}/history")
@@ -239,46 +148,27 @@ async def get_history(request: web.Request) -> web.Response:
     cursor: int | None = None if query.cursor is None else decode_cursor(query.cursor, int)
     if cursor is not None and cursor < 0:
         raise InvalidQuery("cursor is not one this API returned", [("cursor", "invalid")])
-    store = request.app[STORE]
-    if query.reverse:
-        upto = None if cursor is None else cursor - 1
-        events = await store.load(eid, upto_seq=upto, limit=query.limit + 1, reverse=True)
-    else:
-        events = await store.load(eid, after_seq=cursor or 0, limit=query.limit + 1)
-    if not events:
-        await require_execution(store, eid)
-    page = events[: query.limit]
-    more = len(events) > query.limit
+    page = await request.app[QUERIES].history(
+        eid, limit=query.limit, cursor=cursor, reverse=query.reverse
+    )
     return json_response(
         History(
-            events=[event_out(e, query.include_data) for e in page],
-            next_cursor=encode_cursor(page[-1].seq) if more else None,
+            events=[event_out(e, query.include_data) for e in page.events],
+            next_cursor=encode_cursor(page.events[-1].seq) if page.more else None,
         )
     )
 
 
-EXPORT_PAGE = 1000
 NDJSON = "application/x-ndjson"
-_export_line = msgspec.json.Encoder()
-
-
-class ExportLine(msgspec.Struct):
-    """One line of a history export (JSON Lines)."""
-
-    execution_id: str
-    seq: int
-    type: str
-    timestamp: str
-    details: dict[str, Any]
 
 
 @routes.get("/v1/executions/{id}/history.jsonl")
 async def export_history(request: web.Request) -> web.StreamResponse:
-    """The whole history as JSON Lines, streamed in pages of EXPORT_PAGE events."""
+    """The whole history as JSON Lines, streamed in pages of events."""
     eid = execution_id(request)
     query = decode_query(request.query, ExportQuery)
-    store = request.app[STORE]
-    await require_execution(store, eid)
+    queries = request.app[QUERIES]
+    await queries.require_execution(eid)
     response = web.StreamResponse(
         headers={
             "Content-Type": NDJSON,
@@ -286,43 +176,25 @@ async def export_history(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    async for line in history_lines(store, eid, query.include_data):
-        await response.write(line)
+    async for chunk in queries.export(eid, query.include_data):
+        await response.write(chunk)
     await response.write_eof()
     return response
-
-
-async def history_lines(
-    store: EventStore, eid: UUID, include_data: bool = True
-) -> AsyncIterator[bytes]:
-    """An execution's events as JSON Lines (also `steplog export`)."""
-    after = 0
-    while events := await store.load(eid, after_seq=after, limit=EXPORT_PAGE):
-        chunk = bytearray()
-        for e in events:
-            out = event_out(e, include_data)
-            chunk += _export_line.encode(
-                ExportLine(str(eid), out.seq, out.type, out.timestamp, out.details)
-            )
-            chunk += b"\n"
-        yield bytes(chunk)
-        after = events[-1].seq
 
 
 @routes.post("/v1/executions/{id}/stop")
 async def stop_execution(request: web.Request) -> web.Response:
     eid = execution_id(request)
     req = decode_body(await request.read(), StopExecution)
-    await request.app[SERVICE].stop(eid, req.error, req.cause, dt.datetime.now(dt.UTC))
-    return json_response(execution_out(await replay_row(request.app[STORE], eid)))
+    await request.app[COMMANDS].stop(eid, req.error, req.cause, dt.datetime.now(dt.UTC))
+    return json_response(execution_out(await request.app[QUERIES].replayed_execution(eid)))
 
 
 @routes.get("/v1/executions/{id}/state")
 async def get_state(request: web.Request) -> web.Response:
     eid = execution_id(request)
     query = decode_query(request.query, StateQuery)
-    state = await request.app[SERVICE].state_at(eid, query.seq)
-    return json_response(state)
+    return json_response(await request.app[QUERIES].state_at(eid, query.seq))
 
 
 @routes.get("/v1/executions/{id}/state/diff")
@@ -333,22 +205,19 @@ async def get_state_diff(request: web.Request) -> web.Response:
     query = decode_query(request.query, DiffQuery)
     if query.from_seq > query.to_seq:
         raise InvalidQuery("from must not be after to", [("from", "after to")])
-    events = await request.app[STORE].load(eid, upto_seq=query.to_seq)
-    if not events:
-        raise ExecutionNotFound(f"no execution {eid}")
+    queries = request.app[QUERIES]
+    events = await queries.events_upto(eid, query.to_seq)
     if len(events) < query.to_seq:
         raise InvalidQuery(
             f"the execution has {len(events)} events; to={query.to_seq} is past its end",
             [("to", "past the last event")],
         )
-    before = fold(eid, events[: query.from_seq])
-    after = fold(eid, events[query.from_seq :], before)
     return json_response(
         StateDiff(
             execution_id=str(eid),
             from_seq=query.from_seq,
             to_seq=query.to_seq,
             events=[event_out(e) for e in events[query.from_seq :]],
-            patch=jsondiff.diff(msgspec.to_builtins(before), msgspec.to_builtins(after)),
+            patch=queries.state_patch(eid, events, query.from_seq),
         )
     )

@@ -2,7 +2,7 @@
 
 GET /health/live  -> 200 {"status": "ok"} while the process serves HTTP
 GET /health/ready -> 200 {"status": "ok", "checks": {...}} when PostgreSQL
-                     (store.ping) and Redis (PING) answer within 2 s, else 503
+                     and Redis (Queries.ping_postgres / ping_redis) answer within 2 s, else 503
                      problem+json (code service_unavailable, Retry-After) with the checks
 GET /metrics      -> Prometheus text format (with projection lag gauges)
 """
@@ -16,10 +16,9 @@ from collections.abc import Awaitable
 
 from aiohttp import web
 
-from api.keys import METRICS, POOL, REDIS, STORE
+from api.keys import METRICS, QUERIES
 from api.problems import RETRY_AFTER_SECONDS, problem
 from api.responses import json_response
-from projections.status import projection_status
 
 CHECK_TIMEOUT_S = 2.0
 log = logging.getLogger(__name__)
@@ -43,8 +42,9 @@ async def live(request: web.Request) -> web.Response:
 
 @routes.get("/health/ready")
 async def ready(request: web.Request) -> web.Response:
+    queries = request.app[QUERIES]
     postgres, redis = await asyncio.gather(
-        _check(request.app[STORE].ping()), _check(request.app[REDIS].ping())
+        _check(queries.ping_postgres()), _check(queries.ping_redis())
     )
     checks = {"postgres": postgres, "redis": redis}
     if postgres == "ok" and redis == "ok":
@@ -67,7 +67,7 @@ async def metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S):
-            statuses = await projection_status(request.app[POOL], dt.datetime.now(dt.UTC))
+            statuses = await request.app[QUERIES].projection_status(dt.datetime.now(dt.UTC))
     except Exception as exc:  # metrics must render even when PostgreSQL does not answer
         log.warning("projection lag not measured: %r", exc)
     else:

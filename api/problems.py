@@ -7,10 +7,12 @@ Every error response has this body (`errors` only when there are some):
 
 `code` is stable and machine-readable. Sources, in the order they are tried:
 - `SteplogError` (engine/errors.py and the API's own below): its code/status;
-  InvalidDefinition and InvalidBody carry `errors`.
+  InvalidDefinition and InvalidBody carry `errors`. `Unavailable` (a PostgreSQL
+  or Redis that does not answer, translated by the adapters) is 503
+  `service_unavailable` with Retry-After and a fixed detail (the driver's
+  error goes to the log only).
 - aiohttp HTTP errors: 404 `route_not_found`, 405 `method_not_allowed` (with
   Allow), 413 `payload_too_large`, else `http_<status>`.
-- connection errors of PostgreSQL or Redis: 503 `service_unavailable`, Retry-After.
 - anything else: 500 `internal`, logged with its traceback and the request id.
 """
 
@@ -22,9 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 
-import asyncpg
 import msgspec
-import redis.exceptions
 from aiohttp import web
 
 from engine.errors import InvalidDefinition, InvalidRequest, SteplogError, Unavailable
@@ -84,19 +84,6 @@ TITLES = {
 
 _HTTP_CODES = {404: "route_not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
-# Lost or refused connections to PostgreSQL or Redis: the request may succeed later.
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,  # refused/reset sockets; also TimeoutError (pool acquire, command timeouts)
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,  # "connection is closed", released mid-query
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-)
-
 _encoder = msgspec.json.Encoder()
 
 
@@ -143,8 +130,7 @@ def from_steplog_error(request: web.Request, exc: SteplogError) -> web.Response:
     errors: Sequence[tuple[str, str]] = ()
     if isinstance(exc, InvalidDefinition | InvalidBody | InvalidQuery):
         errors = exc.errors
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if isinstance(exc, Unavailable) else None
-    return problem(request, exc.status, exc.code, exc.message, errors=errors, headers=headers)
+    return problem(request, exc.status, exc.code, exc.message, errors=errors)
 
 
 def from_http_exception(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -168,6 +154,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """The one place exceptions become responses."""
     try:
         return await handler(request)
+    except Unavailable as exc:
+        # The client learns only that it may retry; the log has the driver's error.
+        log.warning("dependency unavailable: %r", exc.__cause__ or exc)
+        return problem(
+            request,
+            503,
+            "service_unavailable",
+            "a backing service (PostgreSQL or Redis) is unavailable; retry later",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
     except SteplogError as exc:
         if exc.status >= 500:
             log.error("request failed: %s", exc.code, exc_info=exc)
@@ -178,15 +174,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return from_http_exception(request, exc)
     except asyncio.CancelledError:
         raise
-    except CONNECTION_ERRORS as exc:
-        log.warning("dependency unavailable: %r", exc)
-        return problem(
-            request,
-            503,
-            "service_unavailable",
-            "a backing service (PostgreSQL or Redis) is unavailable; retry later",
-            headers={"Retry-After": RETRY_AFTER_SECONDS},
-        )
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return problem(

@@ -192,11 +192,6 @@ class WorkflowStats(msgspec.Struct):
 # --- helpers ------------------------------------------------------------------
 
 
-def rfc3339(value: dt.datetime) -> str:
-    """UTC with microseconds and a Z: 2026-01-02T03:04:05.123456Z."""
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
 def _path_of(message: str) -> tuple[str, str]:
     head, sep, tail = message.rpartition(" - at `")
     if sep and tail.endswith("`"):

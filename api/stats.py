@@ -16,14 +16,12 @@ import datetime as dt
 
 from aiohttp import web
 
-from api.keys import POOL, SETTINGS, STORE
+from api.keys import CONFIG, QUERIES
+from api.params import workflow_name
 from api.problems import InvalidQuery
 from api.responses import json_response
-from api.schemas import StatsQuery, WorkflowStats, decode_query, rfc3339
-from api.workflows import workflow_name
-from engine.errors import WorkflowNotFound
-from projections import executions as executions_view
-from projections import stats as stats_view
+from api.schemas import StatsQuery, WorkflowStats, decode_query
+from projections.history import rfc3339
 
 DEFAULT_WINDOW = dt.timedelta(hours=24)
 
@@ -38,21 +36,16 @@ async def workflow_stats(request: web.Request) -> web.Response:
     start = query.start or end - DEFAULT_WINDOW
     if start >= end:
         raise InvalidQuery("from must be before to", [("from", "not before to")])
-    namespace = request.app[SETTINGS].namespace
-    if await request.app[STORE].get_workflow(namespace, name, query.version) is None:
-        raise WorkflowNotFound(
-            f"no workflow {name!r}" + (f" version {query.version}" if query.version else "")
-        )
-    pool = request.app[POOL]
-    summary = await executions_view.summary(pool, namespace, name, start, end, query.version)
-    states = await stats_view.state_stats(pool, namespace, name, start, end, query.version)
+    stats = await request.app[QUERIES].workflow_stats(
+        request.app[CONFIG].namespace, name, start, end, query.version
+    )
     return json_response(
         WorkflowStats(
             workflow=name,
             version=query.version,
             start=rfc3339(start),
             end=rfc3339(end),
-            executions=summary,
-            states=states,
+            executions=stats.executions,
+            states=stats.states,
         )
     )

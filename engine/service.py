@@ -92,6 +92,21 @@ class EngineService:
             return exc.errors
         return []
 
+    async def describe_workflow(
+        self, namespace: str, name: str, version: int | None = None
+    ) -> WorkflowVersion:
+        """The given version, or the latest when ``version`` is None; `WorkflowNotFound`
+        when there is none."""
+        wf = await self.store.get_workflow(namespace, name, version)
+        if wf is None:
+            what = name if version is None else f"{name} version {version}"
+            raise WorkflowNotFound(f"no workflow {what}")
+        return wf
+
+    async def list_workflows(self, namespace: str) -> list[WorkflowVersion]:
+        """The latest version of every workflow of ``namespace``, by name."""
+        return await self.store.list_workflows(namespace)
+
     async def definition(self, namespace: str, workflow: str, version: int) -> Definition:
         key = (namespace, workflow, version)
         cached = self._definitions.get(key)

@@ -35,7 +35,9 @@ import asyncpg
 import redis.exceptions
 
 from engine.adapters.bus import Bus, StreamEntry
+from engine.adapters.postgres import translate_errors
 from engine.adapters.store import EventStore, GlobalPosition, StoredEvent
+from engine.errors import Unavailable
 from engine.stopping import sleep_or_stop
 from projections import executions, stats
 from projections.base import Projection
@@ -107,19 +109,22 @@ async def catch_up(
     open transaction of ours would hold back read_all's snapshot horizon), then
     applied with the checkpoint in one transaction; when the checkpoint moved
     meanwhile (another projector, a rebuild) the batch is dropped and re-read.
+    `Unavailable` when PostgreSQL does not answer.
     """
     total = 0
     name, tables = projection.name, projection.identity()
     while True:
-        start = await get_checkpoint(pool, name)
+        with translate_errors():
+            start = await get_checkpoint(pool, name)
         batch = await store.read_all(start, batch_size)
         if not batch:
             return total
-        async with pool.acquire() as conn, conn.transaction():
-            if await _lock_checkpoint(conn, name) != start:
-                continue
-            await _apply(conn, projection, batch, tables)
-            await _set_checkpoint(conn, name, batch[-1].global_position)
+        with translate_errors():
+            async with pool.acquire() as conn, conn.transaction():
+                if await _lock_checkpoint(conn, name) != start:
+                    continue
+                await _apply(conn, projection, batch, tables)
+                await _set_checkpoint(conn, name, batch[-1].global_position)
         total += len(batch)
 
 
@@ -205,7 +210,7 @@ class Projector:
                     next_catch_up = min(next_catch_up, loop.time() + self.horizon_retry)
             except asyncio.CancelledError:
                 raise
-            except (redis.exceptions.RedisError, asyncpg.PostgresError, OSError) as exc:
+            except (redis.exceptions.RedisError, Unavailable) as exc:
                 log.warning("projector %s: %r; retrying", self.projection.name, exc)
                 next_catch_up = 0.0
                 pending = True

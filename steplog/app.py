@@ -20,7 +20,9 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from engine.adapters.bus import Bus
+from engine.adapters.postgres import open_pool, translate_errors
 from engine.adapters.store import EventStore
+from engine.errors import Unavailable
 from engine.loops.engine_loop import Engine
 from engine.loops.recovery import Recovery
 from engine.loops.relay import Relay
@@ -28,19 +30,12 @@ from engine.loops.timers import TimerService
 from engine.loops.worker import HandlerRegistry, Worker, default_registry
 from engine.service import EngineService
 from engine.stopping import sleep_or_stop
+from projections.queries import Queries
 from steplog.datadir import local_servers
 from steplog.migrate import migrate
 from steplog.settings import Settings
 
 log = logging.getLogger("steplog")
-
-# What a server that is down or restarting raises on connect.
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-)
 
 
 @dataclass
@@ -51,6 +46,7 @@ class Resources:
     store: EventStore
     bus: Bus
     service: EngineService
+    queries: Queries
 
 
 @contextlib.asynccontextmanager
@@ -70,15 +66,19 @@ async def server_urls(settings: Settings, *, own: bool = False) -> AsyncIterator
 async def open_resources(
     settings: Settings, database_url: str, redis_url: str, *, pool_size: int = 20
 ) -> AsyncIterator[Resources]:
-    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=pool_size)
+    """Open the pool (`Unavailable` when PostgreSQL does not answer), apply the
+    migrations, and build the store, bus, command and query sides over them."""
+    pool = await open_pool(database_url, min_size=2, max_size=pool_size)
     try:
-        await migrate(pool)
+        with translate_errors():
+            await migrate(pool)
         redis = aioredis.from_url(redis_url)
         try:
             store = EventStore(pool)
             bus = Bus(redis, settings.redis_prefix, settings.partitions)
             service = EngineService(store, max_payload_bytes=settings.max_payload_bytes)
-            yield Resources(settings, pool, redis, store, bus, service)
+            queries = Queries(store, pool, bus.ping)
+            yield Resources(settings, pool, redis, store, bus, service, queries)
         finally:
             await redis.aclose()
     finally:
@@ -149,8 +149,12 @@ async def run_roles(
     runner: web.AppRunner | None = None
     if "api" in roles:
         from api.app import create_app
+        from api.config import ApiConfig
 
-        app = create_app(r.service, r.store, r.pool, r.redis, settings)
+        config = ApiConfig(
+            namespace=settings.namespace, max_payload_bytes=settings.max_payload_bytes
+        )
+        app = create_app(r.service, r.queries, config)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
@@ -182,7 +186,7 @@ async def serve(settings: Settings, stop: asyncio.Event, *, own: bool = False) -
             try:
                 resources = open_resources(settings, db_url, redis_url)
                 r = await resources.__aenter__()
-            except CONNECTION_ERRORS as exc:
+            except Unavailable as exc:
                 log.warning("cannot reach PostgreSQL (%r); retrying in %.1fs", exc, delay)
                 await sleep_or_stop(stop, delay)
                 delay = min(delay * 2, 5.0)

@@ -22,7 +22,6 @@ from engine.core.asl.model import Definition
 from engine.core.decide import decide
 from engine.core.replay import DecideFn, Recorded, Verdict, verify_history
 from engine.errors import InvalidDefinition, WorkflowNotFound
-from projections.status import projection_status
 from steplog.app import Resources
 
 PAGE = 200
@@ -101,18 +100,16 @@ async def _check(r: Resources, record: ExecutionRecord, decide_fn: DecideFn) -> 
 
 async def export(r: Resources, execution_id: UUID, out: TextIO, include_data: bool = True) -> int:
     """Write an execution's history as JSON Lines; 1 when there is no such execution."""
-    from api.executions import history_lines
-
     if await r.store.get_execution(execution_id) is None:
         return 1
-    async for chunk in history_lines(r.store, execution_id, include_data):
+    async for chunk in r.queries.export(execution_id, include_data):
         out.write(chunk.decode())
     return 0
 
 
 async def status(r: Resources, out: TextIO) -> int:
     """Each projection's checkpoint and lag, one line each."""
-    rows = await projection_status(r.pool, dt.datetime.now(dt.UTC))
+    rows = await r.queries.projection_status(dt.datetime.now(dt.UTC))
     out.write(f"{'projection':<16} {'tx_id':>12} {'position':>12} {'lag':>10} {'behind_s':>9}\n")
     for s in rows:
         out.write(

@@ -190,7 +190,7 @@ async def _command(args: argparse.Namespace, settings: Settings) -> int:
                 from engine.errors import NotFound
 
                 try:
-                    state = await r.service.state_at(args.execution_id, args.seq)
+                    state = await r.queries.state_at(args.execution_id, args.seq)
                 except NotFound as exc:
                     print(f"steplog: {exc}", file=sys.stderr)
                     return 1

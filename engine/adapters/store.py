@@ -1,15 +1,19 @@
 """PostgreSQL event store: the source of truth (DESIGN "How an execution moves").
 
 Every SQL statement of the store is a named constant in the block below. asyncpg
-errors are translated here, once, into the engine.errors tree. JSON crosses the
+errors are translated here, once, into the engine.errors tree: every call goes
+through the `_fetch`/`_fetchrow`/`_fetchval`/`_execute`/`_transaction` wrappers,
+which turn a server that does not answer into `Unavailable`
+(engine.adapters.postgres); statement errors become what they mean below. JSON crosses the
 boundary as text (``$n::text::jsonb`` in, ``::text`` out), so the store works on
 any pool whatever JSON codecs its owner registered.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
@@ -17,6 +21,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
+from engine.adapters.postgres import translate_errors
 from engine.core.events import TERMINAL_EVENT_TYPES
 from engine.errors import ConcurrencyError, ExecutionNameConflict, InvalidRequest
 
@@ -368,6 +373,34 @@ class EventStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
+    # -- the driver, with connection failures translated ---------------------------------
+
+    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        with translate_errors():
+            rows: list[asyncpg.Record] = await self._pool.fetch(query, *args)
+            return rows
+
+    async def _fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        with translate_errors():
+            row: asyncpg.Record | None = await self._pool.fetchrow(query, *args)
+            return row
+
+    async def _fetchval(self, query: str, *args: Any) -> Any:
+        with translate_errors():
+            return await self._pool.fetchval(query, *args)
+
+    async def _execute(self, query: str, *args: Any) -> str:
+        with translate_errors():
+            status: str = await self._pool.execute(query, *args)
+            return status
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection in a transaction; failures inside are translated too."""
+        with translate_errors():
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield conn
+
     # -- workflows ------------------------------------------------------------------------
 
     async def put_workflow(
@@ -377,7 +410,7 @@ class EventStore:
         latest one (compared as canonical JSON). Returns (version, created)."""
         canonical = canonical_json(definition)
         digest = _sha256(canonical)
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             await conn.execute(INSERT_WORKFLOW, namespace, name)
             await conn.execute(LOCK_WORKFLOW, namespace, name)
             latest = await conn.fetchrow(SELECT_LATEST_VERSION, namespace, name)
@@ -401,14 +434,14 @@ class EventStore:
     ) -> WorkflowVersion | None:
         """The given version, or the latest one when ``version`` is None."""
         if version is None:
-            row = await self._pool.fetchrow(SELECT_LATEST_VERSION, namespace, name)
+            row = await self._fetchrow(SELECT_LATEST_VERSION, namespace, name)
         else:
-            row = await self._pool.fetchrow(SELECT_VERSION, namespace, name, version)
+            row = await self._fetchrow(SELECT_VERSION, namespace, name, version)
         return None if row is None else _version(row)
 
     async def list_workflows(self, namespace: str) -> list[WorkflowVersion]:
         """The latest version of every workflow of ``namespace``, by name."""
-        return [_version(r) for r in await self._pool.fetch(LIST_LATEST_VERSIONS, namespace)]
+        return [_version(r) for r in await self._fetch(LIST_LATEST_VERSIONS, namespace)]
 
     # -- executions -----------------------------------------------------------------------
 
@@ -430,7 +463,7 @@ class EventStore:
         """
         digest = input_hash(input_json)
         try:
-            position = await self._pool.fetchval(
+            position = await self._fetchval(
                 START_EXECUTION,
                 execution_id,
                 namespace,
@@ -459,7 +492,7 @@ class EventStore:
                 started_at=started.timestamp,
             )
             return record, True
-        row = await self._pool.fetchrow(SELECT_EXECUTION_BY_NAME, namespace, workflow, name)
+        row = await self._fetchrow(SELECT_EXECUTION_BY_NAME, namespace, workflow, name)
         if row is None:  # pragma: no cover - rows are never deleted
             raise ConcurrencyError(f"execution {name!r} vanished while starting")
         if row["input_hash"] != digest:
@@ -469,7 +502,7 @@ class EventStore:
         return _execution(row), False
 
     async def get_execution(self, execution_id: UUID) -> ExecutionRecord | None:
-        row = await self._pool.fetchrow(SELECT_EXECUTION, execution_id)
+        row = await self._fetchrow(SELECT_EXECUTION, execution_id)
         return None if row is None else _execution(row)
 
     async def list_executions(
@@ -480,14 +513,12 @@ class EventStore:
         limit: int = 100,
     ) -> list[ExecutionRecord]:
         """Executions of ``namespace`` (of ``workflow`` when given) by id, after ``after``."""
-        rows = await self._pool.fetch(
-            LIST_EXECUTIONS, namespace, workflow, after or UUID(int=0), limit
-        )
+        rows = await self._fetch(LIST_EXECUTIONS, namespace, workflow, after or UUID(int=0), limit)
         return [_execution(r) for r in rows]
 
     async def running_executions(self, namespace: str | None = None) -> list[UUID]:
         """Ids of executions whose last event is not terminal (for recovery), oldest first."""
-        rows = await self._pool.fetch(RUNNING_EXECUTIONS, namespace, list(TERMINAL_EVENT_TYPES))
+        rows = await self._fetch(RUNNING_EXECUTIONS, namespace, list(TERMINAL_EVENT_TYPES))
         return [r["execution_id"] for r in rows]
 
     # -- events ---------------------------------------------------------------------------
@@ -510,14 +541,14 @@ class EventStore:
         timer_ids = [t.timer_id for t in set_timers]
         timer_dues = [t.due for t in set_timers]
         if not events:
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with self._transaction() as conn:
                 if cancel_timers:
                     await conn.execute(CANCEL_TIMERS, list(cancel_timers))
                 if timer_ids:
                     await conn.execute(UPSERT_TIMERS, execution_id, timer_ids, timer_dues)
             return []
         try:
-            rows = await self._pool.fetch(
+            rows = await self._fetch(
                 APPEND,
                 execution_id,
                 expected_seq,
@@ -561,28 +592,28 @@ class EventStore:
         ascending, or descending when ``reverse``; at most ``limit`` (None = all)."""
         query = LOAD_BACKWARD if reverse else LOAD_FORWARD
         upper = _MAX_SEQ if upto_seq is None else upto_seq
-        rows = await self._pool.fetch(query, execution_id, after_seq, upper, limit)
+        rows = await self._fetch(query, execution_id, after_seq, upper, limit)
         return [_stored(r) for r in rows]
 
     async def read_all(self, after: GlobalPosition, limit: int) -> list[StoredEvent]:
         """Up to ``limit`` events after ``after`` in commit-safe global order: ordered by
         (tx_id, position), never returning an event while a transaction that could still
         commit one before it is in flight. Page with ``events[-1].global_position``."""
-        rows = await self._pool.fetch(READ_ALL, str(after.tx_id), after.position, limit)
+        rows = await self._fetch(READ_ALL, str(after.tx_id), after.position, limit)
         return [_stored(r) for r in rows]
 
     # -- timers ---------------------------------------------------------------------------
 
     async def due_timers(self, now: datetime, limit: int) -> list[DueTimer]:
         """Timers with ``due_at <= now``, earliest first."""
-        rows = await self._pool.fetch(DUE_TIMERS, now, limit)
+        rows = await self._fetch(DUE_TIMERS, now, limit)
         return [DueTimer(r["timer_id"], r["execution_id"], r["due_at"]) for r in rows]
 
     async def claim_due_timers(self, now: datetime, limit: int, lease_s: float) -> list[DueTimer]:
         """Claim up to ``limit`` due timers not yet fired for their due time and not
         leased by another firer, for ``lease_s`` seconds; earliest first. Concurrent
         callers get disjoint sets. Call `mark_timers_fired` once their triggers are out."""
-        rows = await self._pool.fetch(CLAIM_DUE_TIMERS, now, limit, lease_s)
+        rows = await self._fetch(CLAIM_DUE_TIMERS, now, limit, lease_s)
         timers = [
             DueTimer(r["timer_id"], r["execution_id"], r["due_at"], r["claimed_until"])
             for r in rows
@@ -594,7 +625,7 @@ class EventStore:
         """Record that ``timers`` (as claimed) fired for their due times and release their
         leases; a timer moved or re-armed since its claim stays due."""
         if timers:
-            await self._pool.execute(
+            await self._execute(
                 MARK_TIMERS_FIRED,
                 [t.timer_id for t in timers],
                 [t.due_at for t in timers],
@@ -604,23 +635,21 @@ class EventStore:
     async def rearm_timers(self) -> int:
         """Make every fired or claimed timer due again (recovery after Redis lost the
         triggers); returns how many were re-armed."""
-        status: str = await self._pool.execute(REARM_TIMERS)
+        status = await self._execute(REARM_TIMERS)
         return int(status.split()[-1])
 
     async def ended_executions(self, execution_ids: Sequence[UUID]) -> set[UUID]:
         """The subset of ``execution_ids`` that have ended (unknown ids are not ended)."""
         if not execution_ids:
             return set()
-        rows = await self._pool.fetch(
-            ENDED_EXECUTIONS, list(execution_ids), list(TERMINAL_EVENT_TYPES)
-        )
+        rows = await self._fetch(ENDED_EXECUTIONS, list(execution_ids), list(TERMINAL_EVENT_TYPES))
         return {r["execution_id"] for r in rows}
 
     async def delete_timer(self, timer_id: str) -> bool:
         """Delete a timer; False if it was already gone."""
-        status: str = await self._pool.execute(DELETE_TIMER, timer_id)
+        status = await self._execute(DELETE_TIMER, timer_id)
         return status != "DELETE 0"
 
     async def ping(self) -> bool:
-        """True when PostgreSQL answers (raises the driver's error when it does not)."""
-        return bool(await self._pool.fetchval(PING) == 1)
+        """True when PostgreSQL answers (raises `Unavailable` when it does not)."""
+        return bool(await self._fetchval(PING) == 1)

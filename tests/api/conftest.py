@@ -14,7 +14,9 @@ from redis.asyncio import Redis
 from api.app import create_app
 from engine.adapters.store import EventStore
 from engine.service import EngineService
+from projections.queries import Queries
 from steplog.settings import Settings
+from tests.api.helpers import api_config
 
 
 @pytest.fixture
@@ -22,6 +24,6 @@ async def client(
     pool: asyncpg.Pool, store: EventStore, redis: Redis, settings: Settings
 ) -> AsyncIterator[TestClient[Any, Any]]:
     service = EngineService(store, max_payload_bytes=settings.max_payload_bytes)
-    app = create_app(service, store, pool, redis, settings)
+    app = create_app(service, Queries(store, pool, redis.ping), api_config(settings))
     async with TestClient(TestServer(app)) as c:
         yield c

@@ -7,10 +7,20 @@ from typing import Any
 import asyncpg
 from aiohttp.test_utils import TestClient
 
+from api.config import ApiConfig
+from steplog.settings import Settings
+
 PASS_DEFINITION: dict[str, Any] = {
     "StartAt": "A",
     "States": {"A": {"Type": "Pass", "End": True}},
 }
+
+
+def api_config(settings: Settings) -> ApiConfig:
+    """What steplog/ gives the API of ``settings``."""
+    return ApiConfig(namespace=settings.namespace, max_payload_bytes=settings.max_payload_bytes)
+
+
 COUNTED_TABLES = (
     "workflows",
     "workflow_versions",

@@ -18,9 +18,10 @@ from api.app import create_app
 from engine.adapters.store import EventStore
 from engine.core.state import ExecutionState
 from engine.service import EngineService
+from projections.queries import Queries
 from steplog.logs import ContextFilter, JsonFormatter, configure_logging, request_id_var
 from steplog.settings import Settings
-from tests.api.helpers import register, start
+from tests.api.helpers import api_config, register, start
 
 Client = TestClient[Any, Any]
 
@@ -98,7 +99,9 @@ async def down_redis() -> AsyncIterator[Redis]:
 async def test_ready_is_503_when_redis_is_down(
     pool: asyncpg.Pool, store: EventStore, down_redis: Redis, settings: Settings
 ) -> None:
-    app = create_app(EngineService(store), store, pool, down_redis, settings)
+    app = create_app(
+        EngineService(store), Queries(store, pool, down_redis.ping), api_config(settings)
+    )
     async with TestClient(TestServer(app)) as c:
         resp = await c.get("/health/ready")
         body = await resp.json()
@@ -115,7 +118,7 @@ async def test_a_lost_database_is_503_with_retry_after(
 ) -> None:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     store = EventStore(pool)
-    app = create_app(EngineService(store), store, pool, redis, settings)
+    app = create_app(EngineService(store), Queries(store, pool, redis.ping), api_config(settings))
     async with TestClient(TestServer(app)) as c:
         await pool.close()
         resp = await c.get("/v1/executions")
@@ -128,8 +131,8 @@ async def test_a_lost_database_is_503_with_retry_after(
     assert ready.status == 503
 
 
-class BrokenService(EngineService):
-    """A service with a bug: the middleware must answer 500 and log it."""
+class BrokenQueries(Queries):
+    """A query side with a bug: the middleware must answer 500 and log it."""
 
     async def state_at(self, execution_id: UUID, seq: int | None = None) -> ExecutionState:
         raise RuntimeError("bug")
@@ -143,7 +146,9 @@ async def test_an_unexpected_error_is_500_with_the_request_id(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.handler.addFilter(ContextFilter())  # what configure_logging's handler does
-    app = create_app(BrokenService(store), store, pool, redis, settings)
+    app = create_app(
+        EngineService(store), BrokenQueries(store, pool, redis.ping), api_config(settings)
+    )
     async with TestClient(TestServer(app)) as c:
         resp = await c.get(
             "/v1/executions/00000000-0000-0000-0000-000000000001/state",

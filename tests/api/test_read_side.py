@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from api.keys import SERVICE
+from api.keys import COMMANDS
 from engine.adapters.store import EventStore, NewEvent
 from engine.core import events as ev
 from engine.core import jsondiff
@@ -146,7 +146,7 @@ async def _run_chain(client: Client, store: EventStore) -> str:
     """An execution of PASS_CHAIN run to its end, decided in-process (no engine role)."""
     await register(client, "chain", PASS_CHAIN)
     eid = (await start(client, "chain", input={"x": 1}))["execution_id"]
-    service = client.server.app[SERVICE]
+    service = client.server.app[COMMANDS]
     state = await service.load_state(UUID(eid))
     await service.apply(state, Begin(now=dt.datetime.now(dt.UTC)))
     return str(eid)

@@ -10,8 +10,9 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
+from engine.adapters.postgres import open_pool
 from engine.adapters.store import EventStore, GlobalPosition, NewEvent, StoredEvent, TimerSpec
-from engine.errors import ConcurrencyError, ExecutionNameConflict, InvalidRequest
+from engine.errors import ConcurrencyError, ExecutionNameConflict, InvalidRequest, Unavailable
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 DEFINITION = {"StartAt": "A", "States": {"A": {"Type": "Pass", "End": True}}}
@@ -364,3 +365,24 @@ async def test_tailing_reader_sees_every_event_once_while_writers_commit_out_of_
 
 async def test_ping(store: EventStore) -> None:
     assert await store.ping() is True
+
+
+async def test_a_server_that_does_not_answer_is_unavailable(database_url: str) -> None:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    store = EventStore(pool)
+    await pool.close()
+
+    with pytest.raises(Unavailable) as raised:
+        await store.get_execution(uuid4())
+    with pytest.raises(Unavailable):
+        await store.put_workflow("default", "wf", DEFINITION)
+
+    assert isinstance(raised.value.__cause__, asyncpg.InterfaceError)
+
+
+async def test_opening_a_pool_to_nothing_is_unavailable() -> None:
+    # Port 1 on localhost: nothing listens there, connecting is refused at once.
+    with pytest.raises(Unavailable) as raised:
+        await open_pool("postgresql://steplog@127.0.0.1:1/steplog", min_size=1, max_size=1)
+
+    assert isinstance(raised.value.__cause__, OSError)

@@ -1,0 +1,48 @@
+"""PostgreSQL connections and the one translation of their failures.
+
+Every asyncpg call of the store and of the read models runs inside
+`translate_errors()`: a server that does not answer (refused or reset
+socket, timeout, connection closed, too many connections, shutdown,
+restart in progress) becomes `engine.errors.Unavailable` with the driver's
+error chained. Errors about the statement itself (a unique violation, bad
+JSON, ...) pass through for the caller to translate into what they mean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import asyncpg
+
+from engine.errors import Unavailable
+
+# A server that is down, restarting, overloaded or dropped the connection: the
+# same call may succeed later.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # refused/reset sockets; also TimeoutError (pool acquire, command timeouts)
+    asyncpg.PostgresConnectionError,  # includes ConnectionDoesNotExistError
+    asyncpg.InterfaceError,  # "connection is closed", "pool is closed", released mid-query
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Raise `Unavailable` (from the driver's error) for a connection-level failure
+    inside the block; let every other exception through unchanged."""
+    try:
+        yield
+    except CONNECTION_ERRORS as exc:
+        raise Unavailable(f"PostgreSQL is unavailable: {exc!r}") from exc
+
+
+async def open_pool(url: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+    """A connection pool to ``url``; `Unavailable` when the server does not answer
+    (the caller decides whether to wait for it). The caller closes the pool."""
+    with translate_errors():
+        pool: asyncpg.Pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size)
+    return pool

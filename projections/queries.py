@@ -1,0 +1,209 @@
+"""The query side: everything the API (and the CLI's read commands) reads.
+
+`Queries` is built once by the composition root from the event store, the
+pool the read models live in, and a Redis ping (a plain callable, so the read
+side does not depend on the bus). Reads of the read models prefer the
+projection and fall back to replaying the event store where the projection
+may lag; every PostgreSQL failure surfaces as `engine.errors.Unavailable`
+(the store translates its own calls; read-model SQL runs under
+`engine.adapters.postgres.translate_errors`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from engine.adapters.notifier import EventNotifier
+from engine.adapters.postgres import translate_errors
+from engine.adapters.store import EventStore, ExecutionRecord, StoredEvent
+from engine.core import jsondiff
+from engine.core.state import ExecutionState
+from engine.errors import ExecutionNotFound, WorkflowNotFound
+from engine.service import fold
+from projections import executions as view
+from projections import history
+from projections import stats as stats_view
+from projections.status import ProjectionStatus, projection_status
+
+Ping = Callable[[], Awaitable[object]]
+
+
+class Doorbell(Protocol):
+    """Wakes waiters at each append (engine.adapters.notifier.EventNotifier)."""
+
+    @property
+    def closing(self) -> bool: ...
+    def changed(self) -> asyncio.Event: ...
+    def subscribed(self) -> AbstractAsyncContextManager[None]: ...
+    async def wait(self, changed: asyncio.Event, seconds: float) -> None: ...
+    async def close(self) -> None: ...
+
+
+class HistoryPage(msgspec.Struct, frozen=True):
+    """A page of events by seq; ``more`` when the history goes on past it."""
+
+    events: list[StoredEvent]
+    more: bool
+
+
+class WorkflowStatsResult(msgspec.Struct, frozen=True):
+    executions: view.ExecutionSummary
+    states: list[stats_view.StateStats]
+
+
+class Queries:
+    """Read access to executions, histories, statistics and readiness."""
+
+    def __init__(self, store: EventStore, pool: asyncpg.Pool, redis_ping: Ping) -> None:
+        self._store = store
+        self._pool = pool
+        self._redis_ping = redis_ping
+
+    # -- executions -----------------------------------------------------------------------
+
+    async def execution(self, execution_id: UUID) -> view.ExecutionRow:
+        """From the read model; by replay when the projection has no row yet.
+        `ExecutionNotFound` when there is no such execution."""
+        with translate_errors():
+            row = await view.get_row(self._pool, execution_id)
+        return row if row is not None else await self.replayed_execution(execution_id)
+
+    async def replayed_execution(self, execution_id: UUID) -> view.ExecutionRow:
+        """The execution's row folded from its events: always current."""
+        row = view.fold(await self._store.load(execution_id))
+        if row is None:
+            raise ExecutionNotFound(f"no execution {execution_id}")
+        return row
+
+    async def list_executions(
+        self,
+        namespace: str,
+        *,
+        limit: int,
+        after: tuple[dt.datetime, UUID] | None,
+        ascending: bool,
+        filters: view.Filters,
+    ) -> view.Page:
+        """A page of the read model's rows (see `projections.executions.list_rows`)."""
+        with translate_errors():
+            return await view.list_rows(
+                self._pool,
+                namespace=namespace,
+                limit=limit,
+                after=after,
+                ascending=ascending,
+                filters=filters,
+            )
+
+    async def require_execution(self, execution_id: UUID) -> ExecutionRecord:
+        """The execution's start record; `ExecutionNotFound` when there is none."""
+        record = await self._store.get_execution(execution_id)
+        if record is None:
+            raise ExecutionNotFound(f"no execution {execution_id}")
+        return record
+
+    # -- histories ------------------------------------------------------------------------
+
+    async def history(
+        self, execution_id: UUID, *, limit: int, cursor: int | None, reverse: bool
+    ) -> HistoryPage:
+        """Up to ``limit`` events after seq ``cursor`` (oldest first), or before it
+        (newest first with ``reverse``); `ExecutionNotFound` for an unknown execution."""
+        if reverse:
+            upto = None if cursor is None else cursor - 1
+            events = await self._store.load(
+                execution_id, upto_seq=upto, limit=limit + 1, reverse=True
+            )
+        else:
+            events = await self._store.load(execution_id, after_seq=cursor or 0, limit=limit + 1)
+        if not events:
+            await self.require_execution(execution_id)
+        return HistoryPage(events=events[:limit], more=len(events) > limit)
+
+    async def events_after(self, execution_id: UUID, after: int, limit: int) -> list[StoredEvent]:
+        """Up to ``limit`` events with seq > ``after``, by seq."""
+        return await self._store.load(execution_id, after_seq=after, limit=limit)
+
+    async def last_event(self, execution_id: UUID) -> StoredEvent | None:
+        events = await self._store.load(execution_id, limit=1, reverse=True)
+        return events[0] if events else None
+
+    def export(self, execution_id: UUID, include_data: bool = True) -> AsyncIterator[bytes]:
+        """The whole history as JSON Lines, in chunks (see `projections.history`)."""
+        return history.history_lines(self._store, execution_id, include_data)
+
+    def event_notifier(self) -> Doorbell:
+        """A new append doorbell over the pool (LISTEN on one pooled connection
+        while subscribed); its owner closes it."""
+        return EventNotifier(self._pool)
+
+    # -- states ---------------------------------------------------------------------------
+
+    async def state_at(self, execution_id: UUID, seq: int | None = None) -> ExecutionState:
+        """The state replayed from events up to ``seq`` (all when None), cache off."""
+        events = await self._store.load(execution_id, upto_seq=seq)
+        if not events:
+            raise ExecutionNotFound(f"execution {execution_id} not found")
+        return fold(execution_id, events)
+
+    async def events_upto(self, execution_id: UUID, seq: int) -> list[StoredEvent]:
+        """Events 1..``seq`` (fewer when the history is shorter); `ExecutionNotFound`
+        when there are none."""
+        events = await self._store.load(execution_id, upto_seq=seq)
+        if not events:
+            raise ExecutionNotFound(f"no execution {execution_id}")
+        return events
+
+    @staticmethod
+    def state_patch(
+        execution_id: UUID, events: list[StoredEvent], from_seq: int
+    ) -> list[jsondiff.Op]:
+        """RFC 6902 ops from the state after ``events[:from_seq]`` to the state after
+        all of ``events``."""
+        before = fold(execution_id, events[:from_seq])
+        after = fold(execution_id, events[from_seq:], before)
+        return jsondiff.diff(msgspec.to_builtins(before), msgspec.to_builtins(after))
+
+    # -- statistics -----------------------------------------------------------------------
+
+    async def workflow_stats(
+        self,
+        namespace: str,
+        workflow: str,
+        start: dt.datetime,
+        end: dt.datetime,
+        version: int | None,
+    ) -> WorkflowStatsResult:
+        """Executions started and states entered in [start, end); `WorkflowNotFound`
+        when the workflow (or that version) does not exist."""
+        if await self._store.get_workflow(namespace, workflow, version) is None:
+            raise WorkflowNotFound(
+                f"no workflow {workflow!r}" + (f" version {version}" if version else "")
+            )
+        with translate_errors():
+            summary = await view.summary(self._pool, namespace, workflow, start, end, version)
+            states = await stats_view.state_stats(
+                self._pool, namespace, workflow, start, end, version
+            )
+        return WorkflowStatsResult(executions=summary, states=states)
+
+    async def projection_status(self, now: dt.datetime) -> list[ProjectionStatus]:
+        """Each projection's checkpoint and lag behind the log."""
+        with translate_errors():
+            return await projection_status(self._pool, now)
+
+    # -- readiness ------------------------------------------------------------------------
+
+    async def ping_postgres(self) -> None:
+        await self._store.ping()
+
+    async def ping_redis(self) -> None:
+        await self._redis_ping()
