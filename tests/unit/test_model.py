@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from engine.core.asl.model import compile_definition
+from engine.core.asl.compile import compile_definition
 from engine.errors import InvalidDefinition
 
 
