@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from engine.core.asl.model import Definition, compile_definition
+from engine.core.asl.compile import compile_definition
+from engine.core.asl.model import Definition
 from engine.core.inmemory import run_in_memory
 
 

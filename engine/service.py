@@ -24,7 +24,8 @@ from engine.adapters.store import (
     WorkflowVersion,
 )
 from engine.core import events as ev
-from engine.core.asl.model import Definition, compile_definition
+from engine.core.asl.compile import compile_definition
+from engine.core.asl.model import Definition
 from engine.core.decide import Decision, decide
 from engine.core.state import ExecutionState, evolve, initial_state
 from engine.core.timestamps import iso_millis

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.core.asl.model import compile_definition
+from engine.core.asl.compile import compile_definition
 from engine.core.inmemory import run_in_memory
 from tests.conformance.cases import compare_history, compare_result, load_cases, load_known_failures
 

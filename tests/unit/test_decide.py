@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from engine.core import events as ev
-from engine.core.asl.model import compile_definition
+from engine.core.asl.compile import compile_definition
 from engine.core.decide import Decision, decide, timer_key
 from engine.core.state import ExecutionState, evolve, initial_state
 from engine.core.triggers import (

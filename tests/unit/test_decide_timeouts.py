@@ -29,7 +29,7 @@ def test_machine_timeout_ends_the_execution_timed_out() -> None:
 
 
 def test_begin_asks_for_the_machine_timeout_timer() -> None:
-    from engine.core.asl.model import compile_definition
+    from engine.core.asl.compile import compile_definition
     from engine.core.decide import decide
     from engine.core.state import evolve, initial_state
     from engine.core.triggers import Begin

@@ -23,7 +23,8 @@ from hypothesis.stateful import (
 )
 
 from engine.core import events as ev
-from engine.core.asl.model import Definition, compile_definition
+from engine.core.asl.compile import compile_definition
+from engine.core.asl.model import Definition
 from engine.core.decide import decide, timer_key
 from engine.core.inmemory import TaskError, echo, run_in_memory
 from engine.core.state import ExecutionState, evolve, initial_state

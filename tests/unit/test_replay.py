@@ -14,7 +14,8 @@ from typing import Any
 import msgspec
 
 from engine.core import events as ev
-from engine.core.asl.model import Definition, compile_definition
+from engine.core.asl.compile import compile_definition
+from engine.core.asl.model import Definition
 from engine.core.decide import Decision, decide, timer_key
 from engine.core.replay import Recorded, candidate_triggers, verify_history
 from engine.core.state import ExecutionState, evolve, initial_state

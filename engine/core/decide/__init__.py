@@ -1,0 +1,53 @@
+"""``decide(definition, state, trigger) -> Decision``: the pure heart of the engine.
+
+Given an execution's state and one trigger (begin, a task result, a timer, a
+stop request), decide returns the events that follow, running through every
+non-blocking state in one step until each thread of the execution waits on a
+task or a timer, or the execution ends. Each event is folded into the working
+state with ``evolve`` as soon as it is emitted, so the state decide acts on is
+always exactly the fold of the events (invariant 3).
+
+Pure: no I/O, no clock, no global randomness. ``now`` comes with the trigger;
+random numbers and UUIDs come from an rng seeded with (execution id, seq).
+A duplicate or late trigger is an outcome (``Decision.ignored``), not an error.
+
+The package: ``decider`` (the working context and the agenda), ``triggers``
+(what each trigger does), ``dispatch`` (the one ``match`` over state kinds),
+one module per state kind, ``completion`` (leaving states, finishing frames)
+and ``failures`` (Retry, Catch, propagation).
+"""
+
+from __future__ import annotations
+
+from engine.core.asl.model import Definition
+from engine.core.decide.decider import (
+    EXECUTION_TIMEOUT_TIMER,
+    MAX_HISTORY_EVENTS,
+    MAX_PAYLOAD_BYTES,
+    Decider,
+    Decision,
+    TimerRequest,
+    timer_key,
+)
+from engine.core.decide.dispatch import run
+from engine.core.decide.failures import fail
+from engine.core.decide.triggers import handle
+from engine.core.state import ExecutionState
+from engine.core.triggers import Trigger
+
+__all__ = [
+    "EXECUTION_TIMEOUT_TIMER",
+    "MAX_HISTORY_EVENTS",
+    "MAX_PAYLOAD_BYTES",
+    "Decision",
+    "TimerRequest",
+    "decide",
+    "timer_key",
+]
+
+
+def decide(definition: Definition, state: ExecutionState, trigger: Trigger) -> Decision:
+    d = Decider(definition, state, trigger.now, fail)
+    handle(d, trigger)
+    run(d)
+    return d.decision()
