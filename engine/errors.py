@@ -67,3 +67,18 @@ class InvalidDefinition(SteplogError):
 class Unavailable(SteplogError):
     code = "service_unavailable"
     status = 503
+
+
+class BusError(SteplogError):
+    """Redis refused a command for a reason of its own (e.g. WRONGTYPE): not an outage."""
+
+    code = "bus_error"
+    status = 500
+
+
+class MissingGroup(BusError):
+    """A consumer group, or its stream, does not exist (NOGROUP), e.g. after Redis was
+    flushed: the consumer creates its group again."""
+
+    code = "bus_group_missing"
+    status = 503

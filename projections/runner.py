@@ -32,12 +32,11 @@ from collections.abc import Mapping, Sequence
 from uuid import UUID
 
 import asyncpg
-import redis.exceptions
 
 from engine.adapters.bus import Bus, StreamEntry
 from engine.adapters.postgres import translate_errors
 from engine.adapters.store import EventStore, GlobalPosition, StoredEvent
-from engine.errors import Unavailable
+from engine.errors import BusError, Unavailable
 from engine.stopping import sleep_or_stop
 from projections import executions, stats
 from projections.base import Projection
@@ -210,7 +209,7 @@ class Projector:
                     next_catch_up = min(next_catch_up, loop.time() + self.horizon_retry)
             except asyncio.CancelledError:
                 raise
-            except (redis.exceptions.RedisError, Unavailable) as exc:
+            except (Unavailable, BusError) as exc:
                 log.warning("projector %s: %r; retrying", self.projection.name, exc)
                 next_catch_up = 0.0
                 pending = True

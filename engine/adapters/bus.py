@@ -10,8 +10,8 @@ MULTI over a partition's events and triggers stays legal in Cluster) while
 partitions and deployments spread over slots:
 
     {<prefix>:p<n>}:events      events of partition n (n = crc32(execution_id) % partitions)
-    {<prefix>:p<n>}:triggers    triggers of partition n (kind, execution_id, body)
-    {<prefix>:q:<queue>}:tasks  tasks of one queue
+    {<prefix>:p<n>}:triggers    triggers of partition n (v, execution_id, message)
+    {<prefix>:q:<queue>}:tasks  tasks of one queue (v, message)
     <stream>:dead               dead letters of <stream> (same slot as the stream)
     {<prefix>}:intact           sentinel: present while Redis holds what steplog put
                                 there; its absence means Redis was flushed or lost its
@@ -19,32 +19,38 @@ partitions and deployments spread over slots:
 
 Streams of different partitions live in different slots: read them with one
 `read_group` call per partition when running against Redis Cluster.
+
+Trigger and task entries carry one engine.messages message each; `read_triggers`,
+`read_tasks` and the `claim_*` methods return them decoded, an entry that does not
+decode as `Malformed` (its consumer dead-letters it). Every call of the Redis client
+raises steplog's errors (`translate`): `Unavailable` when Redis does not answer or
+cannot serve now, `MissingGroup` for NOGROUP, `BusError` for any other refusal, each
+with the client's error chained.
 """
 
 from __future__ import annotations
 
+import contextlib
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
 import msgspec
+import redis.exceptions
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
+from engine import messages
 from engine.adapters.store import StoredEvent
+from engine.errors import BusError, MissingGroup, SteplogError, Unavailable
+from engine.messages import TaskMessage, TriggerMessage
 
-ENTRY_VERSION = "1"
-TRIGGER_KINDS = ("begin", "task_result", "heartbeat", "timer", "stop")
+ENTRY_VERSION = "1"  # of events-stream entries: a public format (docs/event-stream.md)
+WORK_VERSION = "2"  # of trigger and task entries: internal (docs/internals.md "Bus")
 DEFAULT_EVENTS_MAXLEN = 1_000_000
 
-FieldValue = str | bytes | int | float
 XaddFields = dict[FieldT, EncodableT]
-
-
-def _xadd_fields(fields: Mapping[str, FieldValue]) -> XaddFields:
-    return {k: v for k, v in fields.items()}
 
 
 class Keys:
@@ -80,19 +86,73 @@ class StreamEntry(msgspec.Struct, frozen=True):
     deliveries: int = 1
 
 
-class Trigger(msgspec.Struct, frozen=True):
-    """A trigger to add to its execution's partition stream; ``body`` is JSON bytes."""
+class TriggerDelivery(msgspec.Struct, frozen=True):
+    """A trigger-stream entry and the message it carries for ``execution_id``."""
 
+    entry: StreamEntry
     execution_id: UUID
-    kind: str
-    body: bytes
+    message: TriggerMessage
 
 
-class Task(msgspec.Struct, frozen=True):
-    """A task to add to the stream of ``queue``."""
+class TaskDelivery(msgspec.Struct, frozen=True):
+    """A task-stream entry and the task it carries."""
 
-    queue: str
-    fields: dict[str, FieldValue]
+    entry: StreamEntry
+    message: TaskMessage
+
+
+class Malformed(msgspec.Struct, frozen=True):
+    """An entry of a trigger or task stream that carries no message this version can
+    read; ``reason`` says why. Consumers dead-letter it (it would never decode)."""
+
+    entry: StreamEntry
+    reason: str
+
+
+# --- Redis errors, translated once ------------------------------------------------------
+
+# Replies of a server that is up but cannot serve now (loading, disk or memory full,
+# a replica, a busy script, a cluster failing over): an outage, like no answer at all.
+_OUTAGE_CODES = frozenset(
+    {"LOADING", "MISCONF", "READONLY", "OOM", "BUSY", "MASTERDOWN", "NOREPLICAS"}
+    | {"CLUSTERDOWN", "TRYAGAIN"}
+)
+_OUTAGE_TYPES = (
+    redis.exceptions.ConnectionError,  # BusyLoadingError too
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+    OSError,
+)
+
+
+def _reply_code(exc: BaseException) -> str:
+    """The error code of a Redis reply ("NOGROUP", ...), also when a pipeline wrapped it."""
+    text = str(exc)
+    _, marker, rest = text.partition("caused error: ")
+    return (rest if marker else text).split(" ", 1)[0]
+
+
+def translate(exc: Exception) -> SteplogError:
+    """The steplog error for an error of the Redis client: Unavailable for a server that
+    does not answer or cannot serve now, MissingGroup for NOGROUP, BusError otherwise."""
+    code = _reply_code(exc)
+    if isinstance(exc, _OUTAGE_TYPES) or code in _OUTAGE_CODES:
+        return Unavailable(f"Redis is unavailable: {exc}")
+    if code == "NOGROUP":
+        return MissingGroup(str(exc))
+    return BusError(f"Redis refused a command: {exc}")
+
+
+@contextlib.contextmanager
+def _redis_errors() -> Iterator[None]:
+    """Around every call of the client: raise steplog's error, the driver's chained."""
+    try:
+        yield
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise translate(exc) from exc
 
 
 def _str(value: Any) -> str:
@@ -113,7 +173,7 @@ def _entry(stream: str, entry_id: Any, fields: Any, deliveries: int = 1) -> Stre
 
 
 def event_fields(event: StoredEvent) -> XaddFields:
-    """The fields of an events-stream entry (docs/internals.md "Bus")."""
+    """The fields of an events-stream entry (docs/event-stream.md): a public format."""
     return {
         "v": ENTRY_VERSION,
         "execution_id": str(event.execution_id),
@@ -123,6 +183,62 @@ def event_fields(event: StoredEvent) -> XaddFields:
         "timestamp": event.timestamp.isoformat(),
         "data": event.data,
     }
+
+
+def trigger_fields(execution_id: UUID, message: TriggerMessage) -> XaddFields:
+    """The fields of a trigger-stream entry (docs/internals.md "Bus")."""
+    return {
+        "v": WORK_VERSION,
+        "execution_id": str(execution_id),
+        "message": messages.encode(message),
+    }
+
+
+def task_fields(message: TaskMessage) -> XaddFields:
+    """The fields of a task-stream entry (docs/internals.md "Bus")."""
+    return {"v": WORK_VERSION, "message": messages.encode(message)}
+
+
+_UNREADABLE = (KeyError, ValueError, msgspec.DecodeError)  # ValueError: UnicodeDecodeError too
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def read_trigger(entry: StreamEntry) -> TriggerDelivery | Malformed:
+    """The message of a trigger-stream entry (version 2, or 1 written before messages)."""
+    f = entry.fields
+    try:
+        execution_id = UUID(f["execution_id"].decode())
+        version = f.get("v", b"").decode()
+        message: TriggerMessage
+        if version == WORK_VERSION:
+            message = messages.decode_trigger(f["message"])
+        elif version == "1":
+            message = messages.upcast_v1_trigger(f["kind"].decode(), f.get("body", b"{}"))
+        else:
+            raise ValueError(f"unknown entry version {version!r}")
+    except _UNREADABLE as exc:
+        return Malformed(entry, _reason(exc))
+    return TriggerDelivery(entry, execution_id, message)
+
+
+def read_task(entry: StreamEntry) -> TaskDelivery | Malformed:
+    """The message of a task-stream entry (version 2, or 1 written before messages)."""
+    f = entry.fields
+    try:
+        version = f.get("v", b"").decode()
+        if version == WORK_VERSION:
+            message = messages.decode_task(f["message"])
+        elif version == "1":
+            execution_id = UUID(f["execution_id"].decode())
+            message = messages.upcast_v1_task(execution_id, int(f["seq"]), f["data"])
+        else:
+            raise ValueError(f"unknown entry version {version!r}")
+    except _UNREADABLE as exc:
+        return Malformed(entry, _reason(exc))
+    return TaskDelivery(entry, message)
 
 
 class Bus:
@@ -178,11 +294,12 @@ class Bus:
     async def publish(
         self,
         events: Sequence[StoredEvent] = (),
-        triggers: Iterable[Trigger] = (),
-        tasks: Iterable[Task] = (),
+        triggers: Sequence[tuple[UUID, TriggerMessage]] = (),
+        tasks: Sequence[TaskMessage] = (),
     ) -> None:
-        """XADD all of it in one pipelined round trip: events first, then triggers, then
-        tasks, each in the order given (so per-execution order is kept per stream)."""
+        """XADD all of it in one pipelined round trip: events first, then triggers (each
+        with its execution's id), then tasks (to their queues), each in the order given
+        (so per-execution order is kept per stream)."""
         pipe = self.redis.pipeline(transaction=False)
         for event in events:
             pipe.xadd(
@@ -191,53 +308,48 @@ class Bus:
                 maxlen=self._events_maxlen,
                 approximate=True,
             )
-        for trigger in triggers:
-            self._xadd_trigger(pipe, trigger)
+        for execution_id, message in triggers:
+            self._xadd_trigger(pipe, execution_id, message)
         for task in tasks:
-            pipe.xadd(
-                self.keys.tasks(task.queue),
-                _xadd_fields(task.fields),
-                maxlen=self._work_maxlen,
-                approximate=True,
-            )
+            self._xadd_task(pipe, task)
         if len(pipe):
-            await pipe.execute()
+            with _redis_errors():
+                await pipe.execute()
 
     async def publish_events(self, events: Sequence[StoredEvent]) -> None:
         """XADD each event to its partition's events stream, pipelined."""
         await self.publish(events=events)
 
-    def _xadd_trigger(self, pipe: Any, trigger: Trigger) -> None:
-        if trigger.kind not in TRIGGER_KINDS:
-            raise ValueError(f"unknown trigger kind {trigger.kind!r}")
+    def _xadd_trigger(self, pipe: Any, execution_id: UUID, message: TriggerMessage) -> None:
         pipe.xadd(
-            self.keys.triggers(self.partition_of(trigger.execution_id)),
-            {
-                "v": ENTRY_VERSION,
-                "kind": trigger.kind,
-                "execution_id": str(trigger.execution_id),
-                "body": trigger.body,
-            },
+            self.keys.triggers(self.partition_of(execution_id)),
+            trigger_fields(execution_id, message),
             maxlen=self._work_maxlen,
             approximate=True,
         )
 
-    async def add_trigger(self, execution_id: UUID, kind: str, body: bytes) -> str:
-        """Add one trigger (kind: begin|task_result|timer|stop) to its partition's
-        triggers stream; returns the entry id."""
+    def _xadd_task(self, pipe: Any, task: TaskMessage) -> None:
+        pipe.xadd(
+            self.keys.tasks(task.queue),
+            task_fields(task),
+            maxlen=self._work_maxlen,
+            approximate=True,
+        )
+
+    async def add_trigger(self, execution_id: UUID, message: TriggerMessage) -> str:
+        """Add one trigger to its execution's partition stream; returns the entry id."""
         pipe = self.redis.pipeline(transaction=False)
-        self._xadd_trigger(pipe, Trigger(execution_id, kind, body))
-        (entry_id,) = await pipe.execute()
+        self._xadd_trigger(pipe, execution_id, message)
+        with _redis_errors():
+            (entry_id,) = await pipe.execute()
         return _str(entry_id)
 
-    async def add_task(self, queue: str, fields: Mapping[str, FieldValue]) -> str:
-        """Add one task to the stream of ``queue``; returns the entry id."""
-        entry_id = await self.redis.xadd(
-            self.keys.tasks(queue),
-            _xadd_fields(fields),
-            maxlen=self._work_maxlen,
-            approximate=True,
-        )
+    async def add_task(self, task: TaskMessage) -> str:
+        """Add one task to the stream of its queue; returns the entry id."""
+        pipe = self.redis.pipeline(transaction=False)
+        self._xadd_task(pipe, task)
+        with _redis_errors():
+            (entry_id,) = await pipe.execute()
         return _str(entry_id)
 
     # -- consuming ------------------------------------------------------------------------
@@ -245,12 +357,13 @@ class Bus:
     async def ensure_group(self, stream: str, group: str, start_id: str = "0") -> bool:
         """Create consumer group ``group`` on ``stream`` (and the stream) unless it exists.
         Returns True when created. Only BUSYGROUP (already exists) is ignored."""
-        try:
-            await self.redis.xgroup_create(stream, group, id=start_id, mkstream=True)
-        except ResponseError as exc:
-            if str(exc).startswith("BUSYGROUP"):
-                return False
-            raise
+        with _redis_errors():
+            try:
+                await self.redis.xgroup_create(stream, group, id=start_id, mkstream=True)
+            except redis.exceptions.ResponseError as exc:
+                if _reply_code(exc) == "BUSYGROUP":
+                    return False
+                raise
         return True
 
     async def read_group(
@@ -263,13 +376,15 @@ class Bus:
     ) -> list[StreamEntry]:
         """XREADGROUP: new entries (id ">") of ``streams``, or from the given ids when
         ``streams`` maps stream -> id (e.g. "0" re-reads this consumer's pending entries).
-        Blocks up to ``block_ms`` when given; returns [] on timeout."""
+        Blocks up to ``block_ms`` when given; returns [] on timeout. Raises MissingGroup
+        when a group or stream does not exist (Redis was flushed)."""
         ids = dict(streams) if isinstance(streams, Mapping) else dict.fromkeys(streams, ">")
         if not ids:
             return []
-        reply = await self.redis.xreadgroup(
-            group, consumer, dict[Any, Any](ids), count=count, block=block_ms
-        )
+        with _redis_errors():
+            reply = await self.redis.xreadgroup(
+                group, consumer, dict[Any, Any](ids), count=count, block=block_ms
+            )
         entries: list[StreamEntry] = []
         for stream, items in _stream_items(reply):
             for entry_id, fields in items:
@@ -278,11 +393,39 @@ class Bus:
                 entries.append(_entry(stream, entry_id, fields))
         return entries
 
+    async def read_triggers(
+        self,
+        group: str,
+        consumer: str,
+        streams: Sequence[str] | Mapping[str, str],
+        count: int = 100,
+        block_ms: int | None = None,
+    ) -> list[TriggerDelivery | Malformed]:
+        """`read_group` on trigger streams, each entry with its decoded message."""
+        return [
+            read_trigger(e)
+            for e in await self.read_group(group, consumer, streams, count, block_ms)
+        ]
+
+    async def read_tasks(
+        self,
+        group: str,
+        consumer: str,
+        streams: Sequence[str] | Mapping[str, str],
+        count: int = 100,
+        block_ms: int | None = None,
+    ) -> list[TaskDelivery | Malformed]:
+        """`read_group` on task streams, each entry with its decoded task."""
+        return [
+            read_task(e) for e in await self.read_group(group, consumer, streams, count, block_ms)
+        ]
+
     async def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
         """XACK; returns how many were pending."""
         if not ids:
             return 0
-        return int(await self.redis.xack(stream, group, *ids))
+        with _redis_errors():
+            return int(await self.redis.xack(stream, group, *ids))
 
     async def autoclaim(
         self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int = 100
@@ -295,9 +438,15 @@ class Bus:
         claimed: list[tuple[str, Any]] = []
         cursor = "0-0"
         while len(claimed) < count:
-            reply = await self.redis.xautoclaim(
-                stream, group, consumer, min_idle_ms, start_id=cursor, count=count - len(claimed)
-            )
+            with _redis_errors():
+                reply = await self.redis.xautoclaim(
+                    stream,
+                    group,
+                    consumer,
+                    min_idle_ms,
+                    start_id=cursor,
+                    count=count - len(claimed),
+                )
             claimed.extend((_str(i), f) for i, f in reply[1] if f is not None)
             cursor = _str(reply[0])
             if cursor == "0-0":
@@ -310,6 +459,21 @@ class Bus:
             for entry_id, fields in claimed
         ]
 
+    async def claim_triggers(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int = 100
+    ) -> list[TriggerDelivery | Malformed]:
+        """`autoclaim` on a trigger stream, each entry with its decoded message."""
+        entries = await self.autoclaim(stream, group, consumer, min_idle_ms, count)
+        return [read_trigger(e) for e in entries]
+
+    async def claim_tasks(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int = 100
+    ) -> list[TaskDelivery | Malformed]:
+        """`autoclaim` on a task stream, each entry with its decoded task."""
+        return [
+            read_task(e) for e in await self.autoclaim(stream, group, consumer, min_idle_ms, count)
+        ]
+
     async def delivery_counts(
         self, stream: str, group: str, ids: Sequence[str], consumer: str | None = None
     ) -> dict[str, int]:
@@ -317,14 +481,15 @@ class Bus:
         if not ids:
             return {}
         ordered = sorted(ids, key=_id_key)
-        rows = await self.redis.xpending_range(
-            stream,
-            group,
-            min=ordered[0],
-            max=ordered[-1],
-            count=max(len(ids), 1) * 2,
-            consumername=consumer,
-        )
+        with _redis_errors():
+            rows = await self.redis.xpending_range(
+                stream,
+                group,
+                min=ordered[0],
+                max=ordered[-1],
+                count=max(len(ids), 1) * 2,
+                consumername=consumer,
+            )
         wanted = set(ids)
         counts: dict[str, int] = {}
         for row in rows:
@@ -337,7 +502,7 @@ class Bus:
         """Move ``entry`` to its stream's dead-letter stream and XACK it, atomically
         (MULTI; both keys share a slot). Returns the dead letter's id."""
         pipe = self.redis.pipeline(transaction=True)
-        fields: XaddFields = _xadd_fields(entry.fields)
+        fields: XaddFields = {k: v for k, v in entry.fields.items()}
         fields.update(
             {
                 "dead_id": entry.id,
@@ -348,32 +513,31 @@ class Bus:
         )
         pipe.xadd(Keys.dead_letters(entry.stream), fields)
         pipe.xack(entry.stream, group, entry.id)
-        dead_id, _ = await pipe.execute()
+        with _redis_errors():
+            dead_id, _ = await pipe.execute()
         return _str(dead_id)
 
     async def touch(self, stream: str, group: str, consumer: str, ids: Sequence[str]) -> None:
         """Reset the idle time of entries ``consumer`` is still working on (XCLAIM JUSTID,
         which does not count a delivery), so `autoclaim` leaves them alone."""
         if ids:
-            await self.redis.xclaim(stream, group, consumer, 0, list(ids), justid=True)
+            with _redis_errors():
+                await self.redis.xclaim(stream, group, consumer, 0, list(ids), justid=True)
 
     async def is_intact(self) -> bool:
         """True while the sentinel key is present (see `Keys.sentinel`)."""
-        return bool(await self.redis.exists(self.keys.sentinel()))
+        with _redis_errors():
+            return bool(await self.redis.exists(self.keys.sentinel()))
 
     async def mark_intact(self, value: str) -> None:
         """Set the sentinel (``value`` says who rebuilt Redis and when, for operators)."""
-        await self.redis.set(self.keys.sentinel(), value)
+        with _redis_errors():
+            await self.redis.set(self.keys.sentinel(), value)
 
     async def ping(self) -> bool:
-        """True when Redis answers (raises the client's error when it does not)."""
-        return bool(await self.redis.ping())
-
-
-def is_missing_group(exc: BaseException) -> bool:
-    """True for the error of reading a group or stream that does not exist (NOGROUP),
-    e.g. after Redis was flushed: the consumer should create its group again."""
-    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
+        """True when Redis answers; Unavailable when it does not."""
+        with _redis_errors():
+            return bool(await self.redis.ping())
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

@@ -10,7 +10,8 @@ triggers that became obsolete). Triggers of one execution are handled in
 stream order; different executions run concurrently.
 
 Entries left unacknowledged by a dead engine are claimed after a visibility
-timeout (XAUTOCLAIM); an entry delivered too often is dead-lettered.
+timeout (XAUTOCLAIM); an entry delivered too often, or one that carries no
+message (engine.adapters.bus.Malformed), is dead-lettered.
 """
 
 from __future__ import annotations
@@ -22,88 +23,20 @@ import os
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import assert_never
 from uuid import UUID
 
-import asyncpg
-import msgspec
-import redis.exceptions
-
-from engine.adapters.bus import Bus, StreamEntry, is_missing_group
+from engine import messages
+from engine.adapters.bus import Bus, Malformed, TriggerDelivery
 from engine.core.state import ExecutionState
-from engine.core.triggers import (
-    Begin,
-    TaskCompleted,
-    TaskErrored,
-    TaskHeartbeat,
-    TimerFired,
-    Trigger,
-)
-from engine.errors import ConcurrencyError, NotFound
+from engine.core.triggers import Trigger
+from engine.errors import ConcurrencyError, MissingGroup, NotFound, Unavailable
 from engine.logcontext import execution_id_var
+from engine.messages import ENGINE_GROUP
 from engine.service import EngineService
 from engine.stopping import sleep_or_stop
 
 log = logging.getLogger("steplog.engine")
-
-ENGINE_GROUP = "engine"
-
-
-class TaskResultBody(msgspec.Struct, frozen=True, kw_only=True):
-    task_id: str
-    ok: bool
-    output: Any = None
-    error: str | None = None
-    cause: str | None = None
-
-
-class TimerBody(msgspec.Struct, frozen=True, kw_only=True):
-    timer_id: str
-
-
-class HeartbeatBody(msgspec.Struct, frozen=True, kw_only=True):
-    task_id: str
-
-
-_decode_task_result = msgspec.json.Decoder(TaskResultBody)
-_decode_timer = msgspec.json.Decoder(TimerBody)
-_decode_heartbeat = msgspec.json.Decoder(HeartbeatBody)
-_encode = msgspec.json.Encoder()
-
-
-def encode_task_result(body: TaskResultBody) -> bytes:
-    return _encode.encode(body)
-
-
-def encode_timer(timer_id: str) -> bytes:
-    return _encode.encode(TimerBody(timer_id=timer_id))
-
-
-def encode_heartbeat(task_id: str) -> bytes:
-    return _encode.encode(HeartbeatBody(task_id=task_id))
-
-
-def parse_trigger(entry: StreamEntry, now: dt.datetime) -> tuple[UUID, Trigger]:
-    """The execution id and decide trigger an entry of a triggers stream carries."""
-    kind = entry.fields["kind"].decode()
-    execution_id = UUID(entry.fields["execution_id"].decode())
-    body = entry.fields.get("body", b"{}")
-    trigger: Trigger
-    if kind == "begin":
-        trigger = Begin(now=now)
-    elif kind == "task_result":
-        r = _decode_task_result.decode(body)
-        if r.ok:
-            trigger = TaskCompleted(task_id=r.task_id, output=r.output, now=now)
-        else:
-            trigger = TaskErrored(task_id=r.task_id, error=r.error, cause=r.cause, now=now)
-    elif kind == "heartbeat":
-        trigger = TaskHeartbeat(task_id=_decode_heartbeat.decode(body).task_id, now=now)
-    elif kind == "timer":
-        trigger = TimerFired(timer_id=_decode_timer.decode(body).timer_id, now=now)
-    else:
-        raise ValueError(f"unknown trigger kind {kind!r}")
-    return execution_id, trigger
 
 
 class StateCache:
@@ -157,7 +90,7 @@ class Engine:
         self.clock = clock
         self.handled = 0
         # Entries whose apply failed (e.g. PostgreSQL was unreachable), oldest first.
-        self._retry: list[StreamEntry] = []
+        self._retry: list[TriggerDelivery] = []
 
     async def ensure_groups(self) -> None:
         for stream in self.bus.triggers_streams():
@@ -177,9 +110,9 @@ class Engine:
                 if not groups_ready:
                     await self.ensure_groups()
                     groups_ready = True
-                entries: list[StreamEntry] = []
+                entries: list[TriggerDelivery | Malformed] = []
                 if own_pending:
-                    entries = await self.bus.read_group(
+                    entries = await self.bus.read_triggers(
                         ENGINE_GROUP, self.consumer, dict.fromkeys(streams, "0"), self.batch_size
                     )
                     own_pending = len(entries) >= self.batch_size
@@ -189,27 +122,27 @@ class Engine:
                 if not entries:
                     # Do not block while failed triggers wait for their retry.
                     block = self.block_ms if not self._retry else min(self.block_ms, 100)
-                    entries = await self.bus.read_group(
+                    entries = await self.bus.read_triggers(
                         ENGINE_GROUP, self.consumer, streams, self.batch_size, block
                     )
-                batch = _unique(self._retry + entries)
+                batch = _unique([*self._retry, *entries])
                 self._retry = []
                 if batch:
                     await self.handle(batch)
                 backoff = min(max(backoff * 2, 0.2), 5.0) if self._retry else 0.0
             except asyncio.CancelledError:
                 raise
+            except MissingGroup:
+                log.warning("engine: trigger group missing (Redis flushed?); creating it")
+                groups_ready = False
+                backoff = min(max(backoff * 2, 0.5), 5.0)
             except Exception as exc:
-                if is_missing_group(exc):
-                    log.warning("engine: trigger group missing (Redis flushed?); creating it")
-                    groups_ready = False
-                else:
-                    log.warning("engine loop failed (%r); retrying", exc)
+                log.warning("engine loop failed (%r); retrying", exc)
                 backoff = min(max(backoff * 2, 0.5), 5.0)
             if backoff:
                 await sleep_or_stop(stop, backoff)
 
-    async def claim_stale(self) -> list[StreamEntry]:
+    async def claim_stale(self) -> list[TriggerDelivery | Malformed]:
         """Entries of the engine group left unacknowledged for a visibility timeout (their
         consumer died or is stuck), claimed for this consumer; those delivered more than
         ``max_deliveries`` times are dead-lettered instead. Skipped while PostgreSQL does
@@ -217,11 +150,12 @@ class Engine:
         them would only count deliveries towards the dead-letter limit."""
         await self.service.store.ping()
         min_idle = int(self.visibility_timeout_s * 1000)
-        live: list[StreamEntry] = []
+        live: list[TriggerDelivery | Malformed] = []
         for stream in self.bus.triggers_streams():
-            for entry in await self.bus.autoclaim(
+            for delivery in await self.bus.claim_triggers(
                 stream, ENGINE_GROUP, self.consumer, min_idle, self.batch_size
             ):
+                entry = delivery.entry
                 if entry.deliveries > self.max_deliveries:
                     log.error(
                         "dead-lettering trigger %s on %s after %d deliveries",
@@ -231,37 +165,36 @@ class Engine:
                     )
                     await self.bus.dead_letter(entry, ENGINE_GROUP, "too many deliveries")
                 else:
-                    live.append(entry)
+                    live.append(delivery)
         return live
 
-    async def handle(self, entries: list[StreamEntry]) -> None:
-        """Handle a batch: per execution in order, executions concurrently."""
-        by_execution: dict[UUID, list[StreamEntry]] = {}
-        bad: list[StreamEntry] = []
-        for entry in entries:
-            try:
-                execution_id = UUID(entry.fields["execution_id"].decode())
-            except (KeyError, ValueError):
-                bad.append(entry)
-                continue
-            by_execution.setdefault(execution_id, []).append(entry)
-        for entry in bad:
-            log.error("dropping malformed trigger %s on %s", entry.id, entry.stream)
-            await self.bus.dead_letter(entry, ENGINE_GROUP, "malformed")
+    async def handle(self, deliveries: list[TriggerDelivery | Malformed]) -> None:
+        """Handle a batch: per execution in order, executions concurrently; entries that
+        carry no trigger are dead-lettered."""
+        by_execution: dict[UUID, list[TriggerDelivery]] = {}
+        for delivery in deliveries:
+            match delivery:
+                case Malformed(entry=entry, reason=reason):
+                    log.error(
+                        "dropping malformed trigger %s on %s: %s", entry.id, entry.stream, reason
+                    )
+                    await self.bus.dead_letter(entry, ENGINE_GROUP, "malformed")
+                case TriggerDelivery(execution_id=execution_id):
+                    by_execution.setdefault(execution_id, []).append(delivery)
+                case _:
+                    assert_never(delivery)
         await asyncio.gather(
             *(self._handle_execution(eid, items) for eid, items in by_execution.items())
         )
 
-    async def _handle_execution(self, execution_id: UUID, entries: list[StreamEntry]) -> None:
+    async def _handle_execution(
+        self, execution_id: UUID, deliveries: list[TriggerDelivery]
+    ) -> None:
         # Runs as its own task (gather), so this tags only this execution's log lines.
         execution_id_var.set(str(execution_id))
-        for index, entry in enumerate(entries):
-            try:
-                _, trigger = parse_trigger(entry, self.clock())
-            except (KeyError, ValueError, msgspec.DecodeError):
-                log.error("dropping malformed trigger %s on %s", entry.id, entry.stream)
-                await self.bus.dead_letter(entry, ENGINE_GROUP, "malformed")
-                continue
+        for index, delivery in enumerate(deliveries):
+            entry = delivery.entry
+            trigger = messages.to_trigger(delivery.message, self.clock())
             try:
                 await self.apply(execution_id, trigger)
             except NotFound:
@@ -270,12 +203,12 @@ class Engine:
                 # Left unacknowledged, with the execution's later triggers (their order
                 # matters): retried by this engine after a back-off, or claimed by another
                 # after the visibility timeout if this one dies.
-                if isinstance(exc, ConnectionError | OSError) or _is_connection_error(exc):
+                if isinstance(exc, Unavailable):
                     log.warning("trigger %s for %s failed: %r", entry.id, execution_id, exc)
                 else:
                     log.exception("trigger %s for %s failed", entry.id, execution_id)
                 self.cache.drop(execution_id)
-                self._retry.extend(entries[index:])
+                self._retry.extend(deliveries[index:])
                 return
             await self.bus.ack(entry.stream, ENGINE_GROUP, [entry.id])
             self.handled += 1
@@ -297,24 +230,15 @@ class Engine:
         raise ConcurrencyError(f"execution {execution_id}: too many conflicting appends")
 
 
-def _unique(entries: list[StreamEntry]) -> list[StreamEntry]:
-    """``entries`` without repeats of one (stream, id), first occurrence kept."""
+def _unique(
+    deliveries: list[TriggerDelivery | Malformed],
+) -> list[TriggerDelivery | Malformed]:
+    """``deliveries`` without repeats of one (stream, id), first occurrence kept."""
     seen: set[tuple[str, str]] = set()
-    out: list[StreamEntry] = []
-    for entry in entries:
-        if (entry.stream, entry.id) not in seen:
-            seen.add((entry.stream, entry.id))
-            out.append(entry)
+    out: list[TriggerDelivery | Malformed] = []
+    for delivery in deliveries:
+        key = (delivery.entry.stream, delivery.entry.id)
+        if key not in seen:
+            seen.add(key)
+            out.append(delivery)
     return out
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    return isinstance(
-        exc,
-        asyncpg.PostgresConnectionError
-        | asyncpg.InterfaceError
-        | asyncpg.CannotConnectNowError
-        | asyncpg.AdminShutdownError
-        | redis.exceptions.ConnectionError
-        | redis.exceptions.TimeoutError,
-    )

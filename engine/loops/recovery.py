@@ -11,9 +11,10 @@ emptied server), one process at a time (a PostgreSQL advisory lock) rebuilds:
    their own groups when they meet NOGROUP);
 2. timers: every fired timer is re-armed, because its trigger may be gone (timers
    themselves live in PostgreSQL and are never lost);
-3. for every running execution, from its replayed state: a ``begin`` trigger when
-   it has only ExecutionStarted, and each pending task attempt's TaskScheduled
-   again (same entry as the relay's, so the handler gets the same idempotency key);
+3. for every running execution, from its replayed state: a ``Begin`` trigger when
+   it has only ExecutionStarted, and each pending task attempt's ``TaskMessage``
+   again (engine.messages.follow_ups, as the relay: the handler gets the same
+   idempotency key);
 4. then the sentinel, last, so a recoverer dying midway leaves the work to the next.
 
 Everything republished is idempotent downstream (decide ignores a second begin, a
@@ -38,15 +39,21 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from uuid import UUID
 
 import asyncpg
 
-from engine.adapters.bus import Bus, Task, Trigger
+from engine.adapters.bus import Bus
 from engine.adapters.store import StoredEvent
 from engine.core import events as ev
-from engine.loops.engine_loop import ENGINE_GROUP
-from engine.loops.relay import follow_ups
-from engine.loops.worker import WORKER_GROUP
+from engine.messages import (
+    DEFAULT_QUEUE,
+    ENGINE_GROUP,
+    WORKER_GROUP,
+    TaskMessage,
+    TriggerMessage,
+    follow_ups,
+)
 from engine.service import EngineService, fold
 from engine.stopping import sleep_or_stop
 
@@ -56,10 +63,11 @@ log = logging.getLogger("steplog.recovery")
 RECOVERY_LOCK_CLASS = 0x73747043
 TRY_LOCK = "SELECT pg_try_advisory_lock($1, hashtext($2))"
 UNLOCK = "SELECT pg_advisory_unlock($1, hashtext($2))"
-DEFAULT_QUEUE = "default"
 
 
-def pending_work(events: list[StoredEvent]) -> tuple[list[Trigger], list[Task]]:
+def pending_work(
+    events: list[StoredEvent],
+) -> tuple[list[tuple[UUID, TriggerMessage]], list[TaskMessage]]:
     """What an execution with these (all of its) events waits for from Redis: a begin
     trigger when it has only begun, and its pending task attempts. Nothing once ended."""
     if not events:
@@ -140,8 +148,8 @@ class Recovery:
         running = await self.service.store.running_executions()
         begins = tasks = 0
         for i in range(0, len(running), self.batch_size):
-            triggers: list[Trigger] = []
-            work: list[Task] = []
+            triggers: list[tuple[UUID, TriggerMessage]] = []
+            work: list[TaskMessage] = []
             for execution_id in running[i : i + self.batch_size]:
                 t, w = pending_work(await self.service.store.load(execution_id))
                 triggers += t

@@ -2,8 +2,9 @@
 
 One leader at a time (a session advisory lock on a dedicated connection) tails
 `EventStore.read_all` from its checkpoint and, per batch, in one pipeline:
-publishes every event to its partition's events stream; adds a ``begin`` trigger for
-each ``ExecutionStarted``; adds each ``TaskScheduled`` to its queue's task stream.
+publishes every event to its partition's events stream, with the messages they call
+for (engine.messages.follow_ups): a ``Begin`` trigger for each ``ExecutionStarted``, a
+``TaskMessage`` on its queue's task stream for each ``TaskScheduled``.
 Only after the pipeline succeeded does it advance the checkpoint, so a crash
 between the two republishes the batch: delivery is at least once, consumers dedupe
 on (execution_id, seq). It wakes on ``LISTEN steplog_events`` and polls as a fallback
@@ -14,20 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
-import msgspec
 
-from engine.adapters.bus import Bus, FieldValue, Task, Trigger
+from engine.adapters.bus import Bus
 from engine.adapters.store import NOTIFY_CHANNEL, EventStore, GlobalPosition, StoredEvent
+from engine.messages import follow_ups
 
 log = logging.getLogger(__name__)
 
 # Advisory lock class of relay leadership (the ASCII of "stpR"); the key is hashtext(name).
 RELAY_LOCK_CLASS = 0x73747052
-DEFAULT_QUEUE = "default"
 HELD_BACK_FIRST_S = 0.01
 
 TRY_LEAD = "SELECT pg_try_advisory_lock($1, hashtext($2))"
@@ -40,43 +40,6 @@ ON CONFLICT (name) DO UPDATE
 SET tx_id = EXCLUDED.tx_id, position = EXCLUDED.position, updated_at = now()
 WHERE (relay_checkpoint.tx_id, relay_checkpoint.position)
     < (EXCLUDED.tx_id, EXCLUDED.position)"""
-
-
-class _TaskRouting(msgspec.Struct):
-    """The part of a TaskScheduled event the relay reads; other fields pass through."""
-
-    queue: str | None = None
-
-
-_decode_routing = msgspec.json.Decoder(_TaskRouting)
-_encode = msgspec.json.Encoder()
-
-
-def task_queue(event: StoredEvent) -> str:
-    """The queue of a TaskScheduled event: its ``queue`` field, else "default"."""
-    try:
-        return _decode_routing.decode(event.data).queue or DEFAULT_QUEUE
-    except msgspec.DecodeError:  # also ValidationError: a non-string queue
-        return DEFAULT_QUEUE
-
-
-def follow_ups(events: Iterable[StoredEvent]) -> tuple[list[Trigger], list[Task]]:
-    """The triggers and tasks a batch of committed events calls for, in event order."""
-    triggers: list[Trigger] = []
-    tasks: list[Task] = []
-    for event in events:
-        if event.type == "ExecutionStarted":
-            body = _encode.encode({"now": event.timestamp.isoformat()})
-            triggers.append(Trigger(event.execution_id, "begin", body))
-        elif event.type == "TaskScheduled":
-            fields: dict[str, FieldValue] = {
-                "v": "1",
-                "execution_id": str(event.execution_id),
-                "seq": event.seq,
-                "data": event.data,
-            }
-            tasks.append(Task(task_queue(event), fields))
-    return triggers, tasks
 
 
 async def _wait_any(events: Sequence[asyncio.Event], seconds: float) -> None:

@@ -1,4 +1,4 @@
-"""The timer service: due timers in PostgreSQL -> `timer` triggers on the bus.
+"""The timer service: due timers in PostgreSQL -> `TimerFired` triggers on the bus.
 
 Timers are rows written in the same transaction as the events that asked for
 them (Wait, retry back-off, task timeout, heartbeat, execution timeout), so
@@ -22,9 +22,9 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
-from engine.adapters.bus import Bus, Trigger
+from engine.adapters.bus import Bus
 from engine.adapters.store import EventStore
-from engine.loops.engine_loop import encode_timer
+from engine.messages import TimerFired
 from engine.stopping import sleep_or_stop
 
 log = logging.getLogger("steplog.timers")
@@ -58,7 +58,7 @@ class TimerService:
         if not due:
             return 0
         await self.bus.publish(
-            triggers=[Trigger(t.execution_id, "timer", encode_timer(t.timer_id)) for t in due]
+            triggers=[(t.execution_id, TimerFired(timer_id=t.timer_id)) for t in due]
         )
         await self.store.mark_timers_fired(due)
         self.fired += len(due)

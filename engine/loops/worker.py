@@ -34,20 +34,16 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, assert_never
 from uuid import UUID
 
-import msgspec
-
-from engine.adapters.bus import Bus, StreamEntry, is_missing_group
-from engine.core import events as ev
+from engine.adapters.bus import Bus, Malformed, TaskDelivery
+from engine.errors import MissingGroup
 from engine.logcontext import execution_id_var
-from engine.loops.engine_loop import TaskResultBody, encode_heartbeat, encode_task_result
+from engine.messages import DEFAULT_QUEUE, WORKER_GROUP, Heartbeat, TaskMessage, TaskResult
 from engine.stopping import sleep_or_stop
 
 log = logging.getLogger("steplog.worker")
-
-WORKER_GROUP = "workers"
 
 
 class TaskFailure(Exception):
@@ -167,18 +163,6 @@ def default_registry() -> HandlerRegistry:
     return registry
 
 
-_decode_task = msgspec.json.Decoder(ev.TaskScheduled)
-
-
-def _parse(entry: StreamEntry) -> tuple[UUID, ev.TaskScheduled] | None:
-    """The execution id and TaskScheduled event of a task entry; None when malformed."""
-    try:
-        execution_id = UUID(entry.fields["execution_id"].decode())
-        return execution_id, _decode_task.decode(entry.fields["data"])
-    except (KeyError, ValueError, msgspec.DecodeError):
-        return None
-
-
 DELIVERY_EXCEEDED = "Steplog.TaskDeliveryExceeded"
 
 EndedCheck = Callable[[Sequence[UUID]], Awaitable[set[UUID]]]
@@ -202,7 +186,7 @@ class Worker:
         bus: Bus,
         registry: HandlerRegistry,
         *,
-        queue: str = "default",
+        queue: str = DEFAULT_QUEUE,
         consumer: str | None = None,
         concurrency: int = 16,
         block_ms: int = 1000,
@@ -258,101 +242,104 @@ class Worker:
                         return_when=asyncio.FIRST_COMPLETED,
                     )
                     continue
-                entries: list[StreamEntry] = []
+                entries: list[TaskDelivery | Malformed] = []
                 if own_pending:
                     own_pending = False
-                    entries = await self.bus.read_group(
+                    entries = await self.bus.read_tasks(
                         WORKER_GROUP, self.consumer, {self.stream: "0"}, count=free
                     )
                 elif now - last_claim >= self.visibility_timeout_s / 2:
                     last_claim = now
                     entries = await self._claim_stale(free)
                 if not entries:
-                    entries = await self.bus.read_group(
+                    entries = await self.bus.read_tasks(
                         WORKER_GROUP, self.consumer, [self.stream], free, self.block_ms
                     )
                 await self._start(entries)
             except asyncio.CancelledError:
                 raise
+            except MissingGroup:
+                log.warning("worker: task group missing (Redis flushed?); creating it")
+                group_ready = False
+                await sleep_or_stop(stop, 1.0)
             except Exception as exc:
-                if is_missing_group(exc):
-                    log.warning("worker: task group missing (Redis flushed?); creating it")
-                    group_ready = False
-                else:
-                    log.warning("worker loop failed (%r); retrying", exc)
+                log.warning("worker loop failed (%r); retrying", exc)
                 await sleep_or_stop(stop, 1.0)
         await self._drain()
 
-    async def _claim_stale(self, count: int) -> list[StreamEntry]:
+    async def _claim_stale(self, count: int) -> list[TaskDelivery | Malformed]:
         """Claim tasks idle for a visibility timeout; give up on those delivered too often."""
-        claimed = await self.bus.autoclaim(
+        claimed = await self.bus.claim_tasks(
             self.stream,
             WORKER_GROUP,
             self.consumer,
             int(self.visibility_timeout_s * 1000),
             count,
         )
-        live = []
-        for entry in claimed:
-            if entry.id in self._running:
+        live: list[TaskDelivery | Malformed] = []
+        for delivery in claimed:
+            if delivery.entry.id in self._running:
                 continue
-            if entry.deliveries > self.max_deliveries:
-                await self._give_up(entry)
+            if delivery.entry.deliveries > self.max_deliveries:
+                await self._give_up(delivery)
             else:
-                live.append(entry)
+                live.append(delivery)
         return live
 
-    async def _give_up(self, entry: StreamEntry) -> None:
+    async def _give_up(self, delivery: TaskDelivery | Malformed) -> None:
         """Fail the task's attempt with DELIVERY_EXCEEDED, then dead-letter the entry (in
         this order: a crash in between reports the failure twice, and decide ignores the
         second report, where the other order could lose it)."""
-        parsed = _parse(entry)
-        if parsed is not None:
-            execution_id, scheduled = parsed
+        entry = delivery.entry
+        if isinstance(delivery, TaskDelivery):
+            task = delivery.message
             log.error(
                 "task %s of %s delivered %d times; failing it",
-                scheduled.task_id,
-                execution_id,
+                task.task_id,
+                task.execution_id,
                 entry.deliveries,
             )
-            result = TaskResultBody(
-                task_id=scheduled.task_id,
+            result = TaskResult(
+                task_id=task.task_id,
                 ok=False,
                 error=DELIVERY_EXCEEDED,
                 cause=(
-                    f"task {scheduled.resource!r} was delivered {entry.deliveries} times "
+                    f"task {task.resource!r} was delivered {entry.deliveries} times "
                     f"without a result (the limit is {self.max_deliveries})"
                 ),
             )
-            await self.bus.add_trigger(execution_id, "task_result", encode_task_result(result))
+            await self.bus.add_trigger(task.execution_id, result)
         await self.bus.dead_letter(entry, WORKER_GROUP, "too many deliveries")
         self.dead_lettered += 1
 
-    async def _start(self, entries: list[StreamEntry]) -> None:
-        """Spawn a handler per entry; malformed ones are dead-lettered, tasks of ended
+    async def _start(self, deliveries: list[TaskDelivery | Malformed]) -> None:
+        """Spawn a handler per task; malformed entries are dead-lettered, tasks of ended
         executions acknowledged without running."""
-        parsed: list[tuple[StreamEntry, UUID, ev.TaskScheduled]] = []
-        for entry in entries:
-            if entry.id in self._running:
+        tasks: list[TaskDelivery] = []
+        for delivery in deliveries:
+            if delivery.entry.id in self._running:
                 continue
-            p = _parse(entry)
-            if p is None:
-                log.error("dropping malformed task %s", entry.id)
-                await self.bus.dead_letter(entry, WORKER_GROUP, "malformed")
-                continue
-            parsed.append((entry, *p))
+            match delivery:
+                case Malformed(entry=entry, reason=reason):
+                    log.error("dropping malformed task %s: %s", entry.id, reason)
+                    await self.bus.dead_letter(entry, WORKER_GROUP, "malformed")
+                case TaskDelivery():
+                    tasks.append(delivery)
+                case _:
+                    assert_never(delivery)
         ended: set[UUID] = set()
-        if self._ended is not None and parsed:
+        if self._ended is not None and tasks:
             try:
-                ended = await self._ended([eid for _, eid, _ in parsed])
+                ended = await self._ended([t.message.execution_id for t in tasks])
             except Exception as exc:  # PostgreSQL away: run them; results are checked anyway
                 log.warning("worker: cannot check for ended executions: %r", exc)
-        for entry, execution_id, scheduled in parsed:
+        for delivery in tasks:
+            entry, execution_id = delivery.entry, delivery.message.execution_id
             if execution_id in ended:
                 await self.bus.ack(self.stream, WORKER_GROUP, [entry.id])
                 self.skipped += 1
                 continue
-            task = asyncio.create_task(self._run_task(entry, execution_id, scheduled))
+            task = asyncio.create_task(self._run_task(delivery))
             self._running[entry.id] = _Running(execution_id, task)
             task.add_done_callback(self._forget(entry.id))
 
@@ -393,54 +380,51 @@ class Worker:
         if pending:
             await asyncio.wait(pending)
 
-    async def _run_task(
-        self, entry: StreamEntry, execution_id: UUID, scheduled: ev.TaskScheduled
-    ) -> None:
-        execution_id_var.set(str(execution_id))  # each task runs in its own asyncio task
+    async def _run_task(self, delivery: TaskDelivery) -> None:
+        task = delivery.message
+        execution_id_var.set(str(task.execution_id))  # each task runs in its own asyncio task
 
         async def heartbeat() -> None:
-            await self.bus.add_trigger(
-                execution_id, "heartbeat", encode_heartbeat(scheduled.task_id)
-            )
+            await self.bus.add_trigger(task.execution_id, Heartbeat(task_id=task.task_id))
 
         ctx = TaskContext(
-            execution_id=str(execution_id),
-            state=scheduled.name,
-            attempt=scheduled.attempt,
-            task_id=scheduled.task_id,
+            execution_id=str(task.execution_id),
+            state=task.state,
+            attempt=task.attempt,
+            task_id=task.task_id,
             heartbeat=heartbeat,
         )
-        result = await self._call(scheduled, ctx)
+        result = await self._call(task, ctx)
         # Recording the outcome is shielded: a shutdown must not lose a finished result.
-        await asyncio.shield(self._report(execution_id, entry, result))
+        await asyncio.shield(self._report(delivery, result))
 
-    async def _call(self, scheduled: ev.TaskScheduled, ctx: TaskContext) -> TaskResultBody:
-        handler = self.registry.get(scheduled.resource)
+    async def _call(self, task: TaskMessage, ctx: TaskContext) -> TaskResult:
+        handler = self.registry.get(task.resource)
         if handler is None:
-            return TaskResultBody(
-                task_id=scheduled.task_id,
+            return TaskResult(
+                task_id=task.task_id,
                 ok=False,
                 error="States.TaskFailed",
-                cause=f"no handler is registered for resource {scheduled.resource!r}",
+                cause=f"no handler is registered for resource {task.resource!r}",
             )
         try:
-            value = handler(scheduled.input, ctx)
+            value = handler(task.input, ctx)
             if inspect.isawaitable(value):
                 value = await value
-            return TaskResultBody(task_id=scheduled.task_id, ok=True, output=value)
+            return TaskResult(task_id=task.task_id, ok=True, output=value)
         except TaskFailure as failure:
-            return TaskResultBody(
-                task_id=scheduled.task_id, ok=False, error=failure.error, cause=failure.cause
+            return TaskResult(
+                task_id=task.task_id, ok=False, error=failure.error, cause=failure.cause
             )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("task %s failed: %r", scheduled.task_id, exc)
-            return TaskResultBody(
-                task_id=scheduled.task_id, ok=False, error=type(exc).__name__, cause=str(exc)
+            log.warning("task %s failed: %r", task.task_id, exc)
+            return TaskResult(
+                task_id=task.task_id, ok=False, error=type(exc).__name__, cause=str(exc)
             )
 
-    async def _report(self, execution_id: UUID, entry: StreamEntry, result: TaskResultBody) -> None:
-        await self.bus.add_trigger(execution_id, "task_result", encode_task_result(result))
-        await self.bus.ack(self.stream, WORKER_GROUP, [entry.id])
+    async def _report(self, delivery: TaskDelivery, result: TaskResult) -> None:
+        await self.bus.add_trigger(delivery.message.execution_id, result)
+        await self.bus.ack(self.stream, WORKER_GROUP, [delivery.entry.id])
         self.completed += 1

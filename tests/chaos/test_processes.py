@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from engine.loops.worker import WORKER_GROUP
+from engine.messages import WORKER_GROUP
 from tests.chaos.harness import PREFIX, Cluster, post_json, servers
 
 pytestmark = pytest.mark.timeout(240)

@@ -2,22 +2,51 @@
 
 from __future__ import annotations
 
+import socket
 import zlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis import exceptions as redis_errors
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from engine.adapters.bus import Bus, Keys, Task, Trigger
+from engine import messages
+from engine.adapters.bus import (
+    Bus,
+    Keys,
+    Malformed,
+    StreamEntry,
+    TaskDelivery,
+    TriggerDelivery,
+    read_task,
+    read_trigger,
+    translate,
+)
 from engine.adapters.store import StoredEvent
+from engine.core import events as ev
+from engine.errors import BusError, MissingGroup, Unavailable
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def stored(execution_id: UUID, seq: int) -> StoredEvent:
     return StoredEvent(execution_id, seq, 100 + seq, "PassStateEntered", b'{"a":1}', T0, tx_id=7)
+
+
+def task(execution_id: UUID, seq: int, queue: str = "default") -> messages.TaskMessage:
+    return messages.TaskMessage(
+        execution_id=execution_id,
+        seq=seq,
+        queue=queue,
+        task_id=f"{execution_id}:{seq}",
+        state="Work",
+        resource="test:echo",
+        input={"n": seq},
+    )
 
 
 def test_keys_are_hash_tagged_per_partition() -> None:
@@ -43,8 +72,9 @@ async def test_ensure_group_is_idempotent_and_only_ignores_busygroup(
     assert await bus.ensure_group(stream, "g") is False
     wrong_type = stream + ":string"
     await redis.set(wrong_type, "x")
-    with pytest.raises(ResponseError, match="WRONGTYPE"):
+    with pytest.raises(BusError, match="WRONGTYPE") as raised:
         await bus.ensure_group(wrong_type, "g")
+    assert isinstance(raised.value.__cause__, redis_errors.ResponseError)
 
 
 async def test_publish_read_group_and_ack(bus: Bus, redis: aioredis.Redis) -> None:
@@ -84,46 +114,186 @@ async def test_triggers_and_tasks_go_to_their_streams(bus: Bus) -> None:
     await bus.ensure_group(triggers, "engine")
     await bus.ensure_group(bus.tasks_stream("q1"), "workers")
     await bus.publish(
-        triggers=[Trigger(execution_id, "begin", b'{"now":"x"}')],
-        tasks=[Task("q1", {"execution_id": str(execution_id), "seq": 2, "data": b"{}"})],
+        triggers=[(execution_id, messages.Begin())],
+        tasks=[task(execution_id, 2, "q1")],
     )
-    entry_id = await bus.add_trigger(execution_id, "timer", b'{"timer_id":"t"}')
-    await bus.add_task("q1", {"execution_id": str(execution_id), "seq": 5, "data": b"{}"})
+    entry_id = await bus.add_trigger(execution_id, messages.TimerFired(timer_id="t"))
+    await bus.add_task(task(execution_id, 5, "q1"))
 
-    got = await bus.read_group("engine", "e1", [triggers])
-    assert [(e.fields["kind"], e.fields["body"]) for e in got] == [
-        (b"begin", b'{"now":"x"}'),
-        (b"timer", b'{"timer_id":"t"}'),
+    got = await bus.read_triggers("engine", "e1", [triggers])
+    assert all(isinstance(d, TriggerDelivery) for d in got)
+    assert [(d.execution_id, d.message) for d in got if isinstance(d, TriggerDelivery)] == [
+        (execution_id, messages.Begin()),
+        (execution_id, messages.TimerFired(timer_id="t")),
     ]
-    assert got[1].id == entry_id and got[0].fields["execution_id"] == str(execution_id).encode()
-    tasks = await bus.read_group("workers", "w1", [bus.tasks_stream("q1")])
-    assert [e.fields["seq"] for e in tasks] == [b"2", b"5"]
-    with pytest.raises(ValueError):
-        await bus.add_trigger(execution_id, "bogus", b"{}")
+    assert got[1].entry.id == entry_id and got[1].entry.stream == triggers
+    tasks = await bus.read_tasks("workers", "w1", [bus.tasks_stream("q1")])
+    assert tasks == [
+        TaskDelivery(entry=d.entry, message=task(execution_id, seq, "q1"))
+        for d, seq in zip(tasks, (2, 5), strict=True)
+    ]
+
+
+async def test_trigger_and_task_entries_have_the_documented_fields(
+    bus: Bus, redis: aioredis.Redis
+) -> None:
+    execution_id = uuid4()
+    await bus.add_trigger(execution_id, messages.Heartbeat(task_id="t1"))
+    await bus.add_task(task(execution_id, 2))
+    [(_, trigger)] = await redis.xrange(bus.triggers_stream(bus.partition_of(execution_id)))
+    assert trigger == {
+        b"v": b"2",
+        b"execution_id": str(execution_id).encode(),
+        b"message": b'{"kind":"heartbeat","task_id":"t1"}',
+    }
+    [(_, fields)] = await redis.xrange(bus.tasks_stream("default"))
+    assert fields.keys() == {b"v", b"message"} and fields[b"v"] == b"2"
+    assert messages.decode_task(fields[b"message"]) == task(execution_id, 2)
+
+
+async def test_entries_that_carry_no_message_are_malformed(bus: Bus, redis: aioredis.Redis) -> None:
+    stream = bus.triggers_stream(0)
+    await bus.ensure_group(stream, "engine")
+    good_id = str(uuid4())
+    bad = [
+        {"v": "2", "message": b'{"kind":"begin"}'},  # no execution id
+        {"v": "2", "execution_id": "not-a-uuid", "message": b'{"kind":"begin"}'},
+        {"v": "2", "execution_id": good_id, "message": b"{not json"},
+        {"v": "2", "execution_id": good_id, "message": b'{"kind":"nope"}'},
+        {"v": "2", "execution_id": good_id, "message": messages.encode(task(uuid4(), 1))},
+        {"v": "9", "execution_id": good_id, "message": b'{"kind":"begin"}'},
+        {"v": "1", "execution_id": good_id, "kind": "stop", "body": b"{}"},
+    ]
+    for fields in bad:
+        await redis.xadd(stream, fields)  # type: ignore[arg-type]
+    got = await bus.read_triggers("engine", "e", [stream])
+    assert len(got) == len(bad) and all(isinstance(d, Malformed) for d in got)
+    assert all(isinstance(d, Malformed) and d.reason for d in got)
+
+    tasks = bus.tasks_stream("default")
+    await bus.ensure_group(tasks, "workers")
+    await redis.xadd(tasks, {"v": "2", "message": b'{"kind":"begin"}'})
+    await redis.xadd(tasks, {"v": "1", "execution_id": good_id, "seq": 3, "data": b"{}"})
+    [a, b] = await bus.read_tasks("workers", "w", [tasks])
+    assert isinstance(a, Malformed) and isinstance(b, Malformed)
+    await bus.dead_letter(a.entry, "workers", "malformed")
+    assert (await redis.xpending(tasks, "workers"))["pending"] == 1
+
+
+def test_entries_of_version_1_are_read_as_messages() -> None:
+    """Written before engine.messages: read during an upgrade, not dead-lettered."""
+    execution_id = uuid4()
+
+    def entry(**fields: bytes) -> StreamEntry:
+        return StreamEntry("s", "1-0", {"v": b"1", **fields})
+
+    eid = str(execution_id).encode()
+    begin = read_trigger(entry(kind=b"begin", execution_id=eid, body=b'{"now":"x"}'))
+    assert begin == TriggerDelivery(begin.entry, execution_id, messages.Begin())
+    result = read_trigger(
+        entry(kind=b"task_result", execution_id=eid, body=b'{"task_id":"t","ok":true,"output":1}')
+    )
+    assert isinstance(result, TriggerDelivery)
+    assert result.message == messages.TaskResult(task_id="t", ok=True, output=1)
+    timer = read_trigger(entry(kind=b"timer", execution_id=eid, body=b'{"timer_id":"w"}'))
+    assert isinstance(timer, TriggerDelivery)
+    assert timer.message == messages.TimerFired(timer_id="w")
+    scheduled = ev.TaskScheduled(name="Work", task_id="t", resource="r", input=[1], attempt=2)
+    old_task = read_task(entry(execution_id=eid, seq=b"4", data=ev.encode_event(scheduled)))
+    assert isinstance(old_task, TaskDelivery)
+    assert old_task.message == messages.TaskMessage(
+        execution_id=execution_id,
+        seq=4,
+        task_id="t",
+        state="Work",
+        attempt=2,
+        resource="r",
+        input=[1],
+    )
 
 
 async def test_autoclaim_redelivers_with_delivery_counts_and_dead_letters(
     bus: Bus, redis: aioredis.Redis
 ) -> None:
     stream = bus.tasks_stream("default")
+    execution_id = uuid4()
     await bus.ensure_group(stream, "workers")
-    await bus.add_task("default", {"n": 1})
-    await bus.add_task("default", {"n": 2})
+    await bus.add_task(task(execution_id, 1))
+    await bus.add_task(task(execution_id, 2))
     (a, b) = await bus.read_group("workers", "dead-worker", [stream])
 
     claimed = await bus.autoclaim(stream, "workers", "w2", min_idle_ms=0)
     assert [(e.id, e.deliveries) for e in claimed] == [(a.id, 2), (b.id, 2)]
-    claimed = await bus.autoclaim(stream, "workers", "w3", min_idle_ms=0, count=1)
-    assert [(e.id, e.deliveries, e.fields["n"]) for e in claimed] == [(a.id, 3, b"1")]
+    tasks = await bus.claim_tasks(stream, "workers", "w3", min_idle_ms=0, count=1)
+    assert [(d.entry.id, d.entry.deliveries) for d in tasks] == [(a.id, 3)]
+    assert isinstance(tasks[0], TaskDelivery) and tasks[0].message == task(execution_id, 1)
     assert await bus.autoclaim(stream, "workers", "w4", min_idle_ms=60_000) == []
     assert await bus.delivery_counts(stream, "workers", [a.id, b.id]) == {a.id: 3, b.id: 2}
 
-    dead_id = await bus.dead_letter(claimed[0], "workers", "too many deliveries")
+    dead_id = await bus.dead_letter(tasks[0].entry, "workers", "too many deliveries")
     dead = await redis.xrange(Keys.dead_letters(stream))
-    assert [(i.decode(), f[b"n"], f[b"dead_reason"], f[b"dead_deliveries"]) for i, f in dead] == [
-        (dead_id, b"1", b"too many deliveries", b"3")
-    ]
+    assert [
+        (
+            i.decode(),
+            messages.decode_task(f[b"message"]).seq,
+            f[b"dead_reason"],
+            f[b"dead_deliveries"],
+        )
+        for i, f in dead
+    ] == [(dead_id, 1, b"too many deliveries", b"3")]
     assert await bus.delivery_counts(stream, "workers", [a.id, b.id]) == {b.id: 2}
+
+
+async def test_a_missing_group_raises_missing_group(bus: Bus) -> None:
+    stream = bus.triggers_stream(0)
+    with pytest.raises(MissingGroup) as raised:
+        await bus.read_triggers("engine", "e", [stream])
+    assert isinstance(raised.value.__cause__, redis_errors.ResponseError)
+    await bus.ensure_group(stream, "other")
+    with pytest.raises(MissingGroup):
+        await bus.autoclaim(stream, "engine", "e", 0)
+
+
+@pytest.fixture
+async def unreachable(redis_prefix: str) -> AsyncIterator[Bus]:
+    """A bus whose Redis does not answer (nothing listens on its port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = aioredis.Redis(port=port, retry=Retry(NoBackoff(), 0), socket_connect_timeout=1)
+    yield Bus(client, redis_prefix)
+    await client.aclose()
+
+
+async def test_a_redis_that_does_not_answer_raises_unavailable(unreachable: Bus) -> None:
+    with pytest.raises(Unavailable) as raised:
+        await unreachable.ping()
+    assert isinstance(raised.value.__cause__, redis_errors.ConnectionError)
+    with pytest.raises(Unavailable):
+        await unreachable.publish(triggers=[(uuid4(), messages.Begin())])
+    with pytest.raises(Unavailable):
+        await unreachable.read_tasks("workers", "w", [unreachable.tasks_stream("default")])
+    with pytest.raises(Unavailable):
+        await unreachable.ensure_group(unreachable.triggers_stream(0), "engine")
+
+
+def test_translate_sorts_redis_errors_into_steplog_errors() -> None:
+    outages = [
+        redis_errors.ConnectionError("refused"),
+        redis_errors.TimeoutError("timed out"),
+        redis_errors.BusyLoadingError("Redis is loading the dataset in memory"),
+        redis_errors.ReadOnlyError("You can't write against a read only replica."),
+        redis_errors.OutOfMemoryError("command not allowed when used memory > 'maxmemory'"),
+        redis_errors.ResponseError("MISCONF Redis is configured to save RDB snapshots"),
+        ConnectionResetError("reset by peer"),
+    ]
+    assert all(type(translate(exc)) is Unavailable for exc in outages)
+    nogroup = "NOGROUP No such key 's' or consumer group 'g'"
+    assert type(translate(redis_errors.ResponseError(nogroup))) is MissingGroup
+    wrapped = f"Command # 1 (XREADGROUP GROUP g c) of pipeline caused error: {nogroup}"
+    assert type(translate(redis_errors.ResponseError(wrapped))) is MissingGroup
+    wrongtype = redis_errors.ResponseError("WRONGTYPE Operation against a key")
+    assert type(translate(wrongtype)) is BusError
 
 
 async def test_events_streams_are_trimmed_approximately(

@@ -11,7 +11,7 @@ from uuid import UUID
 import pytest
 import redis.asyncio as aioredis
 
-from engine.loops.worker import WORKER_GROUP
+from engine.messages import WORKER_GROUP
 from steplog.settings import Settings
 from tests.serving import Running, running_steplog
 

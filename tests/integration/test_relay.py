@@ -13,8 +13,10 @@ import asyncpg
 import msgspec
 import redis.asyncio as aioredis
 
+from engine import messages
 from engine.adapters.bus import Bus
 from engine.adapters.store import EventStore, GlobalPosition, NewEvent
+from engine.core import events as ev
 from engine.loops.relay import Relay
 
 T0 = datetime(2024, 1, 1, 12, tzinfo=UTC)
@@ -22,6 +24,11 @@ T0 = datetime(2024, 1, 1, 12, tzinfo=UTC)
 
 def event(type_: str = "PassStateEntered", **data: object) -> NewEvent:
     return NewEvent(type_, msgspec.json.encode({"type": type_, **data}), T0)
+
+
+def scheduled(task_id: str, queue: str = "default") -> NewEvent:
+    task = ev.TaskScheduled(name="Work", task_id=task_id, resource="test:echo", queue=queue)
+    return NewEvent("TaskScheduled", ev.encode_event(task), T0)
 
 
 async def start(store: EventStore, name: str) -> UUID:
@@ -79,10 +86,8 @@ async def test_publishes_every_event_once_in_order_with_triggers_and_tasks(
 ) -> None:  # type: ignore[no-untyped-def]
     executions = [await start(store, f"e{i}") for i in range(5)]
     for i, execution_id in enumerate(executions):
-        scheduled = (
-            event("TaskScheduled", task_id=f"t{i}", queue="q1") if i % 2 else event("TaskScheduled")
-        )
-        await store.append(execution_id, 1, [event(), scheduled, event()])
+        task = scheduled(f"t{i}", queue="q1") if i % 2 else scheduled(f"t{i}")
+        await store.append(execution_id, 1, [event(), task, event()])
     relay = Relay(store, bus, pool, batch_size=4, poll_interval_s=0.05)
     async with running(relay):
         await eventually(counter(redis, bus, 20))
@@ -99,19 +104,18 @@ async def test_publishes_every_event_once_in_order_with_triggers_and_tasks(
         assert streams == {bus.events_stream(bus.partition_of(execution_id))}
 
     begins = [
-        (UUID(f[b"execution_id"].decode()), f[b"kind"], msgspec.json.decode(f[b"body"]))
+        (UUID(f[b"execution_id"].decode()), messages.decode_trigger(f[b"message"]))
         for s in bus.triggers_streams()
         for _, f in await redis.xrange(s)
     ]
-    assert sorted(begins, key=str) == sorted(
-        [(x, b"begin", {"now": T0.isoformat()}) for x in executions], key=str
-    )
+    assert sorted(begins, key=str) == sorted([(x, messages.Begin()) for x in executions], key=str)
     q1 = await redis.xrange(bus.tasks_stream("q1"))
     default = await redis.xrange(bus.tasks_stream("default"))
     assert len(q1) == 2 and len(default) == 3
-    fields = q1[0][1]
-    assert fields[b"seq"] == b"3" and msgspec.json.decode(fields[b"data"])["task_id"] == "t1"
-    assert UUID(fields[b"execution_id"].decode()) == executions[1]
+    task = messages.decode_task(q1[0][1][b"message"])
+    assert task.seq == 3 and task.task_id == "t1" and task.queue == "q1"
+    assert task.execution_id == executions[1]
+    assert task.state == "Work" and task.resource == "test:echo"
 
     checkpoint = await pool.fetchrow("SELECT tx_id, position FROM relay_checkpoint")
     last = (await store.read_all(GlobalPosition(), 100))[-1].global_position

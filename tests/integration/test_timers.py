@@ -11,6 +11,7 @@ from uuid import UUID, uuid4
 import msgspec
 import redis.asyncio as aioredis
 
+from engine import messages
 from engine.adapters.bus import Bus
 from engine.adapters.store import EventStore, NewEvent, TimerSpec
 from engine.loops.timers import TimerService
@@ -34,8 +35,9 @@ async def fired(redis: aioredis.Redis, bus: Bus) -> list[str]:
     out = []
     for stream in bus.triggers_streams():
         for _, fields in await redis.xrange(stream):
-            if fields[b"kind"] == b"timer":
-                out.append(msgspec.json.decode(fields[b"body"])["timer_id"])
+            message = messages.decode_trigger(fields[b"message"])
+            if isinstance(message, messages.TimerFired):
+                out.append(message.timer_id)
     return sorted(out)
 
 

@@ -11,41 +11,31 @@ from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID, uuid4
 
-import msgspec
 import redis.asyncio as aioredis
 
 from engine.adapters.bus import Bus
-from engine.core import events as ev
-from engine.loops.worker import (
-    DELIVERY_EXCEEDED,
-    WORKER_GROUP,
-    HandlerRegistry,
-    TaskContext,
-    Worker,
-)
+from engine.loops.worker import DELIVERY_EXCEEDED, HandlerRegistry, TaskContext, Worker
+from engine.messages import WORKER_GROUP, TaskMessage, TaskResult, decode_trigger
 
 
-def task_fields(execution_id: UUID, resource: str, input: Any = None, seq: int = 3) -> Any:
-    scheduled = ev.TaskScheduled(
-        name="Work",
+def task(execution_id: UUID, resource: str, input: Any = None, seq: int = 3) -> TaskMessage:
+    return TaskMessage(
+        execution_id=execution_id,
+        seq=seq,
         task_id=f"{execution_id}:{seq}",
+        state="Work",
         resource=resource,
         input=input,
     )
-    return {
-        "v": "1",
-        "execution_id": str(execution_id),
-        "seq": seq,
-        "data": ev.encode_event(scheduled),
-    }
 
 
-async def results(redis: aioredis.Redis, bus: Bus) -> list[dict[str, Any]]:
+async def results(redis: aioredis.Redis, bus: Bus) -> list[TaskResult]:
     out = []
     for stream in bus.triggers_streams():
         for _, fields in await redis.xrange(stream):
-            if fields[b"kind"] == b"task_result":
-                out.append(msgspec.json.decode(fields[b"body"]))
+            message = decode_trigger(fields[b"message"])
+            if isinstance(message, TaskResult):
+                out.append(message)
     return out
 
 
@@ -78,7 +68,7 @@ async def test_a_task_of_a_dead_worker_runs_on_another_after_the_visibility_time
     stream = bus.tasks_stream("default")
     await bus.ensure_group(stream, WORKER_GROUP)
     execution_id = uuid4()
-    await bus.add_task("default", task_fields(execution_id, "work", {"n": 1}))
+    await bus.add_task(task(execution_id, "work", {"n": 1}))
     # A worker reads it and dies (never reports, never acknowledges).
     assert len(await bus.read_group(WORKER_GROUP, "dead", [stream])) == 1
     calls: list[str] = []
@@ -86,7 +76,7 @@ async def test_a_task_of_a_dead_worker_runs_on_another_after_the_visibility_time
     async with running(worker):
         await eventually(lambda: _true(worker.completed == 1), timeout_s=5)
     assert calls == [f"{execution_id}:Work:0:{execution_id}:3"]
-    assert [r["output"] for r in await results(redis, bus)] == [{"n": 1}]
+    assert [r.output for r in await results(redis, bus)] == [{"n": 1}]
     assert (await redis.xpending(stream, WORKER_GROUP))["pending"] == 0
 
 
@@ -99,7 +89,7 @@ async def test_a_live_worker_keeps_its_long_task(
     )
     second = Worker(bus, registry_with(calls), consumer="b", visibility_timeout_s=0.3, block_ms=50)
     async with running(first):
-        await bus.add_task("default", task_fields(uuid4(), "work"))
+        await bus.add_task(task(uuid4(), "work"))
         await eventually(lambda: _true(len(calls) == 1))
         async with running(second):
             await eventually(lambda: _true(first.completed == 1), timeout_s=5)
@@ -112,7 +102,7 @@ async def test_a_task_delivered_too_often_fails_its_attempt_and_is_dead_lettered
     stream = bus.tasks_stream("default")
     await bus.ensure_group(stream, WORKER_GROUP)
     execution_id = uuid4()
-    await bus.add_task("default", task_fields(execution_id, "work"))
+    await bus.add_task(task(execution_id, "work"))
     # Two workers took it and died (the second claimed it from the first).
     await bus.read_group(WORKER_GROUP, "dead-1", [stream])
     await bus.autoclaim(stream, WORKER_GROUP, "dead-2", 0)
@@ -124,8 +114,8 @@ async def test_a_task_delivered_too_often_fails_its_attempt_and_is_dead_lettered
         await eventually(lambda: _true(worker.dead_lettered == 1), timeout_s=5)
     assert calls == []
     [result] = await results(redis, bus)
-    assert result["ok"] is False and result["error"] == DELIVERY_EXCEEDED
-    assert result["task_id"] == f"{execution_id}:3"
+    assert result.ok is False and result.error == DELIVERY_EXCEEDED
+    assert result.task_id == f"{execution_id}:3"
     dead = await redis.xrange(bus.keys.dead_letters(stream))
     assert len(dead) == 1 and dead[0][1][b"dead_reason"] == b"too many deliveries"
     assert (await redis.xpending(stream, WORKER_GROUP))["pending"] == 0
@@ -146,8 +136,8 @@ async def test_tasks_of_ended_executions_are_skipped_or_cancelled(
         bus, registry_with(calls, 30), ended=ended_of, ended_check_interval_s=0.05, block_ms=50
     )
     async with running(worker):
-        await bus.add_task("default", task_fields(gone, "work"))
-        await bus.add_task("default", task_fields(stopping, "work"))
+        await bus.add_task(task(gone, "work"))
+        await bus.add_task(task(stopping, "work"))
         await eventually(lambda: _true(worker.skipped == 1 and len(calls) == 1))
         ended.add(stopping)  # the execution is stopped while its handler runs
         await eventually(lambda: _true(worker.cancelled == 1), timeout_s=5)
@@ -161,11 +151,11 @@ async def test_the_group_is_created_again_after_a_flush(
     calls: list[str] = []
     worker = Worker(bus, registry_with(calls), block_ms=50)
     async with running(worker):
-        await bus.add_task("default", task_fields(uuid4(), "work"))
+        await bus.add_task(task(uuid4(), "work"))
         await eventually(lambda: _true(worker.completed == 1))
         await redis.delete(bus.tasks_stream("default"))  # what FLUSHALL does to this prefix
         await asyncio.sleep(0.2)
-        await bus.add_task("default", task_fields(uuid4(), "work"))
+        await bus.add_task(task(uuid4(), "work"))
         await eventually(lambda: _true(worker.completed == 2), timeout_s=5)
 
 
