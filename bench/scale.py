@@ -25,7 +25,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.adapters.store import TERMINAL_EVENT_TYPES
+from engine.core.events import TERMINAL_EVENT_TYPES
 from tests.chaos.harness import WORKFLOW, Cluster, chaos_input, post_json, servers
 
 ENDED = """

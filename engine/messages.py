@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 # Consumer groups: engines share the trigger streams, workers their queue's task stream.
 ENGINE_GROUP = "engine"
 WORKER_GROUP = "workers"
-DEFAULT_QUEUE = "default"
+DEFAULT_QUEUE = ev.DEFAULT_QUEUE
 
 
 class _Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):

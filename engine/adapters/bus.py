@@ -31,9 +31,10 @@ with the client's error chained.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 import msgspec
@@ -42,7 +43,6 @@ from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
 from engine import messages
-from engine.adapters.store import StoredEvent
 from engine.errors import BusError, MissingGroup, SteplogError, Unavailable
 from engine.messages import TaskMessage, TriggerMessage
 
@@ -172,7 +172,25 @@ def _entry(stream: str, entry_id: Any, fields: Any, deliveries: int = 1) -> Stre
     )
 
 
-def event_fields(event: StoredEvent) -> XaddFields:
+class CommittedEvent(Protocol):
+    """What the bus publishes of a committed event (the store's StoredEvent has it; the
+    bus does not depend on the store)."""
+
+    @property
+    def execution_id(self) -> UUID: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def position(self) -> int: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def timestamp(self) -> dt.datetime: ...
+    @property
+    def data(self) -> bytes: ...
+
+
+def event_fields(event: CommittedEvent) -> XaddFields:
     """The fields of an events-stream entry (docs/event-stream.md): a public format."""
     return {
         "v": ENTRY_VERSION,
@@ -293,7 +311,7 @@ class Bus:
 
     async def publish(
         self,
-        events: Sequence[StoredEvent] = (),
+        events: Sequence[CommittedEvent] = (),
         triggers: Sequence[tuple[UUID, TriggerMessage]] = (),
         tasks: Sequence[TaskMessage] = (),
     ) -> None:
@@ -316,7 +334,7 @@ class Bus:
             with _redis_errors():
                 await pipe.execute()
 
-    async def publish_events(self, events: Sequence[StoredEvent]) -> None:
+    async def publish_events(self, events: Sequence[CommittedEvent]) -> None:
         """XADD each event to its partition's events stream, pipelined."""
         await self.publish(events=events)
 

@@ -137,13 +137,17 @@ class TaskStateExited(_Exited, frozen=True, kw_only=True):
     pass
 
 
+# The task queue a Task state's work goes to unless routed elsewhere.
+DEFAULT_QUEUE = "default"
+
+
 class TaskScheduled(_StateEvent, frozen=True, kw_only=True):
     """A task attempt was put on its queue. ``task_id`` is also the idempotency key
     handlers receive: it names (execution, state entry, attempt)."""
 
     task_id: str
     resource: str
-    queue: str = "default"
+    queue: str = DEFAULT_QUEUE
     input: Any = None
     attempt: int = 0
     timeout_seconds: int | None = None

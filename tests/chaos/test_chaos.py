@@ -24,8 +24,9 @@ import asyncpg
 import msgspec
 import pytest
 
-from engine.adapters.store import TERMINAL_EVENT_TYPES, EventStore
+from engine.adapters.store import EventStore
 from engine.core import events as ev
+from engine.core.events import TERMINAL_EVENT_TYPES
 from engine.service import fold
 from tests.chaos.harness import (
     WORKFLOW,

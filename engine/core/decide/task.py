@@ -103,6 +103,6 @@ def _leave_with(d: Decider, frame_id: str, st: TaskState, result: Any) -> None:
 
 
 def _queue_of(resource: str) -> str:
-    """Every task goes to the "default" queue for now; routing resources to their
+    """Every task goes to the default queue for now; routing resources to their
     own queues (and workers to them) is a deployment choice still to make."""
-    return "default"
+    return ev.DEFAULT_QUEUE
