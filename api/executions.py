@@ -13,6 +13,7 @@ GET  /v1/executions/{id}/history.jsonl?include_data= -> the whole history, JSON 
 POST /v1/executions/{id}/stop {"error", "cause"} (optional) -> execution after the stop
 GET  /v1/executions/{id}/state?seq=N      -> the replayed ExecutionState
 GET  /v1/executions/{id}/state/diff?from=A&to=B -> events in (A, B] and RFC 6902 ops
+     (a seq or to past the last event: 400 invalid_request naming the parameter)
 (The live feed, GET /v1/executions/{id}/events, is in api/feed.py.)
 
 A malformed execution id is answered like an unknown one: 404 execution_not_found.
