@@ -115,6 +115,7 @@ async def _append(
 
 
 def _decode_rows(rows: list[asyncpg.Record]) -> int:
+    """Decode as the store and the engine do."""
     for row in rows:
         _decode.decode(row["data"].encode())
     return len(rows)

@@ -27,7 +27,6 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from engine.adapters.store import compact_json
 from engine.core import events as ev
 from projections.base import Projection
 
@@ -96,7 +95,7 @@ _decode_succeeded = msgspec.json.Decoder(_Succeeded)
 
 def _json_text(value: msgspec.Raw) -> str:
     """A JSON value of an event, spelled as the event spells it (one rendering)."""
-    return compact_json(bytes(value)).decode()
+    return bytes(value).decode()
 
 
 def evolve_row(row: ExecutionRow | None, event: EventLike) -> ExecutionRow | None:
@@ -191,8 +190,8 @@ def row_from_record(record: asyncpg.Record) -> ExecutionRow:
         version=record[3],
         name=record[4],
         status=record[5],
-        input=compact_json(record[6].encode()).decode(),
-        output=None if record[7] is None else compact_json(record[7].encode()).decode(),
+        input=record[6],
+        output=record[7],
         error=_json_string(record[8]),
         cause=_json_string(record[9]),
         started_at=record[10],

@@ -11,9 +11,9 @@ any pool whatever JSON codecs its owner registered.
 JSON is kept as sent (migration 0005): event data, execution inputs and definitions
 are `json` columns, which store the text exactly as written (key order, number
 spelling, duplicate keys, ``\u0000``), where jsonb re-ordered keys and rewrote
-numbers. What the store writes is compact (no insignificant whitespace); rows
-converted from jsonb by the migration come back in that same compact form
-(`compact_json`), their original key order already lost.
+numbers. What the store writes is compact (no insignificant whitespace), and the
+migration wrote the rows it converted from jsonb compact too (their original key
+order was already lost), so what is read is always compact.
 """
 
 from __future__ import annotations
@@ -309,16 +309,6 @@ def definition_json(definition: dict[str, Any]) -> bytes:
     return _encode.encode(definition)
 
 
-def compact_json(data: bytes) -> bytes:
-    """``data`` without insignificant whitespace; keys, numbers and strings spelled as
-    they are. What steplog writes is compact already and comes back as is; this
-    rewrites only rows the 0005 migration converted from jsonb's rendering
-    (``{"a": 1, "b": [1, 2]}``), so every reader sees one rendering."""
-    if b'": ' in data or b", " in data:
-        return msgspec.json.format(data, indent=-1)
-    return data
-
-
 class _DuplicateKey(Exception):
     pass
 
@@ -414,7 +404,7 @@ def _stored(row: asyncpg.Record) -> StoredEvent:
         seq=row["seq"],
         position=row["position"],
         type=row["type"],
-        data=compact_json(row["data"].encode()),
+        data=row["data"].encode(),
         timestamp=row["recorded_at"],
         tx_id=row["tx_id"],
     )
@@ -437,7 +427,7 @@ def _execution(row: asyncpg.Record) -> ExecutionRecord:
         workflow=row["workflow"],
         version=row["version"],
         name=row["name"],
-        input_json=compact_json(row["input"].encode()),
+        input_json=row["input"].encode(),
         started_at=row["started_at"],
     )
 

@@ -197,6 +197,21 @@ async def test_0005_turns_jsonb_rows_into_json_and_events_stay_immutable(
             '{"type": "ExecutionStarted", "input": {"beta": "x", "id": 1}}',
             now,
         )
+        # Text that looks like jsonb's spacing inside strings, escapes, empty containers.
+        tricky = (
+            '{"type": "PassStateExited", "output": {"s": "a, b: c \\"q\\" \\u00e9\\n",'
+            ' "e": {}, "l": [], "n": [1.50, -0, 1e3, true, null], "o": {"k": {"": [[]]}}}}'
+        )
+        await conn.execute(
+            "INSERT INTO events (execution_id, seq, type, data, recorded_at)"
+            " VALUES ($1, 2, 'PassStateExited', $2::text::jsonb, $3)",
+            execution_id,
+            tricky,
+            now,
+        )
+        jsonb_text = await conn.fetchval("SELECT data::text FROM events WHERE seq = 2")
+        compact = msgspec.json.format(jsonb_text.encode(), indent=-1)
+        assert compact != jsonb_text.encode()
         await conn.execute(
             "INSERT INTO executions_view (execution_id, workflow, version, name, status, input,"
             " error, started_at) VALUES ($1, 'wf', 1, 'run', 'FAILED', '[1, 2]', 'Boom', $2)",
@@ -237,8 +252,10 @@ async def test_0005_turns_jsonb_rows_into_json_and_events_stay_immutable(
     try:
         store = EventStore(pool)
         # jsonb had already put the shorter key first; the spacing is the new rows' one.
-        (started,) = await store.load(execution_id)
+        started, tricky_event = await store.load(execution_id)
         assert started.data == b'{"type":"ExecutionStarted","input":{"id":1,"beta":"x"}}'
+        assert tricky_event.data == compact
+        assert msgspec.json.decode(compact) == msgspec.json.decode(tricky)
         record = await store.get_execution(execution_id)
         assert record is not None and record.input_json == b'{"id":1,"beta":"x"}'
         workflow = await store.get_workflow("default", "wf")
