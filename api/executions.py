@@ -13,6 +13,7 @@ GET  /v1/executions/{id}/history.jsonl?include_data= -> the whole history, JSON 
 POST /v1/executions/{id}/stop {"error", "cause"} (optional) -> execution after the stop
 GET  /v1/executions/{id}/state?seq=N      -> the replayed ExecutionState
 GET  /v1/executions/{id}/state/diff?from=A&to=B -> events in (A, B] and RFC 6902 ops
+     (a seq or to past the last event: 400 invalid_request naming the parameter)
 (The live feed, GET /v1/executions/{id}/events, is in api/feed.py.)
 
 A malformed execution id is answered like an unknown one: 404 execution_not_found.
@@ -23,7 +24,6 @@ from __future__ import annotations
 import datetime as dt
 from uuid import UUID
 
-import msgspec
 from aiohttp import web
 
 from api.keys import COMMANDS, CONFIG, QUERIES
@@ -46,7 +46,7 @@ from api.schemas import (
     decode_query,
     encode_cursor,
 )
-from api.views import event_out, execution_out, started_out
+from api.views import event_out, execution_out, started_out, state_out
 from engine.errors import PayloadTooLarge
 from engine.logcontext import execution_id_var
 from projections.executions import Filters
@@ -65,7 +65,7 @@ async def start_execution(request: web.Request) -> web.Response:
     record, created = await request.app[COMMANDS].start(
         request.app[CONFIG].namespace,
         workflow,
-        msgspec.json.decode(req.input),
+        req.input,  # kept as sent (engine.adapters.store.json_as_sent)
         req.name,
         dt.datetime.now(dt.UTC),
     )
@@ -194,7 +194,14 @@ async def stop_execution(request: web.Request) -> web.Response:
 async def get_state(request: web.Request) -> web.Response:
     eid = execution_id(request)
     query = decode_query(request.query, StateQuery)
-    return json_response(await request.app[QUERIES].state_at(eid, query.seq))
+    state = await request.app[QUERIES].state_at(eid, query.seq)
+    # The rule of state/diff's ``to``: a seq past the last event is a 400, not the end.
+    if query.seq is not None and state.seq < query.seq:
+        raise InvalidQuery(
+            f"the execution has {state.seq} events; seq={query.seq} is past its end",
+            [("seq", "past the last event")],
+        )
+    return json_response(state_out(state))
 
 
 @routes.get("/v1/executions/{id}/state/diff")

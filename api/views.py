@@ -2,6 +2,13 @@
 
 The records are described by what the views read of them (Protocols), so the
 API names no adapter type.
+
+One rendering (issue 9, item 5): an execution's input and output are the JSON
+text the store keeps (key order and number spelling as sent, no whitespace), the
+same bytes in the start reply, GET, the listing and the stop reply; history
+entries, the live feed and the export pass each event field's stored text
+through (projections.history.event_details); timestamps are RFC 3339 UTC with
+milliseconds and a Z; an absent value is ``null``.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import msgspec
 from api.schemas import EventOut, ExecutionOut, WorkflowOut
 from projections.executions import EventLike, ExecutionRow
 from projections.history import event_details, rfc3339
+from projections.queries import state_document
 
 
 class StartedExecution(Protocol):
@@ -96,3 +104,8 @@ def workflow_out(wf: WorkflowDefinition) -> WorkflowOut:
         definition=wf.definition,
         created_at=rfc3339(wf.created_at),
     )
+
+
+def state_out(state: msgspec.Struct) -> dict[str, Any]:
+    """An execution state (GET .../state): ``null`` for the times not known yet."""
+    return state_document(state)

@@ -22,6 +22,7 @@ from engine.adapters.store import (
     NewEvent,
     StoredEvent,
     WorkflowVersion,
+    json_as_sent,
 )
 from engine.core import events as ev
 from engine.core.asl.compile import compile_definition
@@ -38,8 +39,6 @@ from engine.errors import (
     PayloadTooLarge,
     WorkflowNotFound,
 )
-
-_json = msgspec.json.Encoder()
 
 
 def fold(
@@ -136,10 +135,15 @@ class EngineService:
         name: str | None,
         now: dt.datetime,
     ) -> tuple[ExecutionRecord, bool]:
+        """Start an execution of the latest version of ``workflow``.
+
+        ``input`` is the client's JSON as a ``msgspec.Raw`` (kept as sent: key order and
+        number spelling, see `json_as_sent`) or a value. The size limit counts the
+        bytes as stored; `InvalidRequest` for input that is not JSON."""
         wf = await self.store.get_workflow(namespace, workflow)
         if wf is None:
             raise WorkflowNotFound(f"workflow {workflow!r} not found")
-        input_json = _json.encode(input)
+        input_json = json_as_sent(input)
         if len(input_json) > self.max_payload_bytes:
             raise PayloadTooLarge(
                 f"execution input is {len(input_json)} bytes; the limit is {self.max_payload_bytes}"
@@ -149,8 +153,13 @@ class EngineService:
             name = str(execution_id)
         elif not name or len(name) > 80:
             raise InvalidRequest("name must be 1 to 80 characters")
+        # The event carries the input as kept, byte for byte (a Raw is encoded verbatim).
         started = ev.ExecutionStarted(
-            input=input, workflow=workflow, version=wf.version, name=name, namespace=namespace
+            input=msgspec.Raw(input_json),
+            workflow=workflow,
+            version=wf.version,
+            name=name,
+            namespace=namespace,
         )
         return await self.store.start_execution(
             namespace,

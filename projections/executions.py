@@ -75,8 +75,27 @@ class ExecutionRow(msgspec.Struct, kw_only=True):
     last_seq: int = 1
 
 
-def _json_text(value: Any) -> str:
-    return msgspec.json.encode(value).decode()
+class _Started(msgspec.Struct):
+    """The fields of ExecutionStarted the row needs; the input kept as stored."""
+
+    input: msgspec.Raw = msgspec.Raw(b"null")
+    workflow: str = ""
+    version: int = 0
+    name: str = ""
+    namespace: str = "default"
+
+
+class _Succeeded(msgspec.Struct):
+    output: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_decode_started = msgspec.json.Decoder(_Started)
+_decode_succeeded = msgspec.json.Decoder(_Succeeded)
+
+
+def _json_text(value: msgspec.Raw) -> str:
+    """A JSON value of an event, spelled as the event spells it (one rendering)."""
+    return bytes(value).decode()
 
 
 def evolve_row(row: ExecutionRow | None, event: EventLike) -> ExecutionRow | None:
@@ -86,8 +105,7 @@ def evolve_row(row: ExecutionRow | None, event: EventLike) -> ExecutionRow | Non
     if row is None:
         if event.type != "ExecutionStarted":
             return None
-        started = ev.decode_event(event.data)
-        assert isinstance(started, ev.ExecutionStarted)
+        started = _decode_started.decode(event.data)
         return ExecutionRow(
             execution_id=event.execution_id,
             namespace=started.namespace,
@@ -103,12 +121,13 @@ def evolve_row(row: ExecutionRow | None, event: EventLike) -> ExecutionRow | Non
     status = TERMINAL_STATUS.get(event.type)
     if status is None or row.status != "RUNNING":
         return row
+    if event.type == "ExecutionSucceeded":
+        output = _decode_succeeded.decode(event.data).output
+        return msgspec.structs.replace(
+            row, status=status, output=_json_text(output), stopped_at=event.timestamp
+        )
     end = ev.decode_event(event.data)
     match end:
-        case ev.ExecutionSucceeded(output=output):
-            return msgspec.structs.replace(
-                row, status=status, output=_json_text(output), stopped_at=event.timestamp
-            )
         case (
             ev.ExecutionFailed(error=error, cause=cause)
             | ev.ExecutionTimedOut(error=error, cause=cause)
@@ -128,9 +147,11 @@ def fold(events: Iterable[EventLike]) -> ExecutionRow | None:
     return row
 
 
+# input and output are JSON text as the log spells it; error and cause are JSON strings
+# (migration 0005: a text column refuses a NUL character, a json one keeps "\u0000").
 _COLUMNS = (
     "execution_id, namespace, workflow, version, name, status, input::text, output::text,"
-    " error, cause, started_at, stopped_at, last_seq"
+    " error::text, cause::text, started_at, stopped_at, last_seq"
 )
 
 
@@ -145,7 +166,8 @@ def _upsert_sql(table: str) -> str:
         INSERT INTO {table} (execution_id, namespace, workflow, version, name, status, input,
                              output, error, cause, started_at, stopped_at, last_seq)
         SELECT u.execution_id, u.namespace, u.workflow, u.version, u.name, u.status,
-               u.input::jsonb, u.output::jsonb, u.error, u.cause, u.started_at, u.stopped_at,
+               u.input::json, u.output::json, u.error::json, u.cause::json, u.started_at,
+               u.stopped_at,
                u.last_seq
         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
                     $7::text[], $8::text[], $9::text[], $10::text[], $11::timestamptz[],
@@ -170,12 +192,23 @@ def row_from_record(record: asyncpg.Record) -> ExecutionRow:
         status=record[5],
         input=record[6],
         output=record[7],
-        error=record[8],
-        cause=record[9],
+        error=_json_string(record[8]),
+        cause=_json_string(record[9]),
         started_at=record[10],
         stopped_at=record[11],
         last_seq=record[12],
     )
+
+
+def _json_string(text: str | None) -> str | None:
+    return None if text is None else _decode_str.decode(text)
+
+
+def _string_json(value: str | None) -> str | None:
+    return None if value is None else msgspec.json.encode(value).decode()
+
+
+_decode_str = msgspec.json.Decoder(str)
 
 
 def _row_args(row: ExecutionRow) -> tuple[Any, ...]:
@@ -188,8 +221,8 @@ def _row_args(row: ExecutionRow) -> tuple[Any, ...]:
         row.status,
         row.input,
         row.output,
-        row.error,
-        row.cause,
+        _string_json(row.error),
+        _string_json(row.cause),
         row.started_at,
         row.stopped_at,
         row.last_seq,

@@ -3,7 +3,9 @@
 `event_details` is the one rendering of a stored event's JSON for readers (the
 API's history entries, the live feed, `steplog export`): the event's fields
 without its ``type`` tag, and without the fields that carry execution data
-when ``include_data`` is false.
+when ``include_data`` is false. Each field's value is passed through as the log
+spells it (``msgspec.Raw``), so key order and number text are exactly the
+stored ones. `rfc3339` is the one timestamp format of the read side.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from uuid import UUID
 import msgspec
 
 from engine.adapters.store import EventStore
+from engine.core.timestamps import iso_millis
 from projections.executions import EventLike
 
 # Event fields that carry execution data (left out with include_data=false).
@@ -26,19 +29,22 @@ _export_line = msgspec.json.Encoder()
 
 
 def rfc3339(value: dt.datetime) -> str:
-    """The read side's timestamps: UTC with microseconds and a Z (2026-01-02T03:04:05.123456Z)."""
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    """The read side's timestamps: RFC 3339 in UTC with milliseconds and a Z
+    (2026-01-02T03:04:05.123Z), as Step Functions and the events themselves write them."""
+    return iso_millis(value)
 
 
-def event_details(event: EventLike, include_data: bool = True) -> Any:
-    """The event's JSON without its ``type`` (and without data fields unless
-    ``include_data``)."""
-    details = msgspec.json.decode(event.data)
-    if isinstance(details, dict):
-        details.pop("type", None)
-        if not include_data:
-            for name in DATA_FIELDS:
-                details.pop(name, None)
+_decode_fields = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def event_details(event: EventLike, include_data: bool = True) -> dict[str, Any]:
+    """The event's fields without ``type`` (and without data fields unless
+    ``include_data``), each value the stored JSON text (a ``msgspec.Raw``)."""
+    details: dict[str, Any] = _decode_fields.decode(event.data)
+    details.pop("type", None)
+    if not include_data:
+        for name in DATA_FIELDS:
+            details.pop(name, None)
     return details
 
 

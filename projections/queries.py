@@ -15,7 +15,7 @@ import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 import asyncpg
@@ -45,6 +45,24 @@ class Doorbell(Protocol):
     def subscribed(self) -> AbstractAsyncContextManager[None]: ...
     async def wait(self, changed: asyncio.Event, seconds: float) -> None: ...
     async def close(self) -> None: ...
+
+
+def state_document(state: msgspec.Struct) -> dict[str, Any]:
+    """An execution state as readers see it (GET .../state, the ops of .../state/diff):
+    the state's fields, with ``null`` where a time is not known yet (the state itself
+    holds "" there: ``stopped_at`` of a running execution, ``entered_time`` of a
+    frame between states). Timestamps are RFC 3339 UTC with milliseconds."""
+    doc: dict[str, Any] = msgspec.to_builtins(state)
+    _absent_as_null(doc, ("started_at", "stopped_at"))
+    for frame in doc.get("frames", {}).values():
+        _absent_as_null(frame, ("entered_time",))
+    return doc
+
+
+def _absent_as_null(doc: dict[str, Any], keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if doc.get(key) == "":
+            doc[key] = None
 
 
 class HistoryPage(msgspec.Struct, frozen=True):
@@ -170,7 +188,7 @@ class Queries:
         all of ``events``."""
         before = fold(execution_id, events[:from_seq])
         after = fold(execution_id, events[from_seq:], before)
-        return jsondiff.diff(msgspec.to_builtins(before), msgspec.to_builtins(after))
+        return jsondiff.diff(state_document(before), state_document(after))
 
     # -- statistics -----------------------------------------------------------------------
 

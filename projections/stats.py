@@ -235,7 +235,18 @@ class _Fields(msgspec.Struct):
     index: int = 0
 
 
-_decode_fields = msgspec.json.Decoder(_Fields).decode
+_decode_struct = msgspec.json.Decoder(_Fields).decode
+
+
+def _decode_fields(data: bytes) -> _Fields:
+    """The fields, with state and frame names made storable: a text column refuses
+    the NUL character, which a state name may contain (it is JSON), so this read
+    model spells it U+FFFD; the event log and the other views keep it."""
+    fields = _decode_struct(data)
+    if "\x00" in fields.frame or "\x00" in fields.name:
+        fields.frame = fields.frame.replace("\x00", "\ufffd")
+        fields.name = fields.name.replace("\x00", "\ufffd")
+    return fields
 
 
 def _visit(record: asyncpg.Record) -> Visit:

@@ -5,14 +5,22 @@ errors are translated here, once, into the engine.errors tree: every call goes
 through the `_fetch`/`_fetchrow`/`_fetchval`/`_execute`/`_transaction` wrappers,
 which turn a server that does not answer into `Unavailable`
 (engine.adapters.postgres); statement errors become what they mean below. JSON crosses the
-boundary as text (``$n::text::jsonb`` in, ``::text`` out), so the store works on
+boundary as text (``$n::text::json`` in, ``::text`` out), so the store works on
 any pool whatever JSON codecs its owner registered.
+
+JSON is kept as sent (migration 0005): event data, execution inputs and definitions
+are `json` columns, which store the text exactly as written (key order, number
+spelling, duplicate keys, ``\u0000``), where jsonb re-ordered keys and rewrote
+numbers. What the store writes is compact (no insignificant whitespace), and the
+migration wrote the rows it converted from jsonb compact too (their original key
+order was already lost), so what is read is always compact.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -47,7 +55,7 @@ SELECT namespace, name, version, definition::text AS definition, definition_hash
 FROM workflow_versions WHERE namespace = $1 AND name = $2 AND version = $3"""
 INSERT_VERSION = """
 INSERT INTO workflow_versions (namespace, name, version, definition, definition_hash)
-VALUES ($1, $2, $3, $4::text::jsonb, $5)
+VALUES ($1, $2, $3, $4::text::json, $5)
 RETURNING namespace, name, version, definition::text AS definition, definition_hash, created_at"""
 LIST_LATEST_VERSIONS = """
 SELECT DISTINCT ON (name)
@@ -63,12 +71,12 @@ START_EXECUTION = f"""
 WITH started AS (
     INSERT INTO executions
         (execution_id, namespace, workflow, version, name, input, input_hash, started_at)
-    VALUES ($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8)
+    VALUES ($1, $2, $3, $4, $5, $6::text::json, $7, $8)
     ON CONFLICT (namespace, workflow, name) DO NOTHING
     RETURNING execution_id, started_at
 ), first_event AS (
     INSERT INTO events (execution_id, seq, type, data, recorded_at)
-    SELECT execution_id, 1, $9, $10::text::jsonb, started_at FROM started
+    SELECT execution_id, 1, $9, $10::text::json, started_at FROM started
     RETURNING position
 ), notified AS (
     SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM first_event
@@ -106,7 +114,7 @@ ORDER BY x.started_at, x.execution_id"""
 APPEND = f"""
 WITH appended AS (
     INSERT INTO events (execution_id, seq, type, data, recorded_at)
-    SELECT $1, $2 + u.ord, u.type, u.data::jsonb, u.recorded_at
+    SELECT $1, $2 + u.ord, u.type, u.data::json, u.recorded_at
     FROM unnest($3::text[], $4::text[], $5::timestamptz[])
          WITH ORDINALITY AS u(type, data, recorded_at, ord)
     WHERE $2 = 0 OR EXISTS (SELECT 1 FROM events WHERE execution_id = $1 AND seq = $2)
@@ -218,8 +226,8 @@ class NewEvent(msgspec.Struct, frozen=True):
 class StoredEvent(msgspec.Struct, frozen=True):
     """A committed event. ``position`` is global insertion order; ``tx_id`` is the id of the
     transaction that wrote it. ``(tx_id, position)`` is its place in `EventStore.read_all`
-    order (see `global_position`). ``data`` is the event JSON as PostgreSQL renders it
-    (same value as appended; key order and whitespace may differ)."""
+    order (see `global_position`). ``data`` is the event JSON exactly as appended (events
+    converted from jsonb by migration 0005: compact, in the key order jsonb left)."""
 
     execution_id: UUID
     seq: int
@@ -250,6 +258,8 @@ class WorkflowVersion(msgspec.Struct, frozen=True):
 
 
 class ExecutionRecord(msgspec.Struct, frozen=True):
+    """An execution's start. ``input_json`` is the input as kept (`json_as_sent`)."""
+
     execution_id: UUID
     namespace: str
     workflow: str
@@ -285,24 +295,100 @@ class DueTimer(msgspec.Struct, frozen=True):
 
 _decode_dict = msgspec.json.Decoder(dict[str, Any])
 _decode_any = msgspec.json.Decoder()
-_encode = msgspec.json.Encoder(order="sorted")
+_encode = msgspec.json.Encoder()
+_encode_sorted = msgspec.json.Encoder(order="sorted")
 
 
 def canonical_json(value: Any) -> bytes:
     """JSON with sorted keys and no whitespace: equal values give equal bytes."""
-    return _encode.encode(value)
+    return _encode_sorted.encode(value)
+
+
+def definition_json(definition: dict[str, Any]) -> bytes:
+    """A definition as the store keeps it: compact, keys in the order registered."""
+    return _encode.encode(definition)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> None:
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise _DuplicateKey
+    return None
+
+
+def _has_duplicate_keys(document: bytes) -> bool:
+    try:
+        json.loads(
+            document,
+            object_pairs_hook=_refuse_duplicates,
+            parse_int=len,
+            parse_float=len,
+        )
+    except _DuplicateKey:
+        return True
+    except (ValueError, RecursionError):  # already decoded once: nothing else to find
+        return False
+    return False
+
+
+def json_as_sent(value: Any) -> bytes:
+    """The JSON the store keeps of an execution input.
+
+    A ``msgspec.Raw`` (the client's bytes) is kept as sent: key order, number
+    spelling (``1e2``, ``1.50``) and string escapes exactly, only the insignificant
+    whitespace removed. `InvalidRequest` when it is not JSON or holds a number no
+    double can represent. A document with a duplicate key is kept as its decoded value
+    instead (the last of each key wins, as for the execution reading it), so what is
+    shown is what runs. Any other value is encoded with its keys in their order.
+    """
+    if not isinstance(value, msgspec.Raw):
+        return _encode.encode(value)
+    raw = bytes(value)
+    try:
+        decoded = _decode_any.decode(raw)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise InvalidRequest(f"execution input is not valid JSON: {exc}") from None
+    kept = msgspec.json.format(raw, indent=-1)
+    encoded = _encode.encode(decoded)
+    # Equal when nothing was spelled otherwise than msgspec spells it (the usual case).
+    if kept != encoded and _has_duplicate_keys(kept):
+        return encoded
+    return kept
+
+
+def _compact_document(document: bytes) -> bytes:
+    try:
+        return msgspec.json.format(document, indent=-1)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise InvalidRequest(f"execution input is not valid JSON: {exc}") from None
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_TEXT_HASH = "text:"
+
+
 def input_hash(input_json: bytes) -> str:
-    """Hash of an execution input's JSON value (not its spelling), for idempotent starts."""
+    """Hash of an execution input as stored (compact `json_as_sent`): two starts of one
+    name are the same start when their inputs are the same JSON text up to whitespace."""
+    return _TEXT_HASH + _sha256(input_json)
+
+
+def _same_input(stored_hash: str, input_json: bytes) -> bool:
+    """Whether an execution's recorded input hash is that of ``input_json``. Executions
+    started before migration 0005 carry a bare hash of the input's value with sorted
+    keys (jsonb could not tell key orders apart): they are compared that way."""
+    if stored_hash.startswith(_TEXT_HASH):
+        return stored_hash == input_hash(input_json)
     try:
-        return _sha256(canonical_json(_decode_any.decode(input_json)))
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"execution input is not valid JSON: {exc}") from None
+        return stored_hash == _sha256(canonical_json(_decode_any.decode(input_json)))
+    except (msgspec.DecodeError, RecursionError):
+        return False
 
 
 def _text(data: bytes) -> str:
@@ -347,7 +433,7 @@ def _execution(row: asyncpg.Record) -> ExecutionRecord:
 
 
 def _bad_json(exc: asyncpg.PostgresError) -> InvalidRequest:
-    # jsonb refuses what JSON allows but PostgreSQL cannot store, e.g. "\u0000".
+    # Text PostgreSQL cannot hold (json columns take every JSON escape, "\u0000" too).
     return InvalidRequest(f"JSON refused by the database: {exc}")
 
 
@@ -406,10 +492,14 @@ class EventStore:
     async def put_workflow(
         self, namespace: str, name: str, definition: dict[str, Any]
     ) -> tuple[WorkflowVersion, bool]:
-        """Store ``definition`` as the next version of the workflow unless it equals the
-        latest one (compared as canonical JSON). Returns (version, created)."""
-        canonical = canonical_json(definition)
-        digest = _sha256(canonical)
+        """Store ``definition`` as the next version of the workflow unless it is the
+        latest one, keys in the same order (`definition_json`: a Pass state's Result or
+        a Parameters template in another order gives output in another order). Returns
+        (version, created). A version stored before migration 0005 carries a hash of
+        its sorted keys, so registering it again makes one new version, in the order
+        given (the stored one had lost its order)."""
+        text = definition_json(definition)
+        digest = _sha256(text)
         async with self._transaction() as conn:
             await conn.execute(INSERT_WORKFLOW, namespace, name)
             await conn.execute(LOCK_WORKFLOW, namespace, name)
@@ -422,7 +512,7 @@ class EventStore:
                     namespace,
                     name,
                     1 if latest is None else latest["version"] + 1,
-                    _text(canonical),
+                    _text(text),
                     digest,
                 )
             except _JSON_ERRORS as exc:
@@ -457,10 +547,14 @@ class EventStore:
     ) -> tuple[ExecutionRecord, bool]:
         """Create the execution and its event seq 1 (``started``) atomically.
 
-        The same (namespace, workflow, name) with an equal input returns the existing
-        record and created=False (also under concurrency); a different input raises
-        `ExecutionNameConflict`. ``started.timestamp`` becomes ``started_at``.
+        ``input_json`` is stored as given (see `json_as_sent`) without its
+        insignificant whitespace; `InvalidRequest` when it is not JSON. The same
+        (namespace, workflow, name) with the same input text (up to whitespace)
+        returns the existing record and created=False (also under concurrency); any
+        other input, a re-ordered one included, raises `ExecutionNameConflict`.
+        ``started.timestamp`` becomes ``started_at``.
         """
+        input_json = _compact_document(input_json)
         digest = input_hash(input_json)
         try:
             position = await self._fetchval(
@@ -495,7 +589,7 @@ class EventStore:
         row = await self._fetchrow(SELECT_EXECUTION_BY_NAME, namespace, workflow, name)
         if row is None:  # pragma: no cover - rows are never deleted
             raise ConcurrencyError(f"execution {name!r} vanished while starting")
-        if row["input_hash"] != digest:
+        if not _same_input(row["input_hash"], input_json):
             raise ExecutionNameConflict(
                 f"execution {name!r} of {namespace}/{workflow} exists with a different input"
             )

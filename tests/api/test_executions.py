@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from engine.adapters.store import EventStore, NewEvent
 from engine.core import events as ev
+from engine.core.timestamps import iso_millis
 from projections.runner import catch_up
 from tests.api.helpers import register, start
 
@@ -88,8 +89,12 @@ async def test_the_read_model_answers_once_projected(
     assert body["output"] == {"sum": 3}
     assert body["input"] == [1]
     assert body["error"] is None and body["cause"] is None
-    assert _ts(body["stopped_at"]) == finished_at
-    assert _ts(body["started_at"]) == stored.timestamp
+    # RFC 3339 UTC with milliseconds and a Z, like every timestamp of the API.
+    assert body["stopped_at"] == iso_millis(finished_at)
+    assert body["started_at"] == iso_millis(stored.timestamp)
+    assert _ts(body["stopped_at"]) == finished_at.replace(
+        microsecond=finished_at.microsecond // 1000 * 1000
+    )
 
 
 async def test_listing_pages_stay_correct_while_executions_arrive(

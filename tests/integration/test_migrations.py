@@ -4,6 +4,7 @@ and the schema's own guarantee that events are immutable (invariant 1)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 import tempfile
 from datetime import UTC, datetime
@@ -11,8 +12,12 @@ from pathlib import Path
 from uuid import uuid4
 
 import asyncpg
+import msgspec
 import pytest
 
+from engine.adapters.store import EventStore, NewEvent
+from engine.errors import ExecutionNameConflict
+from projections import executions as executions_view
 from steplog.migrate import MigrationError, default_migrations_dir, load_migrations, migrate
 
 
@@ -153,3 +158,130 @@ async def test_embedded_servers_persist_data_and_leave_no_processes(tmp_path: Pa
                 assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def test_0005_turns_jsonb_rows_into_json_and_events_stay_immutable(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    """Rows written before 0005 (jsonb) survive the change of type with their values;
+    the store reads them in the compact rendering of new rows; a start of an old
+    execution's name with its input is still the same start; events still refuse
+    UPDATE and DELETE."""
+    before = tmp_path / "migrations"
+    before.mkdir()
+    for path in sorted(default_migrations_dir().glob("*.sql")):
+        if path.name < "0005":
+            shutil.copy(path, before / path.name)
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await migrate(conn, before)
+        execution_id, now = uuid4(), datetime.now(UTC)
+        value = {"beta": "x", "id": 1}
+        legacy_hash = hashlib.sha256(msgspec.json.encode(value, order="sorted")).hexdigest()
+        await conn.execute(
+            "INSERT INTO workflow_versions (name, version, definition, definition_hash)"
+            " VALUES ('wf', 1, '{\"StartAt\": \"A\", \"States\": {}}', 'h')"
+        )
+        await conn.execute(
+            "INSERT INTO executions (execution_id, workflow, version, name, input, input_hash,"
+            " started_at) VALUES ($1, 'wf', 1, 'run', $2::text::jsonb, $3, $4)",
+            execution_id,
+            '{"beta": "x", "id": 1}',
+            legacy_hash,
+            now,
+        )
+        await conn.execute(
+            "INSERT INTO events (execution_id, seq, type, data, recorded_at)"
+            " VALUES ($1, 1, 'ExecutionStarted', $2::text::jsonb, $3)",
+            execution_id,
+            '{"type": "ExecutionStarted", "input": {"beta": "x", "id": 1}}',
+            now,
+        )
+        # Text that looks like jsonb's spacing inside strings, escapes, empty containers.
+        tricky = (
+            '{"type": "PassStateExited", "output": {"s": "a, b: c \\"q\\" \\u00e9\\n",'
+            ' "e": {}, "l": [], "n": [1.50, -0, 1e3, true, null], "o": {"k": {"": [[]]}}}}'
+        )
+        await conn.execute(
+            "INSERT INTO events (execution_id, seq, type, data, recorded_at)"
+            " VALUES ($1, 2, 'PassStateExited', $2::text::jsonb, $3)",
+            execution_id,
+            tricky,
+            now,
+        )
+        jsonb_text = await conn.fetchval("SELECT data::text FROM events WHERE seq = 2")
+        compact = msgspec.json.format(jsonb_text.encode(), indent=-1)
+        assert compact != jsonb_text.encode()
+        await conn.execute(
+            "INSERT INTO executions_view (execution_id, workflow, version, name, status, input,"
+            " error, started_at) VALUES ($1, 'wf', 1, 'run', 'FAILED', '[1, 2]', 'Boom', $2)",
+            execution_id,
+            now,
+        )
+
+        assert await migrate(conn) == ["0005_json_as_sent"]
+
+        types = {
+            (r["table_name"], r["column_name"]): r["data_type"]
+            for r in await conn.fetch(
+                "SELECT table_name, column_name, data_type FROM information_schema.columns"
+                " WHERE table_schema = 'public'"
+            )
+        }
+        for column in (
+            ("events", "data"),
+            ("executions", "input"),
+            ("workflow_versions", "definition"),
+            ("executions_view", "input"),
+            ("executions_view", "output"),
+            ("executions_view", "error"),
+            ("executions_view", "cause"),
+        ):
+            assert types[column] == "json", column
+        for statement in (
+            "UPDATE events SET type = 'X'",
+            "DELETE FROM events",
+            "UPDATE workflow_versions SET version = 2",
+        ):
+            with pytest.raises(asyncpg.RaiseError, match="immutable"):
+                await conn.execute(statement)
+    finally:
+        await conn.close()
+
+    pool = await asyncpg.create_pool(empty_database_url, min_size=1, max_size=2)
+    try:
+        store = EventStore(pool)
+        # jsonb had already put the shorter key first; the spacing is the new rows' one.
+        started, tricky_event = await store.load(execution_id)
+        assert started.data == b'{"type":"ExecutionStarted","input":{"id":1,"beta":"x"}}'
+        assert tricky_event.data == compact
+        assert msgspec.json.decode(compact) == msgspec.json.decode(tricky)
+        record = await store.get_execution(execution_id)
+        assert record is not None and record.input_json == b'{"id":1,"beta":"x"}'
+        workflow = await store.get_workflow("default", "wf")
+        assert workflow is not None and workflow.definition == {"StartAt": "A", "States": {}}
+        row = await executions_view.get_row(pool, execution_id)
+        assert row is not None and (row.input, row.error, row.cause) == ("[1,2]", "Boom", None)
+        # Its recorded hash is of the value: the same value in any order is the same start.
+        again, created = await store.start_execution(
+            "default",
+            "wf",
+            1,
+            uuid4(),
+            "run",
+            b'{"beta":"x","id":1}',
+            NewEvent("ExecutionStarted", b'{"type":"ExecutionStarted"}', now),
+        )
+        assert (again.execution_id, created) == (execution_id, False)
+        with pytest.raises(ExecutionNameConflict):
+            await store.start_execution(
+                "default",
+                "wf",
+                1,
+                uuid4(),
+                "run",
+                b'{"beta":"y","id":1}',
+                NewEvent("ExecutionStarted", b'{"type":"ExecutionStarted"}', now),
+            )
+    finally:
+        await pool.close()

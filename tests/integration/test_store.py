@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
 import asyncpg
+import msgspec
 import pytest
 
 from engine.adapters.postgres import open_pool
@@ -19,7 +20,6 @@ DEFINITION = {"StartAt": "A", "States": {"A": {"Type": "Pass", "End": True}}}
 
 
 def event(type_: str = "PassStateEntered", **data: object) -> NewEvent:
-    import msgspec
 
     return NewEvent(type_, msgspec.json.encode({"type": type_, **data}), T0)
 
@@ -39,8 +39,7 @@ async def test_put_workflow_versions_only_on_change(store: EventStore) -> None:
     v1, created = await store.put_workflow("default", "wf", DEFINITION)
     assert (v1.version, created, v1.definition) == (1, True, DEFINITION)
 
-    reordered = {"States": {"A": {"End": True, "Type": "Pass"}}, "StartAt": "A"}
-    same, created = await store.put_workflow("default", "wf", reordered)
+    same, created = await store.put_workflow("default", "wf", dict(DEFINITION))
     assert (same.version, created) == (1, False)
 
     changed = {**DEFINITION, "Comment": "v2"}
@@ -51,6 +50,21 @@ async def test_put_workflow_versions_only_on_change(store: EventStore) -> None:
     assert (await store.get_workflow("default", "wf", 1)) == v1
     assert await store.get_workflow("default", "wf", 3) is None
     assert await store.get_workflow("other", "wf") is None
+
+
+async def test_a_definition_is_kept_in_the_order_registered(store: EventStore) -> None:
+    # Key order is part of a definition: a Result or Parameters template in another
+    # order gives output in another order (States.JsonToString tells them apart).
+    await store.put_workflow("default", "wf", DEFINITION)
+    reordered = {"States": {"A": {"End": True, "Type": "Pass"}}, "StartAt": "A"}
+    v2, created = await store.put_workflow("default", "wf", reordered)
+    assert (v2.version, created) == (2, True)
+    for version, sent in ((1, DEFINITION), (2, reordered)):
+        stored = await store.get_workflow("default", "wf", version)
+        assert stored is not None
+        assert msgspec.json.encode(stored.definition) == msgspec.json.encode(sent)
+    again, created = await store.put_workflow("default", "wf", reordered)
+    assert (again.version, created) == (2, False)
 
 
 async def test_list_workflows_gives_latest_version_per_name(store: EventStore) -> None:
@@ -79,8 +93,10 @@ async def test_start_execution_writes_record_and_first_event(store: EventStore) 
         "default", "wf", 1, execution_id, "run", b'{"x": 1}', event("ExecutionStarted")
     )
     assert created and record.execution_id == execution_id and record.started_at == T0
+    # Kept as sent without insignificant whitespace.
+    assert record.input_json == b'{"x":1}'
     assert await store.get_execution(execution_id) == record.__class__(
-        execution_id, "default", "wf", 1, "run", b'{"x": 1}', T0
+        execution_id, "default", "wf", 1, "run", b'{"x":1}', T0
     )
     (first,) = await store.load(execution_id)
     assert (first.seq, first.type, first.timestamp) == (1, "ExecutionStarted", T0)
@@ -90,13 +106,15 @@ async def test_start_execution_writes_record_and_first_event(store: EventStore) 
 async def test_same_name_same_input_returns_the_existing_execution(store: EventStore) -> None:
     first = await start(store, "run", b'{"a": 1, "b": [1, 2]}')
     again, created = await store.start_execution(
-        "default", "wf", 1, uuid4(), "run", b'{"b":[1,2],"a":1}', event("ExecutionStarted")
+        "default", "wf", 1, uuid4(), "run", b'{"a":1,\n "b":[1,2]}', event("ExecutionStarted")
     )
     assert (again.execution_id, created) == (first, False)
-    with pytest.raises(ExecutionNameConflict):
-        await store.start_execution(
-            "default", "wf", 1, uuid4(), "run", b'{"a": 2}', event("ExecutionStarted")
-        )
+    # Another key order or number spelling is another input (States.JsonToString differs).
+    for other in (b'{"a": 2}', b'{"b":[1,2],"a":1}', b'{"a":1.0,"b":[1,2]}'):
+        with pytest.raises(ExecutionNameConflict):
+            await store.start_execution(
+                "default", "wf", 1, uuid4(), "run", other, event("ExecutionStarted")
+            )
     # The name is unique per (namespace, workflow) only.
     _, created = await store.start_execution(
         "default", "other", 1, uuid4(), "run", b"{}", event("ExecutionStarted")
@@ -143,13 +161,36 @@ async def test_concurrent_starts_with_different_inputs_conflict(store: EventStor
     assert outcomes.count("ok") == 10 and outcomes.count("conflict") == 10
 
 
-@pytest.mark.parametrize("bad", [b"{not json", b'{"a": "\\u0000"}', b"\xff"])
+@pytest.mark.parametrize("bad", [b"{not json", b'"\xff"', b"\xff", b'{"a":1', b'"\\ud800"'])
 async def test_bad_input_is_refused_and_changes_nothing(store: EventStore, bad: bytes) -> None:
     with pytest.raises(InvalidRequest):
         await store.start_execution(
             "default", "wf", 1, uuid4(), "run", bad, event("ExecutionStarted")
         )
     assert await store.read_all(GlobalPosition(), 10) == []
+
+
+async def test_input_and_event_json_are_kept_as_written(store: EventStore) -> None:
+    # Key order, number spelling, escapes (NUL included) and duplicate keys: the json
+    # columns keep the text (jsonb re-ordered keys and wrote 1e308 as 309 digits).
+    document = b'{"id":1,"beta":"x","n":11,"big":1e308,"f":1.50,"z":"a\\u0000b","d":1,"d":2}'
+    record, _ = await store.start_execution(
+        "default",
+        "wf",
+        1,
+        uuid4(),
+        "run",
+        document,
+        NewEvent("ExecutionStarted", b'{"type":"ExecutionStarted","input":' + document + b"}", T0),
+    )
+    stored = await store.get_execution(record.execution_id)
+    assert stored is not None and stored.input_json == document
+    data = b'{"type":"PassStateExited","name":"\\u0000","output":{"b":1E2,"a":[1.0]}}'
+    await store.append(record.execution_id, 1, [NewEvent("PassStateExited", data, T0)])
+    first, second = await store.load(record.execution_id)
+    assert first.data == b'{"type":"ExecutionStarted","input":' + document + b"}"
+    assert second.data == data
+    assert [e.data for e in await store.read_all(GlobalPosition(), 10)] == [first.data, data]
 
 
 async def test_running_executions_excludes_terminal_ones(store: EventStore) -> None:
