@@ -88,11 +88,19 @@ class Queries:
     # -- executions -----------------------------------------------------------------------
 
     async def execution(self, execution_id: UUID) -> view.ExecutionRow:
-        """From the read model; by replay when the projection has no row yet.
-        `ExecutionNotFound` when there is no such execution."""
+        """The execution as of its last committed event: from the read model when it is
+        current, by replay when the projection has no row yet or lags behind a running
+        execution (so a reader never sees an execution go back to RUNNING after having
+        seen it end). `ExecutionNotFound` when there is no such execution."""
         with translate_errors():
             row = await view.get_row(self._pool, execution_id)
-        return row if row is not None else await self.replayed_execution(execution_id)
+        if row is not None and row.status != "RUNNING":
+            return row  # an ended row is final
+        if row is not None:
+            last = await self.last_event(execution_id)
+            if last is None or last.seq <= row.last_seq:
+                return row
+        return await self.replayed_execution(execution_id)
 
     async def replayed_execution(self, execution_id: UUID) -> view.ExecutionRow:
         """The execution's row folded from its events: always current."""
