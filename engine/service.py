@@ -25,6 +25,7 @@ from engine.adapters.store import (
     json_as_sent,
 )
 from engine.core import events as ev
+from engine.core.arns import ArnScope, execution_arns
 from engine.core.asl.compile import compile_definition
 from engine.core.asl.model import Definition
 from engine.core.decide import Decision, decide
@@ -62,8 +63,11 @@ class EngineService:
         *,
         max_payload_bytes: int = 262_144,
         cache_size: int = 256,
+        arns: ArnScope | None = None,
     ) -> None:
         self.store = store
+        # Partition, region and account of the ARNs recorded at each start.
+        self.arns = arns if arns is not None else ArnScope()
         self.max_payload_bytes = max_payload_bytes
         self._definitions: OrderedDict[tuple[str, str, int], Definition] = OrderedDict()
         self._cache_size = cache_size
@@ -153,6 +157,7 @@ class EngineService:
             name = str(execution_id)
         elif not name or len(name) > 80:
             raise InvalidRequest("name must be 1 to 80 characters")
+        arns = execution_arns(self.arns, namespace, workflow, name, str(execution_id))
         # The event carries the input as kept, byte for byte (a Raw is encoded verbatim).
         started = ev.ExecutionStarted(
             input=msgspec.Raw(input_json),
@@ -160,6 +165,9 @@ class EngineService:
             version=wf.version,
             name=name,
             namespace=namespace,
+            role_arn=arns.role,
+            state_machine_arn=arns.state_machine,
+            execution_arn=arns.execution,
         )
         return await self.store.start_execution(
             namespace,

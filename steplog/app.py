@@ -76,7 +76,9 @@ async def open_resources(
         try:
             store = EventStore(pool)
             bus = Bus(redis, settings.redis_prefix, settings.partitions)
-            service = EngineService(store, max_payload_bytes=settings.max_payload_bytes)
+            service = EngineService(
+                store, max_payload_bytes=settings.max_payload_bytes, arns=settings.arn_scope()
+            )
             queries = Queries(store, pool, bus.ping)
             yield Resources(settings, pool, redis, store, bus, service, queries)
         finally:

@@ -6,15 +6,21 @@ given; everything else receives a `Settings` (tests build one directly).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 import msgspec
 
+from engine.core.arns import DEFAULT_ACCOUNT, DEFAULT_PARTITION, DEFAULT_REGION, ArnScope
+
 ALL_ROLES: tuple[str, ...] = ("api", "engine", "worker", "projector")
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
 LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_PARTITION = re.compile(r"[a-z][a-z0-9-]{0,31}")
+_REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+_ACCOUNT = re.compile(r"[0-9]{12}")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,6 +50,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # one), "module" alone meaning "module:register"; besides the entry points.
     handlers: tuple[str, ...] = ()
     namespace: str = "default"
+    # Where $$.StateMachine.Id, $$.Execution.Id and $$.Execution.RoleArn say steplog
+    # runs, in AWS's ARN form (engine/core/arns.py):
+    # arn:<arn_partition>:states:<arn_region>:<account>:execution:<workflow>:<name>, where
+    # <account> is arn_account for the namespace "default" and arn_account-<namespace>
+    # for any other. The defaults are LocalStack's. Recorded per execution at its start:
+    # changing them changes new executions only.
+    arn_partition: str = DEFAULT_PARTITION
+    arn_region: str = DEFAULT_REGION
+    arn_account: str = DEFAULT_ACCOUNT
     redis_prefix: str = "steplog"
 
     def __post_init__(self) -> None:
@@ -62,9 +77,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("max_payload_bytes and task_visibility_timeout_s must be positive")
         if self.max_deliveries < 1 or self.shutdown_grace_s < 0:
             raise ValueError("max_deliveries must be positive and shutdown_grace_s not negative")
+        if not _PARTITION.fullmatch(self.arn_partition):
+            raise ValueError("arn_partition must be lower-case letters, digits and '-' (e.g. aws)")
+        if not _REGION.fullmatch(self.arn_region):
+            raise ValueError(
+                "arn_region must be lower-case letters, digits and '-' (e.g. us-east-1)"
+            )
+        if not _ACCOUNT.fullmatch(self.arn_account):
+            raise ValueError("arn_account must be 12 digits (e.g. 000000000000)")
+        if not self.namespace or any(c in self.namespace for c in ": \t\r\n"):
+            # The namespace is part of every ARN, whose fields colons separate.
+            raise ValueError("namespace must be non-empty without ':' or whitespace")
         if not self.redis_prefix or any(c in self.redis_prefix for c in "{}: "):
             # The prefix goes inside Redis hash tags; braces or colons would break them.
             raise ValueError("redis_prefix must be non-empty without '{', '}', ':' or spaces")
+
+    def arn_scope(self) -> ArnScope:
+        """The partition, region and account of the ARNs this process records."""
+        return ArnScope(
+            partition=self.arn_partition, region=self.arn_region, account=self.arn_account
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -79,7 +111,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raw = environ.get(f"STEPLOG_{field.upper()}")
             return raw.strip() if raw is not None and raw.strip() else None
 
-        for field in ("database_url", "redis_url", "host", "namespace", "redis_prefix"):
+        for field in (
+            "database_url",
+            "redis_url",
+            "host",
+            "namespace",
+            "arn_partition",
+            "arn_region",
+            "arn_account",
+            "redis_prefix",
+        ):
             if (raw := get(field)) is not None:
                 values[field] = raw
         if (raw := get("data_dir")) is not None:

@@ -61,7 +61,12 @@ class ExecutionStarted(_Event, frozen=True, kw_only=True):
     version: int = 0
     name: str = ""
     namespace: str = "default"
+    # The identifiers of $$.Execution.Id, $$.StateMachine.Id and $$.Execution.RoleArn, in
+    # AWS's form (engine.core.arns), made once at start. Empty in histories recorded
+    # before they were: those keep the identifiers they had (arns.legacy_arns).
     role_arn: str = ""
+    state_machine_arn: str = ""
+    execution_arn: str = ""
     # "STANDARD" or "EXPRESS": the context object differs ($$.Execution.Id, RedriveCount).
     state_machine_type: str = "STANDARD"
 

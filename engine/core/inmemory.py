@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.core import events as ev
+from engine.core.arns import DEFAULT_NAMESPACE, ArnScope, execution_arns
 from engine.core.asl.model import Definition
 from engine.core.decide import decide
 from engine.core.state import ExecutionState, evolve, initial_state
@@ -67,12 +68,23 @@ def run_in_memory(
 ) -> Run:
     handlers = DEFAULT_HANDLERS if handlers is None else handlers
     now = start or dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    arns = execution_arns(
+        ArnScope(),
+        DEFAULT_NAMESPACE,
+        workflow,
+        name,
+        execution_id,
+        express=state_machine_type == "EXPRESS",
+    )
     started = ev.ExecutionStarted(
         input=input,
         workflow=workflow,
         version=1,
         name=name,
         state_machine_type=state_machine_type,
+        role_arn=arns.role,
+        state_machine_arn=arns.state_machine,
+        execution_arn=arns.execution,
     )
     iso = iso_millis(now)
     state = evolve(initial_state(execution_id), started, iso)

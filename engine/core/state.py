@@ -76,6 +76,10 @@ class ExecutionState(msgspec.Struct, kw_only=True):
     version: int = 0
     name: str = ""
     state_machine_type: str = "STANDARD"
+    # As recorded in ExecutionStarted; empty for histories older than AWS-shaped ARNs.
+    role_arn: str = ""
+    state_machine_arn: str = ""
+    execution_arn: str = ""
     status: Status = "PENDING"
     input: Any = None
     output: Any = None
@@ -117,6 +121,9 @@ def evolve(state: ExecutionState, event: ev.Event, timestamp: str = "") -> Execu
             s.name = event.name
             s.namespace = event.namespace
             s.state_machine_type = event.state_machine_type
+            s.role_arn = event.role_arn
+            s.state_machine_arn = event.state_machine_arn
+            s.execution_arn = event.execution_arn
             s.started_at = _millis(timestamp)
             s.frames = {"": Frame(id="", data=event.input)}
         case ev.ExecutionSucceeded():

@@ -40,7 +40,7 @@ from engine.core.asl.model import (
     TaskState,
     WaitState,
 )
-from engine.core.asl.payload import Template, compile_template
+from engine.core.asl.payload import FieldExpression, compile_field, compile_template
 from engine.core.asl.validate import json_path_key, validate_definition
 from engine.errors import InvalidDefinition
 
@@ -120,8 +120,8 @@ def _state(name: str, body: dict[str, Any], ql: str, path: str) -> State:
                 ql == JSONATA,
                 error=_jsonata_field(body, "Error"),
                 cause=_jsonata_field(body, "Cause"),
-                error_path=_fail_path(body.get("ErrorPath")),
-                cause_path=_fail_path(body.get("CausePath")),
+                error_path=_fail_path("ErrorPath", body.get("ErrorPath")),
+                cause_path=_fail_path("CausePath", body.get("CausePath")),
             )
         case "Parallel":
             branches = tuple(
@@ -244,11 +244,12 @@ def _choice(c: Any, ql: str, path: str) -> ChoiceBranch:
     )
 
 
-def _fail_path(value: Any) -> Template | None:
-    """ErrorPath / CausePath: a JSONPath or an intrinsic call (both compile as templates)."""
+def _fail_path(field: str, value: Any) -> FieldExpression | None:
+    """ErrorPath / CausePath: a JSONPath or an intrinsic call, named by its field, so that
+    a path that selects nothing says "specified for the field 'ErrorPath'" as AWS does."""
     if value is None:
         return None
-    return compile_template({"v.$": value})
+    return compile_field(field, value)
 
 
 def _number_field(body: dict[str, Any], key: str) -> NumberField | None:

@@ -15,7 +15,7 @@ from typing import Any
 from engine.core.asl.choice import Rule
 from engine.core.asl.jsonata import JsonataTemplate
 from engine.core.asl.jsonpath import JsonPath
-from engine.core.asl.payload import Template
+from engine.core.asl.payload import FieldExpression, Template
 
 JSONPATH = "JSONPath"
 JSONATA = "JSONata"
@@ -145,14 +145,14 @@ class SucceedState:
 @dataclass(frozen=True, slots=True)
 class FailState:
     """Error and Cause: constants or JSONata templates; ErrorPath and CausePath
-    (JSONPath): a path or an intrinsic, compiled as the template ``{"v.$": ...}``."""
+    (JSONPath): a path or an intrinsic, compiled as an expression named by its field."""
 
     name: str
     jsonata: bool
     error: JsonataTemplate | None = None
     cause: JsonataTemplate | None = None
-    error_path: Template | None = None
-    cause_path: Template | None = None
+    error_path: FieldExpression | None = None
+    cause_path: FieldExpression | None = None
 
 
 @dataclass(frozen=True, slots=True)

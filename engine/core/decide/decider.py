@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from engine.core import events as ev
+from engine.core.arns import ExecutionArns, legacy_arns
 from engine.core.asl import errors as E
 from engine.core.asl.context import EvalEnv
 from engine.core.asl.errors import StatesError
@@ -196,24 +197,40 @@ class Decider:
     # -- what evaluations read ------------------------------------------------------
 
     def execution_context(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """$$.Execution and $$.StateMachine: the same for every state of a decision."""
+        """$$.Execution and $$.StateMachine: the same for every state of a decision.
+
+        The ARNs are the ones ExecutionStarted recorded; a history recorded before
+        they were gets the identifiers it had then (engine.core.arns.legacy_arns)."""
         if self._execution_context is None:
             s = self.state
             express = s.state_machine_type == "EXPRESS"
-            kind = "express" if express else "execution"
-            execution: dict[str, Any] = {
-                "Id": f"arn:steplog:states:{s.namespace}:{kind}:{s.workflow}:{s.execution_id}",
-                "Input": s.input,
-                "StartTime": s.started_at,
-                "Name": s.name,
-                "RoleArn": "arn:steplog:iam::role/steplog",
-            }
+            if s.execution_arn:
+                arns = ExecutionArns(
+                    state_machine=s.state_machine_arn, execution=s.execution_arn, role=s.role_arn
+                )
+            else:
+                arns = legacy_arns(s.namespace, s.workflow, s.execution_id, express=express)
+            execution: dict[str, Any]
+            if express and s.execution_arn:
+                # AWS's key order for an express execution (it shows in States.JsonToString).
+                execution = {
+                    "Id": arns.execution,
+                    "Input": s.input,
+                    "Name": s.name,
+                    "RoleArn": arns.role,
+                    "StartTime": s.started_at,
+                }
+            else:
+                execution = {
+                    "Id": arns.execution,
+                    "Input": s.input,
+                    "StartTime": s.started_at,
+                    "Name": s.name,
+                    "RoleArn": arns.role,
+                }
             if not express:
                 execution["RedriveCount"] = 0
-            machine = {
-                "Id": f"arn:steplog:states:{s.namespace}:stateMachine:{s.workflow}",
-                "Name": s.workflow,
-            }
+            machine = {"Id": arns.state_machine, "Name": s.workflow}
             self._execution_context = (execution, machine)
         return self._execution_context
 

@@ -28,9 +28,9 @@ def _fields(st: FailState, raw: Any, scope: Scope) -> tuple[str | None, str | No
         error = st.error.render(raw, scope.context, scope.env) if st.error else None
         cause = st.cause.render(raw, scope.context, scope.env) if st.cause else None
         if st.error_path is not None:
-            error = st.error_path.render(raw, scope.context, scope.env)["v"]
+            error = st.error_path.render(raw, scope.context, scope.env)
         if st.cause_path is not None:
-            cause = st.cause_path.render(raw, scope.context, scope.env)["v"]
+            cause = st.cause_path.render(raw, scope.context, scope.env)
     return (
         error if error is None or isinstance(error, str) else java_str(error),
         cause if cause is None or isinstance(cause, str) else java_str(cause),
