@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -80,6 +81,9 @@ def _forget_dead_handles(pgdata: Path) -> None:
     handles.write_text(json.dumps([p for p in pids if _pid_alive(p)]))
 
 
+_START_ATTEMPTS = 3
+
+
 def _start_postgres(pgdata: Path) -> Any:
     _forget_dead_handles(pgdata)
     with warnings.catch_warnings():
@@ -87,7 +91,20 @@ def _start_postgres(pgdata: Path) -> Any:
         warnings.simplefilter("ignore")
         import pgserver
 
-        return pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+    for attempt in range(1, _START_ATTEMPTS + 1):
+        try:
+            return pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+        except Exception:
+            # On a loaded machine pgserver can read postmaster.pid while postgres is still
+            # writing it, or give up on pg_ctl after its fixed 10 s; the server itself is
+            # usually fine, and the next attempt finds it running. pgserver registers its
+            # instance before starting, so a failed one must be forgotten to retry.
+            pgserver.PostgresServer._instances.pop(pgdata.resolve(), None)  # type: ignore[attr-defined]
+            if attempt == _START_ATTEMPTS:
+                raise
+            log.warning("embedded PostgreSQL did not start (attempt %d); retrying", attempt)
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
 
 
 async def _configure_postgres(database_url: str, durable: bool) -> None:

@@ -40,7 +40,8 @@ async def test_large_numbers_are_stored_at_the_size_they_were_sent(
         "SELECT octet_length(data::text) FROM events WHERE execution_id = $1 AND seq = 1", eid
     )
     assert stored_input == len(numbers)
-    assert len(numbers) < stored_event < len(numbers) + 200
+    # The event adds its other fields (names, ARNs) around the input, nothing per number.
+    assert len(numbers) < stored_event < len(numbers) + 1000
 
 
 async def test_whitespace_is_dropped_and_a_duplicate_key_is_kept_as_it_runs(
