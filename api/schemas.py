@@ -308,8 +308,13 @@ def refuse_nul(value: Any, path: str) -> None:
 def decode_query(query: Any, kind: type[T]) -> T:
     """Convert query parameters (strings) into `kind`; paths name the parameter.
     Timestamps come back in UTC (one that has none, e.g. year 1 at +01:00, is refused)."""
+    params = dict(query)
+    for name in params:
+        if len(query.getall(name)) > 1:
+            message = "given more than once"
+            raise InvalidQuery(f"query parameter {name}: {message}", [(name, message)])
     try:
-        decoded = msgspec.convert(dict(query), kind, strict=False)
+        decoded = msgspec.convert(params, kind, strict=False)
     except msgspec.ValidationError as exc:
         path, message = _path_of(str(exc))
         name = path.removeprefix("$.") if path != "$" else "query"
@@ -317,17 +322,26 @@ def decode_query(query: Any, kind: type[T]) -> T:
     changes = {}
     for field in msgspec.structs.fields(kind):  # type: ignore[arg-type]
         value = getattr(decoded, field.name)
+        if value is None and field.encode_name in params:
+            # Lax conversion reads "null" as None: a parameter is absent or a value.
+            message = "must be a value (leave the parameter out for none)"
+            raise InvalidQuery(
+                f"query parameter {field.encode_name}: {message}", [(field.encode_name, message)]
+            )
         if isinstance(value, dt.datetime):
-            changes[field.name] = _utc(value, field.encode_name)
+            changes[field.name] = _utc(params[field.encode_name], field.encode_name)
     return msgspec.structs.replace(decoded, **changes) if changes else decoded  # type: ignore[type-var]
 
 
-def _utc(value: dt.datetime, name: str) -> dt.datetime:
+def _utc(text: str, name: str) -> dt.datetime:
+    """An RFC 3339 timestamp (lax conversion would also take a number of seconds) in UTC."""
     try:
-        return value.astimezone(dt.UTC)
+        return msgspec.convert(text, Timestamp).astimezone(dt.UTC)
+    except msgspec.ValidationError:
+        message = "must be an RFC 3339 timestamp with an offset"
     except OverflowError:
         message = "timestamp out of range once converted to UTC"
-        raise InvalidQuery(f"query parameter {name}: {message}", [(name, message)]) from None
+    raise InvalidQuery(f"query parameter {name}: {message}", [(name, message)])
 
 
 def encode_cursor(value: Any) -> str:

@@ -57,6 +57,13 @@ CASES: list[tuple[str, str, bytes | None, int, str]] = [
         "invalid_request",
     ),
     ("GET", "/v1/workflows/wf/stats?to=9999-12-31T23:59:59-01:00", None, 400, "invalid_request"),
+    # found by schemathesis: "null" for an optional parameter, a parameter twice
+    ("GET", "/v1/workflows/wf?version=null", None, 400, "invalid_request"),
+    ("GET", "/v1/executions?version=null&limit=5", None, 400, "invalid_request"),
+    ("GET", "/v1/executions/{seed}/state?seq=null", None, 400, "invalid_request"),
+    ("GET", "/v1/executions?limit=5&limit=6", None, 400, "invalid_request"),
+    ("GET", "/v1/executions?stopped_before=0.5", None, 400, "invalid_request"),
+    ("GET", "/v1/workflows/wf/stats?to=0.5", None, 400, "invalid_request"),
     # NUL and control characters in the query and the path
     ("GET", "/v1/executions?workflow=%00", None, 400, "invalid_request"),
     ("GET", "/v1/executions?workflow=wf%0a", None, 400, "invalid_request"),
