@@ -200,3 +200,30 @@ async def test_cors_answers_only_the_allow_list(app: Running) -> None:
         assert r.headers["Vary"] == "Origin"
     async with app.http.get(url, headers={"Origin": "https://evil.example"}) as r:
         assert r.status == 200 and "Access-Control-Allow-Origin" not in r.headers
+
+
+def test_the_http_settings_come_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "STEPLOG_HTTP_MAX_CONNECTIONS": "50",
+            "STEPLOG_HTTP_HEADER_TIMEOUT_S": "2.5",
+            "STEPLOG_HTTP_BODY_TIMEOUT_S": "4",
+            "STEPLOG_HTTP_KEEPALIVE_TIMEOUT_S": "6",
+            "STEPLOG_HTTP_MAX_LINE_BYTES": "4096",
+            "STEPLOG_HTTP_MAX_HEADERS": "40",
+            "STEPLOG_CORS_ALLOW_ORIGINS": "https://a.example, https://b.example",
+        }
+    )
+    assert (
+        settings.http_max_connections,
+        settings.http_header_timeout_s,
+        settings.http_body_timeout_s,
+        settings.http_keepalive_timeout_s,
+        settings.http_max_line_bytes,
+        settings.http_max_headers,
+        settings.cors_allow_origins,
+    ) == (50, 2.5, 4.0, 6.0, 4096, 40, ("https://a.example", "https://b.example"))
+    assert Settings().cors_allow_origins == ()  # CORS off by default
+    for bad in ({"STEPLOG_HTTP_MAX_CONNECTIONS": "0"}, {"STEPLOG_HTTP_BODY_TIMEOUT_S": "-1"}):
+        with pytest.raises(ValueError):
+            Settings.from_env(bad)
