@@ -6,14 +6,21 @@ also closes what they use; the app reaches them through typed AppKeys. Request
 bodies are capped at config.max_payload_bytes plus a small envelope allowance
 (aiohttp answers 413 beyond that); routes check the definition and the
 execution input against max_payload_bytes itself.
+
+Middlewares, outermost first: request id -> observe (metrics, access log) ->
+CORS preflight -> errors (problem+json) -> body (415, body read deadline) ->
+handler; every response gets the headers of api/hygiene.py. The contract of
+every route is published at GET /v1/openapi.json and /docs (api/openapi.py).
+Serve it with api.server.HardenedAppRunner for the connection limits.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from api import executions, feed, health, stats, workflows
+from api import executions, feed, health, openapi, stats, workflows
 from api.config import ApiConfig
+from api.hygiene import body_middleware, cors_middleware, on_response_prepare
 from api.keys import COMMANDS, CONFIG, METRICS, QUERIES
 from api.metrics import HttpMetrics
 from api.middleware import observe_middleware, request_id_middleware
@@ -29,8 +36,15 @@ def create_app(commands: EngineService, queries: Queries, config: ApiConfig) -> 
     """Build the API application; nothing in it closes what it was given."""
     app = web.Application(
         client_max_size=config.max_payload_bytes + ENVELOPE_BYTES,
-        middlewares=[request_id_middleware, observe_middleware, error_middleware],
+        middlewares=[
+            request_id_middleware,
+            observe_middleware,
+            cors_middleware,
+            error_middleware,
+            body_middleware,
+        ],
     )
+    app.on_response_prepare.append(on_response_prepare)
     app[COMMANDS] = commands
     app[QUERIES] = queries
     app[CONFIG] = config
@@ -41,4 +55,5 @@ def create_app(commands: EngineService, queries: Queries, config: ApiConfig) -> 
     app.add_routes(stats.routes)
     app.cleanup_ctx.append(feed.notifier_ctx)
     app.add_routes(health.routes)
+    app.add_routes(openapi.routes)
     return app

@@ -7,7 +7,12 @@ import msgspec
 
 class ApiConfig(msgspec.Struct, frozen=True, kw_only=True):
     """``namespace``: the namespace every route works in. ``max_payload_bytes``: the
-    largest definition body and execution input accepted (413 beyond)."""
+    largest definition body and execution input accepted (413 beyond).
+    ``body_timeout_s``: how long a client has to send a whole request body (408 beyond).
+    ``cors_allow_origins``: origins allowed to call the API from a browser ("*" for
+    any); empty, the default, turns CORS off."""
 
     namespace: str
     max_payload_bytes: int
+    body_timeout_s: float = 30.0
+    cors_allow_origins: tuple[str, ...] = ()

@@ -22,6 +22,7 @@ A malformed execution id is answered like an unknown one: 404 execution_not_foun
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 from uuid import UUID
 
 from aiohttp import web
@@ -37,12 +38,15 @@ from api.schemas import (
     History,
     HistoryQuery,
     ListExecutionsQuery,
+    SeqOrZero,
     StartExecution,
     StateDiff,
     StateQuery,
     StopExecution,
+    Timestamp,
     decode_body,
     decode_cursor,
+    decode_input,
     decode_query,
     encode_cursor,
 )
@@ -62,6 +66,7 @@ async def start_execution(request: web.Request) -> web.Response:
     size = len(bytes(req.input))
     if size > limit:
         raise PayloadTooLarge(f"execution input is {size} bytes; the limit is {limit}")
+    decode_input(bytes(req.input))  # refuses what no JSON parser takes (1e400, surrogates)
     record, created = await request.app[COMMANDS].start(
         request.app[CONFIG].namespace,
         workflow,
@@ -82,7 +87,7 @@ async def start_execution(request: web.Request) -> web.Response:
     )
 
 
-_ListCursor = tuple[dt.datetime, UUID, str]
+_ListCursor = tuple[Timestamp, UUID, Literal["desc", "asc"]]
 
 
 @routes.get("/v1/executions")
@@ -145,9 +150,7 @@ async def get_history(request: web.Request) -> web.Response:
     the cursor is the last seq returned, so pages never overlap or skip."""
     eid = execution_id(request)
     query = decode_query(request.query, HistoryQuery)
-    cursor: int | None = None if query.cursor is None else decode_cursor(query.cursor, int)
-    if cursor is not None and cursor < 0:
-        raise InvalidQuery("cursor is not one this API returned", [("cursor", "invalid")])
+    cursor: int | None = None if query.cursor is None else decode_cursor(query.cursor, SeqOrZero)
     page = await request.app[QUERIES].history(
         eid, limit=query.limit, cursor=cursor, reverse=query.reverse
     )

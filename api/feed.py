@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from uuid import UUID
 
 import msgspec
@@ -29,10 +29,11 @@ from aiohttp import web
 from api.keys import QUERIES
 from api.params import execution_id
 from api.problems import InvalidQuery
-from api.schemas import EventsFeedQuery, decode_query
+from api.schemas import DB_INT_MAX, EventsFeedQuery, decode_query
 from api.views import event_out
 from engine.core.events import TERMINAL_EVENT_TYPES
-from engine.errors import SteplogError
+from engine.errors import SteplogError, Unavailable
+from projections.executions import EventLike
 from projections.queries import Doorbell, Queries
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def _resume_after(request: web.Request) -> int:
     if header is None or not header.strip():
         return query.after or 0
     text = header.strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit() and len(text) <= 10 and int(text) <= DB_INT_MAX):
         raise InvalidQuery(
             "Last-Event-ID must be a seq this feed sent", [("Last-Event-ID", "not a seq")]
         )
@@ -100,6 +101,10 @@ async def event_feed(request: web.Request) -> web.StreamResponse:
     last = await queries.last_event(eid)
     # A terminal event is the last one ever: a client resuming past it gets an empty feed.
     ended = last is not None and last.type in TERMINAL_EVENT_TYPES and after >= last.seq
+    # The first page is read before the 200 goes out, so that any error of the request
+    # (or of the database) is still a problem+json response, never a status line
+    # inside a stream already begun.
+    first: Sequence[EventLike] = [] if ended else await queries.events_after(eid, after, PAGE)
     notifier = request.app[NOTIFIER]
     response = web.StreamResponse(
         headers={
@@ -110,7 +115,7 @@ async def event_feed(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     async with notifier.subscribed():
-        await _send(response, notifier, queries, eid, after, ended)
+        await _send(response, notifier, queries, eid, after, ended, first)
     return response
 
 
@@ -121,15 +126,22 @@ async def _send(
     eid: UUID,
     after: int,
     ended: bool,
+    first: Sequence[EventLike],
 ) -> None:
-    """Write events after seq ``after`` until the terminal one (or shutdown)."""
+    """Write ``first``, then the events after it until the terminal one (or shutdown).
+    The headers are out: an error from here on ends the stream (the client resumes
+    with Last-Event-ID) instead of becoming a response."""
     loop = asyncio.get_running_loop()
     try:
         await response.write(f"retry: {RETRY_MS}\n\n".encode())
         last_write = loop.time()
+        pending: Sequence[EventLike] | None = first
         while not ended and not notifier.closing:
             changed = notifier.changed()
-            events = await queries.events_after(eid, after, PAGE)
+            events = (
+                pending if pending is not None else await queries.events_after(eid, after, PAGE)
+            )
+            pending = None
             if events:
                 chunk = bytearray()
                 for e in events:
@@ -149,3 +161,7 @@ async def _send(
     except ConnectionResetError:
         # The client went away: nothing left to send.
         log.debug("event feed of %s closed by the client", eid)
+    except Unavailable as exc:
+        log.warning("event feed of %s ended: %r", eid, exc.__cause__ or exc)
+    except Exception:
+        log.exception("event feed of %s ended by an error", eid)

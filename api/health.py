@@ -19,6 +19,7 @@ from aiohttp import web
 from api.keys import METRICS, QUERIES
 from api.problems import RETRY_AFTER_SECONDS, problem
 from api.responses import json_response
+from api.schemas import Health
 
 CHECK_TIMEOUT_S = 2.0
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ async def _check(probe: Awaitable[object]) -> str:
 
 @routes.get("/health/live")
 async def live(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    return json_response(Health(status="ok"))
 
 
 @routes.get("/health/ready")
@@ -48,7 +49,7 @@ async def ready(request: web.Request) -> web.Response:
     )
     checks = {"postgres": postgres, "redis": redis}
     if postgres == "ok" and redis == "ok":
-        return json_response({"status": "ok", "checks": checks})
+        return json_response(Health(status="ok", checks=checks))
     down = ", ".join(name for name, result in checks.items() if result != "ok")
     return problem(
         request,
@@ -56,7 +57,7 @@ async def ready(request: web.Request) -> web.Response:
         "service_unavailable",
         f"not ready: {down} unavailable",
         headers={"Retry-After": RETRY_AFTER_SECONDS},
-        extra={"checks": checks},
+        checks=checks,
     )
 
 

@@ -13,7 +13,14 @@ Every error response has this body (`errors` only when there are some):
   error goes to the log only).
 - aiohttp HTTP errors: 404 `route_not_found`, 405 `method_not_allowed` (with
   Allow), 413 `payload_too_large`, else `http_<status>`.
+  A value the database refuses (engine.errors.InvalidData, translated by the
+  store) is 400 `invalid_request`: the bounds in api/schemas.py are meant to stop
+  all of these before SQL; this is the net.
 - anything else: 500 `internal`, logged with its traceback and the request id.
+
+Errors aiohttp answers itself, before any middleware (a malformed request line,
+headers over their limits, bad chunked encoding), get the same body from
+api/server.py, without echoing what the client sent.
 """
 
 from __future__ import annotations
@@ -22,10 +29,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Annotated
 
 import msgspec
 from aiohttp import web
+from msgspec import Meta
 
 from engine.errors import InvalidDefinition, InvalidRequest, SteplogError, Unavailable
 from engine.logcontext import request_id_var
@@ -55,6 +63,20 @@ class InvalidBody(InvalidRequest):
         self.errors = list(errors)
 
 
+class UnsupportedMediaType(SteplogError):
+    """A request body that is not declared as JSON."""
+
+    code = "unsupported_media_type"
+    status = 415
+
+
+class RequestTimeout(SteplogError):
+    """The client did not send its whole body in time."""
+
+    code = "request_timeout"
+    status = 408
+
+
 class InvalidQuery(InvalidRequest):
     """A query parameter of the wrong type or range (including a bad cursor)."""
 
@@ -80,9 +102,37 @@ TITLES = {
     "malformed_json": "Request body is not valid JSON",
     "payload_too_large": "Payload too large",
     "service_unavailable": "Service unavailable",
+    "unsupported_media_type": "Unsupported media type",
+    "request_timeout": "Request timeout",
+    "bad_http_request": "Malformed HTTP request",
+    "headers_too_large": "Request headers too large",
+    "uri_too_long": "Request line too long",
+    "not_implemented": "Not implemented",
+    "too_many_connections": "Too many connections",
 }
 
 _HTTP_CODES = {404: "route_not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+class ProblemIssue(msgspec.Struct):
+    path: str
+    message: str
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    """RFC 9457 problem details, as every error response carries them."""
+
+    type: str
+    title: str
+    status: Annotated[int, Meta(ge=400, le=599)]
+    code: str
+    detail: str
+    instance: str | None = None
+    request_id: str | None = None
+    errors: list[ProblemIssue] = []
+    # /health/ready only: the result of each check.
+    checks: dict[str, str] | None = None
+
 
 _encoder = msgspec.json.Encoder()
 
@@ -95,25 +145,20 @@ def problem(
     *,
     errors: Sequence[tuple[str, str]] = (),
     headers: dict[str, str] | None = None,
-    extra: dict[str, Any] | None = None,
+    checks: dict[str, str] | None = None,
 ) -> web.Response:
     """A problem+json response."""
-    body: dict[str, Any] = {
-        "type": f"urn:steplog:problem:{code}",
-        "title": TITLES.get(code) or _phrase(status),
-        "status": status,
-        "code": code,
-        "detail": detail,
-    }
-    if request is not None:
-        body["instance"] = request.path
-    request_id = request_id_var.get()
-    if request_id:
-        body["request_id"] = request_id
-    if errors:
-        body["errors"] = [{"path": path, "message": message} for path, message in errors]
-    if extra:
-        body.update(extra)
+    body = Problem(
+        type=f"urn:steplog:problem:{code}",
+        title=TITLES.get(code) or _phrase(status),
+        status=status,
+        code=code,
+        detail=detail,
+        instance=None if request is None else request.path,
+        request_id=request_id_var.get() or None,
+        errors=[ProblemIssue(path, message) for path, message in errors],
+        checks=checks,
+    )
     response = web.Response(body=_encoder.encode(body), status=status, headers=headers)
     response.content_type = PROBLEM_JSON
     return response

@@ -1,8 +1,15 @@
 """Request and response types, decoding helpers and opaque cursors.
 
-Decoding contract: a body that is not JSON -> MalformedJson (400); JSON of the
-wrong shape -> InvalidBody (422) with the msgspec path ("$.definition");
-bad query parameters or cursors -> InvalidQuery (400, code invalid_request).
+Decoding contract: a body that is not JSON (syntax, invalid UTF-8, a lone
+surrogate, a number out of range such as 1e400, nesting too deep) ->
+MalformedJson (400); JSON of the wrong shape, or a body string with a NUL
+character -> InvalidBody (422) with the msgspec path ("$.definition");
+bad query parameters or cursors (out of their bounds, a NUL or other control
+character in a string, a timestamp that has no UTC equivalent) ->
+InvalidQuery (400, code invalid_request).
+
+These types are the API contract: api/openapi.py generates the OpenAPI
+document from them, so their bounds are the ones published.
 """
 
 from __future__ import annotations
@@ -18,8 +25,14 @@ import msgspec
 from msgspec import Meta
 
 from api.problems import InvalidBody, InvalidQuery, MalformedJson
+from projections.executions import ExecutionSummary
+from projections.stats import StateStats
 
 T = TypeVar("T")
+
+# The largest seq and version PostgreSQL holds: both are `integer` columns
+# (migrations/0001_init.sql). The one place to change when they widen to bigint.
+DB_INT_MAX = 2**31 - 1
 
 # Workflow names travel in URL paths; execution names follow Step Functions'
 # rules (1-80 characters, no whitespace, brackets, wildcards or specials).
@@ -27,10 +40,23 @@ WORKFLOW_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,80}")
 ExecutionName = Annotated[
     str, Meta(min_length=1, max_length=80, pattern=r"^[^\s<>{}\[\]?*\"#%\\^|~`$&,;:/\x00-\x1f]+$")
 ]
-ErrorName = Annotated[str, Meta(max_length=256)]
-Cause = Annotated[str, Meta(max_length=32768)]
+WorkflowName = Annotated[str, Meta(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9_.\-]+$")]
+# Free text (a stop's error and cause) may hold anything but NUL, which PostgreSQL's
+# text and jsonb refuse.
+_NO_NUL = r"^[^\x00]*$"
+ErrorName = Annotated[str, Meta(max_length=256, pattern=_NO_NUL)]
+Cause = Annotated[str, Meta(max_length=32768, pattern=_NO_NUL)]
 Status = Literal["RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"]
 Limit = Annotated[int, Meta(ge=1, le=1000)]
+Seq = Annotated[int, Meta(ge=1, le=DB_INT_MAX)]
+SeqOrZero = Annotated[int, Meta(ge=0, le=DB_INT_MAX)]
+Version = Annotated[int, Meta(ge=1, le=DB_INT_MAX)]
+# A prefix of an execution name: the same characters, so no NUL or control character.
+NamePrefix = Annotated[
+    str, Meta(min_length=1, max_length=80, pattern=r"^[^\s<>{}\[\]?*\"#%\\^|~`$&,;:/\x00-\x1f]+$")
+]
+# Cursors are opaque, short base64url strings.
+Cursor = Annotated[str, Meta(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9_\-]+$")]
 
 
 # --- requests -----------------------------------------------------------------
@@ -40,10 +66,21 @@ class RegisterWorkflow(msgspec.Struct, forbid_unknown_fields=True):
     definition: dict[str, Any]
 
 
+def _single_line(field: str, value: str | None) -> None:
+    """Python's ``$`` also matches before a final newline: refuse what the published
+    (ECMA) pattern refuses."""
+    if value is not None and value.endswith("\n"):
+        raise ValueError(f"{field} must not end with a newline")
+
+
 class StartExecution(msgspec.Struct, forbid_unknown_fields=True):
-    # Kept raw: its size is checked against max_payload_bytes before decoding.
-    input: msgspec.Raw = msgspec.Raw(b"{}")
+    # Kept raw: its size is checked against max_payload_bytes before decoding
+    # (decode_input), and the JSON text goes on as sent.
+    input: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
     name: ExecutionName | None = None
+
+    def __post_init__(self) -> None:
+        _single_line("name", self.name)
 
 
 class StopExecution(msgspec.Struct, forbid_unknown_fields=True):
@@ -52,23 +89,26 @@ class StopExecution(msgspec.Struct, forbid_unknown_fields=True):
 
 
 Timestamp = Annotated[dt.datetime, Meta(tz=True)]  # RFC 3339 with an offset
-Seq = Annotated[int, Meta(ge=1)]
 
 
 class ListExecutionsQuery(msgspec.Struct, forbid_unknown_fields=True):
     """Time ranges are [after, before); ``order`` sorts by start time."""
 
-    workflow: str | None = None
-    version: Annotated[int, Meta(ge=1)] | None = None
+    workflow: WorkflowName | None = None
+    version: Version | None = None
     status: Status | None = None
-    name_prefix: Annotated[str, Meta(min_length=1, max_length=80)] | None = None
+    name_prefix: NamePrefix | None = None
     started_after: Timestamp | None = None
     started_before: Timestamp | None = None
     stopped_after: Timestamp | None = None
     stopped_before: Timestamp | None = None
     order: Literal["desc", "asc"] = "desc"
     limit: Limit = 100
-    cursor: str | None = None
+    cursor: Cursor | None = None
+
+    def __post_init__(self) -> None:
+        _single_line("workflow", self.workflow)
+        _single_line("name_prefix", self.name_prefix)
 
 
 class HistoryQuery(msgspec.Struct, forbid_unknown_fields=True):
@@ -76,7 +116,7 @@ class HistoryQuery(msgspec.Struct, forbid_unknown_fields=True):
     output payloads of the events (as AWS's includeExecutionData)."""
 
     limit: Limit = 100
-    cursor: str | None = None
+    cursor: Cursor | None = None
     reverse: bool = False
     include_data: bool = True
 
@@ -88,7 +128,7 @@ class ExportQuery(msgspec.Struct, forbid_unknown_fields=True):
 class EventsFeedQuery(msgspec.Struct, forbid_unknown_fields=True):
     """Resume after this seq (the Last-Event-ID header wins when both are given)."""
 
-    after: Annotated[int, Meta(ge=0)] | None = None
+    after: SeqOrZero | None = None
 
 
 class DiffQuery(
@@ -103,15 +143,15 @@ class StatsQuery(msgspec.Struct, forbid_unknown_fields=True, rename={"start": "f
 
     start: Timestamp | None = None
     end: Timestamp | None = None
-    version: Annotated[int, Meta(ge=1)] | None = None
+    version: Version | None = None
 
 
 class StateQuery(msgspec.Struct, forbid_unknown_fields=True):
-    seq: Annotated[int, Meta(ge=1)] | None = None
+    seq: Seq | None = None
 
 
 class WorkflowQuery(msgspec.Struct, forbid_unknown_fields=True):
-    version: Annotated[int, Meta(ge=1)] | None = None
+    version: Version | None = None
 
 
 # --- responses ----------------------------------------------------------------
@@ -185,8 +225,15 @@ class WorkflowStats(msgspec.Struct):
     version: int | None
     start: str = msgspec.field(name="from")
     end: str = msgspec.field(name="to")
-    executions: Any = None
-    states: list[Any] = []
+    executions: ExecutionSummary | None = None
+    states: list[StateStats] = []
+
+
+class Health(msgspec.Struct, omit_defaults=True):
+    """``checks``: each dependency's result ("ok" or the error), on /health/ready."""
+
+    status: Literal["ok"]
+    checks: dict[str, str] | None = None
 
 
 # --- helpers ------------------------------------------------------------------
@@ -219,14 +266,82 @@ def decode_body(body: bytes, kind: type[T]) -> T:
         raise MalformedJson("request body is JSON nested too deeply") from None
 
 
-def decode_query(query: Any, kind: type[T]) -> T:
-    """Convert query parameters (strings) into `kind`; paths name the parameter."""
+def decode_input(raw: bytes) -> Any:
+    """The execution input (kept raw by `StartExecution`) as a JSON value; anything a
+    JSON parser refuses (invalid UTF-8, a lone surrogate, a number out of range such
+    as 1e400, nesting too deep) -> MalformedJson naming ``$.input``."""
     try:
-        return msgspec.convert(dict(query), kind, strict=False)
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:  # ValidationError ("Number out of range") included
+        raise MalformedJson(f"request body is not valid JSON at $.input: {exc}") from None
+    except RecursionError:
+        raise MalformedJson("request body is JSON nested too deeply at $.input") from None
+
+
+def nul_path(value: Any, path: str = "$") -> str | None:
+    """The JSON path of the first string (value or key) in ``value`` holding a NUL
+    character, which PostgreSQL's text and jsonb cannot store; None when there is none."""
+    stack = [(value, path)]
+    while stack:
+        node, at = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                return at
+        elif isinstance(node, dict):
+            for key, item in node.items():
+                if "\x00" in key:
+                    return at
+                stack.append((item, f"{at}.{key}"))
+        elif isinstance(node, list):
+            stack.extend((item, f"{at}[{i}]") for i, item in enumerate(node))
+    return None
+
+
+def refuse_nul(value: Any, path: str) -> None:
+    """InvalidBody (422) at the path of a NUL character inside ``value``."""
+    at = nul_path(value, path)
+    if at is not None:
+        message = "strings must not contain the NUL character (\\u0000)"
+        raise InvalidBody(f"{message} at {at}", [(at, message)])
+
+
+def decode_query(query: Any, kind: type[T]) -> T:
+    """Convert query parameters (strings) into `kind`; paths name the parameter.
+    Timestamps come back in UTC (one that has none, e.g. year 1 at +01:00, is refused)."""
+    params = dict(query)
+    for name in params:
+        if len(query.getall(name)) > 1:
+            message = "given more than once"
+            raise InvalidQuery(f"query parameter {name}: {message}", [(name, message)])
+    try:
+        decoded = msgspec.convert(params, kind, strict=False)
     except msgspec.ValidationError as exc:
         path, message = _path_of(str(exc))
         name = path.removeprefix("$.") if path != "$" else "query"
         raise InvalidQuery(f"query parameter {name}: {message}", [(name, message)]) from None
+    changes = {}
+    for field in msgspec.structs.fields(kind):  # type: ignore[arg-type]
+        value = getattr(decoded, field.name)
+        if value is None and field.encode_name in params:
+            # Lax conversion reads "null" as None: a parameter is absent or a value.
+            message = "must be a value (leave the parameter out for none)"
+            raise InvalidQuery(
+                f"query parameter {field.encode_name}: {message}", [(field.encode_name, message)]
+            )
+        if isinstance(value, dt.datetime):
+            changes[field.name] = _utc(params[field.encode_name], field.encode_name)
+    return msgspec.structs.replace(decoded, **changes) if changes else decoded  # type: ignore[type-var]
+
+
+def _utc(text: str, name: str) -> dt.datetime:
+    """An RFC 3339 timestamp (lax conversion would also take a number of seconds) in UTC."""
+    try:
+        return msgspec.convert(text, Timestamp).astimezone(dt.UTC)
+    except msgspec.ValidationError:
+        message = "must be an RFC 3339 timestamp with an offset"
+    except OverflowError:
+        message = "timestamp out of range once converted to UTC"
+    raise InvalidQuery(f"query parameter {name}: {message}", [(name, message)])
 
 
 def encode_cursor(value: Any) -> str:
@@ -235,11 +350,15 @@ def encode_cursor(value: Any) -> str:
 
 
 def decode_cursor(cursor: str, kind: Any) -> Any:
-    """Decode a cursor of `encode_cursor` as `kind`; anything else -> InvalidQuery."""
+    """Decode a cursor of `encode_cursor` as `kind` (whose bounds it must meet);
+    anything else -> InvalidQuery."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return msgspec.json.decode(raw, type=kind)
-    except (binascii.Error, ValueError, msgspec.DecodeError):
+        value = msgspec.json.decode(raw, type=kind)
+        if isinstance(value, tuple):
+            value = tuple(v.astimezone(dt.UTC) if isinstance(v, dt.datetime) else v for v in value)
+        return value
+    except (binascii.Error, ValueError, OverflowError, msgspec.DecodeError, RecursionError):
         raise InvalidQuery("cursor is not one this API returned", [("cursor", "invalid")]) from None
 
 

@@ -21,6 +21,7 @@ from api.schemas import (
     WorkflowQuery,
     decode_body,
     decode_query,
+    refuse_nul,
 )
 from api.views import workflow_out
 from engine.errors import PayloadTooLarge
@@ -36,6 +37,7 @@ async def register_workflow(request: web.Request) -> web.Response:
     if len(body) > limit:
         raise PayloadTooLarge(f"definition body is {len(body)} bytes; the limit is {limit}")
     req = decode_body(body, RegisterWorkflow)
+    refuse_nul(req.definition, "$.definition")
     wf, created = await request.app[COMMANDS].register(
         request.app[CONFIG].namespace, name, req.definition
     )

@@ -82,3 +82,9 @@ class MissingGroup(BusError):
 
     code = "bus_group_missing"
     status = 503
+
+
+class InvalidData(InvalidRequest):
+    """PostgreSQL refused a value for what it is (SQLSTATE class 22, "data exception":
+    out of range, a character it cannot store, ...), or the driver could not encode it.
+    Deterministic: the same value is refused again, so it is never retried."""

@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -34,6 +35,9 @@ from projections.queries import Queries
 from steplog.datadir import local_servers
 from steplog.migrate import migrate
 from steplog.settings import Settings
+
+if TYPE_CHECKING:
+    from api.server import ServerLimits
 
 log = logging.getLogger("steplog")
 
@@ -152,12 +156,16 @@ async def run_roles(
     if "api" in roles:
         from api.app import create_app
         from api.config import ApiConfig
+        from api.server import HardenedAppRunner
 
         config = ApiConfig(
-            namespace=settings.namespace, max_payload_bytes=settings.max_payload_bytes
+            namespace=settings.namespace,
+            max_payload_bytes=settings.max_payload_bytes,
+            body_timeout_s=settings.http_body_timeout_s,
+            cors_allow_origins=settings.cors_allow_origins,
         )
         app = create_app(r.service, r.queries, config)
-        runner = web.AppRunner(app, access_log=None)
+        runner = HardenedAppRunner(app, server_limits(settings))
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
@@ -176,6 +184,20 @@ async def run_roles(
     finally:
         if runner is not None:
             await runner.cleanup()
+
+
+def server_limits(settings: Settings) -> ServerLimits:
+    """The HTTP server limits of ``settings``."""
+    from api.server import ServerLimits
+
+    return ServerLimits(
+        max_connections=settings.http_max_connections,
+        header_timeout_s=settings.http_header_timeout_s,
+        keepalive_timeout_s=settings.http_keepalive_timeout_s,
+        max_line_size=settings.http_max_line_bytes,
+        max_field_size=settings.http_max_line_bytes,
+        max_headers=settings.http_max_headers,
+    )
 
 
 async def serve(settings: Settings, stop: asyncio.Event, *, own: bool = False) -> None:

@@ -60,6 +60,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     arn_region: str = DEFAULT_REGION
     arn_account: str = DEFAULT_ACCOUNT
     redis_prefix: str = "steplog"
+    # HTTP server limits (api/server.py, api/hygiene.py). Open connections beyond
+    # http_max_connections get a 503 and are closed.
+    http_max_connections: int = 1000
+    # A request's headers must arrive within this of its first byte; its body within
+    # http_body_timeout_s (408); an idle keep-alive connection closes after the last.
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
+    http_keepalive_timeout_s: float = 15.0
+    # The request line and each header field at most this many bytes; at most
+    # http_max_headers header fields (400 line_too_long / bad_http_request beyond).
+    http_max_line_bytes: int = 8190
+    http_max_headers: int = 100
+    # Origins allowed to call the API from a browser (comma separated, "*" for any);
+    # empty, the default, turns CORS off.
+    cors_allow_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -88,6 +103,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if not self.namespace or any(c in self.namespace for c in ": \t\r\n"):
             # The namespace is part of every ARN, whose fields colons separate.
             raise ValueError("namespace must be non-empty without ':' or whitespace")
+        if self.http_max_connections < 1 or self.http_max_headers < 1:
+            raise ValueError("http_max_connections and http_max_headers must be positive")
+        if self.http_max_line_bytes < 1024:
+            raise ValueError("http_max_line_bytes must be at least 1024")
+        if (
+            min(self.http_header_timeout_s, self.http_body_timeout_s, self.http_keepalive_timeout_s)
+            <= 0
+        ):
+            raise ValueError("the http_*_timeout_s settings must be positive")
         if not self.redis_prefix or any(c in self.redis_prefix for c in "{}: "):
             # The prefix goes inside Redis hash tags; braces or colons would break them.
             raise ValueError("redis_prefix must be non-empty without '{', '}', ':' or spaces")
@@ -133,6 +157,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             values["roles"] = tuple(r.strip() for r in raw.split(",") if r.strip())
         if (raw := get("handlers")) is not None:
             values["handlers"] = tuple(h.strip() for h in raw.split(",") if h.strip())
+        if (raw := get("cors_allow_origins")) is not None:
+            values["cors_allow_origins"] = tuple(o.strip() for o in raw.split(",") if o.strip())
         for field, kind in (
             ("port", int),
             ("partitions", int),
@@ -140,6 +166,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("task_visibility_timeout_s", float),
             ("max_deliveries", int),
             ("shutdown_grace_s", float),
+            ("http_max_connections", int),
+            ("http_header_timeout_s", float),
+            ("http_body_timeout_s", float),
+            ("http_keepalive_timeout_s", float),
+            ("http_max_line_bytes", int),
+            ("http_max_headers", int),
         ):
             if (raw := get(field)) is not None:
                 try:

@@ -4,8 +4,10 @@ Every asyncpg call of the store and of the read models runs inside
 `translate_errors()`: a server that does not answer (refused or reset
 socket, timeout, connection closed, too many connections, shutdown,
 restart in progress) becomes `engine.errors.Unavailable` with the driver's
-error chained. Errors about the statement itself (a unique violation, bad
-JSON, ...) pass through for the caller to translate into what they mean.
+error chained; a value the server refuses (SQLSTATE class 22) or the driver
+cannot encode becomes `engine.errors.InvalidData`. Other errors about the
+statement itself (a unique violation, ...) pass through for the caller to
+translate into what they mean.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterator
 
 import asyncpg
 
-from engine.errors import Unavailable
+from engine.errors import InvalidData, Unavailable
 
 # A server that is down, restarting, overloaded or dropped the connection: the
 # same call may succeed later.
@@ -30,12 +32,28 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# The client-side "invalid input for query argument" error (asyncpg.DataError is the
+# server's SQLSTATE 22000, a different class).
+_ENCODING_ERROR: type[Exception] = asyncpg.exceptions._base.DataError
+
+
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
     """Raise `Unavailable` (from the driver's error) for a connection-level failure
-    inside the block; let every other exception through unchanged."""
+    inside the block and `InvalidData` for a refused value; let every other exception
+    through unchanged."""
     try:
         yield
+    except _ENCODING_ERROR as exc:
+        # The driver could not encode an argument (e.g. beyond int32): before the
+        # generic InterfaceError below, of which it is a subclass.
+        raise InvalidData(f"a value PostgreSQL cannot take: {exc}") from exc
+    except asyncpg.PostgresError as exc:
+        if str(getattr(exc, "sqlstate", "")).startswith("22"):
+            raise InvalidData(f"PostgreSQL refused a value: {exc}") from exc
+        if isinstance(exc, CONNECTION_ERRORS):
+            raise Unavailable(f"PostgreSQL is unavailable: {exc!r}") from exc
+        raise
     except CONNECTION_ERRORS as exc:
         raise Unavailable(f"PostgreSQL is unavailable: {exc!r}") from exc
 

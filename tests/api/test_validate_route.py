@@ -43,6 +43,16 @@ async def test_an_invalid_definition_lists_every_error_with_its_path(app: Runnin
 
 
 async def test_a_malformed_body_is_a_400(app: Running) -> None:
-    async with app.http.post(app.base_url + "/v1/workflows:validate", data=b"{not json") as resp:
+    async with app.http.post(
+        app.base_url + "/v1/workflows:validate",
+        data=b"{not json",
+        headers={"Content-Type": "application/json"},
+    ) as resp:
         assert resp.status == 400
         assert (await resp.json(content_type=None))["code"] == "malformed_json"
+
+
+async def test_a_body_not_declared_as_json_is_a_415(app: Running) -> None:
+    async with app.http.post(app.base_url + "/v1/workflows:validate", data=b"{not json") as resp:
+        assert resp.status == 415
+        assert (await resp.json(content_type=None))["code"] == "unsupported_media_type"

@@ -13,7 +13,13 @@ import pytest
 
 from engine.adapters.postgres import open_pool
 from engine.adapters.store import EventStore, GlobalPosition, NewEvent, StoredEvent, TimerSpec
-from engine.errors import ConcurrencyError, ExecutionNameConflict, InvalidRequest, Unavailable
+from engine.errors import (
+    ConcurrencyError,
+    ExecutionNameConflict,
+    InvalidData,
+    InvalidRequest,
+    Unavailable,
+)
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 DEFINITION = {"StartAt": "A", "States": {"A": {"Type": "Pass", "End": True}}}
@@ -427,3 +433,15 @@ async def test_opening_a_pool_to_nothing_is_unavailable() -> None:
         await open_pool("postgresql://steplog@127.0.0.1:1/steplog", min_size=1, max_size=1)
 
     assert isinstance(raised.value.__cause__, OSError)
+
+
+async def test_a_value_postgresql_cannot_take_is_invalid_data_not_unavailable(
+    store: EventStore,
+) -> None:
+    # Beyond int32: the driver refuses to encode it. Deterministic, so never retried
+    # as an outage would be.
+    with pytest.raises(InvalidData) as raised:
+        await store.load(uuid4(), after_seq=2**40)
+
+    assert raised.value.__cause__ is not None
+    assert not isinstance(raised.value, Unavailable)
