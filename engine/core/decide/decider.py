@@ -259,3 +259,36 @@ class Decider:
             # than can be processed: the state fails, the engine does not.
             cause = self.runtime_cause(frame_id, name, "A JSON value is nested too deeply.")
             self.fail(frame_id, E.RUNTIME, cause)
+        except Exception as exc:
+            # Anything else raised while the state runs (a number or date out of range,
+            # a value of an unexpected type, a bug) is as deterministic as an ASL error:
+            # retrying the trigger would raise it again, so the state fails with
+            # States.Runtime (which no Retry or Catch takes) instead of the engine
+            # retrying forever.
+            cause = self.runtime_cause(frame_id, name, describe_exception(exc))
+            self.fail(frame_id, E.RUNTIME, cause)
+
+
+# The longest exception message quoted in a cause.
+_MAX_QUOTED = 500
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A cause for an exception that is not an ASL error: what went wrong, in words a
+    workflow author can act on, with the exception quoted (shortened, and with NUL and
+    lone surrogates escaped: the cause is recorded in an event, which must store)."""
+    detail = printable(f"{type(exc).__name__}: {exc}", _MAX_QUOTED)
+    if isinstance(exc, OverflowError):
+        return f"A number or a date is out of range ({detail})."
+    if isinstance(exc, UnicodeError):
+        return f"A string is not valid Unicode ({detail})."
+    return f"The state could not be processed ({detail})."
+
+
+def printable(text: str, limit: int) -> str:
+    """``text`` shortened to ``limit`` characters, with NUL and lone surrogates (which
+    PostgreSQL and UTF-8 refuse) written as escapes."""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\u0000")
