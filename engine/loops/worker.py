@@ -170,7 +170,8 @@ def default_registry() -> HandlerRegistry:
 
 
 DELIVERY_EXCEEDED = "Steplog.TaskDeliveryExceeded"
-# The longest pause between two tries to report a finished task's result.
+# The pauses between two tries to report a finished task's result (doubling).
+REPORT_BACKOFF_MIN_S = 0.05
 REPORT_BACKOFF_MAX_S = 2.0
 
 EndedCheck = Callable[[Sequence[UUID]], Awaitable[set[UUID]]]
@@ -488,7 +489,7 @@ class Worker:
         not answer; False when the deadline passes, the worker gives up at shutdown, or
         Redis refuses the command (nothing to retry)."""
         loop = asyncio.get_running_loop()
-        delay = 0.05
+        delay = REPORT_BACKOFF_MIN_S
         while True:
             try:
                 await call()
@@ -501,7 +502,10 @@ class Worker:
                 if loop.time() + delay > deadline or self._abandon.is_set():
                     log.error("giving up: cannot %s: %r; the task will run again", what, exc)
                     return False
-                log.warning("cannot %s yet (%r); retrying in %.2fs", what, exc, delay)
+                # Once per report at WARNING: an outage would otherwise log a line per
+                # running task every few seconds.
+                level = logging.WARNING if delay == REPORT_BACKOFF_MIN_S else logging.DEBUG
+                log.log(level, "cannot %s yet (%r); retrying with a back-off", what, exc)
             except BusError as exc:
                 log.error("cannot %s: %r; the task will run again", what, exc)
                 return False

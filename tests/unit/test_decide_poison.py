@@ -18,6 +18,7 @@ from engine.core.asl import errors as E
 from engine.core.decide import decide
 from engine.core.decide.decider import Decider, describe_exception, printable
 from engine.core.decide.failures import fail
+from engine.core.replay import Recorded, verify_history
 from engine.core.triggers import Begin, FailRequested, TaskErrored, TimerFired
 from tests.unit.test_decide import EXECUTION_ID, T0, History, at, given, scheduled, types
 
@@ -261,3 +262,17 @@ def test_begin_at_a_time_near_the_end_of_the_calendar_fails_the_wait_not_decide(
     h.when(Begin(now=late))
     assert "The Wait state's due time is out of range" in runtime_cause(h)
     assert T0 < late
+
+
+def test_replay_reproduces_an_execution_the_engine_failed() -> None:
+    # The engine failed the execution while it waited (the store refused a decision):
+    # the recorded ExecutionFailed is rebuilt as a FailRequested, so the history verifies.
+    h = given(wait_on("Seconds", 60))
+    h.when(FailRequested(error=E.RUNTIME, cause="the database refused its data", now=at(5)))
+    stamps = [dt.datetime.fromisoformat(s.replace("Z", "+00:00")) for s in h.stamps]
+    history = [
+        Recorded(seq, event, stamp)
+        for seq, (event, stamp) in enumerate(zip(h.events, stamps, strict=True), start=1)
+    ]
+    verdict = verify_history(h.definition, EXECUTION_ID, history)
+    assert verdict.ok and verdict.decisions == 2
