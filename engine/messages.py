@@ -77,6 +77,9 @@ class TaskMessage(_Message, frozen=True, kw_only=True, tag="task"):
     attempt: int = 0
     resource: str
     input: Any = None
+    # When the attempt times out (the Task state's TimeoutSeconds; ISO 8601 UTC), empty
+    # without one: past it a result is ignored, so a worker stops trying to report it.
+    timeout_due: str = ""
 
 
 TriggerMessage = Begin | TaskResult | Heartbeat | TimerFired
@@ -189,6 +192,7 @@ def _task_of(execution_id: UUID, seq: int, data: bytes) -> TaskMessage:
         attempt=scheduled.attempt,
         resource=scheduled.resource,
         input=scheduled.input,
+        timeout_due=scheduled.timeout_due,
     )
 
 

@@ -26,12 +26,14 @@ from engine.adapters.store import (
 )
 from engine.core import events as ev
 from engine.core.arns import ArnScope, execution_arns
+from engine.core.asl import errors as E
 from engine.core.asl.compile import compile_definition
-from engine.core.asl.model import Definition
+from engine.core.asl.model import Definition, Machine
 from engine.core.decide import Decision, decide
+from engine.core.decide.decider import printable
 from engine.core.state import ExecutionState, evolve, initial_state
 from engine.core.timestamps import iso_millis
-from engine.core.triggers import StopRequested, Trigger
+from engine.core.triggers import FailRequested, StopRequested, Trigger
 from engine.errors import (
     ConcurrencyError,
     ExecutionNotFound,
@@ -40,6 +42,12 @@ from engine.errors import (
     PayloadTooLarge,
     WorkflowNotFound,
 )
+
+_json = msgspec.json.Encoder()
+# The longest cause the engine records when it fails an execution itself.
+MAX_CAUSE_CHARS = 4096
+# Stands in for a definition that no longer compiles when failing its execution.
+_NO_DEFINITION = Definition(machine=Machine(start_at="", states={}), timeout_seconds=1)
 
 
 def fold(
@@ -50,10 +58,6 @@ def fold(
     for stored in events:
         s = evolve(s, ev.decode_event(stored.data), iso_millis(stored.timestamp))
     return s
-
-
-def to_new_events(events: list[ev.Event], now: dt.datetime) -> list[NewEvent]:
-    return [NewEvent(type=ev.event_type(e), data=ev.encode_event(e), timestamp=now) for e in events]
 
 
 class EngineService:
@@ -198,18 +202,58 @@ class EngineService:
     ) -> tuple[Decision, list[StoredEvent]]:
         """Decide ``trigger`` on ``state`` and append the result with the expected seq.
         Raises ConcurrencyError when another writer appended first."""
+        if state.ended:
+            # Every trigger is ignored (decide would say the same), and an ended
+            # execution needs no definition (which may no longer compile).
+            return Decision([], state, ignored=f"execution is {state.status}"), []
         definition = await self.definition(state.namespace, state.workflow, state.version)
+        return await self._record(definition, state, trigger)
+
+    async def _record(
+        self, definition: Definition, state: ExecutionState, trigger: Trigger
+    ) -> tuple[Decision, list[StoredEvent]]:
         decision = decide(definition, state, trigger)
         if not decision.events and not decision.timers_to_set and not decision.timers_to_cancel:
             return decision, []
         stored = await self.store.append(
             UUID(state.execution_id),
             state.seq,
-            to_new_events(decision.events, trigger.now),
+            [
+                NewEvent(type=ev.event_type(e), data=data, timestamp=trigger.now)
+                for e, data in zip(decision.events, decision.encoded, strict=True)
+            ],
             set_timers=decision.timers_to_set,
             cancel_timers=decision.timers_to_cancel,
         )
         return decision, stored
+
+    async def fail_execution(
+        self, execution_id: UUID, cause: str, now: dt.datetime
+    ) -> tuple[ExecutionState, bool]:
+        """Fail a running execution with States.Runtime and ``cause`` (recorded as an
+        ExecutionFailed event, timers cancelled, like any failure). The engine's one
+        path for a trigger it cannot decide or record for a reason of the execution's
+        own (data the store refuses, a definition that no longer compiles), or that kept
+        failing past the delivery limit: retrying would fail the same way. Returns the
+        state and whether this call failed it (an ended execution is returned unchanged).
+        Raises ExecutionNotFound, Unavailable."""
+        trigger = FailRequested(error=E.RUNTIME, cause=printable(cause, MAX_CAUSE_CHARS), now=now)
+        for _ in range(20):
+            state = await self.load_state(execution_id)
+            if state.ended:
+                return state, False
+            try:
+                definition = await self.definition(state.namespace, state.workflow, state.version)
+            except (InvalidDefinition, WorkflowNotFound):
+                # Failing needs nothing of the definition but whether the execution has a
+                # timeout timer to cancel (cancelling one that does not exist is harmless).
+                definition = _NO_DEFINITION
+            try:
+                decision, _ = await self._record(definition, state, trigger)
+            except ConcurrencyError:
+                continue
+            return decision.state, True
+        raise ConcurrencyError(f"execution {execution_id} kept changing while failing it")
 
     async def stop(
         self,

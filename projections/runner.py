@@ -37,7 +37,7 @@ from engine.adapters.bus import Bus, StreamEntry
 from engine.adapters.postgres import translate_errors
 from engine.adapters.store import EventStore, GlobalPosition, StoredEvent
 from engine.errors import BusError, Unavailable
-from engine.stopping import sleep_or_stop
+from engine.stopping import shielded, sleep_or_stop
 from projections import executions, stats
 from projections.base import Projection
 
@@ -205,7 +205,8 @@ class Projector:
                     continue
                 if not entries:
                     continue
-                if await asyncio.shield(self._apply(entries)) == 0:
+                applied = await shielded(self._apply(entries), f"projector {self.projection.name}")
+                if applied == 0:
                     next_catch_up = min(next_catch_up, loop.time() + self.horizon_retry)
             except asyncio.CancelledError:
                 raise

@@ -175,12 +175,18 @@ async def run_roles(
     try:
         tasks = [asyncio.create_task(c) for c in coros]
         stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task is not stopper and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # One role ending (or a stop) ends them all, and every role is awaited: none
+            # is left running, and no role's exception goes unobserved.
+            stop.set()
+            results = await asyncio.gather(*tasks, stopper, return_exceptions=True)
+        errors = [e for e in results if isinstance(e, Exception)]
+        for error in errors[1:]:
+            log.error("role failed", exc_info=error)
+        if errors:
+            raise errors[0]
     finally:
         if runner is not None:
             await runner.cleanup()

@@ -28,6 +28,8 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
+from engine.stopping import shielded
+
 log = logging.getLogger(__name__)
 
 # sun_path is 108 bytes on Linux; leave room for the terminating NUL.
@@ -211,9 +213,9 @@ async def embedded_servers(
             log.info("embedded servers up: %s %s", database_url, redis_url)
             yield database_url, redis_url
         finally:
-            await asyncio.shield(_stop_redis(redis_proc))
+            await shielded(_stop_redis(redis_proc), "stopping the embedded Redis")
     finally:
-        await asyncio.shield(asyncio.to_thread(_stop_postgres, pg))
+        await shielded(asyncio.to_thread(_stop_postgres, pg), "stopping the embedded PostgreSQL")
 
 
 __all__ = ["embedded_servers"]

@@ -32,6 +32,19 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Server states that say "not now" rather than "not this" (DESIGN invariant 9: down,
+# read-only, full, paused, a lock held): connection exceptions (08), insufficient
+# resources such as a full disk (53), operator intervention such as a cancelled
+# statement or a shutdown (57), system errors (58); a read-only transaction, a lock not
+# available, a serialization failure or a deadlock.
+_OUTAGE_CLASSES = ("08", "53", "57", "58")
+_OUTAGE_STATES = frozenset({"25006", "55P03", "40001", "40P01"})
+
+
+def _is_outage(sqlstate: str) -> bool:
+    return sqlstate[:2] in _OUTAGE_CLASSES or sqlstate in _OUTAGE_STATES
+
+
 # The client-side "invalid input for query argument" error (asyncpg.DataError is the
 # server's SQLSTATE 22000, a different class).
 _ENCODING_ERROR: type[Exception] = asyncpg.exceptions._base.DataError
@@ -49,9 +62,10 @@ def translate_errors() -> Iterator[None]:
         # generic InterfaceError below, of which it is a subclass.
         raise InvalidData(f"a value PostgreSQL cannot take: {exc}") from exc
     except asyncpg.PostgresError as exc:
-        if str(getattr(exc, "sqlstate", "")).startswith("22"):
+        sqlstate = str(getattr(exc, "sqlstate", "") or "")
+        if sqlstate.startswith("22"):
             raise InvalidData(f"PostgreSQL refused a value: {exc}") from exc
-        if isinstance(exc, CONNECTION_ERRORS):
+        if isinstance(exc, CONNECTION_ERRORS) or _is_outage(sqlstate):
             raise Unavailable(f"PostgreSQL is unavailable: {exc!r}") from exc
         raise
     except CONNECTION_ERRORS as exc:

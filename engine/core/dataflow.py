@@ -168,7 +168,14 @@ def wait_due(st: WaitState, value: Any, raw: Any, scope: Scope, now: dt.datetime
                 E.RUNTIME,
                 f"The SecondsPath parameter references a negative value: {path} == {seconds}",
             )
-        return now + dt.timedelta(seconds=int(seconds))
+        if seconds > MAX_LONG:
+            # AWS reads the value as a Java long.
+            raise StatesError(
+                E.RUNTIME,
+                f"The SecondsPath parameter cannot be parsed as a long value: "
+                f"{path} == {java_str(seconds)}",
+            )
+        return _wait_until(now, int(seconds), f"SecondsPath parameter: {path} == {int(seconds)}")
     if st.seconds is not None:
         states = jsonata_states(scope, raw) if jsonata else {}
         seconds = evaluate_jsonata(st.seconds, states, scope)
@@ -183,7 +190,7 @@ def wait_due(st: WaitState, value: Any, raw: Any, scope: Scope, now: dt.datetime
                 "The Seconds parameter does not reference a valid "
                 f"positive integer value: {java_str(seconds)}",
             )
-        return now + dt.timedelta(seconds=int(seconds))
+        return _wait_until(now, int(seconds), f"Seconds parameter: {java_str(int(seconds))}")
     if st.timestamp_path is not None:
         stamp = path_value(st.timestamp_path, value, scope)
         parsed = parse_timestamp(stamp)
@@ -194,7 +201,7 @@ def wait_due(st: WaitState, value: Any, raw: Any, scope: Scope, now: dt.datetime
                 f"offset date-time format string: {st.timestamp_path.text} == "
                 f"{java_str(stamp)}",
             )
-        return parsed
+        return _in_utc(parsed, f"TimestampPath parameter: {st.timestamp_path.text} == {stamp}")
     assert st.timestamp is not None
     if jsonata:
         stamp = evaluate_jsonata(st.timestamp, jsonata_states(scope, raw), scope)
@@ -205,7 +212,7 @@ def wait_due(st: WaitState, value: Any, raw: Any, scope: Scope, now: dt.datetime
                 "The Timestamp field cannot be parsed as an ISO-8601 extended offset "
                 f"date-time format string: {java_str(stamp)}",
             )
-        return parsed
+        return _in_utc(parsed, f"Timestamp field: {stamp}")
     stamp = evaluate_jsonata(st.timestamp, {}, scope)
     parsed = parse_timestamp(stamp)
     if parsed is None:
@@ -214,7 +221,43 @@ def wait_due(st: WaitState, value: Any, raw: Any, scope: Scope, now: dt.datetime
             "The Timestamp parameter does not reference a valid ISO-8601 "
             f"extended offset date-time format string: {java_str(stamp)}",
         )
-    return parsed
+    return _in_utc(parsed, f"Timestamp parameter: {stamp}")
+
+
+# A Java long: AWS reads whole-second fields into one.
+MAX_LONG = 2**63 - 1
+_OUT_OF_RANGE = "is out of range (the latest time steplog can record is 9999-12-31T23:59:59Z)"
+
+
+def _wait_until(now: dt.datetime, seconds: int, what: str) -> dt.datetime:
+    """``now`` plus ``seconds``; States.Runtime when that is past the last representable
+    time (a huge SecondsPath value must fail the state, not the engine)."""
+    try:
+        return now + dt.timedelta(seconds=seconds)
+    except OverflowError:
+        raise StatesError(E.RUNTIME, f"The Wait state's due time {_OUT_OF_RANGE}: {what}") from None
+
+
+def _in_utc(parsed: dt.datetime, what: str) -> dt.datetime:
+    """A parsed timestamp in UTC; States.Runtime when its offset moves it out of range
+    (``9999-12-31T23:59:59-05:00``, ``0001-01-01T00:00:00+01:00``)."""
+    try:
+        return parsed.astimezone(dt.UTC)
+    except OverflowError:
+        raise StatesError(E.RUNTIME, f"The Wait state's due time {_OUT_OF_RANGE}: {what}") from None
+
+
+def seconds_after(now: dt.datetime, seconds: int, field_name: str) -> dt.datetime:
+    """``now`` plus a TimeoutSeconds / HeartbeatSeconds value; States.Runtime when the
+    deadline is past the last representable time."""
+    try:
+        return now + dt.timedelta(seconds=seconds)
+    except OverflowError:
+        raise StatesError(
+            E.RUNTIME,
+            f"The {field_name} field refers to value {_quoted(seconds)} which is too large: "
+            f"the deadline {_OUT_OF_RANGE}",
+        ) from None
 
 
 def positive_int(io: IO, spec: NumberField | None, name: str, raw: Any, scope: Scope) -> int | None:

@@ -9,6 +9,8 @@ triggers are not recorded, so they are rebuilt from the events they caused:
   ``TaskFailed`` -> ``TaskErrored``; ``TaskResultIgnored`` -> a result for that
   task; ``TaskHeartbeatRecorded`` -> ``TaskHeartbeat``;
 - ``ExecutionAborted`` -> ``StopRequested`` with its error and cause;
+- an ``ExecutionFailed`` no other trigger reproduces -> ``FailRequested`` (the engine
+  failed the execution on a trigger it could not decide or record);
 - anything else (``WaitStateExited``, ``TaskTimedOut``, ``ExecutionTimedOut``,
   the re-run of a retried state) -> ``TimerFired`` of a pending timer: those of
   the event's frame first, then the rest, each in due order; the first whose
@@ -36,6 +38,7 @@ from engine.core.state import ExecutionState, evolve, initial_state
 from engine.core.timestamps import iso_millis
 from engine.core.triggers import (
     Begin,
+    FailRequested,
     StopRequested,
     TaskCompleted,
     TaskErrored,
@@ -172,3 +175,6 @@ def candidate_triggers(state: ExecutionState, first: Recorded) -> Iterator[Trigg
     timers.sort(key=lambda kv: kv[1].frame != frame)
     for local_id, _ in timers:
         yield TimerFired(timer_id=timer_key(state.execution_id, local_id), now=now)
+    if isinstance(event, ev.ExecutionFailed):
+        # The engine failed the execution on a trigger it could not decide or record.
+        yield FailRequested(error=event.error or "", cause=event.cause, now=now)

@@ -48,4 +48,18 @@ class StopRequested(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     now: dt.datetime
 
 
-Trigger = Begin | TaskCompleted | TaskErrored | TaskHeartbeat | TimerFired | StopRequested
+class FailRequested(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """The engine fails the execution: one of its triggers could not be decided or
+    recorded for a reason of the execution's own (data the store refuses, a definition
+    that no longer compiles), or kept failing past the delivery limit. Retrying would
+    fail the same way, so the execution ends with ``error`` (States.Runtime) instead of
+    staying RUNNING."""
+
+    error: str
+    cause: str | None = None
+    now: dt.datetime
+
+
+Trigger = (
+    Begin | TaskCompleted | TaskErrored | TaskHeartbeat | TimerFired | StopRequested | FailRequested
+)

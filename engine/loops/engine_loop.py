@@ -10,8 +10,19 @@ triggers that became obsolete). Triggers of one execution are handled in
 stream order; different executions run concurrently.
 
 Entries left unacknowledged by a dead engine are claimed after a visibility
-timeout (XAUTOCLAIM); an entry delivered too often, or one that carries no
-message (engine.adapters.bus.Malformed), is dead-lettered.
+timeout (XAUTOCLAIM); an entry that carries no message
+(engine.adapters.bus.Malformed) is dead-lettered.
+
+No execution is stranded by its own data (decide itself never raises: see
+engine.core.decide). A trigger whose events the database refuses for their data
+(InvalidRequest), or whose workflow no longer compiles (InvalidDefinition), fails
+its execution at once with States.Runtime (EngineService.fail_execution) and is
+acknowledged. PostgreSQL or Redis being away is retried with a back-off for as
+long as it lasts. Any other error is retried too, but an entry that fails
+``max_deliveries`` times here, or is delivered more than ``max_deliveries`` times
+across engines, fails its execution and is dead-lettered; the metrics
+``steplog_triggers_dead_lettered_total`` and
+``steplog_executions_failed_by_engine_total`` count them (engine.loops.metrics).
 """
 
 from __future__ import annotations
@@ -30,8 +41,16 @@ from engine import messages
 from engine.adapters.bus import Bus, Malformed, TriggerDelivery
 from engine.core.state import ExecutionState
 from engine.core.triggers import Trigger
-from engine.errors import ConcurrencyError, MissingGroup, NotFound, Unavailable
+from engine.errors import (
+    ConcurrencyError,
+    InvalidDefinition,
+    InvalidRequest,
+    MissingGroup,
+    NotFound,
+    Unavailable,
+)
 from engine.logcontext import execution_id_var
+from engine.loops.metrics import EXECUTIONS_FAILED_BY_ENGINE, TRIGGERS_DEAD_LETTERED
 from engine.messages import ENGINE_GROUP
 from engine.service import EngineService
 from engine.stopping import sleep_or_stop
@@ -91,6 +110,9 @@ class Engine:
         self.handled = 0
         # Entries whose apply failed (e.g. PostgreSQL was unreachable), oldest first.
         self._retry: list[TriggerDelivery] = []
+        # Failed attempts of entries by (stream, id), not counting PostgreSQL or Redis
+        # being away: past max_deliveries the trigger is given up (see _give_up).
+        self._failures: dict[tuple[str, str], int] = {}
 
     async def ensure_groups(self) -> None:
         for stream in self.bus.triggers_streams():
@@ -156,16 +178,25 @@ class Engine:
                 stream, ENGINE_GROUP, self.consumer, min_idle, self.batch_size
             ):
                 entry = delivery.entry
-                if entry.deliveries > self.max_deliveries:
-                    log.error(
-                        "dead-lettering trigger %s on %s after %d deliveries",
-                        entry.id,
-                        stream,
-                        entry.deliveries,
-                    )
-                    await self.bus.dead_letter(entry, ENGINE_GROUP, "too many deliveries")
-                else:
+                if entry.deliveries <= self.max_deliveries:
                     live.append(delivery)
+                    continue
+                log.error(
+                    "dead-lettering trigger %s on %s after %d deliveries",
+                    entry.id,
+                    stream,
+                    entry.deliveries,
+                )
+                if isinstance(delivery, TriggerDelivery):
+                    cause = (
+                        f"The engine gave up on a {_kind(delivery)} trigger of this execution: "
+                        f"it was delivered {entry.deliveries} times without being recorded "
+                        f"(the limit is {self.max_deliveries})."
+                    )
+                    if not await self._fail(delivery.execution_id, cause, "dead_lettered"):
+                        continue  # PostgreSQL went away: claimed again later
+                await self.bus.dead_letter(entry, ENGINE_GROUP, "too many deliveries")
+                TRIGGERS_DEAD_LETTERED.labels("too_many_deliveries").inc()
         return live
 
     async def handle(self, deliveries: list[TriggerDelivery | Malformed]) -> None:
@@ -179,13 +210,23 @@ class Engine:
                         "dropping malformed trigger %s on %s: %s", entry.id, entry.stream, reason
                     )
                     await self.bus.dead_letter(entry, ENGINE_GROUP, "malformed")
+                    TRIGGERS_DEAD_LETTERED.labels("malformed").inc()
                 case TriggerDelivery(execution_id=execution_id):
                     by_execution.setdefault(execution_id, []).append(delivery)
                 case _:
                     assert_never(delivery)
-        await asyncio.gather(
-            *(self._handle_execution(eid, items) for eid, items in by_execution.items())
+        # Every execution's handling runs to its end before the next batch (so no two
+        # handle one execution at once); the first failure (e.g. Redis away for an
+        # acknowledgement) is raised for the loop's back-off, the others logged.
+        results = await asyncio.gather(
+            *(self._handle_execution(eid, items) for eid, items in by_execution.items()),
+            return_exceptions=True,
         )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        for error in errors[1:]:
+            log.warning("engine: handling triggers failed: %r", error)
+        if errors:
+            raise errors[0]
 
     async def _handle_execution(
         self, execution_id: UUID, deliveries: list[TriggerDelivery]
@@ -194,24 +235,87 @@ class Engine:
         execution_id_var.set(str(execution_id))
         for index, delivery in enumerate(deliveries):
             entry = delivery.entry
+            key = (entry.stream, entry.id)
             trigger = messages.to_trigger(delivery.message, self.clock())
             try:
                 await self.apply(execution_id, trigger)
             except NotFound:
                 log.warning("trigger %s for unknown execution %s", entry.id, execution_id)
+            except (InvalidRequest, InvalidDefinition) as exc:
+                # The execution's own data or definition: every retry would fail the
+                # same way, so the execution fails at once (ExecutionFailed recorded).
+                self.cache.drop(execution_id)
+                log.warning("trigger %s for %s cannot be recorded: %s", entry.id, execution_id, exc)
+                cause, reason = _deterministic_cause(delivery, exc)
+                if not await self._fail(execution_id, cause, reason):
+                    self._retry.extend(deliveries[index:])
+                    return
             except Exception as exc:
                 # Left unacknowledged, with the execution's later triggers (their order
                 # matters): retried by this engine after a back-off, or claimed by another
-                # after the visibility timeout if this one dies.
+                # after the visibility timeout if this one dies. PostgreSQL or Redis away
+                # is nobody's fault and is retried for as long as it lasts; any other
+                # error counts towards max_deliveries, past which the execution fails and
+                # the trigger is dead-lettered.
+                self.cache.drop(execution_id)
                 if isinstance(exc, Unavailable):
                     log.warning("trigger %s for %s failed: %r", entry.id, execution_id, exc)
-                else:
-                    log.exception("trigger %s for %s failed", entry.id, execution_id)
-                self.cache.drop(execution_id)
-                self._retry.extend(deliveries[index:])
-                return
+                    self._retry.extend(deliveries[index:])
+                    return
+                log.exception("trigger %s for %s failed", entry.id, execution_id)
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                if failures < self.max_deliveries or not await self._give_up(delivery, exc):
+                    self._retry.extend(deliveries[index:])
+                    return
+                self._failures.pop(key, None)
+                continue  # dead-lettered (and acknowledged) by _give_up
             await self.bus.ack(entry.stream, ENGINE_GROUP, [entry.id])
+            self._failures.pop(key, None)
             self.handled += 1
+
+    async def _give_up(self, delivery: TriggerDelivery, exc: Exception) -> bool:
+        """Fail the execution of a trigger that failed ``max_deliveries`` times, then
+        dead-letter the trigger (in this order: a crash in between redelivers a trigger
+        that decide then ignores). False when PostgreSQL does not answer (retry later)."""
+        entry = delivery.entry
+        cause = (
+            f"The engine gave up on a {_kind(delivery)} trigger of this execution after "
+            f"{self.max_deliveries} failed attempts; the last error: "
+            f"{type(exc).__name__}: {exc}"
+        )
+        if not await self._fail(delivery.execution_id, cause, "dead_lettered"):
+            return False
+        log.error(
+            "dead-lettering trigger %s on %s after %d failed attempts",
+            entry.id,
+            entry.stream,
+            self.max_deliveries,
+        )
+        await self.bus.dead_letter(entry, ENGINE_GROUP, "repeated failure")
+        TRIGGERS_DEAD_LETTERED.labels("repeated_failure").inc()
+        return True
+
+    async def _fail(self, execution_id: UUID, cause: str, reason: str) -> bool:
+        """Fail the execution with States.Runtime (EngineService.fail_execution). True
+        when it has ended (now or before) or cannot be failed at all (unknown, or its
+        history cannot be loaded: the trigger is then dead-lettered with it as it is);
+        False when PostgreSQL does not answer."""
+        try:
+            state, failed = await self.service.fail_execution(execution_id, cause, self.clock())
+        except NotFound:
+            return True
+        except Unavailable as exc:
+            log.warning("cannot fail execution %s now: %r", execution_id, exc)
+            return False
+        except Exception:
+            log.exception("cannot fail execution %s", execution_id)
+            return True
+        finally:
+            self.cache.drop(execution_id)
+        if failed:
+            EXECUTIONS_FAILED_BY_ENGINE.labels(reason).inc()
+            log.error("execution %s failed: %s", execution_id, state.cause)
+        return True
 
     async def apply(self, execution_id: UUID, trigger: Trigger) -> ExecutionState:
         """Load, decide, append; on a conflict reload and decide again."""
@@ -228,6 +332,30 @@ class Engine:
             self.cache.put(execution_id, decision.state)
             return decision.state
         raise ConcurrencyError(f"execution {execution_id}: too many conflicting appends")
+
+
+def _kind(delivery: TriggerDelivery) -> str:
+    """The trigger's kind: its message's class (Begin, TaskResult, Heartbeat, TimerFired)."""
+    return type(delivery.message).__name__
+
+
+def _deterministic_cause(
+    delivery: TriggerDelivery, exc: InvalidRequest | InvalidDefinition
+) -> tuple[str, str]:
+    """The cause recorded for an execution failed by an error of its own, and the metric's
+    reason."""
+    kind = _kind(delivery)
+    if isinstance(exc, InvalidDefinition):
+        return (
+            f"The engine could not decide a {kind} trigger of this execution: its workflow "
+            f"definition no longer compiles ({exc.message}).",
+            "invalid_definition",
+        )
+    return (
+        f"The engine could not record the execution's next step (on a {kind} trigger): "
+        f"the database refused its data ({exc.message}).",
+        "invalid_data",
+    )
 
 
 def _unique(

@@ -10,7 +10,11 @@ the exception's class name as the error.
 
 A ``Worker`` reads its queue's stream through the consumer group "workers",
 runs each task, adds the result to the execution's trigger stream and only
-then acknowledges the task (a crash in between runs the task again). Tasks
+then acknowledges the task (a crash in between runs the task again). A
+finished result is kept while Redis does not answer: adding it (and then the
+acknowledgement) is retried with a back-off until the attempt's own deadline
+(its TimeoutSeconds, else ``visibility_timeout_s * max_deliveries``), so a Redis
+restart does not make a finished task run again. Tasks
 left unacknowledged by a dead worker are claimed after a visibility timeout
 (XAUTOCLAIM); a worker keeps its running tasks from being claimed by touching
 them. A task delivered more than ``max_deliveries`` times is dead-lettered
@@ -26,6 +30,7 @@ taking one and registering into it).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import importlib
 import inspect
 import logging
@@ -38,10 +43,11 @@ from typing import Any, assert_never
 from uuid import UUID
 
 from engine.adapters.bus import Bus, Malformed, TaskDelivery
-from engine.errors import MissingGroup
+from engine.core.timestamps import parse_iso
+from engine.errors import BusError, MissingGroup, Unavailable
 from engine.logcontext import execution_id_var
 from engine.messages import DEFAULT_QUEUE, WORKER_GROUP, Heartbeat, TaskMessage, TaskResult
-from engine.stopping import sleep_or_stop
+from engine.stopping import log_failure, sleep_or_stop
 
 log = logging.getLogger("steplog.worker")
 
@@ -164,6 +170,9 @@ def default_registry() -> HandlerRegistry:
 
 
 DELIVERY_EXCEEDED = "Steplog.TaskDeliveryExceeded"
+# The pauses between two tries to report a finished task's result (doubling).
+REPORT_BACKOFF_MIN_S = 0.05
+REPORT_BACKOFF_MAX_S = 2.0
 
 EndedCheck = Callable[[Sequence[UUID]], Awaitable[set[UUID]]]
 
@@ -209,6 +218,8 @@ class Worker:
         self._ended = ended
         self.ended_check_interval_s = ended_check_interval_s
         self._running: dict[str, _Running] = {}  # by entry id
+        self._reports: set[asyncio.Task[None]] = set()  # results being reported
+        self._abandon = asyncio.Event()  # set at shutdown: reports stop retrying
         self.completed = 0
         self.dead_lettered = 0
         self.skipped = 0  # tasks of ended executions, not run
@@ -218,6 +229,7 @@ class Worker:
         """Run tasks until ``stop`` is set, then drain (see `_drain`). Errors of Redis or
         PostgreSQL are logged and retried; a flushed Redis gets the group re-created."""
         loop = asyncio.get_running_loop()
+        self._abandon.clear()
         group_ready = False
         own_pending = True  # tasks read before a restart under the same consumer name
         last_claim = last_touch = last_ended = loop.time()
@@ -344,8 +356,9 @@ class Worker:
             task.add_done_callback(self._forget(entry.id))
 
     def _forget(self, entry_id: str) -> Callable[[asyncio.Task[None]], None]:
-        def forget(_: asyncio.Task[None]) -> None:
+        def forget(task: asyncio.Task[None]) -> None:
             self._running.pop(entry_id, None)
+            log_failure(task, f"task runner of entry {entry_id}")
 
         return forget
 
@@ -379,6 +392,13 @@ class Worker:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+        # Reports outlive their cancelled runners (shielded): one more grace period to
+        # get finished results out, then they give up (the tasks run again elsewhere).
+        if self._reports:
+            await asyncio.wait(self._reports, timeout=self.shutdown_grace_s)
+        self._abandon.set()
+        if self._reports:
+            await asyncio.wait(self._reports)
 
     async def _run_task(self, delivery: TaskDelivery) -> None:
         task = delivery.message
@@ -396,7 +416,11 @@ class Worker:
         )
         result = await self._call(task, ctx)
         # Recording the outcome is shielded: a shutdown must not lose a finished result.
-        await asyncio.shield(self._report(delivery, result))
+        report = asyncio.create_task(self._report(delivery, result))
+        self._reports.add(report)
+        report.add_done_callback(self._reports.discard)
+        report.add_done_callback(lambda done: log_failure(done, f"report of task {task.task_id}"))
+        await asyncio.shield(report)
 
     async def _call(self, task: TaskMessage, ctx: TaskContext) -> TaskResult:
         handler = self.registry.get(task.resource)
@@ -425,6 +449,65 @@ class Worker:
             )
 
     async def _report(self, delivery: TaskDelivery, result: TaskResult) -> None:
-        await self.bus.add_trigger(delivery.message.execution_id, result)
-        await self.bus.ack(self.stream, WORKER_GROUP, [delivery.entry.id])
-        self.completed += 1
+        """Add the result to the execution's triggers, then acknowledge the task. While
+        Redis does not answer, both are retried with a back-off until the attempt's
+        own deadline (``report_budget_s``); a result given up on is logged and the task,
+        left unacknowledged, runs again after the visibility timeout."""
+        task = delivery.message
+        deadline = asyncio.get_running_loop().time() + self.report_budget_s(task)
+        if not await self._retrying(
+            f"report the result of task {task.task_id}",
+            lambda: self.bus.add_trigger(task.execution_id, result),
+            deadline,
+        ):
+            return
+        await self._retrying(
+            f"acknowledge task {task.task_id}",
+            lambda: self.bus.ack(self.stream, WORKER_GROUP, [delivery.entry.id]),
+            deadline,
+        )
+        self.completed += 1  # reported (a failed ack only means it may run again)
+
+    def report_budget_s(self, task: TaskMessage) -> float:
+        """How long a finished result is kept for reporting: until the attempt times out
+        (after which the execution ignores it) when the Task state has TimeoutSeconds,
+        else ``visibility_timeout_s * max_deliveries`` (about as long as the task could
+        stay unreported by dead workers before it is given up)."""
+        bound = self.visibility_timeout_s * self.max_deliveries
+        if task.timeout_due:
+            try:
+                due = parse_iso(task.timeout_due)
+            except ValueError:
+                return bound
+            return (due - dt.datetime.now(dt.UTC)).total_seconds()
+        return bound
+
+    async def _retrying(
+        self, what: str, call: Callable[[], Awaitable[object]], deadline: float
+    ) -> bool:
+        """``call()`` until it succeeds (True), retried with a back-off while Redis does
+        not answer; False when the deadline passes, the worker gives up at shutdown, or
+        Redis refuses the command (nothing to retry)."""
+        loop = asyncio.get_running_loop()
+        delay = REPORT_BACKOFF_MIN_S
+        while True:
+            try:
+                await call()
+                return True
+            except MissingGroup:
+                # Redis lost the task stream's group (flushed): nothing left to acknowledge.
+                log.warning("cannot %s: the group is gone (Redis flushed?)", what)
+                return False
+            except Unavailable as exc:
+                if loop.time() + delay > deadline or self._abandon.is_set():
+                    log.error("giving up: cannot %s: %r; the task will run again", what, exc)
+                    return False
+                # Once per report at WARNING: an outage would otherwise log a line per
+                # running task every few seconds.
+                level = logging.WARNING if delay == REPORT_BACKOFF_MIN_S else logging.DEBUG
+                log.log(level, "cannot %s yet (%r); retrying with a back-off", what, exc)
+            except BusError as exc:
+                log.error("cannot %s: %r; the task will run again", what, exc)
+                return False
+            await sleep_or_stop(self._abandon, delay)
+            delay = min(delay * 2, REPORT_BACKOFF_MAX_S)

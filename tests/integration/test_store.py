@@ -11,7 +11,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from engine.adapters.postgres import open_pool
+from engine.adapters.postgres import open_pool, translate_errors
 from engine.adapters.store import EventStore, GlobalPosition, NewEvent, StoredEvent, TimerSpec
 from engine.errors import (
     ConcurrencyError,
@@ -445,3 +445,16 @@ async def test_a_value_postgresql_cannot_take_is_invalid_data_not_unavailable(
 
     assert raised.value.__cause__ is not None
     assert not isinstance(raised.value, Unavailable)
+
+
+async def test_a_read_only_database_is_unavailable(database_url: str) -> None:
+    # A standby, or a primary put in read-only mode: writes are refused "for now".
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("SET default_transaction_read_only = on")
+        with pytest.raises(Unavailable) as raised:
+            with translate_errors():
+                await conn.execute("CREATE TABLE steplog_read_only_probe (x int)")
+    finally:
+        await conn.close()
+    assert isinstance(raised.value.__cause__, asyncpg.ReadOnlySQLTransactionError)

@@ -19,6 +19,8 @@ and ``failures`` (Retry, Catch, propagation).
 
 from __future__ import annotations
 
+from engine.core import events as ev
+from engine.core.asl import errors as E
 from engine.core.asl.model import Definition
 from engine.core.decide.decider import (
     EXECUTION_TIMEOUT_TIMER,
@@ -27,6 +29,7 @@ from engine.core.decide.decider import (
     Decider,
     Decision,
     TimerRequest,
+    describe_exception,
     timer_key,
 )
 from engine.core.decide.dispatch import run
@@ -47,7 +50,30 @@ __all__ = [
 
 
 def decide(definition: Definition, state: ExecutionState, trigger: Trigger) -> Decision:
+    """The events that follow ``trigger``. Never raises: an error that escapes the
+    states' own handling (Decider.guard) fails the execution with States.Runtime, as
+    deterministically as any failure, so no trigger is retried forever."""
     d = Decider(definition, state, trigger.now, fail)
-    handle(d, trigger)
-    run(d)
+    try:
+        handle(d, trigger)
+        run(d)
+    except Exception as exc:
+        return _failed(definition, state, trigger, exc)
+    return d.decision()
+
+
+def _failed(
+    definition: Definition, state: ExecutionState, trigger: Trigger, exc: Exception
+) -> Decision:
+    """The execution fails instead of the decision that raised ``exc`` (whose events
+    are dropped: they were never recorded)."""
+    d = Decider(definition, state, trigger.now, fail)
+    kind = type(trigger).__name__
+    d.emit(
+        ev.ExecutionFailed(
+            error=E.RUNTIME,
+            cause=f"An error occurred while deciding the execution's next step on a {kind} "
+            f"trigger: {describe_exception(exc)}",
+        )
+    )
     return d.decision()

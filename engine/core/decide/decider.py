@@ -47,6 +47,9 @@ class Decision:
     ignored: str | None = None
     timers_to_set: list[TimerRequest] = field(default_factory=list)
     timers_to_cancel: list[str] = field(default_factory=list)
+    # ``events`` encoded (engine.core.events.encode_event), one for one: what the store
+    # records. Encoding at emit makes a value no JSON can hold fail its state.
+    encoded: list[bytes] = field(default_factory=list)
 
 
 def timer_key(execution_id: str, local_id: str) -> str:
@@ -131,6 +134,7 @@ class Decider:
         self.now = now
         self.now_iso = iso_millis(now)
         self.events: list[ev.Event] = []
+        self.encoded: list[bytes] = []
         self.ignored: str | None = None
         self.timers_to_set: list[TimerRequest] = []
         self.timers_to_cancel: list[str] = []
@@ -141,9 +145,13 @@ class Decider:
     # -- bookkeeping ----------------------------------------------------------
 
     def emit(self, event: ev.Event) -> None:
+        # Encoded first: a value the encoder refuses (a lone surrogate built by an
+        # intrinsic) raises here, inside the state's guard, before anything changes.
+        data = ev.encode_event(event)
         before = self.state.timers
         self.state = evolve(self.state, event, self.now_iso)
         self.events.append(event)
+        self.encoded.append(data)
         after = self.state.timers
         for tid in before.keys() - after.keys():
             self.timers_to_cancel.append(timer_key(self.state.execution_id, tid))
@@ -159,7 +167,7 @@ class Decider:
         to_set = [t for t in self.timers_to_set if t.timer_id not in cancelled]
         if self.state.ended and self.definition.timeout_seconds:
             cancel.append(timer_key(self.state.execution_id, EXECUTION_TIMEOUT_TIMER))
-        return Decision(self.events, self.state, self.ignored, to_set, cancel)
+        return Decision(self.events, self.state, self.ignored, to_set, cancel, self.encoded)
 
     def ignore(self, reason: str) -> None:
         self.ignored = reason
@@ -271,8 +279,41 @@ class Decider:
             self.fail(frame_id, failure.error, failure.cause, state_failed=failure.state_failed)
         except StatesError as err:
             self.fail_with(frame_id, name, err)
-        except RecursionError:
-            # A value built by the workflow itself (an intrinsic, JSONata) nested deeper
-            # than can be processed: the state fails, the engine does not.
-            cause = self.runtime_cause(frame_id, name, "A JSON value is nested too deeply.")
+        except Exception as exc:
+            # Anything else raised while the state runs (a value nested too deeply, a
+            # number or date out of range, a value of an unexpected type, a value no
+            # JSON can hold, a bug) is as deterministic as an ASL error:
+            # retrying the trigger would raise it again, so the state fails with
+            # States.Runtime (which no Retry or Catch takes) instead of the engine
+            # retrying forever.
+            cause = self.runtime_cause(frame_id, name, describe_exception(exc))
             self.fail(frame_id, E.RUNTIME, cause)
+
+
+# The longest exception message quoted in a cause.
+_MAX_QUOTED = 500
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A cause for an exception that is not an ASL error: what went wrong, in words a
+    workflow author can act on, with the exception quoted (shortened, and with NUL and
+    lone surrogates escaped: the cause is recorded in an event, which must store)."""
+    if isinstance(exc, RecursionError):
+        # A value built by the workflow itself (an intrinsic, JSONata) nested deeper
+        # than can be processed.
+        return "A JSON value is nested too deeply."
+    detail = printable(f"{type(exc).__name__}: {exc}", _MAX_QUOTED)
+    if isinstance(exc, OverflowError):
+        return f"A number or a date is out of range ({detail})."
+    if isinstance(exc, UnicodeError):
+        return f"A string is not valid Unicode ({detail})."
+    return f"The state could not be processed ({detail})."
+
+
+def printable(text: str, limit: int) -> str:
+    """``text`` shortened to ``limit`` characters, with NUL and lone surrogates (which
+    PostgreSQL and UTF-8 refuse) written as escapes."""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\u0000")

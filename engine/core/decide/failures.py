@@ -8,6 +8,7 @@ how long a retry waits, and when a Map has failed too often.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 from engine.core import events as ev
@@ -25,7 +26,7 @@ from engine.core.asl.model import (
 )
 from engine.core.dataflow import assigned_variables, evaluate_jsonata, jsonata_states
 from engine.core.decide.completion import Exited, map_progress
-from engine.core.decide.decider import Decider, Enter
+from engine.core.decide.decider import Decider, Enter, describe_exception
 from engine.core.state import Frame
 from engine.core.timestamps import iso_millis
 
@@ -114,7 +115,20 @@ def frame_failed(d: Decider, frame_id: str, error: str | None, cause: str | None
 def _schedule_retry(
     d: Decider, frame_id: str, name: str, index: int, r: Retrier, attempts: int, error: str
 ) -> None:
-    delay = retry_delay(r, attempts, f"{d.state.execution_id}:{d.state.seq}:jitter")
+    try:
+        delay = retry_delay(r, attempts, f"{d.state.execution_id}:{d.state.seq}:jitter")
+        due = d.now + dt.timedelta(seconds=delay)
+    except OverflowError:
+        # IntervalSeconds * BackoffRate^attempts with no MaxDelaySeconds grows past the
+        # last representable time: the retry can never happen, so the state fails.
+        cause = d.runtime_cause(
+            frame_id,
+            name,
+            f"The state failed with {error} and its Retry #{index + 1} would wait longer "
+            "before the next attempt than can be represented (set MaxDelaySeconds).",
+        )
+        frame_failed(d, frame_id, E.RUNTIME, cause)
+        return
     d.emit(
         ev.StateRetryScheduled(
             frame=frame_id,
@@ -124,7 +138,7 @@ def _schedule_retry(
             attempt=attempts + 1,
             delay_seconds=delay,
             timer_id=d.next_local_id(),
-            due=iso_millis(d.now + dt.timedelta(seconds=delay)),
+            due=iso_millis(due),
         )
     )
 
@@ -174,6 +188,10 @@ def _catch(
         d.agenda.append(Enter(frame_id, catcher.next, out))
     except StatesError as err:
         frame_failed(d, frame_id, err.error, err.cause)
+    except Exception as exc:  # not an ASL error: as in Decider.guard, deterministic
+        frame_failed(
+            d, frame_id, E.RUNTIME, d.runtime_cause(frame_id, st.name, describe_exception(exc))
+        )
 
 
 # --- the rules --------------------------------------------------------------------
@@ -199,7 +217,10 @@ def retry_delay(retrier: Retrier, attempts: int, seed: str) -> float:
     """Seconds before retry number ``attempts + 1``: IntervalSeconds * BackoffRate^attempts,
     capped by MaxDelaySeconds; FULL jitter draws uniformly below that from an rng seeded
     with ``seed`` (recorded positions), so replay draws the same delay."""
-    delay = retrier.interval_seconds * (retrier.backoff_rate**attempts)
+    try:
+        delay = retrier.interval_seconds * (retrier.backoff_rate**attempts)
+    except OverflowError:  # a float power past 1.8e308
+        delay = math.inf
     if retrier.max_delay_seconds is not None:
         delay = min(delay, float(retrier.max_delay_seconds))
     if retrier.jitter == "FULL":

@@ -3,12 +3,12 @@ timers), records heartbeats, and leaves with the task's result."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from engine.core import events as ev
-from engine.core.asl.model import TaskState
-from engine.core.dataflow import Scope, effective_input, positive_int, state_output
+from engine.core.asl.jsonpath import JsonPath
+from engine.core.asl.model import NumberField, TaskState
+from engine.core.dataflow import Scope, effective_input, positive_int, seconds_after, state_output
 from engine.core.decide.completion import leave
 from engine.core.decide.decider import Decider
 from engine.core.timestamps import iso_millis
@@ -24,11 +24,13 @@ def execute(d: Decider, frame_id: str, st: TaskState, raw: Any, scope: Scope) ->
     timer_id, due = "", ""
     if timeout:
         timer_id = f"{local}:timeout"
-        due = iso_millis(d.now + dt.timedelta(seconds=timeout))
+        due = iso_millis(seconds_after(d.now, timeout, _field(st.timeout_seconds, "Timeout")))
     heartbeat_timer_id, heartbeat_due = "", ""
     if heartbeat:
         heartbeat_timer_id = f"{local}:heartbeat"
-        heartbeat_due = iso_millis(d.now + dt.timedelta(seconds=heartbeat))
+        heartbeat_due = iso_millis(
+            seconds_after(d.now, heartbeat, _field(st.heartbeat_seconds, "Heartbeat"))
+        )
     d.emit(
         ev.TaskScheduled(
             frame=frame_id,
@@ -71,7 +73,9 @@ def heartbeat(d: Decider, task_id: str) -> None:
             name=st.name,
             task_id=task_id,
             timer_id=f"{d.next_local_id()}:heartbeat",
-            due=iso_millis(d.now + dt.timedelta(seconds=seconds)),
+            due=iso_millis(
+                seconds_after(d.now, seconds, _field(st.heartbeat_seconds, "Heartbeat"))
+            ),
         )
     )
 
@@ -100,6 +104,12 @@ def _leave_with(d: Decider, frame_id: str, st: TaskState, result: Any) -> None:
         scope,
         has_result=True,
     )
+
+
+def _field(spec: NumberField | None, kind: str) -> str:
+    """The field a number came from, as AWS names it in causes: TimeoutSeconds or
+    TimeoutSecondsPath, HeartbeatSeconds or HeartbeatSecondsPath."""
+    return f"{kind}SecondsPath" if isinstance(spec, JsonPath) else f"{kind}Seconds"
 
 
 def _queue_of(resource: str) -> str:

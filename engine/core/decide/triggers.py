@@ -23,6 +23,7 @@ from engine.core.decide.task import heartbeat
 from engine.core.timestamps import parse_iso
 from engine.core.triggers import (
     Begin,
+    FailRequested,
     StopRequested,
     TaskCompleted,
     TaskErrored,
@@ -48,6 +49,8 @@ def handle(d: Decider, trigger: Trigger) -> None:
             _timer(d, trigger.timer_id)
         case StopRequested():
             d.emit(ev.ExecutionAborted(error=trigger.error, cause=trigger.cause))
+        case FailRequested():
+            d.emit(ev.ExecutionFailed(error=trigger.error, cause=trigger.cause))
         case _:
             assert_never(trigger)
 
@@ -59,7 +62,18 @@ def _begin(d: Decider) -> None:
         return
     if d.definition.timeout_seconds:
         started = parse_iso(s.started_at)
-        due = started + dt.timedelta(seconds=d.definition.timeout_seconds)
+        try:
+            due = started + dt.timedelta(seconds=d.definition.timeout_seconds)
+        except OverflowError:
+            d.emit(
+                ev.ExecutionFailed(
+                    error=E.RUNTIME,
+                    cause=f"The execution's TimeoutSeconds ({d.definition.timeout_seconds}) "
+                    "puts its deadline after the latest time steplog can record "
+                    "(9999-12-31T23:59:59Z).",
+                )
+            )
+            return
         d.timers_to_set.append(
             TimerRequest(timer_key(s.execution_id, EXECUTION_TIMEOUT_TIMER), due)
         )

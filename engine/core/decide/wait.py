@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 from engine.core import events as ev
+from engine.core.asl import errors as E
 from engine.core.asl.errors import StatesError
 from engine.core.asl.model import JsonataIO, WaitState
 from engine.core.dataflow import effective_input, output_only, wait_due
 from engine.core.decide.completion import leave
-from engine.core.decide.decider import Decider
+from engine.core.decide.decider import Decider, describe_exception
 from engine.core.timestamps import iso_millis
 
 
@@ -26,6 +27,10 @@ def enter(d: Decider, frame_id: str, st: WaitState, state_input: Any) -> None:
     except StatesError as err:
         d.emit(ev.WaitStateEntered(frame=frame_id, name=st.name, input=state_input))
         d.fail_with(frame_id, st.name, err)
+        return
+    except Exception as exc:  # not an ASL error: as in Decider.guard, deterministic
+        d.emit(ev.WaitStateEntered(frame=frame_id, name=st.name, input=state_input))
+        d.fail(frame_id, E.RUNTIME, d.runtime_cause(frame_id, st.name, describe_exception(exc)))
         return
     if due <= d.now:
         d.emit(ev.WaitStateEntered(frame=frame_id, name=st.name, input=state_input))
