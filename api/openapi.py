@@ -402,6 +402,7 @@ def document() -> dict[str, Any]:
         f"{problem_codes}; errors of HTTP itself use `http_<status>`, `line_too_long`, "
         "`bad_http_request`, `too_many_connections`."
     )
+    _absent_times_as_null(components)
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method] = _operation(op, refs)
@@ -418,6 +419,19 @@ def document() -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": components},
     }
+
+
+# The state is rendered with null where a time is not known yet, though the core's
+# ExecutionState holds "" there (projections.queries.state_document): the schema says
+# what is served.
+_NULLABLE_TIMES = {"ExecutionState": ("started_at", "stopped_at"), "Frame": ("entered_time",)}
+
+
+def _absent_times_as_null(components: dict[str, Any]) -> None:
+    for name, fields in _NULLABLE_TIMES.items():
+        properties = components[name]["properties"]
+        for field in fields:
+            properties[field] = {"anyOf": [{"type": "string"}, {"type": "null"}]}
 
 
 @routes.get("/v1/openapi.json")

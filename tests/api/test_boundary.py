@@ -184,7 +184,8 @@ async def test_the_largest_bounds_are_accepted(client: Client) -> None:
     for path, status, code in (
         (f"/v1/workflows/wf?version={DB_INT_MAX}", 404, "workflow_not_found"),
         (f"/v1/executions?version={DB_INT_MAX}", 200, None),
-        (f"/v1/executions/{seed}/state?seq={DB_INT_MAX}", 200, None),
+        # Past the last event: the one rule of /state and /state/diff.
+        (f"/v1/executions/{seed}/state?seq={DB_INT_MAX}", 400, "invalid_request"),
         (f"/v1/executions/{seed}/state/diff?from=1&to={DB_INT_MAX}", 400, "invalid_request"),
         (f"/v1/executions/{seed}/history?cursor={encode_cursor(DB_INT_MAX)}", 200, None),
     ):
