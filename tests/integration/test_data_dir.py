@@ -46,9 +46,19 @@ async def _run(cwd: Path, *args: str, **env: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def _eventually_ready(http: aiohttp.ClientSession, base: str) -> None:
-    deadline = asyncio.get_running_loop().time() + 90
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace")
+
+
+async def _eventually_ready(
+    http: aiohttp.ClientSession, base: str, proc: asyncio.subprocess.Process, log: Path
+) -> None:
+    # A first start runs initdb: generous on a loaded machine, and fast to fail when the
+    # process has died (with what it logged).
+    deadline = asyncio.get_running_loop().time() + 240
     while True:
+        if proc.returncode is not None:
+            raise AssertionError(f"steplog dev exited {proc.returncode}:\n{_text(log)}")
         try:
             async with http.get(f"{base}/health/ready") as resp:
                 if resp.status == 200:
@@ -56,7 +66,7 @@ async def _eventually_ready(http: aiohttp.ClientSession, base: str) -> None:
         except aiohttp.ClientError:
             pass
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("steplog dev did not become ready")
+            raise AssertionError(f"steplog dev did not become ready:\n{_text(log)}")
         await asyncio.sleep(0.2)
 
 
@@ -64,18 +74,20 @@ async def _eventually_ready(http: aiohttp.ClientSession, base: str) -> None:
 async def dev(tmp_path: Path) -> AsyncIterator[tuple[Path, str]]:
     """A real `steplog dev` process owning ``tmp_path/.steplog``; yields (project, base URL)."""
     port = _free_port()
-    proc = await asyncio.create_subprocess_exec(
-        STEPLOG,
-        "dev",
-        cwd=tmp_path,
-        env=_env(STEPLOG_PORT=str(port)),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    log = tmp_path / "dev.log"
+    with open(log, "wb") as sink:  # noqa: ASYNC230 - a file handed to the child process
+        proc = await asyncio.create_subprocess_exec(
+            STEPLOG,
+            "dev",
+            cwd=tmp_path,
+            env=_env(STEPLOG_PORT=str(port)),
+            stdout=sink,
+            stderr=sink,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
-            await _eventually_ready(http, base)
+            await _eventually_ready(http, base, proc, log)
         yield tmp_path, base
     finally:
         if proc.returncode is None:
@@ -99,11 +111,12 @@ async def _runs_a_workflow(base: str) -> None:
             await asyncio.sleep(0.1)
 
 
+@pytest.mark.timeout(360)
 async def test_commands_use_the_running_servers_and_leave_them_working(
     dev: tuple[Path, str],
 ) -> None:
     project, base = dev
-    inside = project / "sub" / "dir"
+    inside = project / "sub" / "dir"  # dev.log sits in project, beside .steplog
     os.makedirs(inside)
     # From a folder inside the project: the data folder is found in a parent.
     code, out, err = await _run(inside, "projections", "status")
@@ -116,6 +129,7 @@ async def test_commands_use_the_running_servers_and_leave_them_working(
     await _runs_a_workflow(base)
 
 
+@pytest.mark.timeout(360)
 async def test_a_second_dev_on_the_same_folder_refuses_in_one_line(
     dev: tuple[Path, str],
 ) -> None:
