@@ -53,6 +53,8 @@ class WorkflowDefinition(Protocol):
     def definition(self) -> dict[str, Any]: ...
     @property
     def created_at(self) -> dt.datetime: ...
+    @property
+    def type(self) -> str: ...
 
 
 def execution_out(row: ExecutionRow) -> ExecutionOut:
@@ -103,6 +105,7 @@ def workflow_out(wf: WorkflowDefinition) -> WorkflowOut:
         version=wf.version,
         definition=wf.definition,
         created_at=rfc3339(wf.created_at),
+        type="EXPRESS" if wf.type == "EXPRESS" else "STANDARD",
     )
 
 
