@@ -20,7 +20,8 @@ from uuid import UUID
 import msgspec
 
 from api.schemas import EventOut, ExecutionOut, WorkflowOut
-from projections.executions import EventLike, ExecutionRow
+from engine.core.events import CommittedEvent
+from projections.executions import ExecutionRow
 from projections.history import event_details, rfc3339
 from projections.queries import state_document
 
@@ -90,7 +91,7 @@ def started_out(record: StartedExecution) -> ExecutionOut:
     )
 
 
-def event_out(event: EventLike, include_data: bool = True) -> EventOut:
+def event_out(event: CommittedEvent, include_data: bool = True) -> EventOut:
     return EventOut(
         seq=event.seq,
         type=event.type,
