@@ -35,7 +35,7 @@ ENVELOPE_BYTES = 1024
 def create_app(commands: EngineService, queries: Queries, config: ApiConfig) -> web.Application:
     """Build the API application; nothing in it closes what it was given."""
     app = web.Application(
-        client_max_size=config.max_payload_bytes + ENVELOPE_BYTES,
+        client_max_size=max(config.max_payload_bytes, config.max_definition_bytes) + ENVELOPE_BYTES,
         middlewares=[
             request_id_middleware,
             observe_middleware,

@@ -14,5 +14,8 @@ class ApiConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     namespace: str
     max_payload_bytes: int
+    # Step Functions' quota on a definition (1 MiB); a definition may be larger than
+    # an input, e.g. with a large Pass Result (which then fails at run time as on AWS).
+    max_definition_bytes: int = 1_048_576
     body_timeout_s: float = 30.0
     cors_allow_origins: tuple[str, ...] = ()

@@ -31,9 +31,8 @@ from api.params import execution_id
 from api.problems import InvalidQuery
 from api.schemas import DB_INT_MAX, EventsFeedQuery, decode_query
 from api.views import event_out
-from engine.core.events import TERMINAL_EVENT_TYPES
+from engine.core.events import TERMINAL_EVENT_TYPES, CommittedEvent
 from engine.errors import SteplogError, Unavailable
-from projections.executions import EventLike
 from projections.queries import Doorbell, Queries
 
 log = logging.getLogger(__name__)
@@ -104,7 +103,7 @@ async def event_feed(request: web.Request) -> web.StreamResponse:
     # The first page is read before the 200 goes out, so that any error of the request
     # (or of the database) is still a problem+json response, never a status line
     # inside a stream already begun.
-    first: Sequence[EventLike] = [] if ended else await queries.events_after(eid, after, PAGE)
+    first: Sequence[CommittedEvent] = [] if ended else await queries.events_after(eid, after, PAGE)
     notifier = request.app[NOTIFIER]
     response = web.StreamResponse(
         headers={
@@ -126,7 +125,7 @@ async def _send(
     eid: UUID,
     after: int,
     ended: bool,
-    first: Sequence[EventLike],
+    first: Sequence[CommittedEvent],
 ) -> None:
     """Write ``first``, then the events after it until the terminal one (or shutdown).
     The headers are out: an error from here on ends the stream (the client resumes
@@ -135,7 +134,7 @@ async def _send(
     try:
         await response.write(f"retry: {RETRY_MS}\n\n".encode())
         last_write = loop.time()
-        pending: Sequence[EventLike] | None = first
+        pending: Sequence[CommittedEvent] | None = first
         while not ended and not notifier.closing:
             changed = notifier.changed()
             events = (

@@ -64,6 +64,9 @@ Cursor = Annotated[str, Meta(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9
 
 class RegisterWorkflow(msgspec.Struct, forbid_unknown_fields=True):
     definition: dict[str, Any]
+    # As Step Functions' state machine type; EXPRESS changes the context object of its
+    # executions ($$.Execution.Id is an express: ARN, no RedriveCount).
+    type: Literal["STANDARD", "EXPRESS"] = "STANDARD"
 
 
 def _single_line(field: str, value: str | None) -> None:
@@ -162,6 +165,7 @@ class WorkflowOut(msgspec.Struct):
     version: int
     definition: dict[str, Any]
     created_at: str
+    type: Literal["STANDARD", "EXPRESS"] = "STANDARD"
 
 
 class ValidationIssue(msgspec.Struct):

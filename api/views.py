@@ -20,7 +20,8 @@ from uuid import UUID
 import msgspec
 
 from api.schemas import EventOut, ExecutionOut, WorkflowOut
-from projections.executions import EventLike, ExecutionRow
+from engine.core.events import CommittedEvent
+from projections.executions import ExecutionRow
 from projections.history import event_details, rfc3339
 from projections.queries import state_document
 
@@ -53,6 +54,8 @@ class WorkflowDefinition(Protocol):
     def definition(self) -> dict[str, Any]: ...
     @property
     def created_at(self) -> dt.datetime: ...
+    @property
+    def type(self) -> str: ...
 
 
 def execution_out(row: ExecutionRow) -> ExecutionOut:
@@ -88,7 +91,7 @@ def started_out(record: StartedExecution) -> ExecutionOut:
     )
 
 
-def event_out(event: EventLike, include_data: bool = True) -> EventOut:
+def event_out(event: CommittedEvent, include_data: bool = True) -> EventOut:
     return EventOut(
         seq=event.seq,
         type=event.type,
@@ -103,6 +106,7 @@ def workflow_out(wf: WorkflowDefinition) -> WorkflowOut:
         version=wf.version,
         definition=wf.definition,
         created_at=rfc3339(wf.created_at),
+        type="EXPRESS" if wf.type == "EXPRESS" else "STANDARD",
     )
 
 

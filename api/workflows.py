@@ -33,13 +33,13 @@ routes = web.RouteTableDef()
 async def register_workflow(request: web.Request) -> web.Response:
     name = workflow_name(request)
     body = await request.read()
-    limit = request.app[CONFIG].max_payload_bytes
+    limit = request.app[CONFIG].max_definition_bytes
     if len(body) > limit:
         raise PayloadTooLarge(f"definition body is {len(body)} bytes; the limit is {limit}")
     req = decode_body(body, RegisterWorkflow)
     refuse_nul(req.definition, "$.definition")
     wf, created = await request.app[COMMANDS].register(
-        request.app[CONFIG].namespace, name, req.definition
+        request.app[CONFIG].namespace, name, req.definition, req.type
     )
     location = f"/v1/workflows/{wf.name}?version={wf.version}"
     return json_response(
@@ -52,7 +52,7 @@ async def validate_workflow(request: web.Request) -> web.Response:
     """Validate without registering (like Step Functions' ValidateStateMachineDefinition):
     a definition that does not validate is a successful answer, not a 4xx."""
     body = await request.read()
-    limit = request.app[CONFIG].max_payload_bytes
+    limit = request.app[CONFIG].max_definition_bytes
     if len(body) > limit:
         raise PayloadTooLarge(f"definition body is {len(body)} bytes; the limit is {limit}")
     req = decode_body(body, RegisterWorkflow)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterable
-from typing import Any, Protocol, assert_never
+from typing import Any, assert_never
 from uuid import UUID
 
 import msgspec
@@ -163,22 +163,6 @@ def upcast_v1_task(execution_id: UUID, seq: int, data: bytes) -> TaskMessage:
 # --- what committed events call for ---------------------------------------------------------
 
 
-class CommittedEvent(Protocol):
-    """The parts of a committed event (engine.adapters.store.StoredEvent) read here."""
-
-    @property
-    def execution_id(self) -> UUID: ...
-
-    @property
-    def seq(self) -> int: ...
-
-    @property
-    def type(self) -> str: ...
-
-    @property
-    def data(self) -> bytes: ...
-
-
 def _task_of(execution_id: UUID, seq: int, data: bytes) -> TaskMessage:
     scheduled = ev.decode_event(data)
     if not isinstance(scheduled, ev.TaskScheduled):
@@ -197,7 +181,7 @@ def _task_of(execution_id: UUID, seq: int, data: bytes) -> TaskMessage:
 
 
 def follow_ups(
-    events: Iterable[CommittedEvent],
+    events: Iterable[ev.CommittedEvent],
 ) -> tuple[list[tuple[UUID, TriggerMessage]], list[TaskMessage]]:
     """The triggers (with their execution ids) and tasks a batch of committed events
     calls for, in event order: a Begin for each ExecutionStarted, a TaskMessage for each

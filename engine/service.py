@@ -79,13 +79,16 @@ class EngineService:
     # -- workflows ------------------------------------------------------------------
 
     async def register(
-        self, namespace: str, name: str, definition: Any
+        self, namespace: str, name: str, definition: Any, type: str = "STANDARD"
     ) -> tuple[WorkflowVersion, bool]:
-        """Validate (InvalidDefinition lists every error with its path), then store."""
+        """Validate (InvalidDefinition lists every error with its path), then store.
+        ``type``: STANDARD or EXPRESS (the context object of its executions differs)."""
         if not isinstance(definition, dict):
             raise InvalidRequest("definition must be a JSON object")
+        if type not in ("STANDARD", "EXPRESS"):
+            raise InvalidRequest("type must be STANDARD or EXPRESS")
         compiled = compile_definition(definition)
-        version, created = await self.store.put_workflow(namespace, name, definition)
+        version, created = await self.store.put_workflow(namespace, name, definition, type)
         self._remember((namespace, name, version.version), compiled)
         return version, created
 
@@ -161,7 +164,10 @@ class EngineService:
             name = str(execution_id)
         elif not name or len(name) > 80:
             raise InvalidRequest("name must be 1 to 80 characters")
-        arns = execution_arns(self.arns, namespace, workflow, name, str(execution_id))
+        express = wf.type == "EXPRESS"
+        arns = execution_arns(
+            self.arns, namespace, workflow, name, str(execution_id), express=express
+        )
         # The event carries the input as kept, byte for byte (a Raw is encoded verbatim).
         started = ev.ExecutionStarted(
             input=msgspec.Raw(input_json),
@@ -172,6 +178,7 @@ class EngineService:
             role_arn=arns.role,
             state_machine_arn=arns.state_machine,
             execution_arn=arns.execution,
+            state_machine_type=wf.type,
         )
         return await self.store.start_execution(
             namespace,

@@ -21,13 +21,14 @@ import datetime as dt
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 import msgspec
 
 from engine.core import events as ev
+from engine.core.events import CommittedEvent
 from projections.base import Projection
 
 log = logging.getLogger(__name__)
@@ -40,21 +41,6 @@ TERMINAL_STATUS = {
     "ExecutionAborted": "ABORTED",
 }
 STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")
-
-
-class EventLike(Protocol):
-    """What the read model needs of an event: engine.adapters.store.StoredEvent has it."""
-
-    @property
-    def execution_id(self) -> UUID: ...
-    @property
-    def seq(self) -> int: ...
-    @property
-    def type(self) -> str: ...
-    @property
-    def timestamp(self) -> dt.datetime: ...
-    @property
-    def data(self) -> bytes: ...
 
 
 class ExecutionRow(msgspec.Struct, kw_only=True):
@@ -98,7 +84,7 @@ def _json_text(value: msgspec.Raw) -> str:
     return bytes(value).decode()
 
 
-def evolve_row(row: ExecutionRow | None, event: EventLike) -> ExecutionRow | None:
+def evolve_row(row: ExecutionRow | None, event: CommittedEvent) -> ExecutionRow | None:
     """The row after `event`. The caller guarantees seq order (event.seq ==
     row.last_seq + 1, or seq 1 when there is no row); a row cannot begin with
     anything but ExecutionStarted, so that returns None."""
@@ -139,7 +125,7 @@ def evolve_row(row: ExecutionRow | None, event: EventLike) -> ExecutionRow | Non
     raise ValueError(f"{event.type} event decoded as {type(end).__name__}")
 
 
-def fold(events: Iterable[EventLike]) -> ExecutionRow | None:
+def fold(events: Iterable[CommittedEvent]) -> ExecutionRow | None:
     """Replay one execution's events (in seq order) into its row."""
     row: ExecutionRow | None = None
     for event in events:
@@ -230,7 +216,7 @@ def _row_args(row: ExecutionRow) -> tuple[Any, ...]:
 
 
 # (execution_id, after_seq, upto_seq) -> that execution's events after_seq < seq <= upto_seq.
-LoadMissing = Callable[[UUID, int, int], Awaitable[Sequence[EventLike]]]
+LoadMissing = Callable[[UUID, int, int], Awaitable[Sequence[CommittedEvent]]]
 
 
 class Outcome(enum.Enum):
@@ -248,7 +234,7 @@ class ApplyResult(msgspec.Struct):
 
 async def apply_events(
     conn: asyncpg.Connection,
-    events: Sequence[EventLike],
+    events: Sequence[CommittedEvent],
     *,
     load_missing: LoadMissing | None = None,
     table: str = TABLE,
@@ -295,7 +281,7 @@ async def apply_events(
     return result
 
 
-def _step(rows: dict[UUID, ExecutionRow], event: EventLike) -> Outcome:
+def _step(rows: dict[UUID, ExecutionRow], event: CommittedEvent) -> Outcome:
     row = rows.get(event.execution_id)
     have = row.last_seq if row is not None else 0
     if event.seq <= have:

@@ -18,8 +18,8 @@ from uuid import UUID
 import msgspec
 
 from engine.adapters.store import EventStore
+from engine.core.events import CommittedEvent
 from engine.core.timestamps import iso_millis
-from projections.executions import EventLike
 
 # Event fields that carry execution data (left out with include_data=false).
 DATA_FIELDS = ("input", "output", "branchInput", "items", "assignedVariables")
@@ -37,7 +37,7 @@ def rfc3339(value: dt.datetime) -> str:
 _decode_fields = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
-def event_details(event: EventLike, include_data: bool = True) -> dict[str, Any]:
+def event_details(event: CommittedEvent, include_data: bool = True) -> dict[str, Any]:
     """The event's fields without ``type`` (and without data fields unless
     ``include_data``), each value the stored JSON text (a ``msgspec.Raw``)."""
     details: dict[str, Any] = _decode_fields.decode(event.data)

@@ -161,6 +161,7 @@ async def run_roles(
         config = ApiConfig(
             namespace=settings.namespace,
             max_payload_bytes=settings.max_payload_bytes,
+            max_definition_bytes=settings.max_definition_bytes,
             body_timeout_s=settings.http_body_timeout_s,
             cors_allow_origins=settings.cors_allow_origins,
         )

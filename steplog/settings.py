@@ -40,6 +40,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     max_payload_bytes: int = 262_144
+    # The largest definition registered (Step Functions' quota: 1 MiB).
+    max_definition_bytes: int = 1_048_576
     task_visibility_timeout_s: float = 30.0
     # A trigger or task delivered more often than this is dead-lettered (a task's
     # attempt then fails with Steplog.TaskDeliveryExceeded).
@@ -88,6 +90,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"log_format must be one of {LOG_FORMATS}")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {LOG_LEVELS}")
+        if self.max_definition_bytes < 1:
+            raise ValueError("max_definition_bytes must be positive")
         if self.max_payload_bytes < 1 or self.task_visibility_timeout_s <= 0:
             raise ValueError("max_payload_bytes and task_visibility_timeout_s must be positive")
         if self.max_deliveries < 1 or self.shutdown_grace_s < 0:
@@ -163,6 +167,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("port", int),
             ("partitions", int),
             ("max_payload_bytes", int),
+            ("max_definition_bytes", int),
             ("task_visibility_timeout_s", float),
             ("max_deliveries", int),
             ("shutdown_grace_s", float),

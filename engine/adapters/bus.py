@@ -31,10 +31,9 @@ with the client's error chained.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 import msgspec
@@ -43,6 +42,7 @@ from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
 from engine import messages
+from engine.core.events import CommittedEvent
 from engine.errors import BusError, MissingGroup, SteplogError, Unavailable
 from engine.messages import TaskMessage, TriggerMessage
 
@@ -170,24 +170,6 @@ def _entry(stream: str, entry_id: Any, fields: Any, deliveries: int = 1) -> Stre
         fields={_str(k): _bytes(v) for k, v in (fields or {}).items()},
         deliveries=deliveries,
     )
-
-
-class CommittedEvent(Protocol):
-    """What the bus publishes of a committed event (the store's StoredEvent has it; the
-    bus does not depend on the store)."""
-
-    @property
-    def execution_id(self) -> UUID: ...
-    @property
-    def seq(self) -> int: ...
-    @property
-    def position(self) -> int: ...
-    @property
-    def type(self) -> str: ...
-    @property
-    def timestamp(self) -> dt.datetime: ...
-    @property
-    def data(self) -> bytes: ...
 
 
 def event_fields(event: CommittedEvent) -> XaddFields:

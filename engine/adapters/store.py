@@ -34,6 +34,7 @@ from engine.core.events import TERMINAL_EVENT_TYPES
 from engine.errors import ConcurrencyError, ExecutionNameConflict, InvalidRequest
 
 NOTIFY_CHANNEL = "steplog_events"
+STANDARD = "STANDARD"
 
 # ---------------------------------------------------------------------------------------------
 # Statements
@@ -47,19 +48,19 @@ INSERT_WORKFLOW = """
 INSERT INTO workflows (namespace, name) VALUES ($1, $2) ON CONFLICT DO NOTHING"""
 LOCK_WORKFLOW = "SELECT 1 FROM workflows WHERE namespace = $1 AND name = $2 FOR UPDATE"
 SELECT_LATEST_VERSION = """
-SELECT namespace, name, version, definition::text AS definition, definition_hash, created_at
+SELECT namespace, name, version, type, definition::text AS definition, definition_hash, created_at
 FROM workflow_versions WHERE namespace = $1 AND name = $2
 ORDER BY version DESC LIMIT 1"""
 SELECT_VERSION = """
-SELECT namespace, name, version, definition::text AS definition, definition_hash, created_at
+SELECT namespace, name, version, type, definition::text AS definition, definition_hash, created_at
 FROM workflow_versions WHERE namespace = $1 AND name = $2 AND version = $3"""
 INSERT_VERSION = """
-INSERT INTO workflow_versions (namespace, name, version, definition, definition_hash)
-VALUES ($1, $2, $3, $4::text::json, $5)
-RETURNING namespace, name, version, definition::text AS definition, definition_hash, created_at"""
+INSERT INTO workflow_versions (namespace, name, version, definition, definition_hash, type)
+VALUES ($1, $2, $3, $4::text::json, $5, $6)
+RETURNING namespace, name, version, type, definition::text AS definition, definition_hash, created_at"""
 LIST_LATEST_VERSIONS = """
 SELECT DISTINCT ON (name)
-       namespace, name, version, definition::text AS definition, definition_hash, created_at
+       namespace, name, version, type, definition::text AS definition, definition_hash, created_at
 FROM workflow_versions WHERE namespace = $1
 ORDER BY name, version DESC"""
 
@@ -255,6 +256,8 @@ class WorkflowVersion(msgspec.Struct, frozen=True):
     version: int
     definition: dict[str, Any]
     created_at: datetime
+    # STANDARD or EXPRESS, as Step Functions' state machine types.
+    type: str = "STANDARD"
 
 
 class ExecutionRecord(msgspec.Struct, frozen=True):
@@ -417,6 +420,7 @@ def _version(row: asyncpg.Record) -> WorkflowVersion:
         version=row["version"],
         definition=_decode_dict.decode(row["definition"]),
         created_at=row["created_at"],
+        type=row["type"],
     )
 
 
@@ -490,16 +494,22 @@ class EventStore:
     # -- workflows ------------------------------------------------------------------------
 
     async def put_workflow(
-        self, namespace: str, name: str, definition: dict[str, Any]
+        self,
+        namespace: str,
+        name: str,
+        definition: dict[str, Any],
+        type: str = STANDARD,
     ) -> tuple[WorkflowVersion, bool]:
         """Store ``definition`` as the next version of the workflow unless it is the
         latest one, keys in the same order (`definition_json`: a Pass state's Result or
         a Parameters template in another order gives output in another order). Returns
         (version, created). A version stored before migration 0005 carries a hash of
         its sorted keys, so registering it again makes one new version, in the order
-        given (the stored one had lost its order)."""
+        given (the stored one had lost its order). ``type`` is STANDARD or EXPRESS: the
+        same definition under the other type is a new version."""
         text = definition_json(definition)
-        digest = _sha256(text)
+        # A STANDARD version's hash is the definition's alone (as before types existed).
+        digest = _sha256(text if type == STANDARD else type.encode() + b":" + text)
         async with self._transaction() as conn:
             await conn.execute(INSERT_WORKFLOW, namespace, name)
             await conn.execute(LOCK_WORKFLOW, namespace, name)
@@ -514,6 +524,7 @@ class EventStore:
                     1 if latest is None else latest["version"] + 1,
                     _text(text),
                     digest,
+                    type,
                 )
             except _JSON_ERRORS as exc:
                 raise _bad_json(exc) from None

@@ -21,8 +21,10 @@ changed meaning is a new event type.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
+from uuid import UUID
 
 import msgspec
 
@@ -390,3 +392,22 @@ def event_details(event: Event) -> dict[str, Any]:
     details: dict[str, Any] = msgspec.to_builtins(event)
     details.pop("type", None)
     return details
+
+
+class CommittedEvent(Protocol):
+    """An event as committed to the log: what the relay, the bus and the read side read
+    of one (engine.adapters.store.StoredEvent is one). ``data`` is the event's JSON as
+    stored; ``position`` its place in the global order."""
+
+    @property
+    def execution_id(self) -> UUID: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def position(self) -> int: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def timestamp(self) -> dt.datetime: ...
+    @property
+    def data(self) -> bytes: ...

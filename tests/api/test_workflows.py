@@ -64,3 +64,23 @@ async def test_unknown_workflow_or_version_is_404(client: Client) -> None:
         assert resp.status == 404
         assert resp.content_type == "application/problem+json"
         assert (await resp.json())["code"] == "workflow_not_found"
+
+
+async def test_a_workflow_is_standard_or_express(client: Client) -> None:
+    """``type``, as Step Functions' state machine type (its executions' context object
+    is checked by the express cases of tests/conformance/test_stack.py): the same
+    definition under the other type is a new version; another type is refused."""
+    definition = {
+        "StartAt": "Ctx",
+        "States": {"Ctx": {"Type": "Pass", "Parameters": {"id.$": "$$.Execution.Id"}, "End": True}},
+    }
+    resp = await client.put(
+        "/v1/workflows/fast", json={"definition": definition, "type": "EXPRESS"}
+    )
+    assert resp.status == 201, await resp.text()
+    body = await resp.json()
+    assert (body["type"], body["version"]) == ("EXPRESS", 1)
+    resp = await client.put("/v1/workflows/fast", json={"definition": definition})
+    assert ((await resp.json())["type"], (await resp.json())["version"]) == ("STANDARD", 2)
+    resp = await client.put("/v1/workflows/fast", json={"definition": definition, "type": "BATCH"})
+    assert resp.status == 422

@@ -58,7 +58,9 @@ POLL_S = 0.1
 async def _run_case(app: Running, index: int, case: dict[str, Any], deadline: float) -> list[str]:
     workflow = f"case{index}"
     status, body = await app.call(
-        "PUT", f"/v1/workflows/{workflow}", {"definition": case["definition"]}
+        "PUT",
+        f"/v1/workflows/{workflow}",
+        {"definition": case["definition"], "type": case.get("state_machine_type", "STANDARD")},
     )
     if status not in (200, 201):
         return [f"registration refused: {status} {body.get('code')}: {body.get('detail')}"]

@@ -219,7 +219,8 @@ async def test_0005_turns_jsonb_rows_into_json_and_events_stay_immutable(
             now,
         )
 
-        assert await migrate(conn) == ["0005_json_as_sent"]
+        # 0005 runs over the jsonb rows (later migrations follow it).
+        assert (await migrate(conn))[0] == "0005_json_as_sent"
 
         types = {
             (r["table_name"], r["column_name"]): r["data_type"]
