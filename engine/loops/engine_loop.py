@@ -32,6 +32,7 @@ import datetime as dt
 import logging
 import os
 import socket
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import assert_never
@@ -50,6 +51,7 @@ from engine.errors import (
     Unavailable,
 )
 from engine.logcontext import execution_id_var
+from engine.loops import metrics
 from engine.loops.metrics import EXECUTIONS_FAILED_BY_ENGINE, TRIGGERS_DEAD_LETTERED
 from engine.messages import ENGINE_GROUP
 from engine.service import EngineService
@@ -319,14 +321,18 @@ class Engine:
 
     async def apply(self, execution_id: UUID, trigger: Trigger) -> ExecutionState:
         """Load, decide, append; on a conflict reload and decide again."""
+        began = time.perf_counter()
         for _ in range(50):
             cached = self.cache.get(execution_id)
             state = await self.service.load_state(execution_id, cached=cached)
             try:
-                decision, _stored = await self.service.apply(state, trigger)
+                with metrics.APPEND_SECONDS.time():
+                    decision, _stored = await self.service.apply(state, trigger)
             except ConcurrencyError:
+                metrics.APPEND_CONFLICTS.inc()
                 self.cache.drop(execution_id)
                 continue
+            metrics.count_decision(decision.events, time.perf_counter() - began)
             if decision.ignored:
                 log.debug("execution %s: trigger ignored: %s", execution_id, decision.ignored)
             self.cache.put(execution_id, decision.state)

@@ -46,6 +46,7 @@ from engine.adapters.bus import Bus, Malformed, TaskDelivery
 from engine.core.timestamps import parse_iso
 from engine.errors import BusError, MissingGroup, Unavailable
 from engine.logcontext import execution_id_var
+from engine.loops import metrics
 from engine.messages import DEFAULT_QUEUE, WORKER_GROUP, Heartbeat, TaskMessage, TaskResult
 from engine.stopping import log_failure, sleep_or_stop
 
@@ -406,6 +407,7 @@ class Worker:
 
         async def heartbeat() -> None:
             await self.bus.add_trigger(task.execution_id, Heartbeat(task_id=task.task_id))
+            metrics.TASK_HEARTBEATS.inc()
 
         ctx = TaskContext(
             execution_id=str(task.execution_id),
@@ -424,13 +426,22 @@ class Worker:
 
     async def _call(self, task: TaskMessage, ctx: TaskContext) -> TaskResult:
         handler = self.registry.get(task.resource)
-        if handler is None:
-            return TaskResult(
-                task_id=task.task_id,
-                ok=False,
-                error="States.TaskFailed",
-                cause=f"no handler is registered for resource {task.resource!r}",
-            )
+        registered = handler is not None
+        with metrics.TaskObservation(task.resource, task.attempt, registered=registered) as seen:
+            if handler is None:
+                seen.result = TaskResult(
+                    task_id=task.task_id,
+                    ok=False,
+                    error="States.TaskFailed",
+                    cause=f"no handler is registered for resource {task.resource!r}",
+                )
+            else:
+                seen.result = await self._run_handler(handler, task, ctx)
+            return seen.result
+
+    async def _run_handler(
+        self, handler: Handler, task: TaskMessage, ctx: TaskContext
+    ) -> TaskResult:
         try:
             value = handler(task.input, ctx)
             if inspect.isawaitable(value):
