@@ -162,6 +162,8 @@ _ERROR_KINDS: dict[type[SteplogError], str] = {
     MissingGroup: "missing_group",
     BusError: "refused",
 }
+for _kind in _ERROR_KINDS.values():
+    REDIS_ERRORS.labels(_kind)  # every kind shown from the start, at 0
 
 
 @contextlib.contextmanager

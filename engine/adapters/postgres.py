@@ -57,6 +57,8 @@ POSTGRES_ERRORS = Counter(
     "invalid_data (a value refused), other (any other error of a statement).",
     ("kind",),
 )
+for _kind in ("unavailable", "invalid_data", "other"):
+    POSTGRES_ERRORS.labels(_kind)  # every kind shown from the start, at 0
 POSTGRES_CONNECTIONS = Counter(
     "steplog_postgres_connections_opened",
     "Connections to PostgreSQL opened by the pool (the first ones, then every reconnect).",

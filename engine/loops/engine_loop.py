@@ -110,6 +110,7 @@ class Engine:
         self.max_deliveries = max_deliveries
         self.clock = clock
         self.handled = 0
+        self.deciding: dict[UUID, float] = {}  # execution -> since (monotonic): the monitor
         # Entries whose apply failed (e.g. PostgreSQL was unreachable), oldest first.
         self._retry: list[TriggerDelivery] = []
         # Failed attempts of entries by (stream, id), not counting PostgreSQL or Redis
@@ -235,6 +236,13 @@ class Engine:
     ) -> None:
         # Runs as its own task (gather), so this tags only this execution's log lines.
         execution_id_var.set(str(execution_id))
+        self.deciding[execution_id] = time.monotonic()
+        try:
+            await self._handle_triggers(execution_id, deliveries)
+        finally:
+            self.deciding.pop(execution_id, None)
+
+    async def _handle_triggers(self, execution_id: UUID, deliveries: list[TriggerDelivery]) -> None:
         for index, delivery in enumerate(deliveries):
             entry = delivery.entry
             key = (entry.stream, entry.id)

@@ -16,7 +16,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -49,6 +49,11 @@ EXECUTIONS_FAILED_BY_ENGINE = Counter(
     "kept failing and was dead-lettered).",
     ("reason",),
 )
+
+for _reason in ("malformed", "too_many_deliveries", "repeated_failure"):
+    TRIGGERS_DEAD_LETTERED.labels(_reason)  # every reason shown from the start, at 0
+for _reason in ("invalid_data", "invalid_definition", "dead_lettered"):
+    EXECUTIONS_FAILED_BY_ENGINE.labels(_reason)
 
 # -- executions (counted by the executions projection: once per execution) --------------
 EXECUTIONS_STARTED = Counter(
@@ -242,11 +247,13 @@ class StreamSampler:
         *,
         queues: tuple[str, ...] = (DEFAULT_QUEUE,),
         interval_s: float = 5.0,
+        on_sample: Callable[[], None] | None = None,
     ) -> None:
         self.bus = bus
         self.store = store
         self.queues = queues
         self.interval_s = interval_s
+        self.on_sample = on_sample
         self.latest: dict[tuple[str, str], GroupStats] = {}
         self.sampled_at = 0.0
 
@@ -270,6 +277,8 @@ class StreamSampler:
         TIMERS_OVERDUE.set(overdue)
         self.latest = stats
         self.sampled_at = time.monotonic()
+        if self.on_sample is not None:
+            self.on_sample()
         return stats
 
     def backlog(self, group: str) -> int:

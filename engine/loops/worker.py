@@ -36,6 +36,7 @@ import inspect
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -182,6 +183,9 @@ EndedCheck = Callable[[Sequence[UUID]], Awaitable[set[UUID]]]
 class _Running:
     execution_id: UUID
     task: asyncio.Task[None]
+    resource: str = ""
+    attempt: int = 0
+    started_at: float = 0.0  # monotonic (the monitor's `tasks` command)
 
 
 class Worker:
@@ -221,6 +225,7 @@ class Worker:
         self._running: dict[str, _Running] = {}  # by entry id
         self._reports: set[asyncio.Task[None]] = set()  # results being reported
         self._abandon = asyncio.Event()  # set at shutdown: reports stop retrying
+        self.started = 0  # handlers started (observability, readiness)
         self.completed = 0
         self.dead_lettered = 0
         self.skipped = 0  # tasks of ended executions, not run
@@ -353,7 +358,11 @@ class Worker:
                 self.skipped += 1
                 continue
             task = asyncio.create_task(self._run_task(delivery))
-            self._running[entry.id] = _Running(execution_id, task)
+            self.started += 1
+            message = delivery.message
+            self._running[entry.id] = _Running(
+                execution_id, task, message.resource, message.attempt, time.monotonic()
+            )
             task.add_done_callback(self._forget(entry.id))
 
     def _forget(self, entry_id: str) -> Callable[[asyncio.Task[None]], None]:
