@@ -91,7 +91,6 @@ def _command(
 
     def register(body: Callable[[dict[str, Any]], Coroutine[Any, Any, str]]) -> Any:
         @monitor_cli.command(name=name, help=help)  # type: ignore[untyped-decorator]
-        @click.pass_context
         def command(ctx: click.Context) -> None:
             monitor: SteplogMonitor = ctx.obj
 
