@@ -134,6 +134,7 @@ class RoleHealth:
     ) -> RoleStatus:
         status = self.roles[name] = RoleStatus(name, progress=progress, backlog=backlog)
         ROLE_UP.labels(name).set(0)
+        ROLE_RESTARTS.labels(name)  # shown from the start, at 0
         return status
 
     def running(self, name: str) -> None:

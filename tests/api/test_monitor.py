@@ -17,7 +17,9 @@ PROMPT = b"monitor >>> "
 # What a telnet client answers to prompt_toolkit's negotiation: a terminal type (the
 # session starts on it) and a window 250 columns wide (tables are not wrapped).
 IAC, SB, SE, TTYPE, NAWS = b"\xff", b"\xfa", b"\xf0", b"\x18", b"\x1f"
-HELLO = IAC + SB + TTYPE + b"\x00VT100" + IAC + SE + IAC + SB + NAWS + b"\x00\xfa\x00\x32" + IAC + SE
+HELLO = (
+    IAC + SB + TTYPE + b"\x00VT100" + IAC + SE + IAC + SB + NAWS + b"\x00\xfa\x00\x32" + IAC + SE
+)
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\xff[\xfb-\xfe].|\xff[\xf0-\xfa]|[\x00-\x08\x0e-\x1f]")
 
 
