@@ -285,14 +285,10 @@ async def run_roles(
         for p in projectors(r.pool, r.store, r.bus):
             supervise(f"projector:{p.projection.name}", p.run)
     runners: list[web.AppRunner] = []
-    monitor = (
-        start_monitor(settings, r, health, sampler, engine=engine, worker=worker)
-        if settings.monitor_port
-        else None
-    )
     if "api" in roles:
         from api.app import create_app
         from api.config import ApiConfig
+        from api.health import ROLE_HEALTH
         from api.server import HardenedAppRunner
 
         config = ApiConfig(
@@ -302,8 +298,6 @@ async def run_roles(
             body_timeout_s=settings.http_body_timeout_s,
             cors_allow_origins=settings.cors_allow_origins,
         )
-        from api.health import ROLE_HEALTH
-
         app = create_app(r.service, r.queries, config)
         app[ROLE_HEALTH] = health
         runner = HardenedAppRunner(app, server_limits(settings))
@@ -314,6 +308,11 @@ async def run_roles(
         log.info("API listening on http://%s:%s", settings.host, settings.port)
     elif settings.metrics_port:
         runners.append(await _metrics_listener(settings.host, settings.metrics_port))
+    monitor = (
+        start_monitor(settings, r, health, sampler, engine=engine, worker=worker)
+        if settings.monitor_port
+        else None
+    )
     if ready is not None:
         ready.set()
     try:
