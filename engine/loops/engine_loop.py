@@ -34,7 +34,7 @@ import os
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import assert_never
 from uuid import UUID
 
@@ -222,7 +222,10 @@ class Engine:
         # handle one execution at once); the first failure (e.g. Redis away for an
         # acknowledgement) is raised for the loop's back-off, the others logged.
         results = await asyncio.gather(
-            *(self._handle_execution(eid, items) for eid, items in by_execution.items()),
+            *(
+                self._deciding(eid, self._handle_execution(eid, items))
+                for eid, items in by_execution.items()
+            ),
             return_exceptions=True,
         )
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -236,13 +239,6 @@ class Engine:
     ) -> None:
         # Runs as its own task (gather), so this tags only this execution's log lines.
         execution_id_var.set(str(execution_id))
-        self.deciding[execution_id] = time.monotonic()
-        try:
-            await self._handle_triggers(execution_id, deliveries)
-        finally:
-            self.deciding.pop(execution_id, None)
-
-    async def _handle_triggers(self, execution_id: UUID, deliveries: list[TriggerDelivery]) -> None:
         for index, delivery in enumerate(deliveries):
             entry = delivery.entry
             key = (entry.stream, entry.id)
@@ -282,6 +278,14 @@ class Engine:
             await self.bus.ack(entry.stream, ENGINE_GROUP, [entry.id])
             self._failures.pop(key, None)
             self.handled += 1
+
+    async def _deciding(self, execution_id: UUID, handling: Awaitable[None]) -> None:
+        """Await ``handling`` with ``execution_id`` in ``deciding`` (the monitor's view)."""
+        self.deciding[execution_id] = time.monotonic()
+        try:
+            await handling
+        finally:
+            self.deciding.pop(execution_id, None)
 
     async def _give_up(self, delivery: TriggerDelivery, exc: Exception) -> bool:
         """Fail the execution of a trigger that failed ``max_deliveries`` times, then
