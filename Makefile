@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# aiomonitor on 127.0.0.1:20101 (web UI :20102) unless STEPLOG_MONITOR_PORT says otherwise (0: off).
 run: $(STAMP)
-	$(BIN)/steplog dev
+	STEPLOG_MONITOR_PORT=$${STEPLOG_MONITOR_PORT-20101} $(BIN)/steplog dev
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -2,8 +2,10 @@
 
 GET /health/live  -> 200 {"status": "ok"} while the process serves HTTP
 GET /health/ready -> 200 {"status": "ok", "checks": {...}} when PostgreSQL
-                     and Redis (Queries.ping_postgres / ping_redis) answer within 2 s, else 503
-                     problem+json (code service_unavailable, Retry-After) with the checks
+                     and Redis (Queries.ping_postgres / ping_redis) answer within 2 s and,
+                     when the app was given the process's roles (ROLE_HEALTH), every role
+                     loop is healthy (check "roles"); else 503 problem+json (code
+                     service_unavailable, Retry-After) with the checks
 GET /metrics      -> Prometheus text format (with projection lag gauges)
 """
 
@@ -13,6 +15,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable
+from typing import Protocol
 
 from aiohttp import web
 
@@ -25,6 +28,18 @@ CHECK_TIMEOUT_S = 2.0
 log = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
+
+
+class RoleChecks(Protocol):
+    """The role loops of the serving process (steplog.app.RoleHealth)."""
+
+    def problems(self) -> dict[str, str]:
+        """What is wrong, by role: dead, restarting (in a loop), or stalled with work
+        waiting; empty when every role is healthy."""
+        ...
+
+
+ROLE_HEALTH = web.AppKey("role_health", RoleChecks)
 
 
 async def _check(probe: Awaitable[object]) -> str:
@@ -48,7 +63,11 @@ async def ready(request: web.Request) -> web.Response:
         _check(queries.ping_postgres()), _check(queries.ping_redis())
     )
     checks = {"postgres": postgres, "redis": redis}
-    if postgres == "ok" and redis == "ok":
+    role_health = request.app.get(ROLE_HEALTH)
+    if role_health is not None:
+        problems = role_health.problems()
+        checks["roles"] = "; ".join(f"{k}: {v}" for k, v in problems.items())[:1000] or "ok"
+    if all(result == "ok" for result in checks.values()):
         return json_response(Health(status="ok", checks=checks))
     down = ", ".join(name for name, result in checks.items() if result != "ok")
     return problem(

@@ -263,7 +263,8 @@ OPERATIONS: tuple[Op, ...] = (
         method="get",
         path="/health/ready",
         id="ready",
-        summary="200 when PostgreSQL and Redis answer, else 503 with the checks",
+        summary="200 when PostgreSQL and Redis answer and this process's role loops are healthy, "
+        "else 503 with the checks",
         tag="operations",
         ok={200: Health},
         problems=(503,),

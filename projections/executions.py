@@ -29,6 +29,7 @@ import msgspec
 
 from engine.core import events as ev
 from engine.core.events import CommittedEvent
+from engine.loops import metrics
 from projections.base import Projection
 
 log = logging.getLogger(__name__)
@@ -254,6 +255,7 @@ async def apply_events(
         f"{select_sql(table)} WHERE execution_id = ANY($1::uuid[]) FOR UPDATE", ids
     )
     rows: dict[UUID, ExecutionRow] = {r[0]: row_from_record(r) for r in records}
+    before: dict[UUID, str] = {i: row.status for i, row in rows.items()}
     dirty: set[UUID] = set()
     for event in events:
         outcome = _step(rows, event)
@@ -278,7 +280,22 @@ async def apply_events(
     if dirty:
         columns = list(zip(*(_row_args(rows[i]) for i in dirty), strict=True))
         await conn.execute(_upsert_sql(table), *columns)
+        if table == TABLE:  # the live table, not a rebuild's
+            _count_transitions({i: before.get(i) for i in dirty}, rows)
     return result
+
+
+def _count_transitions(
+    before: Mapping[UUID, str | None], rows: Mapping[UUID, ExecutionRow]
+) -> None:
+    """Count executions started and ended by this batch (once each: a duplicate event
+    changes no row)."""
+    for execution_id, was in before.items():
+        row = rows[execution_id]
+        if was is None:
+            metrics.EXECUTIONS_STARTED.labels(row.workflow).inc()
+        if row.status != "RUNNING" and was in (None, "RUNNING"):
+            metrics.EXECUTIONS_ENDED.labels(row.workflow, row.status).inc()
 
 
 def _step(rows: dict[UUID, ExecutionRow], event: CommittedEvent) -> Outcome:

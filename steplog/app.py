@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -25,15 +27,18 @@ from engine.adapters.postgres import open_pool, translate_errors
 from engine.adapters.store import EventStore
 from engine.errors import Unavailable
 from engine.loops.engine_loop import Engine
+from engine.loops.metrics import ROLE_RESTARTS, ROLE_UP, StreamSampler
 from engine.loops.recovery import Recovery
 from engine.loops.relay import Relay
 from engine.loops.timers import TimerService
 from engine.loops.worker import HandlerRegistry, Worker, default_registry
+from engine.messages import ENGINE_GROUP, WORKER_GROUP
 from engine.service import EngineService
 from engine.stopping import sleep_or_stop
 from projections.queries import Queries
 from steplog.datadir import local_servers
 from steplog.migrate import migrate
+from steplog.monitor import start_monitor
 from steplog.settings import Settings
 
 if TYPE_CHECKING:
@@ -91,23 +96,128 @@ async def open_resources(
         await pool.close()
 
 
+@dataclass
+class RoleStatus:
+    """One role loop as its supervisor and the sampler last saw it."""
+
+    name: str
+    state: str = "starting"  # running, restarting (after an error), stopped
+    restarts: int = 0
+    last_error: str | None = None
+    failures: deque[float] = field(default_factory=deque)  # monotonic times, recent
+    progress: Callable[[], int] | None = None  # work done (a counter)
+    backlog: Callable[[], int] | None = None  # work waiting for it (sampled)
+    seen_progress: int = -1
+    progress_at: float = field(default_factory=time.monotonic)
+
+
+class RoleHealth:
+    """The role loops of this process, for readiness (/health/ready), the metrics and
+    the monitor's ``roles`` command. A role is unhealthy while it restarts after an
+    error, when it failed ``FLAP_COUNT`` times within ``FLAP_WINDOW_S`` (restarting in a
+    loop), once stopped while the process runs, or when work waits for it
+    (``backlog``) and its ``progress`` has not moved for ``stall_after_s``."""
+
+    FLAP_COUNT = 3
+    FLAP_WINDOW_S = 300.0
+
+    def __init__(self, stall_after_s: float) -> None:
+        self.stall_after_s = stall_after_s
+        self.roles: dict[str, RoleStatus] = {}
+
+    def add(
+        self,
+        name: str,
+        *,
+        progress: Callable[[], int] | None = None,
+        backlog: Callable[[], int] | None = None,
+    ) -> RoleStatus:
+        status = self.roles[name] = RoleStatus(name, progress=progress, backlog=backlog)
+        ROLE_UP.labels(name).set(0)
+        ROLE_RESTARTS.labels(name)  # shown from the start, at 0
+        return status
+
+    def running(self, name: str) -> None:
+        self.roles[name].state = "running"
+        ROLE_UP.labels(name).set(1)
+
+    def failed(self, name: str, exc: BaseException) -> None:
+        role = self.roles[name]
+        role.state, role.restarts = "restarting", role.restarts + 1
+        role.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        role.failures.append(time.monotonic())
+        ROLE_UP.labels(name).set(0)
+        ROLE_RESTARTS.labels(name).inc()
+
+    def stopped(self, name: str) -> None:
+        self.roles[name].state = "stopped"
+        ROLE_UP.labels(name).set(0)
+
+    def observe(self) -> None:
+        """Note each role's progress (called by every sample and every check)."""
+        now = time.monotonic()
+        for role in self.roles.values():
+            while role.failures and now - role.failures[0] > self.FLAP_WINDOW_S:
+                role.failures.popleft()
+            if role.progress is None:
+                continue
+            done = role.progress()
+            waiting = role.backlog() if role.backlog is not None else 0
+            if done != role.seen_progress or waiting == 0:
+                role.seen_progress, role.progress_at = done, now
+
+    def problems(self) -> dict[str, str]:
+        """What is wrong, by role (empty when every role is healthy)."""
+        self.observe()
+        now = time.monotonic()
+        found: dict[str, str] = {}
+        for name, role in self.roles.items():
+            if len(role.failures) >= self.FLAP_COUNT:
+                found[name] = (
+                    f"restarting in a loop: {len(role.failures)} failures in "
+                    f"{self.FLAP_WINDOW_S:.0f}s; last: {role.last_error}"
+                )
+            elif role.state in ("restarting", "stopped"):
+                found[name] = f"{role.state}" + (
+                    f" after: {role.last_error}" if role.state == "restarting" else ""
+                )
+            elif role.backlog is not None and now - role.progress_at > self.stall_after_s:
+                found[name] = (
+                    f"no progress for {now - role.progress_at:.0f}s with "
+                    f"{role.backlog()} entries waiting"
+                )
+        return found
+
+
 async def _supervised(
-    name: str, run: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
+    name: str,
+    run: Callable[[asyncio.Event], Awaitable[None]],
+    stop: asyncio.Event,
+    health: RoleHealth | None = None,
 ) -> None:
     """Run one role's loop until ``stop`` is set. A loop that dies of an error it did
     not handle is logged and started again after a back-off: one role's bug, or an
-    error of PostgreSQL or Redis nobody foresaw, never takes the process down."""
+    error of PostgreSQL or Redis nobody foresaw, never takes the process down.
+    ``health`` follows it (RoleHealth)."""
+    health = health or RoleHealth(0)
+    if name not in health.roles:
+        health.add(name)
     delay = 1.0
     while not stop.is_set():
         try:
+            health.running(name)
             await run(stop)
             return
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
+            health.failed(name, exc)
             log.exception("role %s failed; restarting it in %.0fs", name, delay)
             await sleep_or_stop(stop, delay)
             delay = min(delay * 2, 30.0)
+        finally:
+            if stop.is_set() or health.roles[name].state == "running":
+                health.stopped(name)
 
 
 async def run_roles(
@@ -116,13 +226,27 @@ async def run_roles(
     *,
     registry: HandlerRegistry | None = None,
     ready: asyncio.Event | None = None,
+    health: RoleHealth | None = None,
 ) -> None:
-    """Run the roles of ``r.settings`` until ``stop`` is set."""
+    """Run the roles of ``r.settings`` until ``stop`` is set; ``health`` (made here when
+    not given) follows their loops."""
     from projections.runner import projectors
 
     settings = r.settings
     roles = set(settings.roles)
+    # Past the visibility timeout a stuck consumer's entries are claimed by others:
+    # twice that (at least a minute) without progress while work waits is a stall.
+    health = health or RoleHealth(max(60.0, 2 * settings.task_visibility_timeout_s))
+    sampler = StreamSampler(r.bus, r.store, on_sample=health.observe)
     coros = []
+    engine: Engine | None = None
+    worker: Worker | None = None
+
+    def supervise(name: str, run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+        coros.append(_supervised(name, run, stop, health))
+
+    if roles & {"engine", "worker"}:
+        supervise("sampler", sampler.run)
     if "engine" in roles:
         engine = Engine(
             r.service,
@@ -130,10 +254,13 @@ async def run_roles(
             visibility_timeout_s=settings.task_visibility_timeout_s,
             max_deliveries=settings.max_deliveries,
         )
-        coros.append(_supervised("engine", engine.run, stop))
-        coros.append(_supervised("timers", TimerService(r.store, r.bus).run, stop))
-        coros.append(_supervised("relay", Relay(r.store, r.bus, r.pool).run, stop))
-        coros.append(_supervised("recovery", Recovery(r.service, r.bus, r.pool).run, stop))
+        health.add(
+            "engine", progress=lambda: engine.handled, backlog=lambda: sampler.backlog(ENGINE_GROUP)
+        )
+        supervise("engine", engine.run)
+        supervise("timers", TimerService(r.store, r.bus).run)
+        supervise("relay", Relay(r.store, r.bus, r.pool).run)
+        supervise("recovery", Recovery(r.service, r.bus, r.pool).run)
     if "worker" in roles:
         if registry is None:
             registry = default_registry()
@@ -147,15 +274,21 @@ async def run_roles(
             max_deliveries=settings.max_deliveries,
             ended=r.store.ended_executions,
         )
-        coros.append(_supervised("worker", worker.run, stop))
-    if "projector" in roles:
-        coros.extend(
-            _supervised("projector", p.run, stop) for p in projectors(r.pool, r.store, r.bus)
+        health.add(
+            "worker",
+            # Started or finished tasks: a worker busy with long tasks is not stalled.
+            progress=lambda: worker.started + worker.completed,
+            backlog=lambda: sampler.undelivered(WORKER_GROUP),
         )
-    runner: web.AppRunner | None = None
+        supervise("worker", worker.run)
+    if "projector" in roles:
+        for p in projectors(r.pool, r.store, r.bus):
+            supervise(f"projector:{p.projection.name}", p.run)
+    runners: list[web.AppRunner] = []
     if "api" in roles:
         from api.app import create_app
         from api.config import ApiConfig
+        from api.health import ROLE_HEALTH
         from api.server import HardenedAppRunner
 
         config = ApiConfig(
@@ -166,11 +299,20 @@ async def run_roles(
             cors_allow_origins=settings.cors_allow_origins,
         )
         app = create_app(r.service, r.queries, config)
+        app[ROLE_HEALTH] = health
         runner = HardenedAppRunner(app, server_limits(settings))
+        runners.append(runner)
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         log.info("API listening on http://%s:%s", settings.host, settings.port)
+    elif settings.metrics_port:
+        runners.append(await _metrics_listener(settings.host, settings.metrics_port))
+    monitor = (
+        start_monitor(settings, r, health, sampler, engine=engine, worker=worker)
+        if settings.monitor_port
+        else None
+    )
     if ready is not None:
         ready.set()
     try:
@@ -189,8 +331,30 @@ async def run_roles(
         if errors:
             raise errors[0]
     finally:
-        if runner is not None:
-            await runner.cleanup()
+        for each in runners:
+            await each.cleanup()
+        if monitor is not None:
+            await asyncio.to_thread(monitor.close)
+
+
+async def _metrics_listener(host: str, port: int) -> web.AppRunner:
+    """GET /metrics (the process-wide registry) on host:port, for a process without the
+    API role."""
+    import prometheus_client
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(
+            body=prometheus_client.generate_latest(),
+            headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("metrics on http://%s:%s/metrics", host, port)
+    return runner
 
 
 def server_limits(settings: Settings) -> ServerLimits:

@@ -77,12 +77,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Origins allowed to call the API from a browser (comma separated, "*" for any);
     # empty, the default, turns CORS off.
     cors_allow_origins: tuple[str, ...] = ()
+    # aiomonitor on 127.0.0.1 (loopback only): its terminal on monitor_port, its web UI
+    # on monitor_port + 1; 0, the default, turns it off (`make run` turns it on).
+    monitor_port: int = 0
+    # A metrics-only HTTP listener (GET /metrics) on host:metrics_port for a process
+    # without the api role; 0, the default, turns it off.
+    metrics_port: int = 0
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
             raise ValueError("partitions must be >= 1")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be in 0..65535")
+        if not 0 <= self.monitor_port <= 65534 or not 0 <= self.metrics_port <= 65535:
+            raise ValueError("monitor_port must be in 0..65534 and metrics_port in 0..65535")
         unknown = [r for r in self.roles if r not in ALL_ROLES]
         if unknown or not self.roles:
             raise ValueError(f"roles must be a non-empty subset of {ALL_ROLES}, got {self.roles}")
@@ -165,6 +173,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             values["cors_allow_origins"] = tuple(o.strip() for o in raw.split(",") if o.strip())
         for field, kind in (
             ("port", int),
+            ("monitor_port", int),
+            ("metrics_port", int),
             ("partitions", int),
             ("max_payload_bytes", int),
             ("max_definition_bytes", int),

@@ -38,6 +38,7 @@ from uuid import UUID
 
 import msgspec
 import redis.exceptions
+from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
@@ -146,13 +147,64 @@ def translate(exc: Exception) -> SteplogError:
     return BusError(f"Redis refused a command: {exc}")
 
 
+REDIS_ERRORS = Counter(
+    "steplog_redis_errors",
+    "Redis calls that failed, by kind: unavailable (no answer, or cannot serve now), "
+    "missing_group (NOGROUP: Redis was flushed), refused (any other error reply).",
+    ("kind",),
+)
+REDIS_CONNECTIONS = Counter(
+    "steplog_redis_connections_opened",
+    "Connections to Redis opened (the first ones, then every reconnect).",
+)
+_ERROR_KINDS: dict[type[SteplogError], str] = {
+    Unavailable: "unavailable",
+    MissingGroup: "missing_group",
+    BusError: "refused",
+}
+for _kind in _ERROR_KINDS.values():
+    REDIS_ERRORS.labels(_kind)  # every kind shown from the start, at 0
+
+
 @contextlib.contextmanager
 def _redis_errors() -> Iterator[None]:
     """Around every call of the client: raise steplog's error, the driver's chained."""
     try:
         yield
     except (redis.exceptions.RedisError, OSError) as exc:
-        raise translate(exc) from exc
+        error = translate(exc)
+        REDIS_ERRORS.labels(_ERROR_KINDS.get(type(error), "refused")).inc()
+        raise error from exc
+
+
+async def _counting_on_connect(self: Any) -> None:
+    REDIS_CONNECTIONS.inc()
+    await super(type(self), self).on_connect()
+
+
+def count_connections(client: Redis) -> None:
+    """Count every connection ``client``'s pool opens (steplog_redis_connections_opened);
+    idempotent."""
+    pool = client.connection_pool
+    base = pool.connection_class
+    if getattr(base, "_steplog_counted", False):
+        return
+    pool.connection_class = type(
+        f"Counting{base.__name__}",
+        (base,),
+        {"on_connect": _counting_on_connect, "_steplog_counted": True},
+    )
+
+
+class GroupStats(msgspec.Struct, frozen=True):
+    """A consumer group's backlog on one stream: entries delivered and not acknowledged
+    (``pending``), not yet delivered (``lag``), the age of the oldest pending entry by
+    Redis's clock, and the entries of the stream's dead-letter stream."""
+
+    pending: int = 0
+    lag: int = 0
+    oldest_pending_age_s: float = 0.0
+    dead_letters: int = 0
 
 
 def _str(value: Any) -> str:
@@ -264,6 +316,7 @@ class Bus:
         self.prefix = prefix
         self.partitions = partitions
         self.keys = Keys(prefix)
+        count_connections(redis)
         self._events_maxlen = events_maxlen
         self._work_maxlen = work_maxlen
 
@@ -523,6 +576,43 @@ class Bus:
         if ids:
             with _redis_errors():
                 await self.redis.xclaim(stream, group, consumer, 0, list(ids), justid=True)
+
+    async def group_stats(self, stream: str, group: str) -> GroupStats:
+        """``group``'s backlog on ``stream`` (zeros when the stream or group does not
+        exist). ``lag`` needs Redis 7 (XINFO GROUPS); older servers report 0."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xinfo_groups(stream)
+        pipe.xpending(stream, group)
+        pipe.xlen(Keys.dead_letters(stream))
+        pipe.time()
+        with _redis_errors():
+            groups, pending, dead, now = await pipe.execute(raise_on_error=False)
+        for reply in (dead, now):
+            if isinstance(reply, Exception):
+                with _redis_errors():
+                    raise reply
+        info = (
+            next(
+                (g for g in groups if _str(g.get("name")) == group),
+                None,
+            )
+            if isinstance(groups, list)
+            else None
+        )
+        if info is None or isinstance(pending, Exception):
+            return GroupStats(dead_letters=int(dead))
+        count = int(pending.get("pending") or 0)
+        age = 0.0
+        if count and pending.get("min"):
+            oldest_ms, _ = _id_key(_str(pending["min"]))
+            now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
+            age = max(0.0, (now_ms - oldest_ms) / 1000)
+        return GroupStats(
+            pending=count,
+            lag=int(info.get("lag") or 0),
+            oldest_pending_age_s=age,
+            dead_letters=int(dead),
+        )
 
     async def is_intact(self) -> bool:
         """True while the sentinel key is present (see `Keys.sentinel`)."""

@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import Iterator
 
 import asyncpg
+from prometheus_client import Counter
 
 from engine.errors import InvalidData, Unavailable
 
@@ -50,31 +51,56 @@ def _is_outage(sqlstate: str) -> bool:
 _ENCODING_ERROR: type[Exception] = asyncpg.exceptions._base.DataError
 
 
+POSTGRES_ERRORS = Counter(
+    "steplog_postgres_errors",
+    "PostgreSQL calls that failed, by kind: unavailable (no answer, or cannot serve now), "
+    "invalid_data (a value refused), other (any other error of a statement).",
+    ("kind",),
+)
+for _kind in ("unavailable", "invalid_data", "other"):
+    POSTGRES_ERRORS.labels(_kind)  # every kind shown from the start, at 0
+POSTGRES_CONNECTIONS = Counter(
+    "steplog_postgres_connections_opened",
+    "Connections to PostgreSQL opened by the pool (the first ones, then every reconnect).",
+)
+
+
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
     """Raise `Unavailable` (from the driver's error) for a connection-level failure
     inside the block and `InvalidData` for a refused value; let every other exception
-    through unchanged."""
+    through unchanged. Each is counted in steplog_postgres_errors_total."""
     try:
         yield
     except _ENCODING_ERROR as exc:
         # The driver could not encode an argument (e.g. beyond int32): before the
         # generic InterfaceError below, of which it is a subclass.
+        POSTGRES_ERRORS.labels("invalid_data").inc()
         raise InvalidData(f"a value PostgreSQL cannot take: {exc}") from exc
     except asyncpg.PostgresError as exc:
         sqlstate = str(getattr(exc, "sqlstate", "") or "")
         if sqlstate.startswith("22"):
+            POSTGRES_ERRORS.labels("invalid_data").inc()
             raise InvalidData(f"PostgreSQL refused a value: {exc}") from exc
         if isinstance(exc, CONNECTION_ERRORS) or _is_outage(sqlstate):
+            POSTGRES_ERRORS.labels("unavailable").inc()
             raise Unavailable(f"PostgreSQL is unavailable: {exc!r}") from exc
+        POSTGRES_ERRORS.labels("other").inc()
         raise
     except CONNECTION_ERRORS as exc:
+        POSTGRES_ERRORS.labels("unavailable").inc()
         raise Unavailable(f"PostgreSQL is unavailable: {exc!r}") from exc
+
+
+async def _opened(conn: asyncpg.Connection) -> None:
+    POSTGRES_CONNECTIONS.inc()
 
 
 async def open_pool(url: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
     """A connection pool to ``url``; `Unavailable` when the server does not answer
     (the caller decides whether to wait for it). The caller closes the pool."""
     with translate_errors():
-        pool: asyncpg.Pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size)
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            url, min_size=min_size, max_size=max_size, init=_opened
+        )
     return pool

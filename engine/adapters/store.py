@@ -171,6 +171,9 @@ DUE_TIMERS = """
 SELECT timer_id, execution_id, due_at FROM timers WHERE due_at <= $1
 ORDER BY due_at, timer_id LIMIT $2"""
 DELETE_TIMER = "DELETE FROM timers WHERE timer_id = $1"
+# Timers recorded, and how long ago the earliest came due (by PostgreSQL's clock).
+TIMER_STATS = """
+SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(due_at)), 0)::float8 FROM timers"""
 # Timer firing across processes (migration 0004). A timer is claimable when it is due, was
 # not yet fired for this due time, and no live lease holds it. SKIP LOCKED lets concurrent
 # timer services take disjoint batches; the lease covers the window between this commit and
@@ -754,6 +757,12 @@ class EventStore:
         """Delete a timer; False if it was already gone."""
         status = await self._execute(DELETE_TIMER, timer_id)
         return status != "DELETE 0"
+
+    async def timer_stats(self) -> tuple[int, float]:
+        """(timers recorded, seconds since the earliest came due, 0 when none is due)."""
+        row = await self._fetchrow(TIMER_STATS)
+        assert row is not None
+        return int(row[0]), max(0.0, float(row[1]))
 
     async def ping(self) -> bool:
         """True when PostgreSQL answers (raises `Unavailable` when it does not)."""

@@ -32,8 +32,9 @@ import datetime as dt
 import logging
 import os
 import socket
+import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import assert_never
 from uuid import UUID
 
@@ -50,6 +51,7 @@ from engine.errors import (
     Unavailable,
 )
 from engine.logcontext import execution_id_var
+from engine.loops import metrics
 from engine.loops.metrics import EXECUTIONS_FAILED_BY_ENGINE, TRIGGERS_DEAD_LETTERED
 from engine.messages import ENGINE_GROUP
 from engine.service import EngineService
@@ -108,6 +110,7 @@ class Engine:
         self.max_deliveries = max_deliveries
         self.clock = clock
         self.handled = 0
+        self.deciding: dict[UUID, float] = {}  # execution -> since (monotonic): the monitor
         # Entries whose apply failed (e.g. PostgreSQL was unreachable), oldest first.
         self._retry: list[TriggerDelivery] = []
         # Failed attempts of entries by (stream, id), not counting PostgreSQL or Redis
@@ -219,7 +222,10 @@ class Engine:
         # handle one execution at once); the first failure (e.g. Redis away for an
         # acknowledgement) is raised for the loop's back-off, the others logged.
         results = await asyncio.gather(
-            *(self._handle_execution(eid, items) for eid, items in by_execution.items()),
+            *(
+                self._deciding(eid, self._handle_execution(eid, items))
+                for eid, items in by_execution.items()
+            ),
             return_exceptions=True,
         )
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -273,6 +279,14 @@ class Engine:
             self._failures.pop(key, None)
             self.handled += 1
 
+    async def _deciding(self, execution_id: UUID, handling: Awaitable[None]) -> None:
+        """Await ``handling`` with ``execution_id`` in ``deciding`` (the monitor's view)."""
+        self.deciding[execution_id] = time.monotonic()
+        try:
+            await handling
+        finally:
+            self.deciding.pop(execution_id, None)
+
     async def _give_up(self, delivery: TriggerDelivery, exc: Exception) -> bool:
         """Fail the execution of a trigger that failed ``max_deliveries`` times, then
         dead-letter the trigger (in this order: a crash in between redelivers a trigger
@@ -319,14 +333,18 @@ class Engine:
 
     async def apply(self, execution_id: UUID, trigger: Trigger) -> ExecutionState:
         """Load, decide, append; on a conflict reload and decide again."""
+        began = time.perf_counter()
         for _ in range(50):
             cached = self.cache.get(execution_id)
             state = await self.service.load_state(execution_id, cached=cached)
             try:
-                decision, _stored = await self.service.apply(state, trigger)
+                with metrics.APPEND_SECONDS.time():
+                    decision, _stored = await self.service.apply(state, trigger)
             except ConcurrencyError:
+                metrics.APPEND_CONFLICTS.inc()
                 self.cache.drop(execution_id)
                 continue
+            metrics.count_decision(decision.events, time.perf_counter() - began)
             if decision.ignored:
                 log.debug("execution %s: trigger ignored: %s", execution_id, decision.ignored)
             self.cache.put(execution_id, decision.state)

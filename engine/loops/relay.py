@@ -22,6 +22,7 @@ import asyncpg
 
 from engine.adapters.bus import Bus
 from engine.adapters.store import NOTIFY_CHANNEL, EventStore, GlobalPosition, StoredEvent
+from engine.loops import metrics
 from engine.messages import follow_ups
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ class Relay:
     async def _publish(self, events: Sequence[StoredEvent]) -> None:
         triggers, tasks = follow_ups(events)
         await self._bus.publish(events, triggers, tasks)
+        metrics.observe_published(events)
 
     async def _save_checkpoint(self, conn: asyncpg.Connection, position: GlobalPosition) -> None:
         await conn.execute(SAVE_CHECKPOINT, self.name, str(position.tx_id), position.position)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from engine.adapters.bus import Bus
 from engine.adapters.store import EventStore
+from engine.loops import metrics
 from engine.messages import TimerFired
 from engine.stopping import sleep_or_stop
 
@@ -61,6 +62,7 @@ class TimerService:
             triggers=[(t.execution_id, TimerFired(timer_id=t.timer_id)) for t in due]
         )
         await self.store.mark_timers_fired(due)
+        metrics.observe_fired([t.due_at for t in due], self.clock())
         self.fired += len(due)
         return len(due)
 

@@ -36,6 +36,7 @@ import inspect
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -46,6 +47,7 @@ from engine.adapters.bus import Bus, Malformed, TaskDelivery
 from engine.core.timestamps import parse_iso
 from engine.errors import BusError, MissingGroup, Unavailable
 from engine.logcontext import execution_id_var
+from engine.loops import metrics
 from engine.messages import DEFAULT_QUEUE, WORKER_GROUP, Heartbeat, TaskMessage, TaskResult
 from engine.stopping import log_failure, sleep_or_stop
 
@@ -181,6 +183,9 @@ EndedCheck = Callable[[Sequence[UUID]], Awaitable[set[UUID]]]
 class _Running:
     execution_id: UUID
     task: asyncio.Task[None]
+    resource: str = ""
+    attempt: int = 0
+    started_at: float = 0.0  # monotonic (the monitor's `tasks` command)
 
 
 class Worker:
@@ -220,6 +225,7 @@ class Worker:
         self._running: dict[str, _Running] = {}  # by entry id
         self._reports: set[asyncio.Task[None]] = set()  # results being reported
         self._abandon = asyncio.Event()  # set at shutdown: reports stop retrying
+        self.started = 0  # handlers started (observability, readiness)
         self.completed = 0
         self.dead_lettered = 0
         self.skipped = 0  # tasks of ended executions, not run
@@ -352,7 +358,11 @@ class Worker:
                 self.skipped += 1
                 continue
             task = asyncio.create_task(self._run_task(delivery))
-            self._running[entry.id] = _Running(execution_id, task)
+            self.started += 1
+            message = delivery.message
+            self._running[entry.id] = _Running(
+                execution_id, task, message.resource, message.attempt, time.monotonic()
+            )
             task.add_done_callback(self._forget(entry.id))
 
     def _forget(self, entry_id: str) -> Callable[[asyncio.Task[None]], None]:
@@ -406,6 +416,7 @@ class Worker:
 
         async def heartbeat() -> None:
             await self.bus.add_trigger(task.execution_id, Heartbeat(task_id=task.task_id))
+            metrics.TASK_HEARTBEATS.inc()
 
         ctx = TaskContext(
             execution_id=str(task.execution_id),
@@ -424,13 +435,22 @@ class Worker:
 
     async def _call(self, task: TaskMessage, ctx: TaskContext) -> TaskResult:
         handler = self.registry.get(task.resource)
-        if handler is None:
-            return TaskResult(
-                task_id=task.task_id,
-                ok=False,
-                error="States.TaskFailed",
-                cause=f"no handler is registered for resource {task.resource!r}",
-            )
+        registered = handler is not None
+        with metrics.TaskObservation(task.resource, task.attempt, registered=registered) as seen:
+            if handler is None:
+                seen.result = TaskResult(
+                    task_id=task.task_id,
+                    ok=False,
+                    error="States.TaskFailed",
+                    cause=f"no handler is registered for resource {task.resource!r}",
+                )
+            else:
+                seen.result = await self._run_handler(handler, task, ctx)
+            return seen.result
+
+    async def _run_handler(
+        self, handler: Handler, task: TaskMessage, ctx: TaskContext
+    ) -> TaskResult:
         try:
             value = handler(task.input, ctx)
             if inspect.isawaitable(value):
