@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from engine.access import Access
 from engine.adapters.bus import Bus
 from engine.adapters.postgres import open_pool, translate_errors
 from engine.adapters.store import EventStore
@@ -51,6 +53,7 @@ class Resources:
     bus: Bus
     service: EngineService
     queries: Queries
+    access: Access
 
 
 @contextlib.asynccontextmanager
@@ -84,7 +87,8 @@ async def open_resources(
                 store, max_payload_bytes=settings.max_payload_bytes, arns=settings.arn_scope()
             )
             queries = Queries(store, pool, bus.ping)
-            yield Resources(settings, pool, redis, store, bus, service, queries)
+            access = Access.over(pool)
+            yield Resources(settings, pool, redis, store, bus, service, queries, access)
         finally:
             await redis.aclose()
     finally:
@@ -164,8 +168,10 @@ async def run_roles(
             max_definition_bytes=settings.max_definition_bytes,
             body_timeout_s=settings.http_body_timeout_s,
             cors_allow_origins=settings.cors_allow_origins,
+            auth=settings.auth,
+            metrics_token=settings.metrics_token,
         )
-        app = create_app(r.service, r.queries, config)
+        app = create_app(r.service, r.queries, config, r.access)
         runner = HardenedAppRunner(app, server_limits(settings))
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
@@ -223,6 +229,10 @@ async def serve(settings: Settings, stop: asyncio.Event, *, own: bool = False) -
                 delay = min(delay * 2, 5.0)
                 continue
             try:
+                if own and settings.auth and "api" in settings.roles:
+                    from steplog.devkey import ensure_admin_key
+
+                    await ensure_admin_key(r.access, settings.data_dir, sys.stdout)
                 await run_roles(r, stop)
             finally:
                 await resources.__aexit__(None, None, None)

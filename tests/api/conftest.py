@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from api.app import create_app
+from engine.access import Access
 from engine.adapters.store import EventStore
 from engine.service import EngineService
 from projections.queries import Queries
@@ -24,6 +25,8 @@ async def client(
     pool: asyncpg.Pool, store: EventStore, redis: Redis, settings: Settings
 ) -> AsyncIterator[TestClient[Any, Any]]:
     service = EngineService(store, max_payload_bytes=settings.max_payload_bytes)
-    app = create_app(service, Queries(store, pool, redis.ping), api_config(settings))
+    app = create_app(
+        service, Queries(store, pool, redis.ping), api_config(settings), Access.over(pool)
+    )
     async with TestClient(TestServer(app)) as c:
         yield c

@@ -18,7 +18,12 @@ PASS_DEFINITION: dict[str, Any] = {
 
 def api_config(settings: Settings) -> ApiConfig:
     """What steplog/ gives the API of ``settings``."""
-    return ApiConfig(namespace=settings.namespace, max_payload_bytes=settings.max_payload_bytes)
+    return ApiConfig(
+        namespace=settings.namespace,
+        max_payload_bytes=settings.max_payload_bytes,
+        auth=settings.auth,
+        metrics_token=settings.metrics_token,
+    )
 
 
 COUNTED_TABLES = (
