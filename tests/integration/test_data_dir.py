@@ -200,7 +200,7 @@ async def test_dev_keeps_authentication_on_with_an_admin_key_in_a_private_file(
 
 
 async def test_serve_refuses_auth_off_on_a_non_loopback_address(tmp_path: Path) -> None:
-    code, out, err = await _run(tmp_path, "serve", STEPLOG_AUTH="off", STEPLOG_HOST="0.0.0.0")
+    code, _, err = await _run(tmp_path, "serve", STEPLOG_AUTH="off", STEPLOG_HOST="0.0.0.0")
     assert code == 2
     assert err.count("\n") == 1
     assert "STEPLOG_AUTH=off is allowed only on a loopback address" in err
