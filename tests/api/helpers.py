@@ -34,6 +34,9 @@ COUNTED_TABLES = (
     "executions_view",
     "state_visits",
     "state_stats_progress",
+    "namespaces",
+    "api_keys",
+    "audit_log",
 )
 
 
