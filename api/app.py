@@ -8,7 +8,8 @@ bodies are capped at config.max_payload_bytes plus a small envelope allowance
 execution input against max_payload_bytes itself.
 
 Middlewares, outermost first: request id -> observe (metrics, access log) ->
-CORS preflight -> errors (problem+json) -> body (415, body read deadline) ->
+CORS preflight -> errors (problem+json) -> auth (api/auth.py: API key, namespace,
+role) -> body (415, body read deadline) ->
 handler; every response gets the headers of api/hygiene.py. The contract of
 every route is published at GET /v1/openapi.json and /docs (api/openapi.py).
 Serve it with api.server.HardenedAppRunner for the connection limits.
@@ -18,13 +19,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from api import access as access_routes
 from api import executions, feed, health, openapi, stats, workflows
+from api.auth import auth_middleware
 from api.config import ApiConfig
 from api.hygiene import body_middleware, cors_middleware, on_response_prepare
-from api.keys import COMMANDS, CONFIG, METRICS, QUERIES
+from api.keys import ACCESS, COMMANDS, CONFIG, METRICS, QUERIES
 from api.metrics import HttpMetrics
 from api.middleware import observe_middleware, request_id_middleware
 from api.problems import error_middleware
+from engine.access import Access
 from engine.service import EngineService
 from projections.queries import Queries
 
@@ -32,8 +36,11 @@ from projections.queries import Queries
 ENVELOPE_BYTES = 1024
 
 
-def create_app(commands: EngineService, queries: Queries, config: ApiConfig) -> web.Application:
-    """Build the API application; nothing in it closes what it was given."""
+def create_app(
+    commands: EngineService, queries: Queries, config: ApiConfig, access: Access
+) -> web.Application:
+    """Build the API application; nothing in it closes what it was given. ``access``:
+    keys, namespaces and the audit trail (the authentication step reads it)."""
     app = web.Application(
         client_max_size=max(config.max_payload_bytes, config.max_definition_bytes) + ENVELOPE_BYTES,
         middlewares=[
@@ -41,6 +48,7 @@ def create_app(commands: EngineService, queries: Queries, config: ApiConfig) -> 
             observe_middleware,
             cors_middleware,
             error_middleware,
+            auth_middleware,
             body_middleware,
         ],
     )
@@ -48,11 +56,13 @@ def create_app(commands: EngineService, queries: Queries, config: ApiConfig) -> 
     app[COMMANDS] = commands
     app[QUERIES] = queries
     app[CONFIG] = config
+    app[ACCESS] = access
     app[METRICS] = HttpMetrics()
     app.add_routes(workflows.routes)
     app.add_routes(executions.routes)
     app.add_routes(feed.routes)
     app.add_routes(stats.routes)
+    app.add_routes(access_routes.routes)
     app.cleanup_ctx.append(feed.notifier_ctx)
     app.add_routes(health.routes)
     app.add_routes(openapi.routes)

@@ -10,7 +10,10 @@ class ApiConfig(msgspec.Struct, frozen=True, kw_only=True):
     largest definition body and execution input accepted (413 beyond).
     ``body_timeout_s``: how long a client has to send a whole request body (408 beyond).
     ``cors_allow_origins``: origins allowed to call the API from a browser ("*" for
-    any); empty, the default, turns CORS off."""
+    any); empty, the default, turns CORS off. ``auth``: every route but the health
+    checks needs an API key (api/auth.py); off (a development server on loopback only),
+    every request is the anonymous admin of ``namespace``. ``metrics_token``: the bearer
+    token /metrics needs; without one, /metrics is served to loopback clients only."""
 
     namespace: str
     max_payload_bytes: int
@@ -19,3 +22,5 @@ class ApiConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_definition_bytes: int = 1_048_576
     body_timeout_s: float = 30.0
     cors_allow_origins: tuple[str, ...] = ()
+    auth: bool = True
+    metrics_token: str | None = None

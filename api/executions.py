@@ -27,7 +27,8 @@ from uuid import UUID
 
 from aiohttp import web
 
-from api.keys import COMMANDS, CONFIG, QUERIES
+from api.auth import actor_of, namespace_of
+from api.keys import ACCESS, COMMANDS, CONFIG, QUERIES
 from api.params import execution_id, workflow_name
 from api.problems import InvalidQuery
 from api.responses import json_response
@@ -68,7 +69,7 @@ async def start_execution(request: web.Request) -> web.Response:
         raise PayloadTooLarge(f"execution input is {size} bytes; the limit is {limit}")
     decode_input(bytes(req.input))  # refuses what no JSON parser takes (1e400, surrogates)
     record, created = await request.app[COMMANDS].start(
-        request.app[CONFIG].namespace,
+        namespace_of(request),
         workflow,
         req.input,  # kept as sent (engine.adapters.store.json_as_sent)
         req.name,
@@ -78,7 +79,9 @@ async def start_execution(request: web.Request) -> web.Response:
     out = (
         started_out(record)
         if created
-        else execution_out(await request.app[QUERIES].execution(record.execution_id))
+        else execution_out(
+            await request.app[QUERIES].execution(namespace_of(request), record.execution_id)
+        )
     )
     return json_response(
         out,
@@ -112,7 +115,7 @@ async def list_executions(request: web.Request) -> web.Response:
             )
         after = (ts, eid)
     page = await request.app[QUERIES].list_executions(
-        request.app[CONFIG].namespace,
+        namespace_of(request),
         limit=query.limit,
         after=after,
         ascending=query.order == "asc",
@@ -141,7 +144,9 @@ async def list_executions(request: web.Request) -> web.Response:
 @routes.get("/v1/executions/{id}")
 async def get_execution(request: web.Request) -> web.Response:
     eid = execution_id(request)
-    return json_response(execution_out(await request.app[QUERIES].execution(eid)))
+    return json_response(
+        execution_out(await request.app[QUERIES].execution(namespace_of(request), eid))
+    )
 
 
 @routes.get("/v1/executions/{id}/history")
@@ -152,7 +157,7 @@ async def get_history(request: web.Request) -> web.Response:
     query = decode_query(request.query, HistoryQuery)
     cursor: int | None = None if query.cursor is None else decode_cursor(query.cursor, SeqOrZero)
     page = await request.app[QUERIES].history(
-        eid, limit=query.limit, cursor=cursor, reverse=query.reverse
+        namespace_of(request), eid, limit=query.limit, cursor=cursor, reverse=query.reverse
     )
     return json_response(
         History(
@@ -171,7 +176,7 @@ async def export_history(request: web.Request) -> web.StreamResponse:
     eid = execution_id(request)
     query = decode_query(request.query, ExportQuery)
     queries = request.app[QUERIES]
-    await queries.require_execution(eid)
+    await queries.require_execution(namespace_of(request), eid)
     response = web.StreamResponse(
         headers={
             "Content-Type": NDJSON,
@@ -189,15 +194,24 @@ async def export_history(request: web.Request) -> web.StreamResponse:
 async def stop_execution(request: web.Request) -> web.Response:
     eid = execution_id(request)
     req = decode_body(await request.read(), StopExecution)
-    await request.app[COMMANDS].stop(eid, req.error, req.cause, dt.datetime.now(dt.UTC))
-    return json_response(execution_out(await request.app[QUERIES].replayed_execution(eid)))
+    namespace = namespace_of(request)
+    state = await request.app[COMMANDS].stop(
+        eid, req.error, req.cause, dt.datetime.now(dt.UTC), namespace
+    )
+    # Audited right after the stop is committed (the stop is an event, not a row here).
+    await request.app[ACCESS].record(
+        actor_of(request), "execution.stop", str(eid), {"status": state.status}
+    )
+    return json_response(
+        execution_out(await request.app[QUERIES].replayed_execution(namespace, eid))
+    )
 
 
 @routes.get("/v1/executions/{id}/state")
 async def get_state(request: web.Request) -> web.Response:
     eid = execution_id(request)
     query = decode_query(request.query, StateQuery)
-    state = await request.app[QUERIES].state_at(eid, query.seq)
+    state = await request.app[QUERIES].state_at(namespace_of(request), eid, query.seq)
     # The rule of state/diff's ``to``: a seq past the last event is a 400, not the end.
     if query.seq is not None and state.seq < query.seq:
         raise InvalidQuery(
@@ -216,7 +230,7 @@ async def get_state_diff(request: web.Request) -> web.Response:
     if query.from_seq > query.to_seq:
         raise InvalidQuery("from must not be after to", [("from", "after to")])
     queries = request.app[QUERIES]
-    events = await queries.events_upto(eid, query.to_seq)
+    events = await queries.events_upto(namespace_of(request), eid, query.to_seq)
     if len(events) < query.to_seq:
         raise InvalidQuery(
             f"the execution has {len(events)} events; to={query.to_seq} is past its end",

@@ -26,6 +26,7 @@ from uuid import UUID
 import msgspec
 from aiohttp import web
 
+from api.auth import namespace_of
 from api.keys import QUERIES
 from api.params import execution_id
 from api.problems import InvalidQuery
@@ -96,7 +97,7 @@ async def event_feed(request: web.Request) -> web.StreamResponse:
         raise NotAcceptable(f"this route serves {EVENT_STREAM} only")
     after = _resume_after(request)
     queries = request.app[QUERIES]
-    await queries.require_execution(eid)
+    await queries.require_execution(namespace_of(request), eid)
     last = await queries.last_event(eid)
     # A terminal event is the last one ever: a client resuming past it gets an empty feed.
     ended = last is not None and last.type in TERMINAL_EVENT_TYPES and after >= last.seq

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from api.config import ApiConfig
 from api.metrics import HttpMetrics
+from engine.access import Access
 from engine.service import EngineService
 from projections.queries import Queries
 
@@ -14,3 +15,4 @@ COMMANDS = web.AppKey("steplog_commands", EngineService)
 QUERIES = web.AppKey("steplog_queries", Queries)
 CONFIG = web.AppKey("steplog_api_config", ApiConfig)
 METRICS = web.AppKey("steplog_http_metrics", HttpMetrics)
+ACCESS = web.AppKey("steplog_access", Access)

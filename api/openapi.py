@@ -21,6 +21,18 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from api.access_schemas import (
+    AuditList,
+    AuditQuery,
+    CreatedKey,
+    CreateKey,
+    CreateNamespace,
+    KeyList,
+    KeyOut,
+    NamespaceList,
+    NamespaceOut,
+)
+from api.auth import NAMESPACE_HEADER, PUBLIC_PATHS, required_role
 from api.problems import TITLES, Problem
 from api.schemas import (
     DB_INT_MAX,
@@ -252,6 +264,63 @@ OPERATIONS: tuple[Op, ...] = (
         problems=(400, 404, *_V1),
     ),
     Op(
+        method="post",
+        path="/v1/namespaces",
+        id="createNamespace",
+        summary="Create a namespace (global admin keys): 201, or 200 when it exists",
+        tag="access",
+        body=CreateNamespace,
+        ok={200: NamespaceOut, 201: NamespaceOut},
+        problems=(*_BODY, *_V1),
+    ),
+    Op(
+        method="get",
+        path="/v1/namespaces",
+        id="listNamespaces",
+        summary="The namespaces (a namespace's admin sees its own)",
+        tag="access",
+        ok={200: NamespaceList},
+        problems=_V1,
+    ),
+    Op(
+        method="post",
+        path="/v1/keys",
+        id="createKey",
+        summary="Create an API key: the whole key is in this response only",
+        tag="access",
+        body=CreateKey,
+        ok={201: CreatedKey},
+        problems=(*_BODY, 404, *_V1),
+    ),
+    Op(
+        method="get",
+        path="/v1/keys",
+        id="listKeys",
+        summary="The keys of the caller's namespace (all for a global admin), without secrets",
+        tag="access",
+        ok={200: KeyList},
+        problems=_V1,
+    ),
+    Op(
+        method="post",
+        path="/v1/keys/{key_id}/revoke",
+        id="revokeKey",
+        summary="Revoke a key: it is refused from then on",
+        tag="access",
+        ok={200: KeyOut},
+        problems=(404, *_V1),
+    ),
+    Op(
+        method="get",
+        path="/v1/audit",
+        id="listAudit",
+        summary="The audit trail of administrative actions, newest first, in pages",
+        tag="access",
+        query=AuditQuery,
+        ok={200: AuditList},
+        problems=(400, *_V1),
+    ),
+    Op(
         method="get",
         path="/health/live",
         id="live",
@@ -295,6 +364,47 @@ OPERATIONS: tuple[Op, ...] = (
     ),
 )
 
+SECURITY_SCHEMES: dict[str, Any] = {
+    "apiKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "slk_<key id>_<secret>",
+        "description": "An API key (steplog keys create, POST /v1/keys): "
+        "Authorization: Bearer slk_<key id>_<secret>. Its role says what it may do: "
+        "reader (GET routes), operator (also register, start, stop), admin (also keys, "
+        "namespaces, the audit trail).",
+    },
+    "metricsToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "STEPLOG_METRICS_TOKEN, for /metrics only.",
+    },
+}
+_NAMESPACE_PARAM: dict[str, Any] = {
+    "name": NAMESPACE_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "for a global admin key: the namespace to work in (default: the "
+    "server's STEPLOG_NAMESPACE); a key bound to a namespace may name only its own (403)",
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 64,
+        "pattern": "^[A-Za-z0-9][A-Za-z0-9_.\\-]*$",
+    },
+}
+
+
+def _auth_statuses(op: Op) -> tuple[int, ...]:
+    """401 without a valid key, 403 for a role (or namespace) that may not call it, 404
+    for a Steplog-Namespace (of a global admin key) that does not exist."""
+    if op.path in PUBLIC_PATHS:
+        return ()
+    if op.path == "/metrics":
+        return (401, 403)
+    return (401, 403, 404)
+
+
 _PATH_PARAMS: dict[str, dict[str, Any]] = {
     "name": {
         "name": "name",
@@ -302,6 +412,13 @@ _PATH_PARAMS: dict[str, dict[str, Any]] = {
         "required": True,
         "description": "workflow name: 1-80 of A-Z a-z 0-9 _ . -",
         "schema": msgspec.json.schema(WorkflowName),
+    },
+    "key_id": {
+        "name": "key_id",
+        "in": "path",
+        "required": True,
+        "description": "an API key's id (16 hex digits; anything else is answered 404)",
+        "schema": {"type": "string"},
     },
     "id": {
         "name": "id",
@@ -365,11 +482,13 @@ def _operation(op: Op, refs: dict[type, dict[str, Any]]) -> dict[str, Any]:
         responses[str(status)] = {"description": "success", "content": _ok_content(value, refs)}
         if status in op.links:
             responses[str(status)]["links"] = op.links[status]
-    for status in sorted({*op.problems, 405}):
+    for status in sorted({*op.problems, 405, *_auth_statuses(op)}):
         responses[str(status)] = {
             "description": "a problem (RFC 9457); `code` says which",
             "content": _json_content(refs[Problem], PROBLEM),
         }
+    if op.path not in PUBLIC_PATHS and op.path != "/metrics":
+        params.append(_NAMESPACE_PARAM)
     out: dict[str, Any] = {
         "operationId": op.id,
         "summary": op.summary,
@@ -377,6 +496,17 @@ def _operation(op: Op, refs: dict[type, dict[str, Any]]) -> dict[str, Any]:
         "parameters": params,
         "responses": responses,
     }
+    if op.path in PUBLIC_PATHS:
+        out["security"] = []
+    elif op.path == "/metrics":
+        out["security"] = [{"metricsToken": []}, {}]
+        out["description"] = (
+            "With STEPLOG_METRICS_TOKEN set, send it as a bearer token; without one, "
+            "/metrics is served to loopback clients only (403 for others)."
+        )
+    else:
+        role = required_role(op.method.upper(), op.path)
+        out["description"] = f"Needs an API key with the {role.name.lower()} role or above."
     if op.body is not None:
         out["requestBody"] = {
             "required": op.body is RegisterWorkflow,
@@ -416,9 +546,15 @@ def document() -> dict[str, Any]:
             "state machines. Every error is problem+json with a stable `code`. seq and "
             f"version are 1..{DB_INT_MAX} (PostgreSQL integer).",
         },
-        "tags": [{"name": "workflows"}, {"name": "executions"}, {"name": "operations"}],
+        "tags": [
+            {"name": "workflows"},
+            {"name": "executions"},
+            {"name": "access"},
+            {"name": "operations"},
+        ],
         "paths": paths,
-        "components": {"schemas": components},
+        "security": [{"apiKey": []}],
+        "components": {"schemas": components, "securitySchemes": SECURITY_SCHEMES},
     }
 
 

@@ -16,7 +16,8 @@ import datetime as dt
 
 from aiohttp import web
 
-from api.keys import CONFIG, QUERIES
+from api.auth import namespace_of
+from api.keys import QUERIES
 from api.params import workflow_name
 from api.problems import InvalidQuery
 from api.responses import json_response
@@ -37,7 +38,7 @@ async def workflow_stats(request: web.Request) -> web.Response:
     if start >= end:
         raise InvalidQuery("from must be before to", [("from", "not before to")])
     stats = await request.app[QUERIES].workflow_stats(
-        request.app[CONFIG].namespace, name, start, end, query.version
+        namespace_of(request), name, start, end, query.version
     )
     return json_response(
         WorkflowStats(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from api.auth import namespace_of
 from api.keys import COMMANDS, CONFIG
 from api.params import workflow_name
 from api.responses import json_response
@@ -39,7 +40,7 @@ async def register_workflow(request: web.Request) -> web.Response:
     req = decode_body(body, RegisterWorkflow)
     refuse_nul(req.definition, "$.definition")
     wf, created = await request.app[COMMANDS].register(
-        request.app[CONFIG].namespace, name, req.definition, req.type
+        namespace_of(request), name, req.definition, req.type
     )
     location = f"/v1/workflows/{wf.name}?version={wf.version}"
     return json_response(
@@ -63,7 +64,7 @@ async def validate_workflow(request: web.Request) -> web.Response:
 
 @routes.get("/v1/workflows")
 async def list_workflows(request: web.Request) -> web.Response:
-    versions = await request.app[COMMANDS].list_workflows(request.app[CONFIG].namespace)
+    versions = await request.app[COMMANDS].list_workflows(namespace_of(request))
     return json_response(WorkflowList(workflows=[workflow_out(wf) for wf in versions]))
 
 
@@ -71,7 +72,5 @@ async def list_workflows(request: web.Request) -> web.Response:
 async def get_workflow(request: web.Request) -> web.Response:
     name = workflow_name(request)
     query = decode_query(request.query, WorkflowQuery)
-    wf = await request.app[COMMANDS].describe_workflow(
-        request.app[CONFIG].namespace, name, query.version
-    )
+    wf = await request.app[COMMANDS].describe_workflow(namespace_of(request), name, query.version)
     return json_response(workflow_out(wf))

@@ -26,6 +26,28 @@ class ExecutionNotFound(NotFound):
     code = "execution_not_found"
 
 
+class KeyNotFound(NotFound):
+    code = "key_not_found"
+
+
+class NamespaceNotFound(NotFound):
+    code = "namespace_not_found"
+
+
+class Unauthenticated(SteplogError):
+    """No API key, or one that is malformed, unknown, revoked or expired."""
+
+    code = "unauthenticated"
+    status = 401
+
+
+class Forbidden(SteplogError):
+    """A valid key whose role (or namespace) does not allow the route."""
+
+    code = "forbidden"
+    status = 403
+
+
 class ConcurrencyError(SteplogError):
     """Another writer appended at the seq this append expected to take."""
 

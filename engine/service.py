@@ -268,9 +268,17 @@ class EngineService:
         error: str | None,
         cause: str | None,
         now: dt.datetime,
+        namespace: str | None = None,
     ) -> ExecutionState:
         """Abort a running execution; a 2xx from the API means ExecutionAborted is
-        committed. Stopping an ended execution returns it unchanged."""
+        committed. Stopping an ended execution returns it unchanged. With ``namespace``,
+        an execution of another namespace is `ExecutionNotFound` like an unknown one
+        (the same one query)."""
+        if (
+            namespace is not None
+            and await self.store.get_execution(execution_id, namespace) is None
+        ):
+            raise ExecutionNotFound(f"execution {execution_id} not found")
         for _ in range(20):
             state = await self.load_state(execution_id)
             if state.ended:

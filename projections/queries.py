@@ -87,11 +87,13 @@ class Queries:
 
     # -- executions -----------------------------------------------------------------------
 
-    async def execution(self, execution_id: UUID) -> view.ExecutionRow:
+    async def execution(self, namespace: str | None, execution_id: UUID) -> view.ExecutionRow:
         """The execution as of its last committed event: from the read model when it is
         current, by replay when the projection has no row yet or lags behind a running
         execution (so a reader never sees an execution go back to RUNNING after having
-        seen it end). `ExecutionNotFound` when there is no such execution."""
+        seen it end). `ExecutionNotFound` when there is no such execution in
+        ``namespace`` (None: in any namespace, for operator tools only)."""
+        await self.require_execution(namespace, execution_id)
         with translate_errors():
             row = await view.get_row(self._pool, execution_id)
         if row is not None and row.status != "RUNNING":
@@ -100,13 +102,19 @@ class Queries:
             last = await self.last_event(execution_id)
             if last is None or last.seq <= row.last_seq:
                 return row
-        return await self.replayed_execution(execution_id)
-
-    async def replayed_execution(self, execution_id: UUID) -> view.ExecutionRow:
-        """The execution's row folded from its events: always current."""
         row = view.fold(await self._store.load(execution_id))
         if row is None:
-            raise ExecutionNotFound(f"no execution {execution_id}")
+            raise ExecutionNotFound(f"execution {execution_id} not found")
+        return row
+
+    async def replayed_execution(
+        self, namespace: str | None, execution_id: UUID
+    ) -> view.ExecutionRow:
+        """The execution's row folded from its events: always current."""
+        await self.require_execution(namespace, execution_id)
+        row = view.fold(await self._store.load(execution_id))
+        if row is None:
+            raise ExecutionNotFound(f"execution {execution_id} not found")
         return row
 
     async def list_executions(
@@ -129,20 +137,29 @@ class Queries:
                 filters=filters,
             )
 
-    async def require_execution(self, execution_id: UUID) -> ExecutionRecord:
-        """The execution's start record; `ExecutionNotFound` when there is none."""
-        record = await self._store.get_execution(execution_id)
+    async def require_execution(self, namespace: str | None, execution_id: UUID) -> ExecutionRecord:
+        """The execution's start record; `ExecutionNotFound` when there is none in
+        ``namespace`` (None: any). Every read by id starts here: another namespace's
+        execution is not found by the same one query (same code path, same timing)."""
+        record = await self._store.get_execution(execution_id, namespace)
         if record is None:
-            raise ExecutionNotFound(f"no execution {execution_id}")
+            raise ExecutionNotFound(f"execution {execution_id} not found")
         return record
 
     # -- histories ------------------------------------------------------------------------
 
     async def history(
-        self, execution_id: UUID, *, limit: int, cursor: int | None, reverse: bool
+        self,
+        namespace: str | None,
+        execution_id: UUID,
+        *,
+        limit: int,
+        cursor: int | None,
+        reverse: bool,
     ) -> HistoryPage:
         """Up to ``limit`` events after seq ``cursor`` (oldest first), or before it
         (newest first with ``reverse``); `ExecutionNotFound` for an unknown execution."""
+        await self.require_execution(namespace, execution_id)
         if reverse:
             upto = None if cursor is None else cursor - 1
             events = await self._store.load(
@@ -150,20 +167,21 @@ class Queries:
             )
         else:
             events = await self._store.load(execution_id, after_seq=cursor or 0, limit=limit + 1)
-        if not events:
-            await self.require_execution(execution_id)
         return HistoryPage(events=events[:limit], more=len(events) > limit)
 
     async def events_after(self, execution_id: UUID, after: int, limit: int) -> list[StoredEvent]:
-        """Up to ``limit`` events with seq > ``after``, by seq."""
+        """Up to ``limit`` events with seq > ``after``, by seq (of an execution the
+        caller found with `require_execution` first)."""
         return await self._store.load(execution_id, after_seq=after, limit=limit)
 
     async def last_event(self, execution_id: UUID) -> StoredEvent | None:
+        """The last event (of an execution found with `require_execution` first)."""
         events = await self._store.load(execution_id, limit=1, reverse=True)
         return events[0] if events else None
 
     def export(self, execution_id: UUID, include_data: bool = True) -> AsyncIterator[bytes]:
-        """The whole history as JSON Lines, in chunks (see `projections.history`)."""
+        """The whole history as JSON Lines, in chunks (see `projections.history`), of an
+        execution found with `require_execution` first."""
         return history.history_lines(self._store, execution_id, include_data)
 
     def event_notifier(self) -> Doorbell:
@@ -173,19 +191,25 @@ class Queries:
 
     # -- states ---------------------------------------------------------------------------
 
-    async def state_at(self, execution_id: UUID, seq: int | None = None) -> ExecutionState:
+    async def state_at(
+        self, namespace: str | None, execution_id: UUID, seq: int | None = None
+    ) -> ExecutionState:
         """The state replayed from events up to ``seq`` (all when None), cache off."""
+        await self.require_execution(namespace, execution_id)
         events = await self._store.load(execution_id, upto_seq=seq)
         if not events:
             raise ExecutionNotFound(f"execution {execution_id} not found")
         return fold(execution_id, events)
 
-    async def events_upto(self, execution_id: UUID, seq: int) -> list[StoredEvent]:
+    async def events_upto(
+        self, namespace: str | None, execution_id: UUID, seq: int
+    ) -> list[StoredEvent]:
         """Events 1..``seq`` (fewer when the history is shorter); `ExecutionNotFound`
         when there are none."""
+        await self.require_execution(namespace, execution_id)
         events = await self._store.load(execution_id, upto_seq=seq)
         if not events:
-            raise ExecutionNotFound(f"no execution {execution_id}")
+            raise ExecutionNotFound(f"execution {execution_id} not found")
         return events
 
     @staticmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +23,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from engine.access import Access
 from engine.adapters.bus import Bus
 from engine.adapters.postgres import open_pool, translate_errors
 from engine.adapters.store import EventStore
@@ -56,6 +58,7 @@ class Resources:
     bus: Bus
     service: EngineService
     queries: Queries
+    access: Access
 
 
 @contextlib.asynccontextmanager
@@ -89,7 +92,8 @@ async def open_resources(
                 store, max_payload_bytes=settings.max_payload_bytes, arns=settings.arn_scope()
             )
             queries = Queries(store, pool, bus.ping)
-            yield Resources(settings, pool, redis, store, bus, service, queries)
+            access = Access.over(pool)
+            yield Resources(settings, pool, redis, store, bus, service, queries, access)
         finally:
             await redis.aclose()
     finally:
@@ -297,8 +301,10 @@ async def run_roles(
             max_definition_bytes=settings.max_definition_bytes,
             body_timeout_s=settings.http_body_timeout_s,
             cors_allow_origins=settings.cors_allow_origins,
+            auth=settings.auth,
+            metrics_token=settings.metrics_token,
         )
-        app = create_app(r.service, r.queries, config)
+        app = create_app(r.service, r.queries, config, r.access)
         app[ROLE_HEALTH] = health
         runner = HardenedAppRunner(app, server_limits(settings))
         runners.append(runner)
@@ -307,7 +313,9 @@ async def run_roles(
         await site.start()
         log.info("API listening on http://%s:%s", settings.host, settings.port)
     elif settings.metrics_port:
-        runners.append(await _metrics_listener(settings.host, settings.metrics_port))
+        runners.append(
+            await _metrics_listener(settings.host, settings.metrics_port, settings.metrics_token)
+        )
     monitor = (
         start_monitor(settings, r, health, sampler, engine=engine, worker=worker)
         if settings.monitor_port
@@ -337,12 +345,27 @@ async def run_roles(
             await asyncio.to_thread(monitor.close)
 
 
-async def _metrics_listener(host: str, port: int) -> web.AppRunner:
+async def _metrics_listener(host: str, port: int, token: str | None) -> web.AppRunner:
     """GET /metrics (the process-wide registry) on host:port, for a process without the
-    API role."""
+    API role. The API's rule holds here too: with a metrics token, `Authorization: Bearer
+    <token>` (401 otherwise); without one, loopback clients only (403 for others)."""
+    import hmac
+    import ipaddress
+
     import prometheus_client
 
     async def metrics(request: web.Request) -> web.Response:
+        if token is not None:
+            sent = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+                return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+        else:
+            try:
+                local = ipaddress.ip_address(request.remote or "").is_loopback
+            except ValueError:
+                local = False
+            if not local:
+                return web.Response(status=403)
         return web.Response(
             body=prometheus_client.generate_latest(),
             headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
@@ -387,6 +410,10 @@ async def serve(settings: Settings, stop: asyncio.Event, *, own: bool = False) -
                 delay = min(delay * 2, 5.0)
                 continue
             try:
+                if own and settings.auth and "api" in settings.roles:
+                    from steplog.devkey import ensure_admin_key
+
+                    await ensure_admin_key(r.access, settings.data_dir, sys.stdout)
                 await run_roles(r, stop)
             finally:
                 await resources.__aexit__(None, None, None)

@@ -100,7 +100,7 @@ async def _check(r: Resources, record: ExecutionRecord, decide_fn: DecideFn) -> 
 
 async def export(r: Resources, execution_id: UUID, out: TextIO, include_data: bool = True) -> int:
     """Write an execution's history as JSON Lines; 1 when there is no such execution."""
-    if await r.store.get_execution(execution_id) is None:
+    if await r.store.get_execution(execution_id, None) is None:
         return 1
     async for chunk in r.queries.export(execution_id, include_data):
         out.write(chunk.decode())

@@ -12,12 +12,20 @@ steplog verify [--workflow W] [--limit N]
                                    replay histories through the current engine;
                                    exit 1 when any execution's events would differ
 steplog export ID [--no-data]      an execution's history as JSON Lines
+steplog keys create --namespace NS|--global --role reader|operator|admin [--name TEXT]
+                    [--expires RFC3339|DURATION]
+                                   a new API key, printed once (only a hash is stored)
+steplog keys list [--namespace NS] the keys (never their secrets)
+steplog keys revoke ID             revoke a key (refused from then on)
+steplog namespaces create NAME     a namespace keys can be bound to
+steplog namespaces list            the namespaces
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import errno
 import os
 import signal
@@ -106,7 +114,51 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="print an execution's history as JSON Lines")
     export.add_argument("execution_id", type=_execution_id, help="the execution's id (a UUID)")
     export.add_argument("--no-data", action="store_true", help="leave out inputs and outputs")
+    _access_parsers(sub)
     return p
+
+
+def _expiry(text: str) -> dt.datetime:
+    """An argparse type: an RFC 3339 time with an offset, or a duration from now such as
+    30d, 12h, 90m."""
+    units = {"d": 86400, "h": 3600, "m": 60}
+    if text[:-1].isdigit() and text[-1:] in units:
+        seconds = int(text[:-1]) * units[text[-1]]
+        return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an RFC 3339 time nor a duration (30d, 12h, 90m): {text!r}"
+        ) from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give the time with an offset (Z, +02:00): {text!r}")
+    return when
+
+
+def _access_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = sub.add_parser("keys", help="API keys: create, list, revoke")
+    keys_sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = keys_sub.add_parser("create", help="create a key and print it (shown once)")
+    scope = create.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--namespace", help="the namespace the key works in")
+    scope.add_argument(
+        "--global", dest="global_key", action="store_true", help="a global admin key"
+    )
+    create.add_argument("--role", required=True, choices=("reader", "operator", "admin"))
+    create.add_argument("--name", default="", help="a label shown in listings")
+    create.add_argument(
+        "--expires", type=_expiry, default=None, help="RFC 3339 time or duration (30d, 12h)"
+    )
+    listing = keys_sub.add_parser("list", help="the keys, without secrets")
+    listing.add_argument("--namespace", default=None, help="only this namespace's keys")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key_id", help="the key's id (the part after slk_)")
+    namespaces = sub.add_parser("namespaces", help="namespaces: create, list")
+    ns_sub = namespaces.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ns_create = ns_sub.add_parser("create", help="create a namespace")
+    ns_create.add_argument("name", help="1-64 of A-Z a-z 0-9 _ . -")
+    ns_sub.add_parser("list", help="the namespaces")
 
 
 _SERVER_COMMANDS = ("dev", "serve")
@@ -138,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.command in _SERVER_COMMANDS:
+        try:
+            settings.check_auth()
+        except ValueError as exc:
+            print(f"steplog: {exc}", file=sys.stderr)
+            return 2
     if args.command == "serve":
         roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
         try:
@@ -190,7 +248,7 @@ async def _command(args: argparse.Namespace, settings: Settings) -> int:
                 from engine.errors import NotFound
 
                 try:
-                    state = await r.queries.state_at(args.execution_id, args.seq)
+                    state = await r.queries.state_at(None, args.execution_id, args.seq)
                 except NotFound as exc:
                     print(f"steplog: {exc}", file=sys.stderr)
                     return 1
@@ -211,6 +269,10 @@ async def _command(args: argparse.Namespace, settings: Settings) -> int:
             if args.command == "verify":
                 report = await audit.verify(r, sys.stdout, workflow=args.workflow, limit=args.limit)
                 return report.exit_code
+            if args.command in ("keys", "namespaces"):
+                from steplog.access_cli import run_access_command
+
+                return await run_access_command(r.access, args, sys.stdout, sys.stderr)
             if args.command == "export":
                 if await audit.export(r, args.execution_id, sys.stdout, not args.no_data):
                     print(f"steplog: no execution {args.execution_id}", file=sys.stderr)

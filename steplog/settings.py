@@ -6,6 +6,7 @@ given; everything else receives a `Settings` (tests build one directly).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,16 @@ LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _PARTITION = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _ACCOUNT = re.compile(r"[0-9]{12}")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a listen address) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,6 +94,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # A metrics-only HTTP listener (GET /metrics) on host:metrics_port for a process
     # without the api role; 0, the default, turns it off.
     metrics_port: int = 0
+    # API keys (api/auth.py). STEPLOG_AUTH=off makes every request the anonymous admin of
+    # `namespace`; it is refused unless the API listens on a loopback address.
+    auth: bool = True
+    # The bearer token /metrics needs; unset, /metrics is served to loopback clients only.
+    metrics_token: str | None = None
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -128,6 +144,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             # The prefix goes inside Redis hash tags; braces or colons would break them.
             raise ValueError("redis_prefix must be non-empty without '{', '}', ':' or spaces")
 
+    def check_auth(self) -> None:
+        """ValueError (one line) when authentication is off on a non-loopback address."""
+        if not self.auth and "api" in self.roles and not is_loopback(self.host):
+            raise ValueError(
+                f"STEPLOG_AUTH=off is allowed only on a loopback address, not {self.host!r}: "
+                "turn authentication on or listen on 127.0.0.1"
+            )
+
     def arn_scope(self) -> ArnScope:
         """The partition, region and account of the ARNs this process records."""
         return ArnScope(
@@ -156,6 +180,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "arn_region",
             "arn_account",
             "redis_prefix",
+            "metrics_token",
         ):
             if (raw := get(field)) is not None:
                 values[field] = raw
@@ -169,6 +194,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             values["roles"] = tuple(r.strip() for r in raw.split(",") if r.strip())
         if (raw := get("handlers")) is not None:
             values["handlers"] = tuple(h.strip() for h in raw.split(",") if h.strip())
+        if (raw := get("auth")) is not None:
+            if raw.lower() not in ("on", "off"):
+                raise ValueError(f"STEPLOG_AUTH: must be on or off, not {raw!r}")
+            values["auth"] = raw.lower() == "on"
         if (raw := get("cors_allow_origins")) is not None:
             values["cors_allow_origins"] = tuple(o.strip() for o in raw.split(",") if o.strip())
         for field, kind in (

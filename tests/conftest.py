@@ -218,6 +218,8 @@ def settings(database_url: str, redis_url: str, redis_prefix: str, tmp_path: Pat
         redis_url=redis_url,
         redis_prefix=redis_prefix,
         data_dir=tmp_path,
+        # The suite's servers listen on loopback; tests of keys and roles turn it on.
+        auth=False,
     )
 
 

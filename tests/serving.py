@@ -1,4 +1,6 @@
-"""Run a whole steplog (every role) inside the test process, on a free port."""
+"""Run a whole steplog (every role) inside the test process, on a free port. With
+authentication on in its settings, it makes an admin key its client sends with every call
+(the suite's settings turn authentication off: loopback only)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from engine.access import Actor
 from steplog.app import Resources, open_resources, run_roles
 from steplog.settings import Settings
 
@@ -27,6 +30,8 @@ class Running(msgspec.Struct):
     base_url: str
     resources: Resources
     http: aiohttp.ClientSession
+    # With settings.auth on: an admin key of settings.namespace, sent with every call.
+    key: str | None = None
 
     async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """(status, JSON body) of one request; ``body`` is sent as JSON."""
@@ -66,11 +71,20 @@ async def running_steplog(settings: Settings) -> AsyncIterator[Running]:
     stop = asyncio.Event()
     ready = asyncio.Event()
     async with open_resources(settings, settings.database_url, settings.redis_url) as r:
+        key = None
+        if settings.auth:
+            _, key = await r.access.create_key(
+                namespace=settings.namespace,
+                role="admin",
+                name="tests",
+                actor=Actor(key_id=None, namespace=settings.namespace, remote="tests"),
+            )
         task = asyncio.create_task(run_roles(r, stop, ready=ready))
         await asyncio.wait_for(ready.wait(), 10)
-        async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {key}"} if key else None
+        async with aiohttp.ClientSession(headers=headers) as http:
             try:
-                yield Running(f"http://{settings.host}:{settings.port}", r, http)
+                yield Running(f"http://{settings.host}:{settings.port}", r, http, key)
             finally:
                 stop.set()
                 await asyncio.wait_for(task, 30)

@@ -90,7 +90,7 @@ FROM executions WHERE namespace = $1 AND workflow = $2 AND name = $3"""
 SELECT_EXECUTION = """
 SELECT execution_id, namespace, workflow, version, name, input::text AS input, input_hash,
        started_at
-FROM executions WHERE execution_id = $1"""
+FROM executions WHERE execution_id = $1 AND ($2::text IS NULL OR namespace = $2)"""
 # Executions in id order (a stable keyset for long scans such as `steplog verify`).
 LIST_EXECUTIONS = """
 SELECT execution_id, namespace, workflow, version, name, input::text AS input, input_hash,
@@ -609,8 +609,12 @@ class EventStore:
             )
         return _execution(row), False
 
-    async def get_execution(self, execution_id: UUID) -> ExecutionRecord | None:
-        row = await self._fetchrow(SELECT_EXECUTION, execution_id)
+    async def get_execution(
+        self, execution_id: UUID, namespace: str | None = None
+    ) -> ExecutionRecord | None:
+        """The execution's start record (only when it is of ``namespace``, when given):
+        another namespace's execution is not found, by the same one query."""
+        row = await self._fetchrow(SELECT_EXECUTION, execution_id, namespace)
         return None if row is None else _execution(row)
 
     async def list_executions(

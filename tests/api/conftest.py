@@ -1,22 +1,27 @@
 """API fixtures: the real app (create_app) on a real TCP server (aiohttp TestServer)
-over the per-test PostgreSQL database and Redis prefix of tests/conftest.py."""
+over the per-test PostgreSQL database and Redis prefix of tests/conftest.py; `world`:
+the same app with authentication on, keys of every kind and a seeded namespace."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from api.app import create_app
+from engine.access import Access, Actor
 from engine.adapters.store import EventStore
 from engine.service import EngineService
 from projections.queries import Queries
+from projections.runner import catch_up
 from steplog.settings import Settings
-from tests.api.helpers import api_config
+from tests.api.helpers import PASS_DEFINITION, api_config
 
 
 @pytest.fixture
@@ -24,6 +29,59 @@ async def client(
     pool: asyncpg.Pool, store: EventStore, redis: Redis, settings: Settings
 ) -> AsyncIterator[TestClient[Any, Any]]:
     service = EngineService(store, max_payload_bytes=settings.max_payload_bytes)
-    app = create_app(service, Queries(store, pool, redis.ping), api_config(settings))
+    app = create_app(
+        service, Queries(store, pool, redis.ping), api_config(settings), Access.over(pool)
+    )
     async with TestClient(TestServer(app)) as c:
         yield c
+
+
+OWN, OTHER = "default", "other"
+SETUP = Actor(key_id=None, namespace=None, remote="test")
+
+
+class World(msgspec.Struct):
+    """An app with authentication on; ``keys``: a token per kind of caller."""
+
+    client: TestClient[Any, Any]
+    pool: asyncpg.Pool
+    keys: dict[str, str]
+    execution_id: str
+    victim_key_id: str
+
+
+@pytest.fixture
+async def world(
+    pool: asyncpg.Pool, store: EventStore, redis: Redis, settings: Settings
+) -> AsyncIterator[World]:
+    access = Access.over(pool)
+    service = EngineService(store, max_payload_bytes=settings.max_payload_bytes)
+    config = msgspec.structs.replace(api_config(settings), auth=True)
+    app = create_app(service, Queries(store, pool, redis.ping), config, access)
+    await access.create_namespace(OTHER, SETUP)
+
+    async def key(namespace: str | None, role: str, **extra: Any) -> tuple[str, str]:
+        record, token = await access.create_key(
+            namespace=namespace, role=role, actor=SETUP, **extra
+        )
+        return record.key_id, token
+
+    keys = {
+        "own": (await key(OWN, "admin"))[1],
+        "other": (await key(OTHER, "admin"))[1],
+        "reader": (await key(OWN, "reader"))[1],
+        "global": (await key(None, "admin"))[1],
+        "malformed": "slk_not-a-key",
+    }
+    revoked_id, keys["revoked"] = await key(OWN, "admin")
+    await access.revoke_key(revoked_id, None, SETUP)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    keys["expired"] = (await key(OWN, "admin", expires_at=past))[1]
+    victim_key_id, _ = await key(OWN, "reader")
+    # A workflow and an ended execution in the own namespace (ended, so its live feed ends).
+    await service.register(OWN, "wf", PASS_DEFINITION)
+    record, _ = await service.start(OWN, "wf", b"{}", None, dt.datetime.now(dt.UTC))
+    await service.stop(record.execution_id, None, None, dt.datetime.now(dt.UTC))
+    await catch_up(pool, store)  # the listing reads the read model
+    async with TestClient(TestServer(app)) as client:
+        yield World(client, pool, keys, str(record.execution_id), victim_key_id)

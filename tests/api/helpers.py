@@ -18,7 +18,12 @@ PASS_DEFINITION: dict[str, Any] = {
 
 def api_config(settings: Settings) -> ApiConfig:
     """What steplog/ gives the API of ``settings``."""
-    return ApiConfig(namespace=settings.namespace, max_payload_bytes=settings.max_payload_bytes)
+    return ApiConfig(
+        namespace=settings.namespace,
+        max_payload_bytes=settings.max_payload_bytes,
+        auth=settings.auth,
+        metrics_token=settings.metrics_token,
+    )
 
 
 COUNTED_TABLES = (
@@ -29,6 +34,9 @@ COUNTED_TABLES = (
     "executions_view",
     "state_visits",
     "state_stats_progress",
+    "namespaces",
+    "api_keys",
+    "audit_log",
 )
 
 

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from api.app import create_app
+from engine.access import Access
 from engine.adapters.store import EventStore
 from engine.core.state import ExecutionState
 from engine.service import EngineService
@@ -100,7 +101,10 @@ async def test_ready_is_503_when_redis_is_down(
     pool: asyncpg.Pool, store: EventStore, down_redis: Redis, settings: Settings
 ) -> None:
     app = create_app(
-        EngineService(store), Queries(store, pool, down_redis.ping), api_config(settings)
+        EngineService(store),
+        Queries(store, pool, down_redis.ping),
+        api_config(settings),
+        Access.over(pool),
     )
     async with TestClient(TestServer(app)) as c:
         resp = await c.get("/health/ready")
@@ -118,7 +122,12 @@ async def test_a_lost_database_is_503_with_retry_after(
 ) -> None:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     store = EventStore(pool)
-    app = create_app(EngineService(store), Queries(store, pool, redis.ping), api_config(settings))
+    app = create_app(
+        EngineService(store),
+        Queries(store, pool, redis.ping),
+        api_config(settings),
+        Access.over(pool),
+    )
     async with TestClient(TestServer(app)) as c:
         await pool.close()
         resp = await c.get("/v1/executions")
@@ -134,7 +143,9 @@ async def test_a_lost_database_is_503_with_retry_after(
 class BrokenQueries(Queries):
     """A query side with a bug: the middleware must answer 500 and log it."""
 
-    async def state_at(self, execution_id: UUID, seq: int | None = None) -> ExecutionState:
+    async def state_at(
+        self, namespace: str | None, execution_id: UUID, seq: int | None = None
+    ) -> ExecutionState:
         raise RuntimeError("bug")
 
 
@@ -147,7 +158,10 @@ async def test_an_unexpected_error_is_500_with_the_request_id(
 ) -> None:
     caplog.handler.addFilter(ContextFilter())  # what configure_logging's handler does
     app = create_app(
-        EngineService(store), BrokenQueries(store, pool, redis.ping), api_config(settings)
+        EngineService(store),
+        BrokenQueries(store, pool, redis.ping),
+        api_config(settings),
+        Access.over(pool),
     )
     async with TestClient(TestServer(app)) as c:
         resp = await c.get(

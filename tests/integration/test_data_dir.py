@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import socket
+import stat
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -95,8 +96,10 @@ async def dev(tmp_path: Path) -> AsyncIterator[tuple[Path, str]]:
         assert await asyncio.wait_for(proc.wait(), 60) == 0
 
 
-async def _runs_a_workflow(base: str) -> None:
-    async with aiohttp.ClientSession() as http:
+async def _runs_a_workflow(base: str, project: Path) -> None:
+    """As the README tour: with the admin key `steplog dev` keeps in .steplog/admin.key."""
+    key = (project / ".steplog" / "admin.key").read_text().strip()
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http:
         async with http.put(f"{base}/v1/workflows/p", json={"definition": PASS}) as resp:
             assert resp.status in (200, 201), await resp.text()
         async with http.post(f"{base}/v1/workflows/p/executions", json={"input": {}}) as resp:
@@ -126,7 +129,7 @@ async def test_commands_use_the_running_servers_and_leave_them_working(
     assert code == 1
     assert "not found" in err
     # Before this fix, the command's own redis-server unlinked the running one's socket.
-    await _runs_a_workflow(base)
+    await _runs_a_workflow(base, project)
 
 
 @pytest.mark.timeout(360)
@@ -139,7 +142,7 @@ async def test_a_second_dev_on_the_same_folder_refuses_in_one_line(
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert "is in use by steplog (pid" in lines[0]
-    await _runs_a_workflow(base)
+    await _runs_a_workflow(base, project)
 
 
 async def test_a_command_outside_a_project_creates_nothing(tmp_path: Path) -> None:
@@ -166,3 +169,39 @@ async def test_bad_arguments_are_usage_errors(tmp_path: Path, args: tuple[str, .
     assert code == 2, err
     assert "Traceback" not in err
     assert not os.listdir(tmp_path / ".steplog")
+
+
+async def test_dev_keeps_authentication_on_with_an_admin_key_in_a_private_file(
+    dev: tuple[Path, str],
+) -> None:
+    """Issue 10, item 4: `make run` creates an admin key on first start, stores it with
+    mode 0600, and the API refuses requests without it."""
+    project, base = dev
+    key_file = project / ".steplog" / "admin.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = key_file.read_text().strip()
+    assert key.startswith("slk_")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/v1/workflows") as resp:
+            assert resp.status == 401
+            assert key not in await resp.text()
+        headers = {"Authorization": f"Bearer {key}"}
+        async with http.get(f"{base}/v1/keys", headers=headers) as resp:
+            assert resp.status == 200
+            listed = await resp.json()
+    assert [k["role"] for k in listed["keys"]] == ["admin"]
+    assert listed["keys"][0]["namespace"] is None
+    assert key not in str(listed)  # the secret is never listed
+    # The CLI beside the running server sees the same key.
+    code, out, err = await _run(project, "keys", "list")
+    assert code == 0, err
+    assert key.split("_")[1] in out
+    assert key.split("_")[2] not in out
+
+
+async def test_serve_refuses_auth_off_on_a_non_loopback_address(tmp_path: Path) -> None:
+    code, _, err = await _run(tmp_path, "serve", STEPLOG_AUTH="off", STEPLOG_HOST="0.0.0.0")
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "STEPLOG_AUTH=off is allowed only on a loopback address" in err
+    assert not (tmp_path / ".steplog").exists()
