@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import stat
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -72,8 +74,12 @@ async def _eventually_ready(
 
 
 @pytest.fixture
-async def dev(tmp_path: Path) -> AsyncIterator[tuple[Path, str]]:
-    """A real `steplog dev` process owning ``tmp_path/.steplog``; yields (project, base URL)."""
+async def dev() -> AsyncIterator[tuple[Path, str]]:
+    """A real `steplog dev` process owning ``<project>/.steplog``; yields (project, base URL).
+
+    The project is not under pytest's tmp_path: PostgreSQL runs as another user there,
+    and every pytest session on the machine resets its base folder to mode 0700."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="steplog-dev-"))
     port = _free_port()
     log = tmp_path / "dev.log"
     with open(log, "wb") as sink:  # noqa: ASYNC230 - a file handed to the child process
@@ -93,7 +99,9 @@ async def dev(tmp_path: Path) -> AsyncIterator[tuple[Path, str]]:
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 60) == 0
+        code = await asyncio.wait_for(proc.wait(), 60)
+        await asyncio.to_thread(shutil.rmtree, tmp_path, ignore_errors=True)
+        assert code == 0
 
 
 async def _runs_a_workflow(base: str, project: Path) -> None:
