@@ -20,10 +20,12 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from engine.adapters.bus import Bus
+from engine.adapters.bus import Bus, TokenBuckets
+from engine.adapters.limits_store import LimitsStore
 from engine.adapters.postgres import open_pool, translate_errors
 from engine.adapters.store import EventStore
 from engine.errors import Unavailable
+from engine.limits import Limits
 from engine.loops.engine_loop import Engine
 from engine.loops.recovery import Recovery
 from engine.loops.relay import Relay
@@ -51,6 +53,7 @@ class Resources:
     bus: Bus
     service: EngineService
     queries: Queries
+    limits: Limits
 
 
 @contextlib.asynccontextmanager
@@ -80,11 +83,19 @@ async def open_resources(
         try:
             store = EventStore(pool)
             bus = Bus(redis, settings.redis_prefix, settings.partitions)
+            limits = Limits(
+                LimitsStore(pool),
+                TokenBuckets(redis, settings.redis_prefix),
+                settings.limit_defaults(),
+            )
             service = EngineService(
-                store, max_payload_bytes=settings.max_payload_bytes, arns=settings.arn_scope()
+                store,
+                max_payload_bytes=settings.max_payload_bytes,
+                arns=settings.arn_scope(),
+                limits=limits,
             )
             queries = Queries(store, pool, bus.ping)
-            yield Resources(settings, pool, redis, store, bus, service, queries)
+            yield Resources(settings, pool, redis, store, bus, service, queries, limits)
         finally:
             await redis.aclose()
     finally:
@@ -165,7 +176,7 @@ async def run_roles(
             body_timeout_s=settings.http_body_timeout_s,
             cors_allow_origins=settings.cors_allow_origins,
         )
-        app = create_app(r.service, r.queries, config)
+        app = create_app(r.service, r.queries, config, limits=r.limits)
         runner = HardenedAppRunner(app, server_limits(settings))
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
