@@ -157,3 +157,24 @@ async def test_redis_away_reads_pass_and_writes_get_503(
     finally:
         await own.aclose()
         await _stop_redis(proc)
+
+
+def test_the_openapi_document_declares_429_and_the_headers_on_every_limited_operation() -> None:
+    from api.openapi import document
+
+    paths = document()["paths"]
+    limited = 0
+    for path, operations in paths.items():
+        for method, op in operations.items():
+            responses = op["responses"]
+            if path.startswith("/v1/") and path != "/v1/openapi.json":
+                limited += 1
+                assert "429" in responses, (method, path)
+                if method != "get":
+                    assert "503" in responses, (method, path)
+                for status, response in responses.items():
+                    assert set(HEADERS) <= set(response["headers"]), (method, path, status)
+                assert "Retry-After" in responses["429"]["headers"]
+            else:
+                assert "429" not in responses, (method, path)
+    assert limited >= 10
