@@ -12,6 +12,7 @@ steplog verify [--workflow W] [--limit N]
                                    replay histories through the current engine;
                                    exit 1 when any execution's events would differ
 steplog export ID [--no-data]      an execution's history as JSON Lines
+steplog limits show|set|reset NS   a namespace's rate limits and RUNNING quota
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from uuid import UUID
 
 import msgspec
 
+from steplog import limits_cli
 from steplog.datadir import DEFAULT_NAME, DataDirError, find_data_dir
 from steplog.logs import configure_logging
 from steplog.settings import ALL_ROLES, Settings
@@ -106,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="print an execution's history as JSON Lines")
     export.add_argument("execution_id", type=_execution_id, help="the execution's id (a UUID)")
     export.add_argument("--no-data", action="store_true", help="leave out inputs and outputs")
+    limits_cli.add_parser(sub)
     return p
 
 
@@ -216,6 +219,8 @@ async def _command(args: argparse.Namespace, settings: Settings) -> int:
                     print(f"steplog: no execution {args.execution_id}", file=sys.stderr)
                     return 1
                 return 0
+            if args.command == "limits":
+                return await limits_cli.run(args, r.limits, sys.stdout)
     return 2
 
 
