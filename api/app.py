@@ -9,7 +9,8 @@ execution input against max_payload_bytes itself.
 
 Middlewares, outermost first: request id -> observe (metrics, access log) ->
 CORS preflight -> errors (problem+json) -> auth (api/auth.py: API key, namespace,
-role) -> body (415, body read deadline) ->
+role) -> rate limit (api/ratelimit.py, when given limits) -> body (415, body read
+deadline) ->
 handler; every response gets the headers of api/hygiene.py. The contract of
 every route is published at GET /v1/openapi.json and /docs (api/openapi.py).
 Serve it with api.server.HardenedAppRunner for the connection limits.
@@ -28,7 +29,9 @@ from api.keys import ACCESS, COMMANDS, CONFIG, METRICS, QUERIES
 from api.metrics import HttpMetrics
 from api.middleware import observe_middleware, request_id_middleware
 from api.problems import error_middleware
+from api.ratelimit import LIMITS, add_rate_limit_headers, ratelimit_middleware
 from engine.access import Access
+from engine.limits import Limits
 from engine.service import EngineService
 from projections.queries import Queries
 
@@ -37,10 +40,17 @@ ENVELOPE_BYTES = 1024
 
 
 def create_app(
-    commands: EngineService, queries: Queries, config: ApiConfig, access: Access
+    commands: EngineService,
+    queries: Queries,
+    config: ApiConfig,
+    access: Access,
+    *,
+    limits: Limits | None = None,
 ) -> web.Application:
     """Build the API application; nothing in it closes what it was given. ``access``:
-    keys, namespaces and the audit trail (the authentication step reads it)."""
+    keys, namespaces and the audit trail (the authentication step reads it).
+    ``limits``: the rate limits (api/ratelimit.py); None serves without them."""
+    rate_limit = [ratelimit_middleware] if limits is not None else []
     app = web.Application(
         client_max_size=max(config.max_payload_bytes, config.max_definition_bytes) + ENVELOPE_BYTES,
         middlewares=[
@@ -49,10 +59,14 @@ def create_app(
             cors_middleware,
             error_middleware,
             auth_middleware,
+            *rate_limit,
             body_middleware,
         ],
     )
     app.on_response_prepare.append(on_response_prepare)
+    if limits is not None:
+        app[LIMITS] = limits
+        app.on_response_prepare.append(add_rate_limit_headers)
     app[COMMANDS] = commands
     app[QUERIES] = queries
     app[CONFIG] = config

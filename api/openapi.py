@@ -469,6 +469,39 @@ def _ok_content(value: Any, refs: dict[type, dict[str, Any]]) -> dict[str, Any]:
     return _json_content(refs[value])
 
 
+# Rate limits (api/ratelimit.py): every /v1 operation but this document.
+_RATE_HEADERS = {
+    "RateLimit-Limit": "size of the tightest token bucket the request took from",
+    "RateLimit-Remaining": "whole tokens left in that bucket",
+    "RateLimit-Reset": "seconds until that bucket is full again",
+}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before retrying",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
+
+
+def rate_limited(op: Op) -> bool:
+    """Whether the rate limits apply to ``op`` (all of /v1 but the OpenAPI document)."""
+    return op.path.startswith("/v1/") and op.path != "/v1/openapi.json"
+
+
+def _limited_responses(responses: dict[str, Any]) -> None:
+    """RateLimit-* on every response (absent while Redis is away: reads then pass
+    unlimited), Retry-After on 429 and 503."""
+    rate_headers = {
+        name: {"description": text, "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+        for name, text in _RATE_HEADERS.items()
+    }
+    for status, response in responses.items():
+        headers = dict(rate_headers)
+        if status in ("429", "503"):
+            headers.update(_RETRY_AFTER)
+        response["headers"] = headers
+
+
 def _operation(op: Op, refs: dict[type, dict[str, Any]]) -> dict[str, Any]:
     params = [_PATH_PARAMS[p] for p in _PATH_PARAMS if "{" + p + "}" in op.path]
     if op.query is not None:
@@ -482,13 +515,20 @@ def _operation(op: Op, refs: dict[type, dict[str, Any]]) -> dict[str, Any]:
         responses[str(status)] = {"description": "success", "content": _ok_content(value, refs)}
         if status in op.links:
             responses[str(status)]["links"] = op.links[status]
-    for status in sorted({*op.problems, 405, *_auth_statuses(op)}):
+    problems = {*op.problems, 405, *_auth_statuses(op)}
+    if rate_limited(op):
+        # 429: over a rate limit (or a start over the RUNNING quota); 503: a write while
+        # Redis is away (the limiter fails closed for writes).
+        problems |= {429} if op.method == "get" else {429, 503}
+    for status in sorted(problems):
         responses[str(status)] = {
             "description": "a problem (RFC 9457); `code` says which",
             "content": _json_content(refs[Problem], PROBLEM),
         }
     if op.path not in PUBLIC_PATHS and op.path != "/metrics":
         params.append(_NAMESPACE_PARAM)
+    if rate_limited(op):
+        _limited_responses(responses)
     out: dict[str, Any] = {
         "operationId": op.id,
         "summary": op.summary,
@@ -527,7 +567,9 @@ def document() -> dict[str, Any]:
     unique = list(dict.fromkeys(types))
     schemas, components = msgspec.json.schema_components(unique, ref_template=REF)
     refs = dict(zip(unique, schemas, strict=True))
-    problem_codes = ", ".join(f"`{c}`" for c in sorted(TITLES))
+    problem_codes = ", ".join(
+        f"`{c}`" for c in sorted({*TITLES, "rate_limited", "running_quota_exceeded"})
+    )
     components["Problem"]["description"] = (
         "An error, as problem+json (RFC 9457). `code` is stable and machine-readable: "
         f"{problem_codes}; errors of HTTP itself use `http_<status>`, `line_too_long`, "

@@ -65,6 +65,13 @@ class ExecutionNotRunning(SteplogError):
     status = 409
 
 
+class RunningQuotaExceeded(SteplogError):
+    """A start in a namespace that already runs as many executions as its quota allows."""
+
+    code = "running_quota_exceeded"
+    status = 429
+
+
 class InvalidRequest(SteplogError):
     code = "invalid_request"
     status = 400

@@ -40,8 +40,10 @@ from engine.errors import (
     InvalidDefinition,
     InvalidRequest,
     PayloadTooLarge,
+    RunningQuotaExceeded,
     WorkflowNotFound,
 )
+from engine.limits import Limits
 
 _json = msgspec.json.Encoder()
 # The longest cause the engine records when it fails an execution itself.
@@ -68,8 +70,11 @@ class EngineService:
         max_payload_bytes: int = 262_144,
         cache_size: int = 256,
         arns: ArnScope | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.store = store
+        # The RUNNING quota of each namespace (none when None).
+        self.limits = limits
         # Partition, region and account of the ARNs recorded at each start.
         self.arns = arns if arns is not None else ArnScope()
         self.max_payload_bytes = max_payload_bytes
@@ -150,10 +155,22 @@ class EngineService:
 
         ``input`` is the client's JSON as a ``msgspec.Raw`` (kept as sent: key order and
         number spelling, see `json_as_sent`) or a value. The size limit counts the
-        bytes as stored; `InvalidRequest` for input that is not JSON."""
+        bytes as stored; `InvalidRequest` for input that is not JSON.
+        `RunningQuotaExceeded` when the namespace runs its quota of executions already
+        (a repeated start of an existing name still answers as before)."""
         wf = await self.store.get_workflow(namespace, workflow)
         if wf is None:
             raise WorkflowNotFound(f"workflow {workflow!r} not found")
+        if self.limits is not None:
+            try:
+                await self.limits.admit_start(namespace)
+            except RunningQuotaExceeded:
+                # Idempotency first: the same name again starts nothing new.
+                if (
+                    name is None
+                    or await self.store.find_execution(namespace, workflow, name) is None
+                ):
+                    raise
         input_json = json_as_sent(input)
         if len(input_json) > self.max_payload_bytes:
             raise PayloadTooLarge(

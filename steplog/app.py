@@ -24,10 +24,12 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from engine.access import Access
-from engine.adapters.bus import Bus
+from engine.adapters.bus import Bus, TokenBuckets
+from engine.adapters.limits_store import LimitsStore
 from engine.adapters.postgres import open_pool, translate_errors
 from engine.adapters.store import EventStore
 from engine.errors import Unavailable
+from engine.limits import Limits
 from engine.loops.engine_loop import Engine
 from engine.loops.metrics import ROLE_RESTARTS, ROLE_UP, StreamSampler
 from engine.loops.recovery import Recovery
@@ -59,6 +61,7 @@ class Resources:
     service: EngineService
     queries: Queries
     access: Access
+    limits: Limits
 
 
 @contextlib.asynccontextmanager
@@ -88,12 +91,20 @@ async def open_resources(
         try:
             store = EventStore(pool)
             bus = Bus(redis, settings.redis_prefix, settings.partitions)
+            limits = Limits(
+                LimitsStore(pool),
+                TokenBuckets(redis, settings.redis_prefix),
+                settings.limit_defaults(),
+            )
             service = EngineService(
-                store, max_payload_bytes=settings.max_payload_bytes, arns=settings.arn_scope()
+                store,
+                max_payload_bytes=settings.max_payload_bytes,
+                arns=settings.arn_scope(),
+                limits=limits,
             )
             queries = Queries(store, pool, bus.ping)
             access = Access.over(pool)
-            yield Resources(settings, pool, redis, store, bus, service, queries, access)
+            yield Resources(settings, pool, redis, store, bus, service, queries, access, limits)
         finally:
             await redis.aclose()
     finally:
@@ -304,7 +315,7 @@ async def run_roles(
             auth=settings.auth,
             metrics_token=settings.metrics_token,
         )
-        app = create_app(r.service, r.queries, config, r.access)
+        app = create_app(r.service, r.queries, config, r.access, limits=r.limits)
         app[ROLE_HEALTH] = health
         runner = HardenedAppRunner(app, server_limits(settings))
         runners.append(runner)

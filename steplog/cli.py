@@ -19,6 +19,7 @@ steplog keys list [--namespace NS] the keys (never their secrets)
 steplog keys revoke ID             revoke a key (refused from then on)
 steplog namespaces create NAME     a namespace keys can be bound to
 steplog namespaces list            the namespaces
+steplog limits show|set|reset NS   a namespace's rate limits and RUNNING quota
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from uuid import UUID
 
 import msgspec
 
+from steplog import limits_cli
 from steplog.datadir import DEFAULT_NAME, DataDirError, find_data_dir
 from steplog.logs import configure_logging
 from steplog.settings import ALL_ROLES, Settings
@@ -115,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("execution_id", type=_execution_id, help="the execution's id (a UUID)")
     export.add_argument("--no-data", action="store_true", help="leave out inputs and outputs")
     _access_parsers(sub)
+    limits_cli.add_parser(sub)
     return p
 
 
@@ -278,6 +281,8 @@ async def _command(args: argparse.Namespace, settings: Settings) -> int:
                     print(f"steplog: no execution {args.execution_id}", file=sys.stderr)
                     return 1
                 return 0
+            if args.command == "limits":
+                return await limits_cli.run(args, r.limits, sys.stdout)
     return 2
 
 

@@ -15,6 +15,7 @@ from typing import Literal
 import msgspec
 
 from engine.core.arns import DEFAULT_ACCOUNT, DEFAULT_PARTITION, DEFAULT_REGION, ArnScope
+from engine.limits import LimitDefaults, parse_rates
 
 ALL_ROLES: tuple[str, ...] = ("api", "engine", "worker", "projector")
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
@@ -99,6 +100,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     auth: bool = True
     # The bearer token /metrics needs; unset, /metrics is served to loopback clients only.
     metrics_token: str | None = None
+    # Rate limits (engine/limits.py, docs/api.md "Rate limits"): per budget (starts,
+    # writes, reads) "BUDGET=RATE/BURST", RATE tokens per second refilling a bucket of
+    # BURST. rate_limits: each namespace's bucket, shared by all its callers and all API
+    # processes; key_rate_limits: each API key's own bucket inside it. Overridden per
+    # namespace in PostgreSQL (`steplog limits set`); processes re-read the overrides
+    # after limits_cache_s seconds.
+    rate_limits: str = "starts=500/1000,writes=1000/2000,reads=5000/10000"
+    key_rate_limits: str = "starts=250/500,writes=500/1000,reads=2500/5000"
+    limits_cache_s: float = 5.0
+    # At most this many RUNNING executions per namespace (a start beyond is 429
+    # running_quota_exceeded); 0: no quota. Overridden per namespace like the rates.
+    running_quota: int = 0
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -144,6 +157,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             # The prefix goes inside Redis hash tags; braces or colons would break them.
             raise ValueError("redis_prefix must be non-empty without '{', '}', ':' or spaces")
 
+        for field in ("rate_limits", "key_rate_limits"):
+            try:
+                parse_rates(getattr(self, field))
+            except ValueError as exc:
+                raise ValueError(f"{field}: {exc}") from None
+        if self.running_quota < 0 or not 0 < self.limits_cache_s <= 3600:
+            raise ValueError("running_quota must be >= 0 and limits_cache_s in (0, 3600]")
+
+    def limit_defaults(self) -> LimitDefaults:
+        """The limits of a namespace without overrides."""
+        return LimitDefaults(
+            namespace=parse_rates(self.rate_limits),
+            key=parse_rates(self.key_rate_limits),
+            running_max=self.running_quota,
+            cache_s=self.limits_cache_s,
+        )
+
     def check_auth(self) -> None:
         """ValueError (one line) when authentication is off on a non-loopback address."""
         if not self.auth and "api" in self.roles and not is_loopback(self.host):
@@ -181,6 +211,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "arn_account",
             "redis_prefix",
             "metrics_token",
+            "rate_limits",
+            "key_rate_limits",
         ):
             if (raw := get(field)) is not None:
                 values[field] = raw
@@ -216,6 +248,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("http_keepalive_timeout_s", float),
             ("http_max_line_bytes", int),
             ("http_max_headers", int),
+            ("limits_cache_s", float),
+            ("running_quota", int),
         ):
             if (raw := get(field)) is not None:
                 try:

@@ -16,6 +16,11 @@ partitions and deployments spread over slots:
     {<prefix>}:intact           sentinel: present while Redis holds what steplog put
                                 there; its absence means Redis was flushed or lost its
                                 data, and engine.loops.recovery rebuilds from PostgreSQL
+    {<prefix>:rl:<ns>}:<budget>           token bucket of one namespace and budget
+    {<prefix>:rl:<ns>}:<budget>:k:<key>   token bucket of one API key in that namespace
+                                (hashes {t: tokens, ts: Redis TIME of the last take}; a
+                                namespace's buckets share one slot, so one script may
+                                take from the key's and the namespace's bucket at once)
 
 Streams of different partitions live in different slots: read them with one
 `read_group` call per partition when running against Redis Cluster.
@@ -75,6 +80,16 @@ class Keys:
 
     def sentinel(self) -> str:
         return f"{{{self.prefix}}}:intact"
+
+    def rate_bucket(self, namespace: str, budget: str, key_id: str | None = None) -> str:
+        """The token bucket of ``namespace`` (or of its API key ``key_id``) for
+        ``budget``; braces in a name are escaped so the hash tag stays the namespace."""
+        tag = f"{{{self.prefix}:rl:{_tag_safe(namespace)}}}:{budget}"
+        return tag if key_id is None else f"{tag}:k:{_tag_safe(key_id)}"
+
+
+def _tag_safe(name: str) -> str:
+    return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
 class StreamEntry(msgspec.Struct, frozen=True):
@@ -642,3 +657,118 @@ def _stream_items(reply: Any) -> list[tuple[str, list[Any]]]:
     if isinstance(reply, dict):
         return [(_str(k), v[0] if v and isinstance(v[0], list) else v) for k, v in reply.items()]
     return [(_str(stream), items) for stream, items in reply]
+
+
+# --- token buckets (api rate limits) -------------------------------------------------------
+
+# Refill and take one token from every bucket in KEYS, all or nothing, in one round trip.
+# ARGV: rate_per_s_1, burst_1, rate_per_s_2, burst_2, ... (one pair per key). Time is
+# Redis's own (TIME), so API processes whose clocks disagree share one notion of refill.
+# A bucket never seen is full. The take happens only when every bucket holds a token; a
+# refusal writes nothing. Returns {allowed (0/1), remaining (whole tokens left in the
+# tightest bucket), limit (burst of that bucket), reset_s (until it is full again),
+# retry_after_s (until every bucket holds a token; 0 when allowed)}; the floats as strings
+# (Lua numbers are truncated to integers in replies). TIME in a script needs Redis >= 5
+# (effects replication).
+TAKE_TOKENS_LUA = """
+local now_t = redis.call('TIME')
+local now = tonumber(now_t[1]) + tonumber(now_t[2]) / 1000000
+local n = #KEYS
+local tokens = {}
+local allowed = 1
+local retry = 0
+for i = 1, n do
+  local rate = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local v = redis.call('HMGET', KEYS[i], 't', 'ts')
+  local t = tonumber(v[1])
+  local ts = tonumber(v[2])
+  if t == nil or ts == nil then
+    t = burst
+    ts = now
+  end
+  local elapsed = now - ts
+  if elapsed < 0 then elapsed = 0 end
+  t = math.min(burst, t + elapsed * rate)
+  tokens[i] = t
+  if t < 1 then
+    allowed = 0
+    local wait = (1 - t) / rate
+    if wait > retry then retry = wait end
+  end
+end
+local remaining = nil
+local limit = 0
+local reset = 0
+for i = 1, n do
+  local rate = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local t = tokens[i]
+  if allowed == 1 then
+    t = t - 1
+    redis.call('HSET', KEYS[i], 't', string.format('%.17g', t), 'ts', string.format('%.6f', now))
+    redis.call('PEXPIRE', KEYS[i], math.ceil((burst - t) / rate * 1000) + 1000)
+  end
+  if remaining == nil or t < remaining then
+    remaining = t
+    limit = burst
+    reset = (burst - t) / rate
+  end
+end
+return {allowed, math.floor(remaining), limit, string.format('%.6f', reset),
+        string.format('%.6f', retry)}
+"""
+
+
+class BucketLimit(msgspec.Struct, frozen=True):
+    """A token bucket's refill rate (tokens per second, > 0) and size (>= 1)."""
+
+    rate_per_s: float
+    burst: int
+
+
+class TakeResult(msgspec.Struct, frozen=True):
+    """What `TokenBuckets.take` found: whether a token was taken from every bucket, and
+    of the tightest bucket its whole tokens left, its size and the seconds until it is
+    full; ``retry_after_s``: when a refused take could succeed (0 when allowed)."""
+
+    allowed: bool
+    remaining: int
+    limit: int
+    reset_s: float
+    retry_after_s: float
+
+
+class TokenBuckets:
+    """Token buckets in Redis shared by every process on it, over a client it does not
+    own. The script is sent by EVALSHA, loaded again when Redis answers NOSCRIPT (after
+    a restart or SCRIPT FLUSH)."""
+
+    def __init__(self, redis: Redis, prefix: str = "steplog") -> None:
+        self.redis = redis
+        self.keys = Keys(prefix)
+        self._script = redis.register_script(TAKE_TOKENS_LUA)
+
+    async def take(self, buckets: Sequence[tuple[str, BucketLimit]]) -> TakeResult:
+        """Take one token from each of ``buckets`` (key, limit), atomically: all or none.
+        The keys must share a hash slot (`Keys.rate_bucket` of one namespace do).
+        Unavailable when Redis does not answer."""
+        keys = [key for key, _ in buckets]
+        args: list[EncodableT] = []
+        for _, limit in buckets:
+            args.extend((repr(float(limit.rate_per_s)), limit.burst))
+        with _redis_errors():
+            reply = await self._script(keys=keys, args=args)
+        allowed, remaining, limit_, reset_s, retry_s = reply
+        return TakeResult(
+            allowed=bool(int(allowed)),
+            remaining=max(0, int(remaining)),
+            limit=int(limit_),
+            reset_s=float(reset_s),
+            retry_after_s=float(retry_s),
+        )
+
+    async def ping(self) -> None:
+        """One PING round trip (the ceiling bench/limiter.py measures against)."""
+        with _redis_errors():
+            await self.redis.ping()

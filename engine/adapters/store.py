@@ -609,6 +609,13 @@ class EventStore:
             )
         return _execution(row), False
 
+    async def find_execution(
+        self, namespace: str, workflow: str, name: str
+    ) -> ExecutionRecord | None:
+        """The execution of ``workflow`` named ``name``, if any."""
+        row = await self._fetchrow(SELECT_EXECUTION_BY_NAME, namespace, workflow, name)
+        return None if row is None else _execution(row)
+
     async def get_execution(
         self, execution_id: UUID, namespace: str | None = None
     ) -> ExecutionRecord | None:
