@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from api.app import create_app
+from engine.access import Access
 from engine.adapters.bus import TokenBuckets
 from engine.adapters.limits_store import LimitsStore
 from engine.adapters.store import EventStore
@@ -42,7 +43,13 @@ async def limited_client(
 ) -> TestClient[Any, Any]:
     limits = Limits(LimitsStore(pool), TokenBuckets(redis, prefix), d)
     service = EngineService(store, max_payload_bytes=settings.max_payload_bytes, limits=limits)
-    app = create_app(service, Queries(store, pool, redis.ping), api_config(settings), limits=limits)
+    app = create_app(
+        service,
+        Queries(store, pool, redis.ping),
+        api_config(settings),
+        Access.over(pool),
+        limits=limits,
+    )
     return TestClient(TestServer(app))
 
 

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from api.app import create_app
 from api.health import ROLE_HEALTH
+from engine.access import Access
 from engine.adapters.store import EventStore
 from engine.service import EngineService
 from projections.queries import Queries
@@ -36,7 +37,9 @@ async def client(
     pool: asyncpg.Pool, store: EventStore, redis: Redis, settings: Settings, health: RoleHealth
 ) -> AsyncIterator[Client]:
     service = EngineService(store, max_payload_bytes=settings.max_payload_bytes)
-    app = create_app(service, Queries(store, pool, redis.ping), api_config(settings))
+    app = create_app(
+        service, Queries(store, pool, redis.ping), api_config(settings), Access.over(pool)
+    )
     app[ROLE_HEALTH] = health
     async with TestClient(TestServer(app)) as c:
         yield c
