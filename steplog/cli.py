@@ -282,7 +282,7 @@ async def _command(args: argparse.Namespace, settings: Settings) -> int:
                     return 1
                 return 0
             if args.command == "limits":
-                return await limits_cli.run(args, r.limits, sys.stdout)
+                return await limits_cli.run(args, r.limits, r.access, sys.stdout)
     return 2
 
 

@@ -8,6 +8,7 @@ import argparse
 import sys
 from typing import TextIO
 
+from engine.access import Access, Actor
 from engine.limits import BUDGETS, Limits, bucket_limit
 
 
@@ -67,8 +68,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     set_.add_argument("--running", type=_running, metavar="N", help="the RUNNING quota (0: none)")
 
 
-async def run(args: argparse.Namespace, limits: Limits, out: TextIO) -> int:
-    """Carry out ``steplog limits ACTION``; the exit code."""
+async def run(args: argparse.Namespace, limits: Limits, access: Access, out: TextIO) -> int:
+    """Carry out ``steplog limits ACTION``; the exit code. A change is audited (as any
+    command-line action: no key, remote "steplog cli") right after it is stored."""
     namespace: str = args.namespace
     if args.action == "set":
         changed = 0
@@ -88,6 +90,12 @@ async def run(args: argparse.Namespace, limits: Limits, out: TextIO) -> int:
             return 2
     elif args.action == "reset":
         await limits.reset(namespace)
+    if args.action in ("set", "reset"):
+        asked = {
+            k: v for k, v in vars(args).items() if k not in ("command", "action") and v is not None
+        }
+        actor = Actor(key_id=None, namespace=namespace, remote="steplog cli")
+        await access.record(actor, f"limits.{args.action}", namespace, asked)
     effective = await limits.of(namespace)
     print(f"namespace {namespace}", file=out)
     for budget in BUDGETS:

@@ -35,6 +35,16 @@ async def test_limits_set_show_and_reset(
     assert code == 0 and "running quota none" in out
     code, out, _ = await _steplog(settings, "limits", "reset", "team-a")
     assert code == 0 and "starts  namespace 500/s burst 1000" in out
+    # Both changes are in the audit trail, newest first; showing changes nothing.
+    rows = await pool.fetch(
+        "SELECT action, target, details::text AS details, remote FROM audit_log"
+        " WHERE action LIKE 'limits.%' ORDER BY id DESC"
+    )
+    assert [(r["action"], r["target"], r["remote"]) for r in rows] == [
+        ("limits.reset", "team-a", "steplog cli"),
+        ("limits.set", "team-a", "steplog cli"),
+    ]
+    assert '"running":7' in rows[1]["details"].replace(" ", "")
 
 
 @pytest.mark.parametrize(
