@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
 
 from engine.adapters.bus import Bus
 from engine.adapters.postgres import open_pool, translate_errors
@@ -35,6 +37,7 @@ from projections.queries import Queries
 from steplog.datadir import local_servers
 from steplog.migrate import migrate
 from steplog.settings import Settings
+from steplog.tracing import INSTRUMENTATION_SCOPE, instrument_drivers, tracer_provider
 
 if TYPE_CHECKING:
     from api.server import ServerLimits
@@ -51,6 +54,8 @@ class Resources:
     bus: Bus
     service: EngineService
     queries: Queries
+    # Spans of every role (steplog/tracing.py); None: tracing off.
+    tracer: Tracer | None = None
 
 
 @contextlib.asynccontextmanager
@@ -68,10 +73,45 @@ async def server_urls(settings: Settings, *, own: bool = False) -> AsyncIterator
 
 @contextlib.asynccontextmanager
 async def open_resources(
-    settings: Settings, database_url: str, redis_url: str, *, pool_size: int = 20
+    settings: Settings,
+    database_url: str,
+    redis_url: str,
+    *,
+    pool_size: int = 20,
+    tracer_provider: TracerProvider | None = None,
 ) -> AsyncIterator[Resources]:
     """Open the pool (`Unavailable` when PostgreSQL does not answer), apply the
-    migrations, and build the store, bus, command and query sides over them."""
+    migrations, and build the store, bus, command and query sides over them.
+    ``tracer_provider``: the one to span with (the caller's to shut down), else the one
+    the settings configure (None: tracing off), with the drivers instrumented."""
+    async with _tracing(settings, tracer_provider) as tracer:
+        async with _open_resources(settings, database_url, redis_url, pool_size, tracer) as r:
+            yield r
+
+
+@contextlib.asynccontextmanager
+async def _tracing(
+    settings: Settings, given: TracerProvider | None
+) -> AsyncIterator[Tracer | None]:
+    if given is not None:
+        yield given.get_tracer(INSTRUMENTATION_SCOPE)
+        return
+    provider = tracer_provider(settings)
+    if provider is None:
+        yield None
+        return
+    undo = instrument_drivers(provider)
+    try:
+        yield provider.get_tracer(INSTRUMENTATION_SCOPE)
+    finally:
+        undo()
+        provider.shutdown()  # exports what is still batched
+
+
+@contextlib.asynccontextmanager
+async def _open_resources(
+    settings: Settings, database_url: str, redis_url: str, pool_size: int, tracer: Tracer | None
+) -> AsyncIterator[Resources]:
     pool = await open_pool(database_url, min_size=2, max_size=pool_size)
     try:
         with translate_errors():
@@ -81,10 +121,13 @@ async def open_resources(
             store = EventStore(pool)
             bus = Bus(redis, settings.redis_prefix, settings.partitions)
             service = EngineService(
-                store, max_payload_bytes=settings.max_payload_bytes, arns=settings.arn_scope()
+                store,
+                max_payload_bytes=settings.max_payload_bytes,
+                arns=settings.arn_scope(),
+                tracer=tracer,
             )
             queries = Queries(store, pool, bus.ping)
-            yield Resources(settings, pool, redis, store, bus, service, queries)
+            yield Resources(settings, pool, redis, store, bus, service, queries, tracer)
         finally:
             await redis.aclose()
     finally:
@@ -129,10 +172,12 @@ async def run_roles(
             r.bus,
             visibility_timeout_s=settings.task_visibility_timeout_s,
             max_deliveries=settings.max_deliveries,
+            tracer=r.tracer,
         )
+        timers = TimerService(r.store, r.bus, tracer=r.tracer)
         coros.append(_supervised("engine", engine.run, stop))
-        coros.append(_supervised("timers", TimerService(r.store, r.bus).run, stop))
-        coros.append(_supervised("relay", Relay(r.store, r.bus, r.pool).run, stop))
+        coros.append(_supervised("timers", timers.run, stop))
+        coros.append(_supervised("relay", Relay(r.store, r.bus, r.pool, tracer=r.tracer).run, stop))
         coros.append(_supervised("recovery", Recovery(r.service, r.bus, r.pool).run, stop))
     if "worker" in roles:
         if registry is None:
@@ -146,6 +191,7 @@ async def run_roles(
             visibility_timeout_s=settings.task_visibility_timeout_s,
             max_deliveries=settings.max_deliveries,
             ended=r.store.ended_executions,
+            tracer=r.tracer,
         )
         coros.append(_supervised("worker", worker.run, stop))
     if "projector" in roles:
@@ -165,7 +211,7 @@ async def run_roles(
             body_timeout_s=settings.http_body_timeout_s,
             cors_allow_origins=settings.cors_allow_origins,
         )
-        app = create_app(r.service, r.queries, config)
+        app = create_app(r.service, r.queries, config, tracer=r.tracer)
         runner = HardenedAppRunner(app, server_limits(settings))
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)

@@ -21,6 +21,8 @@ LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _PARTITION = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _ACCOUNT = re.compile(r"[0-9]{12}")
+TRACE_EXPORTERS: tuple[str, ...] = ("otlp", "console", "none")
+OTLP_PROTOCOLS: tuple[str, ...] = ("http/protobuf", "grpc")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,6 +79,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Origins allowed to call the API from a browser (comma separated, "*" for any);
     # empty, the default, turns CORS off.
     cors_allow_origins: tuple[str, ...] = ()
+    # OpenTelemetry tracing (steplog/tracing.py), read from the standard variables, not
+    # STEPLOG_*: OTEL_TRACES_EXPORTER ("otlp", "console", comma separated; unset or "none"
+    # is off, the default; OTEL_SDK_DISABLED=true forces off) and the OTLP protocol
+    # (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL). The SDK
+    # reads the other OTEL_* variables itself (endpoint, sampler, service name, ...).
+    otel_traces_exporter: tuple[str, ...] = ()
+    otel_exporter_otlp_protocol: str = "http/protobuf"
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -119,6 +128,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if not self.redis_prefix or any(c in self.redis_prefix for c in "{}: "):
             # The prefix goes inside Redis hash tags; braces or colons would break them.
             raise ValueError("redis_prefix must be non-empty without '{', '}', ':' or spaces")
+        if any(e not in TRACE_EXPORTERS for e in self.otel_traces_exporter):
+            raise ValueError(f"OTEL_TRACES_EXPORTER: each must be one of {TRACE_EXPORTERS}")
+        if self.otel_exporter_otlp_protocol not in OTLP_PROTOCOLS:
+            raise ValueError(f"the OTLP protocol must be one of {OTLP_PROTOCOLS}")
 
     def arn_scope(self) -> ArnScope:
         """The partition, region and account of the ARNs this process records."""
@@ -183,7 +196,28 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                     values[field] = kind(raw)
                 except ValueError:
                     raise ValueError(f"STEPLOG_{field.upper()}: not a number: {raw!r}") from None
+        values.update(_otel_values(environ))
         try:
             return cls(**values)  # type: ignore[arg-type]
         except ValueError as exc:
             raise ValueError(f"invalid STEPLOG_* settings: {exc}") from None
+
+
+def _otel_values(environ: Mapping[str, str]) -> dict[str, object]:
+    """The tracing fields from the standard OTEL_* variables (see Settings)."""
+    values: dict[str, object] = {}
+    disabled = environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    exporters = environ.get("OTEL_TRACES_EXPORTER", "")
+    if disabled:
+        values["otel_traces_exporter"] = ()
+    elif exporters.strip():
+        values["otel_traces_exporter"] = tuple(
+            e.strip().lower() for e in exporters.split(",") if e.strip()
+        )
+    protocol = (
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "").strip()
+        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "").strip()
+    )
+    if protocol:
+        values["otel_exporter_otlp_protocol"] = protocol.lower()
+    return values
