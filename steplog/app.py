@@ -83,7 +83,8 @@ async def open_resources(
     """Open the pool (`Unavailable` when PostgreSQL does not answer), apply the
     migrations, and build the store, bus, command and query sides over them.
     ``tracer_provider``: the one to span with (the caller's to shut down), else the one
-    the settings configure (None: tracing off), with the drivers instrumented."""
+    the settings configure (None: tracing off), with the drivers instrumented when
+    ``settings.trace_drivers``."""
     async with _tracing(settings, tracer_provider) as tracer:
         async with _open_resources(settings, database_url, redis_url, pool_size, tracer) as r:
             yield r
@@ -100,11 +101,12 @@ async def _tracing(
     if provider is None:
         yield None
         return
-    undo = instrument_drivers(provider)
+    undo = instrument_drivers(provider) if settings.trace_drivers else None
     try:
         yield provider.get_tracer(INSTRUMENTATION_SCOPE)
     finally:
-        undo()
+        if undo is not None:
+            undo()
         provider.shutdown()  # exports what is still batched
 
 

@@ -86,6 +86,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # reads the other OTEL_* variables itself (endpoint, sampler, service name, ...).
     otel_traces_exporter: tuple[str, ...] = ()
     otel_exporter_otlp_protocol: str = "http/protobuf"
+    # With tracing on, also span every PostgreSQL query and Redis command (the asyncpg and
+    # redis instrumentations): detailed, but it costs far more than steplog's own spans
+    # (docs/observability.md), so it is off unless asked for (STEPLOG_TRACE_DRIVERS=true).
+    trace_drivers: bool = False
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -196,6 +200,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                     values[field] = kind(raw)
                 except ValueError:
                     raise ValueError(f"STEPLOG_{field.upper()}: not a number: {raw!r}") from None
+        if (raw := get("trace_drivers")) is not None:
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"STEPLOG_TRACE_DRIVERS: not true or false: {raw!r}")
+            values["trace_drivers"] = raw.lower() in ("true", "1")
         values.update(_otel_values(environ))
         try:
             return cls(**values)  # type: ignore[arg-type]

@@ -15,7 +15,8 @@ The provider is passed to whoever spans (the loops, the service, the API) as a
 ``Tracer``; it is never installed as OpenTelemetry's global provider, so tests can
 give each running steplog its own (e.g. with an in-memory exporter).
 `instrument_drivers` adds the maintained asyncpg and Redis instrumentations (one span
-per query or command), whose spans only appear inside a trace: see `InsideTraces`.
+per query or command; with ``STEPLOG_TRACE_DRIVERS=true``, as they more than double
+the cost of tracing), whose spans only appear inside a trace: see `InsideTraces`.
 """
 
 from __future__ import annotations

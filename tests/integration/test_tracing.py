@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from engine.core import events as ev
 from engine.loops.worker import HandlerRegistry, TaskContext, TaskFailure, default_registry
 from steplog.app import open_resources, run_roles
-from steplog.logs import configure_logging
+from steplog.logs import ContextFilter, JsonFormatter, TextFormatter, configure_logging
 from steplog.settings import Settings
 from steplog.tracing import InsideTraces, tracer_provider
 from tests.conftest import Eventually
@@ -249,6 +249,10 @@ async def test_tracing_is_off_unless_an_exporter_is_named() -> None:
         }
     )
     assert specific.otel_exporter_otlp_protocol == "http/protobuf"
+    assert not specific.trace_drivers
+    assert Settings.from_env({"STEPLOG_TRACE_DRIVERS": "true"}).trace_drivers
+    with pytest.raises(ValueError, match="STEPLOG_TRACE_DRIVERS"):
+        Settings.from_env({"STEPLOG_TRACE_DRIVERS": "maybe"})
     with pytest.raises(ValueError, match="OTEL_TRACES_EXPORTER"):
         Settings.from_env({"OTEL_TRACES_EXPORTER": "jaeger"})
     with pytest.raises(ValueError, match="OTLP protocol"):
@@ -280,3 +284,28 @@ def test_started_events_keep_their_trace_context_and_older_ones_have_none() -> N
     old = ev.decode_event(b'{"type":"ExecutionStarted","workflow":"w"}')
     assert isinstance(old, ev.ExecutionStarted) and old.trace_context == ""
     assert b"traceContext" not in ev.encode_event(ev.ExecutionStarted(workflow="w"))
+
+
+def test_log_lines_carry_the_current_span_in_json_and_text() -> None:
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    tracer = provider.get_tracer("test")
+    inside = logging.LogRecord("steplog.test", logging.INFO, __file__, 1, "inside", None, None)
+    outside = logging.LogRecord("steplog.test", logging.INFO, __file__, 1, "outside", None, None)
+    with tracer.start_as_current_span("work") as span:
+        ContextFilter().filter(inside)
+    ContextFilter().filter(outside)
+    ctx = span.get_span_context()
+    trace_id, span_id = f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+    doc = json.loads(JsonFormatter().format(inside))
+    assert (doc["trace_id"], doc["span_id"]) == (trace_id, span_id)
+    assert f"[trace={trace_id} span={span_id}] inside" in TextFormatter().format(inside)
+    assert "trace_id" not in json.loads(JsonFormatter().format(outside))
+    assert "trace=" not in TextFormatter().format(outside)
+    provider.shutdown()
+
+
+def test_a_handler_span_records_nothing_with_tracing_off() -> None:
+    ctx = TaskContext(execution_id="e", state="S", attempt=0, task_id="t")
+    with ctx.span("own work", {"n": 1}) as span:
+        assert not span.is_recording()
+        assert not span.get_span_context().is_valid
