@@ -8,10 +8,11 @@ PostgreSQL). Modes, interleaved round by round
 so that the machine's load drifts over all of them alike:
 
     off        tracing off (the default: no tracer anywhere)
-    on         tracing on, sampled at 100%, with the asyncpg and Redis instrumentations,
-               spans batched (BatchSpanProcessor) to an exporter that only counts them
-               (what the process pays; a collector's own cost is the collector's)
-    on-nodrv   the same without the driver instrumentations
+    on         tracing on, sampled at 100%: steplog's own spans, batched
+               (BatchSpanProcessor) to an exporter that only counts them (what the
+               process pays; a collector's own cost is the collector's)
+    drivers    the same with the asyncpg and Redis instrumentations
+               (STEPLOG_TRACE_DRIVERS=true)
 
 Prints, per mode and workload, the median transitions/s (wall clock) and transitions
 per CPU second of this process (every thread; the client's requests included, the
@@ -70,7 +71,7 @@ TASK_3 = {
     },
 }
 WORKLOADS = [("task3", TASK_3, 3), ("pass10", PASS_10, 10)]
-MODES = ("off", "on", "on-nodrv")
+MODES = ("off", "on", "drivers")
 
 
 class CountingExporter(SpanExporter):
@@ -137,7 +138,7 @@ async def _round(
     if mode != "off":
         provider = TracerProvider(sampler=InsideTraces(ALWAYS_ON), shutdown_on_exit=False)
         provider.add_span_processor(BatchSpanProcessor(exporter))
-        if mode == "on":
+        if mode == "drivers":
             undo = instrument_drivers(provider)
     results: dict[str, float] = {}
     stop, ready = asyncio.Event(), asyncio.Event()

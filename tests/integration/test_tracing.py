@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from uuid import uuid4
 
 import aiohttp
 import msgspec
@@ -24,8 +26,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import SpanKind, StatusCode
 
+from engine.adapters.store import StoredEvent
 from engine.core import events as ev
+from engine.loops.recovery import pending_work
 from engine.loops.worker import HandlerRegistry, TaskContext, TaskFailure, default_registry
+from engine.messages import Begin
 from steplog.app import open_resources, run_roles
 from steplog.logs import ContextFilter, JsonFormatter, TextFormatter, configure_logging
 from steplog.settings import Settings
@@ -309,3 +314,20 @@ def test_a_handler_span_records_nothing_with_tracing_off() -> None:
     with ctx.span("own work", {"n": 1}) as span:
         assert not span.is_recording()
         assert not span.get_span_context().is_valid
+
+
+def test_recovery_republishes_work_under_the_recorded_trace_context() -> None:
+    execution_id = uuid4()
+    started = ev.ExecutionStarted(workflow="w", trace_context=CLIENT_TRACEPARENT)
+    stored = StoredEvent(
+        execution_id,
+        1,
+        1,
+        "ExecutionStarted",
+        ev.encode_event(started),
+        dt.datetime.now(dt.UTC),
+        tx_id=1,
+    )
+    triggers, tasks = pending_work([stored])
+    assert triggers == [(execution_id, Begin(traceparent=CLIENT_TRACEPARENT))]
+    assert tasks == []
