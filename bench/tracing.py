@@ -21,6 +21,7 @@ ceiling), and the spans exported per execution. On a machine shared with other w
 the CPU figure is the steadier one: what tracing adds is CPU in this process.
 
     .venv/bin/python bench/tracing.py [-n 300] [--rounds 3] [--concurrency 32]
+        [--modes off,on,drivers]
 
 Run by hand; never part of the test suite.
 """
@@ -165,15 +166,15 @@ async def _round(
     return results, exporter.spans
 
 
-async def _bench(n: int, rounds: int, conc: int) -> None:
+async def _bench(n: int, rounds: int, conc: int, modes: Sequence[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="steplog-bench-trace-") as folder:
         data = Path(folder)
         async with local_servers(data, own=True) as (db_url, redis_url):
-            figures: dict[str, dict[str, list[float]]] = {m: {} for m in MODES}
-            spans: dict[str, int] = dict.fromkeys(MODES, 0)
+            figures: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
+            spans: dict[str, int] = dict.fromkeys(modes, 0)
             index = 0
             for _ in range(rounds):
-                for mode in MODES:
+                for mode in modes:
                     index += 1
                     results, exported = await _round(mode, db_url, redis_url, data, n, conc, index)
                     spans[mode] += exported
@@ -186,7 +187,7 @@ async def _bench(n: int, rounds: int, conc: int) -> None:
         f"{'mode':9} {'workload':8} {'transitions/s':>14} {'vs off':>7} "
         f"{'transitions/cpu-s':>18} {'vs off':>7} {'spans/exec':>11}"
     )
-    for mode in MODES:
+    for mode in modes:
         for name, _, _ in WORKLOADS:
             wall = statistics.median(figures[mode][name])
             wall_off = statistics.median(figures["off"][name])
@@ -203,8 +204,14 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma separated, of {MODES}; off first"
+    )
     args = parser.parse_args()
-    asyncio.run(_bench(args.n, args.rounds, args.concurrency))
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or modes[0] != "off" or any(m not in MODES for m in modes):
+        parser.error(f"--modes: off first, then any of {MODES}")
+    asyncio.run(_bench(args.n, args.rounds, args.concurrency, modes))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,17 @@ from uuid import UUID
 
 import msgspec
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+    set_span_in_context,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from engine.adapters.store import DueTimer, EventStore, StoredEvent
@@ -39,6 +49,18 @@ def parent_context(traceparent: str) -> Context | None:
     (a new trace) when it is empty or not a valid W3C traceparent."""
     if not traceparent:
         return None
+    # What steplog itself wrote (00-<32 hex>-<16 hex>-<2 hex>) is read without the
+    # propagator's regular expression; anything else goes through the propagator.
+    if len(traceparent) == 55 and traceparent.startswith("00-"):
+        try:
+            trace_id = int(traceparent[3:35], 16)
+            span_id = int(traceparent[36:52], 16)
+            flags = int(traceparent[53:55], 16)
+        except ValueError:
+            return _propagator.extract({"traceparent": traceparent})
+        if trace_id and span_id:
+            remote = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
+            return set_span_in_context(NonRecordingSpan(remote))
     return _propagator.extract({"traceparent": traceparent})
 
 
@@ -103,7 +125,6 @@ def describe_decision(
     if ignored:
         span.set_attribute("steplog.decision.ignored", ignored)
     if events:
-        span.set_attribute("steplog.decision.event_types", [ev.event_type(e) for e in events])
         states = list(dict.fromkeys(e.name for e in events if isinstance(e, ev.StateEvent)))
         if states:
             span.set_attribute("steplog.decision.states", states)
@@ -121,16 +142,25 @@ def describe_decision(
 async def publish_spans(
     tracer: Tracer, traces: ExecutionTraces, events: Sequence[StoredEvent]
 ) -> dict[UUID, Span]:
-    """One started "steplog.relay.publish" span per execution in a relay batch, each
-    the child of its execution's recorded context (an ExecutionStarted in the batch
-    tells it at once). The caller ends them once the batch is published."""
+    """One started "steplog.relay.publish" span per execution in a relay batch that
+    sends a message for it (a Begin trigger, a task), each the child of its execution's
+    recorded context (an ExecutionStarted in the batch tells it at once); the messages
+    carry it. A batch that only publishes an execution's events to the events stream
+    makes no span for it: nothing in the trace follows from it, and spans cost. The
+    caller ends them once the batch is published."""
     by_execution: dict[UUID, list[StoredEvent]] = {}
+    sending: set[UUID] = set()
     for event in events:
         by_execution.setdefault(event.execution_id, []).append(event)
         if event.type == "ExecutionStarted":
             traces.remember(event.execution_id, recorded_trace_context(event.data))
+            sending.add(event.execution_id)
+        elif event.type == "TaskScheduled":
+            sending.add(event.execution_id)
     spans: dict[UUID, Span] = {}
     for execution_id, own in by_execution.items():
+        if execution_id not in sending:
+            continue
         parent = await traces.get(execution_id)
         spans[execution_id] = tracer.start_span(
             "steplog.relay.publish",
