@@ -245,12 +245,10 @@ class EngineService:
             return decision, await append
         with self.tracer.start_as_current_span(
             "steplog.append",
+            # Few attributes: each costs (the decision around it names the execution).
             attributes={
-                "steplog.execution.id": state.execution_id,
                 "steplog.append.expected_seq": state.seq,
                 "steplog.append.events": len(new),
-                "steplog.append.timers_set": len(decision.timers_to_set),
-                "steplog.append.timers_cancelled": len(decision.timers_to_cancel),
             },
         ):
             return decision, await append

@@ -166,12 +166,7 @@ async def publish_spans(
             "steplog.relay.publish",
             context=parent_context(parent),
             kind=SpanKind.PRODUCER,
-            attributes={
-                EXECUTION_ID: str(execution_id),
-                "steplog.relay.events": len(own),
-                "steplog.relay.first_seq": own[0].seq,
-                "steplog.relay.last_seq": own[-1].seq,
-            },
+            attributes={EXECUTION_ID: str(execution_id), "steplog.relay.events": len(own)},
         )
     return spans
 

@@ -469,11 +469,9 @@ class Worker:
             kind=SpanKind.CONSUMER,
             attributes={
                 EXECUTION_ID: str(task.execution_id),
-                "steplog.task.id": task.task_id,
                 "steplog.task.state": task.state,
                 "steplog.task.attempt": task.attempt,
                 "steplog.task.resource": task.resource,
-                "steplog.task.queue": task.queue,
             },
         ) as span:
             result = await self._call(task, ctx)
