@@ -190,7 +190,12 @@ async def test_one_execution_is_one_trace_across_every_role(
     assert len(timers) == 2 and all(parent(t) is request for t in timers)
     # Each decision is the child of what caused it: the Begin's publish, an attempt, a
     # timer; it says which states it moved through and how many events it made.
-    decisions = named("steplog.decide")
+    # A trigger delivered twice (recovery re-adding a Begin while the relay's is on its
+    # way, as the test's fresh Redis makes it run at start) is an ignored decision of
+    # its own: in the tree, with no events.
+    ignored = [d for d in named("steplog.decide") if attr(d, "steplog.decision.ignored")]
+    assert all(attr(d, "steplog.decision.events") == 0 for d in ignored)
+    decisions = [d for d in named("steplog.decide") if d not in ignored]
     triggers = [(attr(d, "steplog.trigger"), parent(d).name) for d in decisions]
     assert triggers == [
         ("Begin", "steplog.relay.publish"),
