@@ -7,10 +7,10 @@ bodies are capped at config.max_payload_bytes plus a small envelope allowance
 (aiohttp answers 413 beyond that); routes check the definition and the
 execution input against max_payload_bytes itself.
 
-Middlewares, outermost first: request id -> observe (metrics, access log) ->
-CORS preflight -> errors (problem+json) -> auth (api/auth.py: API key, namespace,
-role) -> rate limit (api/ratelimit.py, when given limits) -> body (415, body read
-deadline) ->
+Middlewares, outermost first: request id -> trace (with a tracer) -> observe (metrics,
+access log) -> CORS preflight -> errors (problem+json) -> auth (api/auth.py: API key,
+namespace, role) -> rate limit (api/ratelimit.py, when given limits) -> body (415,
+body read deadline) ->
 handler; every response gets the headers of api/hygiene.py. The contract of
 every route is published at GET /v1/openapi.json and /docs (api/openapi.py).
 Serve it with api.server.HardenedAppRunner for the connection limits.
@@ -19,6 +19,7 @@ Serve it with api.server.HardenedAppRunner for the connection limits.
 from __future__ import annotations
 
 from aiohttp import web
+from opentelemetry.trace import Tracer
 
 from api import access as access_routes
 from api import executions, feed, health, openapi, stats, workflows
@@ -27,7 +28,7 @@ from api.config import ApiConfig
 from api.hygiene import body_middleware, cors_middleware, on_response_prepare
 from api.keys import ACCESS, COMMANDS, CONFIG, METRICS, QUERIES
 from api.metrics import HttpMetrics
-from api.middleware import observe_middleware, request_id_middleware
+from api.middleware import observe_middleware, request_id_middleware, trace_middleware
 from api.problems import error_middleware
 from api.ratelimit import LIMITS, add_rate_limit_headers, ratelimit_middleware
 from engine.access import Access
@@ -46,15 +47,19 @@ def create_app(
     access: Access,
     *,
     limits: Limits | None = None,
+    tracer: Tracer | None = None,
 ) -> web.Application:
     """Build the API application; nothing in it closes what it was given. ``access``:
     keys, namespaces and the audit trail (the authentication step reads it).
-    ``limits``: the rate limits (api/ratelimit.py); None serves without them."""
+    ``limits``: the rate limits (api/ratelimit.py); None serves without them.
+    ``tracer`` (None: tracing off) spans each request (api.middleware.trace_middleware)."""
     rate_limit = [ratelimit_middleware] if limits is not None else []
+    tracing = [trace_middleware(tracer)] if tracer is not None else []
     app = web.Application(
         client_max_size=max(config.max_payload_bytes, config.max_definition_bytes) + ENVELOPE_BYTES,
         middlewares=[
             request_id_middleware,
+            *tracing,
             observe_middleware,
             cors_middleware,
             error_middleware,

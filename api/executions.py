@@ -29,6 +29,7 @@ from aiohttp import web
 
 from api.auth import actor_of, namespace_of
 from api.keys import ACCESS, COMMANDS, CONFIG, QUERIES
+from api.middleware import request_traceparent
 from api.params import execution_id, workflow_name
 from api.problems import InvalidQuery
 from api.responses import json_response
@@ -74,6 +75,7 @@ async def start_execution(request: web.Request) -> web.Response:
         req.input,  # kept as sent (engine.adapters.store.json_as_sent)
         req.name,
         dt.datetime.now(dt.UTC),
+        trace_context=request_traceparent(),
     )
     execution_id_var.set(str(record.execution_id))
     out = (

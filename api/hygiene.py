@@ -32,8 +32,8 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 CORS_METHODS = "GET, HEAD, POST, PUT, OPTIONS"
-CORS_REQUEST_HEADERS = "Content-Type, Last-Event-ID, X-Request-ID"
-CORS_EXPOSED_HEADERS = "Location, Retry-After, X-Request-ID"
+CORS_REQUEST_HEADERS = "Content-Type, Last-Event-ID, X-Request-ID, traceparent, tracestate"
+CORS_EXPOSED_HEADERS = "Location, Retry-After, X-Request-ID, traceparent"
 CORS_MAX_AGE_S = "600"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 

@@ -1,8 +1,9 @@
 """Request-id and observability middlewares (the error middleware is in problems.py).
 
-Order in the app, outermost first: request_id -> observe -> errors -> handler,
-so every response (errors included) carries X-Request-ID, and metrics and the
-access log see the final status.
+Order in the app, outermost first: request_id -> trace (with tracing on) ->
+observe -> errors -> handler, so every response (errors included) carries
+X-Request-ID (and traceparent), metrics and the access log see the final status,
+and the access line carries the request's trace and span ids.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import time
 import uuid
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, get_current_span
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from api.keys import METRICS
 from api.metrics import route_label
@@ -23,7 +27,51 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # A caller's id is echoed only when it is short and plain (it goes into logs and headers).
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
+TRACEPARENT_HEADER = "traceparent"
+
 access_log = logging.getLogger("steplog.api.access")
+_propagator = TraceContextTextMapPropagator()
+
+
+def request_traceparent() -> str:
+    """The W3C traceparent of the current request's span ("" with tracing off): what
+    a start records in ExecutionStarted, so the execution's spans join the request's
+    trace."""
+    ctx = get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return ""
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+
+def trace_middleware(tracer: Tracer) -> Middleware:
+    """A server span per request, continuing the caller's W3C ``traceparent`` (and
+    ``tracestate``) when it sends a valid one, else beginning a new trace (an invalid
+    one is ignored, as W3C Trace Context asks: never a 4xx). The response's
+    ``traceparent`` header names the request's span, so a client learns the trace id
+    of the execution it started."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        parent = _propagator.extract(request.headers)
+        with tracer.start_as_current_span(
+            f"{request.method} {route_label(request)}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": request.method,
+                "http.route": route_label(request),
+                "url.path": request.path,
+            },
+        ) as span:
+            response = await handler(request)
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            if not response.prepared:
+                response.headers[TRACEPARENT_HEADER] = request_traceparent()
+            return response
+
+    return middleware
 
 
 @web.middleware

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, assert_never
 from uuid import UUID
 
@@ -39,8 +39,11 @@ WORKER_GROUP = "workers"
 DEFAULT_QUEUE = ev.DEFAULT_QUEUE
 
 
-class _Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
-    pass
+class _Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", omit_defaults=True):
+    # The W3C traceparent of the span that sent the message (engine.loops.tracing): the
+    # receiver's span is its child, so one execution's spans form one trace across
+    # processes. Empty with tracing off (and omitted then, like every default value).
+    traceparent: str = ""
 
 
 class Begin(_Message, frozen=True, kw_only=True, tag="begin"):
@@ -163,7 +166,7 @@ def upcast_v1_task(execution_id: UUID, seq: int, data: bytes) -> TaskMessage:
 # --- what committed events call for ---------------------------------------------------------
 
 
-def _task_of(execution_id: UUID, seq: int, data: bytes) -> TaskMessage:
+def _task_of(execution_id: UUID, seq: int, data: bytes, traceparent: str = "") -> TaskMessage:
     scheduled = ev.decode_event(data)
     if not isinstance(scheduled, ev.TaskScheduled):
         raise ValueError(f"a {ev.event_type(scheduled)} event where TaskScheduled was expected")
@@ -177,24 +180,36 @@ def _task_of(execution_id: UUID, seq: int, data: bytes) -> TaskMessage:
         resource=scheduled.resource,
         input=scheduled.input,
         timeout_due=scheduled.timeout_due,
+        traceparent=traceparent,
     )
 
 
 def follow_ups(
-    events: Iterable[ev.CommittedEvent],
+    events: Iterable[ev.CommittedEvent], traceparents: Mapping[UUID, str] | None = None
 ) -> tuple[list[tuple[UUID, TriggerMessage]], list[TaskMessage]]:
     """The triggers (with their execution ids) and tasks a batch of committed events
     calls for, in event order: a Begin for each ExecutionStarted, a TaskMessage for each
-    TaskScheduled. A TaskScheduled that does not decode (never written by decide) is
-    logged and left out: no worker could run it."""
+    TaskScheduled, each with its execution's entry of ``traceparents`` (the relay's
+    publish span) when given. A TaskScheduled that does not decode (never written by
+    decide) is logged and left out: no worker could run it."""
     begins: list[tuple[UUID, TriggerMessage]] = []
     tasks: list[TaskMessage] = []
+    parents = traceparents or {}
     for event in events:
         if event.type == "ExecutionStarted":
-            begins.append((event.execution_id, Begin()))
+            begins.append(
+                (event.execution_id, Begin(traceparent=parents.get(event.execution_id, "")))
+            )
         elif event.type == "TaskScheduled":
             try:
-                tasks.append(_task_of(event.execution_id, event.seq, event.data))
+                tasks.append(
+                    _task_of(
+                        event.execution_id,
+                        event.seq,
+                        event.data,
+                        parents.get(event.execution_id, ""),
+                    )
+                )
             except (msgspec.DecodeError, ValueError) as exc:
                 log.error(
                     "TaskScheduled %s/%d does not decode (%s); no task sent",

@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
+from opentelemetry.trace import Tracer
 
 from engine.adapters.store import (
     EventStore,
@@ -71,10 +72,13 @@ class EngineService:
         cache_size: int = 256,
         arns: ArnScope | None = None,
         limits: Limits | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.store = store
         # The RUNNING quota of each namespace (none when None).
         self.limits = limits
+        # Spans each append (a child of the caller's current span); None: tracing off.
+        self.tracer = tracer
         # Partition, region and account of the ARNs recorded at each start.
         self.arns = arns if arns is not None else ArnScope()
         self.max_payload_bytes = max_payload_bytes
@@ -150,8 +154,11 @@ class EngineService:
         input: Any,
         name: str | None,
         now: dt.datetime,
+        trace_context: str = "",
     ) -> tuple[ExecutionRecord, bool]:
         """Start an execution of the latest version of ``workflow``.
+        ``trace_context``: the W3C traceparent the execution's spans join (recorded in
+        ExecutionStarted; "" with tracing off).
 
         ``input`` is the client's JSON as a ``msgspec.Raw`` (kept as sent: key order and
         number spelling, see `json_as_sent`) or a value. The size limit counts the
@@ -196,6 +203,7 @@ class EngineService:
             state_machine_arn=arns.state_machine,
             execution_arn=arns.execution,
             state_machine_type=wf.type,
+            trace_context=trace_context,
         )
         return await self.store.start_execution(
             namespace,
@@ -239,17 +247,28 @@ class EngineService:
         decision = decide(definition, state, trigger)
         if not decision.events and not decision.timers_to_set and not decision.timers_to_cancel:
             return decision, []
-        stored = await self.store.append(
+        new = [
+            NewEvent(type=ev.event_type(e), data=data, timestamp=trigger.now)
+            for e, data in zip(decision.events, decision.encoded, strict=True)
+        ]
+        append = self.store.append(
             UUID(state.execution_id),
             state.seq,
-            [
-                NewEvent(type=ev.event_type(e), data=data, timestamp=trigger.now)
-                for e, data in zip(decision.events, decision.encoded, strict=True)
-            ],
+            new,
             set_timers=decision.timers_to_set,
             cancel_timers=decision.timers_to_cancel,
         )
-        return decision, stored
+        if self.tracer is None:
+            return decision, await append
+        with self.tracer.start_as_current_span(
+            "steplog.append",
+            # Few attributes: each costs (the decision around it names the execution).
+            attributes={
+                "steplog.append.expected_seq": state.seq,
+                "steplog.append.events": len(new),
+            },
+        ):
+            return decision, await append
 
     async def fail_execution(
         self, execution_id: UUID, cause: str, now: dt.datetime

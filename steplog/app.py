@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
 
 from engine.access import Access
 from engine.adapters.bus import Bus, TokenBuckets
@@ -44,6 +46,7 @@ from steplog.datadir import local_servers
 from steplog.migrate import migrate
 from steplog.monitor import start_monitor
 from steplog.settings import Settings
+from steplog.tracing import INSTRUMENTATION_SCOPE, instrument_drivers, tracer_provider
 
 if TYPE_CHECKING:
     from api.server import ServerLimits
@@ -62,6 +65,8 @@ class Resources:
     queries: Queries
     access: Access
     limits: Limits
+    # Spans of every role (steplog/tracing.py); None: tracing off.
+    tracer: Tracer | None = None
 
 
 @contextlib.asynccontextmanager
@@ -79,10 +84,47 @@ async def server_urls(settings: Settings, *, own: bool = False) -> AsyncIterator
 
 @contextlib.asynccontextmanager
 async def open_resources(
-    settings: Settings, database_url: str, redis_url: str, *, pool_size: int = 20
+    settings: Settings,
+    database_url: str,
+    redis_url: str,
+    *,
+    pool_size: int = 20,
+    tracer_provider: TracerProvider | None = None,
 ) -> AsyncIterator[Resources]:
     """Open the pool (`Unavailable` when PostgreSQL does not answer), apply the
-    migrations, and build the store, bus, command and query sides over them."""
+    migrations, and build the store, bus, command and query sides over them.
+    ``tracer_provider``: the one to span with (the caller's to shut down), else the one
+    the settings configure (None: tracing off), with the drivers instrumented when
+    ``settings.trace_drivers``."""
+    async with _tracing(settings, tracer_provider) as tracer:
+        async with _open_resources(settings, database_url, redis_url, pool_size, tracer) as r:
+            yield r
+
+
+@contextlib.asynccontextmanager
+async def _tracing(
+    settings: Settings, given: TracerProvider | None
+) -> AsyncIterator[Tracer | None]:
+    if given is not None:
+        yield given.get_tracer(INSTRUMENTATION_SCOPE)
+        return
+    provider = tracer_provider(settings)
+    if provider is None:
+        yield None
+        return
+    undo = instrument_drivers(provider) if settings.trace_drivers else None
+    try:
+        yield provider.get_tracer(INSTRUMENTATION_SCOPE)
+    finally:
+        if undo is not None:
+            undo()
+        provider.shutdown()  # exports what is still batched
+
+
+@contextlib.asynccontextmanager
+async def _open_resources(
+    settings: Settings, database_url: str, redis_url: str, pool_size: int, tracer: Tracer | None
+) -> AsyncIterator[Resources]:
     pool = await open_pool(database_url, min_size=2, max_size=pool_size)
     try:
         with translate_errors():
@@ -101,10 +143,13 @@ async def open_resources(
                 max_payload_bytes=settings.max_payload_bytes,
                 arns=settings.arn_scope(),
                 limits=limits,
+                tracer=tracer,
             )
             queries = Queries(store, pool, bus.ping)
             access = Access.over(pool)
-            yield Resources(settings, pool, redis, store, bus, service, queries, access, limits)
+            yield Resources(
+                settings, pool, redis, store, bus, service, queries, access, limits, tracer
+            )
         finally:
             await redis.aclose()
     finally:
@@ -268,13 +313,14 @@ async def run_roles(
             r.bus,
             visibility_timeout_s=settings.task_visibility_timeout_s,
             max_deliveries=settings.max_deliveries,
+            tracer=r.tracer,
         )
         health.add(
             "engine", progress=lambda: engine.handled, backlog=lambda: sampler.backlog(ENGINE_GROUP)
         )
         supervise("engine", engine.run)
-        supervise("timers", TimerService(r.store, r.bus).run)
-        supervise("relay", Relay(r.store, r.bus, r.pool).run)
+        supervise("timers", TimerService(r.store, r.bus, tracer=r.tracer).run)
+        supervise("relay", Relay(r.store, r.bus, r.pool, tracer=r.tracer).run)
         supervise("recovery", Recovery(r.service, r.bus, r.pool).run)
     if "worker" in roles:
         if registry is None:
@@ -288,6 +334,7 @@ async def run_roles(
             visibility_timeout_s=settings.task_visibility_timeout_s,
             max_deliveries=settings.max_deliveries,
             ended=r.store.ended_executions,
+            tracer=r.tracer,
         )
         health.add(
             "worker",
@@ -315,7 +362,7 @@ async def run_roles(
             auth=settings.auth,
             metrics_token=settings.metrics_token,
         )
-        app = create_app(r.service, r.queries, config, r.access, limits=r.limits)
+        app = create_app(r.service, r.queries, config, r.access, limits=r.limits, tracer=r.tracer)
         app[ROLE_HEALTH] = health
         runner = HardenedAppRunner(app, server_limits(settings))
         runners.append(runner)

@@ -66,7 +66,8 @@ settings come from STEPLOG_* variables (see README.md and steplog/settings.py). 
 STEPLOG_DATABASE_URL and STEPLOG_REDIS_URL, commands use the embedded servers of the data
 folder: STEPLOG_DATA_DIR, else .steplog in the current directory or its nearest parent
 that has one. When a steplog (`make run`) is running on that folder, commands use its
-servers; otherwise they start them for the time of the command."""
+servers; otherwise they start them for the time of the command. Tracing is off unless
+OTEL_TRACES_EXPORTER names an exporter (otlp, console): see docs/observability.md."""
 
 
 def _parser() -> argparse.ArgumentParser:

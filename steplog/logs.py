@@ -4,7 +4,9 @@
 `fmt == "json"` each record is one JSON object per line; otherwise a readable
 line. Both include the request id and the execution id from the contextvars
 below when they are set (the API's request-id middleware sets the first; code
-that works on one execution sets the second).
+that works on one execution sets the second), and, with tracing on, the trace id
+and span id of the current span (the request's, a decision's, a task attempt's:
+see docs/observability.md), so a log line leads to its trace and back.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ import sys
 from typing import Any
 
 import msgspec
+from opentelemetry.trace import get_current_span
 
 # Defined in the engine so that engine code can set them; re-exported here.
 from engine.logcontext import execution_id_var, request_id_var
 
+# What a line says of its context, in this order, when known.
+_CONTEXT = ("request_id", "execution_id", "trace_id", "span_id")
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD_ATTRS = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
-    | {"message", "asctime", "request_id", "execution_id"}
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime", *_CONTEXT}
 )
 # Values msgspec cannot encode (exceptions, custom objects in `extra=`) become their repr.
 _encoder = msgspec.json.Encoder(enc_hook=repr)
@@ -36,6 +40,10 @@ class ContextFilter(logging.Filter):
             record.request_id = request_id_var.get()
         if not hasattr(record, "execution_id"):
             record.execution_id = execution_id_var.get()
+        if not hasattr(record, "trace_id"):
+            span = get_current_span().get_span_context()
+            record.trace_id = f"{span.trace_id:032x}" if span.is_valid else None
+            record.span_id = f"{span.span_id:016x}" if span.is_valid else None
         return True
 
 
@@ -45,7 +53,8 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, message, request_id,
-    execution_id, any `extra=` fields, and `exc` (the traceback) when present."""
+    execution_id, trace_id, span_id (each when known), any `extra=` fields, and `exc`
+    (the traceback) when present."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
@@ -54,7 +63,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("request_id", "execution_id"):
+        for key in _CONTEXT:
             value = getattr(record, key, None)
             if value:
                 doc[key] = value
@@ -79,17 +88,15 @@ def escape_control(text: str) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """`2026-01-01T00:00:00+00:00 INFO logger [req=... exec=...] message`."""
+    """`2026-01-01T00:00:00+00:00 INFO logger [req=... exec=... trace=... span=...] message`."""
 
     def format(self, record: logging.LogRecord) -> str:
         ts = dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds")
-        ctx = []
-        request_id = getattr(record, "request_id", None)
-        execution_id = getattr(record, "execution_id", None)
-        if request_id:
-            ctx.append(f"req={request_id}")
-        if execution_id:
-            ctx.append(f"exec={execution_id}")
+        ctx = [
+            f"{label}={value}"
+            for key, label in zip(_CONTEXT, ("req", "exec", "trace", "span"), strict=True)
+            if (value := getattr(record, key, None))
+        ]
         ctx.extend(f"{k}={v}" for k, v in _extras(record).items())
         context = escape_control(f" [{' '.join(ctx)}]") if ctx else ""
         message = escape_control(record.getMessage())

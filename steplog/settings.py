@@ -23,6 +23,8 @@ LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _PARTITION = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _ACCOUNT = re.compile(r"[0-9]{12}")
+TRACE_EXPORTERS: tuple[str, ...] = ("otlp", "console", "none")
+OTLP_PROTOCOLS: tuple[str, ...] = ("http/protobuf", "grpc")
 
 
 def is_loopback(host: str) -> bool:
@@ -112,6 +114,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # At most this many RUNNING executions per namespace (a start beyond is 429
     # running_quota_exceeded); 0: no quota. Overridden per namespace like the rates.
     running_quota: int = 0
+    # OpenTelemetry tracing (steplog/tracing.py), read from the standard variables, not
+    # STEPLOG_*: OTEL_TRACES_EXPORTER ("otlp", "console", comma separated; unset or "none"
+    # is off, the default; OTEL_SDK_DISABLED=true forces off) and the OTLP protocol
+    # (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL). The SDK
+    # reads the other OTEL_* variables itself (endpoint, sampler, service name, ...).
+    otel_traces_exporter: tuple[str, ...] = ()
+    otel_exporter_otlp_protocol: str = "http/protobuf"
+    # With tracing on, also span every PostgreSQL query and Redis command (the asyncpg and
+    # redis instrumentations): detailed, but it costs far more than steplog's own spans
+    # (docs/observability.md), so it is off unless asked for (STEPLOG_TRACE_DRIVERS=true).
+    trace_drivers: bool = False
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -156,6 +169,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if not self.redis_prefix or any(c in self.redis_prefix for c in "{}: "):
             # The prefix goes inside Redis hash tags; braces or colons would break them.
             raise ValueError("redis_prefix must be non-empty without '{', '}', ':' or spaces")
+        if any(e not in TRACE_EXPORTERS for e in self.otel_traces_exporter):
+            raise ValueError(f"OTEL_TRACES_EXPORTER: each must be one of {TRACE_EXPORTERS}")
+        if self.otel_exporter_otlp_protocol not in OTLP_PROTOCOLS:
+            raise ValueError(f"the OTLP protocol must be one of {OTLP_PROTOCOLS}")
 
         for field in ("rate_limits", "key_rate_limits"):
             try:
@@ -256,7 +273,32 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                     values[field] = kind(raw)
                 except ValueError:
                     raise ValueError(f"STEPLOG_{field.upper()}: not a number: {raw!r}") from None
+        if (raw := get("trace_drivers")) is not None:
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"STEPLOG_TRACE_DRIVERS: not true or false: {raw!r}")
+            values["trace_drivers"] = raw.lower() in ("true", "1")
+        values.update(_otel_values(environ))
         try:
             return cls(**values)  # type: ignore[arg-type]
         except ValueError as exc:
             raise ValueError(f"invalid STEPLOG_* settings: {exc}") from None
+
+
+def _otel_values(environ: Mapping[str, str]) -> dict[str, object]:
+    """The tracing fields from the standard OTEL_* variables (see Settings)."""
+    values: dict[str, object] = {}
+    disabled = environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    exporters = environ.get("OTEL_TRACES_EXPORTER", "")
+    if disabled:
+        values["otel_traces_exporter"] = ()
+    elif exporters.strip():
+        values["otel_traces_exporter"] = tuple(
+            e.strip().lower() for e in exporters.split(",") if e.strip()
+        )
+    protocol = (
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "").strip()
+        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "").strip()
+    )
+    if protocol:
+        values["otel_exporter_otlp_protocol"] = protocol.lower()
+    return values

@@ -42,6 +42,10 @@ class _StateEvent(_Event, frozen=True, kw_only=True):
     name: str
 
 
+# Every event about one state (it has the state's ``name`` and ``frame``).
+StateEvent = _StateEvent
+
+
 class _Entered(_StateEvent, frozen=True, kw_only=True):
     input: Any = None
 
@@ -71,6 +75,10 @@ class ExecutionStarted(_Event, frozen=True, kw_only=True):
     execution_arn: str = ""
     # "STANDARD" or "EXPRESS": the context object differs ($$.Execution.Id, RedriveCount).
     state_machine_type: str = "STANDARD"
+    # The W3C traceparent of the request that started the execution (empty with tracing
+    # off): every later span of the execution joins its trace, also a decision a timer
+    # triggers hours later (engine.loops.tracing). Data only: the core never reads it.
+    trace_context: str = ""
 
 
 class ExecutionSucceeded(_Event, frozen=True, kw_only=True):

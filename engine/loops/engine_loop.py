@@ -38,6 +38,8 @@ from collections.abc import Awaitable, Callable
 from typing import assert_never
 from uuid import UUID
 
+from opentelemetry.trace import SpanKind, Tracer, get_current_span
+
 from engine import messages
 from engine.adapters.bus import Bus, Malformed, TriggerDelivery
 from engine.core.state import ExecutionState
@@ -53,6 +55,12 @@ from engine.errors import (
 from engine.logcontext import execution_id_var
 from engine.loops import metrics
 from engine.loops.metrics import EXECUTIONS_FAILED_BY_ENGINE, TRIGGERS_DEAD_LETTERED
+from engine.loops.tracing import (
+    EXECUTION_ID,
+    ExecutionTraces,
+    describe_decision,
+    parent_context,
+)
 from engine.messages import ENGINE_GROUP
 from engine.service import EngineService
 from engine.stopping import sleep_or_stop
@@ -99,8 +107,12 @@ class Engine:
         visibility_timeout_s: float = 30.0,
         max_deliveries: int = 10,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        tracer: Tracer | None = None,
     ) -> None:
         self.service = service
+        # A span per decision (engine.loops.tracing); None: tracing off.
+        self.tracer = tracer
+        self.traces = ExecutionTraces(service.store, cache_size)
         self.bus = bus
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.cache = StateCache(cache_size)
@@ -244,7 +256,7 @@ class Engine:
             key = (entry.stream, entry.id)
             trigger = messages.to_trigger(delivery.message, self.clock())
             try:
-                await self.apply(execution_id, trigger)
+                await self._decide(execution_id, trigger, delivery.message)
             except NotFound:
                 log.warning("trigger %s for unknown execution %s", entry.id, execution_id)
             except (InvalidRequest, InvalidDefinition) as exc:
@@ -331,6 +343,23 @@ class Engine:
             log.error("execution %s failed: %s", execution_id, state.cause)
         return True
 
+    async def _decide(
+        self, execution_id: UUID, trigger: Trigger, message: messages.TriggerMessage
+    ) -> None:
+        """`apply` inside a decision span, the child of the message's sender's span (or of
+        the execution's recorded context, for a message sent without one)."""
+        if self.tracer is None:
+            await self.apply(execution_id, trigger)
+            return
+        parent = message.traceparent or await self.traces.get(execution_id)
+        with self.tracer.start_as_current_span(
+            "steplog.decide",
+            context=parent_context(parent),
+            kind=SpanKind.CONSUMER,
+            attributes={EXECUTION_ID: str(execution_id), "steplog.trigger": type(message).__name__},
+        ):
+            await self.apply(execution_id, trigger)
+
     async def apply(self, execution_id: UUID, trigger: Trigger) -> ExecutionState:
         """Load, decide, append; on a conflict reload and decide again."""
         began = time.perf_counter()
@@ -347,6 +376,14 @@ class Engine:
             metrics.count_decision(decision.events, time.perf_counter() - began)
             if decision.ignored:
                 log.debug("execution %s: trigger ignored: %s", execution_id, decision.ignored)
+            if self.tracer is not None:
+                describe_decision(
+                    self.tracer,
+                    get_current_span(),
+                    decision.events,
+                    decision.ignored,
+                    decision.state.status,
+                )
             self.cache.put(execution_id, decision.state)
             return decision.state
         raise ConcurrencyError(f"execution {execution_id}: too many conflicting appends")

@@ -46,6 +46,7 @@ import asyncpg
 from engine.adapters.bus import Bus
 from engine.adapters.store import StoredEvent
 from engine.core import events as ev
+from engine.loops.tracing import recorded_trace_context
 from engine.messages import (
     DEFAULT_QUEUE,
     ENGINE_GROUP,
@@ -84,7 +85,9 @@ def pending_work(
             scheduled = ev.decode_event(stored.data)
             if isinstance(scheduled, ev.TaskScheduled) and scheduled.task_id in pending:
                 wanted.append(stored)
-    return follow_ups(wanted)
+    # The messages' spans join the execution's trace under its recorded context.
+    trace = {events[0].execution_id: recorded_trace_context(events[0].data)}
+    return follow_ups(wanted, trace)
 
 
 class Recovery:

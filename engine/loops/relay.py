@@ -19,10 +19,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+from opentelemetry.trace import Tracer
 
 from engine.adapters.bus import Bus
 from engine.adapters.store import NOTIFY_CHANNEL, EventStore, GlobalPosition, StoredEvent
 from engine.loops import metrics
+from engine.loops.tracing import ExecutionTraces, end_spans, publish_spans, traceparent_of
 from engine.messages import follow_ups
 
 log = logging.getLogger(__name__)
@@ -70,8 +72,12 @@ class Relay:
         batch_size: int = 500,
         poll_interval_s: float = 1.0,
         retry_delay_s: float = 1.0,
+        tracer: Tracer | None = None,
     ) -> None:
         self._store = store
+        # A publish span per execution and batch (engine.loops.tracing); None: off.
+        self._tracer = tracer
+        self._traces = ExecutionTraces(store)
         self._bus = bus
         self._pool = pool
         self.name = name
@@ -143,8 +149,22 @@ class Relay:
                 await conn.remove_listener(NOTIFY_CHANNEL, on_notify)
 
     async def _publish(self, events: Sequence[StoredEvent]) -> None:
-        triggers, tasks = follow_ups(events)
-        await self._bus.publish(events, triggers, tasks)
+        if self._tracer is None:
+            triggers, tasks = follow_ups(events)
+            await self._bus.publish(events, triggers, tasks)
+            metrics.observe_published(events)
+            return
+        # The messages carry their execution's publish span: the engine's decision and
+        # the worker's attempt become its children.
+        spans = await publish_spans(self._tracer, self._traces, events)
+        try:
+            parents = {execution_id: traceparent_of(span) for execution_id, span in spans.items()}
+            triggers, tasks = follow_ups(events, parents)
+            await self._bus.publish(events, triggers, tasks)
+        except BaseException as exc:
+            end_spans(spans.values(), exc)
+            raise
+        end_spans(spans.values())
         metrics.observe_published(events)
 
     async def _save_checkpoint(self, conn: asyncpg.Connection, position: GlobalPosition) -> None:

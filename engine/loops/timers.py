@@ -22,9 +22,12 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
+from opentelemetry.trace import Tracer
+
 from engine.adapters.bus import Bus
 from engine.adapters.store import EventStore
 from engine.loops import metrics
+from engine.loops.tracing import ExecutionTraces, end_spans, timer_spans, traceparent_of
 from engine.messages import TimerFired
 from engine.stopping import sleep_or_stop
 
@@ -42,8 +45,12 @@ class TimerService:
         batch_size: int = 500,
         retry_delay_s: float = 1.0,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        tracer: Tracer | None = None,
     ) -> None:
         self.store = store
+        # A span per fired timer (engine.loops.tracing); None: tracing off.
+        self.tracer = tracer
+        self.traces = ExecutionTraces(store)
         self.bus = bus
         self.poll_interval_s = poll_interval_s
         self.lease_s = lease_s
@@ -55,12 +62,31 @@ class TimerService:
     async def tick(self) -> int:
         """Claim due timers, add one trigger each (one pipeline), record them as fired;
         returns how many were fired."""
-        due = await self.store.claim_due_timers(self.clock(), self.batch_size, self.lease_s)
+        now = self.clock()
+        due = await self.store.claim_due_timers(now, self.batch_size, self.lease_s)
         if not due:
             return 0
-        await self.bus.publish(
-            triggers=[(t.execution_id, TimerFired(timer_id=t.timer_id)) for t in due]
-        )
+        if self.tracer is None:
+            await self.bus.publish(
+                triggers=[(t.execution_id, TimerFired(timer_id=t.timer_id)) for t in due]
+            )
+        else:
+            # Each trigger carries its timer's span: the decision it causes is its child.
+            spans = await timer_spans(self.tracer, self.traces, due, now)
+            try:
+                await self.bus.publish(
+                    triggers=[
+                        (
+                            t.execution_id,
+                            TimerFired(timer_id=t.timer_id, traceparent=traceparent_of(s)),
+                        )
+                        for t, s in zip(due, spans, strict=True)
+                    ]
+                )
+            except BaseException as exc:
+                end_spans(spans, exc)
+                raise
+            end_spans(spans)
         await self.store.mark_timers_fired(due)
         metrics.observe_fired([t.due_at for t in due], self.clock())
         self.fired += len(due)

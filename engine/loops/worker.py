@@ -30,6 +30,7 @@ taking one and registering into it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import importlib
 import inspect
@@ -37,17 +38,31 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, assert_never
 from uuid import UUID
+
+import msgspec
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    Tracer,
+    get_current_span,
+)
+from opentelemetry.util.types import AttributeValue
 
 from engine.adapters.bus import Bus, Malformed, TaskDelivery
 from engine.core.timestamps import parse_iso
 from engine.errors import BusError, MissingGroup, Unavailable
 from engine.logcontext import execution_id_var
 from engine.loops import metrics
+from engine.loops.tracing import EXECUTION_ID, parent_context, traceparent_of
 from engine.messages import DEFAULT_QUEUE, WORKER_GROUP, Heartbeat, TaskMessage, TaskResult
 from engine.stopping import log_failure, sleep_or_stop
 
@@ -76,6 +91,18 @@ class TaskContext:
     # Report that the task is alive (Task states with HeartbeatSeconds fail with
     # States.HeartbeatTimeout when no heartbeat arrives in time).
     heartbeat: Callable[[], Awaitable[None]] = _no_heartbeat
+    # The worker's tracer (None: tracing off); the handler runs inside the attempt's span.
+    tracer: Tracer | None = None
+
+    def span(
+        self, name: str, attributes: Mapping[str, AttributeValue] | None = None
+    ) -> AbstractContextManager[Span]:
+        """A span of the handler's own, a child of this attempt's span in the execution's
+        trace: ``with ctx.span("charge card", {"amount": 10}) as span: ...``. With tracing
+        off it records nothing (the span it gives is a non-recording one)."""
+        if self.tracer is None:
+            return contextlib.nullcontext(INVALID_SPAN)
+        return self.tracer.start_as_current_span(name, attributes=attributes)
 
     @property
     def idempotency_key(self) -> str:
@@ -209,8 +236,11 @@ class Worker:
         max_deliveries: int = 10,
         ended: EndedCheck | None = None,
         ended_check_interval_s: float = 1.0,
+        tracer: Tracer | None = None,
     ) -> None:
         self.bus = bus
+        # A span per task attempt around the handler (engine.loops.tracing); None: off.
+        self.tracer = tracer
         self.registry = registry
         self.queue = queue
         self.stream = bus.tasks_stream(queue)
@@ -325,6 +355,7 @@ class Worker:
                     f"task {task.resource!r} was delivered {entry.deliveries} times "
                     f"without a result (the limit is {self.max_deliveries})"
                 ),
+                traceparent=task.traceparent,
             )
             await self.bus.add_trigger(task.execution_id, result)
         await self.bus.dead_letter(entry, WORKER_GROUP, "too many deliveries")
@@ -415,7 +446,9 @@ class Worker:
         execution_id_var.set(str(task.execution_id))  # each task runs in its own asyncio task
 
         async def heartbeat() -> None:
-            await self.bus.add_trigger(task.execution_id, Heartbeat(task_id=task.task_id))
+            traceparent = traceparent_of(get_current_span()) if self.tracer else ""
+            message = Heartbeat(task_id=task.task_id, traceparent=traceparent)
+            await self.bus.add_trigger(task.execution_id, message)
             metrics.TASK_HEARTBEATS.inc()
 
         ctx = TaskContext(
@@ -424,14 +457,40 @@ class Worker:
             attempt=task.attempt,
             task_id=task.task_id,
             heartbeat=heartbeat,
+            tracer=self.tracer,
         )
-        result = await self._call(task, ctx)
+        if self.tracer is None:
+            result = await self._call(task, ctx)
+        else:
+            result = await self._traced_call(self.tracer, task, ctx)
         # Recording the outcome is shielded: a shutdown must not lose a finished result.
         report = asyncio.create_task(self._report(delivery, result))
         self._reports.add(report)
         report.add_done_callback(self._reports.discard)
         report.add_done_callback(lambda done: log_failure(done, f"report of task {task.task_id}"))
         await asyncio.shield(report)
+
+    async def _traced_call(self, tracer: Tracer, task: TaskMessage, ctx: TaskContext) -> TaskResult:
+        """`_call` inside the attempt's span (a child of the relay's publish span); the
+        result carries it, so the decision on it is its child. A retry is another
+        attempt, hence another span."""
+        with tracer.start_as_current_span(
+            "steplog.task",
+            context=parent_context(task.traceparent),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                EXECUTION_ID: str(task.execution_id),
+                "steplog.task.state": task.state,
+                "steplog.task.attempt": task.attempt,
+                "steplog.task.resource": task.resource,
+            },
+        ) as span:
+            result = await self._call(task, ctx)
+            span.set_attribute("steplog.task.ok", result.ok)
+            if not result.ok:
+                span.set_attribute("steplog.task.error", result.error or "")
+                span.set_status(Status(StatusCode.ERROR, result.error))
+            return msgspec.structs.replace(result, traceparent=traceparent_of(span))
 
     async def _call(self, task: TaskMessage, ctx: TaskContext) -> TaskResult:
         handler = self.registry.get(task.resource)

@@ -1,0 +1,204 @@
+"""Spans of the engine's roles, joined into one trace per execution.
+
+The trace context travels as data, never through contextvars alone: the API records
+its request's W3C ``traceparent`` in ExecutionStarted (``trace_context``), and every
+trigger and task message carries the ``traceparent`` of the span that sent it, so
+engine, relay, timers and workers in different processes add their spans to the
+execution's one trace. A role that holds no message to take it from (the relay
+publishing a task, the timer service firing a timer hours later) reads the recorded
+context of the execution (`ExecutionTraces`).
+
+Every role takes ``tracer: Tracer | None``; None (tracing off, the default) skips
+all of this: no span objects, no lookups.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from uuid import UUID
+
+import msgspec
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+    set_span_in_context,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from engine.adapters.store import DueTimer, EventStore, StoredEvent
+from engine.core import events as ev
+
+_propagator = TraceContextTextMapPropagator()
+
+# Attribute names (the steplog.* namespace; OpenTelemetry's semantic conventions have
+# none for workflow engines).
+EXECUTION_ID = "steplog.execution.id"
+
+
+def parent_context(traceparent: str) -> Context | None:
+    """The context to start a child span in: the span ``traceparent`` names, or None
+    (a new trace) when it is empty or not a valid W3C traceparent."""
+    if not traceparent:
+        return None
+    # What steplog itself wrote (00-<32 hex>-<16 hex>-<2 hex>) is read without the
+    # propagator's regular expression; anything else goes through the propagator.
+    if len(traceparent) == 55 and traceparent.startswith("00-"):
+        try:
+            trace_id = int(traceparent[3:35], 16)
+            span_id = int(traceparent[36:52], 16)
+            flags = int(traceparent[53:55], 16)
+        except ValueError:
+            return _propagator.extract({"traceparent": traceparent})
+        if trace_id and span_id:
+            remote = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
+            return set_span_in_context(NonRecordingSpan(remote))
+    return _propagator.extract({"traceparent": traceparent})
+
+
+def traceparent_of(span: Span) -> str:
+    """``span``'s W3C traceparent (``00-<trace id>-<span id>-<flags>``), "" for a span
+    that is not valid (tracing off)."""
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return ""
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+
+class _TraceOnly(msgspec.Struct, rename="camel"):
+    """The one field of an ExecutionStarted event read here (the rest is skipped)."""
+
+    trace_context: str = ""
+
+
+def recorded_trace_context(event_data: bytes) -> str:
+    """The ``trace_context`` of an encoded ExecutionStarted event ("" when absent)."""
+    try:
+        return msgspec.json.decode(event_data, type=_TraceOnly).trace_context
+    except msgspec.DecodeError:
+        return ""
+
+
+class ExecutionTraces:
+    """The trace context each execution recorded at its start, cached (newest last).
+    A miss reads the execution's first event (one short query); an unknown execution
+    or one started with tracing off has ""."""
+
+    def __init__(self, store: EventStore, size: int = 10_000) -> None:
+        self._store = store
+        self._size = size
+        self._known: OrderedDict[UUID, str] = OrderedDict()
+
+    def remember(self, execution_id: UUID, trace_context: str) -> None:
+        self._known[execution_id] = trace_context
+        self._known.move_to_end(execution_id)
+        while len(self._known) > self._size:
+            self._known.popitem(last=False)
+
+    async def get(self, execution_id: UUID) -> str:
+        known = self._known.get(execution_id)
+        if known is not None:
+            self._known.move_to_end(execution_id)
+            return known
+        first = await self._store.load(execution_id, upto_seq=1)
+        context = recorded_trace_context(first[0].data) if first else ""
+        self.remember(execution_id, context)
+        return context
+
+
+def describe_decision(
+    tracer: Tracer, span: Span, events: Sequence[ev.Event], ignored: str | None, status: str
+) -> None:
+    """Set a decision's attributes on ``span`` (its events, the states they name, why
+    it changed nothing) and, when it ended the execution, add the terminal event's span
+    as its child."""
+    span.set_attribute("steplog.decision.events", len(events))
+    span.set_attribute("steplog.execution.status", status)
+    if ignored:
+        span.set_attribute("steplog.decision.ignored", ignored)
+    if events:
+        states = list(dict.fromkeys(e.name for e in events if isinstance(e, ev.StateEvent)))
+        if states:
+            span.set_attribute("steplog.decision.states", states)
+    for event in events:
+        if isinstance(event, ev.TERMINAL):
+            attributes: dict[str, str] = {"steplog.execution.status": status}
+            error = getattr(event, "error", None)
+            if error:
+                attributes["steplog.execution.error"] = error
+            tracer.start_span(
+                f"steplog.execution.{ev.event_type(event)}", attributes=attributes
+            ).end()
+
+
+async def publish_spans(
+    tracer: Tracer, traces: ExecutionTraces, events: Sequence[StoredEvent]
+) -> dict[UUID, Span]:
+    """One started "steplog.relay.publish" span per execution in a relay batch that
+    sends a message for it (a Begin trigger, a task), each the child of its execution's
+    recorded context (an ExecutionStarted in the batch tells it at once); the messages
+    carry it. A batch that only publishes an execution's events to the events stream
+    makes no span for it: nothing in the trace follows from it, and spans cost. The
+    caller ends them once the batch is published."""
+    by_execution: dict[UUID, list[StoredEvent]] = {}
+    sending: set[UUID] = set()
+    for event in events:
+        by_execution.setdefault(event.execution_id, []).append(event)
+        if event.type == "ExecutionStarted":
+            traces.remember(event.execution_id, recorded_trace_context(event.data))
+            sending.add(event.execution_id)
+        elif event.type == "TaskScheduled":
+            sending.add(event.execution_id)
+    spans: dict[UUID, Span] = {}
+    for execution_id, own in by_execution.items():
+        if execution_id not in sending:
+            continue
+        parent = await traces.get(execution_id)
+        spans[execution_id] = tracer.start_span(
+            "steplog.relay.publish",
+            context=parent_context(parent),
+            kind=SpanKind.PRODUCER,
+            attributes={EXECUTION_ID: str(execution_id), "steplog.relay.events": len(own)},
+        )
+    return spans
+
+
+def end_spans(spans: Iterable[Span], error: BaseException | None = None) -> None:
+    """End ``spans``, marked failed with ``error`` when one is given."""
+    for span in spans:
+        if error is not None:
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, repr(error)))
+        span.end()
+
+
+async def timer_spans(
+    tracer: Tracer, traces: ExecutionTraces, due: Sequence[DueTimer], now: dt.datetime
+) -> list[Span]:
+    """One started "steplog.timer.fire" span per due timer, each the child of its
+    execution's recorded context (however long ago the execution started). The caller
+    ends them once the triggers are out."""
+    spans: list[Span] = []
+    for timer in due:
+        parent = await traces.get(timer.execution_id)
+        spans.append(
+            tracer.start_span(
+                "steplog.timer.fire",
+                context=parent_context(parent),
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    EXECUTION_ID: str(timer.execution_id),
+                    "steplog.timer.id": timer.timer_id,
+                    "steplog.timer.delay_s": max((now - timer.due_at).total_seconds(), 0.0),
+                },
+            )
+        )
+    return spans

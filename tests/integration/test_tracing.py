@@ -1,0 +1,348 @@
+"""One trace per execution (issue 11): a whole steplog (every role) with the SDK's
+in-memory exporter runs an execution with a task that fails once and is retried, and a
+Wait; every span it makes belongs to the trace of the request that started it, in one
+tree: request -> relay publish -> decision -> append / task attempt -> decision ...,
+timers firing, and the terminal event. Also: the start's response names the trace
+(traceparent), ExecutionStarted records it, logs carry trace and span ids, and the
+settings read the standard OTEL_* variables."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import uuid4
+
+import aiohttp
+import msgspec
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import SpanKind, StatusCode
+
+from engine.adapters.store import StoredEvent
+from engine.core import events as ev
+from engine.loops.recovery import pending_work
+from engine.loops.worker import HandlerRegistry, TaskContext, TaskFailure, default_registry
+from engine.messages import Begin
+from steplog.app import open_resources, run_roles
+from steplog.logs import ContextFilter, JsonFormatter, TextFormatter, configure_logging
+from steplog.settings import Settings
+from steplog.tracing import InsideTraces, tracer_provider
+from tests.conftest import Eventually
+from tests.serving import free_port
+
+CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
+CLIENT_SPAN = "b7ad6b7169203331"
+CLIENT_TRACEPARENT = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+
+DEFINITION = {
+    "StartAt": "Work",
+    "States": {
+        "Work": {
+            "Type": "Task",
+            "Resource": "test:flaky",
+            "Retry": [{"ErrorEquals": ["Flaky"], "IntervalSeconds": 1, "MaxAttempts": 2}],
+            "Next": "Pause",
+        },
+        "Pause": {"Type": "Wait", "Seconds": 1, "Next": "Done"},
+        "Done": {"Type": "Succeed"},
+    },
+}
+
+
+def flaky_registry() -> HandlerRegistry:
+    """test:flaky fails its first attempt; the retry does its work in a span of its own."""
+    registry = default_registry()
+
+    def flaky(value: Any, ctx: TaskContext) -> Any:
+        if ctx.attempt == 0:
+            raise TaskFailure("Flaky", "the first attempt fails")
+        with ctx.span("flaky.work", {"flaky.attempt": ctx.attempt}):
+            return value
+
+    registry.register("test:flaky", flaky)
+    return registry
+
+
+@contextlib.asynccontextmanager
+async def traced_steplog(
+    settings: Settings, provider: TracerProvider
+) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
+    settings = msgspec.structs.replace(settings, port=free_port())
+    assert settings.database_url and settings.redis_url
+    stop, ready = asyncio.Event(), asyncio.Event()
+    async with open_resources(
+        settings, settings.database_url, settings.redis_url, tracer_provider=provider
+    ) as r:
+        task = asyncio.create_task(run_roles(r, stop, registry=flaky_registry(), ready=ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        # Recovery rebuilds the fresh Redis at start: let it finish first, so that it does
+        # not add the work of the execution under test a second time.
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            if await r.bus.is_intact():
+                break
+            assert asyncio.get_running_loop().time() < deadline, "recovery did not finish"
+            await asyncio.sleep(0.02)
+        async with aiohttp.ClientSession() as http:
+            try:
+                yield f"http://{settings.host}:{settings.port}", http
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 30)
+
+
+def _hex_span(span: ReadableSpan) -> str:
+    return f"{span.context.span_id:016x}"
+
+
+async def test_one_execution_is_one_trace_across_every_role(
+    settings: Settings, eventually: Eventually, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    root = logging.getLogger()
+    level = root.level
+    handler = configure_logging("json", "INFO")
+    try:
+        async with traced_steplog(settings, provider) as (base, http):
+            resp = await http.put(f"{base}/v1/workflows/traced", json={"definition": DEFINITION})
+            assert resp.status == 201, await resp.text()
+            resp = await http.post(
+                f"{base}/v1/workflows/traced/executions",
+                json={"input": {"n": 1}},
+                headers={"traceparent": CLIENT_TRACEPARENT},
+            )
+            assert resp.status == 201, await resp.text()
+            execution_id = (await resp.json())["execution_id"]
+            response_traceparent = resp.headers["traceparent"]
+
+            async def finished() -> list[ReadableSpan]:
+                spans = list(exporter.get_finished_spans())
+                names = [s.name for s in spans]
+                return spans if "steplog.execution.ExecutionSucceeded" in names else []
+
+            await eventually(finished, timeout_s=30)
+
+            async def history_started() -> Any:
+                status_, body = await _get(http, f"{base}/v1/executions/{execution_id}/history")
+                return body if status_ == 200 else None
+
+            history = await eventually(history_started)
+            # Let the last decision's span end (it closes right after its terminal child).
+            await eventually(lambda: _decisions_closed(exporter), timeout_s=10)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    provider.shutdown()
+
+    # Only the API's other requests (the registration, the history) are in other traces.
+    spans = [
+        s for s in exporter.get_finished_spans() if f"{s.context.trace_id:032x}" == CLIENT_TRACE
+    ]
+    by_id = {s.context.span_id: s for s in spans}
+
+    # The request continued the client's trace; its span is named in the response and
+    # recorded in ExecutionStarted.
+    (request,) = [s for s in spans if s.kind == SpanKind.SERVER and s.name.startswith("POST")]
+    assert request.name == "POST /v1/workflows/{name}/executions"
+    assert f"{request.context.trace_id:032x}" == CLIENT_TRACE
+    assert request.parent is not None and f"{request.parent.span_id:016x}" == CLIENT_SPAN
+    assert request.attributes is not None
+    assert request.attributes["http.response.status_code"] == 201
+    assert response_traceparent == f"00-{CLIENT_TRACE}-{_hex_span(request)}-01"
+    started = history["events"][0]
+    assert started["type"] == "ExecutionStarted"
+    assert started["details"]["traceContext"] == response_traceparent
+
+    # One trace, one tree: every span's parent is a span of it (or the client's).
+    assert {f"{s.context.trace_id:032x}" for s in spans} == {CLIENT_TRACE}
+    for span in spans:
+        assert span.parent is not None, span.name
+        assert span.parent.span_id in by_id or span is request, span.name
+
+    def named(name: str) -> list[ReadableSpan]:
+        return sorted((s for s in spans if s.name == name), key=lambda s: s.start_time or 0)
+
+    def parent(span: ReadableSpan) -> ReadableSpan:
+        assert span.parent is not None
+        return by_id[span.parent.span_id]
+
+    def attr(span: ReadableSpan, key: str) -> Any:
+        assert span.attributes is not None
+        return span.attributes.get(key)
+
+    # The relay publishes each batch in a span under the execution's recorded context.
+    publishes = named("steplog.relay.publish")
+    assert publishes and all(parent(p) is request for p in publishes)
+    # Two task attempts (the retry is a span of its own), each under a publish span; the
+    # first failed, the second holds the handler's own span.
+    attempts = named("steplog.task")
+    assert [attr(a, "steplog.task.attempt") for a in attempts] == [0, 1]
+    assert all(parent(a).name == "steplog.relay.publish" for a in attempts)
+    assert attempts[0].status.status_code == StatusCode.ERROR
+    assert attr(attempts[0], "steplog.task.error") == "Flaky"
+    assert attr(attempts[1], "steplog.task.ok") is True
+    (work,) = named("flaky.work")
+    assert parent(work) is attempts[1]
+    # Two timers fired (the retry's back-off and the Wait), under the recorded context.
+    timers = named("steplog.timer.fire")
+    assert len(timers) == 2 and all(parent(t) is request for t in timers)
+    # Each decision is the child of what caused it: the Begin's publish, an attempt, a
+    # timer; it says which states it moved through and how many events it made.
+    # A trigger delivered twice (recovery re-adding a Begin beside the relay's, as the
+    # test's fresh Redis makes recovery run at start) is an ignored decision of its own:
+    # in the tree, with no events.
+    ignored = [d for d in named("steplog.decide") if attr(d, "steplog.decision.ignored")]
+    assert all(attr(d, "steplog.decision.events") == 0 for d in ignored)
+    decisions = [d for d in named("steplog.decide") if d not in ignored]
+    triggers = [(attr(d, "steplog.trigger"), parent(d).name) for d in decisions]
+    # The Begin that recorded the first steps came from the relay (under its publish) or,
+    # when recovery's copy won, under the execution's recorded context (the request).
+    assert triggers[0] in {("Begin", "steplog.relay.publish"), ("Begin", request.name)}
+    assert triggers[1:] == [
+        ("TaskResult", "steplog.task"),
+        ("TimerFired", "steplog.timer.fire"),
+        ("TaskResult", "steplog.task"),
+        ("TimerFired", "steplog.timer.fire"),
+    ]
+    assert [parent(d) for d in decisions if parent(d).name == "steplog.task"] == attempts
+    assert [parent(d) for d in decisions if parent(d).name == "steplog.timer.fire"] == timers
+    assert list(attr(decisions[0], "steplog.decision.states")) == ["Work"]
+    assert list(attr(decisions[3], "steplog.decision.states")) == ["Work", "Pause"]
+    assert list(attr(decisions[4], "steplog.decision.states")) == ["Pause", "Done"]
+    assert sum(attr(d, "steplog.decision.events") for d in decisions) == len(history["events"]) - 1
+    # Each decision that changed something appended once, inside it.
+    appends = named("steplog.append")
+    assert len(appends) == len(decisions)
+    assert {parent(a).context.span_id for a in appends} == {d.context.span_id for d in decisions}
+    # The terminal event closes the trace, under the last decision.
+    (end,) = named("steplog.execution.ExecutionSucceeded")
+    assert parent(end) is decisions[-1]
+    assert attr(end, "steplog.execution.status") == "SUCCEEDED"
+
+    # The logs of the request and of the worker's failed attempt carry the ids.
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    access = [
+        d
+        for d in lines
+        if d["logger"] == "steplog.api.access" and d.get("execution_id") == execution_id
+    ]
+    assert access and access[0]["trace_id"] == CLIENT_TRACE
+    assert access[0]["span_id"] == _hex_span(request)
+
+
+async def _decisions_closed(exporter: InMemorySpanExporter) -> bool:
+    spans = exporter.get_finished_spans()
+    ends = [s for s in spans if s.name == "steplog.execution.ExecutionSucceeded"]
+    ids = {s.context.span_id for s in spans}
+    return all(e.parent is not None and e.parent.span_id in ids for e in ends)
+
+
+async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    async with http.get(url) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def test_tracing_is_off_unless_an_exporter_is_named() -> None:
+    assert tracer_provider(Settings()) is None
+    assert tracer_provider(Settings.from_env({"OTEL_TRACES_EXPORTER": "none"})) is None
+    on = Settings.from_env(
+        {"OTEL_TRACES_EXPORTER": "otlp,console", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    )
+    assert on.otel_traces_exporter == ("otlp", "console")
+    assert on.otel_exporter_otlp_protocol == "grpc"
+    disabled = Settings.from_env({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"})
+    assert tracer_provider(disabled) is None
+    specific = Settings.from_env(
+        {
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+        }
+    )
+    assert specific.otel_exporter_otlp_protocol == "http/protobuf"
+    assert not specific.trace_drivers
+    assert Settings.from_env({"STEPLOG_TRACE_DRIVERS": "true"}).trace_drivers
+    with pytest.raises(ValueError, match="STEPLOG_TRACE_DRIVERS"):
+        Settings.from_env({"STEPLOG_TRACE_DRIVERS": "maybe"})
+    with pytest.raises(ValueError, match="OTEL_TRACES_EXPORTER"):
+        Settings.from_env({"OTEL_TRACES_EXPORTER": "jaeger"})
+    with pytest.raises(ValueError, match="OTLP protocol"):
+        Settings.from_env({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
+    for protocol in ("http/protobuf", "grpc"):
+        provider = tracer_provider(
+            Settings(otel_traces_exporter=("otlp",), otel_exporter_otlp_protocol=protocol)
+        )
+        assert provider is not None
+        assert provider.sampler.get_description().startswith("InsideTraces{")
+        provider.shutdown()
+
+
+def test_driver_spans_only_appear_inside_a_trace() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=InsideTraces(ALWAYS_ON))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    tracer.start_span("idle poll", kind=SpanKind.CLIENT).end()  # a trace of its own: dropped
+    with tracer.start_as_current_span("decision"):
+        tracer.start_span("query", kind=SpanKind.CLIENT).end()
+    assert sorted(s.name for s in exporter.get_finished_spans()) == ["decision", "query"]
+    provider.shutdown()
+
+
+def test_started_events_keep_their_trace_context_and_older_ones_have_none() -> None:
+    traced = ev.ExecutionStarted(workflow="w", trace_context=CLIENT_TRACEPARENT)
+    assert ev.decode_event(ev.encode_event(traced)) == traced
+    old = ev.decode_event(b'{"type":"ExecutionStarted","workflow":"w"}')
+    assert isinstance(old, ev.ExecutionStarted) and old.trace_context == ""
+    assert b"traceContext" not in ev.encode_event(ev.ExecutionStarted(workflow="w"))
+
+
+def test_log_lines_carry_the_current_span_in_json_and_text() -> None:
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    tracer = provider.get_tracer("test")
+    inside = logging.LogRecord("steplog.test", logging.INFO, __file__, 1, "inside", None, None)
+    outside = logging.LogRecord("steplog.test", logging.INFO, __file__, 1, "outside", None, None)
+    with tracer.start_as_current_span("work") as span:
+        ContextFilter().filter(inside)
+    ContextFilter().filter(outside)
+    ctx = span.get_span_context()
+    trace_id, span_id = f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+    doc = json.loads(JsonFormatter().format(inside))
+    assert (doc["trace_id"], doc["span_id"]) == (trace_id, span_id)
+    assert f"[trace={trace_id} span={span_id}] inside" in TextFormatter().format(inside)
+    assert "trace_id" not in json.loads(JsonFormatter().format(outside))
+    assert "trace=" not in TextFormatter().format(outside)
+    provider.shutdown()
+
+
+def test_a_handler_span_records_nothing_with_tracing_off() -> None:
+    ctx = TaskContext(execution_id="e", state="S", attempt=0, task_id="t")
+    with ctx.span("own work", {"n": 1}) as span:
+        assert not span.is_recording()
+        assert not span.get_span_context().is_valid
+
+
+def test_recovery_republishes_work_under_the_recorded_trace_context() -> None:
+    execution_id = uuid4()
+    started = ev.ExecutionStarted(workflow="w", trace_context=CLIENT_TRACEPARENT)
+    stored = StoredEvent(
+        execution_id,
+        1,
+        1,
+        "ExecutionStarted",
+        ev.encode_event(started),
+        dt.datetime.now(dt.UTC),
+        tx_id=1,
+    )
+    triggers, tasks = pending_work([stored])
+    assert triggers == [(execution_id, Begin(traceparent=CLIENT_TRACEPARENT))]
+    assert tasks == []
