@@ -46,6 +46,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.transitions import PASS_10, TASK_3
 from engine.core.events import TERMINAL_EVENT_TYPES
 from steplog.app import open_resources, run_roles
 from steplog.datadir import local_servers
@@ -53,24 +54,6 @@ from steplog.settings import Settings
 from steplog.tracing import InsideTraces, instrument_drivers
 from tests.serving import free_port
 
-PASS_10 = {
-    "StartAt": "S0",
-    "States": {
-        f"S{i}": ({"Type": "Pass", "Next": f"S{i + 1}"} if i < 9 else {"Type": "Pass", "End": True})
-        for i in range(10)
-    },
-}
-TASK_3 = {
-    "StartAt": "T0",
-    "States": {
-        f"T{i}": (
-            {"Type": "Task", "Resource": "test:echo", "Next": f"T{i + 1}"}
-            if i < 2
-            else {"Type": "Task", "Resource": "test:echo", "End": True}
-        )
-        for i in range(3)
-    },
-}
 WORKLOADS = [("task3", TASK_3, 3), ("pass10", PASS_10, 10)]
 MODES = ("off", "on", "drivers")
 
