@@ -192,22 +192,23 @@ def _redis_errors() -> Iterator[None]:
         raise error from exc
 
 
-async def _counting_on_connect(self: Any) -> None:
-    REDIS_CONNECTIONS.inc()
-    await super(type(self), self).on_connect()
-
-
 def count_connections(client: Redis) -> None:
     """Count every connection ``client``'s pool opens (steplog_redis_connections_opened);
-    idempotent."""
+    idempotent. Counted at the socket's connect, which every redis-py version and
+    connection kind (TCP, unix socket) goes through (on_connect is skipped by some)."""
     pool = client.connection_pool
     base = pool.connection_class
     if getattr(base, "_steplog_counted", False):
         return
+
+    connect_socket: Any = base._connect  # redis-py's own, untyped
+
+    async def _connect(self: Any) -> None:
+        await connect_socket(self)
+        REDIS_CONNECTIONS.inc()
+
     pool.connection_class = type(
-        f"Counting{base.__name__}",
-        (base,),
-        {"on_connect": _counting_on_connect, "_steplog_counted": True},
+        f"Counting{base.__name__}", (base,), {"_connect": _connect, "_steplog_counted": True}
     )
 
 
