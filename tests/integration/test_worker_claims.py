@@ -10,7 +10,6 @@ engine keeps the trigger entries it holds alive the same way while an append han
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -19,8 +18,10 @@ import redis.asyncio as aioredis
 
 from engine.adapters.bus import Bus
 from engine.adapters.store import EventStore, NewEvent
+from engine.loops.engine_loop import Engine
 from engine.loops.worker import Worker
-from engine.messages import WORKER_GROUP
+from engine.messages import WORKER_GROUP, Begin
+from engine.service import EngineService
 from tests.conftest import Eventually
 from tests.integration.test_relay import T0
 from tests.integration.test_worker import registry_with, results, running, task
@@ -83,5 +84,47 @@ async def test_a_table_lock_longer_than_the_visibility_timeout_runs_the_attempt_
     assert (await redis.xpending(bus.tasks_stream("default"), WORKER_GROUP))["pending"] == 0
 
 
-async def _any(value: Any) -> Any:
-    return value
+PASS = {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}
+
+
+async def test_an_engine_stuck_on_a_locked_table_keeps_its_trigger(
+    database_url: str, store: EventStore, bus: Bus, eventually: Eventually
+) -> None:
+    """The engine holding a trigger waits for a lock longer than the visibility timeout:
+    the other engine does not claim the trigger and decide it a second time."""
+    service = EngineService(store)
+    await service.register("default", "wf", PASS)
+    record, _ = await service.start("default", "wf", {}, None, T0)
+    execution_id = record.execution_id
+
+    def engine(name: str) -> Engine:
+        return Engine(service, bus, consumer=name, block_ms=100, visibility_timeout_s=VISIBILITY_S)
+
+    first, second = engine("first"), engine("second")
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(first.run(stop))]
+    locker = await asyncpg.connect(database_url)
+    try:
+        await first.ensure_groups()
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+            await bus.add_trigger(execution_id, Begin())
+
+            async def first_holds_it() -> bool:
+                return execution_id in first.deciding
+
+            await eventually(first_holds_it)
+            tasks.append(asyncio.create_task(second.run(stop)))
+            await asyncio.sleep(LOCK_S)  # the lock is the fault: held for its length
+
+        async def succeeded() -> bool:
+            state = await service.state_at(execution_id)
+            return state.status == "SUCCEEDED" and first.handled + second.handled >= 1
+
+        await eventually(succeeded, timeout_s=10)
+        await asyncio.sleep(VISIBILITY_S)  # time for a second decision, if there were one
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 15)
+        await locker.close()
+    assert (first.handled, second.handled) == (1, 0)
