@@ -200,7 +200,9 @@ class Relay:
         recheck = 0.0
         backoff = 0.0
         unsaved: GlobalPosition | None = None  # published, not recorded yet
+        more = False  # the last batch was full
         async with self._notifier.subscribed():
+            changed = self._notifier.changed()
             while not stop.is_set():
                 if lease.deposed.is_set():
                     raise Deposed
@@ -212,20 +214,26 @@ class Relay:
                     continue
                 try:
                     if unsaved is not None:
+                        # Retried here until recorded (or the lead is lost); never
+                        # published again in between.
                         if not await self._lease_row.save(unsaved):
                             raise Deposed
                         unsaved = None
-                    # Taken before reading: a notification arriving during the read wakes
-                    # the next wait instead of being lost.
-                    changed = self._notifier.changed()
-                    events = await self._store.read_all(self.position, self._batch_size)
-                    if events and not lease.held():
-                        continue  # the read outlasted the lease: see above
-                    if events:
-                        await self._publish(events)
-                        self.position = unsaved = events[-1].global_position
-                        backoff = 0.0
-                        continue  # recorded at the top; more may be waiting
+                        if more:
+                            continue
+                    else:
+                        # Taken before reading: a notification arriving during the read
+                        # (or the publish and the save) wakes the next wait at once.
+                        changed = self._notifier.changed()
+                        events = await self._store.read_all(self.position, self._batch_size)
+                        if events and not lease.held():
+                            continue  # the read outlasted the lease: see above
+                        if events:
+                            await self._publish(events)
+                            self.position = unsaved = events[-1].global_position
+                            more = len(events) == self._batch_size
+                            backoff = 0.0
+                            continue  # recorded at the top of the loop
                 except (Deposed, asyncio.CancelledError):
                     raise
                 except Exception as exc:
