@@ -295,17 +295,18 @@ class Worker:
         to start, so that no other worker claims them (until cancelled). Only Redis is
         called: a slow PostgreSQL or a blocked read loop does not let a claim lapse."""
         every = self.visibility_timeout_s / 3
+        failing = False
         while True:
-            await asyncio.sleep(every)
-            while True:
-                try:
-                    await self.bus.touch(
-                        self.stream, WORKER_GROUP, self.consumer, [*self._running, *self._starting]
-                    )
-                    break
-                except Exception as exc:  # Redis away, or the group lost (flushed)
-                    log.warning("worker: cannot touch running tasks (%r); retrying", exc)
-                    await asyncio.sleep(min(TOUCH_RETRY_S, every))
+            await asyncio.sleep(min(TOUCH_RETRY_S, every) if failing else every)
+            try:
+                await self.bus.touch(
+                    self.stream, WORKER_GROUP, self.consumer, [*self._running, *self._starting]
+                )
+                failing = False
+            except Exception as exc:  # Redis away, or the group lost (flushed)
+                level = logging.DEBUG if failing else logging.WARNING
+                log.log(level, "worker: cannot touch running tasks (%r); retrying", exc)
+                failing = True
 
     async def _watch_ended(self) -> None:
         """Every ``ended_check_interval_s``, cancel the handlers of executions that ended
@@ -423,17 +424,18 @@ class Worker:
                     tasks.append(delivery)
                 case _:
                     assert_never(delivery)
-        ended: set[UUID] = set()
-        if self._ended is not None and tasks:
-            # Touched by the claim keeper meanwhile: the check may wait for a lock.
-            self._starting.update(t.entry.id for t in tasks)
-            try:
-                ended = await asyncio.wait_for(
-                    self._ended([t.message.execution_id for t in tasks]), ENDED_CHECK_TIMEOUT_S
-                )
-            except Exception as exc:  # PostgreSQL away: run them; results are checked anyway
-                log.warning("worker: cannot check for ended executions: %r", exc)
+        # Touched by the claim keeper until they run: the check may wait for a lock.
+        self._starting.update(t.entry.id for t in tasks)
         try:
+            ended: set[UUID] = set()
+            if self._ended is not None and tasks:
+                try:
+                    ended = await asyncio.wait_for(
+                        self._ended([t.message.execution_id for t in tasks]),
+                        ENDED_CHECK_TIMEOUT_S,
+                    )
+                except Exception as exc:  # PostgreSQL away or slow: run them anyway
+                    log.warning("worker: cannot check for ended executions: %r", exc)
             for delivery in tasks:
                 entry, execution_id = delivery.entry, delivery.message.execution_id
                 if execution_id in ended:
