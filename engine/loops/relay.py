@@ -14,8 +14,9 @@ on (execution_id, seq). It wakes on ``LISTEN steplog_events`` and polls as a fal
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -73,8 +74,11 @@ class Relay:
         poll_interval_s: float = 1.0,
         retry_delay_s: float = 1.0,
         tracer: Tracer | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self._store = store
+        # The clock the lag metric reads (the one events are stamped by: engine.adapters.clock).
+        self._clock = clock
         # A publish span per execution and batch (engine.loops.tracing); None: off.
         self._tracer = tracer
         self._traces = ExecutionTraces(store)
@@ -152,7 +156,7 @@ class Relay:
         if self._tracer is None:
             triggers, tasks = follow_ups(events)
             await self._bus.publish(events, triggers, tasks)
-            metrics.observe_published(events)
+            metrics.observe_published(events, self._clock())
             return
         # The messages carry their execution's publish span: the engine's decision and
         # the worker's attempt become its children.
@@ -165,7 +169,7 @@ class Relay:
             end_spans(spans.values(), exc)
             raise
         end_spans(spans.values())
-        metrics.observe_published(events)
+        metrics.observe_published(events, self._clock())
 
     async def _save_checkpoint(self, conn: asyncpg.Connection, position: GlobalPosition) -> None:
         await conn.execute(SAVE_CHECKPOINT, self.name, str(position.tx_id), position.position)
