@@ -27,11 +27,13 @@ from opentelemetry.trace import Tracer
 
 from engine.access import Access
 from engine.adapters.bus import Bus, TokenBuckets
+from engine.adapters.clock import DbClock
 from engine.adapters.limits_store import LimitsStore
 from engine.adapters.postgres import open_pool, translate_errors
 from engine.adapters.store import EventStore
 from engine.errors import Unavailable
 from engine.limits import Limits
+from engine.loops.clock import ClockWatch
 from engine.loops.engine_loop import Engine
 from engine.loops.metrics import ROLE_RESTARTS, ROLE_UP, StreamSampler
 from engine.loops.recovery import Recovery
@@ -65,6 +67,8 @@ class Resources:
     queries: Queries
     access: Access
     limits: Limits
+    # PostgreSQL's clock: the one every durable time is read from (DESIGN invariant 8).
+    clock: DbClock
     # Spans of every role (steplog/tracing.py); None: tracing off.
     tracer: Tracer | None = None
 
@@ -129,6 +133,8 @@ async def _open_resources(
     try:
         with translate_errors():
             await migrate(pool)
+        clock = DbClock(pool)
+        await clock.sample()  # before anything reads it
         redis = aioredis.from_url(redis_url)
         try:
             store = EventStore(pool)
@@ -144,11 +150,12 @@ async def _open_resources(
                 arns=settings.arn_scope(),
                 limits=limits,
                 tracer=tracer,
+                clock=clock.now,
             )
-            queries = Queries(store, pool, bus.ping)
+            queries = Queries(store, pool, bus.ping, clock.now)
             access = Access.over(pool)
             yield Resources(
-                settings, pool, redis, store, bus, service, queries, access, limits, tracer
+                settings, pool, redis, store, bus, service, queries, access, limits, clock, tracer
             )
         finally:
             await redis.aclose()
@@ -305,6 +312,14 @@ async def run_roles(
     def supervise(name: str, run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         coros.append(_supervised(name, run, stop, health))
 
+    # Every process reads durable time from PostgreSQL's clock: keep its reading fresh.
+    watch = ClockWatch(
+        r.clock,
+        interval_s=settings.clock_sample_interval_s,
+        warn_offset_s=settings.clock_offset_warn_s,
+    )
+    watch.report(r.clock.offset_s)  # the first sample's (open_resources)
+    supervise("clock", watch.run)
     if roles & {"engine", "worker"}:
         supervise("sampler", sampler.run)
     if "engine" in roles:
@@ -313,15 +328,17 @@ async def run_roles(
             r.bus,
             visibility_timeout_s=settings.task_visibility_timeout_s,
             max_deliveries=settings.max_deliveries,
+            clock=r.clock.now,
             tracer=r.tracer,
         )
         health.add(
             "engine", progress=lambda: engine.handled, backlog=lambda: sampler.backlog(ENGINE_GROUP)
         )
         supervise("engine", engine.run)
+        # Timers are due by PostgreSQL's clock, read by the claim itself.
         supervise("timers", TimerService(r.store, r.bus, tracer=r.tracer).run)
-        supervise("relay", Relay(r.store, r.bus, r.pool, tracer=r.tracer).run)
-        supervise("recovery", Recovery(r.service, r.bus, r.pool).run)
+        supervise("relay", Relay(r.store, r.bus, r.pool, tracer=r.tracer, clock=r.clock.now).run)
+        supervise("recovery", Recovery(r.service, r.bus, r.pool, clock=r.clock.now).run)
     if "worker" in roles:
         if registry is None:
             registry = default_registry()
@@ -335,6 +352,7 @@ async def run_roles(
             max_deliveries=settings.max_deliveries,
             ended=r.store.ended_executions,
             tracer=r.tracer,
+            clock=r.clock.now,
         )
         health.add(
             "worker",
