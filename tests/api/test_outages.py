@@ -306,6 +306,24 @@ async def test_a_table_lock_held_past_the_statement_timeout_is_a_prompt_503(
     assert again.status == 201, again
 
 
+async def test_an_export_cut_short_by_an_outage_is_an_incomplete_body(
+    steplog: Running, own_servers: Servers
+) -> None:
+    running = await start_running(steplog)
+    url = f"{steplog.base_url}/v1/executions/{running}/history.jsonl"
+    async with table_locked(own_servers, "events"):
+        # The execution is found (executions table), the 200 goes out, then the events
+        # cannot be read: the client must not take a short body for the whole history.
+        async with steplog.http.get(url) as resp:
+            assert resp.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+    async with steplog.http.get(url) as resp:
+        assert resp.status == 200
+        lines = (await resp.read()).splitlines()
+    assert len(lines) >= 1 and b"ExecutionStarted" in lines[0]
+
+
 async def test_without_statement_timeout_the_request_deadline_answers_503(
     own_servers: Servers, tmp_path: Path
 ) -> None:
