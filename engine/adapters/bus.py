@@ -160,7 +160,8 @@ def _reply_code(exc: BaseException) -> str:
     script wrapped it."""
     text = str(exc)
     _, marker, rest = text.partition("caused error: ")
-    text = rest if marker else text
+    # redis-py 8 writes the wrapped error's args there: "caused error: ('BUSY ...',)".
+    text = rest.lstrip("('\"") if marker else text
     if text.startswith("Error running script") and (found := _SCRIPT_REPLY.search(text)):
         return found.group(1)
     return text.split(" ", 1)[0]

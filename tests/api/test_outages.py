@@ -28,9 +28,11 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from engine.adapters.bus import Bus
 from engine.adapters.postgres import translate_errors
 from engine.adapters.store import EventStore
 from engine.errors import Unavailable
+from engine.messages import Begin
 from steplog.embedded import embedded_servers
 from steplog.settings import Settings
 from tests.serving import Running, running_steplog
@@ -487,3 +489,49 @@ async def test_ready_probes_are_shared_between_callers(steplog: Running) -> None
 
         statuses = await asyncio.gather(*(probe() for _ in range(50)))
     assert statuses == [200] * 50
+
+
+async def test_bus_translates_a_replica_a_busy_script_and_a_stale_replica(
+    redis_admin: aioredis.Redis, own_servers: Servers
+) -> None:
+    """READONLY (a replica refusing writes), MASTERDOWN (a replica refusing stale reads)
+    and BUSY (a script running past lua-time-limit) are Unavailable, the Redis
+    error chained; the readiness probe says so too."""
+    client = aioredis.Redis.from_url(own_servers.redis_url)
+    bus = Bus(client, prefix=f"o{uuid.uuid4().hex[:8]}", partitions=1)
+    try:
+        await redis_admin.execute_command("REPLICAOF", "127.0.0.1", "1")  # nobody there
+        try:
+            with pytest.raises(Unavailable) as readonly:
+                await bus.add_trigger(uuid.uuid4(), Begin())
+            with pytest.raises(Unavailable):
+                await bus.ready_probe()
+            await redis_admin.config_set("replica-serve-stale-data", "no")
+            with pytest.raises(Unavailable) as masterdown:
+                await bus.is_intact()
+        finally:
+            await redis_admin.config_set("replica-serve-stale-data", "yes")
+            await redis_admin.execute_command("REPLICAOF", "NO", "ONE")
+        assert "read only replica" in str(readonly.value.__cause__)
+        assert "Link with MASTER is down" in str(masterdown.value.__cause__)
+        await bus.add_trigger(uuid.uuid4(), Begin())  # a primary again
+
+        await redis_admin.config_set("lua-time-limit", "50")
+        spinner = aioredis.Redis.from_url(own_servers.redis_url)
+        spin = asyncio.create_task(
+            spinner.eval("local i = 0 while true do i = i + 1 end", 0)  # type: ignore[misc]
+        )
+        try:
+            await asyncio.sleep(0.3)
+            with pytest.raises(Unavailable) as busy:
+                await bus.add_trigger(uuid.uuid4(), Begin())
+        finally:
+            await redis_admin.script_kill()
+            with contextlib.suppress(Exception):
+                await spin  # "Script killed by user"
+            await spinner.aclose()
+            await redis_admin.config_set("lua-time-limit", "5000")
+        assert "busy running a script" in str(busy.value.__cause__)
+        await bus.add_trigger(uuid.uuid4(), Begin())
+    finally:
+        await client.aclose()
