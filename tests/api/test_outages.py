@@ -32,7 +32,9 @@ from engine.adapters.bus import Bus
 from engine.adapters.postgres import translate_errors
 from engine.adapters.store import EventStore
 from engine.errors import Unavailable
-from engine.messages import Begin
+from engine.loops.engine_loop import Engine
+from engine.messages import ENGINE_GROUP, Begin
+from engine.service import EngineService
 from steplog.embedded import embedded_servers
 from steplog.settings import Settings
 from tests.serving import Running, running_steplog
@@ -386,6 +388,39 @@ async def test_store_translates_refusals_of_a_writable_server(
         assert isinstance(lock_error.value.__cause__, asyncpg.LockNotAvailableError)
     finally:
         await conn.close()
+
+
+async def test_an_engine_claims_nothing_while_postgres_is_read_only(
+    own_servers: Servers, redis_admin: aioredis.Redis
+) -> None:
+    """Claiming another engine's stale triggers counts their deliveries towards the
+    dead-letter limit: not while no engine could record them (read-only), else a long
+    failover would fail executions once it is over."""
+    pool = await asyncpg.create_pool(
+        own_servers.database_url,
+        min_size=1,
+        max_size=2,
+        server_settings={"default_transaction_read_only": "on"},
+    )
+    client = aioredis.Redis.from_url(own_servers.redis_url)
+    bus = Bus(client, prefix=f"o{uuid.uuid4().hex[:8]}", partitions=1)
+    try:
+        await bus.ensure_group(bus.triggers_stream(0), ENGINE_GROUP)
+        await bus.add_trigger(uuid.uuid4(), Begin())
+        # Read by an engine that then went away: pending on "gone".
+        assert len(await bus.read_triggers(ENGINE_GROUP, "gone", bus.triggers_streams(), 10)) == 1
+        engine = Engine(
+            EngineService(EventStore(pool)), bus, consumer="other", visibility_timeout_s=0.001
+        )
+        await asyncio.sleep(0.01)
+        with pytest.raises(Unavailable, match="read-only"):
+            await engine.claim_stale()
+        pending = await client.xpending(bus.triggers_stream(0), ENGINE_GROUP)
+        assert pending["pending"] == 1
+        assert pending["consumers"] == [{"name": b"gone", "pending": 1}]  # not claimed
+    finally:
+        await client.aclose()
+        await pool.close()
 
 
 # -- Redis ----------------------------------------------------------------------------
