@@ -262,7 +262,10 @@ class Queries:
     # -- readiness ------------------------------------------------------------------------
 
     async def ping_postgres(self) -> None:
-        await self._store.ping()
+        """Return when PostgreSQL answers and accepts writes (`Unavailable` otherwise)."""
+        await self._store.ping_writable()
 
     async def ping_redis(self) -> None:
+        """Await the Redis probe the composition root gave (`Bus.ready_probe`: a tiny
+        write, so a Redis that answers PING but refuses writes is not ready)."""
         await self._redis_ping()

@@ -31,7 +31,7 @@ import msgspec
 
 from engine.adapters.postgres import translate_errors
 from engine.core.events import TERMINAL_EVENT_TYPES
-from engine.errors import ConcurrencyError, ExecutionNameConflict, InvalidRequest
+from engine.errors import ConcurrencyError, ExecutionNameConflict, InvalidRequest, Unavailable
 
 NOTIFY_CHANNEL = "steplog_events"
 STANDARD = "STANDARD"
@@ -214,6 +214,10 @@ CROSS JOIN LATERAL (
 ) last
 WHERE last.type = ANY($2::text[])"""
 PING = "SELECT 1"
+# A statement's own transaction is read-only when the server is a standby (in recovery,
+# e.g. after a failover to a replica) or default_transaction_read_only is on: the cheap
+# question "would a write be refused?", asked without writing.
+READ_ONLY = "SELECT current_setting('transaction_read_only') = 'on'"
 
 _MAX_SEQ = 2**31 - 1
 
@@ -790,3 +794,9 @@ class EventStore:
     async def ping(self) -> bool:
         """True when PostgreSQL answers (raises `Unavailable` when it does not)."""
         return bool(await self._fetchval(PING) == 1)
+
+    async def ping_writable(self) -> None:
+        """Return when PostgreSQL answers and would accept writes; `Unavailable` when it
+        does not answer or is read-only (a standby, default_transaction_read_only on)."""
+        if await self._fetchval(READ_ONLY):
+            raise Unavailable("PostgreSQL is read-only (a standby, or transactions read-only)")
