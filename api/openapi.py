@@ -394,15 +394,6 @@ OPERATIONS: tuple[Op, ...] = (
         problems=(404, *_V1),
     ),
     Op(
-        method="delete",
-        path="/v1/activities/{name}",
-        id="deleteActivity",
-        summary="Delete an activity (its tasks already scheduled stay queued)",
-        tag="activities",
-        ok={200: ActivityOut},
-        problems=(404, *_V1),
-    ),
-    Op(
         method="post",
         path="/v1/activities/{name}/poll",
         id="pollActivity",
@@ -413,6 +404,15 @@ OPERATIONS: tuple[Op, ...] = (
         body=PollActivity,
         ok={200: ActivityTaskOut, 204: None},
         problems=(*_BODY, 404, *_V1),
+    ),
+    Op(
+        method="delete",
+        path="/v1/activities/{name}",
+        id="deleteActivity",
+        summary="Delete an activity (its tasks already scheduled stay queued)",
+        tag="activities",
+        ok={200: ActivityOut},
+        problems=(404, *_V1),
     ),
     Op(
         method="get",
@@ -768,6 +768,8 @@ def _page() -> str:
                 out.append(f"<p>Body: <code>{e(_schema_text(schema))}</code></p>")
             statuses = ", ".join(
                 f"{s} {_schema_text(next(iter(r['content'].values()))['schema'])}"
+                if "content" in r
+                else f"{s} (no body)"
                 for s, r in op["responses"].items()
             )
             out.append(f"<p>Responses: {e(statuses)}</p>")

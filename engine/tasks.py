@@ -64,6 +64,8 @@ __all__ = ["Activity", "ActivityTask", "Tasks"]
 log = logging.getLogger("steplog.tasks")
 
 _INVALID = "the task token is not valid"
+# The longest single XREADGROUP BLOCK of a poll (redis-py's default socket timeout is 5 s).
+MAX_BLOCK_MS = 1000
 _json = msgspec.json.Encoder()
 
 
@@ -241,9 +243,12 @@ class Tasks:
                     count=1,
                 )
                 if not deliveries:
+                    # Short blocks: an entry left by a vanished worker is claimed at the
+                    # next turn, and no read outlasts the Redis client's socket timeout.
                     left_ms = int((deadline - loop.time()) * 1000)
+                    block_ms = min(left_ms, MAX_BLOCK_MS, int(self.visibility_timeout_s * 500))
                     deliveries = await self.bus.read_tasks(
-                        WORKER_GROUP, self.consumer, [stream], 1, left_ms if left_ms > 0 else None
+                        WORKER_GROUP, self.consumer, [stream], 1, block_ms if block_ms > 0 else None
                     )
             except MissingGroup:
                 self._groups.discard(stream)  # Redis was flushed: make the group again
