@@ -22,6 +22,9 @@ and reported as failed with ``Steplog.TaskDeliveryExceeded`` (a Retry or Catch
 can handle it, States.TaskFailed and States.ALL match it). Given ``ended``, a
 worker skips tasks of executions that have ended and cancels running handlers
 of executions that end (a stop, a timeout): their results would be ignored.
+A Task whose Resource ends in ``.waitForTaskToken`` runs its base resource's handler
+(``TaskContext.task_token`` carries the token to hand on); only a failure is reported,
+the result comes with the callback (engine/tasks.py, docs/tasks.md).
 Installed packages can contribute handlers through the entry point group
 ``steplog.handlers`` (each entry point is a ``HandlerRegistry`` or a callable
 taking one and registering into it).
