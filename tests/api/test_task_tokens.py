@@ -12,9 +12,12 @@ import json
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
+from uuid import UUID
 
 import pytest
 
+from engine.core.events import decode_event
+from engine.core.replay import Recorded, verify_history
 from engine.errors import InvalidToken
 from steplog.settings import Settings
 from tests.serving import Running, running_steplog
@@ -240,3 +243,25 @@ async def test_a_failing_base_handler_fails_the_task_without_a_callback(
     execution_id = await app.start_id("failing", {"order": 8})
     done = await app.ended(eventually, execution_id)
     assert done["status"] == "SUCCEEDED" and done["output"] == "rejected", done
+
+
+async def test_a_history_with_callbacks_replays_to_the_same_events(
+    app: Running, eventually: Any
+) -> None:
+    """Invariant 3: tokens come from the recorded key, callbacks are rebuilt as task
+    results and heartbeats: `steplog verify` reproduces the history."""
+    execution_id = await app.start_id("heartbeat", {"order": 9})
+    token = await token_of(app, eventually, execution_id)
+    assert (await app.call("POST", "/v1/tasks/heartbeat", {"taskToken": token}))[0] == 200
+    status, _ = await app.call("POST", "/v1/tasks/success", {"taskToken": token, "output": [1]})
+    assert status == 200
+    await app.ended(eventually, execution_id)
+    service = app.resources.service
+    stored = await app.resources.store.load(UUID(execution_id))
+    history = [
+        Recorded(seq=e.seq, event=decode_event(e.data), timestamp=e.timestamp) for e in stored
+    ]
+    definition = await service.definition("default", "heartbeat", 1)
+    verdict = verify_history(definition, execution_id, history)
+    assert verdict.ok, verdict
+    assert verdict.events == len(history) and "TaskHeartbeatRecorded" in [e.type for e in stored]
