@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
 import pytest
 
@@ -236,3 +237,25 @@ async def test_the_curl_example_worker_completes_executions(app: Running, eventu
     assert done["status"] == "SUCCEEDED" and done["output"] == {"greeting": "Hello, Dee!"}
     done = await app.ended(eventually, nameless)
     assert done["status"] == "SUCCEEDED" and done["output"] == "anonymous", done
+
+
+async def test_a_poll_whose_client_went_away_loses_no_task(app: Running, eventually: Any) -> None:
+    """The poller disconnects while its poll waits; the task that arrives then (taken
+    by the abandoned poll, or not) is handed to the next poll, after the visibility
+    timeout at worst."""
+    await make_activity(app, "gone")
+    with pytest.raises(TimeoutError):
+        async with app.http.post(
+            f"{app.base_url}/v1/activities/gone/poll?wait=5",
+            json={},
+            timeout=aiohttp.ClientTimeout(total=0.5),
+        ) as resp:
+            await resp.read()
+    execution_id = await app.start_id("gone", {"name": "Eve"})
+    status, task = await poll(app, "gone", wait=15)
+    assert status == 200 and task["input"] == {"name": "Eve"}
+    status, _ = await app.call(
+        "POST", "/v1/tasks/success", {"taskToken": task["taskToken"], "output": "ok"}
+    )
+    assert status == 200
+    assert (await app.ended(eventually, execution_id))["status"] == "SUCCEEDED"
