@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+import redis.asyncio as aioredis
 
 from engine.errors import ActivityNotFound
 from steplog.settings import Settings
@@ -259,3 +260,34 @@ async def test_a_poll_whose_client_went_away_loses_no_task(app: Running, eventua
     )
     assert status == 200
     assert (await app.ended(eventually, execution_id))["status"] == "SUCCEEDED"
+
+
+async def test_an_activity_task_survives_redis_losing_its_data(
+    app: Running, redis: aioredis.Redis, redis_prefix: str, eventually: Any
+) -> None:
+    """Recovery puts the pending attempt back on the activity's queue from PostgreSQL;
+    the next poll re-creates the consumer group and gets it."""
+    await make_activity(app, "durable")
+    first = await app.start_id("durable", {"name": "Fay"})
+    status, taken = await poll(app, "durable", wait=10)  # taken, never reported
+    assert status == 200
+    second = await app.start_id("durable", {"name": "Gil"})
+    stream = app.resources.bus.tasks_stream("activity:default:durable")
+
+    async def queued() -> bool:
+        return bool(await redis.xlen(stream) >= 2)
+
+    await eventually(queued)
+    keys = [k async for k in redis.scan_iter(match=f"*{{{redis_prefix}*", count=1000)]
+    await redis.delete(*keys)  # what FLUSHALL does to this test's deployment
+    got = {}
+    for _ in range(2):
+        status, task = await poll(app, "durable", wait=20)
+        assert status == 200, task
+        got[task["input"]["name"]] = task
+    assert got["Fay"]["taskToken"] == taken["taskToken"]
+    for task in got.values():
+        body = {"taskToken": task["taskToken"], "output": task["input"]["name"]}
+        assert (await app.call("POST", "/v1/tasks/success", body))[0] == 200
+    for execution_id in (first, second):
+        assert (await app.ended(eventually, execution_id))["status"] == "SUCCEEDED"
