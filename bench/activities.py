@@ -117,6 +117,7 @@ async def _bench(n: int, rounds: int, workers: int) -> None:
                     port=free_port(),
                     redis_prefix=f"bench{index}",
                     log_level="WARNING",
+                    auth=False,  # loopback only, as `steplog dev`
                 )
                 stop, ready = asyncio.Event(), asyncio.Event()
                 async with open_resources(settings, db_url, redis_url) as r:
