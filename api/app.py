@@ -83,6 +83,7 @@ def create_app(
     app[METRICS] = HttpMetrics()
     if task_callbacks is not None:
         app[TASKS] = task_callbacks
+        app.on_shutdown.append(_end_polls)
     app.add_routes(workflows.routes)
     app.add_routes(executions.routes)
     app.add_routes(feed.routes)
@@ -94,3 +95,8 @@ def create_app(
     app.add_routes(health.routes)
     app.add_routes(openapi.routes)
     return app
+
+
+async def _end_polls(app: web.Application) -> None:
+    """Graceful shutdown waits for running handlers: long polls answer 204 at once."""
+    app[TASKS].end_polls()

@@ -105,6 +105,13 @@ class Tasks:
         self.max_deliveries = max_deliveries
         self.consumer = consumer or f"api-{socket.gethostname()}-{os.getpid()}"
         self._groups: set[str] = set()
+        # Set at shutdown: waiting polls answer "no task" within a second instead of
+        # holding the server's graceful shutdown for up to 60 s.
+        self._closing = asyncio.Event()
+
+    def end_polls(self) -> None:
+        """Make every waiting poll (and every later one) return None within a second."""
+        self._closing.set()
 
     # -- callbacks ------------------------------------------------------------------------
 
@@ -230,7 +237,7 @@ class Tasks:
         stream = self.bus.tasks_stream(queue)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
-        while True:
+        while not self._closing.is_set():
             try:
                 if stream not in self._groups:
                     await self.bus.ensure_group(stream, WORKER_GROUP)
@@ -259,6 +266,7 @@ class Tasks:
                     return task
             if loop.time() >= deadline:
                 return None
+        return None
 
     async def _hand_out(
         self, queue: str, stream: str, delivery: TaskDelivery | Malformed, worker_name: str

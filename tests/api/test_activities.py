@@ -291,3 +291,15 @@ async def test_an_activity_task_survives_redis_losing_its_data(
         assert (await app.call("POST", "/v1/tasks/success", body))[0] == 200
     for execution_id in (first, second):
         assert (await app.ended(eventually, execution_id))["status"] == "SUCCEEDED"
+
+
+async def test_a_waiting_poll_ends_at_shutdown_instead_of_holding_it(settings: Settings) -> None:
+    loop = asyncio.get_running_loop()
+    async with running_steplog(settings) as running:
+        await make_activity(running, "closing")
+        waiting = asyncio.create_task(poll(running, "closing", wait=60))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        began = loop.time()
+    assert loop.time() - began < 15  # not the poll's 60 s
+    assert (await waiting)[0] == 204
