@@ -47,6 +47,7 @@ from engine.core.tasktokens import ACTIVITY_QUEUE_PREFIX, activity_queue, parse_
 from engine.core.triggers import TaskCompleted, TaskErrored, TaskHeartbeat, Trigger
 from engine.errors import (
     ActivityNotFound,
+    BusError,
     ConcurrencyError,
     ExecutionNotFound,
     InvalidToken,
@@ -152,7 +153,7 @@ class Tasks:
                 if entry_id is not None:
                     stream = self.bus.tasks_stream(scheduled.queue)
                     await self.bus.touch(stream, WORKER_GROUP, self.consumer, [entry_id])
-            except (Unavailable, MissingGroup) as exc:
+            except (Unavailable, BusError) as exc:
                 # Committed already; at worst the task is handed out once more.
                 log.warning("heartbeat of %s: cannot touch its entry: %r", scheduled.task_id, exc)
 
@@ -204,7 +205,7 @@ class Tasks:
             return
         try:
             await self.bus.release(scheduled.queue, WORKER_GROUP, scheduled.task_id)
-        except (Unavailable, MissingGroup) as exc:
+        except (Unavailable, BusError) as exc:  # committed already: never a 5xx for this
             log.warning("cannot acknowledge task %s: %r", scheduled.task_id, exc)
 
     # -- activities -----------------------------------------------------------------------
