@@ -160,7 +160,7 @@ async def test_a_task_handed_out_too_often_fails_with_delivery_exceeded(
 
 
 _WORKER = """
-import json, sys, time, urllib.request
+import json, os, sys, time, urllib.request
 base, activity, mode, marker = sys.argv[1:5]
 def post(path, body):
     request = urllib.request.Request(base + path, data=json.dumps(body).encode(),
@@ -172,8 +172,9 @@ while True:
     if status == 200:
         break
 task = json.loads(body)
-with open(marker, "w") as f:
+with open(marker + ".tmp", "w") as f:
     json.dump(task, f)
+os.replace(marker + ".tmp", marker)  # the test never reads half a file
 if mode == "hang":
     time.sleep(3600)  # killed here, mid-task
 post("/v1/tasks/success", {"taskToken": task["taskToken"],
@@ -199,7 +200,7 @@ async def test_a_worker_killed_mid_task_has_its_task_handed_to_another(
         async def took_it() -> Any:
             return json.loads(first_marker.read_text()) if first_marker.exists() else None
 
-        first = await eventually(took_it, timeout_s=15)
+        first = await eventually(took_it, timeout_s=30)
     finally:
         os.kill(doomed.pid, signal.SIGKILL)
         await doomed.wait()
@@ -210,7 +211,7 @@ async def test_a_worker_killed_mid_task_has_its_task_handed_to_another(
     # The same attempt, handed out again: same token, same idempotency key.
     assert second["taskToken"] == first["taskToken"]
     assert second["idempotencyKey"] == first["idempotencyKey"]
-    done = await app.ended(eventually, execution_id)
+    done = await app.ended(eventually, execution_id, timeout_s=30)
     assert done["status"] == "SUCCEEDED"
     assert done["output"] == {"by": "complete", "key": first["idempotencyKey"]}
 
