@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
 from engine.access import Access
+from engine.adapters.activities import ActivityStore
 from engine.adapters.bus import Bus, TokenBuckets
 from engine.adapters.clock import DbClock
 from engine.adapters.limits_store import LimitsStore
@@ -43,6 +44,7 @@ from engine.loops.worker import HandlerRegistry, Worker, default_registry
 from engine.messages import ENGINE_GROUP, WORKER_GROUP
 from engine.service import EngineService
 from engine.stopping import sleep_or_stop
+from engine.tasks import Tasks
 from projections.queries import Queries
 from steplog.datadir import local_servers
 from steplog.migrate import migrate
@@ -68,6 +70,8 @@ class ApiSide:
     queries: Queries
     access: Access
     limits: Limits
+    # Task callbacks and activities (the API's /v1/tasks and /v1/activities routes).
+    tasks: Tasks
 
 
 @dataclass
@@ -91,9 +95,21 @@ class Resources:
     @property
     def api(self) -> ApiSide:
         """The facades of the API role (see `ApiSide`)."""
-        if self.api_side is not None:
-            return self.api_side
-        return ApiSide(self.pool, self.service, self.queries, self.access, self.limits)
+        if self.api_side is None:
+            self.api_side = ApiSide(
+                self.pool,
+                self.service,
+                self.queries,
+                self.access,
+                self.limits,
+                _tasks(self.settings, self.service, self.pool, self.bus),
+            )
+        return self.api_side
+
+    @property
+    def tasks(self) -> Tasks:
+        """Task callbacks and activity polls, as the API role serves them."""
+        return self.api.tasks
 
 
 @contextlib.asynccontextmanager
@@ -199,8 +215,9 @@ async def _open_resources(
             )
             try:
                 api_store = EventStore(api_pool)
+                facades = _facades(settings, api_store, api_pool, redis, bus, tracer, clock)
                 r.api_side = ApiSide(
-                    api_pool, *_facades(settings, api_store, api_pool, redis, bus, tracer, clock)
+                    api_pool, *facades, _tasks(settings, facades[0], api_pool, bus)
                 )
                 yield r
             finally:
@@ -236,6 +253,17 @@ def _facades(
         clock=clock.now,
     )
     return service, Queries(store, pool, bus.ready_probe, clock.now), Access.over(pool), limits
+
+
+def _tasks(settings: Settings, service: EngineService, pool: asyncpg.Pool, bus: Bus) -> Tasks:
+    """Task callbacks and activity polls over ``service`` and ``pool``."""
+    return Tasks(
+        service,
+        ActivityStore(pool),
+        bus,
+        visibility_timeout_s=settings.task_visibility_timeout_s,
+        max_deliveries=settings.max_deliveries,
+    )
 
 
 @dataclass
@@ -464,7 +492,13 @@ async def run_roles(
         )
         api = r.api
         app = create_app(
-            api.service, api.queries, config, api.access, limits=api.limits, tracer=r.tracer
+            api.service,
+            api.queries,
+            config,
+            api.access,
+            limits=api.limits,
+            tracer=r.tracer,
+            task_callbacks=api.tasks,
         )
         app[ROLE_HEALTH] = health
         runner = HardenedAppRunner(app, server_limits(settings))
