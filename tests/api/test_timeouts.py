@@ -61,10 +61,12 @@ async def test_each_role_gets_its_statement_timeout(settings: Settings) -> None:
     url, redis_url = settings.database_url, settings.redis_url
     assert url and redis_url
     # Every role in one process: the loops' pool, and the API's own beside it.
-    async with open_resources(settings, url, redis_url, pool_size=2) as r:
+    async with open_resources(settings, url, redis_url, pool_size=6) as r:
         assert await statement_timeout(r.pool) == "30s"
         assert await statement_timeout(r.api.pool) == "5s"
         assert r.api.pool is not r.pool
+        # The process's connections are shared out, not doubled.
+        assert (r.pool.get_max_size(), r.api.pool.get_max_size()) == (3, 3)
     # The API alone: one pool, the API's.
     api_only = msgspec.structs.replace(settings, roles=("api",), api_statement_timeout_ms=1500)
     async with open_resources(api_only, url, redis_url, pool_size=2) as r:
