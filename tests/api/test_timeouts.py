@@ -1,23 +1,35 @@
 """Statement timeouts and the request deadline (issue 14 item 4) on the suite's shared
 servers: each pool carries its role's statement timeout, migrations run without one,
-the deadline waits while a body arrives and is lifted for a stream. (A deadline or a
+the deadline waits while a body arrives and is lifted for a stream; a connection
+failure no adapter translated is still a 503. (A deadline or a
 statement timeout that answers 503 under a held lock: tests/api/test_outages.py.)"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import msgspec
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
 
+from api.app import create_app
+from engine.access import Access
 from engine.adapters.postgres import open_pool, translate_errors
+from engine.adapters.store import EventStore
+from engine.core.state import ExecutionState
 from engine.errors import Unavailable
+from engine.service import EngineService
+from projections.queries import Queries
 from steplog.app import open_resources
 from steplog.migrate import migrate
 from steplog.settings import Settings
+from tests.api.helpers import api_config
 from tests.serving import Running, running_steplog
 
 
@@ -174,3 +186,34 @@ async def test_a_request_past_its_deadline_is_a_503_and_the_server_goes_on(
         assert 0.5 <= elapsed < 2.0
         ended = await app.ended(eventually, execution_id)
         assert ended["status"] == "SUCCEEDED"
+
+
+class UntranslatedQueries(Queries):
+    """A read side with a gap in its translation: a connection error escapes as is."""
+
+    async def state_at(
+        self, namespace: str | None, execution_id: UUID, seq: int | None = None
+    ) -> ExecutionState:
+        raise ConnectionResetError("connection reset by peer")
+
+
+async def test_an_untranslated_connection_failure_is_503_not_500(
+    pool: asyncpg.Pool,
+    store: EventStore,
+    redis: Redis,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = create_app(
+        EngineService(store),
+        UntranslatedQueries(store, pool, redis.ping),
+        api_config(settings),
+        Access.over(pool),
+    )
+    async with TestClient(TestServer(app)) as c:
+        resp = await c.get("/v1/executions/00000000-0000-0000-0000-000000000001/state")
+        body = await resp.json()
+    assert (resp.status, resp.headers.get("Retry-After")) == (503, "1")
+    assert body["code"] == "service_unavailable"
+    # Logged with its traceback: a translation to add in an adapter.
+    assert [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
