@@ -77,7 +77,7 @@ async def start_execution(request: web.Request) -> web.Response:
         workflow,
         req.input,  # kept as sent (engine.adapters.store.json_as_sent)
         req.name,
-        dt.datetime.now(dt.UTC),
+        # No time given: the command side stamps it by PostgreSQL's clock.
         trace_context=request_traceparent(),
     )
     execution_id_var.set(str(record.execution_id))
@@ -208,9 +208,7 @@ async def stop_execution(request: web.Request) -> web.Response:
     eid = execution_id(request)
     req = decode_body(await request.read(), StopExecution)
     namespace = namespace_of(request)
-    state = await request.app[COMMANDS].stop(
-        eid, req.error, req.cause, dt.datetime.now(dt.UTC), namespace
-    )
+    state = await request.app[COMMANDS].stop(eid, req.error, req.cause, namespace=namespace)
     # Audited right after the stop is committed (the stop is an event, not a row here).
     await request.app[ACCESS].record(
         actor_of(request), "execution.stop", str(eid), {"status": state.status}

@@ -16,7 +16,6 @@ GET /metrics      -> Prometheus text format (with projection lag gauges)
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable
@@ -118,7 +117,7 @@ async def metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S):
-            statuses = await request.app[QUERIES].projection_status(dt.datetime.now(dt.UTC))
+            statuses = await request.app[QUERIES].projection_status()
     except Exception as exc:  # metrics must render even when PostgreSQL does not answer
         log.warning("projection lag not measured: %r", exc)
     else:

@@ -80,10 +80,18 @@ class WorkflowStatsResult(msgspec.Struct, frozen=True):
 class Queries:
     """Read access to executions, histories, statistics and readiness."""
 
-    def __init__(self, store: EventStore, pool: asyncpg.Pool, redis_ping: Ping) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        pool: asyncpg.Pool,
+        redis_ping: Ping,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
         self._store = store
         self._pool = pool
         self._redis_ping = redis_ping
+        # PostgreSQL's clock (engine.adapters.clock), the one events are stamped by.
+        self.now = clock
 
     # -- executions -----------------------------------------------------------------------
 
@@ -245,10 +253,11 @@ class Queries:
             )
         return WorkflowStatsResult(executions=summary, states=states)
 
-    async def projection_status(self, now: dt.datetime) -> list[ProjectionStatus]:
-        """Each projection's checkpoint and lag behind the log."""
+    async def projection_status(self, now: dt.datetime | None = None) -> list[ProjectionStatus]:
+        """Each projection's checkpoint and lag behind the log at ``now`` (None: the
+        clock's now)."""
         with translate_errors():
-            return await projection_status(self._pool, now)
+            return await projection_status(self._pool, self.now() if now is None else now)
 
     # -- readiness ------------------------------------------------------------------------
 

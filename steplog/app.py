@@ -26,12 +26,15 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
 from engine.access import Access
+from engine.adapters.activities import ActivityStore
 from engine.adapters.bus import Bus, TokenBuckets
+from engine.adapters.clock import DbClock
 from engine.adapters.limits_store import LimitsStore
 from engine.adapters.postgres import open_pool, translate_errors
 from engine.adapters.store import EventStore
 from engine.errors import Unavailable
 from engine.limits import Limits
+from engine.loops.clock import ClockWatch
 from engine.loops.engine_loop import Engine
 from engine.loops.metrics import ROLE_RESTARTS, ROLE_UP, StreamSampler
 from engine.loops.recovery import Recovery
@@ -41,6 +44,7 @@ from engine.loops.worker import HandlerRegistry, Worker, default_registry
 from engine.messages import ENGINE_GROUP, WORKER_GROUP
 from engine.service import EngineService
 from engine.stopping import sleep_or_stop
+from engine.tasks import Tasks
 from projections.queries import Queries
 from steplog.datadir import local_servers
 from steplog.migrate import migrate
@@ -66,6 +70,8 @@ class ApiSide:
     queries: Queries
     access: Access
     limits: Limits
+    # Task callbacks and activities (the API's /v1/tasks and /v1/activities routes).
+    tasks: Tasks
 
 
 @dataclass
@@ -79,6 +85,8 @@ class Resources:
     queries: Queries
     access: Access
     limits: Limits
+    # PostgreSQL's clock: the one every durable time is read from (DESIGN invariant 8).
+    clock: DbClock
     # Spans of every role (steplog/tracing.py); None: tracing off.
     tracer: Tracer | None = None
     # What the API role uses (None: the facades above, on the same pool).
@@ -87,9 +95,21 @@ class Resources:
     @property
     def api(self) -> ApiSide:
         """The facades of the API role (see `ApiSide`)."""
-        if self.api_side is not None:
-            return self.api_side
-        return ApiSide(self.pool, self.service, self.queries, self.access, self.limits)
+        if self.api_side is None:
+            self.api_side = ApiSide(
+                self.pool,
+                self.service,
+                self.queries,
+                self.access,
+                self.limits,
+                _tasks(self.settings, self.service, self.pool, self.bus),
+            )
+        return self.api_side
+
+    @property
+    def tasks(self) -> Tasks:
+        """Task callbacks and activity polls, as the API role serves them."""
+        return self.api.tasks
 
 
 @contextlib.asynccontextmanager
@@ -175,6 +195,8 @@ async def _open_resources(
     try:
         with translate_errors():
             await migrate(pool)
+        clock = DbClock(pool)
+        await clock.sample()  # before anything reads it
         redis = aioredis.from_url(
             redis_url,
             socket_timeout=settings.redis_timeout_s,
@@ -183,9 +205,11 @@ async def _open_resources(
         try:
             store = EventStore(pool)
             bus = Bus(redis, settings.redis_prefix, settings.partitions)
-            service, queries, access, limits = _facades(settings, store, pool, redis, bus, tracer)
+            service, queries, access, limits = _facades(
+                settings, store, pool, redis, bus, tracer, clock
+            )
             r = Resources(
-                settings, pool, redis, store, bus, service, queries, access, limits, tracer
+                settings, pool, redis, store, bus, service, queries, access, limits, clock, tracer
             )
             if not serving_api or api_only:
                 yield r
@@ -198,8 +222,9 @@ async def _open_resources(
             )
             try:
                 api_store = EventStore(api_pool)
+                facades = _facades(settings, api_store, api_pool, redis, bus, tracer, clock)
                 r.api_side = ApiSide(
-                    api_pool, *_facades(settings, api_store, api_pool, redis, bus, tracer)
+                    api_pool, *facades, _tasks(settings, facades[0], api_pool, bus)
                 )
                 yield r
             finally:
@@ -217,8 +242,10 @@ def _facades(
     redis: aioredis.Redis,
     bus: Bus,
     tracer: Tracer | None,
+    clock: DbClock,
 ) -> tuple[EngineService, Queries, Access, Limits]:
-    """The command, query, access and limits facades over ``store`` and ``pool``."""
+    """The command, query, access and limits facades over ``store`` and ``pool``; durable
+    time from ``clock`` (PostgreSQL's)."""
     limits = Limits(
         LimitsStore(pool),
         TokenBuckets(redis, settings.redis_prefix),
@@ -230,8 +257,20 @@ def _facades(
         arns=settings.arn_scope(),
         limits=limits,
         tracer=tracer,
+        clock=clock.now,
     )
-    return service, Queries(store, pool, bus.ready_probe), Access.over(pool), limits
+    return service, Queries(store, pool, bus.ready_probe, clock.now), Access.over(pool), limits
+
+
+def _tasks(settings: Settings, service: EngineService, pool: asyncpg.Pool, bus: Bus) -> Tasks:
+    """Task callbacks and activity polls over ``service`` and ``pool``."""
+    return Tasks(
+        service,
+        ActivityStore(pool),
+        bus,
+        visibility_timeout_s=settings.task_visibility_timeout_s,
+        max_deliveries=settings.max_deliveries,
+    )
 
 
 @dataclass
@@ -389,6 +428,14 @@ async def run_roles(
     def supervise(name: str, run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         coros.append(_supervised(name, run, stop, health))
 
+    # Every process reads durable time from PostgreSQL's clock: keep its reading fresh.
+    watch = ClockWatch(
+        r.clock,
+        interval_s=settings.clock_sample_interval_s,
+        warn_offset_s=settings.clock_offset_warn_s,
+    )
+    watch.report(r.clock.offset_s)  # the first sample's (open_resources)
+    supervise("clock", watch.run)
     if roles & {"engine", "worker"}:
         supervise("sampler", sampler.run)
     if "engine" in roles:
@@ -397,15 +444,17 @@ async def run_roles(
             r.bus,
             visibility_timeout_s=settings.task_visibility_timeout_s,
             max_deliveries=settings.max_deliveries,
+            clock=r.clock.now,
             tracer=r.tracer,
         )
         health.add(
             "engine", progress=lambda: engine.handled, backlog=lambda: sampler.backlog(ENGINE_GROUP)
         )
         supervise("engine", engine.run)
+        # Timers are due by PostgreSQL's clock, read by the claim itself.
         supervise("timers", TimerService(r.store, r.bus, tracer=r.tracer).run)
-        supervise("relay", Relay(r.store, r.bus, r.pool, tracer=r.tracer).run)
-        supervise("recovery", Recovery(r.service, r.bus, r.pool).run)
+        supervise("relay", Relay(r.store, r.bus, r.pool, tracer=r.tracer, clock=r.clock.now).run)
+        supervise("recovery", Recovery(r.service, r.bus, r.pool, clock=r.clock.now).run)
     if "worker" in roles:
         if registry is None:
             registry = default_registry()
@@ -419,6 +468,7 @@ async def run_roles(
             max_deliveries=settings.max_deliveries,
             ended=r.store.ended_executions,
             tracer=r.tracer,
+            clock=r.clock.now,
         )
         health.add(
             "worker",
@@ -449,7 +499,13 @@ async def run_roles(
         )
         api = r.api
         app = create_app(
-            api.service, api.queries, config, api.access, limits=api.limits, tracer=r.tracer
+            api.service,
+            api.queries,
+            config,
+            api.access,
+            limits=api.limits,
+            tracer=r.tracer,
+            task_callbacks=api.tasks,
         )
         app[ROLE_HEALTH] = health
         runner = HardenedAppRunner(app, server_limits(settings))

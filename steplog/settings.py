@@ -56,9 +56,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_payload_bytes: int = 262_144
     # The largest definition registered (Step Functions' quota: 1 MiB).
     max_definition_bytes: int = 1_048_576
+    # A task left unacknowledged this long by a worker that died (or an activity task
+    # whose poller never reported nor heartbeated, docs/tasks.md) is delivered again.
     task_visibility_timeout_s: float = 30.0
     # A trigger or task delivered more often than this is dead-lettered (a task's
-    # attempt then fails with Steplog.TaskDeliveryExceeded).
+    # attempt then fails with Steplog.TaskDeliveryExceeded); activity tasks too.
     max_deliveries: int = 10
     # SIGTERM: running task handlers get this long to finish before they are cancelled.
     shutdown_grace_s: float = 10.0
@@ -141,6 +143,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # redis instrumentations): detailed, but it costs far more than steplog's own spans
     # (docs/observability.md), so it is off unless asked for (STEPLOG_TRACE_DRIVERS=true).
     trace_drivers: bool = False
+    # Durable time is PostgreSQL's clock (engine/adapters/clock.py): every process reads
+    # it every clock_sample_interval_s seconds and counts on with its monotonic clock in
+    # between; a process whose wall clock is more than clock_offset_warn_s seconds off
+    # logs a warning (steplog_clock_offset_seconds shows the offset).
+    clock_sample_interval_s: float = 10.0
+    clock_offset_warn_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -201,6 +209,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(f"{field}: {exc}") from None
         if self.running_quota < 0 or not 0 < self.limits_cache_s <= 3600:
             raise ValueError("running_quota must be >= 0 and limits_cache_s in (0, 3600]")
+        if not 0 < self.clock_sample_interval_s <= 3600 or self.clock_offset_warn_s <= 0:
+            raise ValueError(
+                "clock_sample_interval_s must be in (0, 3600] and clock_offset_warn_s positive"
+            )
 
     def limit_defaults(self) -> LimitDefaults:
         """The limits of a namespace without overrides."""
@@ -291,6 +303,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("redis_timeout_s", float),
             ("limits_cache_s", float),
             ("running_quota", int),
+            ("clock_sample_interval_s", float),
+            ("clock_offset_warn_s", float),
         ):
             if (raw := get(field)) is not None:
                 try:

@@ -178,17 +178,21 @@ SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(due_at)), 0)::float8 FR
 # not yet fired for this due time, and no live lease holds it. SKIP LOCKED lets concurrent
 # timer services take disjoint batches; the lease covers the window between this commit and
 # MARK_TIMERS_FIRED, so a firer that dies in between is replaced once the lease expires.
+# "Due" and the lease are by PostgreSQL's clock (DESIGN invariant 8), read once here, so a
+# firer whose own clock runs ahead fires nothing early; $1, when not null, stands in for it
+# (tests that move time).
 CLAIM_DUE_TIMERS = """
-UPDATE timers t SET claimed_until = $1::timestamptz + make_interval(secs => $3)
-FROM (
-    SELECT timer_id FROM timers
-    WHERE due_at <= $1 AND fired_due IS DISTINCT FROM due_at
-      AND (claimed_until IS NULL OR claimed_until < $1)
+WITH clock AS (SELECT coalesce($1::timestamptz, clock_timestamp()) AS now)
+UPDATE timers t SET claimed_until = clock.now + make_interval(secs => $3)
+FROM clock, (
+    SELECT timer_id FROM timers, clock
+    WHERE due_at <= clock.now AND fired_due IS DISTINCT FROM due_at
+      AND (claimed_until IS NULL OR claimed_until < clock.now)
     ORDER BY due_at, timer_id LIMIT $2
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF timers SKIP LOCKED
 ) due
 WHERE t.timer_id = due.timer_id
-RETURNING t.timer_id, t.execution_id, t.due_at, t.claimed_until"""
+RETURNING t.timer_id, t.execution_id, t.due_at, t.claimed_until, clock.now AS claimed_at"""
 # Only for the due time that was fired, and only while the claim is still the caller's
 # (claimed_until is its token): a timer moved meanwhile stays due for its new time, and one
 # re-armed by recovery meanwhile (its trigger may have been flushed) stays due.
@@ -299,8 +303,10 @@ class DueTimer(msgspec.Struct, frozen=True):
     timer_id: str
     execution_id: UUID
     due_at: datetime
-    # Set by `EventStore.claim_due_timers`: the claim's lease end, also its token.
+    # Set by `EventStore.claim_due_timers`: the claim's lease end, also its token, and
+    # the time it was claimed at (PostgreSQL's clock, or the ``now`` given).
     claimed_until: datetime | None = None
+    claimed_at: datetime | None = None
 
 
 _decode_dict = msgspec.json.Decoder(dict[str, Any])
@@ -732,13 +738,19 @@ class EventStore:
         rows = await self._fetch(DUE_TIMERS, now, limit)
         return [DueTimer(r["timer_id"], r["execution_id"], r["due_at"]) for r in rows]
 
-    async def claim_due_timers(self, now: datetime, limit: int, lease_s: float) -> list[DueTimer]:
+    async def claim_due_timers(
+        self, now: datetime | None, limit: int, lease_s: float
+    ) -> list[DueTimer]:
         """Claim up to ``limit`` due timers not yet fired for their due time and not
-        leased by another firer, for ``lease_s`` seconds; earliest first. Concurrent
-        callers get disjoint sets. Call `mark_timers_fired` once their triggers are out."""
+        leased by another firer, for ``lease_s`` seconds; earliest first. Due and leased
+        by PostgreSQL's clock (``clock_timestamp()`` in the statement) when ``now`` is
+        None, the production path; a ``now`` given stands in for it. Concurrent callers
+        get disjoint sets. Call `mark_timers_fired` once their triggers are out."""
         rows = await self._fetch(CLAIM_DUE_TIMERS, now, limit, lease_s)
         timers = [
-            DueTimer(r["timer_id"], r["execution_id"], r["due_at"], r["claimed_until"])
+            DueTimer(
+                r["timer_id"], r["execution_id"], r["due_at"], r["claimed_until"], r["claimed_at"]
+            )
             for r in rows
         ]
         timers.sort(key=lambda t: (t.due_at, t.timer_id))

@@ -38,6 +38,7 @@ COUNTED_TABLES = (
     "namespaces",
     "api_keys",
     "audit_log",
+    "activities",
 )
 
 
