@@ -217,3 +217,20 @@ async def test_an_untranslated_connection_failure_is_503_not_500(
     assert body["code"] == "service_unavailable"
     # Logged with its traceback: a translation to add in an adapter.
     assert [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
+
+
+async def test_a_long_poll_waits_past_the_deadline(settings: Settings) -> None:
+    """An activity poll asking to wait 2 s with nothing to hand out answers 204 after
+    those 2 s, not 503 at the 0.5 s deadline."""
+    quick = msgspec.structs.replace(settings, request_timeout_s=0.5)
+    async with running_steplog(quick) as app:
+        status, _ = await app.call("POST", "/v1/activities", {"name": "idle"})
+        assert status == 201
+        started = time.monotonic()
+        async with app.http.post(
+            f"{app.base_url}/v1/activities/idle/poll?wait=2", json={"workerName": "t"}
+        ) as resp:
+            status = resp.status
+        elapsed = time.monotonic() - started
+    assert status == 204
+    assert 1.9 <= elapsed < 4.0
