@@ -14,6 +14,7 @@ from typing import Literal
 
 import msgspec
 
+from engine.adapters.outbound import OutboundPolicy, parse_allow
 from engine.core.arns import DEFAULT_ACCOUNT, DEFAULT_PARTITION, DEFAULT_REGION, ArnScope
 from engine.limits import LimitDefaults, parse_rates
 
@@ -125,6 +126,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # redis instrumentations): detailed, but it costs far more than steplog's own spans
     # (docs/observability.md), so it is off unless asked for (STEPLOG_TRACE_DRIVERS=true).
     trace_drivers: bool = False
+    # Outbound HTTP (webhooks, HTTP tasks; engine/adapters/outbound.py): connect and total
+    # timeouts, the most of a response body read, and the allow-list of the address
+    # guard. By default no call reaches a loopback, private, link-local, unique-local,
+    # multicast or metadata address; STEPLOG_OUTBOUND_ALLOW lets CIDRs and host names
+    # through (comma separated, e.g. "127.0.0.1/32,::1/128,localhost", which `make run`
+    # sets). Metadata addresses (169.254.169.254, ...) are refused whatever it says.
+    outbound_allow: str = ""
+    outbound_connect_timeout_s: float = 5.0
+    outbound_timeout_s: float = 15.0
+    outbound_max_response_bytes: int = 1_048_576
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -174,6 +185,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.otel_exporter_otlp_protocol not in OTLP_PROTOCOLS:
             raise ValueError(f"the OTLP protocol must be one of {OTLP_PROTOCOLS}")
 
+        try:
+            self.outbound_policy()
+        except ValueError as exc:
+            raise ValueError(f"outbound settings: {exc}") from None
         for field in ("rate_limits", "key_rate_limits"):
             try:
                 parse_rates(getattr(self, field))
@@ -189,6 +204,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             key=parse_rates(self.key_rate_limits),
             running_max=self.running_quota,
             cache_s=self.limits_cache_s,
+        )
+
+    def outbound_policy(self) -> OutboundPolicy:
+        """What every outbound HTTP call is held to (ValueError on a bad allow-list)."""
+        networks, hosts = parse_allow(self.outbound_allow)
+        return OutboundPolicy(
+            connect_timeout_s=self.outbound_connect_timeout_s,
+            total_timeout_s=self.outbound_timeout_s,
+            max_response_bytes=self.outbound_max_response_bytes,
+            allow_networks=networks,
+            allow_hosts=hosts,
         )
 
     def check_auth(self) -> None:
@@ -230,6 +256,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "metrics_token",
             "rate_limits",
             "key_rate_limits",
+            "outbound_allow",
         ):
             if (raw := get(field)) is not None:
                 values[field] = raw
@@ -267,6 +294,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("http_max_headers", int),
             ("limits_cache_s", float),
             ("running_quota", int),
+            ("outbound_connect_timeout_s", float),
+            ("outbound_timeout_s", float),
+            ("outbound_max_response_bytes", int),
         ):
             if (raw := get(field)) is not None:
                 try:
