@@ -28,11 +28,13 @@ from opentelemetry.trace import Tracer
 from engine.access import Access
 from engine.adapters.bus import Bus, TokenBuckets
 from engine.adapters.limits_store import LimitsStore
+from engine.adapters.outbound import Outbound
 from engine.adapters.postgres import open_pool, translate_errors
 from engine.adapters.store import EventStore
 from engine.errors import Unavailable
 from engine.limits import Limits
 from engine.loops.engine_loop import Engine
+from engine.loops.http_task import HTTP_INVOKE, register_http_task
 from engine.loops.metrics import ROLE_RESTARTS, ROLE_UP, StreamSampler
 from engine.loops.recovery import Recovery
 from engine.loops.relay import Relay
@@ -322,11 +324,15 @@ async def run_roles(
         supervise("timers", TimerService(r.store, r.bus, tracer=r.tracer).run)
         supervise("relay", Relay(r.store, r.bus, r.pool, tracer=r.tracer).run)
         supervise("recovery", Recovery(r.service, r.bus, r.pool).run)
+    outbound: Outbound | None = None
     if "worker" in roles:
         if registry is None:
             registry = default_registry()
             registry.load_entry_points()
             registry.load_modules(settings.handlers)
+        if HTTP_INVOKE not in registry:
+            outbound = Outbound(settings.outbound_policy())  # started with the roles below
+            register_http_task(registry, outbound, settings.http_task_connections())
         worker = Worker(
             r.bus,
             registry,
@@ -382,6 +388,8 @@ async def run_roles(
     if ready is not None:
         ready.set()
     try:
+        if outbound is not None:
+            await outbound.start()
         tasks = [asyncio.create_task(c) for c in coros]
         stopper = asyncio.create_task(stop.wait())
         try:
@@ -401,6 +409,8 @@ async def run_roles(
             await each.cleanup()
         if monitor is not None:
             await asyncio.to_thread(monitor.close)
+        if outbound is not None:
+            await outbound.close()
 
 
 async def _metrics_listener(host: str, port: int, token: str | None) -> web.AppRunner:

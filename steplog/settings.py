@@ -17,6 +17,7 @@ import msgspec
 from engine.adapters.outbound import OutboundPolicy, parse_allow
 from engine.core.arns import DEFAULT_ACCOUNT, DEFAULT_PARTITION, DEFAULT_REGION, ArnScope
 from engine.limits import LimitDefaults, parse_rates
+from engine.loops.http_task import Connection, parse_connections
 
 ALL_ROLES: tuple[str, ...] = ("api", "engine", "worker", "projector")
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
@@ -136,6 +137,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     outbound_connect_timeout_s: float = 5.0
     outbound_timeout_s: float = 15.0
     outbound_max_response_bytes: int = 1_048_576
+    # HTTP tasks (arn:aws:states:::http:invoke, engine/loops/http_task.py): named
+    # connections holding the secrets a definition references by name in
+    # Authentication.ConnectionArn, as a JSON object {name: {"Headers": {...},
+    # "QueryParameters": {...}, "Basic": {"Username": ..., "Password": ...}}}. Never logged.
+    http_connections: str = ""
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -189,6 +195,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             self.outbound_policy()
         except ValueError as exc:
             raise ValueError(f"outbound settings: {exc}") from None
+        self.http_task_connections()  # ValueError naming the variable, never a secret
         for field in ("rate_limits", "key_rate_limits"):
             try:
                 parse_rates(getattr(self, field))
@@ -216,6 +223,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             allow_networks=networks,
             allow_hosts=hosts,
         )
+
+    def http_task_connections(self) -> dict[str, Connection]:
+        """The named connections of HTTP tasks (ValueError when malformed)."""
+        return parse_connections(self.http_connections)
 
     def check_auth(self) -> None:
         """ValueError (one line) when authentication is off on a non-loopback address."""
@@ -257,6 +268,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "rate_limits",
             "key_rate_limits",
             "outbound_allow",
+            "http_connections",
         ):
             if (raw := get(field)) is not None:
                 values[field] = raw

@@ -1,0 +1,315 @@
+"""HTTP tasks (arn:aws:states:::http:invoke) through a whole steplog (API, engine,
+worker) against a real local aiohttp endpoint, reached through the outbound guard's
+allow-list; without it, loopback and private addresses are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+from aiohttp import web
+
+from engine.loops.http_task import connection_name, parse_connections
+from steplog.settings import Settings
+from tests.serving import Running, free_port, running_steplog
+
+HTTP = "arn:aws:states:::http:invoke"
+SECRET = "s3cr3t-token-never-in-a-definition"
+CONNECTIONS = json.dumps(
+    {
+        "billing": {"Headers": {"X-Api-Key": SECRET}, "QueryParameters": {"tenant": "t-1"}},
+        "basic": {"Basic": {"Username": "user", "Password": "pw"}},
+    }
+)
+
+
+class Endpoint(msgspec.Struct):
+    """A local HTTP endpoint: records every request, answers from a script per path."""
+
+    url: str
+    seen: list[dict[str, Any]]
+    script: dict[str, list[tuple[int, Any]]]
+
+
+@pytest.fixture
+async def endpoint() -> AsyncIterator[Endpoint]:
+    seen: list[dict[str, Any]] = []
+    script: dict[str, list[tuple[int, Any]]] = {}
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        seen.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": list(request.query.items()),
+                "headers": dict(request.headers),
+                "body": await request.read(),
+            }
+        )
+        answers = script.get(request.path) or [(200, {"ok": True})]
+        status, body = answers.pop(0) if len(answers) > 1 else answers[0]
+        if body == "slow":
+            await asyncio.sleep(5)
+        if isinstance(body, str):
+            return web.Response(status=status, text=body)
+        return web.json_response(body, status=status, headers={"X-Trace": "a"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield Endpoint(f"http://127.0.0.1:{port}", seen, script)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[Running]:
+    allowed = msgspec.structs.replace(
+        settings,
+        outbound_allow="127.0.0.1/32",
+        outbound_timeout_s=1.0,
+        http_connections=CONNECTIONS,
+    )
+    async with running_steplog(allowed) as running:
+        yield running
+
+
+def task(parameters: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "StartAt": "Call",
+        "States": {"Call": {"Type": "Task", "Resource": HTTP, "Parameters": parameters, **extra}},
+    }
+
+
+async def run(app: Running, eventually: Any, definition: dict[str, Any], input: Any) -> Any:
+    await app.register("http", definition)
+    eid = await app.start_id("http", input)
+    return await app.ended(eventually, eid, timeout_s=20)
+
+
+async def test_a_get_returns_status_headers_and_the_parsed_body(
+    app: Running, endpoint: Endpoint, eventually: Any
+) -> None:
+    endpoint.script["/orders/7"] = [(200, {"id": 7, "items": [1, 2]})]
+    definition = task(
+        {
+            "ApiEndpoint.$": "States.Format('{}/orders/{}', $.base, $.id)",
+            "Method": "GET",
+            "Headers": {"Accept": "application/json", "X-Api-Key": "overridden"},
+            "QueryParameters": {"expand": ["items", "customer"], "limit": 5},
+            "Authentication": {
+                "ConnectionArn": "arn:aws:events:us-east-1:000000000000:connection/billing/0f1e"
+            },
+        },
+        End=True,
+    )
+    done = await run(app, eventually, definition, {"base": endpoint.url, "id": 7})
+    assert done["status"] == "SUCCEEDED", done
+    out = done["output"]
+    assert (out["StatusCode"], out["StatusText"]) == (200, "OK")
+    assert out["ResponseBody"] == {"id": 7, "items": [1, 2]}
+    assert out["Headers"]["X-Trace"] == ["a"]
+    [request] = endpoint.seen
+    assert request["method"] == "GET" and request["path"] == "/orders/7"
+    assert request["query"] == [
+        ("expand", "items"),
+        ("expand", "customer"),
+        ("limit", "5"),
+        ("tenant", "t-1"),
+    ]
+    # The connection's secret header wins over the definition's, and is in no event.
+    assert request["headers"]["X-Api-Key"] == SECRET
+    status, history = await app.call("GET", f"/v1/executions/{done['execution_id']}/history")
+    assert status == 200 and SECRET not in json.dumps(history)
+
+
+async def test_bodies_are_sent_as_json_text_or_a_form_with_basic_credentials(
+    app: Running, endpoint: Endpoint, eventually: Any
+) -> None:
+    definition = {
+        "StartAt": "Json",
+        "States": {
+            "Json": {
+                "Type": "Task",
+                "Resource": HTTP,
+                "Parameters": {
+                    "ApiEndpoint.$": "States.Format('{}/json', $.base)",
+                    "Method": "POST",
+                    "RequestBody": {"amount": 250, "tags": ["a"]},
+                },
+                "ResultPath": None,
+                "Next": "Text",
+            },
+            "Text": {
+                "Type": "Task",
+                "Resource": HTTP,
+                "Parameters": {
+                    "ApiEndpoint.$": "States.Format('{}/text', $.base)",
+                    "Method": "PUT",
+                    "RequestBody": "plain words",
+                    "Authentication": {"ConnectionArn": "basic"},
+                },
+                "ResultPath": None,
+                "Next": "Form",
+            },
+            "Form": {
+                "Type": "Task",
+                "Resource": HTTP,
+                "Parameters": {
+                    "ApiEndpoint.$": "States.Format('{}/form', $.base)",
+                    "Method": "POST",
+                    "RequestBody": {"a": "1 2", "b": True},
+                    "Transform": {"RequestBodyEncoding": "URL_ENCODED"},
+                },
+                "End": True,
+            },
+        },
+    }
+    endpoint.script["/form"] = [(201, "created")]
+    done = await run(app, eventually, definition, {"base": endpoint.url})
+    assert done["status"] == "SUCCEEDED", done
+    assert done["output"]["StatusCode"] == 201 and done["output"]["ResponseBody"] == "created"
+    sent_json, sent_text, sent_form = endpoint.seen
+    assert json.loads(sent_json["body"]) == {"amount": 250, "tags": ["a"]}
+    assert sent_json["headers"]["Content-Type"] == "application/json"
+    assert (sent_text["method"], sent_text["body"]) == ("PUT", b"plain words")
+    assert sent_text["headers"]["Content-Type"].startswith("text/plain")
+    assert sent_text["headers"]["Authorization"] == "Basic dXNlcjpwdw=="  # user:pw
+    assert sent_form["body"] == b"a=1+2&b=true"
+    assert sent_form["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
+
+
+async def test_a_503_is_retried_then_succeeds(
+    app: Running, endpoint: Endpoint, eventually: Any
+) -> None:
+    endpoint.script["/flaky"] = [(503, {"busy": True}), (200, {"done": 1})]
+    retry = [
+        {
+            "ErrorEquals": ["States.Http.StatusCode.503"],
+            "IntervalSeconds": 1,
+            "MaxAttempts": 2,
+            "BackoffRate": 1,
+        }
+    ]
+    definition = task(
+        {"ApiEndpoint.$": "States.Format('{}/flaky', $.base)", "Method": "GET"},
+        Retry=retry,
+        ResultSelector={"body.$": "$.ResponseBody"},
+        End=True,
+    )
+    done = await run(app, eventually, definition, {"base": endpoint.url})
+    assert done["status"] == "SUCCEEDED", done
+    assert done["output"] == {"body": {"done": 1}}
+    assert len(endpoint.seen) == 2
+    _, history = await app.call("GET", f"/v1/executions/{done['execution_id']}/history")
+    failed = [e for e in history["events"] if e["type"] == "TaskFailed"]
+    assert [e["details"]["error"] for e in failed] == ["States.Http.StatusCode.503"]
+
+
+async def test_a_404_is_caught_with_the_response_in_its_cause(
+    app: Running, endpoint: Endpoint, eventually: Any
+) -> None:
+    endpoint.script["/missing"] = [(404, {"message": "no such order"})]
+    definition = {
+        "StartAt": "Call",
+        "States": {
+            "Call": {
+                "Type": "Task",
+                "Resource": HTTP,
+                "Parameters": {
+                    "ApiEndpoint.$": "States.Format('{}/missing', $.base)",
+                    "Method": "DELETE",
+                },
+                "Catch": [
+                    {
+                        "ErrorEquals": ["States.Http.StatusCode.404"],
+                        "ResultPath": "$.failure",
+                        "Next": "Gone",
+                    }
+                ],
+                "End": True,
+            },
+            "Gone": {"Type": "Pass", "End": True},
+        },
+    }
+    done = await run(app, eventually, definition, {"base": endpoint.url})
+    assert done["status"] == "SUCCEEDED", done
+    failure = done["output"]["failure"]
+    assert failure["Error"] == "States.Http.StatusCode.404"
+    cause = json.loads(failure["Cause"])
+    assert (cause["StatusCode"], cause["StatusText"]) == (404, "Not Found")
+    assert json.loads(cause["ResponseBody"]) == {"message": "no such order"}
+
+
+async def test_no_answer_in_time_is_a_socket_error(
+    app: Running, endpoint: Endpoint, eventually: Any
+) -> None:
+    endpoint.script["/slow"] = [(200, "slow")]
+    definition = task(
+        {"ApiEndpoint.$": "States.Format('{}/slow', $.base)", "Method": "GET"}, End=True
+    )
+    done = await run(app, eventually, definition, {"base": endpoint.url})
+    assert (done["status"], done["error"]) == ("FAILED", "States.Http.Socket")
+    assert "within 1 s" in done["cause"]
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"ApiEndpoint": "http://127.0.0.1/", "Method": "FETCH"}, "Method must be one of"),
+        ({"Method": "GET"}, "ApiEndpoint must be a URL"),
+        (
+            {"ApiEndpoint": "http://127.0.0.1/", "Method": "GET", "Headers": {"Host": "x"}},
+            "may not set Host",
+        ),
+        (
+            {
+                "ApiEndpoint": "http://127.0.0.1/",
+                "Method": "GET",
+                "Authentication": {"ConnectionArn": "nobody"},
+            },
+            "no connection named 'nobody'",
+        ),
+    ],
+)
+async def test_parameters_that_are_no_request_fail_the_task_clearly(
+    app: Running, eventually: Any, parameters: dict[str, Any], message: str
+) -> None:
+    done = await run(app, eventually, task(parameters, End=True), {})
+    assert (done["status"], done["error"]) == ("FAILED", "Steplog.Http.InvalidRequest")
+    assert message in done["cause"]
+
+
+async def test_loopback_and_private_addresses_are_refused_by_default(
+    settings: Settings, endpoint: Endpoint, eventually: Any
+) -> None:
+    assert settings.outbound_allow == ""  # the default: nothing private is allowed
+    async with running_steplog(settings) as app:
+        for base in (endpoint.url, "http://10.1.2.3:8080", "http://169.254.169.254"):
+            definition = task({"ApiEndpoint": f"{base}/x", "Method": "GET"}, End=True)
+            done = await run(app, eventually, definition, {})
+            assert (done["status"], done["error"]) == ("FAILED", "Steplog.Http.Refused"), base
+            assert "not allowed" in done["cause"]
+    assert endpoint.seen == []  # nothing reached the endpoint
+
+
+def test_connections_are_parsed_without_echoing_secrets() -> None:
+    parsed = parse_connections(CONNECTIONS)
+    assert parsed["billing"].headers == {"X-Api-Key": SECRET}
+    assert parse_connections("") == {}
+    with pytest.raises(ValueError) as bad:
+        parse_connections('{"x": {"Headers": {"A": 1}, "Secret": "' + SECRET + '"}}')
+    assert SECRET not in str(bad.value)
+    with pytest.raises(ValueError):
+        Settings(http_connections='{"x": {"Headers": {"Host": "h"}}}')
+    assert Settings.from_env({"STEPLOG_HTTP_CONNECTIONS": CONNECTIONS}).http_connections
+    assert connection_name("arn:aws:events:eu-west-1:1:connection/stripe/81210c42") == "stripe"
+    assert connection_name("stripe") == "stripe"
