@@ -53,10 +53,11 @@ from engine.adapters.outbound import (
     OutboundTimeout,
     OutboundTooLarge,
 )
+from engine.core.asl.validate.fields import HTTP_INVOKE as HTTP_INVOKE
+from engine.core.asl.validate.fields import HTTP_METHODS
 from engine.loops.worker import HandlerRegistry, TaskContext, TaskFailure
 
-HTTP_INVOKE = "arn:aws:states:::http:invoke"
-METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
+METHODS = HTTP_METHODS
 REFUSED_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding"})
 BODY_IN_CAUSE = 4096
 

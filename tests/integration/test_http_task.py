@@ -262,12 +262,18 @@ async def test_no_answer_in_time_is_a_socket_error(
 
 
 @pytest.mark.parametrize(
-    ("parameters", "message"),
+    ("parameters", "input", "message"),
     [
-        ({"ApiEndpoint": "http://127.0.0.1/", "Method": "FETCH"}, "Method must be one of"),
-        ({"Method": "GET"}, "ApiEndpoint must be a URL"),
+        # Computed values the definition could not show at registration.
+        (
+            {"ApiEndpoint": "http://127.0.0.1/", "Method.$": "$.m"},
+            {"m": "FETCH"},
+            "Method must be one of",
+        ),
+        ({"ApiEndpoint.$": "$.url", "Method": "GET"}, {"url": 5}, "ApiEndpoint must be a URL"),
         (
             {"ApiEndpoint": "http://127.0.0.1/", "Method": "GET", "Headers": {"Host": "x"}},
+            {},
             "may not set Host",
         ),
         (
@@ -276,14 +282,15 @@ async def test_no_answer_in_time_is_a_socket_error(
                 "Method": "GET",
                 "Authentication": {"ConnectionArn": "nobody"},
             },
+            {},
             "no connection named 'nobody'",
         ),
     ],
 )
 async def test_parameters_that_are_no_request_fail_the_task_clearly(
-    app: Running, eventually: Any, parameters: dict[str, Any], message: str
+    app: Running, eventually: Any, parameters: dict[str, Any], input: Any, message: str
 ) -> None:
-    done = await run(app, eventually, task(parameters, End=True), {})
+    done = await run(app, eventually, task(parameters, End=True), input)
     assert (done["status"], done["error"]) == ("FAILED", "Steplog.Http.InvalidRequest")
     assert message in done["cause"]
 
