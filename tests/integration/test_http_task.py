@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -320,3 +321,29 @@ def test_connections_are_parsed_without_echoing_secrets() -> None:
     assert Settings.from_env({"STEPLOG_HTTP_CONNECTIONS": CONNECTIONS}).http_connections
     assert connection_name("arn:aws:events:eu-west-1:1:connection/stripe/81210c42") == "stripe"
     assert connection_name("stripe") == "stripe"
+
+
+async def test_the_example_definition_retries_a_503_and_uses_its_connection(
+    settings: Settings, endpoint: Endpoint, eventually: Any
+) -> None:
+    example = Path(__file__).parents[2] / "examples" / "http_task.asl.json"
+    connections = json.dumps({"orders-api": {"Headers": {"Authorization": f"Bearer {SECRET}"}}})
+    allowed = msgspec.structs.replace(
+        settings, outbound_allow="127.0.0.1/32", http_connections=connections
+    )
+    endpoint.script["/orders/o-1"] = [(503, "busy"), (200, {"id": "o-1"})]
+    endpoint.script["/orders/o-2"] = [(404, {"message": "none"})]
+    async with running_steplog(allowed) as app:
+        await app.register("lookup", json.loads(example.read_text()))
+        found = await app.ended(
+            eventually, await app.start_id("lookup", {"api": endpoint.url, "order_id": "o-1"}), 20
+        )
+        missing = await app.ended(
+            eventually, await app.start_id("lookup", {"api": endpoint.url, "order_id": "o-2"}), 20
+        )
+    assert found["status"] == "SUCCEEDED", found
+    assert found["output"] == {"status": 200, "order": {"id": "o-1"}}
+    assert (missing["status"], missing["error"]) == ("FAILED", "NotFound")
+    assert {r["headers"]["Authorization"] for r in endpoint.seen} == {f"Bearer {SECRET}"}
+    assert all(r["query"] == [("expand", "items")] for r in endpoint.seen)
+    assert len(endpoint.seen) == 3  # o-1 twice (503, then 200), o-2 once
