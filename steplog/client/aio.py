@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -55,6 +56,7 @@ from steplog.client.types import (
 T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8080"
 NAMESPACE_HEADER = "Steplog-Namespace"
+FEED_SILENCE_S = 45.0
 TERMINAL_EVENT_TYPES = frozenset(
     {"ExecutionSucceeded", "ExecutionFailed", "ExecutionTimedOut", "ExecutionAborted"}
 )
@@ -87,6 +89,11 @@ class _ExecutionWire(msgspec.Struct):
 class _ExecutionListWire(msgspec.Struct):
     executions: list[_ExecutionWire]
     next_cursor: str | None
+
+
+def _seg(value: str) -> str:
+    """A path segment, percent-encoded (an id or a name never changes the route)."""
+    return urllib.parse.quote(str(value), safe="")
 
 
 def _params(**values: Any) -> dict[str, str]:
@@ -217,7 +224,7 @@ class AsyncClient:
         """Register ``definition`` as workflow ``name``: a new version when it changed,
         the latest version when it is the same (PUT, so retried safely)."""
         body = {"definition": definition, "type": type}
-        return await self._call(WorkflowOut, "PUT", f"/v1/workflows/{name}", body=body)
+        return await self._call(WorkflowOut, "PUT", f"/v1/workflows/{_seg(name)}", body=body)
 
     async def validate(self, definition: Mapping[str, Any]) -> ValidationResult:
         body = {"definition": definition}
@@ -225,7 +232,7 @@ class AsyncClient:
 
     async def describe_workflow(self, name: str, version: int | None = None) -> WorkflowOut:
         params = _params(version=version)
-        return await self._call(WorkflowOut, "GET", f"/v1/workflows/{name}", params=params)
+        return await self._call(WorkflowOut, "GET", f"/v1/workflows/{_seg(name)}", params=params)
 
     async def list_workflows(self) -> list[WorkflowOut]:
         return (await self._call(WorkflowList, "GET", "/v1/workflows")).workflows
@@ -244,20 +251,20 @@ class AsyncClient:
             body["name"] = name
         return await self._execution(
             "POST",
-            f"/v1/workflows/{workflow}/executions",
+            f"/v1/workflows/{_seg(workflow)}/executions",
             body=body,
             idempotent=name is not None,
         )
 
     async def describe(self, execution_id: str) -> ExecutionOut:
-        return await self._execution("GET", f"/v1/executions/{execution_id}")
+        return await self._execution("GET", f"/v1/executions/{_seg(execution_id)}")
 
     async def stop(
         self, execution_id: str, *, error: str | None = None, cause: str | None = None
     ) -> ExecutionOut:
         """Stop a running execution (ABORTED); an ended one is returned unchanged."""
         body = {k: v for k, v in (("error", error), ("cause", cause)) if v is not None}
-        return await self._execution("POST", f"/v1/executions/{execution_id}/stop", body=body)
+        return await self._execution("POST", f"/v1/executions/{_seg(execution_id)}/stop", body=body)
 
     async def wait(
         self,
@@ -277,7 +284,9 @@ class AsyncClient:
             if execution.status != "RUNNING":
                 return execution
             if deadline is not None and loop.time() + pause > deadline:
-                raise WaitTimeout(f"execution {execution_id} still RUNNING after {timeout_s} s")
+                raise WaitTimeout(
+                    f"execution {_seg(execution_id)} still RUNNING after {timeout_s} s"
+                )
             await asyncio.sleep(pause)
             pause = min(pause * 2, max_interval_s)
 
@@ -336,7 +345,7 @@ class AsyncClient:
     ) -> History:
         params = _params(limit=limit, cursor=cursor, reverse=reverse, include_data=include_data)
         return await self._call(
-            History, "GET", f"/v1/executions/{execution_id}/history", params=params
+            History, "GET", f"/v1/executions/{_seg(execution_id)}/history", params=params
         )
 
     async def history(
@@ -366,7 +375,10 @@ class AsyncClient:
     async def state(self, execution_id: str, seq: int | None = None) -> dict[str, Any]:
         """The execution's state replayed up to ``seq`` (the end when None)."""
         return await self._call(
-            dict[str, Any], "GET", f"/v1/executions/{execution_id}/state", params=_params(seq=seq)
+            dict[str, Any],
+            "GET",
+            f"/v1/executions/{_seg(execution_id)}/state",
+            params=_params(seq=seq),
         )
 
     async def events(self, execution_id: str, *, after: int = 0) -> AsyncIterator[EventOut]:
@@ -374,11 +386,15 @@ class AsyncClient:
         one as it commits, ending after the terminal event. A dropped connection is
         resumed from the last seq received (Last-Event-ID), so no event is missed or
         repeated; `Unavailable` once ``retries`` reconnections in a row fail."""
-        path = f"{self.base_url}/v1/executions/{execution_id}/events"
+        path = f"{self.base_url}/v1/executions/{_seg(execution_id)}/events"
         failures = 0
         while True:
             headers = {"Accept": "text/event-stream", "Last-Event-ID": str(after)}
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s)
+            # The feed sends a comment every 15 s when idle: silence for longer is a
+            # dead connection, resumed like any other.
+            timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=self.timeout_s, sock_read=FEED_SILENCE_S
+            )
             try:
                 async with self._http().get(path, headers=headers, timeout=timeout) as resp:
                     if resp.status >= 400:
@@ -397,7 +413,7 @@ class AsyncClient:
                 if after and await self._ended_at(execution_id, after):
                     return
                 error: SteplogClientError = Unavailable(0, "feed_ended", "the feed closed early")
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 error = Unavailable(0, "connection_failed", f"event feed: {exc!r}")
             except Unavailable as exc:
                 error = exc
@@ -440,13 +456,22 @@ class AsyncClient:
         return await self._call(Activity, "POST", "/v1/activities", body={"name": name})
 
     async def list_activities(self) -> list[Activity]:
-        return (await self._call(ActivityList, "GET", "/v1/activities")).activities
+        """Every activity (read a page at a time)."""
+        found: list[Activity] = []
+        cursor: str | None = None
+        while True:
+            params = _params(limit=1000, cursor=cursor)
+            page = await self._call(ActivityList, "GET", "/v1/activities", params=params)
+            found += page.activities
+            if page.next_cursor is None:
+                return found
+            cursor = page.next_cursor
 
     async def describe_activity(self, name: str) -> Activity:
-        return await self._call(Activity, "GET", f"/v1/activities/{name}")
+        return await self._call(Activity, "GET", f"/v1/activities/{_seg(name)}")
 
     async def delete_activity(self, name: str) -> None:
-        await self._request("DELETE", f"/v1/activities/{name}")
+        await self._request("DELETE", f"/v1/activities/{_seg(name)}")
 
     async def poll_activity(
         self, name: str, *, worker_name: str | None = None, wait_s: int = 60
@@ -456,7 +481,7 @@ class AsyncClient:
         body = {} if worker_name is None else {"workerName": worker_name}
         status, payload = await self._request(
             "POST",
-            f"/v1/activities/{name}/poll",
+            f"/v1/activities/{_seg(name)}/poll",
             body=body,
             params={"wait": str(wait_s)},
             timeout_s=wait_s + self.timeout_s,

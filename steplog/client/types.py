@@ -43,6 +43,7 @@ class Activity(msgspec.Struct):
 
 class ActivityList(msgspec.Struct):
     activities: list[Activity]
+    next_cursor: str | None = None
 
 
 class ActivityTask(msgspec.Struct):
@@ -50,6 +51,8 @@ class ActivityTask(msgspec.Struct):
 
     taskToken: str
     input: msgspec.Raw
+    # The same for every delivery of one attempt: side effects made once per key.
+    idempotencyKey: str = ""
 
     @property
     def value(self) -> Any:

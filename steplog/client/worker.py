@@ -123,8 +123,8 @@ class ActivityWorker:
                     return
                 try:
                     task = poll.result()
-                except SteplogClientError as exc:
-                    log.warning("polling activity %s failed: %s", self.name, exc)
+                except Exception as exc:  # an error answer, or one that does not decode
+                    log.warning("polling activity %s failed: %r", self.name, exc)
                     await asyncio.wait([stopping], timeout=self.error_pause_s)
                     continue
                 if task is not None:
