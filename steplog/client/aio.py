@@ -423,12 +423,11 @@ class AsyncClient:
             failures += 1
 
     async def _ended_at(self, execution_id: str, seq: int) -> bool:
+        """Whether the execution's terminal event is at or before ``seq`` (a feed asked
+        to start past the end is empty, and ends at once)."""
         page = await self.history_page(execution_id, limit=1, reverse=True, include_data=False)
-        return (
-            bool(page.events)
-            and page.events[0].seq == seq
-            and (page.events[0].type in TERMINAL_EVENT_TYPES)
-        )
+        last = page.events[0] if page.events else None
+        return last is not None and last.type in TERMINAL_EVENT_TYPES and last.seq <= seq
 
     # --- task tokens (callback pattern) and activities --------------------------------
 

@@ -94,6 +94,8 @@ async def test_the_live_feed_follows_a_running_execution_to_its_end(
     # Resuming after a seq gives the rest only.
     rest = [e async for e in steplog.events(started.execution_id, after=3)]
     assert rest == seen[3:]
+    # Past the end of an ended execution: an empty feed that ends at once.
+    assert [e async for e in steplog.events(started.execution_id, after=len(seen))] == []
 
 
 async def test_listing_pages_through_every_execution(steplog: AsyncClient, app: Running) -> None:
