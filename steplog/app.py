@@ -405,12 +405,12 @@ async def run_roles(
         if errors:
             raise errors[0]
     finally:
+        if outbound is not None:
+            await outbound.close()
         for each in runners:
             await each.cleanup()
         if monitor is not None:
             await asyncio.to_thread(monitor.close)
-        if outbound is not None:
-            await outbound.close()
 
 
 async def _metrics_listener(host: str, port: int, token: str | None) -> web.AppRunner:

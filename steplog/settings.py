@@ -67,6 +67,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Extra task handlers: "module:attribute" (a HandlerRegistry or a callable taking
     # one), "module" alone meaning "module:register"; besides the entry points.
     handlers: tuple[str, ...] = ()
+    # HTTP tasks (arn:aws:states:::http:invoke, engine/loops/http_task.py): named
+    # connections holding the secrets a definition references by name in
+    # Authentication.ConnectionArn, as a JSON object {name: {"Headers": {...},
+    # "QueryParameters": {...}, "Basic": {"Username": ..., "Password": ...}}}. Never logged.
+    http_connections: str = ""
     namespace: str = "default"
     # Where $$.StateMachine.Id, $$.Execution.Id and $$.Execution.RoleArn say steplog
     # runs, in AWS's ARN form (engine/core/arns.py):
@@ -137,11 +142,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     outbound_connect_timeout_s: float = 5.0
     outbound_timeout_s: float = 15.0
     outbound_max_response_bytes: int = 1_048_576
-    # HTTP tasks (arn:aws:states:::http:invoke, engine/loops/http_task.py): named
-    # connections holding the secrets a definition references by name in
-    # Authentication.ConnectionArn, as a JSON object {name: {"Headers": {...},
-    # "QueryParameters": {...}, "Basic": {"Username": ..., "Password": ...}}}. Never logged.
-    http_connections: str = ""
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -195,7 +195,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             self.outbound_policy()
         except ValueError as exc:
             raise ValueError(f"outbound settings: {exc}") from None
-        self.http_task_connections()  # ValueError naming the variable, never a secret
         for field in ("rate_limits", "key_rate_limits"):
             try:
                 parse_rates(getattr(self, field))
@@ -203,6 +202,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(f"{field}: {exc}") from None
         if self.running_quota < 0 or not 0 < self.limits_cache_s <= 3600:
             raise ValueError("running_quota must be >= 0 and limits_cache_s in (0, 3600]")
+        self.http_task_connections()  # ValueError naming the variable, never a secret
 
     def limit_defaults(self) -> LimitDefaults:
         """The limits of a namespace without overrides."""
@@ -224,10 +224,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             allow_hosts=hosts,
         )
 
-    def http_task_connections(self) -> dict[str, Connection]:
-        """The named connections of HTTP tasks (ValueError when malformed)."""
-        return parse_connections(self.http_connections)
-
     def check_auth(self) -> None:
         """ValueError (one line) when authentication is off on a non-loopback address."""
         if not self.auth and "api" in self.roles and not is_loopback(self.host):
@@ -241,6 +237,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return ArnScope(
             partition=self.arn_partition, region=self.arn_region, account=self.arn_account
         )
+
+    def http_task_connections(self) -> dict[str, Connection]:
+        """The named connections of HTTP tasks (ValueError when malformed)."""
+        return parse_connections(self.http_connections)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
