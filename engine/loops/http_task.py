@@ -30,7 +30,9 @@ Failures (error names a Retry or Catch can match):
     Steplog.Http.ResponseTooLarge  a body past STEPLOG_OUTBOUND_MAX_RESPONSE_BYTES
     Steplog.Http.InvalidRequest    Parameters that do not describe a request, or an
                                    unknown connection
-The request is sent at least once per attempt (a worker that dies after sending it
+With tracing on, the request carries a ``traceparent`` header naming a span of the
+task attempt (unless the Headers set one), so the endpoint can join the execution's
+trace. The request is sent at least once per attempt (a worker that dies after sending it
 sends it again): an endpoint with side effects should deduplicate, e.g. on a header
 carrying ``$$.Execution.Id`` and ``$$.State.RetryCount`` set in the Parameters.
 """
@@ -55,6 +57,7 @@ from engine.adapters.outbound import (
 )
 from engine.core.asl.validate.fields import HTTP_INVOKE as HTTP_INVOKE
 from engine.core.asl.validate.fields import HTTP_METHODS
+from engine.loops.tracing import traceparent_of
 from engine.loops.worker import HandlerRegistry, TaskContext, TaskFailure
 
 METHODS = HTTP_METHODS
@@ -112,6 +115,18 @@ class HttpInvoke:
 
     async def __call__(self, value: Any, ctx: TaskContext) -> Any:
         method, url, headers, body = self.request_of(value)
+        if ctx.tracer is not None and not any(k.lower() == "traceparent" for k, _ in headers):
+            # The endpoint may continue the execution's trace (W3C Trace Context).
+            with ctx.span("steplog.http", {"http.request.method": method}) as span:
+                traceparent = traceparent_of(span)
+                if traceparent:
+                    headers.append(("traceparent", traceparent))
+                return await self._send(method, url, headers, body)
+        return await self._send(method, url, headers, body)
+
+    async def _send(
+        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes | None
+    ) -> Any:
         try:
             response = await self.outbound.request(method, url, headers=headers, body=body)
         except OutboundRefused as exc:

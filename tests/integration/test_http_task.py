@@ -13,8 +13,14 @@ from typing import Any
 import msgspec
 import pytest
 from aiohttp import web
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-from engine.loops.http_task import connection_name, parse_connections
+from engine.adapters.outbound import Outbound
+from engine.loops.http_task import HttpInvoke, connection_name, parse_connections
+from engine.loops.worker import TaskContext
 from steplog.settings import Settings
 from tests.serving import Running, free_port, running_steplog
 
@@ -347,3 +353,26 @@ async def test_the_example_definition_retries_a_503_and_uses_its_connection(
     assert {r["headers"]["Authorization"] for r in endpoint.seen} == {f"Bearer {SECRET}"}
     assert all(r["query"] == [("expand", "items")] for r in endpoint.seen)
     assert len(endpoint.seen) == 3  # o-1 twice (503, then 200), o-2 once
+
+
+async def test_with_tracing_on_the_request_carries_the_attempts_trace(endpoint: Endpoint) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    policy = Settings(outbound_allow="127.0.0.1/32").outbound_policy()
+    async with Outbound(policy) as outbound:
+        handler = HttpInvoke(outbound, {})
+        ctx = TaskContext(execution_id="e", state="Call", attempt=0, task_id="3", tracer=tracer)
+        with tracer.start_as_current_span("steplog.task") as attempt:
+            result = await handler({"ApiEndpoint": f"{endpoint.url}/t", "Method": "GET"}, ctx)
+        untraced = TaskContext(execution_id="e", state="Call", attempt=0, task_id="3")
+        await handler({"ApiEndpoint": f"{endpoint.url}/u", "Method": "GET"}, untraced)
+    assert result["StatusCode"] == 200
+    traced, plain = endpoint.seen
+    trace_id = f"{attempt.get_span_context().trace_id:032x}"
+    assert traced["headers"]["traceparent"].split("-")[1] == trace_id
+    assert "traceparent" not in plain["headers"]
+    [http_span] = [s for s in exporter.get_finished_spans() if s.name == "steplog.http"]
+    assert http_span.parent is not None
+    assert http_span.parent.span_id == attempt.get_span_context().span_id
