@@ -8,7 +8,9 @@
     worker = ActivityWorker(client, "charge", charge, heartbeat_s=10)
     await worker.run(handle_signals=True)     # until SIGTERM / SIGINT or worker.stop()
 
-It long-polls the activity, runs the handler on each task's input and reports the
+It long-polls the activity, runs the handler on each task's input (a handler taking two
+arguments also gets the `ActivityTask`, whose ``idempotencyKey`` is the same for every
+delivery of one attempt: make side effects once per key) and reports the
 result with the task's token: the handler's return value as the output, an
 `ActivityFailure` as its error and cause, any other exception as its class name and
 message. While a handler runs, a heartbeat is sent every ``heartbeat_s`` seconds (for
@@ -39,7 +41,9 @@ from steplog.client.types import ActivityTask
 
 log = logging.getLogger("steplog.client.worker")
 
-ActivityHandler = Callable[[Any], Any | Awaitable[Any]]
+# handler(input) or handler(input, task): the second form also gets the ActivityTask
+# (its taskToken and idempotencyKey, the same for every delivery of one attempt).
+ActivityHandler = Callable[..., Any | Awaitable[Any]]
 # Cause texts are bounded by the API (32768 characters).
 MAX_CAUSE = 32768
 
@@ -51,6 +55,22 @@ class ActivityFailure(Exception):
         super().__init__(f"{error}: {cause}")
         self.error = error
         self.cause = cause
+
+
+def _takes_two(handler: ActivityHandler) -> bool:
+    """Whether ``handler`` takes the task as a second positional argument."""
+    try:
+        parameters = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    return len(positional) >= 2 or any(
+        p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters
+    )
 
 
 class ActivityWorker:
@@ -71,6 +91,7 @@ class ActivityWorker:
         self.client = client
         self.name = name
         self.handler = handler
+        self._wants_task = _takes_two(handler)
         self.worker_name = worker_name or f"{socket.gethostname()}-{os.getpid()}"
         self.concurrency = concurrency
         self.heartbeat_s = heartbeat_s
@@ -161,9 +182,10 @@ class ActivityWorker:
             log.error("activity %s: cannot report a success: %s", self.name, exc)
 
     async def _call(self, task: ActivityTask) -> Any:
+        args = (task.value, task) if self._wants_task else (task.value,)
         if inspect.iscoroutinefunction(self.handler):
-            return await self.handler(task.value)
-        value = await asyncio.to_thread(self.handler, task.value)
+            return await self.handler(*args)
+        value = await asyncio.to_thread(self.handler, *args)
         if inspect.isawaitable(value):
             value = await value
         return value

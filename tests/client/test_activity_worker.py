@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from steplog.client import ActivityFailure, ActivityWorker, AsyncClient, Client
+from steplog.client import ActivityFailure, ActivityTask, ActivityWorker, AsyncClient, Client
 from tests.serving import free_port
 
 
@@ -34,7 +34,9 @@ class Routes:
             token, value = await asyncio.wait_for(self.tasks.get(), wait)
         except TimeoutError:
             return web.Response(status=204)
-        return web.json_response({"taskToken": token, "input": value})
+        return web.json_response(
+            {"taskToken": token, "input": value, "idempotencyKey": f"key-{token}"}
+        )
 
     def report(self, kind: str) -> Any:
         async def handle(request: web.Request) -> web.Response:
@@ -169,3 +171,23 @@ async def test_the_sync_client_runs_a_worker_in_a_thread_with_a_plain_function(
         stopped.set()
         await asyncio.wait_for(serving, 5)
     assert json.dumps(state.of("success")) == json.dumps([{"taskToken": "s1", "output": 3}])
+
+
+async def test_a_handler_of_two_arguments_gets_the_task_and_its_idempotency_key(
+    routes: tuple[Routes, str],
+) -> None:
+    state, url = routes
+
+    async def keyed(value: Any, task: ActivityTask) -> Any:
+        return {"key": task.idempotencyKey, "token": task.taskToken, "value": value}
+
+    state.tasks.put_nowait(("k1", [1, 2]))
+    async with AsyncClient(url) as client:
+        worker = ActivityWorker(client, "act", keyed, poll_wait_s=1)
+        running = asyncio.create_task(worker.run())
+        await until(lambda: bool(state.of("success")))
+        worker.stop()
+        await asyncio.wait_for(running, 5)
+    assert state.of("success") == [
+        {"taskToken": "k1", "output": {"key": "key-k1", "token": "k1", "value": [1, 2]}}
+    ]
