@@ -30,7 +30,7 @@ async def approve(order: Any) -> Any:
 async def main() -> None:
     async with AsyncClient() as steplog:  # STEPLOG_URL and STEPLOG_API_KEY
         activity = await steplog.create_activity("approve-order")
-        print("serving", activity.activityArn)
+        print("serving", activity.activity_arn)
         worker = ActivityWorker(steplog, "approve-order", approve, heartbeat_s=10)
         await worker.run(handle_signals=True)
         print(f"stopped: {worker.completed} approved, {worker.failed} failed")

@@ -33,12 +33,13 @@ __all__ = [
 ]
 
 
-class Activity(msgspec.Struct):
-    """An activity: Task states whose Resource is its ARN are run by external workers."""
+class Activity(msgspec.Struct, rename="camel"):
+    """An activity: Task states whose Resource is its ARN are run by external workers.
+    (The shape of api/task_schemas.py's ActivityOut.)"""
 
     name: str
-    activityArn: str
-    createdAt: str
+    activity_arn: str
+    created_at: str
 
 
 class ActivityList(msgspec.Struct):
@@ -46,18 +47,14 @@ class ActivityList(msgspec.Struct):
     next_cursor: str | None = None
 
 
-class ActivityTask(msgspec.Struct):
-    """One task handed to a worker by a poll: report it with its token."""
+class ActivityTask(msgspec.Struct, rename="camel"):
+    """One task handed to a worker by a poll (the shape of ActivityTaskOut): its input,
+    the token to report it with, and an idempotency key that is the same for every
+    delivery of one attempt (side effects made once per key)."""
 
-    taskToken: str
-    input: msgspec.Raw
-    # The same for every delivery of one attempt: side effects made once per key.
-    idempotencyKey: str = ""
-
-    @property
-    def value(self) -> Any:
-        """The task's input, decoded."""
-        return msgspec.json.decode(self.input)
+    task_token: str
+    input: Any
+    idempotency_key: str = ""
 
 
 def json_value(raw: msgspec.Raw | None) -> Any:

@@ -9,7 +9,7 @@
     await worker.run(handle_signals=True)     # until SIGTERM / SIGINT or worker.stop()
 
 It long-polls the activity, runs the handler on each task's input (a handler taking two
-arguments also gets the `ActivityTask`, whose ``idempotencyKey`` is the same for every
+arguments also gets the `ActivityTask`, whose ``idempotency_key`` is the same for every
 delivery of one attempt: make side effects once per key) and reports the
 result with the task's token: the handler's return value as the output, an
 `ActivityFailure` as its error and cause, any other exception as its class name and
@@ -42,7 +42,7 @@ from steplog.client.types import ActivityTask
 log = logging.getLogger("steplog.client.worker")
 
 # handler(input) or handler(input, task): the second form also gets the ActivityTask
-# (its taskToken and idempotencyKey, the same for every delivery of one attempt).
+# (its task_token and idempotency_key, the same for every delivery of one attempt).
 ActivityHandler = Callable[..., Any | Awaitable[Any]]
 # Cause texts are bounded by the API (32768 characters).
 MAX_CAUSE = 32768
@@ -157,7 +157,7 @@ class ActivityWorker:
 
     async def _run(self, task: ActivityTask) -> None:
         beating = (
-            asyncio.create_task(self._heartbeats(task.taskToken))
+            asyncio.create_task(self._heartbeats(task.task_token))
             if self.heartbeat_s is not None
             else None
         )
@@ -176,13 +176,13 @@ class ActivityWorker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await beating
         try:
-            await self.client.send_task_success(task.taskToken, output)
+            await self.client.send_task_success(task.task_token, output)
             self.completed += 1
         except SteplogClientError as exc:
             log.error("activity %s: cannot report a success: %s", self.name, exc)
 
     async def _call(self, task: ActivityTask) -> Any:
-        args = (task.value, task) if self._wants_task else (task.value,)
+        args = (task.input, task) if self._wants_task else (task.input,)
         if inspect.iscoroutinefunction(self.handler):
             return await self.handler(*args)
         value = await asyncio.to_thread(self.handler, *args)
@@ -193,7 +193,7 @@ class ActivityWorker:
     async def _report_failure(self, task: ActivityTask, error: str, cause: str | None) -> None:
         try:
             await self.client.send_task_failure(
-                task.taskToken,
+                task.task_token,
                 error=error[:256],
                 cause=None if cause is None else cause[:MAX_CAUSE],
             )

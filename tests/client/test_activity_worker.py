@@ -179,7 +179,7 @@ async def test_a_handler_of_two_arguments_gets_the_task_and_its_idempotency_key(
     state, url = routes
 
     async def keyed(value: Any, task: ActivityTask) -> Any:
-        return {"key": task.idempotencyKey, "token": task.taskToken, "value": value}
+        return {"key": task.idempotency_key, "token": task.task_token, "value": value}
 
     state.tasks.put_nowait(("k1", [1, 2]))
     async with AsyncClient(url) as client:
