@@ -13,9 +13,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# aiomonitor on 127.0.0.1:20101 (web UI :20102) unless STEPLOG_MONITOR_PORT says otherwise (0: off).
+# aiomonitor on 127.0.0.1:20101 (web UI :20102) unless STEPLOG_MONITOR_PORT says otherwise (0: off);
+# outbound HTTP (webhooks, HTTP tasks) may reach this machine unless STEPLOG_OUTBOUND_ALLOW says otherwise.
 run: $(STAMP)
-	STEPLOG_MONITOR_PORT=$${STEPLOG_MONITOR_PORT-20101} $(BIN)/steplog dev
+	STEPLOG_MONITOR_PORT=$${STEPLOG_MONITOR_PORT-20101} \
+	STEPLOG_OUTBOUND_ALLOW=$${STEPLOG_OUTBOUND_ALLOW-127.0.0.1/32,::1/128,localhost} \
+	$(BIN)/steplog dev
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

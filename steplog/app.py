@@ -30,12 +30,14 @@ from engine.adapters.activities import ActivityStore
 from engine.adapters.bus import Bus, TokenBuckets
 from engine.adapters.clock import DbClock
 from engine.adapters.limits_store import LimitsStore
+from engine.adapters.outbound import Outbound
 from engine.adapters.postgres import open_pool, translate_errors
 from engine.adapters.store import EventStore
 from engine.errors import Unavailable
 from engine.limits import Limits
 from engine.loops.clock import ClockWatch
 from engine.loops.engine_loop import Engine
+from engine.loops.http_task import HTTP_INVOKE, register_http_task
 from engine.loops.metrics import ROLE_RESTARTS, ROLE_UP, StreamSampler
 from engine.loops.recovery import Recovery
 from engine.loops.relay import Relay
@@ -455,11 +457,15 @@ async def run_roles(
         supervise("timers", TimerService(r.store, r.bus, tracer=r.tracer).run)
         supervise("relay", Relay(r.store, r.bus, r.pool, tracer=r.tracer, clock=r.clock.now).run)
         supervise("recovery", Recovery(r.service, r.bus, r.pool, clock=r.clock.now).run)
+    outbound: Outbound | None = None
     if "worker" in roles:
         if registry is None:
             registry = default_registry()
             registry.load_entry_points()
             registry.load_modules(settings.handlers)
+        if HTTP_INVOKE not in registry:
+            outbound = Outbound(settings.outbound_policy())  # started with the roles below
+            register_http_task(registry, outbound, settings.http_task_connections())
         worker = Worker(
             r.bus,
             registry,
@@ -526,6 +532,8 @@ async def run_roles(
     if ready is not None:
         ready.set()
     try:
+        if outbound is not None:
+            await outbound.start()
         tasks = [asyncio.create_task(c) for c in coros]
         stopper = asyncio.create_task(stop.wait())
         try:
@@ -541,6 +549,8 @@ async def run_roles(
         if errors:
             raise errors[0]
     finally:
+        if outbound is not None:
+            await outbound.close()
         for each in runners:
             await each.cleanup()
         if monitor is not None:

@@ -14,8 +14,10 @@ from typing import Literal
 
 import msgspec
 
+from engine.adapters.outbound import OutboundPolicy, parse_allow
 from engine.core.arns import DEFAULT_ACCOUNT, DEFAULT_PARTITION, DEFAULT_REGION, ArnScope
 from engine.limits import LimitDefaults, parse_rates
+from engine.loops.http_task import Connection, parse_connections
 
 ALL_ROLES: tuple[str, ...] = ("api", "engine", "worker", "projector")
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
@@ -67,6 +69,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Extra task handlers: "module:attribute" (a HandlerRegistry or a callable taking
     # one), "module" alone meaning "module:register"; besides the entry points.
     handlers: tuple[str, ...] = ()
+    # HTTP tasks (arn:aws:states:::http:invoke, engine/loops/http_task.py): named
+    # connections holding the secrets a definition references by name in
+    # Authentication.ConnectionArn, as a JSON object {name: {"Headers": {...},
+    # "QueryParameters": {...}, "Basic": {"Username": ..., "Password": ...}}}. Never logged.
+    http_connections: str = ""
     namespace: str = "default"
     # Where $$.StateMachine.Id, $$.Execution.Id and $$.Execution.RoleArn say steplog
     # runs, in AWS's ARN form (engine/core/arns.py):
@@ -143,6 +150,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # redis instrumentations): detailed, but it costs far more than steplog's own spans
     # (docs/observability.md), so it is off unless asked for (STEPLOG_TRACE_DRIVERS=true).
     trace_drivers: bool = False
+    # Outbound HTTP (webhooks, HTTP tasks; engine/adapters/outbound.py): connect and total
+    # timeouts, the most of a response body read, and the allow-list of the address
+    # guard. By default no call reaches a loopback, private, link-local, unique-local,
+    # multicast or metadata address; STEPLOG_OUTBOUND_ALLOW lets CIDRs and host names
+    # through (comma separated, e.g. "127.0.0.1/32,::1/128,localhost", which `make run`
+    # sets). Metadata addresses (169.254.169.254, ...) are refused whatever it says.
+    outbound_allow: str = ""
+    outbound_connect_timeout_s: float = 5.0
+    outbound_timeout_s: float = 15.0
+    outbound_max_response_bytes: int = 1_048_576
     # Durable time is PostgreSQL's clock (engine/adapters/clock.py): every process reads
     # it every clock_sample_interval_s seconds and counts on with its monotonic clock in
     # between; a process whose wall clock is more than clock_offset_warn_s seconds off
@@ -202,6 +219,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.otel_exporter_otlp_protocol not in OTLP_PROTOCOLS:
             raise ValueError(f"the OTLP protocol must be one of {OTLP_PROTOCOLS}")
 
+        try:
+            self.outbound_policy()
+        except ValueError as exc:
+            raise ValueError(f"outbound settings: {exc}") from None
         for field in ("rate_limits", "key_rate_limits"):
             try:
                 parse_rates(getattr(self, field))
@@ -209,6 +230,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(f"{field}: {exc}") from None
         if self.running_quota < 0 or not 0 < self.limits_cache_s <= 3600:
             raise ValueError("running_quota must be >= 0 and limits_cache_s in (0, 3600]")
+        self.http_task_connections()  # ValueError naming the variable, never a secret
         if not 0 < self.clock_sample_interval_s <= 3600 or self.clock_offset_warn_s <= 0:
             raise ValueError(
                 "clock_sample_interval_s must be in (0, 3600] and clock_offset_warn_s positive"
@@ -221,6 +243,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             key=parse_rates(self.key_rate_limits),
             running_max=self.running_quota,
             cache_s=self.limits_cache_s,
+        )
+
+    def outbound_policy(self) -> OutboundPolicy:
+        """What every outbound HTTP call is held to (ValueError on a bad allow-list)."""
+        networks, hosts = parse_allow(self.outbound_allow)
+        return OutboundPolicy(
+            connect_timeout_s=self.outbound_connect_timeout_s,
+            total_timeout_s=self.outbound_timeout_s,
+            max_response_bytes=self.outbound_max_response_bytes,
+            allow_networks=networks,
+            allow_hosts=hosts,
         )
 
     def check_auth(self) -> None:
@@ -236,6 +269,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return ArnScope(
             partition=self.arn_partition, region=self.arn_region, account=self.arn_account
         )
+
+    def http_task_connections(self) -> dict[str, Connection]:
+        """The named connections of HTTP tasks (ValueError when malformed)."""
+        return parse_connections(self.http_connections)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -262,6 +299,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "metrics_token",
             "rate_limits",
             "key_rate_limits",
+            "outbound_allow",
+            "http_connections",
         ):
             if (raw := get(field)) is not None:
                 values[field] = raw
@@ -303,6 +342,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("redis_timeout_s", float),
             ("limits_cache_s", float),
             ("running_quota", int),
+            ("outbound_connect_timeout_s", float),
+            ("outbound_timeout_s", float),
+            ("outbound_max_response_bytes", int),
             ("clock_sample_interval_s", float),
             ("clock_offset_warn_s", float),
         ):

@@ -9,6 +9,9 @@ JSONPATH: Final = "JSONPath"
 JSONATA: Final = "JSONata"
 MAX_STATE_NAME: Final = 80
 STATES_ALL: Final = "States.ALL"
+# The built-in HTTP task (engine/loops/http_task.py) and the methods it sends.
+HTTP_INVOKE: Final = "arn:aws:states:::http:invoke"
+HTTP_METHODS: Final = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
 
 TOP_FIELDS: Final = frozenset(
     {"Comment", "StartAt", "States", "Version", "TimeoutSeconds", "QueryLanguage"}

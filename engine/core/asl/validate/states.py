@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.core.asl.choice import parse_timestamp
-from engine.core.asl.validate.fields import JSONATA
+from engine.core.asl.validate.fields import HTTP_INVOKE, HTTP_METHODS, JSONATA
 from engine.core.asl.validate.report import Report, is_jsonata, json_path_key
 
 
@@ -36,6 +36,35 @@ def check_task(report: Report, state: dict[str, Any], path: str, language: str) 
                 json_path_key(path, "Arguments"),
                 "Arguments must be an object or a JSONata expression",
             )
+    if resource == HTTP_INVOKE:
+        _check_http_task(report, state, path, language)
+
+
+def _check_http_task(report: Report, state: dict[str, Any], path: str, language: str) -> None:
+    """What an HTTP task's request needs, as far as a definition shows it: ApiEndpoint and
+    Method (given or computed), a known Method, Authentication naming a ConnectionArn."""
+    field = "Arguments" if language == JSONATA else "Parameters"
+    where = json_path_key(path, field)
+    template = state.get(field)
+    if language == JSONATA and is_jsonata(template):
+        return  # computed as a whole: checked when the task runs
+    if not isinstance(template, dict):
+        report.fail(where, f"an HTTP task needs {field} with ApiEndpoint and Method")
+        return
+    for name in ("ApiEndpoint", "Method"):
+        if name not in template and f"{name}.$" not in template:
+            report.fail(json_path_key(where, name), f"an HTTP task needs {name}")
+    method = template.get("Method")
+    if isinstance(method, str) and not is_jsonata(method) and method.upper() not in HTTP_METHODS:
+        report.fail(
+            json_path_key(where, "Method"),
+            f"Method must be one of {', '.join(sorted(HTTP_METHODS))}",
+        )
+    auth = template.get("Authentication")
+    if auth is not None and not (
+        isinstance(auth, dict) and ("ConnectionArn" in auth or "ConnectionArn.$" in auth)
+    ):
+        report.fail(json_path_key(where, "Authentication"), "Authentication needs a ConnectionArn")
 
 
 def check_wait(report: Report, state: dict[str, Any], path: str, language: str) -> None:
