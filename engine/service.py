@@ -9,6 +9,7 @@ append with the expected seq" for triggers that arrive through the API
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 import uuid
 from collections import OrderedDict
 from typing import Any
@@ -204,6 +205,9 @@ class EngineService:
             execution_arn=arns.execution,
             state_machine_type=wf.type,
             trace_context=trace_context,
+            # Read once and recorded (invariant 4): decide makes the execution's task
+            # tokens from it (engine.core.tasktokens).
+            task_token_key=secrets.token_hex(16),
         )
         return await self.store.start_execution(
             namespace,

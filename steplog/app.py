@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
 from engine.access import Access
+from engine.adapters.activities import ActivityStore
 from engine.adapters.bus import Bus, TokenBuckets
 from engine.adapters.limits_store import LimitsStore
 from engine.adapters.outbound import Outbound
@@ -43,6 +44,7 @@ from engine.loops.worker import HandlerRegistry, Worker, default_registry
 from engine.messages import ENGINE_GROUP, WORKER_GROUP
 from engine.service import EngineService
 from engine.stopping import sleep_or_stop
+from engine.tasks import Tasks
 from projections.queries import Queries
 from steplog.datadir import local_servers
 from steplog.migrate import migrate
@@ -69,6 +71,8 @@ class Resources:
     limits: Limits
     # Spans of every role (steplog/tracing.py); None: tracing off.
     tracer: Tracer | None = None
+    # Task callbacks and activities (the API's /v1/tasks and /v1/activities routes).
+    tasks: Tasks | None = None
 
 
 @contextlib.asynccontextmanager
@@ -149,8 +153,15 @@ async def _open_resources(
             )
             queries = Queries(store, pool, bus.ping)
             access = Access.over(pool)
+            tasks = Tasks(
+                service,
+                ActivityStore(pool),
+                bus,
+                visibility_timeout_s=settings.task_visibility_timeout_s,
+                max_deliveries=settings.max_deliveries,
+            )
             yield Resources(
-                settings, pool, redis, store, bus, service, queries, access, limits, tracer
+                settings, pool, redis, store, bus, service, queries, access, limits, tracer, tasks
             )
         finally:
             await redis.aclose()
@@ -368,7 +379,15 @@ async def run_roles(
             auth=settings.auth,
             metrics_token=settings.metrics_token,
         )
-        app = create_app(r.service, r.queries, config, r.access, limits=r.limits, tracer=r.tracer)
+        app = create_app(
+            r.service,
+            r.queries,
+            config,
+            r.access,
+            limits=r.limits,
+            tracer=r.tracer,
+            task_callbacks=r.tasks,
+        )
         app[ROLE_HEALTH] = health
         runner = HardenedAppRunner(app, server_limits(settings))
         runners.append(runner)

@@ -58,9 +58,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_payload_bytes: int = 262_144
     # The largest definition registered (Step Functions' quota: 1 MiB).
     max_definition_bytes: int = 1_048_576
+    # A task left unacknowledged this long by a worker that died (or an activity task
+    # whose poller never reported nor heartbeated, docs/tasks.md) is delivered again.
     task_visibility_timeout_s: float = 30.0
     # A trigger or task delivered more often than this is dead-lettered (a task's
-    # attempt then fails with Steplog.TaskDeliveryExceeded).
+    # attempt then fails with Steplog.TaskDeliveryExceeded); activity tasks too.
     max_deliveries: int = 10
     # SIGTERM: running task handlers get this long to finish before they are cancelled.
     shutdown_grace_s: float = 10.0

@@ -11,7 +11,9 @@ partitions and deployments spread over slots:
 
     {<prefix>:p<n>}:events      events of partition n (n = crc32(execution_id) % partitions)
     {<prefix>:p<n>}:triggers    triggers of partition n (v, execution_id, message)
-    {<prefix>:q:<queue>}:tasks  tasks of one queue (v, message)
+    {<prefix>:q:<queue>}:tasks  tasks of one queue (v, message); an activity's queue is
+                                activity:<namespace>:<name> (engine.core.tasktokens)
+    {<prefix>:q:<queue>}:leases hash: task id -> the entry an activity poller was given
     <stream>:dead               dead letters of <stream> (same slot as the stream)
     {<prefix>}:intact           sentinel: present while Redis holds what steplog put
                                 there; its absence means Redis was flushed or lost its
@@ -73,6 +75,11 @@ class Keys:
 
     def tasks(self, queue: str) -> str:
         return f"{{{self.prefix}:q:{queue}}}:tasks"
+
+    def leases(self, queue: str) -> str:
+        """An activity queue's hash: task id -> the entry a poller was given (the entry
+        to acknowledge when the result arrives, to touch at each heartbeat)."""
+        return f"{{{self.prefix}:q:{queue}}}:leases"
 
     @staticmethod
     def dead_letters(stream: str) -> str:
@@ -592,6 +599,35 @@ class Bus:
         if ids:
             with _redis_errors():
                 await self.redis.xclaim(stream, group, consumer, 0, list(ids), justid=True)
+
+    # -- activity leases (engine.tasks) -----------------------------------------------------
+
+    async def lease(self, queue: str, task_id: str, entry_id: str) -> None:
+        """Remember which entry of ``queue``'s stream carries task ``task_id``."""
+        with _redis_errors():
+            await self.redis.hset(self.keys.leases(queue), task_id, entry_id)
+
+    async def leased_entry(self, queue: str, task_id: str) -> str | None:
+        with _redis_errors():
+            entry_id = await self.redis.hget(self.keys.leases(queue), task_id)
+        return None if entry_id is None else _str(entry_id)
+
+    async def release(self, queue: str, group: str, task_id: str) -> bool:
+        """Acknowledge the entry leased for ``task_id`` and forget the lease (MULTI: both
+        keys share a slot). False when there was no lease."""
+        entry_id = await self.leased_entry(queue, task_id)
+        if entry_id is None:
+            return False
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xack(self.keys.tasks(queue), group, entry_id)
+        pipe.hdel(self.keys.leases(queue), task_id)
+        with _redis_errors():
+            await pipe.execute()
+        return True
+
+    async def forget_lease(self, queue: str, task_id: str) -> None:
+        with _redis_errors():
+            await self.redis.hdel(self.keys.leases(queue), task_id)
 
     async def group_stats(self, stream: str, group: str) -> GroupStats:
         """``group``'s backlog on ``stream`` (zeros when the stream or group does not

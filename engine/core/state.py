@@ -80,6 +80,8 @@ class ExecutionState(msgspec.Struct, kw_only=True):
     role_arn: str = ""
     state_machine_arn: str = ""
     execution_arn: str = ""
+    # The key of the execution's task tokens (engine.core.tasktokens), as recorded.
+    task_token_key: str = ""
     status: Status = "PENDING"
     input: Any = None
     output: Any = None
@@ -124,6 +126,7 @@ def evolve(state: ExecutionState, event: ev.Event, timestamp: str = "") -> Execu
             s.role_arn = event.role_arn
             s.state_machine_arn = event.state_machine_arn
             s.execution_arn = event.execution_arn
+            s.task_token_key = event.task_token_key
             s.started_at = _millis(timestamp)
             s.frames = {"": Frame(id="", data=event.input)}
         case ev.ExecutionSucceeded():

@@ -22,6 +22,9 @@ and reported as failed with ``Steplog.TaskDeliveryExceeded`` (a Retry or Catch
 can handle it, States.TaskFailed and States.ALL match it). Given ``ended``, a
 worker skips tasks of executions that have ended and cancels running handlers
 of executions that end (a stop, a timeout): their results would be ignored.
+A Task whose Resource ends in ``.waitForTaskToken`` runs its base resource's handler
+(``TaskContext.task_token`` carries the token to hand on); only a failure is reported,
+the result comes with the callback (engine/tasks.py, docs/tasks.md).
 Installed packages can contribute handlers through the entry point group
 ``steplog.handlers`` (each entry point is a ``HandlerRegistry`` or a callable
 taking one and registering into it).
@@ -58,12 +61,20 @@ from opentelemetry.trace import (
 from opentelemetry.util.types import AttributeValue
 
 from engine.adapters.bus import Bus, Malformed, TaskDelivery
+from engine.core.tasktokens import base_resource
 from engine.core.timestamps import parse_iso
 from engine.errors import BusError, MissingGroup, Unavailable
 from engine.logcontext import execution_id_var
 from engine.loops import metrics
 from engine.loops.tracing import EXECUTION_ID, parent_context, traceparent_of
-from engine.messages import DEFAULT_QUEUE, WORKER_GROUP, Heartbeat, TaskMessage, TaskResult
+from engine.messages import (
+    DEFAULT_QUEUE,
+    DELIVERY_EXCEEDED,
+    WORKER_GROUP,
+    Heartbeat,
+    TaskMessage,
+    TaskResult,
+)
 from engine.stopping import log_failure, sleep_or_stop
 
 log = logging.getLogger("steplog.worker")
@@ -93,6 +104,10 @@ class TaskContext:
     heartbeat: Callable[[], Awaitable[None]] = _no_heartbeat
     # The worker's tracer (None: tracing off); the handler runs inside the attempt's span.
     tracer: Tracer | None = None
+    # The attempt's task token when its Resource ends in .waitForTaskToken: the handler
+    # hands it to whoever reports the outcome later (POST /v1/tasks/success|failure);
+    # its own return value is not the task's result. Empty for an ordinary task.
+    task_token: str = ""
 
     def span(
         self, name: str, attributes: Mapping[str, AttributeValue] | None = None
@@ -198,7 +213,6 @@ def default_registry() -> HandlerRegistry:
     return registry
 
 
-DELIVERY_EXCEEDED = "Steplog.TaskDeliveryExceeded"
 # The pauses between two tries to report a finished task's result (doubling).
 REPORT_BACKOFF_MIN_S = 0.05
 REPORT_BACKOFF_MAX_S = 2.0
@@ -458,6 +472,7 @@ class Worker:
             task_id=task.task_id,
             heartbeat=heartbeat,
             tracer=self.tracer,
+            task_token=task.task_token,
         )
         if self.tracer is None:
             result = await self._call(task, ctx)
@@ -493,7 +508,8 @@ class Worker:
             return msgspec.structs.replace(result, traceparent=traceparent_of(span))
 
     async def _call(self, task: TaskMessage, ctx: TaskContext) -> TaskResult:
-        handler = self.registry.get(task.resource)
+        # A .waitForTaskToken resource runs its base resource's handler.
+        handler = self.registry.get(base_resource(task.resource))
         registered = handler is not None
         with metrics.TaskObservation(task.resource, task.attempt, registered=registered) as seen:
             if handler is None:
@@ -534,7 +550,10 @@ class Worker:
         left unacknowledged, runs again after the visibility timeout."""
         task = delivery.message
         deadline = asyncio.get_running_loop().time() + self.report_budget_s(task)
-        if not await self._retrying(
+        # A task waiting for its token: the handler's success only hands the token on
+        # (the callback brings the result); its failure fails the attempt as usual.
+        waits = bool(task.task_token) and result.ok
+        if not waits and not await self._retrying(
             f"report the result of task {task.task_id}",
             lambda: self.bus.add_trigger(task.execution_id, result),
             deadline,

@@ -37,6 +37,7 @@ COUNTED_TABLES = (
     "namespaces",
     "api_keys",
     "audit_log",
+    "activities",
 )
 
 
