@@ -67,7 +67,7 @@ async def test_register_start_wait_and_read_an_execution(steplog: AsyncClient) -
         await steplog.start("order", {"order_id": "o-1", "amount": 9}, name="order-o-1")
     assert conflict.value.code == "execution_name_conflict" and conflict.value.status == 409
 
-    done = await steplog.wait(started.execution_id, timeout_s=15)
+    done = await steplog.wait(started.execution_id, timeout_s=60)
     assert done.status == "SUCCEEDED"
     assert json_value(done.output) == {"order_id": "o-1", "status": "APPROVED"}
     assert (await steplog.describe(started.execution_id)).status == "SUCCEEDED"
@@ -105,7 +105,7 @@ async def test_listing_pages_through_every_execution(steplog: AsyncClient, app: 
         for i in range(5)
     }
     for eid in ids:
-        await steplog.wait(eid, timeout_s=15)
+        await steplog.wait(eid, timeout_s=60)
 
     async def listed() -> set[str]:
         return {e.execution_id async for e in steplog.executions(workflow="order", limit=2)}
@@ -118,7 +118,7 @@ async def test_listing_pages_through_every_execution(steplog: AsyncClient, app: 
     assert len(page.executions) == 2 and page.next_cursor is not None
 
 
-async def app_eventually(predicate: Any, timeout_s: float = 10) -> None:
+async def app_eventually(predicate: Any, timeout_s: float = 30) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while not await predicate():
@@ -133,7 +133,7 @@ async def test_stop_and_wait_timeout(steplog: AsyncClient) -> None:
         await steplog.wait(started.execution_id, timeout_s=0.3)
     stopped = await steplog.stop(started.execution_id, error="Cancelled", cause="by a test")
     assert (stopped.status, stopped.error, stopped.cause) == ("ABORTED", "Cancelled", "by a test")
-    assert (await steplog.wait(started.execution_id, timeout_s=5)).status == "ABORTED"
+    assert (await steplog.wait(started.execution_id, timeout_s=30)).status == "ABORTED"
 
 
 async def test_errors_are_typed_and_carry_the_problem_code(
@@ -231,7 +231,7 @@ async def test_the_sync_client_does_the_same_from_a_thread(app: Running) -> None
             steplog.register("order", ORDER)
             started = steplog.start("order", {"order_id": "o-3", "amount": 7}, name="o-3")
             live = [e.type for e in steplog.events(started.execution_id)]
-            done = steplog.wait(started.execution_id, timeout_s=15)
+            done = steplog.wait(started.execution_id, timeout_s=60)
             seqs = [e.seq for e in steplog.history(started.execution_id, page_size=3)]
             try:
                 steplog.describe_workflow("missing")

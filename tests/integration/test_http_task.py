@@ -99,7 +99,7 @@ def task(parameters: dict[str, Any], **extra: Any) -> dict[str, Any]:
 async def run(app: Running, eventually: Any, definition: dict[str, Any], input: Any) -> Any:
     await app.register("http", definition)
     eid = await app.start_id("http", input)
-    return await app.ended(eventually, eid, timeout_s=20)
+    return await app.ended(eventually, eid, timeout_s=60)
 
 
 async def test_a_get_returns_status_headers_and_the_parsed_body(
@@ -341,12 +341,10 @@ async def test_the_example_definition_retries_a_503_and_uses_its_connection(
     endpoint.script["/orders/o-2"] = [(404, {"message": "none"})]
     async with running_steplog(allowed) as app:
         await app.register("lookup", json.loads(example.read_text()))
-        found = await app.ended(
-            eventually, await app.start_id("lookup", {"api": endpoint.url, "order_id": "o-1"}), 20
-        )
-        missing = await app.ended(
-            eventually, await app.start_id("lookup", {"api": endpoint.url, "order_id": "o-2"}), 20
-        )
+        first = await app.start_id("lookup", {"api": endpoint.url, "order_id": "o-1"})
+        second = await app.start_id("lookup", {"api": endpoint.url, "order_id": "o-2"})
+        found = await app.ended(eventually, first, 60)
+        missing = await app.ended(eventually, second, 60)
     assert found["status"] == "SUCCEEDED", found
     assert found["output"] == {"status": 200, "order": {"id": "o-1"}}
     assert (missing["status"], missing["error"]) == ("FAILED", "NotFound")
