@@ -63,6 +63,7 @@ from engine.loops.worker import HandlerRegistry, TaskContext, TaskFailure
 METHODS = HTTP_METHODS
 REFUSED_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding"})
 BODY_IN_CAUSE = 4096
+MAX_CAUSE = 32768
 
 INVALID = "Steplog.Http.InvalidRequest"
 SOCKET = "States.Http.Socket"
@@ -137,9 +138,9 @@ class HttpInvoke:
             raise TaskFailure(SOCKET, exc.message) from None
         except OutboundTooLarge as exc:
             raise TaskFailure(TOO_LARGE, exc.message) from None
-        result = _result(response.status, response.headers, response.body)
+        result = result_of(response.status, response.headers, response.body)
         if not 200 <= response.status < 300:
-            raise TaskFailure(f"States.Http.StatusCode.{response.status}", _cause(result))
+            raise TaskFailure(f"States.Http.StatusCode.{response.status}", cause_of(result))
         return result
 
     def request_of(self, value: Any) -> tuple[str, str, list[tuple[str, str]], bytes | None]:
@@ -258,7 +259,8 @@ def _with_query(url: str, pairs: list[tuple[str, str]]) -> str:
     return urllib.parse.urlunsplit(parts._replace(query=query))
 
 
-def _result(status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> dict[str, Any]:
+def result_of(status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> dict[str, Any]:
+    """The task's result, as AWS's HTTP Task gives it (see the module docstring)."""
     grouped: dict[str, list[str]] = {}
     for name, value in headers:
         grouped.setdefault(name, []).append(value)
@@ -283,12 +285,17 @@ def _result(status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> d
     }
 
 
-def _cause(result: dict[str, Any]) -> str:
+def cause_of(result: dict[str, Any]) -> str:
+    """The result as JSON, its body cut to BODY_IN_CAUSE characters, and the whole kept
+    under MAX_CAUSE (AWS's bound on a cause) by leaving the headers out if need be."""
     body = result["ResponseBody"]
     if not isinstance(body, str):
         body = json.dumps(body, separators=(",", ":"))
     shown = {**result, "ResponseBody": body[:BODY_IN_CAUSE]}
-    return json.dumps(shown, separators=(",", ":"))
+    cause = json.dumps(shown, separators=(",", ":"))
+    if len(cause) > MAX_CAUSE:
+        cause = json.dumps({**shown, "Headers": {}}, separators=(",", ":"))
+    return cause
 
 
 def register_http_task(

@@ -107,20 +107,27 @@ class ActivityWorker:
         once for a worker already stopped). Call it on the worker's event loop."""
         self._stop.set()
 
-    async def run(self, *, handle_signals: bool = False) -> None:
-        """Poll and run tasks until `stop` (or, with ``handle_signals``, SIGTERM or
-        SIGINT), then wait for the running ones."""
+    async def run(self, stop: asyncio.Event | None = None, *, handle_signals: bool = False) -> None:
+        """Poll and run tasks until `stop()`, the event ``stop`` is set, or (with
+        ``handle_signals``) SIGTERM or SIGINT; then wait for the running ones."""
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
         for sig in signals:
             loop.add_signal_handler(sig, self.stop)
+        watcher = asyncio.create_task(self._follow(stop)) if stop is not None else None
         try:
             await self._poll_until_stopped()
         finally:
+            if watcher is not None:
+                watcher.cancel()
             for sig in signals:
                 loop.remove_signal_handler(sig)
             if self._running:
                 await asyncio.wait(self._running)
+
+    async def _follow(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self.stop()
 
     async def _poll_until_stopped(self) -> None:
         stopping = asyncio.ensure_future(self._stop.wait())

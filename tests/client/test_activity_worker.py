@@ -135,9 +135,10 @@ async def test_a_stop_lets_the_running_task_finish_and_report_and_polls_no_more(
     state.tasks.put_nowait(("held", {}))
     async with AsyncClient(url) as client:
         worker = ActivityWorker(client, "act", held, poll_wait_s=1, concurrency=2)
-        running = asyncio.create_task(worker.run())
+        stop = asyncio.Event()  # a stop event of the caller's, as a service has
+        running = asyncio.create_task(worker.run(stop))
         await asyncio.wait_for(started.wait(), 30)
-        worker.stop()
+        stop.set()
         await asyncio.sleep(0.3)
         assert not running.done()  # waiting for the task in hand
         polls = state.polls

@@ -19,7 +19,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 from engine.adapters.outbound import Outbound
-from engine.loops.http_task import HttpInvoke, connection_name, parse_connections
+from engine.loops.http_task import (
+    HttpInvoke,
+    cause_of,
+    connection_name,
+    parse_connections,
+    result_of,
+)
 from engine.loops.worker import TaskContext
 from steplog.settings import Settings
 from tests.serving import Running, free_port, running_steplog
@@ -374,3 +380,15 @@ async def test_with_tracing_on_the_request_carries_the_attempts_trace(endpoint: 
     [http_span] = [s for s in exporter.get_finished_spans() if s.name == "steplog.http"]
     assert http_span.parent is not None
     assert http_span.parent.span_id == attempt.get_span_context().span_id
+
+
+def test_a_failure_cause_stays_under_awss_bound_and_parseable() -> None:
+    headers = tuple(("X-Big-" + str(i), "v" * 1000) for i in range(60))
+    result = result_of(500, headers, ("é" * 10_000).encode())
+    cause = cause_of(result)
+    assert len(cause) <= 32768
+    shown = json.loads(cause)
+    assert shown["StatusCode"] == 500 and shown["Headers"] == {}
+    assert shown["ResponseBody"] == "é" * 4096
+    small = json.loads(cause_of(result_of(502, (("X-A", "1"),), b"oops")))
+    assert small["Headers"] == {"X-A": ["1"]} and small["ResponseBody"] == "oops"
