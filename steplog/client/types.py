@@ -1,6 +1,5 @@
-"""What the client sends and returns: the server's own msgspec types (api/schemas.py),
-re-exported, plus the bodies of the task-token and activity routes (issue 12, items
-2-3), written here after their published shapes."""
+"""What the client sends and returns: the server's own msgspec types (api/schemas.py,
+api/task_schemas.py), re-exported."""
 
 from __future__ import annotations
 
@@ -17,6 +16,9 @@ from api.schemas import (
     WorkflowList,
     WorkflowOut,
 )
+from api.task_schemas import ActivityList
+from api.task_schemas import ActivityOut as Activity
+from api.task_schemas import ActivityTaskOut as ActivityTask
 
 __all__ = [
     "Activity",
@@ -31,30 +33,6 @@ __all__ = [
     "WorkflowOut",
     "json_value",
 ]
-
-
-class Activity(msgspec.Struct, rename="camel"):
-    """An activity: Task states whose Resource is its ARN are run by external workers.
-    (The shape of api/task_schemas.py's ActivityOut.)"""
-
-    name: str
-    activity_arn: str
-    created_at: str
-
-
-class ActivityList(msgspec.Struct):
-    activities: list[Activity]
-    next_cursor: str | None = None
-
-
-class ActivityTask(msgspec.Struct, rename="camel"):
-    """One task handed to a worker by a poll (the shape of ActivityTaskOut): its input,
-    the token to report it with, and an idempotency key that is the same for every
-    delivery of one attempt (side effects made once per key)."""
-
-    task_token: str
-    input: Any
-    idempotency_key: str = ""
 
 
 def json_value(raw: msgspec.Raw | None) -> Any:
