@@ -1,8 +1,8 @@
 """One trace per execution (issue 11): a whole steplog (every role) with the SDK's
 in-memory exporter runs an execution with a task that fails once and is retried, and a
 Wait; every span it makes belongs to the trace of the request that started it, in one
-tree: request -> relay publish -> decision -> append / task attempt -> decision ...,
-timers firing, and the terminal event. Also: the start's response names the trace
+tree: request -> relay publish -> decision (its append an event of it) -> task attempt
+-> decision ..., timers firing, and the terminal event. Also: the start's response names the trace
 (traceparent), ExecutionStarted records it, logs carry trace and span ids, and the
 settings read the standard OTEL_* variables."""
 
@@ -220,10 +220,23 @@ async def test_one_execution_is_one_trace_across_every_role(
     assert list(attr(decisions[3], "steplog.decision.states")) == ["Work", "Pause"]
     assert list(attr(decisions[4], "steplog.decision.states")) == ["Pause", "Done"]
     assert sum(attr(d, "steplog.decision.events") for d in decisions) == len(history["events"]) - 1
-    # Each decision that changed something appended once, inside it.
-    appends = named("steplog.append")
-    assert len(appends) == len(decisions)
-    assert {parent(a).context.span_id for a in appends} == {d.context.span_id for d in decisions}
+    # Each decision that changed something appended once, inside it: an event of its span
+    # (not a span of its own), at the expected seq, with the decision's events.
+    assert not named("steplog.append")
+    seq = 1
+    for decision in decisions:
+        (append,) = [e for e in decision.events if e.name == "steplog.append"]
+        assert append.attributes is not None
+        assert append.attributes["steplog.append.expected_seq"] == seq
+        assert append.attributes["steplog.append.events"] == attr(
+            decision, "steplog.decision.events"
+        )
+        assert float(append.attributes["steplog.append.duration_ms"]) >= 0
+        assert decision.start_time is not None and decision.end_time is not None
+        assert decision.start_time <= append.timestamp <= decision.end_time
+        seq += int(attr(decision, "steplog.decision.events"))
+    assert seq == len(history["events"])
+    assert not any(e.name == "steplog.append" for d in ignored for e in d.events)
     # The terminal event closes the trace, under the last decision.
     (end,) = named("steplog.execution.ExecutionSucceeded")
     assert parent(end) is decisions[-1]
