@@ -27,7 +27,10 @@ Prints, per mode and workload, the median over rounds of:
   disturbs least; with its spread (min-max) and ratio to "off";
 - transitions/s (wall clock) and its ratio to "off" (on a saturated machine the two
   ratios agree; on a shared one the wall clock swings with the neighbours' load);
-- spans exported per execution.
+- spans exported per execution;
+- what tracing off still does per transition, timed alone (`_off_path`): the
+  `tracer is None` tests of the roles and the API's look-up of the request's trace
+  context, as an upper bound, against the CPU per transition of "off".
 
     .venv/bin/python bench/tracing.py [-n 300] [--rounds 3] [--concurrency 32]
         [--modes off,on,discard,drivers] [--sdk-encoder]
@@ -46,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,6 +64,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from api.middleware import request_traceparent
 from bench.transitions import PASS_10, TASK_3
 from engine.core.events import TERMINAL_EVENT_TYPES
 from steplog.app import open_resources, run_roles
@@ -292,6 +297,24 @@ async def _round(
     return results
 
 
+# With tracing off, what a transition still runs of tracing: each role tests `tracer is
+# None` once per trigger decided (engine: 2, the command side's append: 1), task run
+# (worker: 1), relay batch (at most one per event: an execution's transition records
+# 1-3 events) and heartbeat; 12 per transition is a generous bound. And each start asks
+# api.middleware.request_traceparent() for the request's span (none: ""), at most one
+# per transition (a 1-state execution).
+CHECKS_PER_TRANSITION = 12
+
+
+def _off_path() -> tuple[float, float]:
+    """Seconds per `tracer is None` test (the loop's own overhead included) and per
+    request_traceparent() outside any span, the fastest of 5 repeats."""
+    n = 1_000_000
+    check = min(timeit.repeat("if tracer is None: pass", globals={"tracer": None}, number=n))
+    lookup = min(timeit.repeat(request_traceparent, number=n // 10)) / (n // 10)
+    return check / n, lookup
+
+
 def _spread(values: list[float]) -> str:
     return f"{min(values):.3f}-{max(values):.3f}"
 
@@ -340,6 +363,19 @@ async def _bench(n: int, rounds: int, conc: int, modes: Sequence[str]) -> None:
                 f"{cpu / cpu_off:7.3f} {own:9.3f} {own / own_off:7.3f} {wall:8.1f} "
                 f"{wall / wall_off:7.3f} {statistics.median(f.get(f'{name}/spans', [0.0])):10.1f}"
             )
+    check, lookup = _off_path()
+    per_transition = CHECKS_PER_TRANSITION * check + lookup
+    print(
+        f"\ntracing off, per transition: at most {CHECKS_PER_TRANSITION} x {check * 1e9:.0f} ns"
+        f" (tracer is None) + {lookup * 1e9:.0f} ns (request_traceparent) ="
+        f" {per_transition * 1e6:.3f} µs"
+    )
+    for name, _, _ in WORKLOADS:
+        own_off = statistics.median(figures["off"][f"{name}/own-ms"]) / 1000
+        print(
+            f"  {name}: {per_transition / own_off:.4%} of this process's CPU per transition"
+            f" with tracing off ({own_off * 1e3:.3f} ms)"
+        )
 
 
 def main() -> None:
