@@ -219,10 +219,20 @@ async def _workload(
     sem = asyncio.Semaphore(conc)
 
     async def start(i: int) -> None:
+        # Named, so that a start sent again after a connection reset (a loaded machine)
+        # starts nothing twice.
+        body = {"name": f"e{i}", "input": {"i": i}}
         async with sem:
-            body = {"input": {"i": i}}
-            async with http.post(f"{url}/v1/workflows/{name}/executions", json=body) as resp:
-                assert resp.status == 201, await resp.text()
+            for _ in range(5):
+                try:
+                    async with http.post(
+                        f"{url}/v1/workflows/{name}/executions", json=body
+                    ) as resp:
+                        assert resp.status in (200, 201), await resp.text()
+                        return
+                except aiohttp.ClientOSError:
+                    await asyncio.sleep(0.1)
+            raise RuntimeError(f"could not start execution {i}")
 
     own0, all0 = meter.read()
     began = time.perf_counter()

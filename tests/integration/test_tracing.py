@@ -163,6 +163,8 @@ async def test_one_execution_is_one_trace_across_every_role(
     assert started["type"] == "ExecutionStarted"
     assert started["details"]["traceContext"] == response_traceparent
 
+    with capsys.disabled():  # shown with -s, e.g. for docs/observability.md
+        print("\n" + _tree(spans, request))
     # One trace, one tree: every span's parent is a span of it (or the client's).
     assert {f"{s.context.trace_id:032x}" for s in spans} == {CLIENT_TRACE}
     for span in spans:
@@ -231,7 +233,8 @@ async def test_one_execution_is_one_trace_across_every_role(
         assert append.attributes["steplog.append.events"] == attr(
             decision, "steplog.decision.events"
         )
-        assert float(append.attributes["steplog.append.duration_ms"]) >= 0
+        duration = append.attributes["steplog.append.duration_ms"]
+        assert isinstance(duration, float) and duration >= 0
         assert decision.start_time is not None and decision.end_time is not None
         assert decision.start_time <= append.timestamp <= decision.end_time
         seq += int(attr(decision, "steplog.decision.events"))
@@ -251,6 +254,54 @@ async def test_one_execution_is_one_trace_across_every_role(
     ]
     assert access and access[0]["trace_id"] == CLIENT_TRACE
     assert access[0]["span_id"] == _hex_span(request)
+
+
+_SHOWN = (
+    "steplog.trigger",
+    "steplog.decision.states",
+    "steplog.decision.events",
+    "steplog.decision.ignored",
+    "steplog.task.attempt",
+    "steplog.task.ok",
+    "steplog.task.error",
+    "steplog.relay.events",
+    "steplog.timer.id",
+    "steplog.execution.status",
+)
+
+
+def _tree(spans: list[ReadableSpan], root: ReadableSpan) -> str:
+    """The spans under ``root`` as an indented tree, children by start time, with the
+    attributes that tell them apart and their events."""
+    children: dict[int, list[ReadableSpan]] = {}
+    for span in spans:
+        if span.parent is not None:
+            children.setdefault(span.parent.span_id, []).append(span)
+    lines: list[str] = []
+
+    def show(span: ReadableSpan, depth: int) -> None:
+        attributes = span.attributes or {}
+        shown = " ".join(
+            f"{k.rsplit('.', 1)[-1]}={list(v) if isinstance(v, tuple) else v}"
+            for k, v in attributes.items()
+            if k in _SHOWN
+        )
+        status = " ERROR" if span.status.status_code == StatusCode.ERROR else ""
+        lines.append(f"{'  ' * depth}{span.name}{status}  {shown}".rstrip())
+        for event in span.events:
+            details = " ".join(
+                f"{k.rsplit('.', 1)[-1]}={v!s}"
+                for k, v in (event.attributes or {}).items()
+                if "duration" not in k
+            )
+            lines.append(f"{'  ' * (depth + 1)}· {event.name}  {details}".rstrip())
+        for child in sorted(
+            children.get(span.context.span_id, []), key=lambda c: c.start_time or 0
+        ):
+            show(child, depth + 1)
+
+    show(root, 0)
+    return "\n".join(lines)
 
 
 async def _decisions_closed(exporter: InMemorySpanExporter) -> bool:
