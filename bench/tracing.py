@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import socket
 import statistics
@@ -67,7 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from api.middleware import request_traceparent
 from bench.transitions import PASS_10, TASK_3
 from engine.core.events import TERMINAL_EVENT_TYPES
-from steplog.app import open_resources, run_roles
+from steplog.app import freeze_heap, open_resources, run_roles
 from steplog.datadir import local_servers
 from steplog.otlp import use_fast_encoding
 from steplog.settings import Settings
@@ -283,6 +284,7 @@ async def _round(
         async with open_resources(settings, db_url, redis_url, tracer_provider=provider) as r:
             task = asyncio.create_task(run_roles(r, stop, ready=ready))
             await asyncio.wait_for(ready.wait(), 30)
+            freeze_heap()  # as `steplog serve` does once its roles run
             url = f"http://{settings.host}:{settings.port}"
             try:
                 async with aiohttp.ClientSession() as http:
@@ -300,6 +302,7 @@ async def _round(
             finally:
                 stop.set()
                 await asyncio.wait_for(task, 60)
+                gc.unfreeze()  # the next round starts from a heap like this one's
     finally:
         undo()
         if provider is not None:

@@ -11,6 +11,10 @@ sampler (``OTEL_TRACES_SAMPLER`` / ``_ARG``, parent-based always-on by default),
 resource (``OTEL_SERVICE_NAME``, "steplog" when unset; ``OTEL_RESOURCE_ATTRIBUTES``)
 and the batch processor (``OTEL_BSP_*``).
 
+The OTLP exporters are the SDK's, encoding with `steplog.otlp` (the same bytes as
+the SDK's encoder, at a third of its cost: export runs in this process, beside the
+engine).
+
 The provider is passed to whoever spans (the loops, the service, the API) as a
 ``Tracer``; it is never installed as OpenTelemetry's global provider, so tests can
 give each running steplog its own (e.g. with an in-memory exporter).
