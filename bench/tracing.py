@@ -16,6 +16,7 @@ so that the machine's load drifts over all of them alike:
                collector's, is not counted)
     discard    the same spans, batched to an exporter that discards them unencoded:
                what making the spans costs, without the export
+    sampled    as "on", sampling 10% of the traces (parentbased_traceidratio 0.1)
     drivers    the same as "on" with the asyncpg and Redis instrumentations
                (STEPLOG_TRACE_DRIVERS=true)
 
@@ -33,7 +34,7 @@ Prints, per mode and workload, the median over rounds of:
   context, as an upper bound, against the CPU per transition of "off".
 
     .venv/bin/python bench/tracing.py [-n 300] [--rounds 3] [--concurrency 32]
-        [--modes off,on,discard,drivers] [--sdk-encoder]
+        [--modes off,on,discard,sampled,drivers] [--sdk-encoder]
 
 Run by hand; never part of the test suite.
 """
@@ -61,7 +62,7 @@ import asyncpg
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -76,7 +77,7 @@ from steplog.tracing import InsideTraces, instrument_drivers
 from tests.serving import free_port
 
 WORKLOADS = [("task3", TASK_3, 3), ("pass10", PASS_10, 10)]
-MODES = ("off", "on", "discard", "drivers")
+MODES = ("off", "on", "discard", "sampled", "drivers")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 # A local OTLP/HTTP receiver: answers every POST with an empty 200 (a valid
@@ -274,7 +275,8 @@ async def _round(
     if mode != "off":
         kind = DiscardingExporter if mode == "discard" else CountingOtlpExporter
         exporter = kind(endpoint)
-        provider = TracerProvider(sampler=InsideTraces(ALWAYS_ON), shutdown_on_exit=False)
+        sampler = ParentBased(TraceIdRatioBased(0.1)) if mode == "sampled" else ALWAYS_ON
+        provider = TracerProvider(sampler=InsideTraces(sampler), shutdown_on_exit=False)
         provider.add_span_processor(BatchSpanProcessor(exporter))
         if mode == "drivers":
             undo = instrument_drivers(provider)
