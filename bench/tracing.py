@@ -4,8 +4,9 @@ Runs every role in this process (steplog.app.open_resources + run_roles) on embe
 PostgreSQL and Redis under a temporary folder, and drives it through the API: N
 executions of a 3-Task workflow (test:echo) and of a 10-state Pass chain per round,
 bounded client concurrency, until every one has ended (its terminal event is in
-PostgreSQL). Modes, interleaved round by round
-so that the machine's load drifts over all of them alike:
+PostgreSQL). Modes, interleaved round by round in an order rotated each cycle, so
+that the machine's load and the run's own drift (growing tables) fall on all of
+them alike:
 
     off        tracing off (the default: no tracer anywhere)
     on         tracing on, sampled at 100%: steplog's own spans, batched
@@ -342,8 +343,11 @@ async def _bench(n: int, rounds: int, conc: int, modes: Sequence[str]) -> None:
             with otlp_receiver() as endpoint:
                 figures: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
                 index = 0
-                for _ in range(rounds):
-                    for mode in modes:
+                for cycle in range(rounds):
+                    # Each cycle in another order: the run drifts (tables grow, the
+                    # neighbours' load changes), and a mode always first would gain.
+                    shift = cycle % len(modes)
+                    for mode in [*modes[shift:], *modes[:shift]]:
                         index += 1
                         results = await _round(
                             mode, db_url, redis_url, data, meter, endpoint, n, conc, index
