@@ -9,6 +9,7 @@ from api.config import ApiConfig
 from api.metrics import HttpMetrics
 from engine.access import Access
 from engine.service import EngineService
+from engine.tasks import Tasks
 from projections.queries import Queries
 
 COMMANDS = web.AppKey("steplog_commands", EngineService)
@@ -16,3 +17,5 @@ QUERIES = web.AppKey("steplog_queries", Queries)
 CONFIG = web.AppKey("steplog_api_config", ApiConfig)
 METRICS = web.AppKey("steplog_http_metrics", HttpMetrics)
 ACCESS = web.AppKey("steplog_access", Access)
+# Task callbacks and activities (absent: those routes answer 503).
+TASKS = web.AppKey("steplog_tasks", Tasks)

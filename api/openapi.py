@@ -58,6 +58,19 @@ from api.schemas import (
     WorkflowQuery,
     WorkflowStats,
 )
+from api.task_schemas import (
+    ActivityList,
+    ActivityListQuery,
+    ActivityOut,
+    ActivityTaskOut,
+    CreateActivity,
+    PollActivity,
+    PollQuery,
+    SendTaskFailure,
+    SendTaskHeartbeat,
+    SendTaskSuccess,
+    TaskReported,
+)
 from engine.core.state import ExecutionState
 
 routes = web.RouteTableDef()
@@ -321,6 +334,87 @@ OPERATIONS: tuple[Op, ...] = (
         problems=(400, *_V1),
     ),
     Op(
+        method="post",
+        path="/v1/tasks/success",
+        id="sendTaskSuccess",
+        summary="Report a task waiting for its token as succeeded with this output "
+        "(200 once TaskSucceeded is committed)",
+        tag="tasks",
+        body=SendTaskSuccess,
+        ok={200: TaskReported},
+        problems=(*_BODY, 404, 409, *_V1),
+    ),
+    Op(
+        method="post",
+        path="/v1/tasks/failure",
+        id="sendTaskFailure",
+        summary="Report a task waiting for its token as failed with this error and cause",
+        tag="tasks",
+        body=SendTaskFailure,
+        ok={200: TaskReported},
+        problems=(*_BODY, 404, 409, *_V1),
+    ),
+    Op(
+        method="post",
+        path="/v1/tasks/heartbeat",
+        id="sendTaskHeartbeat",
+        summary="Report a task waiting for its token as alive (its HeartbeatSeconds restart)",
+        tag="tasks",
+        body=SendTaskHeartbeat,
+        ok={200: TaskReported},
+        problems=(*_BODY, 404, 409, *_V1),
+    ),
+    Op(
+        method="post",
+        path="/v1/activities",
+        id="createActivity",
+        summary="Create an activity: 201, or 200 when it exists",
+        tag="activities",
+        body=CreateActivity,
+        ok={200: ActivityOut, 201: ActivityOut},
+        problems=(*_BODY, *_V1),
+    ),
+    Op(
+        method="get",
+        path="/v1/activities",
+        id="listActivities",
+        summary="The activities, by name, in pages",
+        tag="activities",
+        query=ActivityListQuery,
+        ok={200: ActivityList},
+        problems=(400, *_V1),
+    ),
+    Op(
+        method="get",
+        path="/v1/activities/{name}",
+        id="getActivity",
+        summary="One activity",
+        tag="activities",
+        ok={200: ActivityOut},
+        problems=(404, *_V1),
+    ),
+    Op(
+        method="post",
+        path="/v1/activities/{name}/poll",
+        id="pollActivity",
+        summary="Take the next task of an activity, waiting up to `wait` seconds: 200 with "
+        "its token and input, 204 when none came",
+        tag="activities",
+        query=PollQuery,
+        body=PollActivity,
+        ok={200: ActivityTaskOut, 204: None},
+        problems=(*_BODY, 404, *_V1),
+    ),
+    Op(
+        method="delete",
+        path="/v1/activities/{name}",
+        id="deleteActivity",
+        summary="Delete an activity (its tasks already scheduled stay queued)",
+        tag="activities",
+        ok={200: ActivityOut},
+        problems=(404, *_V1),
+    ),
+    Op(
         method="get",
         path="/health/live",
         id="live",
@@ -410,7 +504,7 @@ _PATH_PARAMS: dict[str, dict[str, Any]] = {
         "name": "name",
         "in": "path",
         "required": True,
-        "description": "workflow name: 1-80 of A-Z a-z 0-9 _ . -",
+        "description": "workflow (or activity) name: 1-80 of A-Z a-z 0-9 _ . -",
         "schema": msgspec.json.schema(WorkflowName),
     },
     "key_id": {
@@ -512,7 +606,9 @@ def _operation(op: Op, refs: dict[type, dict[str, Any]]) -> dict[str, Any]:
     )
     responses: dict[str, Any] = {}
     for status, value in op.ok.items():
-        responses[str(status)] = {"description": "success", "content": _ok_content(value, refs)}
+        responses[str(status)] = {"description": "success"}
+        if value is not None:  # 204: no body
+            responses[str(status)]["content"] = _ok_content(value, refs)
         if status in op.links:
             responses[str(status)]["links"] = op.links[status]
     problems = {*op.problems, 405, *_auth_statuses(op)}
@@ -562,7 +658,7 @@ def document() -> dict[str, Any]:
     for op in OPERATIONS:
         if op.body is not None:
             types.append(op.body)
-        types.extend(v for v in op.ok.values() if not isinstance(v, str))
+        types.extend(v for v in op.ok.values() if v is not None and not isinstance(v, str))
     types.append(Problem)
     unique = list(dict.fromkeys(types))
     schemas, components = msgspec.json.schema_components(unique, ref_template=REF)
@@ -592,6 +688,8 @@ def document() -> dict[str, Any]:
             {"name": "workflows"},
             {"name": "executions"},
             {"name": "access"},
+            {"name": "tasks"},
+            {"name": "activities"},
             {"name": "operations"},
         ],
         "paths": paths,
@@ -670,6 +768,8 @@ def _page() -> str:
                 out.append(f"<p>Body: <code>{e(_schema_text(schema))}</code></p>")
             statuses = ", ".join(
                 f"{s} {_schema_text(next(iter(r['content'].values()))['schema'])}"
+                if "content" in r
+                else f"{s} (no body)"
                 for s, r in op["responses"].items()
             )
             out.append(f"<p>Responses: {e(statuses)}</p>")

@@ -16,21 +16,32 @@ from redis.asyncio import Redis
 
 from api.app import create_app
 from engine.access import Access, Actor
+from engine.adapters.activities import ActivityStore
+from engine.adapters.bus import Bus
 from engine.adapters.store import EventStore
 from engine.service import EngineService
+from engine.tasks import Tasks
 from projections.queries import Queries
 from projections.runner import catch_up
 from steplog.settings import Settings
 from tests.api.helpers import PASS_DEFINITION, api_config
 
 
+def task_callbacks(service: EngineService, pool: asyncpg.Pool, bus: Bus) -> Tasks:
+    return Tasks(service, ActivityStore(pool), bus)
+
+
 @pytest.fixture
 async def client(
-    pool: asyncpg.Pool, store: EventStore, redis: Redis, settings: Settings
+    pool: asyncpg.Pool, store: EventStore, redis: Redis, bus: Bus, settings: Settings
 ) -> AsyncIterator[TestClient[Any, Any]]:
     service = EngineService(store, max_payload_bytes=settings.max_payload_bytes)
     app = create_app(
-        service, Queries(store, pool, redis.ping), api_config(settings), Access.over(pool)
+        service,
+        Queries(store, pool, redis.ping),
+        api_config(settings),
+        Access.over(pool),
+        task_callbacks=task_callbacks(service, pool, bus),
     )
     async with TestClient(TestServer(app)) as c:
         yield c
@@ -52,12 +63,15 @@ class World(msgspec.Struct):
 
 @pytest.fixture
 async def world(
-    pool: asyncpg.Pool, store: EventStore, redis: Redis, settings: Settings
+    pool: asyncpg.Pool, store: EventStore, redis: Redis, bus: Bus, settings: Settings
 ) -> AsyncIterator[World]:
     access = Access.over(pool)
     service = EngineService(store, max_payload_bytes=settings.max_payload_bytes)
     config = msgspec.structs.replace(api_config(settings), auth=True)
-    app = create_app(service, Queries(store, pool, redis.ping), config, access)
+    tasks = task_callbacks(service, pool, bus)
+    app = create_app(
+        service, Queries(store, pool, redis.ping), config, access, task_callbacks=tasks
+    )
     await access.create_namespace(OTHER, SETUP)
 
     async def key(namespace: str | None, role: str, **extra: Any) -> tuple[str, str]:
@@ -83,5 +97,6 @@ async def world(
     record, _ = await service.start(OWN, "wf", b"{}", None, dt.datetime.now(dt.UTC))
     await service.stop(record.execution_id, None, None, dt.datetime.now(dt.UTC))
     await catch_up(pool, store)  # the listing reads the read model
+    await tasks.create_activity(OWN, "wf")  # {name} of the activity routes
     async with TestClient(TestServer(app)) as client:
         yield World(client, pool, keys, str(record.execution_id), victim_key_id)
