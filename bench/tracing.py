@@ -1,27 +1,40 @@
-"""Benchmark: what tracing costs, in state transitions per second.
+"""Benchmark: what tracing costs, in CPU per state transition and transitions per second.
 
 Runs every role in this process (steplog.app.open_resources + run_roles) on embedded
 PostgreSQL and Redis under a temporary folder, and drives it through the API: N
 executions of a 3-Task workflow (test:echo) and of a 10-state Pass chain per round,
 bounded client concurrency, until every one has ended (its terminal event is in
-PostgreSQL). Modes, interleaved round by round
-so that the machine's load drifts over all of them alike:
+PostgreSQL). Modes, interleaved round by round in an order rotated each cycle, so
+that the machine's load and the run's own drift (growing tables) fall on all of
+them alike:
 
     off        tracing off (the default: no tracer anywhere)
     on         tracing on, sampled at 100%: steplog's own spans, batched
-               (BatchSpanProcessor) to an exporter that only counts them (what the
-               process pays; a collector's own cost is the collector's)
-    drivers    the same with the asyncpg and Redis instrumentations
+               (BatchSpanProcessor, the SDK's defaults) to the OTLP/HTTP protobuf
+               exporter, which encodes each batch and POSTs it to a
+               local receiver that discards it (a subprocess; its CPU, like a
+               collector's, is not counted)
+    discard    the same spans, batched to an exporter that discards them unencoded:
+               what making the spans costs, without the export
+    sampled    as "on", sampling 10% of the traces (parentbased_traceidratio 0.1)
+    drivers    the same as "on" with the asyncpg and Redis instrumentations
                (STEPLOG_TRACE_DRIVERS=true)
 
-Prints, per mode and workload, the median transitions/s (wall clock) and transitions
-per CPU second of this process (every thread; the client's requests included, the
-same in every mode), each with its ratio to "off" measured in the same run (the
-ceiling), and the spans exported per execution. On a machine shared with other work
-the CPU figure is the steadier one: what tracing adds is CPU in this process.
+Prints, per mode and workload, the median over rounds of:
+- CPU milliseconds per transition (utime + stime from /proc) of this process (every
+  thread: the exporter's included, and the client's requests, the same in every mode)
+  plus the embedded PostgreSQL (postmaster, its backends, the backends that ended) and
+  Redis: what the machine spent on the work, the figure that load from other work
+  disturbs least; with its spread (min-max) and ratio to "off";
+- transitions/s (wall clock) and its ratio to "off" (on a saturated machine the two
+  ratios agree; on a shared one the wall clock swings with the neighbours' load);
+- spans exported per execution;
+- what tracing off still does per transition, timed alone (`_off_path`): the
+  `tracer is None` tests of the roles and the API's look-up of the request's trace
+  context, as an upper bound, against the CPU per transition of "off".
 
     .venv/bin/python bench/tracing.py [-n 300] [--rounds 3] [--concurrency 32]
-        [--modes off,on,drivers]
+        [--modes off,on,discard,sampled,drivers]
 
 Run by hand; never part of the test suite.
 """
@@ -30,41 +43,157 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+import timeit
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from api.middleware import request_traceparent
 from bench.transitions import PASS_10, TASK_3
 from engine.core.events import TERMINAL_EVENT_TYPES
-from steplog.app import open_resources, run_roles
+from steplog.app import freeze_heap, open_resources, run_roles
 from steplog.datadir import local_servers
 from steplog.settings import Settings
 from steplog.tracing import InsideTraces, instrument_drivers
 from tests.serving import free_port
 
 WORKLOADS = [("task3", TASK_3, 3), ("pass10", PASS_10, 10)]
-MODES = ("off", "on", "drivers")
+MODES = ("off", "on", "discard", "sampled", "drivers")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+# A local OTLP/HTTP receiver: answers every POST with an empty 200 (a valid
+# ExportTraceServiceResponse) and discards the body.
+RECEIVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
 
 
-class CountingExporter(SpanExporter):
-    def __init__(self) -> None:
+class CountingOtlpExporter(OTLPSpanExporter):
+    """The OTLP/HTTP exporter (protobuf encoding, a POST per batch), counting spans."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(endpoint=endpoint)
         self.spans = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = super().export(spans)
+        assert result is SpanExportResult.SUCCESS, result
+        self.spans += len(spans)
+        return result
+
+
+class DiscardingExporter(CountingOtlpExporter):
+    """Counts the spans and sends nothing (no encoding either)."""
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         self.spans += len(spans)
         return SpanExportResult.SUCCESS
+
+
+@contextmanager
+def otlp_receiver() -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", RECEIVER, str(port)])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/v1/traces"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds of the process and its reaped children)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # fields[0] is the state (field 3); utime, stime, cutime, cstime are fields 14-17.
+    return int(fields[1]), sum(int(x) for x in fields[11:15]) / TICKS
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class CpuMeter:
+    """CPU seconds (user + system) of this process and of the embedded servers under
+    ``folder``: the processes whose command line names it (the postmaster, redis-server)
+    and all their descendants (PostgreSQL's backends and workers); a child that ended is
+    in its parent's cutime/cstime once reaped, which the postmaster does at once."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = str(folder)
+        self._roots: set[int] = set()
+
+    def _find_roots(self) -> set[int]:
+        me = os.getpid()
+        roots = {me}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != me and self._folder in _cmdline(int(entry)):
+                roots.add(int(entry))
+        return roots
+
+    def read(self) -> tuple[float, float]:
+        """(this process, this process + servers), in CPU seconds."""
+        if len(self._roots) < 3:  # this process, the postmaster, redis
+            self._roots = self._find_roots()
+        stats: dict[int, tuple[int, float]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and (st := _stat(int(entry))) is not None:
+                stats[int(entry)] = st
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in stats.items():
+            children.setdefault(ppid, []).append(pid)
+        me = os.getpid()
+        own = time.process_time()  # this process's threads, not its children (the receiver)
+        total = own
+        todo = [r for r in self._roots if r != me]
+        while todo:
+            pid = todo.pop()
+            if pid in stats:
+                total += stats[pid][1]
+                todo.extend(children.get(pid, []))
+        return own, total
 
 
 # Executions of a workflow that have ended, read from the event store itself (the read
@@ -77,37 +206,59 @@ WHERE x.workflow = $1 AND e.type = ANY($2::text[])"""
 async def _workload(
     http: aiohttp.ClientSession,
     pool: asyncpg.Pool,
+    meter: CpuMeter,
     url: str,
     name: str,
     definition: Any,
     n: int,
     conc: int,
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     """Seconds from the first start to the last execution's end, and the CPU seconds
-    this process spent meanwhile (every thread: the span exporter's included)."""
+    this process and this process with the servers spent meanwhile."""
     async with http.put(f"{url}/v1/workflows/{name}", json={"definition": definition}) as resp:
         assert resp.status in (200, 201), await resp.text()
     sem = asyncio.Semaphore(conc)
 
     async def start(i: int) -> None:
+        # Named, so that a start sent again after a connection reset (a loaded machine)
+        # starts nothing twice.
+        body = {"name": f"e{i}", "input": {"i": i}}
         async with sem:
-            body = {"input": {"i": i}}
-            async with http.post(f"{url}/v1/workflows/{name}/executions", json=body) as resp:
-                assert resp.status == 201, await resp.text()
+            for _ in range(5):
+                try:
+                    async with http.post(
+                        f"{url}/v1/workflows/{name}/executions", json=body
+                    ) as resp:
+                        assert resp.status in (200, 201), await resp.text()
+                        return
+                except aiohttp.ClientOSError:
+                    await asyncio.sleep(0.1)
+            raise RuntimeError(f"could not start execution {i}")
 
-    began, cpu = time.perf_counter(), time.process_time()
+    own0, all0 = meter.read()
+    began = time.perf_counter()
     await asyncio.gather(*(start(i) for i in range(n)))
     while True:
         if await pool.fetchval(ENDED, name, list(TERMINAL_EVENT_TYPES)) >= n:
             break
         await asyncio.sleep(0.02)
-    return time.perf_counter() - began, time.process_time() - cpu
+    elapsed = time.perf_counter() - began
+    own1, all1 = meter.read()
+    return elapsed, own1 - own0, all1 - all0
 
 
 async def _round(
-    mode: str, db_url: str, redis_url: str, data: Path, n: int, conc: int, index: int
-) -> tuple[dict[str, float], int]:
-    """transitions/s per workload in one mode, and the spans exported."""
+    mode: str,
+    db_url: str,
+    redis_url: str,
+    data: Path,
+    meter: CpuMeter,
+    endpoint: str,
+    n: int,
+    conc: int,
+    index: int,
+) -> dict[str, float]:
+    """Figures per workload in one mode."""
     settings = Settings(
         database_url=db_url,
         redis_url=redis_url,
@@ -115,12 +266,16 @@ async def _round(
         port=free_port(),
         redis_prefix=f"bench{index}",
         log_level="WARNING",
+        auth=False,  # the loopback bench's client is the anonymous admin
     )
-    exporter = CountingExporter()
+    exporter: CountingOtlpExporter | None = None
     provider: TracerProvider | None = None
     undo: Callable[[], None] = lambda: None  # noqa: E731
     if mode != "off":
-        provider = TracerProvider(sampler=InsideTraces(ALWAYS_ON), shutdown_on_exit=False)
+        kind = DiscardingExporter if mode == "discard" else CountingOtlpExporter
+        exporter = kind(endpoint)
+        sampler = ParentBased(TraceIdRatioBased(0.1)) if mode == "sampled" else ALWAYS_ON
+        provider = TracerProvider(sampler=InsideTraces(sampler), shutdown_on_exit=False)
         provider.add_span_processor(BatchSpanProcessor(exporter))
         if mode == "drivers":
             undo = instrument_drivers(provider)
@@ -130,56 +285,114 @@ async def _round(
         async with open_resources(settings, db_url, redis_url, tracer_provider=provider) as r:
             task = asyncio.create_task(run_roles(r, stop, ready=ready))
             await asyncio.wait_for(ready.wait(), 30)
+            freeze_heap()  # as `steplog serve` does once its roles run
             url = f"http://{settings.host}:{settings.port}"
             try:
                 async with aiohttp.ClientSession() as http:
                     for name, definition, states in WORKLOADS:
-                        elapsed, cpu = await _workload(
-                            http, r.pool, url, f"{name}-{index}", definition, n, conc
+                        before = exporter.spans if exporter is not None else 0
+                        elapsed, own, total = await _workload(
+                            http, r.pool, meter, url, f"{name}-{index}", definition, n, conc
                         )
                         results[name] = n * states / elapsed
-                        results[f"{name}/cpu"] = n * states / cpu
+                        results[f"{name}/own-ms"] = own * 1000 / (n * states)
+                        results[f"{name}/all-ms"] = total * 1000 / (n * states)
+                        if provider is not None and exporter is not None:
+                            provider.force_flush()  # (the registration's request span in)
+                            results[f"{name}/spans"] = (exporter.spans - before) / n
             finally:
                 stop.set()
                 await asyncio.wait_for(task, 60)
+                gc.unfreeze()  # the next round starts from a heap like this one's
     finally:
         undo()
         if provider is not None:
             provider.shutdown()
-    return results, exporter.spans
+    return results
+
+
+# With tracing off, what a transition still runs of tracing: each role tests `tracer is
+# None` once per trigger decided (engine: 2, the command side's append: 1), task run
+# (worker: 1), relay batch (at most one per event: an execution's transition records
+# 1-3 events) and heartbeat; 12 per transition is a generous bound. And each start asks
+# api.middleware.request_traceparent() for the request's span (none: ""), at most one
+# per transition (a 1-state execution).
+CHECKS_PER_TRANSITION = 12
+
+
+def _off_path() -> tuple[float, float]:
+    """Seconds per `tracer is None` test (the loop's own overhead included) and per
+    request_traceparent() outside any span, the fastest of 5 repeats."""
+    n = 1_000_000
+    check = min(timeit.repeat("if tracer is None: pass", globals={"tracer": None}, number=n))
+    lookup = min(timeit.repeat(request_traceparent, number=n // 10)) / (n // 10)
+    return check / n, lookup
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.3f}-{max(values):.3f}"
 
 
 async def _bench(n: int, rounds: int, conc: int, modes: Sequence[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="steplog-bench-trace-") as folder:
         data = Path(folder)
+        meter = CpuMeter(data)
         async with local_servers(data, own=True) as (db_url, redis_url):
-            figures: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
-            spans: dict[str, int] = dict.fromkeys(modes, 0)
-            index = 0
-            for _ in range(rounds):
-                for mode in modes:
-                    index += 1
-                    results, exported = await _round(mode, db_url, redis_url, data, n, conc, index)
-                    spans[mode] += exported
-                    for name, value in results.items():
-                        figures[mode].setdefault(name, []).append(value)
-                    print(f"  round {index}: {mode:8} {results}", flush=True)
-    executions = n * len(WORKLOADS) * rounds
+            with otlp_receiver() as endpoint:
+                figures: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
+                index = 0
+                for cycle in range(rounds):
+                    # Each cycle in another order: the run drifts (tables grow, the
+                    # neighbours' load changes), and a mode always first would gain.
+                    shift = cycle % len(modes)
+                    for mode in [*modes[shift:], *modes[:shift]]:
+                        index += 1
+                        results = await _round(
+                            mode, db_url, redis_url, data, meter, endpoint, n, conc, index
+                        )
+                        for name, value in results.items():
+                            figures[mode].setdefault(name, []).append(value)
+                        shown = {k: round(v, 3) for k, v in results.items()}
+                        print(f"  round {index}: {mode:8} {shown}", flush=True)
     print(f"\n{n} executions per workload and round, {rounds} rounds, concurrency {conc}")
     print(
-        f"{'mode':9} {'workload':8} {'transitions/s':>14} {'vs off':>7} "
-        f"{'transitions/cpu-s':>18} {'vs off':>7} {'spans/exec':>11}"
+        "CPU ms per transition: this process + PostgreSQL + Redis (median, min-max, vs off);"
+        " this process alone; transitions/s (wall clock, vs off)"
+    )
+    print(
+        f"{'mode':8} {'workload':8} {'cpu-ms/tr':>9} {'spread':>12} {'vs off':>7} "
+        f"{'own-ms/tr':>9} {'vs off':>7} {'tr/s':>8} {'vs off':>7} {'spans/exec':>10}"
     )
     for mode in modes:
         for name, _, _ in WORKLOADS:
-            wall = statistics.median(figures[mode][name])
-            wall_off = statistics.median(figures["off"][name])
-            cpu = statistics.median(figures[mode][f"{name}/cpu"])
-            cpu_off = statistics.median(figures["off"][f"{name}/cpu"])
-            print(
-                f"{mode:9} {name:8} {wall:14.1f} {wall / wall_off:7.2f} "
-                f"{cpu:18.1f} {cpu / cpu_off:7.2f} {spans[mode] / executions:11.1f}"
+            f, off = figures[mode], figures["off"]
+            cpu, cpu_off = (
+                statistics.median(f[f"{name}/all-ms"]),
+                statistics.median(off[f"{name}/all-ms"]),
             )
+            own, own_off = (
+                statistics.median(f[f"{name}/own-ms"]),
+                statistics.median(off[f"{name}/own-ms"]),
+            )
+            wall, wall_off = statistics.median(f[name]), statistics.median(off[name])
+            print(
+                f"{mode:8} {name:8} {cpu:9.3f} {_spread(f[f'{name}/all-ms']):>12} "
+                f"{cpu / cpu_off:7.3f} {own:9.3f} {own / own_off:7.3f} {wall:8.1f} "
+                f"{wall / wall_off:7.3f} {statistics.median(f.get(f'{name}/spans', [0.0])):10.1f}"
+            )
+    check, lookup = _off_path()
+    per_transition = CHECKS_PER_TRANSITION * check + lookup
+    print(
+        f"\ntracing off, per transition: at most {CHECKS_PER_TRANSITION} x {check * 1e9:.0f} ns"
+        f" (tracer is None) + {lookup * 1e9:.0f} ns (request_traceparent) ="
+        f" {per_transition * 1e6:.3f} µs"
+    )
+    for name, _, _ in WORKLOADS:
+        own_off = statistics.median(figures["off"][f"{name}/own-ms"]) / 1000
+        print(
+            f"  {name}: {per_transition / own_off:.4%} of this process's CPU per transition"
+            f" with tracing off ({own_off * 1e3:.3f} ms)"
+        )
 
 
 def main() -> None:

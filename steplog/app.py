@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import sys
 import time
@@ -626,7 +627,30 @@ async def serve(settings: Settings, stop: asyncio.Event, *, own: bool = False) -
                     from steplog.devkey import ensure_admin_key
 
                     await ensure_admin_key(r.access, settings.data_dir, sys.stdout)
-                await run_roles(r, stop)
+                ready = asyncio.Event()
+                settle = asyncio.create_task(_freeze_when(ready))
+                try:
+                    await run_roles(r, stop, ready=ready)
+                finally:
+                    settle.cancel()
             finally:
                 await resources.__aexit__(None, None, None)
             return
+
+
+def freeze_heap() -> None:
+    """Collect cyclic garbage once, then move every object alive now (modules, pools,
+    the app, what start-up made) to the garbage collector's permanent generation, so
+    that each later full collection scans only what was made since: a process's full
+    collections then cost a fraction (about 100,000 objects fewer to scan). What tracing
+    allocates per span (kept in the span processor's queue until exported, so promoted
+    to the oldest generation) triggers extra full collections, which this makes cheap
+    (docs/observability.md, "What it costs"). Objects alive now are never collected if
+    they later form unreachable cycles: start-up objects live as long as the process."""
+    gc.collect()
+    gc.freeze()
+
+
+async def _freeze_when(ready: asyncio.Event) -> None:
+    await ready.wait()
+    freeze_heap()

@@ -120,14 +120,17 @@ def describe_decision(
     """Set a decision's attributes on ``span`` (its events, the states they name, why
     it changed nothing) and, when it ended the execution, add the terminal event's span
     as its child."""
-    span.set_attribute("steplog.decision.events", len(events))
-    span.set_attribute("steplog.execution.status", status)
+    described: dict[str, str | int | list[str]] = {
+        "steplog.decision.events": len(events),
+        "steplog.execution.status": status,
+    }
     if ignored:
-        span.set_attribute("steplog.decision.ignored", ignored)
+        described["steplog.decision.ignored"] = ignored
     if events:
         states = list(dict.fromkeys(e.name for e in events if isinstance(e, ev.StateEvent)))
         if states:
-            span.set_attribute("steplog.decision.states", states)
+            described["steplog.decision.states"] = states
+    span.set_attributes(described)
     for event in events:
         if isinstance(event, ev.TERMINAL):
             attributes: dict[str, str] = {"steplog.execution.status": status}
@@ -166,7 +169,8 @@ async def publish_spans(
             "steplog.relay.publish",
             context=parent_context(parent),
             kind=SpanKind.PRODUCER,
-            attributes={EXECUTION_ID: str(execution_id), "steplog.relay.events": len(own)},
+            # No execution id: the decision or attempt under it has one.
+            attributes={"steplog.relay.events": len(own)},
         )
     return spans
 
@@ -194,8 +198,8 @@ async def timer_spans(
                 "steplog.timer.fire",
                 context=parent_context(parent),
                 kind=SpanKind.PRODUCER,
+                # No execution id: the decision under it has one.
                 attributes={
-                    EXECUTION_ID: str(timer.execution_id),
                     "steplog.timer.id": timer.timer_id,
                     "steplog.timer.delay_s": max((now - timer.due_at).total_seconds(), 0.0),
                 },

@@ -1,8 +1,8 @@
 """One trace per execution (issue 11): a whole steplog (every role) with the SDK's
 in-memory exporter runs an execution with a task that fails once and is retried, and a
 Wait; every span it makes belongs to the trace of the request that started it, in one
-tree: request -> relay publish -> decision -> append / task attempt -> decision ...,
-timers firing, and the terminal event. Also: the start's response names the trace
+tree: request -> relay publish -> decision (its append an event of it) -> task attempt
+-> decision ..., timers firing, and the terminal event. Also: the start's response names the trace
 (traceparent), ExecutionStarted records it, logs carry trace and span ids, and the
 settings read the standard OTEL_* variables."""
 
@@ -163,6 +163,8 @@ async def test_one_execution_is_one_trace_across_every_role(
     assert started["type"] == "ExecutionStarted"
     assert started["details"]["traceContext"] == response_traceparent
 
+    with capsys.disabled():  # shown with -s, e.g. for docs/observability.md
+        print("\n" + _tree(spans, request))
     # One trace, one tree: every span's parent is a span of it (or the client's).
     assert {f"{s.context.trace_id:032x}" for s in spans} == {CLIENT_TRACE}
     for span in spans:
@@ -220,10 +222,24 @@ async def test_one_execution_is_one_trace_across_every_role(
     assert list(attr(decisions[3], "steplog.decision.states")) == ["Work", "Pause"]
     assert list(attr(decisions[4], "steplog.decision.states")) == ["Pause", "Done"]
     assert sum(attr(d, "steplog.decision.events") for d in decisions) == len(history["events"]) - 1
-    # Each decision that changed something appended once, inside it.
-    appends = named("steplog.append")
-    assert len(appends) == len(decisions)
-    assert {parent(a).context.span_id for a in appends} == {d.context.span_id for d in decisions}
+    # Each decision that changed something appended once, inside it: an event of its span
+    # (not a span of its own), at the expected seq, with the decision's events.
+    assert not named("steplog.append")
+    seq = 1
+    for decision in decisions:
+        (append,) = [e for e in decision.events if e.name == "steplog.append"]
+        assert append.attributes is not None
+        assert append.attributes["steplog.append.expected_seq"] == seq
+        assert append.attributes["steplog.append.events"] == attr(
+            decision, "steplog.decision.events"
+        )
+        duration = append.attributes["steplog.append.duration_ms"]
+        assert isinstance(duration, float) and duration >= 0
+        assert decision.start_time is not None and decision.end_time is not None
+        assert decision.start_time <= append.timestamp <= decision.end_time
+        seq += int(attr(decision, "steplog.decision.events"))
+    assert seq == len(history["events"])
+    assert not any(e.name == "steplog.append" for d in ignored for e in d.events)
     # The terminal event closes the trace, under the last decision.
     (end,) = named("steplog.execution.ExecutionSucceeded")
     assert parent(end) is decisions[-1]
@@ -238,6 +254,54 @@ async def test_one_execution_is_one_trace_across_every_role(
     ]
     assert access and access[0]["trace_id"] == CLIENT_TRACE
     assert access[0]["span_id"] == _hex_span(request)
+
+
+_SHOWN = (
+    "steplog.trigger",
+    "steplog.decision.states",
+    "steplog.decision.events",
+    "steplog.decision.ignored",
+    "steplog.task.attempt",
+    "steplog.task.ok",
+    "steplog.task.error",
+    "steplog.relay.events",
+    "steplog.timer.id",
+    "steplog.execution.status",
+)
+
+
+def _tree(spans: list[ReadableSpan], root: ReadableSpan) -> str:
+    """The spans under ``root`` as an indented tree, children by start time, with the
+    attributes that tell them apart and their events."""
+    children: dict[int, list[ReadableSpan]] = {}
+    for span in spans:
+        if span.parent is not None:
+            children.setdefault(span.parent.span_id, []).append(span)
+    lines: list[str] = []
+
+    def show(span: ReadableSpan, depth: int) -> None:
+        attributes = span.attributes or {}
+        shown = " ".join(
+            f"{k.rsplit('.', 1)[-1]}={list(v) if isinstance(v, tuple) else v}"
+            for k, v in attributes.items()
+            if k in _SHOWN
+        )
+        status = " ERROR" if span.status.status_code == StatusCode.ERROR else ""
+        lines.append(f"{'  ' * depth}{span.name}{status}  {shown}".rstrip())
+        for event in span.events:
+            details = " ".join(
+                f"{k.rsplit('.', 1)[-1]}={v!s}"
+                for k, v in (event.attributes or {}).items()
+                if "duration" not in k
+            )
+            lines.append(f"{'  ' * (depth + 1)}· {event.name}  {details}".rstrip())
+        for child in sorted(
+            children.get(span.context.span_id, []), key=lambda c: c.start_time or 0
+        ):
+            show(child, depth + 1)
+
+    show(root, 0)
+    return "\n".join(lines)
 
 
 async def _decisions_closed(exporter: InMemorySpanExporter) -> bool:
