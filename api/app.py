@@ -23,10 +23,11 @@ from opentelemetry.trace import Tracer
 
 from api import access as access_routes
 from api import executions, feed, health, openapi, stats, workflows
+from api import webhooks as webhook_routes
 from api.auth import auth_middleware
 from api.config import ApiConfig
 from api.hygiene import body_middleware, cors_middleware, on_response_prepare
-from api.keys import ACCESS, COMMANDS, CONFIG, METRICS, QUERIES
+from api.keys import ACCESS, COMMANDS, CONFIG, METRICS, QUERIES, WEBHOOKS
 from api.metrics import HttpMetrics
 from api.middleware import observe_middleware, request_id_middleware, trace_middleware
 from api.problems import error_middleware
@@ -34,6 +35,7 @@ from api.ratelimit import LIMITS, add_rate_limit_headers, ratelimit_middleware
 from engine.access import Access
 from engine.limits import Limits
 from engine.service import EngineService
+from engine.webhooks import Webhooks
 from projections.queries import Queries
 
 # Room for the JSON around an input of exactly max_payload_bytes ({"input": ..., "name": ...}).
@@ -48,11 +50,13 @@ def create_app(
     *,
     limits: Limits | None = None,
     tracer: Tracer | None = None,
+    webhooks: Webhooks | None = None,
 ) -> web.Application:
     """Build the API application; nothing in it closes what it was given. ``access``:
     keys, namespaces and the audit trail (the authentication step reads it).
     ``limits``: the rate limits (api/ratelimit.py); None serves without them.
-    ``tracer`` (None: tracing off) spans each request (api.middleware.trace_middleware)."""
+    ``tracer`` (None: tracing off) spans each request (api.middleware.trace_middleware).
+    ``webhooks``: the webhook subscriptions (None: /v1/webhooks answers 503)."""
     rate_limit = [ratelimit_middleware] if limits is not None else []
     tracing = [trace_middleware(tracer)] if tracer is not None else []
     app = web.Application(
@@ -76,12 +80,15 @@ def create_app(
     app[QUERIES] = queries
     app[CONFIG] = config
     app[ACCESS] = access
+    if webhooks is not None:
+        app[WEBHOOKS] = webhooks
     app[METRICS] = HttpMetrics()
     app.add_routes(workflows.routes)
     app.add_routes(executions.routes)
     app.add_routes(feed.routes)
     app.add_routes(stats.routes)
     app.add_routes(access_routes.routes)
+    app.add_routes(webhook_routes.routes)
     app.cleanup_ctx.append(feed.notifier_ctx)
     app.add_routes(health.routes)
     app.add_routes(openapi.routes)

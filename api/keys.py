@@ -9,6 +9,7 @@ from api.config import ApiConfig
 from api.metrics import HttpMetrics
 from engine.access import Access
 from engine.service import EngineService
+from engine.webhooks import Webhooks
 from projections.queries import Queries
 
 COMMANDS = web.AppKey("steplog_commands", EngineService)
@@ -16,3 +17,4 @@ QUERIES = web.AppKey("steplog_queries", Queries)
 CONFIG = web.AppKey("steplog_api_config", ApiConfig)
 METRICS = web.AppKey("steplog_http_metrics", HttpMetrics)
 ACCESS = web.AppKey("steplog_access", Access)
+WEBHOOKS = web.AppKey("steplog_webhooks", Webhooks)

@@ -58,6 +58,16 @@ from api.schemas import (
     WorkflowQuery,
     WorkflowStats,
 )
+from api.webhook_schemas import (
+    CreatedWebhook,
+    CreateWebhook,
+    DeliveriesQuery,
+    DeliveryList,
+    DeliveryOut,
+    UpdateWebhook,
+    WebhookList,
+    WebhookOut,
+)
 from engine.core.state import ExecutionState
 
 routes = web.RouteTableDef()
@@ -68,8 +78,8 @@ REF = "#/components/schemas/{name}"
 
 
 class Op(msgspec.Struct, frozen=True, kw_only=True):
-    """One operation. ``ok``: 2xx status -> response type (a Struct), or a media type
-    string for a non-JSON body. ``problems``: the error statuses it can answer."""
+    """One operation. ``ok``: 2xx status -> response type (a Struct), a media type
+    string for a non-JSON body, or None for no body (204). ``problems``: the error statuses it can answer."""
 
     method: str
     path: str
@@ -321,6 +331,85 @@ OPERATIONS: tuple[Op, ...] = (
         problems=(400, *_V1),
     ),
     Op(
+        method="post",
+        path="/v1/webhooks",
+        id="createWebhook",
+        summary="Subscribe a URL to the namespace's events: the signing secret is in this "
+        "response only",
+        tag="webhooks",
+        body=CreateWebhook,
+        ok={201: CreatedWebhook},
+        problems=(*_BODY, *_V1),
+        links={
+            201: {
+                "GetWebhook": {
+                    "operationId": "getWebhook",
+                    "parameters": {"webhook_id": "$response.body#/webhook/webhook_id"},
+                },
+                "ListDeliveries": {
+                    "operationId": "listDeliveries",
+                    "parameters": {"webhook_id": "$response.body#/webhook/webhook_id"},
+                },
+            }
+        },
+    ),
+    Op(
+        method="get",
+        path="/v1/webhooks",
+        id="listWebhooks",
+        summary="The namespace's webhook subscriptions (without secrets)",
+        tag="webhooks",
+        ok={200: WebhookList},
+        problems=_V1,
+    ),
+    Op(
+        method="get",
+        path="/v1/webhooks/{webhook_id}",
+        id="getWebhook",
+        summary="One webhook subscription",
+        tag="webhooks",
+        ok={200: WebhookOut},
+        problems=(404, *_V1),
+    ),
+    Op(
+        method="patch",
+        path="/v1/webhooks/{webhook_id}",
+        id="updateWebhook",
+        summary="Change a subscription; enabled false pauses it, true resumes it",
+        tag="webhooks",
+        body=UpdateWebhook,
+        ok={200: WebhookOut},
+        problems=(*_BODY, 404, *_V1),
+    ),
+    Op(
+        method="delete",
+        path="/v1/webhooks/{webhook_id}",
+        id="deleteWebhook",
+        summary="Delete a subscription and its deliveries",
+        tag="webhooks",
+        ok={204: None},
+        problems=(404, *_V1),
+    ),
+    Op(
+        method="get",
+        path="/v1/webhooks/{webhook_id}/deliveries",
+        id="listDeliveries",
+        summary="A subscription's deliveries, newest first, each with its attempts",
+        tag="webhooks",
+        query=DeliveriesQuery,
+        ok={200: DeliveryList},
+        problems=(400, 404, *_V1),
+    ),
+    Op(
+        method="post",
+        path="/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/replay",
+        id="replayDelivery",
+        summary="Send a delivery again now, with the same webhook-id and body",
+        tag="webhooks",
+        ok={200: DeliveryOut},
+        problems=(404, *_V1),
+    ),
+    Op(
         method="get",
         path="/health/live",
         id="live",
@@ -372,7 +461,7 @@ SECURITY_SCHEMES: dict[str, Any] = {
         "description": "An API key (steplog keys create, POST /v1/keys): "
         "Authorization: Bearer slk_<key id>_<secret>. Its role says what it may do: "
         "reader (GET routes), operator (also register, start, stop), admin (also keys, "
-        "namespaces, the audit trail).",
+        "namespaces, the audit trail, webhooks).",
     },
     "metricsToken": {
         "type": "http",
@@ -418,6 +507,20 @@ _PATH_PARAMS: dict[str, dict[str, Any]] = {
         "in": "path",
         "required": True,
         "description": "an API key's id (16 hex digits; anything else is answered 404)",
+        "schema": {"type": "string"},
+    },
+    "webhook_id": {
+        "name": "webhook_id",
+        "in": "path",
+        "required": True,
+        "description": "a webhook subscription's id (a malformed one is answered 404)",
+        "schema": {"type": "string", "format": "uuid"},
+    },
+    "delivery_id": {
+        "name": "delivery_id",
+        "in": "path",
+        "required": True,
+        "description": "a delivery's id (the webhook-id header it was sent with)",
         "schema": {"type": "string"},
     },
     "id": {
@@ -512,7 +615,9 @@ def _operation(op: Op, refs: dict[type, dict[str, Any]]) -> dict[str, Any]:
     )
     responses: dict[str, Any] = {}
     for status, value in op.ok.items():
-        responses[str(status)] = {"description": "success", "content": _ok_content(value, refs)}
+        responses[str(status)] = {"description": "success"}
+        if value is not None:  # None: no content (204)
+            responses[str(status)]["content"] = _ok_content(value, refs)
         if status in op.links:
             responses[str(status)]["links"] = op.links[status]
     problems = {*op.problems, 405, *_auth_statuses(op)}
@@ -562,7 +667,7 @@ def document() -> dict[str, Any]:
     for op in OPERATIONS:
         if op.body is not None:
             types.append(op.body)
-        types.extend(v for v in op.ok.values() if not isinstance(v, str))
+        types.extend(v for v in op.ok.values() if v is not None and not isinstance(v, str))
     types.append(Problem)
     unique = list(dict.fromkeys(types))
     schemas, components = msgspec.json.schema_components(unique, ref_template=REF)
@@ -592,6 +697,7 @@ def document() -> dict[str, Any]:
             {"name": "workflows"},
             {"name": "executions"},
             {"name": "access"},
+            {"name": "webhooks"},
             {"name": "operations"},
         ],
         "paths": paths,

@@ -2,7 +2,7 @@
 
 Roles: ``api`` (HTTP), ``engine`` (trigger consumer, timer service and the
 PostgreSQL -> Redis relay), ``worker`` (task handlers), ``projector`` (read
-models). Any subset runs in one process; processes share PostgreSQL and Redis.
+models), ``webhooks`` (webhook deliveries, engine/loops/webhooks.py). Any subset runs in one process; processes share PostgreSQL and Redis.
 Stopping is an event: each role finishes what it is doing (workers get a
 grace period for running handlers) and the resources close in reverse order.
 """
@@ -28,8 +28,11 @@ from opentelemetry.trace import Tracer
 from engine.access import Access
 from engine.adapters.bus import Bus, TokenBuckets
 from engine.adapters.limits_store import LimitsStore
+from engine.adapters.notifier import EventNotifier
+from engine.adapters.outbound import Outbound
 from engine.adapters.postgres import open_pool, translate_errors
 from engine.adapters.store import EventStore
+from engine.adapters.webhooks_store import WebhookStore
 from engine.errors import Unavailable
 from engine.limits import Limits
 from engine.loops.engine_loop import Engine
@@ -37,10 +40,12 @@ from engine.loops.metrics import ROLE_RESTARTS, ROLE_UP, StreamSampler
 from engine.loops.recovery import Recovery
 from engine.loops.relay import Relay
 from engine.loops.timers import TimerService
+from engine.loops.webhooks import WebhookSender
 from engine.loops.worker import HandlerRegistry, Worker, default_registry
 from engine.messages import ENGINE_GROUP, WORKER_GROUP
 from engine.service import EngineService
 from engine.stopping import sleep_or_stop
+from engine.webhooks import Webhooks
 from projections.queries import Queries
 from steplog.datadir import local_servers
 from steplog.migrate import migrate
@@ -67,6 +72,7 @@ class Resources:
     limits: Limits
     # Spans of every role (steplog/tracing.py); None: tracing off.
     tracer: Tracer | None = None
+    webhooks: Webhooks | None = None
 
 
 @contextlib.asynccontextmanager
@@ -147,8 +153,19 @@ async def _open_resources(
             )
             queries = Queries(store, pool, bus.ping)
             access = Access.over(pool)
+            webhooks = Webhooks.over(pool, settings.outbound_policy())
             yield Resources(
-                settings, pool, redis, store, bus, service, queries, access, limits, tracer
+                settings,
+                pool,
+                redis,
+                store,
+                bus,
+                service,
+                queries,
+                access,
+                limits,
+                tracer,
+                webhooks,
             )
         finally:
             await redis.aclose()
@@ -346,6 +363,8 @@ async def run_roles(
     if "projector" in roles:
         for p in projectors(r.pool, r.store, r.bus):
             supervise(f"projector:{p.projection.name}", p.run)
+    if "webhooks" in roles:
+        supervise("webhooks", _webhook_sender(r).run)
     runners: list[web.AppRunner] = []
     if "api" in roles:
         from api.app import create_app
@@ -362,7 +381,15 @@ async def run_roles(
             auth=settings.auth,
             metrics_token=settings.metrics_token,
         )
-        app = create_app(r.service, r.queries, config, r.access, limits=r.limits, tracer=r.tracer)
+        app = create_app(
+            r.service,
+            r.queries,
+            config,
+            r.access,
+            limits=r.limits,
+            tracer=r.tracer,
+            webhooks=r.webhooks,
+        )
         app[ROLE_HEALTH] = health
         runner = HardenedAppRunner(app, server_limits(settings))
         runners.append(runner)
@@ -401,6 +428,15 @@ async def run_roles(
             await each.cleanup()
         if monitor is not None:
             await asyncio.to_thread(monitor.close)
+
+
+def _webhook_sender(r: Resources) -> WebhookSender:
+    return WebhookSender(
+        WebhookStore(r.pool),
+        Outbound(r.settings.outbound_policy()),
+        notifier=EventNotifier(r.pool),
+        policy=r.settings.delivery_policy(),
+    )
 
 
 async def _metrics_listener(host: str, port: int, token: str | None) -> web.AppRunner:
