@@ -776,6 +776,8 @@ def _page() -> str:
                 out.append(f"<p>Body: <code>{e(_schema_text(schema))}</code></p>")
             statuses = ", ".join(
                 f"{s} {_schema_text(next(iter(r['content'].values()))['schema'])}"
+                if "content" in r
+                else f"{s} (no content)"
                 for s, r in op["responses"].items()
             )
             out.append(f"<p>Responses: {e(statuses)}</p>")

@@ -10,7 +10,9 @@ from msgspec import Meta
 
 from api.schemas import Limit, WorkflowName
 
-WebhookUrl = Annotated[str, Meta(min_length=1, max_length=2048, pattern=r"^https?://[^\s]+$")]
+WebhookUrl = Annotated[
+    str, Meta(min_length=1, max_length=2048, pattern=r"^https?://[^\s\x00-\x1f]+$")
+]
 # whsec_ + base64 of 24-64 bytes (the facade checks the length it decodes to).
 WebhookSecret = Annotated[str, Meta(pattern=r"^whsec_[A-Za-z0-9+/]{32,88}={0,2}$")]
 Description = Annotated[str, Meta(max_length=500, pattern=r"^[^\x00]*$")]

@@ -11,9 +11,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-import msgspec
 import pytest
-from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
 from engine.adapters.outbound import Outbound, OutboundPolicy, parse_allow
@@ -23,6 +21,7 @@ from engine.loops.webhooks import WebhookSender
 from engine.service import EngineService
 from engine.webhooks import DeliveryPolicy, Webhooks, delivery_id, sign
 from tests.api.helpers import PASS_DEFINITION
+from tests.webhook_receiver import Receiver, serving_receiver
 
 NS = "default"
 LOCAL = OutboundPolicy(
@@ -31,53 +30,10 @@ LOCAL = OutboundPolicy(
 FAST = DeliveryPolicy(retry_base_s=0.05, retry_max_s=0.2, poll_s=0.05)
 
 
-class Received(msgspec.Struct):
-    webhook_id: str
-    body: dict[str, Any]
-
-
-class Receiver:
-    """An aiohttp endpoint that verifies every request with standardwebhooks and
-    answers with ``plan(webhook_id, count)`` (the status; 200 by default)."""
-
-    def __init__(self) -> None:
-        self.secret = ""
-        self.received: list[Received] = []
-        self.bad: list[str] = []
-        self.calls: dict[str, int] = {}
-        self.plan: Callable[[str, int], int] = lambda _id, _n: 200
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        raw = await request.read()
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        try:
-            body = Webhook(self.secret).verify(raw, headers)
-        except Exception as exc:  # any verification failure is a test failure
-            self.bad.append(repr(exc))
-            return web.Response(status=400)
-        webhook_id = headers["webhook-id"]
-        count = self.calls[webhook_id] = self.calls.get(webhook_id, 0) + 1
-        status = self.plan(webhook_id, count)
-        if status == 200:
-            self.received.append(Received(webhook_id, body))
-        return web.Response(status=status, text=f"answer {count}")
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", r.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    r.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    try:
+    async with serving_receiver() as r:
         yield r
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
