@@ -3,6 +3,7 @@ the independent `standardwebhooks` package (`serving_receiver`)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -28,9 +29,12 @@ class Receiver:
         self.calls: dict[str, int] = {}
         self.plan: Callable[[str, int], int] = lambda _id, _n: 200
         self.url = ""
+        self.delay_s = 0.0  # how long each answer takes
 
     async def handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         headers = {k.lower(): v for k, v in request.headers.items()}
         try:
             body = Webhook(self.secret).verify(raw, headers)
