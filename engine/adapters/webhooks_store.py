@@ -10,6 +10,11 @@ Contracts
 - `claim` hands out due, pending deliveries that are the head of their execution's queue
   for that subscription (no pending delivery of a lower seq), and leases them; a lease
   that runs out (a sender died) makes the delivery claimable again.
+- The role's own writes (`queue`, `claim`, `record`) commit without waiting for the WAL
+  flush (synchronous_commit off): a PostgreSQL crash may forget the last moment of them,
+  which only makes those deliveries be sent again (at least once, same webhook-id);
+  nothing is ever skipped, since the checkpoint and the deliveries it queued go together.
+  The subscriptions themselves (API, CLI) are written durably.
 - `record` writes the attempt, and changes the delivery only when no one claimed it
   since (its attempt count is still the one claimed), in one transaction with the
   subscription's failure bookkeeping (failing_since, pausing after too long).
@@ -28,6 +33,7 @@ import msgspec
 
 from engine.adapters.postgres import translate_errors
 
+ASYNC_COMMIT = "SET LOCAL synchronous_commit TO off"
 _SUB_COLUMNS = """webhook_id, namespace, url, secret, description, event_types, statuses,
        workflows, enabled, paused_reason, failing_since, tx_id::text AS tx_id, position,
        created_at, updated_at"""
@@ -91,7 +97,7 @@ FROM unnest($2::text[], $3::uuid[], $4::int[], $5::text[], $6::text[])
     AS u(delivery_id, execution_id, seq, event_type, payload)
 ON CONFLICT DO NOTHING"""
 
-CLAIM = """
+_CLAIM = """
 WITH due AS (
     SELECT d.webhook_id, d.delivery_id
     FROM webhook_deliveries d JOIN webhook_subscriptions s ON s.webhook_id = d.webhook_id
@@ -101,6 +107,7 @@ WITH due AS (
           SELECT 1 FROM webhook_deliveries p
           WHERE p.webhook_id = d.webhook_id AND p.execution_id = d.execution_id
             AND p.state = 'pending' AND p.seq < d.seq)
+      {only}
     ORDER BY d.next_attempt_at, d.created_at
     LIMIT $1
     FOR UPDATE OF d SKIP LOCKED
@@ -112,6 +119,9 @@ WHERE d.webhook_id = due.webhook_id AND d.delivery_id = due.delivery_id
   AND s.webhook_id = d.webhook_id
 RETURNING d.webhook_id, d.delivery_id, d.execution_id, d.seq, d.payload, d.attempts,
           coalesce(d.first_attempt_at, d.created_at) AS first_attempt_at, s.url, s.secret"""
+CLAIM = _CLAIM.format(only="")
+# The next delivery of one execution for one subscription (after one was delivered).
+CLAIM_NEXT = _CLAIM.format(only="AND d.webhook_id = $3 AND d.execution_id = $4")
 INSERT_ATTEMPT = """
 INSERT INTO webhook_attempts
     (webhook_id, delivery_id, attempt, at, status_code, latency_ms, error, response_excerpt)
@@ -291,8 +301,10 @@ class WebhookStore:
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction of the webhooks role (committed without waiting for the flush)."""
         with translate_errors():
             async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(ASYNC_COMMIT)
                 yield conn
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
@@ -433,8 +445,15 @@ class WebhookStore:
 
     # -- sending ---------------------------------------------------------------------
 
-    async def claim(self, limit: int, lease_s: float) -> list[Claimed]:
-        rows = await self._fetch(CLAIM, limit, lease_s)
+    async def claim(
+        self, limit: int, lease_s: float, *, of: tuple[UUID, UUID] | None = None
+    ) -> list[Claimed]:
+        """Lease up to ``limit`` due deliveries; ``of``: only (webhook_id, execution_id)'s."""
+        async with self._transaction() as conn:
+            if of is None:
+                rows = await conn.fetch(CLAIM, limit, lease_s)
+            else:
+                rows = await conn.fetch(CLAIM_NEXT, limit, lease_s, *of)
         return [
             Claimed(
                 webhook_id=r["webhook_id"],

@@ -80,6 +80,7 @@ class WebhookSender:
         self.rng = rng or random.Random()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._progress = asyncio.Event()
+        self._stopping = False
         self.queued = 0  # observability, tests
         self.sent = 0
 
@@ -89,6 +90,7 @@ class WebhookSender:
             async with self._listening():
                 await self._loop(stop)
         finally:
+            self._stopping = True
             if self._in_flight:
                 # A stop lets running sends finish (each within the outbound timeout).
                 await asyncio.wait(self._in_flight)
@@ -184,15 +186,29 @@ class WebhookSender:
         self._progress.set()
         log_failure(task, "webhook delivery")
 
-    async def _deliver(self, c: Claimed) -> None:
-        outcome = await self.attempt(c)
-        try:
-            await shielded(
-                self.store.record(c, outcome, self.policy.pause_after_s), "webhook record"
-            )
-        except Unavailable as exc:
-            # The lease runs out and the delivery is sent again: at least once.
-            log.warning("webhooks: could not record %s: %r", c.delivery_id, exc)
+    async def _deliver(self, c: Claimed | None) -> None:
+        """Send ``c``; once delivered, go on with its execution's next delivery for the
+        same subscription, if one is due (no wait for the main loop: per-execution order
+        makes each delivery wait for the one before)."""
+        while c is not None:
+            outcome = await self.attempt(c)
+            try:
+                await shielded(
+                    self.store.record(c, outcome, self.policy.pause_after_s), "webhook record"
+                )
+            except Unavailable as exc:
+                # The lease runs out and the delivery is sent again: at least once.
+                log.warning("webhooks: could not record %s: %r", c.delivery_id, exc)
+                return
+            if outcome.state == "pending" or self._stopping:
+                return
+            try:
+                following = await self.store.claim(
+                    1, self.lease_s, of=(c.webhook_id, c.execution_id)
+                )
+            except Unavailable:
+                return
+            c = following[0] if following else None
 
     async def attempt(self, c: Claimed) -> Outcome:
         """POST one claimed delivery; what became of it (nothing recorded yet)."""
