@@ -470,6 +470,14 @@ class WebhookStore:
         ]
 
     async def record(self, claimed: Claimed, outcome: Outcome, pause_after_s: float) -> None:
+        """Write the attempt and what became of the delivery; nothing when the subscription
+        was deleted meanwhile (its deliveries went with it)."""
+        try:
+            await self._record(claimed, outcome, pause_after_s)
+        except asyncpg.ForeignKeyViolationError:
+            return
+
+    async def _record(self, claimed: Claimed, outcome: Outcome, pause_after_s: float) -> None:
         async with self._transaction() as conn:
             await conn.execute(
                 INSERT_ATTEMPT,

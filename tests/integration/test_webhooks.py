@@ -19,7 +19,7 @@ from engine.adapters.store import EventStore
 from engine.errors import InvalidRequest
 from engine.loops.webhooks import WebhookSender
 from engine.service import EngineService
-from engine.webhooks import DeliveryPolicy, Webhooks, delivery_id, sign
+from engine.webhooks import DeliveryPolicy, WebhookNotFound, Webhooks, delivery_id, sign
 from tests.api.helpers import PASS_DEFINITION
 from tests.webhook_receiver import Receiver, serving_receiver
 
@@ -299,3 +299,28 @@ async def test_secrets_given_generated_and_refused(webhooks: Webhooks) -> None:
             await webhooks.create(NS, url="http://127.0.0.1:9/x", secret=bad)
     with pytest.raises(InvalidRequest, match="unknown event types"):
         await webhooks.create(NS, url="http://127.0.0.1:9/x", event_types=["NoSuchEvent"])
+
+
+async def test_deleting_a_subscription_while_it_delivers_leaves_the_role_running(
+    service: EngineService, webhooks: Webhooks, receiver: Receiver, run_sender: Any, eventually: Any
+) -> None:
+    await service.register(NS, "wf", PASS_DEFINITION)
+    doomed = await webhooks.create(NS, url=receiver.url)
+    kept = await webhooks.create(NS, url=receiver.url, secret=doomed.secret)
+    receiver.secret = doomed.secret
+    receiver.delay_s = 0.2  # the delete lands while requests are in flight
+    sender = await run_sender()
+    first = await _start(service)
+    await eventually(lambda: _sent_some(sender), timeout_s=10)
+    await webhooks.delete(NS, doomed.webhook_id)
+    receiver.delay_s = 0.0
+    second = await _start(service)
+    await eventually(lambda: _all_delivered(webhooks, kept.webhook_id), timeout_s=10)
+    rows = await webhooks.deliveries(NS, kept.webhook_id)
+    assert {d.execution_id for d in rows} == {first, second}
+    with pytest.raises(WebhookNotFound):
+        await webhooks.deliveries(NS, doomed.webhook_id)
+
+
+async def _sent_some(sender: WebhookSender) -> bool:
+    return sender.sent > 0 or bool(sender._in_flight)
