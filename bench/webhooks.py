@@ -205,6 +205,8 @@ async def _round(
                     idle = [t - parse_iso(ts).timestamp() for t, _, ts in receiver.receipts]
                     out["idle_p50_ms"] = _pct(idle, 0.50) * 1000
                     out["idle_p99_ms"] = _pct(idle, 0.99) * 1000
+                    # The next round's receiver is another: this one's subscription goes.
+                    await r.webhooks.delete(settings.namespace, sub.webhook_id)
             finally:
                 stop.set()
                 await asyncio.wait_for(task, 60)

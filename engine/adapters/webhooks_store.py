@@ -98,7 +98,8 @@ FROM unnest($2::text[], $3::uuid[], $4::int[], $5::text[], $6::text[])
 ON CONFLICT DO NOTHING"""
 
 _CLAIM = """
-WITH due AS (
+WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS off),
+due AS (
     SELECT d.webhook_id, d.delivery_id
     FROM webhook_deliveries d JOIN webhook_subscriptions s ON s.webhook_id = d.webhook_id
     WHERE d.state = 'pending' AND d.next_attempt_at <= now() AND s.enabled
@@ -114,7 +115,7 @@ WITH due AS (
 )
 UPDATE webhook_deliveries d
 SET leased_until = now() + make_interval(secs => $2), attempts = d.attempts + 1
-FROM due, webhook_subscriptions s
+FROM due, webhook_subscriptions s, async_commit
 WHERE d.webhook_id = due.webhook_id AND d.delivery_id = due.delivery_id
   AND s.webhook_id = d.webhook_id
 RETURNING d.webhook_id, d.delivery_id, d.execution_id, d.seq, d.payload, d.attempts,
@@ -122,32 +123,44 @@ RETURNING d.webhook_id, d.delivery_id, d.execution_id, d.seq, d.payload, d.attem
 CLAIM = _CLAIM.format(only="")
 # The next delivery of one execution for one subscription (after one was delivered).
 CLAIM_NEXT = _CLAIM.format(only="AND d.webhook_id = $3 AND d.execution_id = $4")
-INSERT_ATTEMPT = """
-INSERT INTO webhook_attempts
-    (webhook_id, delivery_id, attempt, at, status_code, latency_ms, error, response_excerpt)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-ON CONFLICT DO NOTHING"""
-# $4: 'delivered', 'pending' (again at $5) or 'dead'.
-FINISH_ATTEMPT = """
-UPDATE webhook_deliveries
-SET state = $4, next_attempt_at = coalesce($5, next_attempt_at), leased_until = NULL,
-    finished_at = CASE WHEN $4 = 'pending' THEN NULL ELSE now() END
-WHERE webhook_id = $1 AND delivery_id = $2 AND attempts = $3 AND state = 'pending'"""
-SUBSCRIPTION_SUCCEEDED = """
-UPDATE webhook_subscriptions SET failing_since = NULL
-WHERE webhook_id = $1 AND failing_since IS NOT NULL"""
-# A failure: remember since when it fails; pause it once that is longer than $3 seconds.
-SUBSCRIPTION_FAILED = """
-UPDATE webhook_subscriptions SET
-    failing_since = coalesce(failing_since, $2),
-    enabled = enabled AND coalesce(failing_since, $2) > $2 - make_interval(secs => $3),
-    paused_reason = CASE
-        WHEN enabled AND coalesce(failing_since, $2) <= $2 - make_interval(secs => $3)
-        THEN 'failing since ' || to_char(coalesce(failing_since, $2) AT TIME ZONE 'UTC',
-                                         'YYYY-MM-DD"T"HH24:MI:SS"Z"') || ': ' || $4
-        ELSE paused_reason END,
-    updated_at = now()
-WHERE webhook_id = $1"""
+# One statement (one round trip, its own transaction): the attempt, what became of the
+# delivery ($9: 'delivered', 'pending' again at $10, or 'dead') unless someone claimed it
+# since, and the subscription's failure bookkeeping: a success clears failing_since (the
+# row is touched only when it was set), a failure sets it and pauses the subscription
+# once it is older than $11 seconds.
+RECORD = """
+WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS off),
+attempt AS (
+    INSERT INTO webhook_attempts
+        (webhook_id, delivery_id, attempt, at, status_code, latency_ms, error, response_excerpt)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM async_commit
+    WHERE EXISTS (SELECT 1 FROM webhook_deliveries WHERE webhook_id = $1 AND delivery_id = $2)
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), finished AS (
+    UPDATE webhook_deliveries
+    SET state = $9, next_attempt_at = coalesce($10, next_attempt_at), leased_until = NULL,
+        finished_at = CASE WHEN $9 = 'pending' THEN NULL ELSE now() END
+    WHERE webhook_id = $1 AND delivery_id = $2 AND attempts = $3 AND state = 'pending'
+    RETURNING 1
+), succeeded AS (
+    UPDATE webhook_subscriptions SET failing_since = NULL
+    WHERE webhook_id = $1 AND $9 = 'delivered' AND failing_since IS NOT NULL
+    RETURNING 1
+), failed AS (
+    UPDATE webhook_subscriptions SET
+        failing_since = coalesce(failing_since, $4),
+        enabled = enabled AND coalesce(failing_since, $4) > $4 - make_interval(secs => $11),
+        paused_reason = CASE
+            WHEN enabled AND coalesce(failing_since, $4) <= $4 - make_interval(secs => $11)
+            THEN 'failing since ' || to_char(coalesce(failing_since, $4) AT TIME ZONE 'UTC',
+                                             'YYYY-MM-DD"T"HH24:MI:SS"Z"') || ': ' || $12
+            ELSE paused_reason END,
+        updated_at = now()
+    WHERE webhook_id = $1 AND $9 <> 'delivered'
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM attempt) AS attempts, (SELECT count(*) FROM finished) AS finished"""
 
 _DELIVERY_COLUMNS = """d.webhook_id, d.delivery_id, d.execution_id, d.seq, d.event_type,
        d.state, d.attempts, d.next_attempt_at, d.created_at, d.finished_at"""
@@ -449,11 +462,10 @@ class WebhookStore:
         self, limit: int, lease_s: float, *, of: tuple[UUID, UUID] | None = None
     ) -> list[Claimed]:
         """Lease up to ``limit`` due deliveries; ``of``: only (webhook_id, execution_id)'s."""
-        async with self._transaction() as conn:
-            if of is None:
-                rows = await conn.fetch(CLAIM, limit, lease_s)
-            else:
-                rows = await conn.fetch(CLAIM_NEXT, limit, lease_s, *of)
+        if of is None:
+            rows = await self._fetch(CLAIM, limit, lease_s)
+        else:
+            rows = await self._fetch(CLAIM_NEXT, limit, lease_s, *of)
         return [
             Claimed(
                 webhook_id=r["webhook_id"],
@@ -478,36 +490,21 @@ class WebhookStore:
             return
 
     async def _record(self, claimed: Claimed, outcome: Outcome, pause_after_s: float) -> None:
-        async with self._transaction() as conn:
-            await conn.execute(
-                INSERT_ATTEMPT,
-                claimed.webhook_id,
-                claimed.delivery_id,
-                claimed.attempt,
-                outcome.at,
-                outcome.status_code,
-                outcome.latency_ms,
-                outcome.error,
-                outcome.response_excerpt,
-            )
-            await conn.execute(
-                FINISH_ATTEMPT,
-                claimed.webhook_id,
-                claimed.delivery_id,
-                claimed.attempt,
-                outcome.state,
-                outcome.next_attempt_at,
-            )
-            if outcome.state == "delivered":
-                await conn.execute(SUBSCRIPTION_SUCCEEDED, claimed.webhook_id)
-            else:
-                await conn.execute(
-                    SUBSCRIPTION_FAILED,
-                    claimed.webhook_id,
-                    outcome.at,
-                    pause_after_s,
-                    outcome.error or f"HTTP {outcome.status_code}",
-                )
+        await self._fetchrow(
+            RECORD,
+            claimed.webhook_id,
+            claimed.delivery_id,
+            claimed.attempt,
+            outcome.at,
+            outcome.status_code,
+            outcome.latency_ms,
+            outcome.error,
+            outcome.response_excerpt,
+            outcome.state,
+            outcome.next_attempt_at,
+            pause_after_s,
+            outcome.error or f"HTTP {outcome.status_code}",
+        )
 
     # -- deliveries as listed ---------------------------------------------------------
 

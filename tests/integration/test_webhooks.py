@@ -250,7 +250,7 @@ async def test_dead_letter_after_the_horizon_then_pause_then_replay_by_hand(
     resumed = await webhooks.update(NS, sub.webhook_id, enabled=True)
     assert resumed.enabled and resumed.paused_reason is None and resumed.failing_since is None
     await eventually(lambda: _count(receiver, 2), timeout_s=10)
-    assert receiver.received[0].webhook_id == first_id
+    assert first_id in {r.webhook_id for r in receiver.received}
     assert {r.body["data"]["execution_id"] for r in receiver.received} == {str(first), str(second)}
     assert receiver.calls[first_id] > calls[first_id]
 
