@@ -324,3 +324,22 @@ async def test_deleting_a_subscription_while_it_delivers_leaves_the_role_running
 
 async def _sent_some(sender: WebhookSender) -> bool:
     return sender.sent > 0 or bool(sender._in_flight)
+
+
+async def test_two_senders_share_the_work_and_send_each_delivery_once(
+    service: EngineService, webhooks: Webhooks, receiver: Receiver, run_sender: Any, eventually: Any
+) -> None:
+    await service.register(NS, "wf", PASS_DEFINITION)
+    sub = await webhooks.create(NS, url=receiver.url)
+    receiver.secret = sub.secret
+    receiver.delay_s = 0.01
+    senders = [await run_sender(), await run_sender()]
+    ids = [await _start(service) for _ in range(15)]
+    for execution_id in ids:
+        await _abort(service, execution_id)
+    await eventually(lambda: _count(receiver, 30), timeout_s=20)
+    await eventually(lambda: _all_delivered(webhooks, sub.webhook_id), timeout_s=5)
+    keys = [(r.body["data"]["execution_id"], r.body["data"]["seq"]) for r in receiver.received]
+    assert sorted(keys) == sorted((str(i), seq) for i in ids for seq in (1, 2))  # once each
+    assert sum(s.sent for s in senders) == 30
+    assert sum(s.queued for s in senders) == 30  # each event queued by one of them only
