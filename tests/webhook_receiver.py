@@ -30,6 +30,7 @@ class Receiver:
         self.plan: Callable[[str, int], int] = lambda _id, _n: 200
         self.url = ""
         self.delay_s = 0.0  # how long each answer takes
+        self.reply: bytes | None = None  # the body of each answer (default: "answer N")
 
     async def handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
@@ -46,6 +47,8 @@ class Receiver:
         status = self.plan(webhook_id, count)
         if status == 200:
             self.received.append(Received(webhook_id, body))
+        if self.reply is not None:
+            return web.Response(status=status, body=self.reply)
         return web.Response(status=status, text=f"answer {count}")
 
 

@@ -231,11 +231,14 @@ class WebhookSender:
             )
             status = response.status
             cap = self.policy.excerpt_bytes
-            excerpt = response.body[:cap].decode("utf-8", errors="replace")
+            # PostgreSQL text holds no NUL: a receiver's binary answer is shown without.
+            excerpt = (
+                response.body[:cap].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+            )
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
         except OutboundError as exc:
-            error = f"{exc.code}: {exc.message}"
+            error = f"{exc.code}: {exc.message}".replace("\x00", "\ufffd")
         latency = time.perf_counter() - started
         ATTEMPT_SECONDS.observe(latency)
         self.sent += 1

@@ -343,3 +343,18 @@ async def test_two_senders_share_the_work_and_send_each_delivery_once(
     assert sorted(keys) == sorted((str(i), seq) for i in ids for seq in (1, 2))  # once each
     assert sum(s.sent for s in senders) == 30
     assert sum(s.queued for s in senders) == 30  # each event queued by one of them only
+
+
+async def test_a_binary_answer_is_recorded_as_an_excerpt(
+    service: EngineService, webhooks: Webhooks, receiver: Receiver, run_sender: Any, eventually: Any
+) -> None:
+    await service.register(NS, "wf", PASS_DEFINITION)
+    sub = await webhooks.create(NS, url=receiver.url)
+    receiver.secret = sub.secret
+    receiver.reply = b"\x00\xff ok" + b"z" * 5000
+    await run_sender()
+    await _start(service)
+    await eventually(lambda: _all_delivered(webhooks, sub.webhook_id), timeout_s=10)
+    (row,) = await webhooks.deliveries(NS, sub.webhook_id)
+    excerpt = row.history[0].response_excerpt
+    assert excerpt.startswith("\ufffd\ufffd ok") and len(excerpt.encode()) <= 1024 + 4
