@@ -306,6 +306,37 @@ def _delivery(row: asyncpg.Record, history: tuple[AttemptRecord, ...] = ()) -> D
     )
 
 
+def _claimed(r: asyncpg.Record) -> Claimed:
+    return Claimed(
+        webhook_id=r["webhook_id"],
+        delivery_id=r["delivery_id"],
+        execution_id=r["execution_id"],
+        seq=r["seq"],
+        payload=r["payload"],
+        attempt=r["attempts"],
+        first_attempt_at=r["first_attempt_at"],
+        url=r["url"],
+        secret=r["secret"],
+    )
+
+
+def _record_args(claimed: Claimed, outcome: Outcome, pause_after_s: float) -> tuple[Any, ...]:
+    return (
+        claimed.webhook_id,
+        claimed.delivery_id,
+        claimed.attempt,
+        outcome.at,
+        outcome.status_code,
+        outcome.latency_ms,
+        outcome.error,
+        outcome.response_excerpt,
+        outcome.state,
+        outcome.next_attempt_at,
+        pause_after_s,
+        outcome.error or f"HTTP {outcome.status_code}",
+    )
+
+
 class WebhookStore:
     """Webhook rows over a pool it does not own."""
 
@@ -466,45 +497,32 @@ class WebhookStore:
             rows = await self._fetch(CLAIM, limit, lease_s)
         else:
             rows = await self._fetch(CLAIM_NEXT, limit, lease_s, *of)
-        return [
-            Claimed(
-                webhook_id=r["webhook_id"],
-                delivery_id=r["delivery_id"],
-                execution_id=r["execution_id"],
-                seq=r["seq"],
-                payload=r["payload"],
-                attempt=r["attempts"],
-                first_attempt_at=r["first_attempt_at"],
-                url=r["url"],
-                secret=r["secret"],
-            )
-            for r in rows
-        ]
+        return [_claimed(r) for r in rows]
 
-    async def record(self, claimed: Claimed, outcome: Outcome, pause_after_s: float) -> None:
+    async def record(
+        self,
+        claimed: Claimed,
+        outcome: Outcome,
+        pause_after_s: float,
+        *,
+        next_lease_s: float | None = None,
+    ) -> Claimed | None:
         """Write the attempt and what became of the delivery; nothing when the subscription
-        was deleted meanwhile (its deliveries went with it)."""
-        try:
-            await self._record(claimed, outcome, pause_after_s)
-        except asyncpg.ForeignKeyViolationError:
-            return
-
-    async def _record(self, claimed: Claimed, outcome: Outcome, pause_after_s: float) -> None:
-        await self._fetchrow(
-            RECORD,
-            claimed.webhook_id,
-            claimed.delivery_id,
-            claimed.attempt,
-            outcome.at,
-            outcome.status_code,
-            outcome.latency_ms,
-            outcome.error,
-            outcome.response_excerpt,
-            outcome.state,
-            outcome.next_attempt_at,
-            pause_after_s,
-            outcome.error or f"HTTP {outcome.status_code}",
-        )
+        was deleted meanwhile (its deliveries went with it). With ``next_lease_s``, after a
+        delivery, also claim the next due delivery of the same execution for the same
+        subscription (on the same pooled connection: one reset instead of two)."""
+        with translate_errors():
+            async with self._pool.acquire() as conn:
+                try:
+                    await conn.fetchrow(RECORD, *_record_args(claimed, outcome, pause_after_s))
+                except asyncpg.ForeignKeyViolationError:
+                    return None
+                if next_lease_s is None or outcome.state != "delivered":
+                    return None
+                rows = await conn.fetch(
+                    CLAIM_NEXT, 1, next_lease_s, claimed.webhook_id, claimed.execution_id
+                )
+                return _claimed(rows[0]) if rows else None
 
     # -- deliveries as listed ---------------------------------------------------------
 

@@ -192,23 +192,17 @@ class WebhookSender:
         makes each delivery wait for the one before)."""
         while c is not None:
             outcome = await self.attempt(c)
+            lease = None if self._stopping else self.lease_s
+            sent = c
             try:
-                await shielded(
-                    self.store.record(c, outcome, self.policy.pause_after_s), "webhook record"
+                c = await shielded(
+                    self.store.record(sent, outcome, self.policy.pause_after_s, next_lease_s=lease),
+                    "webhook record",
                 )
             except Unavailable as exc:
                 # The lease runs out and the delivery is sent again: at least once.
-                log.warning("webhooks: could not record %s: %r", c.delivery_id, exc)
+                log.warning("webhooks: could not record %s: %r", sent.delivery_id, exc)
                 return
-            if outcome.state == "pending" or self._stopping:
-                return
-            try:
-                following = await self.store.claim(
-                    1, self.lease_s, of=(c.webhook_id, c.execution_id)
-                )
-            except Unavailable:
-                return
-            c = following[0] if following else None
 
     async def attempt(self, c: Claimed) -> Outcome:
         """POST one claimed delivery; what became of it (nothing recorded yet)."""
