@@ -100,19 +100,22 @@ async def _ceiling(url: str, count: int, conc: int, size: int) -> float:
         return count / (time.perf_counter() - began)
 
 
-async def _workload(http: aiohttp.ClientSession, api: str, name: str, n: int, conc: int) -> None:
-    async with http.put(f"{api}/v1/workflows/{name}", json={"definition": PASS_10}) as resp:
-        assert resp.status in (200, 201), await resp.text()
-    sem = asyncio.Semaphore(conc)
+async def _workload(api: str, name: str, n: int, conc: int) -> None:
+    # A session of its own: the API closes connections idle for its keep-alive timeout
+    # while a phase waits for deliveries, and a reused closed one would be reset.
+    async with aiohttp.ClientSession() as http:
+        async with http.put(f"{api}/v1/workflows/{name}", json={"definition": PASS_10}) as resp:
+            assert resp.status in (200, 201), await resp.text()
+        sem = asyncio.Semaphore(conc)
 
-    async def start(i: int) -> None:
-        async with sem:
-            async with http.post(
-                f"{api}/v1/workflows/{name}/executions", json={"input": {"i": i}}
-            ) as resp:
-                assert resp.status == 201, await resp.text()
+        async def start(i: int) -> None:
+            async with sem:
+                async with http.post(
+                    f"{api}/v1/workflows/{name}/executions", json={"input": {"i": i}}
+                ) as resp:
+                    assert resp.status == 201, await resp.text()
 
-    await asyncio.gather(*(start(i) for i in range(n)))
+        await asyncio.gather(*(start(i) for i in range(n)))
 
 
 async def _received(receiver: Receiver, count: int, timeout_s: float = 600) -> None:
@@ -163,35 +166,35 @@ async def _round(
                 out["ceiling"] = await _ceiling(hook_url, count, conc, 700)
                 receiver.receipts.clear()
                 sub = await r.webhooks.create(settings.namespace, url=hook_url)
+                began = time.time()
+                await _workload(api, f"live{index}", n, conc)
+                await _received(receiver, count)
+                last = max(t for t, _, _ in receiver.receipts)
+                out["live"] = count / (last - began)
+                latencies = [t - parse_iso(ts).timestamp() for t, _, ts in receiver.receipts]
+                out["p50_ms"] = _pct(latencies, 0.50) * 1000
+                out["p99_ms"] = _pct(latencies, 0.99) * 1000
+                out["duplicates"] = len(receiver.receipts) - len(
+                    {i for _, i, _ in receiver.receipts}
+                )
+                await r.webhooks.update(settings.namespace, sub.webhook_id, enabled=False)
+                receiver.receipts.clear()
+                name = f"backlog{index}"
+                await _workload(api, name, n, conc)
+                terminal = list(TERMINAL_EVENT_TYPES)
+                while True:
+                    if await r.pool.fetchval(ENDED, name, terminal) >= n:
+                        break
+                    await asyncio.sleep(0.05)
+                resumed, cpu = time.time(), time.process_time()
+                await r.webhooks.update(settings.namespace, sub.webhook_id, enabled=True)
+                await _received(receiver, count)
+                last = max(t for t, _, _ in receiver.receipts)
+                out["backlog"] = count / (last - resumed)
+                out["backlog/cpu"] = count / (time.process_time() - cpu)
+                receiver.receipts.clear()
+                one = {"StartAt": "A", "States": {"A": {"Type": "Pass", "End": True}}}
                 async with aiohttp.ClientSession() as http:
-                    began = time.time()
-                    await _workload(http, api, f"live{index}", n, conc)
-                    await _received(receiver, count)
-                    last = max(t for t, _, _ in receiver.receipts)
-                    out["live"] = count / (last - began)
-                    latencies = [t - parse_iso(ts).timestamp() for t, _, ts in receiver.receipts]
-                    out["p50_ms"] = _pct(latencies, 0.50) * 1000
-                    out["p99_ms"] = _pct(latencies, 0.99) * 1000
-                    out["duplicates"] = len(receiver.receipts) - len(
-                        {i for _, i, _ in receiver.receipts}
-                    )
-                    await r.webhooks.update(settings.namespace, sub.webhook_id, enabled=False)
-                    receiver.receipts.clear()
-                    name = f"backlog{index}"
-                    await _workload(http, api, name, n, conc)
-                    terminal = list(TERMINAL_EVENT_TYPES)
-                    while True:
-                        if await r.pool.fetchval(ENDED, name, terminal) >= n:
-                            break
-                        await asyncio.sleep(0.05)
-                    resumed, cpu = time.time(), time.process_time()
-                    await r.webhooks.update(settings.namespace, sub.webhook_id, enabled=True)
-                    await _received(receiver, count)
-                    last = max(t for t, _, _ in receiver.receipts)
-                    out["backlog"] = count / (last - resumed)
-                    out["backlog/cpu"] = count / (time.process_time() - cpu)
-                    receiver.receipts.clear()
-                    one = {"StartAt": "A", "States": {"A": {"Type": "Pass", "End": True}}}
                     async with http.put(
                         f"{api}/v1/workflows/idle{index}", json={"definition": one}
                     ) as resp:
@@ -202,11 +205,11 @@ async def _round(
                         ) as resp:
                             assert resp.status == 201
                         await _received(receiver, 3 * (i + 1))
-                    idle = [t - parse_iso(ts).timestamp() for t, _, ts in receiver.receipts]
-                    out["idle_p50_ms"] = _pct(idle, 0.50) * 1000
-                    out["idle_p99_ms"] = _pct(idle, 0.99) * 1000
-                    # The next round's receiver is another: this one's subscription goes.
-                    await r.webhooks.delete(settings.namespace, sub.webhook_id)
+                idle = [t - parse_iso(ts).timestamp() for t, _, ts in receiver.receipts]
+                out["idle_p50_ms"] = _pct(idle, 0.50) * 1000
+                out["idle_p99_ms"] = _pct(idle, 0.99) * 1000
+                # The next round's receiver is another: this one's subscription goes.
+                await r.webhooks.delete(settings.namespace, sub.webhook_id)
             finally:
                 stop.set()
                 await asyncio.wait_for(task, 60)
