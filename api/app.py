@@ -8,7 +8,8 @@ bodies are capped at config.max_payload_bytes plus a small envelope allowance
 execution input against max_payload_bytes itself.
 
 Middlewares, outermost first: request id -> trace (with a tracer) -> observe (metrics,
-access log) -> CORS preflight -> errors (problem+json) -> auth (api/auth.py: API key,
+access log) -> CORS preflight -> errors (problem+json) -> deadline (api/deadline.py:
+503 when a request does not answer in time) -> auth (api/auth.py: API key,
 namespace, role) -> rate limit (api/ratelimit.py, when given limits) -> body (415,
 body read deadline) ->
 handler; every response gets the headers of api/hygiene.py. The contract of
@@ -22,12 +23,13 @@ from aiohttp import web
 from opentelemetry.trace import Tracer
 
 from api import access as access_routes
-from api import executions, feed, health, openapi, stats, workflows
+from api import activities, executions, feed, health, openapi, stats, tasks, workflows
 from api import webhooks as webhook_routes
 from api.auth import auth_middleware
 from api.config import ApiConfig
+from api.deadline import deadline_middleware, lift_when_streaming
 from api.hygiene import body_middleware, cors_middleware, on_response_prepare
-from api.keys import ACCESS, COMMANDS, CONFIG, METRICS, QUERIES, WEBHOOKS
+from api.keys import ACCESS, COMMANDS, CONFIG, METRICS, QUERIES, TASKS, WEBHOOKS
 from api.metrics import HttpMetrics
 from api.middleware import observe_middleware, request_id_middleware, trace_middleware
 from api.problems import error_middleware
@@ -35,6 +37,7 @@ from api.ratelimit import LIMITS, add_rate_limit_headers, ratelimit_middleware
 from engine.access import Access
 from engine.limits import Limits
 from engine.service import EngineService
+from engine.tasks import Tasks
 from engine.webhooks import Webhooks
 from projections.queries import Queries
 
@@ -51,12 +54,14 @@ def create_app(
     limits: Limits | None = None,
     tracer: Tracer | None = None,
     webhooks: Webhooks | None = None,
+    task_callbacks: Tasks | None = None,
 ) -> web.Application:
     """Build the API application; nothing in it closes what it was given. ``access``:
     keys, namespaces and the audit trail (the authentication step reads it).
     ``limits``: the rate limits (api/ratelimit.py); None serves without them.
     ``tracer`` (None: tracing off) spans each request (api.middleware.trace_middleware).
-    ``webhooks``: the webhook subscriptions (None: /v1/webhooks answers 503)."""
+    ``task_callbacks``: task tokens and activities (engine/tasks.py); None: those routes
+    answer 503. ``webhooks``: the webhook subscriptions (None: /v1/webhooks answers 503)."""
     rate_limit = [ratelimit_middleware] if limits is not None else []
     tracing = [trace_middleware(tracer)] if tracer is not None else []
     app = web.Application(
@@ -67,12 +72,14 @@ def create_app(
             observe_middleware,
             cors_middleware,
             error_middleware,
+            deadline_middleware,
             auth_middleware,
             *rate_limit,
             body_middleware,
         ],
     )
     app.on_response_prepare.append(on_response_prepare)
+    app.on_response_prepare.append(lift_when_streaming)
     if limits is not None:
         app[LIMITS] = limits
         app.on_response_prepare.append(add_rate_limit_headers)
@@ -83,13 +90,24 @@ def create_app(
     if webhooks is not None:
         app[WEBHOOKS] = webhooks
     app[METRICS] = HttpMetrics()
+    app[health.PROBES] = health.DependencyProbes()
+    if task_callbacks is not None:
+        app[TASKS] = task_callbacks
+        app.on_shutdown.append(_end_polls)
     app.add_routes(workflows.routes)
     app.add_routes(executions.routes)
     app.add_routes(feed.routes)
     app.add_routes(stats.routes)
     app.add_routes(access_routes.routes)
     app.add_routes(webhook_routes.routes)
+    app.add_routes(tasks.routes)
+    app.add_routes(activities.routes)
     app.cleanup_ctx.append(feed.notifier_ctx)
     app.add_routes(health.routes)
     app.add_routes(openapi.routes)
     return app
+
+
+async def _end_polls(app: web.Application) -> None:
+    """Graceful shutdown waits for running handlers: long polls answer 204 at once."""
+    app[TASKS].end_polls()

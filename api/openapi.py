@@ -58,6 +58,19 @@ from api.schemas import (
     WorkflowQuery,
     WorkflowStats,
 )
+from api.task_schemas import (
+    ActivityList,
+    ActivityListQuery,
+    ActivityOut,
+    ActivityTaskOut,
+    CreateActivity,
+    PollActivity,
+    PollQuery,
+    SendTaskFailure,
+    SendTaskHeartbeat,
+    SendTaskSuccess,
+    TaskReported,
+)
 from api.webhook_schemas import (
     CreatedWebhook,
     CreateWebhook,
@@ -78,8 +91,8 @@ REF = "#/components/schemas/{name}"
 
 
 class Op(msgspec.Struct, frozen=True, kw_only=True):
-    """One operation. ``ok``: 2xx status -> response type (a Struct), a media type
-    string for a non-JSON body, or None for no body (204). ``problems``: the error statuses it can answer."""
+    """One operation. ``ok``: 2xx status -> response type (a Struct), or a media type
+    string for a non-JSON body. ``problems``: the error statuses it can answer."""
 
     method: str
     path: str
@@ -332,6 +345,87 @@ OPERATIONS: tuple[Op, ...] = (
     ),
     Op(
         method="post",
+        path="/v1/tasks/success",
+        id="sendTaskSuccess",
+        summary="Report a task waiting for its token as succeeded with this output "
+        "(200 once TaskSucceeded is committed)",
+        tag="tasks",
+        body=SendTaskSuccess,
+        ok={200: TaskReported},
+        problems=(*_BODY, 404, 409, *_V1),
+    ),
+    Op(
+        method="post",
+        path="/v1/tasks/failure",
+        id="sendTaskFailure",
+        summary="Report a task waiting for its token as failed with this error and cause",
+        tag="tasks",
+        body=SendTaskFailure,
+        ok={200: TaskReported},
+        problems=(*_BODY, 404, 409, *_V1),
+    ),
+    Op(
+        method="post",
+        path="/v1/tasks/heartbeat",
+        id="sendTaskHeartbeat",
+        summary="Report a task waiting for its token as alive (its HeartbeatSeconds restart)",
+        tag="tasks",
+        body=SendTaskHeartbeat,
+        ok={200: TaskReported},
+        problems=(*_BODY, 404, 409, *_V1),
+    ),
+    Op(
+        method="post",
+        path="/v1/activities",
+        id="createActivity",
+        summary="Create an activity: 201, or 200 when it exists",
+        tag="activities",
+        body=CreateActivity,
+        ok={200: ActivityOut, 201: ActivityOut},
+        problems=(*_BODY, *_V1),
+    ),
+    Op(
+        method="get",
+        path="/v1/activities",
+        id="listActivities",
+        summary="The activities, by name, in pages",
+        tag="activities",
+        query=ActivityListQuery,
+        ok={200: ActivityList},
+        problems=(400, *_V1),
+    ),
+    Op(
+        method="get",
+        path="/v1/activities/{name}",
+        id="getActivity",
+        summary="One activity",
+        tag="activities",
+        ok={200: ActivityOut},
+        problems=(404, *_V1),
+    ),
+    Op(
+        method="post",
+        path="/v1/activities/{name}/poll",
+        id="pollActivity",
+        summary="Take the next task of an activity, waiting up to `wait` seconds: 200 with "
+        "its token and input, 204 when none came",
+        tag="activities",
+        query=PollQuery,
+        body=PollActivity,
+        ok={200: ActivityTaskOut, 204: None},
+        problems=(*_BODY, 404, *_V1),
+    ),
+    Op(
+        method="delete",
+        path="/v1/activities/{name}",
+        id="deleteActivity",
+        summary="Delete an activity (its tasks already scheduled stay queued)",
+        tag="activities",
+        ok={200: ActivityOut},
+        problems=(404, *_V1),
+    ),
+    Op(
+        method="post",
         path="/v1/webhooks",
         id="createWebhook",
         summary="Subscribe a URL to the namespace's events: the signing secret is in this "
@@ -499,7 +593,7 @@ _PATH_PARAMS: dict[str, dict[str, Any]] = {
         "name": "name",
         "in": "path",
         "required": True,
-        "description": "workflow name: 1-80 of A-Z a-z 0-9 _ . -",
+        "description": "workflow (or activity) name: 1-80 of A-Z a-z 0-9 _ . -",
         "schema": msgspec.json.schema(WorkflowName),
     },
     "key_id": {
@@ -616,7 +710,7 @@ def _operation(op: Op, refs: dict[type, dict[str, Any]]) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, value in op.ok.items():
         responses[str(status)] = {"description": "success"}
-        if value is not None:  # None: no content (204)
+        if value is not None:  # 204: no body
             responses[str(status)]["content"] = _ok_content(value, refs)
         if status in op.links:
             responses[str(status)]["links"] = op.links[status]
@@ -697,6 +791,8 @@ def document() -> dict[str, Any]:
             {"name": "workflows"},
             {"name": "executions"},
             {"name": "access"},
+            {"name": "tasks"},
+            {"name": "activities"},
             {"name": "webhooks"},
             {"name": "operations"},
         ],
@@ -777,7 +873,7 @@ def _page() -> str:
             statuses = ", ".join(
                 f"{s} {_schema_text(next(iter(r['content'].values()))['schema'])}"
                 if "content" in r
-                else f"{s} (no content)"
+                else f"{s} (no body)"
                 for s, r in op["responses"].items()
             )
             out.append(f"<p>Responses: {e(statuses)}</p>")

@@ -113,6 +113,10 @@ TITLES = {
     "uri_too_long": "Request line too long",
     "not_implemented": "Not implemented",
     "too_many_connections": "Too many connections",
+    "invalid_token": "Invalid task token",
+    "task_does_not_exist": "Task does not exist",
+    "task_timed_out": "Task is no longer waiting for its token",
+    "activity_not_found": "Activity not found",
 }
 
 _HTTP_CODES = {404: "route_not_found", 405: "method_not_allowed", 413: "payload_too_large"}

@@ -117,3 +117,29 @@ class InvalidData(InvalidRequest):
     """PostgreSQL refused a value for what it is (SQLSTATE class 22, "data exception":
     out of range, a character it cannot store, ...), or the driver could not encode it.
     Deterministic: the same value is refused again, so it is never retried."""
+
+
+class InvalidToken(InvalidRequest):
+    """A task token that is malformed, not issued by steplog, or of another namespace
+    (Step Functions' InvalidToken)."""
+
+    code = "invalid_token"
+
+
+class TaskDoesNotExist(NotFound):
+    """A task token whose MAC verifies but that names no task attempt of its execution
+    (Step Functions' TaskDoesNotExist)."""
+
+    code = "task_does_not_exist"
+
+
+class TaskTimedOut(SteplogError):
+    """A task token whose attempt is no longer waiting: it timed out, was reported
+    already, was retried, or its execution ended (Step Functions' TaskTimedOut)."""
+
+    code = "task_timed_out"
+    status = 409
+
+
+class ActivityNotFound(NotFound):
+    code = "activity_not_found"

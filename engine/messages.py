@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 ENGINE_GROUP = "engine"
 WORKER_GROUP = "workers"
 DEFAULT_QUEUE = ev.DEFAULT_QUEUE
+# The error of a task attempt delivered more than max_deliveries times without a result
+# (a built-in worker's task, or an activity's): Retry and Catch can handle it.
+DELIVERY_EXCEEDED = "Steplog.TaskDeliveryExceeded"
 
 
 class _Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", omit_defaults=True):
@@ -83,6 +86,10 @@ class TaskMessage(_Message, frozen=True, kw_only=True, tag="task"):
     # When the attempt times out (the Task state's TimeoutSeconds; ISO 8601 UTC), empty
     # without one: past it a result is ignored, so a worker stops trying to report it.
     timeout_due: str = ""
+    # The attempt's task token when it waits for a callback (a .waitForTaskToken
+    # resource: the handler's return value is not its result; an activity: the token
+    # the poller gets). Empty for an ordinary task.
+    task_token: str = ""
 
 
 TriggerMessage = Begin | TaskResult | Heartbeat | TimerFired
@@ -180,6 +187,7 @@ def _task_of(execution_id: UUID, seq: int, data: bytes, traceparent: str = "") -
         resource=scheduled.resource,
         input=scheduled.input,
         timeout_due=scheduled.timeout_due,
+        task_token=scheduled.task_token,
         traceparent=traceparent,
     )
 

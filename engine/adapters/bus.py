@@ -11,8 +11,12 @@ partitions and deployments spread over slots:
 
     {<prefix>:p<n>}:events      events of partition n (n = crc32(execution_id) % partitions)
     {<prefix>:p<n>}:triggers    triggers of partition n (v, execution_id, message)
-    {<prefix>:q:<queue>}:tasks  tasks of one queue (v, message)
+    {<prefix>:q:<queue>}:tasks  tasks of one queue (v, message); an activity's queue is
+                                activity:<namespace>:<name> (engine.core.tasktokens)
+    {<prefix>:q:<queue>}:leases hash: task id -> the entry an activity poller was given
     <stream>:dead               dead letters of <stream> (same slot as the stream)
+    {<prefix>}:ready            readiness probe: a tiny value written (10 s expiry) by
+                                /health/ready checks (Bus.ready_probe)
     {<prefix>}:intact           sentinel: present while Redis holds what steplog put
                                 there; its absence means Redis was flushed or lost its
                                 data, and engine.loops.recovery rebuilds from PostgreSQL
@@ -36,6 +40,7 @@ with the client's error chained.
 from __future__ import annotations
 
 import contextlib
+import re
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -74,12 +79,20 @@ class Keys:
     def tasks(self, queue: str) -> str:
         return f"{{{self.prefix}:q:{queue}}}:tasks"
 
+    def leases(self, queue: str) -> str:
+        """An activity queue's hash: task id -> the entry a poller was given (the entry
+        to acknowledge when the result arrives, to touch at each heartbeat)."""
+        return f"{{{self.prefix}:q:{queue}}}:leases"
+
     @staticmethod
     def dead_letters(stream: str) -> str:
         return f"{stream}:dead"
 
     def sentinel(self) -> str:
         return f"{{{self.prefix}}}:intact"
+
+    def ready_probe(self) -> str:
+        return f"{{{self.prefix}}}:ready"
 
     def rate_bucket(self, namespace: str, budget: str, key_id: str | None = None) -> str:
         """The token bucket of ``namespace`` (or of its API key ``key_id``) for
@@ -144,11 +157,21 @@ _OUTAGE_TYPES = (
 )
 
 
+# A command refused inside a Lua script comes back wrapped: "Error running script (call
+# to f_...): @user_script:37: @user_script: 37: -OOM command not allowed ...".
+_SCRIPT_REPLY = re.compile(r": -([A-Z]+) ")
+
+
 def _reply_code(exc: BaseException) -> str:
-    """The error code of a Redis reply ("NOGROUP", ...), also when a pipeline wrapped it."""
+    """The error code of a Redis reply ("NOGROUP", ...), also when a pipeline or a
+    script wrapped it."""
     text = str(exc)
     _, marker, rest = text.partition("caused error: ")
-    return (rest if marker else text).split(" ", 1)[0]
+    # redis-py 8 writes the wrapped error's args there: "caused error: ('BUSY ...',)".
+    text = rest.lstrip("('\"") if marker else text
+    if text.startswith("Error running script") and (found := _SCRIPT_REPLY.search(text)):
+        return found.group(1)
+    return text.split(" ", 1)[0]
 
 
 def translate(exc: Exception) -> SteplogError:
@@ -593,6 +616,35 @@ class Bus:
             with _redis_errors():
                 await self.redis.xclaim(stream, group, consumer, 0, list(ids), justid=True)
 
+    # -- activity leases (engine.tasks) -----------------------------------------------------
+
+    async def lease(self, queue: str, task_id: str, entry_id: str) -> None:
+        """Remember which entry of ``queue``'s stream carries task ``task_id``."""
+        with _redis_errors():
+            await self.redis.hset(self.keys.leases(queue), task_id, entry_id)
+
+    async def leased_entry(self, queue: str, task_id: str) -> str | None:
+        with _redis_errors():
+            entry_id = await self.redis.hget(self.keys.leases(queue), task_id)
+        return None if entry_id is None else _str(entry_id)
+
+    async def release(self, queue: str, group: str, task_id: str) -> bool:
+        """Acknowledge the entry leased for ``task_id`` and forget the lease (MULTI: both
+        keys share a slot). False when there was no lease."""
+        entry_id = await self.leased_entry(queue, task_id)
+        if entry_id is None:
+            return False
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xack(self.keys.tasks(queue), group, entry_id)
+        pipe.hdel(self.keys.leases(queue), task_id)
+        with _redis_errors():
+            await pipe.execute()
+        return True
+
+    async def forget_lease(self, queue: str, task_id: str) -> None:
+        with _redis_errors():
+            await self.redis.hdel(self.keys.leases(queue), task_id)
+
     async def group_stats(self, stream: str, group: str) -> GroupStats:
         """``group``'s backlog on ``stream`` (zeros when the stream or group does not
         exist). ``lag`` needs Redis 7 (XINFO GROUPS); older servers report 0."""
@@ -644,6 +696,13 @@ class Bus:
         """True when Redis answers; Unavailable when it does not."""
         with _redis_errors():
             return bool(await self.redis.ping())
+
+    async def ready_probe(self) -> None:
+        """Return when Redis accepts writes now: one tiny SET with a 10 s expiry (PING
+        answers while Redis refuses writes: maxmemory reached with noeviction, a
+        read-only replica, writes paused). `Unavailable` when it does not."""
+        with _redis_errors():
+            await self.redis.set(self.keys.ready_probe(), b"1", px=10_000)
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

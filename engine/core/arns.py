@@ -57,6 +57,10 @@ class ArnScope(msgspec.Struct, frozen=True, kw_only=True):
             return f"{self._prefix(namespace)}:express:{workflow}:{name}:{execution_id}"
         return f"{self._prefix(namespace)}:execution:{workflow}:{name}"
 
+    def activity(self, namespace: str, name: str) -> str:
+        """An activity's ARN: a Task whose Resource is this is handed to its pollers."""
+        return f"{self._prefix(namespace)}:activity:{name}"
+
     def role(self, namespace: str) -> str:
         return f"arn:{self.partition}:iam::{self.account_of(namespace)}:role/{ROLE_NAME}"
 

@@ -79,6 +79,9 @@ class ExecutionStarted(_Event, frozen=True, kw_only=True):
     # off): every later span of the execution joins its trace, also a decision a timer
     # triggers hours later (engine.loops.tracing). Data only: the core never reads it.
     trace_context: str = ""
+    # 128 random bits (hex) made once at start: the key of the execution's task tokens
+    # (engine.core.tasktokens). Empty for executions started before task tokens.
+    task_token_key: str = ""
 
 
 class ExecutionSucceeded(_Event, frozen=True, kw_only=True):
@@ -173,6 +176,9 @@ class TaskScheduled(_StateEvent, frozen=True, kw_only=True):
     # worker reports a heartbeat before this timer; each heartbeat moves it.
     heartbeat_timer_id: str = ""
     heartbeat_due: str = ""
+    # The attempt's task token ($$.Task.Token) when it waits for a callback (a
+    # .waitForTaskToken resource or an activity); empty otherwise.
+    task_token: str = ""
 
 
 class TaskSucceeded(_StateEvent, frozen=True, kw_only=True):

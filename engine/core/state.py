@@ -80,6 +80,8 @@ class ExecutionState(msgspec.Struct, kw_only=True):
     role_arn: str = ""
     state_machine_arn: str = ""
     execution_arn: str = ""
+    # The key of the execution's task tokens (engine.core.tasktokens), as recorded.
+    task_token_key: str = ""
     status: Status = "PENDING"
     input: Any = None
     output: Any = None
@@ -88,6 +90,9 @@ class ExecutionState(msgspec.Struct, kw_only=True):
     seq: int = 0
     started_at: str = ""
     stopped_at: str = ""
+    # The timestamp of the last event (RFC 3339, milliseconds): the next decision records
+    # no earlier time (engine.service), so a history's times never go backwards.
+    last_event_time: str = ""
     frames: dict[str, Frame] = {}
     # Pending task attempts: task id -> frame id.
     tasks: dict[str, str] = {}
@@ -110,8 +115,10 @@ def child_frame_id(frame: str, state: str, index: int) -> str:
 
 def evolve(state: ExecutionState, event: ev.Event, timestamp: str = "") -> ExecutionState:
     """Return the state after ``event``. ``timestamp`` (RFC 3339) is the event's
-    recorded time; only execution start and end read it."""
+    recorded time: the state keeps the last one, execution start and end read it."""
     s = msgspec.structs.replace(state, seq=state.seq + 1)
+    if timestamp:
+        s.last_event_time = timestamp if len(timestamp) == 24 else _millis(timestamp)
     match event:
         case ev.ExecutionStarted():
             s.status = "RUNNING"
@@ -124,6 +131,7 @@ def evolve(state: ExecutionState, event: ev.Event, timestamp: str = "") -> Execu
             s.role_arn = event.role_arn
             s.state_machine_arn = event.state_machine_arn
             s.execution_arn = event.execution_arn
+            s.task_token_key = event.task_token_key
             s.started_at = _millis(timestamp)
             s.frames = {"": Frame(id="", data=event.input)}
         case ev.ExecutionSucceeded():

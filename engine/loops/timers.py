@@ -13,6 +13,13 @@ to expire, and another fires the timer (a duplicate trigger is harmless: decide
 ignores a timer that is no longer pending). A timer whose due time moves (a
 heartbeat) is due again at its new time. When Redis loses its data, recovery
 re-arms fired timers (engine.loops.recovery), because their triggers may be gone.
+Recording is retried while PostgreSQL does not answer (read-only after a failover, a
+dropped connection) for as long as the claim's lease lasts, so an outage shorter than
+the lease fires nothing twice.
+
+"Due" is by PostgreSQL's clock, read by the claim itself (DESIGN invariant 8): a
+service whose own clock runs ahead fires nothing early, one whose clock runs behind
+nothing late. ``clock`` replaces it only in tests that move time.
 """
 
 from __future__ import annotations
@@ -25,13 +32,18 @@ from collections.abc import Callable
 from opentelemetry.trace import Tracer
 
 from engine.adapters.bus import Bus
-from engine.adapters.store import EventStore
+from engine.adapters.store import DueTimer, EventStore
+from engine.errors import Unavailable
 from engine.loops import metrics
 from engine.loops.tracing import ExecutionTraces, end_spans, timer_spans, traceparent_of
 from engine.messages import TimerFired
 from engine.stopping import sleep_or_stop
 
 log = logging.getLogger("steplog.timers")
+
+# The pauses between two tries to record fired timers (doubling).
+RECORD_BACKOFF_FIRST_S = 0.05
+RECORD_BACKOFF_MAX_S = 1.0
 
 
 class TimerService:
@@ -44,7 +56,7 @@ class TimerService:
         lease_s: float = 10.0,
         batch_size: int = 500,
         retry_delay_s: float = 1.0,
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        clock: Callable[[], dt.datetime] | None = None,
         tracer: Tracer | None = None,
     ) -> None:
         self.store = store
@@ -56,16 +68,22 @@ class TimerService:
         self.lease_s = lease_s
         self.batch_size = batch_size
         self.retry_delay_s = retry_delay_s
+        # None: PostgreSQL's clock decides what is due (production); a clock given
+        # stands in for it (tests).
         self.clock = clock
         self.fired = 0
 
     async def tick(self) -> int:
         """Claim due timers, add one trigger each (one pipeline), record them as fired;
         returns how many were fired."""
-        now = self.clock()
-        due = await self.store.claim_due_timers(now, self.batch_size, self.lease_s)
+        lease_ends = asyncio.get_running_loop().time() + self.lease_s
+        due = await self.store.claim_due_timers(
+            None if self.clock is None else self.clock(), self.batch_size, self.lease_s
+        )
         if not due:
             return 0
+        now = due[0].claimed_at  # when they were claimed, by the clock that found them due
+        assert now is not None
         if self.tracer is None:
             await self.bus.publish(
                 triggers=[(t.execution_id, TimerFired(timer_id=t.timer_id)) for t in due]
@@ -87,10 +105,27 @@ class TimerService:
                 end_spans(spans, exc)
                 raise
             end_spans(spans)
-        await self.store.mark_timers_fired(due)
-        metrics.observe_fired([t.due_at for t in due], self.clock())
+        await self._record_fired(due, lease_ends)
+        metrics.observe_fired([t.due_at for t in due], now)
         self.fired += len(due)
         return len(due)
+
+    async def _record_fired(self, due: list[DueTimer], lease_ends: float) -> None:
+        """`mark_timers_fired`, retried with a back-off while PostgreSQL does not answer,
+        until the claim's lease ends (by this process's monotonic clock); then the error
+        is raised, and another service may fire the timers again (a duplicate trigger,
+        which decide ignores)."""
+        loop = asyncio.get_running_loop()
+        delay = RECORD_BACKOFF_FIRST_S
+        while True:
+            try:
+                await self.store.mark_timers_fired(due)
+                return
+            except Unavailable:
+                if loop.time() + delay >= lease_ends:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECORD_BACKOFF_MAX_S)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until ``stop`` is set; a full batch ticks again at once. Errors of

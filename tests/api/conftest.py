@@ -16,10 +16,13 @@ from redis.asyncio import Redis
 
 from api.app import create_app
 from engine.access import Access, Actor
+from engine.adapters.activities import ActivityStore
+from engine.adapters.bus import Bus
 from engine.adapters.outbound import Outbound, OutboundPolicy, parse_allow
 from engine.adapters.store import EventStore
 from engine.loops.webhooks import WebhookSender
 from engine.service import EngineService
+from engine.tasks import Tasks
 from engine.webhooks import Webhooks, delivery_id
 from projections.queries import Queries
 from projections.runner import catch_up
@@ -27,9 +30,13 @@ from steplog.settings import Settings
 from tests.api.helpers import PASS_DEFINITION, api_config
 
 
+def task_callbacks(service: EngineService, pool: asyncpg.Pool, bus: Bus) -> Tasks:
+    return Tasks(service, ActivityStore(pool), bus)
+
+
 @pytest.fixture
 async def client(
-    pool: asyncpg.Pool, store: EventStore, redis: Redis, settings: Settings
+    pool: asyncpg.Pool, store: EventStore, redis: Redis, bus: Bus, settings: Settings
 ) -> AsyncIterator[TestClient[Any, Any]]:
     service = EngineService(store, max_payload_bytes=settings.max_payload_bytes)
     app = create_app(
@@ -38,6 +45,7 @@ async def client(
         api_config(settings),
         Access.over(pool),
         webhooks=Webhooks.over(pool, LOCAL_OUTBOUND),
+        task_callbacks=task_callbacks(service, pool, bus),
     )
     async with TestClient(TestServer(app)) as c:
         yield c
@@ -66,13 +74,21 @@ class World(msgspec.Struct):
 
 @pytest.fixture
 async def world(
-    pool: asyncpg.Pool, store: EventStore, redis: Redis, settings: Settings
+    pool: asyncpg.Pool, store: EventStore, redis: Redis, bus: Bus, settings: Settings
 ) -> AsyncIterator[World]:
     access = Access.over(pool)
     service = EngineService(store, max_payload_bytes=settings.max_payload_bytes)
     config = msgspec.structs.replace(api_config(settings), auth=True)
+    tasks = task_callbacks(service, pool, bus)
     webhooks = Webhooks.over(pool, LOCAL_OUTBOUND)
-    app = create_app(service, Queries(store, pool, redis.ping), config, access, webhooks=webhooks)
+    app = create_app(
+        service,
+        Queries(store, pool, redis.ping),
+        config,
+        access,
+        task_callbacks=tasks,
+        webhooks=webhooks,
+    )
     await access.create_namespace(OTHER, SETUP)
     hook = await webhooks.create(OWN, url="http://127.0.0.1:9/hook")
     doomed = {
@@ -106,6 +122,7 @@ async def world(
     # Queue the webhook's deliveries of those events (nothing is sent: no sender runs).
     await WebhookSender(webhooks.store, Outbound(LOCAL_OUTBOUND)).queue_new()
     seeded = delivery_id(hook.webhook_id, record.execution_id, 1)
+    await tasks.create_activity(OWN, "wf")  # {name} of the activity routes
     async with TestClient(TestServer(app)) as client:
         yield World(
             client,

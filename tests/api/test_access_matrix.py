@@ -35,8 +35,18 @@ BODIES: dict[str, Any] = {
     "createWebhook": {"url": "http://127.0.0.1:9/matrix", "statuses": ["SUCCEEDED"]},
     "updateWebhook": {"description": "changed by the matrix"},
     "replayDelivery": None,
+    # Not a token steplog issued: every caller allowed to send one gets 400 invalid_token.
+    "sendTaskSuccess": {"taskToken": "stt1.not-a-token", "output": {}},
+    "sendTaskFailure": {"taskToken": "stt1.not-a-token", "error": "E"},
+    "sendTaskHeartbeat": {"taskToken": "stt1.not-a-token"},
+    # "wf" (seeded in the own namespace): the own callers re-create what deleteActivity
+    # removed; "other" makes one of its own name (see _call).
+    "createActivity": {"name": "wf"},
+    "pollActivity": {"workerName": "matrix"},
+    "deleteActivity": None,
 }
-QUERIES: dict[str, str] = {"getStateDiff": "?from=1&to=2"}
+QUERIES: dict[str, str] = {"getStateDiff": "?from=1&to=2", "pollActivity": "?wait=0"}
+TOKEN_OPS = frozenset({"sendTaskSuccess", "sendTaskFailure", "sendTaskHeartbeat"})
 
 
 def _path(op: Op, world: World, *, unknown: bool = False, caller: str = "") -> str:
@@ -65,6 +75,8 @@ def _expected(op: Op, caller: str) -> set[int]:
         return ok if required_role(op.method.upper(), op.path) == Role.READER else {403}
     if op.id == "createNamespace":
         return ok if caller == "global" else {403}
+    if op.id in TOKEN_OPS:
+        return {400}
     if caller == "other":
         by_id = any(p in op.path for p in ("{id}", "{key_id}", "{webhook_id}"))
         if by_id or ("{name}" in op.path and op.id != "registerWorkflow"):
@@ -83,6 +95,8 @@ async def _state(pool: asyncpg.Pool) -> dict[str, Any]:
 async def _call(world: World, op: Op, caller: str, path: str) -> tuple[int, bytes]:
     headers = {} if caller == "none" else {"Authorization": f"Bearer {world.keys[caller]}"}
     body = BODIES[op.id] if op.method in ("post", "put", "patch") else None
+    if op.id == "createActivity" and caller == "other":
+        body = {"name": "made-by-other"}  # "wf" of its own would make its reads of wf 200
     async with world.client.request(op.method.upper(), path, json=body, headers=headers) as resp:
         return resp.status, await resp.read()
 

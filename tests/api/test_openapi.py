@@ -69,7 +69,7 @@ def test_every_error_response_is_a_problem_and_links_drive_stateful_tests() -> N
                     content = response["content"]["application/problem+json"]
                     assert content["schema"] == {"$ref": "#/components/schemas/Problem"}
                     continue
-                if status == "204":  # no content, and none described
+                if status == "204":  # No Content: no body by definition
                     assert "content" not in response, (path, method)
                     continue
                 assert response["content"], (path, method, status)

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID, uuid4
 
+import msgspec
 import redis.asyncio as aioredis
 
 from engine.adapters.bus import Bus
@@ -161,3 +162,31 @@ async def test_the_group_is_created_again_after_a_flush(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_wait_for_task_token_task_runs_its_base_handler_and_reports_no_result(
+    bus: Bus, redis: aioredis.Redis, eventually: Any
+) -> None:
+    """The callback brings the result: the handler gets the token, its return value is
+    not reported, and the task is acknowledged."""
+    stream = bus.tasks_stream("default")
+    await bus.ensure_group(stream, WORKER_GROUP)
+    tokens: list[str] = []
+    registry = HandlerRegistry()
+
+    def hand_on(value: Any, ctx: TaskContext) -> Any:
+        tokens.append(ctx.task_token)
+        return "ignored"
+
+    registry.register("notify", hand_on)
+    execution_id = uuid4()
+    message = msgspec.structs.replace(
+        task(execution_id, "notify.waitForTaskToken"), task_token="stt1.token"
+    )
+    await bus.add_task(message)
+    worker = Worker(bus, registry, visibility_timeout_s=0.3, block_ms=50)
+    async with running(worker):
+        await eventually(lambda: _true(worker.completed == 1), timeout_s=5)
+    assert tokens == ["stt1.token"]
+    assert await results(redis, bus) == []
+    assert (await redis.xpending(stream, WORKER_GROUP))["pending"] == 0

@@ -6,6 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from engine.core import events as ev
+from engine.core import tasktokens
+from engine.core.asl import errors as E
+from engine.core.asl.errors import StatesError
 from engine.core.asl.jsonpath import JsonPath
 from engine.core.asl.model import NumberField, TaskState
 from engine.core.dataflow import Scope, effective_input, positive_int, seconds_after, state_output
@@ -15,11 +18,23 @@ from engine.core.timestamps import iso_millis
 
 
 def execute(d: Decider, frame_id: str, st: TaskState, raw: Any, scope: Scope) -> None:
+    local = d.next_local_id()
+    task_id = f"{d.state.execution_id}:{local}"
+    token = ""
+    if tasktokens.needs_token(st.resource):
+        if not d.state.task_token_key:
+            # Histories started before task tokens have no key to make one with.
+            raise StatesError(
+                E.RUNTIME,
+                "The execution started before steplog issued task tokens; "
+                f"it cannot run the resource {st.resource!r}.",
+            )
+        token = tasktokens.make_token(d.state.task_token_key, d.state.execution_id, local)
+        # $$.Task.Token: only in the context of a task that waits for a callback.
+        scope.context["Task"] = {"Token": token}
     value = effective_input(st.io, raw, scope)
     timeout = positive_int(st.io, st.timeout_seconds, "TimeoutSeconds", raw, scope)
     heartbeat = positive_int(st.io, st.heartbeat_seconds, "HeartbeatSeconds", raw, scope)
-    local = d.next_local_id()
-    task_id = f"{d.state.execution_id}:{local}"
     attempt = sum(d.state.frames[frame_id].retry_attempts)
     timer_id, due = "", ""
     if timeout:
@@ -37,7 +52,7 @@ def execute(d: Decider, frame_id: str, st: TaskState, raw: Any, scope: Scope) ->
             name=st.name,
             task_id=task_id,
             resource=st.resource,
-            queue=_queue_of(st.resource),
+            queue=_queue_of(d.state.namespace, st.resource),
             input=value,
             attempt=attempt,
             timeout_seconds=timeout,
@@ -46,6 +61,7 @@ def execute(d: Decider, frame_id: str, st: TaskState, raw: Any, scope: Scope) ->
             timeout_due=due,
             heartbeat_timer_id=heartbeat_timer_id,
             heartbeat_due=heartbeat_due,
+            task_token=token,
         )
     )
 
@@ -112,7 +128,11 @@ def _field(spec: NumberField | None, kind: str) -> str:
     return f"{kind}SecondsPath" if isinstance(spec, JsonPath) else f"{kind}Seconds"
 
 
-def _queue_of(resource: str) -> str:
-    """Every task goes to the default queue for now; routing resources to their
-    own queues (and workers to them) is a deployment choice still to make."""
+def _queue_of(namespace: str, resource: str) -> str:
+    """An activity's tasks go to the activity's own queue (its pollers, never a
+    built-in worker); every other task to the default queue (routing resources to
+    queues of their own is a deployment choice still to make)."""
+    activity = tasktokens.activity_name(resource)
+    if activity is not None:
+        return tasktokens.activity_queue(namespace, activity)
     return ev.DEFAULT_QUEUE
