@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from api import deadline
 from api.auth import namespace_of
 from api.keys import COMMANDS, TASKS
 from api.responses import json_response
@@ -107,6 +108,7 @@ async def delete_activity(request: web.Request) -> web.Response:
 async def poll_activity(request: web.Request) -> web.StreamResponse:
     query = decode_query(request.query, PollQuery)
     req = decode_body(await request.read(), PollActivity)
+    deadline.extend(request, float(query.wait))  # waiting is what a long poll is for
     task = await _tasks(request).poll(
         namespace_of(request), _name(request), req.worker_name, float(query.wait)
     )

@@ -5,9 +5,9 @@ or a PostgreSQL that stopped answering; the statements themselves time out soone
 ``Settings.api_statement_timeout_ms``).
 
 The deadline covers authentication, the rate limit and the handler. It is paused while
-the body is read (which has its own deadline, ``body_timeout_s``: 408) and lifted once a
-streaming response has sent its headers (the SSE feed, history.jsonl are bounded until
-then). Cancelling a handler cancels its PostgreSQL statement (asyncpg asks the server to
+the body is read (which has its own deadline, ``body_timeout_s``: 408), extended by the
+wait a long poll asks for (`extend`), and lifted once a streaming response has sent its
+headers (the SSE feed, history.jsonl are bounded until then). Cancelling a handler cancels its PostgreSQL statement (asyncpg asks the server to
 cancel it) and rolls its transaction back. A transaction that committed before the
 deadline stays committed: a start answered 503 may have started its execution; sent
 again with the same execution name it is answered with that execution (200), never
@@ -81,6 +81,16 @@ async def paused(request: web.Request) -> AsyncIterator[None]:
         yield
     finally:
         _reschedule(deadline, loop.time() + max(remaining, 0.0))
+
+
+def extend(request: web.Request, seconds: float) -> None:
+    """Give the request ``seconds`` more than its deadline from now on: a long poll that
+    waits that long by design (POST /v1/activities/{name}/poll?wait=) still answers
+    503 if what it does besides waiting hangs."""
+    deadline = request.get(DEADLINE)
+    if deadline is not None and deadline.when() is not None:
+        loop = asyncio.get_running_loop()
+        _reschedule(deadline, loop.time() + seconds + request.app[CONFIG].request_timeout_s)
 
 
 async def lift_when_streaming(request: web.Request, response: web.StreamResponse) -> None:

@@ -16,6 +16,8 @@ Every error response has this body (`errors` only when there are some):
   A value the database refuses (engine.errors.InvalidData, translated by the
   store) is 400 `invalid_request`: the bounds in api/schemas.py are meant to stop
   all of these before SQL; this is the net.
+- a connection failure no adapter translated (ConnectionError, TimeoutError): 503
+  `service_unavailable` with Retry-After all the same, logged with its traceback.
 - anything else: 500 `internal`, logged with its traceback and the request id.
 
 Errors aiohttp answers itself, before any middleware (a malformed request line,
@@ -227,6 +229,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return from_http_exception(request, exc)
     except asyncio.CancelledError:
         raise
+    except (ConnectionError, TimeoutError):
+        # A connection failure no adapter translated (a gap to close: logged with its
+        # traceback), yet an outage for the client all the same: never a 500.
+        log.exception("untranslated connection failure in %s %s", request.method, request.path)
+        return problem(
+            request,
+            503,
+            "service_unavailable",
+            "a backing service (PostgreSQL or Redis) is unavailable; retry later",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return problem(

@@ -148,7 +148,8 @@ async def open_resources(
     the settings configure (None: tracing off), with the drivers instrumented when
     ``settings.trace_drivers``. ``serving_api`` (default: the api role is among
     ``settings.roles``): build the API's facades (`ApiSide`); with other roles beside
-    it, on a second pool with the API's shorter statement timeout."""
+    it, on a second pool with the API's shorter statement timeout and half of the
+    ``pool_size`` connections."""
     if serving_api is None:
         serving_api = "api" in settings.roles
     async with _tracing(settings, tracer_provider) as tracer:
@@ -189,8 +190,14 @@ async def _open_resources(
 ) -> AsyncIterator[Resources]:
     api_only = serving_api and set(settings.roles) == {"api"}
     timeout_ms = settings.api_statement_timeout_ms if api_only else settings.statement_timeout_ms
+    # The API beside loops gets half of the process's connections on a pool of its own:
+    # the process never holds more than ``pool_size`` connections either way.
+    api_share = 0 if not serving_api or api_only else max(2, pool_size // 2)
     pool = await open_pool(
-        database_url, min_size=2, max_size=pool_size, statement_timeout_ms=timeout_ms
+        database_url,
+        min_size=2,
+        max_size=max(2, pool_size - api_share),
+        statement_timeout_ms=timeout_ms,
     )
     try:
         with translate_errors():
@@ -218,7 +225,7 @@ async def _open_resources(
             api_pool = await open_pool(
                 database_url,
                 min_size=1,
-                max_size=pool_size,
+                max_size=api_share,
                 statement_timeout_ms=settings.api_statement_timeout_ms,
             )
             try:

@@ -33,7 +33,6 @@ from opentelemetry.trace import Tracer
 
 from engine.adapters.bus import Bus
 from engine.adapters.store import DueTimer, EventStore
-from engine.errors import Unavailable
 from engine.loops import metrics
 from engine.loops.tracing import ExecutionTraces, end_spans, timer_spans, traceparent_of
 from engine.messages import TimerFired
@@ -111,17 +110,17 @@ class TimerService:
         return len(due)
 
     async def _record_fired(self, due: list[DueTimer], lease_ends: float) -> None:
-        """`mark_timers_fired`, retried with a back-off while PostgreSQL does not answer,
-        until the claim's lease ends (by this process's monotonic clock); then the error
-        is raised, and another service may fire the timers again (a duplicate trigger,
-        which decide ignores)."""
+        """`mark_timers_fired`, retried with a back-off while it fails (PostgreSQL away,
+        read-only, a connection dropped) until the claim's lease ends by this process's
+        monotonic clock; then the error is raised, and another service may fire the
+        timers again (a duplicate trigger, which decide ignores)."""
         loop = asyncio.get_running_loop()
         delay = RECORD_BACKOFF_FIRST_S
         while True:
             try:
                 await self.store.mark_timers_fired(due)
                 return
-            except Unavailable:
+            except Exception:  # Unavailable, or a driver error a dropped session raised
                 if loop.time() + delay >= lease_ends:
                     raise
             await asyncio.sleep(delay)

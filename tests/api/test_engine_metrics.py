@@ -103,7 +103,10 @@ async def test_every_documented_metric_appears_with_plausible_values(
         async def counted() -> tuple[Samples, dict[str, str]] | None:
             samples, types = await scrape(s)
             done = value(samples, "steplog_executions_ended_total", workflow=wf)
-            return (samples, types) if done == 3 else None
+            # The projector counts an end when it handles the event, a moment before its
+            # checkpoint commits: wait for both (the lag is measured from the checkpoint).
+            caught_up = value(samples, "steplog_projection_lag_events", projection="executions")
+            return (samples, types) if done == 3 and caught_up == 0 else None
 
         after, types = await eventually(counted, timeout_s=15, interval_s=0.1)
         _check_deploy_files(set(after))

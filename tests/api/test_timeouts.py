@@ -1,23 +1,35 @@
 """Statement timeouts and the request deadline (issue 14 item 4) on the suite's shared
 servers: each pool carries its role's statement timeout, migrations run without one,
-the deadline waits while a body arrives and is lifted for a stream. (A deadline or a
+the deadline waits while a body arrives and is lifted for a stream; a connection
+failure no adapter translated is still a 503. (A deadline or a
 statement timeout that answers 503 under a held lock: tests/api/test_outages.py.)"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import msgspec
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
 
+from api.app import create_app
+from engine.access import Access
 from engine.adapters.postgres import open_pool, translate_errors
+from engine.adapters.store import EventStore
+from engine.core.state import ExecutionState
 from engine.errors import Unavailable
+from engine.service import EngineService
+from projections.queries import Queries
 from steplog.app import open_resources
 from steplog.migrate import migrate
 from steplog.settings import Settings
+from tests.api.helpers import api_config
 from tests.serving import Running, running_steplog
 
 
@@ -61,10 +73,12 @@ async def test_each_role_gets_its_statement_timeout(settings: Settings) -> None:
     url, redis_url = settings.database_url, settings.redis_url
     assert url and redis_url
     # Every role in one process: the loops' pool, and the API's own beside it.
-    async with open_resources(settings, url, redis_url, pool_size=2) as r:
+    async with open_resources(settings, url, redis_url, pool_size=6) as r:
         assert await statement_timeout(r.pool) == "30s"
         assert await statement_timeout(r.api.pool) == "5s"
         assert r.api.pool is not r.pool
+        # The process's connections are shared out, not doubled.
+        assert (r.pool.get_max_size(), r.api.pool.get_max_size()) == (3, 3)
     # The API alone: one pool, the API's.
     api_only = msgspec.structs.replace(settings, roles=("api",), api_statement_timeout_ms=1500)
     async with open_resources(api_only, url, redis_url, pool_size=2) as r:
@@ -172,3 +186,51 @@ async def test_a_request_past_its_deadline_is_a_503_and_the_server_goes_on(
         assert 0.5 <= elapsed < 2.0
         ended = await app.ended(eventually, execution_id)
         assert ended["status"] == "SUCCEEDED"
+
+
+class UntranslatedQueries(Queries):
+    """A read side with a gap in its translation: a connection error escapes as is."""
+
+    async def state_at(
+        self, namespace: str | None, execution_id: UUID, seq: int | None = None
+    ) -> ExecutionState:
+        raise ConnectionResetError("connection reset by peer")
+
+
+async def test_an_untranslated_connection_failure_is_503_not_500(
+    pool: asyncpg.Pool,
+    store: EventStore,
+    redis: Redis,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = create_app(
+        EngineService(store),
+        UntranslatedQueries(store, pool, redis.ping),
+        api_config(settings),
+        Access.over(pool),
+    )
+    async with TestClient(TestServer(app)) as c:
+        resp = await c.get("/v1/executions/00000000-0000-0000-0000-000000000001/state")
+        body = await resp.json()
+    assert (resp.status, resp.headers.get("Retry-After")) == (503, "1")
+    assert body["code"] == "service_unavailable"
+    # Logged with its traceback: a translation to add in an adapter.
+    assert [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
+
+
+async def test_a_long_poll_waits_past_the_deadline(settings: Settings) -> None:
+    """An activity poll asking to wait 2 s with nothing to hand out answers 204 after
+    those 2 s, not 503 at the 0.5 s deadline."""
+    quick = msgspec.structs.replace(settings, request_timeout_s=0.5)
+    async with running_steplog(quick) as app:
+        status, _ = await app.call("POST", "/v1/activities", {"name": "idle"})
+        assert status == 201
+        started = time.monotonic()
+        async with app.http.post(
+            f"{app.base_url}/v1/activities/idle/poll?wait=2", json={"workerName": "t"}
+        ) as resp:
+            status = resp.status
+        elapsed = time.monotonic() - started
+    assert status == 204
+    assert 1.9 <= elapsed < 4.0

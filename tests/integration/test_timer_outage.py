@@ -86,7 +86,12 @@ async def test_a_timer_fired_during_a_short_outage_fires_once(
                         "SELECT fired_due IS NOT NULL FROM timers WHERE timer_id = 't'"
                     )
                 )
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            except (
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+                OSError,
+            ):
                 return False
 
         await eventually(recorded, timeout_s=LEASE_S * 2)
