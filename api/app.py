@@ -24,11 +24,12 @@ from opentelemetry.trace import Tracer
 
 from api import access as access_routes
 from api import activities, executions, feed, health, openapi, stats, tasks, workflows
+from api import webhooks as webhook_routes
 from api.auth import auth_middleware
 from api.config import ApiConfig
 from api.deadline import deadline_middleware, lift_when_streaming
 from api.hygiene import body_middleware, cors_middleware, on_response_prepare
-from api.keys import ACCESS, COMMANDS, CONFIG, METRICS, QUERIES, TASKS
+from api.keys import ACCESS, COMMANDS, CONFIG, METRICS, QUERIES, TASKS, WEBHOOKS
 from api.metrics import HttpMetrics
 from api.middleware import observe_middleware, request_id_middleware, trace_middleware
 from api.problems import error_middleware
@@ -37,6 +38,7 @@ from engine.access import Access
 from engine.limits import Limits
 from engine.service import EngineService
 from engine.tasks import Tasks
+from engine.webhooks import Webhooks
 from projections.queries import Queries
 
 # Room for the JSON around an input of exactly max_payload_bytes ({"input": ..., "name": ...}).
@@ -51,6 +53,7 @@ def create_app(
     *,
     limits: Limits | None = None,
     tracer: Tracer | None = None,
+    webhooks: Webhooks | None = None,
     task_callbacks: Tasks | None = None,
 ) -> web.Application:
     """Build the API application; nothing in it closes what it was given. ``access``:
@@ -58,7 +61,7 @@ def create_app(
     ``limits``: the rate limits (api/ratelimit.py); None serves without them.
     ``tracer`` (None: tracing off) spans each request (api.middleware.trace_middleware).
     ``task_callbacks``: task tokens and activities (engine/tasks.py); None: those routes
-    answer 503."""
+    answer 503. ``webhooks``: the webhook subscriptions (None: /v1/webhooks answers 503)."""
     rate_limit = [ratelimit_middleware] if limits is not None else []
     tracing = [trace_middleware(tracer)] if tracer is not None else []
     app = web.Application(
@@ -84,6 +87,8 @@ def create_app(
     app[QUERIES] = queries
     app[CONFIG] = config
     app[ACCESS] = access
+    if webhooks is not None:
+        app[WEBHOOKS] = webhooks
     app[METRICS] = HttpMetrics()
     app[health.PROBES] = health.DependencyProbes()
     if task_callbacks is not None:
@@ -94,6 +99,7 @@ def create_app(
     app.add_routes(feed.routes)
     app.add_routes(stats.routes)
     app.add_routes(access_routes.routes)
+    app.add_routes(webhook_routes.routes)
     app.add_routes(tasks.routes)
     app.add_routes(activities.routes)
     app.cleanup_ctx.append(feed.notifier_ctx)

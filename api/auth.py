@@ -8,7 +8,9 @@ namespace may not name another one (403).
 
 Roles (api.identity.Role): reader for GET routes (and POST /v1/workflows:validate, which
 writes nothing); operator also for the other writes (register, start, stop); admin also
-for /v1/keys, /v1/namespaces and /v1/audit.
+for /v1/keys, /v1/namespaces, /v1/audit and /v1/webhooks (a subscription makes the
+server call a URL of the caller's choosing, and its deliveries show what receivers
+answered: so all of /v1/webhooks, reads included, is for admins).
 
 Refusals: no key, a malformed, unknown, revoked or expired key -> 401 ``unauthenticated``
 with ``WWW-Authenticate: Bearer``; a role or namespace that does not allow the route ->
@@ -36,7 +38,7 @@ from engine.errors import Forbidden, Unauthenticated
 
 PUBLIC_PATHS = frozenset({"/health/live", "/health/ready"})
 METRICS_PATH = "/metrics"
-ADMIN_PREFIXES = ("/v1/keys", "/v1/namespaces", "/v1/audit")
+ADMIN_PREFIXES = ("/v1/keys", "/v1/namespaces", "/v1/audit", "/v1/webhooks")
 NAMESPACE_HEADER = "Steplog-Namespace"
 # Writes nothing though it is a POST.
 READER_POSTS = frozenset({"/v1/workflows:validate"})

@@ -10,6 +10,7 @@ from api.metrics import HttpMetrics
 from engine.access import Access
 from engine.service import EngineService
 from engine.tasks import Tasks
+from engine.webhooks import Webhooks
 from projections.queries import Queries
 
 COMMANDS = web.AppKey("steplog_commands", EngineService)
@@ -17,5 +18,6 @@ QUERIES = web.AppKey("steplog_queries", Queries)
 CONFIG = web.AppKey("steplog_api_config", ApiConfig)
 METRICS = web.AppKey("steplog_http_metrics", HttpMetrics)
 ACCESS = web.AppKey("steplog_access", Access)
+WEBHOOKS = web.AppKey("steplog_webhooks", Webhooks)
 # Task callbacks and activities (absent: those routes answer 503).
 TASKS = web.AppKey("steplog_tasks", Tasks)

@@ -71,6 +71,16 @@ from api.task_schemas import (
     SendTaskSuccess,
     TaskReported,
 )
+from api.webhook_schemas import (
+    CreatedWebhook,
+    CreateWebhook,
+    DeliveriesQuery,
+    DeliveryList,
+    DeliveryOut,
+    UpdateWebhook,
+    WebhookList,
+    WebhookOut,
+)
 from engine.core.state import ExecutionState
 
 routes = web.RouteTableDef()
@@ -415,6 +425,85 @@ OPERATIONS: tuple[Op, ...] = (
         problems=(404, *_V1),
     ),
     Op(
+        method="post",
+        path="/v1/webhooks",
+        id="createWebhook",
+        summary="Subscribe a URL to the namespace's events: the signing secret is in this "
+        "response only",
+        tag="webhooks",
+        body=CreateWebhook,
+        ok={201: CreatedWebhook},
+        problems=(*_BODY, *_V1),
+        links={
+            201: {
+                "GetWebhook": {
+                    "operationId": "getWebhook",
+                    "parameters": {"webhook_id": "$response.body#/webhook/webhook_id"},
+                },
+                "ListDeliveries": {
+                    "operationId": "listDeliveries",
+                    "parameters": {"webhook_id": "$response.body#/webhook/webhook_id"},
+                },
+            }
+        },
+    ),
+    Op(
+        method="get",
+        path="/v1/webhooks",
+        id="listWebhooks",
+        summary="The namespace's webhook subscriptions (without secrets)",
+        tag="webhooks",
+        ok={200: WebhookList},
+        problems=_V1,
+    ),
+    Op(
+        method="get",
+        path="/v1/webhooks/{webhook_id}",
+        id="getWebhook",
+        summary="One webhook subscription",
+        tag="webhooks",
+        ok={200: WebhookOut},
+        problems=(404, *_V1),
+    ),
+    Op(
+        method="patch",
+        path="/v1/webhooks/{webhook_id}",
+        id="updateWebhook",
+        summary="Change a subscription; enabled false pauses it, true resumes it",
+        tag="webhooks",
+        body=UpdateWebhook,
+        ok={200: WebhookOut},
+        problems=(*_BODY, 404, *_V1),
+    ),
+    Op(
+        method="delete",
+        path="/v1/webhooks/{webhook_id}",
+        id="deleteWebhook",
+        summary="Delete a subscription and its deliveries",
+        tag="webhooks",
+        ok={204: None},
+        problems=(404, *_V1),
+    ),
+    Op(
+        method="get",
+        path="/v1/webhooks/{webhook_id}/deliveries",
+        id="listDeliveries",
+        summary="A subscription's deliveries, newest first, each with its attempts",
+        tag="webhooks",
+        query=DeliveriesQuery,
+        ok={200: DeliveryList},
+        problems=(400, 404, *_V1),
+    ),
+    Op(
+        method="post",
+        path="/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/replay",
+        id="replayDelivery",
+        summary="Send a delivery again now, with the same webhook-id and body",
+        tag="webhooks",
+        ok={200: DeliveryOut},
+        problems=(404, *_V1),
+    ),
+    Op(
         method="get",
         path="/health/live",
         id="live",
@@ -466,7 +555,7 @@ SECURITY_SCHEMES: dict[str, Any] = {
         "description": "An API key (steplog keys create, POST /v1/keys): "
         "Authorization: Bearer slk_<key id>_<secret>. Its role says what it may do: "
         "reader (GET routes), operator (also register, start, stop), admin (also keys, "
-        "namespaces, the audit trail).",
+        "namespaces, the audit trail, webhooks).",
     },
     "metricsToken": {
         "type": "http",
@@ -512,6 +601,20 @@ _PATH_PARAMS: dict[str, dict[str, Any]] = {
         "in": "path",
         "required": True,
         "description": "an API key's id (16 hex digits; anything else is answered 404)",
+        "schema": {"type": "string"},
+    },
+    "webhook_id": {
+        "name": "webhook_id",
+        "in": "path",
+        "required": True,
+        "description": "a webhook subscription's id (a malformed one is answered 404)",
+        "schema": {"type": "string", "format": "uuid"},
+    },
+    "delivery_id": {
+        "name": "delivery_id",
+        "in": "path",
+        "required": True,
+        "description": "a delivery's id (the webhook-id header it was sent with)",
         "schema": {"type": "string"},
     },
     "id": {
@@ -690,6 +793,7 @@ def document() -> dict[str, Any]:
             {"name": "access"},
             {"name": "tasks"},
             {"name": "activities"},
+            {"name": "webhooks"},
             {"name": "operations"},
         ],
         "paths": paths,

@@ -2,7 +2,7 @@
 
 Roles: ``api`` (HTTP), ``engine`` (trigger consumer, timer service and the
 PostgreSQL -> Redis relay), ``worker`` (task handlers), ``projector`` (read
-models). Any subset runs in one process; processes share PostgreSQL and Redis.
+models), ``webhooks`` (webhook deliveries, engine/loops/webhooks.py). Any subset runs in one process; processes share PostgreSQL and Redis.
 Stopping is an event: each role finishes what it is doing (workers get a
 grace period for running handlers) and the resources close in reverse order.
 """
@@ -31,9 +31,11 @@ from engine.adapters.activities import ActivityStore
 from engine.adapters.bus import Bus, TokenBuckets
 from engine.adapters.clock import DbClock
 from engine.adapters.limits_store import LimitsStore
+from engine.adapters.notifier import EventNotifier
 from engine.adapters.outbound import Outbound
 from engine.adapters.postgres import open_pool, translate_errors
 from engine.adapters.store import EventStore
+from engine.adapters.webhooks_store import WebhookStore
 from engine.errors import Unavailable
 from engine.limits import Limits
 from engine.loops.clock import ClockWatch
@@ -43,11 +45,13 @@ from engine.loops.metrics import ROLE_RESTARTS, ROLE_UP, StreamSampler
 from engine.loops.recovery import Recovery
 from engine.loops.relay import Relay
 from engine.loops.timers import TimerService
+from engine.loops.webhooks import WebhookSender
 from engine.loops.worker import HandlerRegistry, Worker, default_registry
 from engine.messages import ENGINE_GROUP, WORKER_GROUP
 from engine.service import EngineService
 from engine.stopping import sleep_or_stop
 from engine.tasks import Tasks
+from engine.webhooks import Webhooks
 from projections.queries import Queries
 from steplog.datadir import local_servers
 from steplog.migrate import migrate
@@ -75,6 +79,8 @@ class ApiSide:
     limits: Limits
     # Task callbacks and activities (the API's /v1/tasks and /v1/activities routes).
     tasks: Tasks
+    # Webhook subscriptions (the API's /v1/webhooks routes).
+    webhooks: Webhooks
 
 
 @dataclass
@@ -94,6 +100,8 @@ class Resources:
     tracer: Tracer | None = None
     # What the API role uses (None: the facades above, on the same pool).
     api_side: ApiSide | None = None
+    # Webhook subscriptions on the process's pool (the CLI; the API role's: `api`).
+    webhooks: Webhooks | None = None
 
     @property
     def api(self) -> ApiSide:
@@ -106,6 +114,7 @@ class Resources:
                 self.access,
                 self.limits,
                 _tasks(self.settings, self.service, self.pool, self.bus),
+                self.webhooks or Webhooks.over(self.pool, self.settings.outbound_policy()),
             )
         return self.api_side
 
@@ -214,6 +223,7 @@ async def _open_resources(
             r = Resources(
                 settings, pool, redis, store, bus, service, queries, access, limits, clock, tracer
             )
+            r.webhooks = Webhooks.over(pool, settings.outbound_policy())
             if not serving_api or api_only:
                 yield r
                 return
@@ -227,7 +237,10 @@ async def _open_resources(
                 api_store = EventStore(api_pool)
                 facades = _facades(settings, api_store, api_pool, redis, bus, tracer, clock)
                 r.api_side = ApiSide(
-                    api_pool, *facades, _tasks(settings, facades[0], api_pool, bus)
+                    api_pool,
+                    *facades,
+                    _tasks(settings, facades[0], api_pool, bus),
+                    Webhooks.over(api_pool, settings.outbound_policy()),
                 )
                 yield r
             finally:
@@ -487,6 +500,8 @@ async def run_roles(
     if "projector" in roles:
         for p in projectors(r.pool, r.store, r.bus):
             supervise(f"projector:{p.projection.name}", p.run)
+    if "webhooks" in roles:
+        supervise("webhooks", _webhook_sender(r).run)
     runners: list[web.AppRunner] = []
     if "api" in roles:
         from api.app import create_app
@@ -513,6 +528,7 @@ async def run_roles(
             limits=api.limits,
             tracer=r.tracer,
             task_callbacks=api.tasks,
+            webhooks=api.webhooks,
         )
         app[ROLE_HEALTH] = health
         runner = HardenedAppRunner(app, server_limits(settings))
@@ -556,6 +572,15 @@ async def run_roles(
             await each.cleanup()
         if monitor is not None:
             await asyncio.to_thread(monitor.close)
+
+
+def _webhook_sender(r: Resources) -> WebhookSender:
+    return WebhookSender(
+        WebhookStore(r.pool),
+        Outbound(r.settings.outbound_policy()),
+        notifier=EventNotifier(r.pool),
+        policy=r.settings.delivery_policy(),
+    )
 
 
 async def _metrics_listener(host: str, port: int, token: str | None) -> web.AppRunner:

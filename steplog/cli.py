@@ -3,7 +3,7 @@
 steplog dev                        every role in one process, embedded servers
                                    unless STEPLOG_DATABASE_URL / STEPLOG_REDIS_URL
 steplog serve --roles api,engine   chosen roles (any subset of api, engine,
-                                   worker, projector)
+                                   worker, projector, webhooks)
 steplog migrate                    apply pending migrations
 steplog replay ID [--seq N]        print the state rebuilt from events (at seq N)
 steplog projections rebuild NAME   rebuild a read model from PostgreSQL
@@ -20,6 +20,9 @@ steplog keys revoke ID             revoke a key (refused from then on)
 steplog namespaces create NAME     a namespace keys can be bound to
 steplog namespaces list            the namespaces
 steplog limits show|set|reset NS   a namespace's rate limits and RUNNING quota
+steplog webhooks create URL [--event-types T,..] [--statuses S,..] [--workflows W,..]
+steplog webhooks list | pause ID | resume ID | delete ID
+                                   webhook subscriptions (docs/webhooks.md)
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from uuid import UUID
 import msgspec
 
 from engine.errors import Unavailable
-from steplog import limits_cli
+from steplog import limits_cli, webhooks_cli
 from steplog.datadir import DEFAULT_NAME, DataDirError, find_data_dir
 from steplog.logs import configure_logging
 from steplog.settings import ALL_ROLES, Settings
@@ -120,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--no-data", action="store_true", help="leave out inputs and outputs")
     _access_parsers(sub)
     limits_cli.add_parser(sub)
+    webhooks_cli.add_parser(sub)
     return p
 
 
@@ -291,6 +295,10 @@ async def _command(args: argparse.Namespace, settings: Settings) -> int:
                 return 0
             if args.command == "limits":
                 return await limits_cli.run(args, r.limits, r.access, sys.stdout)
+            if args.command == "webhooks" and r.webhooks is not None:
+                return await webhooks_cli.run(
+                    args, r.webhooks, r.access, settings.namespace, sys.stdout
+                )
     return 2
 
 

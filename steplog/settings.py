@@ -18,8 +18,9 @@ from engine.adapters.outbound import OutboundPolicy, parse_allow
 from engine.core.arns import DEFAULT_ACCOUNT, DEFAULT_PARTITION, DEFAULT_REGION, ArnScope
 from engine.limits import LimitDefaults, parse_rates
 from engine.loops.http_task import Connection, parse_connections
+from engine.webhooks import DeliveryPolicy
 
-ALL_ROLES: tuple[str, ...] = ("api", "engine", "worker", "projector")
+ALL_ROLES: tuple[str, ...] = ("api", "engine", "worker", "projector", "webhooks")
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
 LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _PARTITION = re.compile(r"[a-z][a-z0-9-]{0,31}")
@@ -160,6 +161,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     outbound_connect_timeout_s: float = 5.0
     outbound_timeout_s: float = 15.0
     outbound_max_response_bytes: int = 1_048_576
+    # Webhooks (the webhooks role, docs/webhooks.md): a failed delivery is retried after
+    # webhook_retry_base_s, doubling up to webhook_retry_max_s (each jittered), until
+    # webhook_retry_horizon_s after its first attempt, then dead-lettered; a subscription
+    # failing for longer than webhook_pause_after_s (no success in between) is paused.
+    # webhook_concurrency: deliveries in flight per process; webhook_poll_s: how often it
+    # looks for work besides the append doorbell.
+    webhook_retry_base_s: float = 1.0
+    webhook_retry_max_s: float = 600.0
+    webhook_retry_horizon_s: float = 259_200.0
+    webhook_pause_after_s: float = 432_000.0
+    webhook_concurrency: int = 32
+    webhook_poll_s: float = 0.5
     # Durable time is PostgreSQL's clock (engine/adapters/clock.py): every process reads
     # it every clock_sample_interval_s seconds and counts on with its monotonic clock in
     # between; a process whose wall clock is more than clock_offset_warn_s seconds off
@@ -223,6 +236,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             self.outbound_policy()
         except ValueError as exc:
             raise ValueError(f"outbound settings: {exc}") from None
+        self.delivery_policy()
         for field in ("rate_limits", "key_rate_limits"):
             try:
                 parse_rates(getattr(self, field))
@@ -254,6 +268,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             max_response_bytes=self.outbound_max_response_bytes,
             allow_networks=networks,
             allow_hosts=hosts,
+        )
+
+    def delivery_policy(self) -> DeliveryPolicy:
+        """How the webhooks role retries and paces deliveries."""
+        return DeliveryPolicy(
+            retry_base_s=self.webhook_retry_base_s,
+            retry_max_s=self.webhook_retry_max_s,
+            retry_horizon_s=self.webhook_retry_horizon_s,
+            pause_after_s=self.webhook_pause_after_s,
+            concurrency=self.webhook_concurrency,
+            poll_s=self.webhook_poll_s,
         )
 
     def check_auth(self) -> None:
@@ -345,6 +370,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("outbound_connect_timeout_s", float),
             ("outbound_timeout_s", float),
             ("outbound_max_response_bytes", int),
+            ("webhook_retry_base_s", float),
+            ("webhook_retry_max_s", float),
+            ("webhook_retry_horizon_s", float),
+            ("webhook_pause_after_s", float),
+            ("webhook_concurrency", int),
+            ("webhook_poll_s", float),
             ("clock_sample_interval_s", float),
             ("clock_offset_warn_s", float),
         ):

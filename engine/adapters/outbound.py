@@ -196,13 +196,13 @@ def check_url(url: str | URL, policy: OutboundPolicy) -> URL:
     allows it (a host name is checked at connect time). OutboundRefused otherwise."""
     try:
         parsed = URL(url) if isinstance(url, str) else url
+        host = parsed.host
     except (ValueError, TypeError) as exc:
         raise OutboundRefused(f"not a URL: {exc}") from exc
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+    if parsed.scheme not in ("http", "https") or not host:
         raise OutboundRefused("only absolute http:// and https:// URLs are allowed")
     if parsed.user is not None or parsed.password is not None:
         raise OutboundRefused("URLs with credentials (user:password@) are not allowed")
-    host = parsed.host
     try:
         literal: IPAddress | None = _ip(host.strip("[]"))
     except ValueError:

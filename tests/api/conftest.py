@@ -18,9 +18,12 @@ from api.app import create_app
 from engine.access import Access, Actor
 from engine.adapters.activities import ActivityStore
 from engine.adapters.bus import Bus
+from engine.adapters.outbound import Outbound, OutboundPolicy, parse_allow
 from engine.adapters.store import EventStore
+from engine.loops.webhooks import WebhookSender
 from engine.service import EngineService
 from engine.tasks import Tasks
+from engine.webhooks import Webhooks, delivery_id
 from projections.queries import Queries
 from projections.runner import catch_up
 from steplog.settings import Settings
@@ -41,6 +44,7 @@ async def client(
         Queries(store, pool, redis.ping),
         api_config(settings),
         Access.over(pool),
+        webhooks=Webhooks.over(pool, LOCAL_OUTBOUND),
         task_callbacks=task_callbacks(service, pool, bus),
     )
     async with TestClient(TestServer(app)) as c:
@@ -48,6 +52,8 @@ async def client(
 
 
 OWN, OTHER = "default", "other"
+# The API tests' outbound policy: webhooks may point at this machine.
+LOCAL_OUTBOUND = OutboundPolicy(allow_networks=parse_allow("127.0.0.1/32,::1/128")[0])
 SETUP = Actor(key_id=None, namespace=None, remote="test")
 
 
@@ -59,6 +65,11 @@ class World(msgspec.Struct):
     keys: dict[str, str]
     execution_id: str
     victim_key_id: str
+    # A webhook of the own namespace with a delivery (of the seeded execution's seq 1),
+    # and one webhook per admin caller of the own namespace for it to delete.
+    webhook_id: str = ""
+    delivery_id: str = ""
+    doomed: dict[str, str] = {}
 
 
 @pytest.fixture
@@ -69,10 +80,21 @@ async def world(
     service = EngineService(store, max_payload_bytes=settings.max_payload_bytes)
     config = msgspec.structs.replace(api_config(settings), auth=True)
     tasks = task_callbacks(service, pool, bus)
+    webhooks = Webhooks.over(pool, LOCAL_OUTBOUND)
     app = create_app(
-        service, Queries(store, pool, redis.ping), config, access, task_callbacks=tasks
+        service,
+        Queries(store, pool, redis.ping),
+        config,
+        access,
+        task_callbacks=tasks,
+        webhooks=webhooks,
     )
     await access.create_namespace(OTHER, SETUP)
+    hook = await webhooks.create(OWN, url="http://127.0.0.1:9/hook")
+    doomed = {
+        caller: str((await webhooks.create(OWN, url="http://127.0.0.1:9/doomed")).webhook_id)
+        for caller in ("own", "global")
+    }
 
     async def key(namespace: str | None, role: str, **extra: Any) -> tuple[str, str]:
         record, token = await access.create_key(
@@ -97,6 +119,18 @@ async def world(
     record, _ = await service.start(OWN, "wf", b"{}", None, dt.datetime.now(dt.UTC))
     await service.stop(record.execution_id, None, None, dt.datetime.now(dt.UTC))
     await catch_up(pool, store)  # the listing reads the read model
+    # Queue the webhook's deliveries of those events (nothing is sent: no sender runs).
+    await WebhookSender(webhooks.store, Outbound(LOCAL_OUTBOUND)).queue_new()
+    seeded = delivery_id(hook.webhook_id, record.execution_id, 1)
     await tasks.create_activity(OWN, "wf")  # {name} of the activity routes
     async with TestClient(TestServer(app)) as client:
-        yield World(client, pool, keys, str(record.execution_id), victim_key_id)
+        yield World(
+            client,
+            pool,
+            keys,
+            str(record.execution_id),
+            victim_key_id,
+            webhook_id=str(hook.webhook_id),
+            delivery_id=seeded,
+            doomed=doomed,
+        )

@@ -38,6 +38,9 @@ COUNTED_TABLES = (
     "namespaces",
     "api_keys",
     "audit_log",
+    "webhook_subscriptions",
+    "webhook_deliveries",
+    "webhook_attempts",
     "activities",
 )
 

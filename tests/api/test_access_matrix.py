@@ -32,6 +32,9 @@ BODIES: dict[str, Any] = {
     "createNamespace": {"name": "made-by-matrix"},
     "createKey": {"role": "reader", "name": "matrix"},
     "revokeKey": None,
+    "createWebhook": {"url": "http://127.0.0.1:9/matrix", "statuses": ["SUCCEEDED"]},
+    "updateWebhook": {"description": "changed by the matrix"},
+    "replayDelivery": None,
     # Not a token steplog issued: every caller allowed to send one gets 400 invalid_token.
     "sendTaskSuccess": {"taskToken": "stt1.not-a-token", "output": {}},
     "sendTaskFailure": {"taskToken": "stt1.not-a-token", "error": "E"},
@@ -46,13 +49,18 @@ QUERIES: dict[str, str] = {"getStateDiff": "?from=1&to=2", "pollActivity": "?wai
 TOKEN_OPS = frozenset({"sendTaskSuccess", "sendTaskFailure", "sendTaskHeartbeat"})
 
 
-def _path(op: Op, world: World, *, unknown: bool = False) -> str:
+def _path(op: Op, world: World, *, unknown: bool = False, caller: str = "") -> str:
     # A registration makes its own workflow: "other" registering "wf" in its namespace
     # would make the later reads of "wf" by "other" rightly succeed.
     seeded = "registered" if op.id == "registerWorkflow" else "wf"
     path = op.path.replace("{name}", "nope" if unknown else seeded)
     path = path.replace("{id}", UNKNOWN_ID if unknown else world.execution_id)
     path = path.replace("{key_id}", "0" * 16 if unknown else world.victim_key_id)
+    # Each admin of the own namespace deletes a webhook of its own; the others (refused)
+    # aim at one that exists.
+    webhook = world.doomed.get(caller, world.webhook_id) if op.id == "deleteWebhook" else None
+    path = path.replace("{webhook_id}", UNKNOWN_ID if unknown else webhook or world.webhook_id)
+    path = path.replace("{delivery_id}", "msg_unknown" if unknown else world.delivery_id)
     return path + QUERIES.get(op.id, "")
 
 
@@ -70,7 +78,7 @@ def _expected(op: Op, caller: str) -> set[int]:
     if op.id in TOKEN_OPS:
         return {400}
     if caller == "other":
-        by_id = "{id}" in op.path or "{key_id}" in op.path
+        by_id = any(p in op.path for p in ("{id}", "{key_id}", "{webhook_id}"))
         if by_id or ("{name}" in op.path and op.id != "registerWorkflow"):
             return {404}
     return ok
@@ -86,7 +94,7 @@ async def _state(pool: asyncpg.Pool) -> dict[str, Any]:
 
 async def _call(world: World, op: Op, caller: str, path: str) -> tuple[int, bytes]:
     headers = {} if caller == "none" else {"Authorization": f"Bearer {world.keys[caller]}"}
-    body = BODIES[op.id] if op.method in ("post", "put") else None
+    body = BODIES[op.id] if op.method in ("post", "put", "patch") else None
     if op.id == "createActivity" and caller == "other":
         body = {"name": "made-by-other"}  # "wf" of its own would make its reads of wf 200
     async with world.client.request(op.method.upper(), path, json=body, headers=headers) as resp:
@@ -104,7 +112,7 @@ async def test_every_route_answers_every_caller_as_expected_and_refusals_change_
         for op in OPERATIONS:
             expected = _expected(op, caller)
             before = await _state(world.pool)
-            status, body = await _call(world, op, caller, _path(op, world))
+            status, body = await _call(world, op, caller, _path(op, world, caller=caller))
             if status not in expected:
                 failures.append(f"{caller} {op.method.upper()} {op.path}: {status} {body[:200]!r}")
             if status >= 400:
@@ -129,7 +137,15 @@ async def test_another_namespace_id_is_a_404_exactly_like_an_unknown_id(world: W
             unknown["code"],
             unknown["title"],
         ), op.id
-        for value in (world.execution_id, UNKNOWN_ID, world.victim_key_id, "wf", "nope", "0" * 16):
+        for value in (
+            world.execution_id,
+            UNKNOWN_ID,
+            world.victim_key_id,
+            world.webhook_id,
+            "wf",
+            "nope",
+            "0" * 16,
+        ):
             theirs["detail"] = theirs["detail"].replace(value, "X")
             unknown["detail"] = unknown["detail"].replace(value, "X")
         assert theirs["detail"] == unknown["detail"], op.id
