@@ -20,6 +20,9 @@ retried with a back-off, never published again by this relay. It publishes only 
 its lease, as its own monotonic clock measures it from the last renewal, runs; so an
 event reaches the stream at most twice through one outage: once by the leader before
 it, once more by the next leader if the outage outlasted the lease (docs/internals.md).
+A batch Redis took in part (each stream takes its part whole or not at all:
+`Bus.publish`) is kept and only its refused part is published again; only a reply
+lost with its connection can make Redis receive a part twice.
 """
 
 from __future__ import annotations
