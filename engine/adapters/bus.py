@@ -105,6 +105,25 @@ def _tag_safe(name: str) -> str:
     return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
+class PartlyPublished(Unavailable):
+    """Redis published part of a `Bus.publish` and refused the rest as an outage (OOM
+    at the edge of maxmemory, a failover under way, ...). Every stream got all of its
+    entries or none: ``events``, ``triggers`` and ``tasks`` are those of the streams
+    refused, in the order given; publish them (only them) again."""
+
+    def __init__(
+        self,
+        message: str,
+        events: Sequence[CommittedEvent],
+        triggers: Sequence[tuple[UUID, TriggerMessage]],
+        tasks: Sequence[TaskMessage],
+    ) -> None:
+        super().__init__(message)
+        self.events = events
+        self.triggers = triggers
+        self.tasks = tasks
+
+
 class StreamEntry(msgspec.Struct, frozen=True):
     """One stream entry as read by a consumer. ``deliveries`` is how many times it was
     delivered (1 for a first read; from XPENDING after `Bus.autoclaim`)."""
@@ -171,6 +190,11 @@ def _reply_code(exc: BaseException) -> str:
     text = rest.lstrip("('\"") if marker else text
     if text.startswith("Error running script") and (found := _SCRIPT_REPLY.search(text)):
         return found.group(1)
+    # An EXEC refused (EXECABORT) names the refusal: "Transaction discarded because of:
+    # OOM command not allowed ..." (redis-py drops the EXECABORT code).
+    _, marker, rest = text.partition("Transaction discarded because of: ")
+    if marker:
+        return rest.split(" ", 1)[0]
     return text.split(" ", 1)[0]
 
 
@@ -202,6 +226,22 @@ _ERROR_KINDS: dict[type[SteplogError], str] = {
 }
 for _kind in _ERROR_KINDS.values():
     REDIS_ERRORS.labels(_kind)  # every kind shown from the start, at 0
+
+
+def _transaction_error(replies: Sequence[Any]) -> Exception | None:
+    """The refusal in the replies of one MULTI, its commands and EXEC (None when EXEC
+    ran them all): a command refused at queue time (its EXEC is then aborted), an EXEC
+    refused, or a command that failed inside EXEC."""
+    *queued, executed = replies
+    for reply in queued:
+        if isinstance(reply, Exception):
+            return reply
+    if isinstance(executed, Exception):
+        return executed
+    for reply in executed or ():
+        if isinstance(reply, Exception):
+            return reply
+    return None
 
 
 @contextlib.contextmanager
@@ -389,24 +429,73 @@ class Bus:
         triggers: Sequence[tuple[UUID, TriggerMessage]] = (),
         tasks: Sequence[TaskMessage] = (),
     ) -> None:
-        """XADD all of it in one pipelined round trip: events first, then triggers (each
-        with its execution's id), then tasks (to their queues), each in the order given
-        (so per-execution order is kept per stream)."""
-        pipe = self.redis.pipeline(transaction=False)
+        """XADD all of it in one pipelined round trip: events, triggers (each with its
+        execution's id) and tasks (to their queues), each stream's entries in the order
+        given (so per-execution order is kept per stream).
+
+        Each stream's entries go in one MULTI/EXEC, so Redis adds all of them or none
+        (a command refused at queue time, e.g. OOM at the edge of maxmemory, aborts its
+        stream's EXEC; a stream is one slot, so this holds on Redis Cluster too). When
+        Redis refuses some streams and accepts others, `PartlyPublished` carries what
+        was not published, for the caller to publish (only that) again; when it refuses
+        everything, the refusal is raised as usual. A reply lost to a dropped connection
+        leaves unknown what passed: the caller's retry (and the client's own) may then
+        add again what had passed."""
+        plan: dict[str, list[tuple[XaddFields, int | None]]] = {}
         for event in events:
-            pipe.xadd(
-                self.keys.events(self.partition_of(event.execution_id)),
-                event_fields(event),
-                maxlen=self._events_maxlen,
-                approximate=True,
+            plan.setdefault(self._event_stream(event), []).append(
+                (event_fields(event), self._events_maxlen)
             )
         for execution_id, message in triggers:
-            self._xadd_trigger(pipe, execution_id, message)
+            plan.setdefault(self._trigger_stream(execution_id), []).append(
+                (trigger_fields(execution_id, message), self._work_maxlen)
+            )
         for task in tasks:
-            self._xadd_task(pipe, task)
-        if len(pipe):
-            with _redis_errors():
-                await pipe.execute()
+            plan.setdefault(self.keys.tasks(task.queue), []).append(
+                (task_fields(task), self._work_maxlen)
+            )
+        if not plan:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, entries in plan.items():
+            pipe.execute_command("MULTI")
+            for fields, maxlen in entries:
+                pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
+            pipe.execute_command("EXEC")
+        with _redis_errors():
+            replies = await pipe.execute(raise_on_error=False)
+        refused: dict[str, Exception] = {}
+        at = 0
+        for stream, entries in plan.items():
+            block = replies[at : at + len(entries) + 2]
+            at += len(entries) + 2
+            if (error := _transaction_error(block)) is not None:
+                refused[stream] = error
+        if not refused:
+            return
+        errors = list(refused.values())
+        translated = [translate(e) for e in errors]
+        for error in translated:
+            REDIS_ERRORS.labels(_ERROR_KINDS.get(type(error), "refused")).inc()
+        # Not an outage (a bug, a key of another type): raised as it is; whatever passed
+        # may then be published again by the caller's retry (at least once).
+        for error, cause in zip(translated, errors, strict=True):
+            if not isinstance(error, Unavailable):
+                raise error from cause
+        if len(refused) == len(plan):
+            raise translated[0] from errors[0]
+        raise PartlyPublished(
+            f"Redis accepted {len(plan) - len(refused)} of {len(plan)} streams: {translated[0]}",
+            [e for e in events if self._event_stream(e) in refused],
+            [t for t in triggers if self._trigger_stream(t[0]) in refused],
+            [t for t in tasks if self.keys.tasks(t.queue) in refused],
+        ) from errors[0]
+
+    def _event_stream(self, event: CommittedEvent) -> str:
+        return self.keys.events(self.partition_of(event.execution_id))
+
+    def _trigger_stream(self, execution_id: UUID) -> str:
+        return self.keys.triggers(self.partition_of(execution_id))
 
     async def publish_events(self, events: Sequence[CommittedEvent]) -> None:
         """XADD each event to its partition's events stream, pipelined."""

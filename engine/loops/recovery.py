@@ -38,12 +38,12 @@ import datetime as dt
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from uuid import UUID
 
 import asyncpg
 
-from engine.adapters.bus import Bus
+from engine.adapters.bus import Bus, PartlyPublished
 from engine.adapters.postgres import translate_errors
 from engine.adapters.store import StoredEvent
 from engine.core import events as ev
@@ -65,6 +65,9 @@ log = logging.getLogger("steplog.recovery")
 RECOVERY_LOCK_CLASS = 0x73747043
 TRY_LOCK = "SELECT pg_try_advisory_lock($1, hashtext($2))"
 UNLOCK = "SELECT pg_advisory_unlock($1, hashtext($2))"
+# The pauses between two tries to publish the rest of a publish Redis took in part.
+PARTLY_BACKOFF_FIRST_S = 0.05
+PARTLY_BACKOFF_MAX_S = 1.0
 
 
 def pending_work(
@@ -165,7 +168,7 @@ class Recovery:
             queues |= {task.queue for task in work}
             for queue in queues:
                 await self.bus.ensure_group(self.bus.tasks_stream(queue), WORKER_GROUP)
-            await self.bus.publish(triggers=triggers, tasks=work)
+            await self._publish(triggers, work)
             begins += len(triggers)
             tasks += len(work)
         await self.bus.mark_intact(f"{_whoami()} {started.isoformat()}")
@@ -177,6 +180,23 @@ class Recovery:
             tasks,
             rearmed,
         )
+
+    async def _publish(
+        self, triggers: Sequence[tuple[UUID, TriggerMessage]], tasks: Sequence[TaskMessage]
+    ) -> None:
+        """Publish, and while Redis takes a publish in part (`PartlyPublished`, at the
+        edge of its memory), publish the rest again, only the rest: each such try
+        takes at least one stream whole, so this ends. Other failures are raised (the
+        next check rebuilds again)."""
+        delay = PARTLY_BACKOFF_FIRST_S
+        while True:
+            try:
+                await self.bus.publish(triggers=triggers, tasks=tasks)
+                return
+            except PartlyPublished as exc:
+                triggers, tasks = exc.triggers, exc.tasks
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, PARTLY_BACKOFF_MAX_S)
 
 
 def _whoami() -> str:

@@ -20,6 +20,9 @@ retried with a back-off, never published again by this relay. It publishes only 
 its lease, as its own monotonic clock measures it from the last renewal, runs; so an
 event reaches the stream at most twice through one outage: once by the leader before
 it, once more by the next leader if the outage outlasted the lease (docs/internals.md).
+A batch Redis took in part (each stream takes its part whole or not at all:
+`Bus.publish`) is kept and only its refused part is published again; only a reply
+lost with its connection can make Redis receive a part twice.
 """
 
 from __future__ import annotations
@@ -31,18 +34,20 @@ import os
 import secrets
 import socket
 from collections.abc import Callable, Sequence
+from uuid import UUID
 
 import asyncpg
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import Span, Tracer
 
-from engine.adapters.bus import Bus
+from engine.adapters.bus import Bus, PartlyPublished
 from engine.adapters.notifier import EventNotifier
 from engine.adapters.relay_lease import RelayLease
 from engine.adapters.store import EventStore, GlobalPosition, StoredEvent
+from engine.core.events import CommittedEvent
 from engine.errors import Unavailable
 from engine.loops import metrics
 from engine.loops.tracing import ExecutionTraces, end_spans, publish_spans, traceparent_of
-from engine.messages import follow_ups
+from engine.messages import TaskMessage, TriggerMessage, follow_ups
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,23 @@ async def _wait_any(events: Sequence[asyncio.Event], seconds: float) -> None:
     finally:
         for waiter in waiters:
             waiter.cancel()
+
+
+class _Batch:
+    """Events read in one batch, and what of them and their messages is not published
+    yet (``rest``: the arguments of `Bus.publish`)."""
+
+    def __init__(
+        self,
+        events: Sequence[StoredEvent],
+        rest: tuple[
+            Sequence[CommittedEvent], Sequence[tuple[UUID, TriggerMessage]], Sequence[TaskMessage]
+        ],
+        spans: list[Span],
+    ) -> None:
+        self.events = events
+        self.rest = rest
+        self.spans = spans
 
 
 class Deposed(Exception):
@@ -121,6 +143,7 @@ class Relay:
         self.lease_s = lease_s
         self._lease: _Lease | None = None  # while leading
         self.position = GlobalPosition()  # published up to (while leading: the truth)
+        self._batch: _Batch | None = None  # a batch not all published yet
 
     @property
     def is_leader(self) -> bool:
@@ -197,6 +220,15 @@ class Relay:
             lease.extend(sent_at)
 
     async def _lead(self, lease: _Lease, stop: asyncio.Event) -> None:
+        try:
+            async with self._notifier.subscribed():
+                await self._follow(lease, stop)
+        finally:
+            if self._batch is not None:  # not all published: the next leader does it
+                end_spans(self._batch.spans, Deposed("the relay stopped leading"))
+                self._batch = None
+
+    async def _follow(self, lease: _Lease, stop: asyncio.Event) -> None:
         # After a notification, a commit can stay hidden from read_all for a moment
         # behind an older transaction still in flight (e.g. a projector's batch); its
         # notification is already spent, so re-read soon, backing off from
@@ -204,80 +236,92 @@ class Relay:
         recheck = 0.0
         backoff = 0.0
         unsaved: GlobalPosition | None = None  # published, not recorded yet
+        pending: Sequence[StoredEvent] = ()  # read, not all of it published yet
         more = False  # the last batch was full
-        async with self._notifier.subscribed():
-            changed = self._notifier.changed()
-            while not stop.is_set():
-                if lease.deposed.is_set():
-                    raise Deposed
-                if not lease.held():
-                    # Cut off from PostgreSQL for a whole lease: another relay may lead
-                    # now. Publish nothing until the lease is renewed (or lost).
-                    lease.renewed.clear()
-                    await _wait_any([stop, lease.renewed, lease.deposed], self._retry_delay_s)
-                    continue
-                try:
-                    if unsaved is not None:
-                        # Retried here until recorded (or the lead is lost); never
-                        # published again in between.
-                        if not await self._lease_row.save(unsaved):
-                            raise Deposed
-                        unsaved = None
-                        if more:
-                            continue
-                    else:
+        changed = self._notifier.changed()
+        while not stop.is_set():
+            if lease.deposed.is_set():
+                raise Deposed
+            if not lease.held():
+                # Cut off from PostgreSQL for a whole lease: another relay may lead
+                # now. Publish nothing until the lease is renewed (or lost).
+                lease.renewed.clear()
+                await _wait_any([stop, lease.renewed, lease.deposed], self._retry_delay_s)
+                continue
+            try:
+                if unsaved is not None:
+                    # Retried here until recorded (or the lead is lost); never
+                    # published again in between.
+                    if not await self._lease_row.save(unsaved):
+                        raise Deposed
+                    unsaved = None
+                    if more:
+                        continue
+                else:
+                    if not pending:
                         # Taken before reading: a notification arriving during the read
                         # (or the publish and the save) wakes the next wait at once.
                         changed = self._notifier.changed()
-                        events = await self._store.read_all(self.position, self._batch_size)
-                        if events and not lease.held():
+                        pending = await self._store.read_all(self.position, self._batch_size)
+                        if pending and not lease.held():
                             continue  # the read outlasted the lease: see above
-                        if events:
-                            await self._publish(events)
-                            self.position = unsaved = events[-1].global_position
-                            more = len(events) == self._batch_size
-                            backoff = 0.0
-                            continue  # recorded at the top of the loop
-                except (Deposed, asyncio.CancelledError):
-                    raise
-                except Exception as exc:
-                    # Kept: the lead, the position and the unsaved checkpoint. Nothing
-                    # published is published again by this relay.
-                    _log_failure(f"relay {self.name} failed", exc, not backoff)
-                    backoff = min(max(backoff * 2, BACKOFF_FIRST_S), self._retry_delay_s)
-                    await _wait_any([stop, lease.deposed], backoff)
-                    continue
-                backoff = 0.0
-                timeout = recheck or self._poll_interval_s
-                await _wait_any([stop, changed, lease.deposed], timeout)
-                if changed.is_set():
-                    recheck = HELD_BACK_FIRST_S
-                elif recheck:
-                    recheck = recheck * 2 if recheck * 2 < self._poll_interval_s else 0.0
-            if unsaved is not None:  # stopping: one try to record what was published
-                try:
-                    await self._lease_row.save(unsaved)
-                except Exception as exc:
-                    log.warning("relay %s: checkpoint not saved at stop (%r)", self.name, exc)
+                    if pending:
+                        # A publish Redis took in part is retried for the rest only.
+                        await self._publish(pending)
+                        self.position = unsaved = pending[-1].global_position
+                        more = len(pending) == self._batch_size
+                        pending = ()
+                        backoff = 0.0
+                        continue  # recorded at the top of the loop
+            except (Deposed, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                # Kept: the lead, the position, the batch not all published and the
+                # unsaved checkpoint. Nothing published is published again by this
+                # relay (but for a reply Redis sent and the connection lost).
+                _log_failure(f"relay {self.name} failed", exc, not backoff)
+                backoff = min(max(backoff * 2, BACKOFF_FIRST_S), self._retry_delay_s)
+                await _wait_any([stop, lease.deposed], backoff)
+                continue
+            backoff = 0.0
+            timeout = recheck or self._poll_interval_s
+            await _wait_any([stop, changed, lease.deposed], timeout)
+            if changed.is_set():
+                recheck = HELD_BACK_FIRST_S
+            elif recheck:
+                recheck = recheck * 2 if recheck * 2 < self._poll_interval_s else 0.0
+        if unsaved is not None:  # stopping: one try to record what was published
+            try:
+                await self._lease_row.save(unsaved)
+            except Exception as exc:
+                log.warning("relay %s: checkpoint not saved at stop (%r)", self.name, exc)
 
     async def _publish(self, events: Sequence[StoredEvent]) -> None:
+        """Publish the batch ``events`` with the messages they call for; called again
+        with the same batch after a failure, it publishes only what Redis has not
+        taken yet (each stream takes its part of a publish whole or not at all)."""
+        batch = self._batch
+        if batch is None or batch.events is not events:
+            batch = self._batch = await self._prepare(events)
+        try:
+            await self._bus.publish(*batch.rest)
+        except PartlyPublished as exc:
+            batch.rest = (exc.events, exc.triggers, exc.tasks)
+            raise
+        self._batch = None
+        end_spans(batch.spans)
+        metrics.observe_published(events, self._clock())
+
+    async def _prepare(self, events: Sequence[StoredEvent]) -> _Batch:
         if self._tracer is None:
             triggers, tasks = follow_ups(events)
-            await self._bus.publish(events, triggers, tasks)
-            metrics.observe_published(events, self._clock())
-            return
+            return _Batch(events, (events, triggers, tasks), [])
         # The messages carry their execution's publish span: the engine's decision and
-        # the worker's attempt become its children.
+        # the worker's attempt become its children. The spans end once all is published.
         spans = await publish_spans(self._tracer, self._traces, events)
-        try:
-            parents = {execution_id: traceparent_of(span) for execution_id, span in spans.items()}
-            triggers, tasks = follow_ups(events, parents)
-            await self._bus.publish(events, triggers, tasks)
-        except BaseException as exc:
-            end_spans(spans.values(), exc)
-            raise
-        end_spans(spans.values())
-        metrics.observe_published(events, self._clock())
+        parents = {execution_id: traceparent_of(span) for execution_id, span in spans.items()}
+        triggers, tasks = follow_ups(events, parents)
+        return _Batch(events, (events, triggers, tasks), list(spans.values()))
 
 
 def _log_failure(what: str, exc: Exception, first: bool) -> None:

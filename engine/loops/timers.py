@@ -27,20 +27,22 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from uuid import UUID
 
 from opentelemetry.trace import Tracer
 
-from engine.adapters.bus import Bus
+from engine.adapters.bus import Bus, PartlyPublished
 from engine.adapters.store import DueTimer, EventStore
 from engine.loops import metrics
 from engine.loops.tracing import ExecutionTraces, end_spans, timer_spans, traceparent_of
-from engine.messages import TimerFired
+from engine.messages import TimerFired, TriggerMessage
 from engine.stopping import sleep_or_stop
 
 log = logging.getLogger("steplog.timers")
 
-# The pauses between two tries to record fired timers (doubling).
+# The pauses between two tries to publish the rest of a publish Redis took in part, or
+# to record fired timers (doubling).
 RECORD_BACKOFF_FIRST_S = 0.05
 RECORD_BACKOFF_MAX_S = 1.0
 
@@ -84,21 +86,22 @@ class TimerService:
         now = due[0].claimed_at  # when they were claimed, by the clock that found them due
         assert now is not None
         if self.tracer is None:
-            await self.bus.publish(
-                triggers=[(t.execution_id, TimerFired(timer_id=t.timer_id)) for t in due]
+            await self._publish(
+                [(t.execution_id, TimerFired(timer_id=t.timer_id)) for t in due], lease_ends
             )
         else:
             # Each trigger carries its timer's span: the decision it causes is its child.
             spans = await timer_spans(self.tracer, self.traces, due, now)
             try:
-                await self.bus.publish(
-                    triggers=[
+                await self._publish(
+                    [
                         (
                             t.execution_id,
                             TimerFired(timer_id=t.timer_id, traceparent=traceparent_of(s)),
                         )
                         for t, s in zip(due, spans, strict=True)
-                    ]
+                    ],
+                    lease_ends,
                 )
             except BaseException as exc:
                 end_spans(spans, exc)
@@ -108,6 +111,30 @@ class TimerService:
         metrics.observe_fired([t.due_at for t in due], now)
         self.fired += len(due)
         return len(due)
+
+    async def _publish(
+        self, triggers: Sequence[tuple[UUID, TriggerMessage]], lease_ends: float
+    ) -> None:
+        """Publish the triggers of claimed timers, retried with a back-off while Redis
+        cannot serve (`Unavailable`) until the claim's lease ends; then the error is
+        raised, and another service fires the timers again after the lease. A publish
+        Redis took in part (`PartlyPublished`: at the edge of its memory) is retried
+        for the rest only; what was published is published again only when a reply
+        was lost (a dropped connection) or the lease ran out (a duplicate trigger,
+        which decide ignores)."""
+        loop = asyncio.get_running_loop()
+        delay = RECORD_BACKOFF_FIRST_S
+        while True:
+            try:
+                await self.bus.publish(triggers=triggers)
+                return
+            except Unavailable as exc:
+                if isinstance(exc, PartlyPublished):
+                    triggers = exc.triggers
+                if loop.time() + delay >= lease_ends:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECORD_BACKOFF_MAX_S)
 
     async def _record_fired(self, due: list[DueTimer], lease_ends: float) -> None:
         """`mark_timers_fired`, retried with a back-off while it fails (PostgreSQL away,

@@ -285,6 +285,10 @@ def test_translate_sorts_redis_errors_into_steplog_errors() -> None:
         redis_errors.ReadOnlyError("You can't write against a read only replica."),
         redis_errors.OutOfMemoryError("command not allowed when used memory > 'maxmemory'"),
         redis_errors.ResponseError("MISCONF Redis is configured to save RDB snapshots"),
+        # An EXEC refused as a whole names its refusal.
+        redis_errors.ExecAbortError(
+            "Transaction discarded because of: OOM command not allowed when used memory"
+        ),
         ConnectionResetError("reset by peer"),
     ]
     assert all(type(translate(exc)) is Unavailable for exc in outages)
@@ -294,6 +298,8 @@ def test_translate_sorts_redis_errors_into_steplog_errors() -> None:
     assert type(translate(redis_errors.ResponseError(wrapped))) is MissingGroup
     wrongtype = redis_errors.ResponseError("WRONGTYPE Operation against a key")
     assert type(translate(wrongtype)) is BusError
+    aborted = redis_errors.ExecAbortError("Transaction discarded because of previous errors.")
+    assert type(translate(aborted)) is BusError
 
 
 async def test_events_streams_are_trimmed_approximately(
