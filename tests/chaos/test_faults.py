@@ -270,6 +270,7 @@ class Figures:
     failed: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     not_ready: Counter[str] = field(default_factory=Counter)
     ready_while_refusing: Counter[str] = field(default_factory=Counter)
+    tracebacks: list[str] = field(default_factory=list)
     max_runs_per_attempt: int = 0
     max_publishes_per_event: int = 0
     backwards: int = 0
@@ -537,7 +538,9 @@ def _answers(api: Api, timeline: Timeline, figures: Figures) -> None:
         if a.took > HANG_S or status == "timeout":
             figures.hangs[window.name] += 1
             figures.bad[window.name].append(f"{a.what} took {a.took:.1f}s ({status})")
-        if isinstance(status, int) and status == 503 and not a.retry_after:
+        if status == "refused":
+            figures.bad[window.name].append(f"{a.what}: connection refused or reset")
+        elif isinstance(status, int) and status == 503 and not a.retry_after:
             figures.bad[window.name].append(f"{a.what} 503 without Retry-After")
         elif isinstance(status, int) and not (200 <= status < 300 or status == 503):
             figures.bad[window.name].append(f"{a.what} answered {status}")
@@ -780,6 +783,27 @@ async def _verify(
         await pool.close()
 
 
+def tracebacks(log_dir: Path) -> list[str]:
+    """The tracebacks the processes logged: "proc-N.log: <message> ... <exception>"."""
+    found = []
+    for path in sorted(log_dir.glob("proc-*.log")):
+        lines = path.read_text(errors="replace").splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("Traceback (most recent call last)"):
+                message = lines[i - 1][:160] if i else ""
+                end = next(
+                    (
+                        x
+                        for x in lines[i + 1 :]
+                        if x
+                        and not x.startswith((" ", "Traceback", "During handling", "The above"))
+                    ),
+                    "",
+                )
+                found.append(f"{path.name}: {message} ... {end[:160]}")
+    return found
+
+
 def table(timeline: Timeline, figures: Figures) -> str:
     head = (
         f"{'fault':<22} {'held':>5} {'recov':>6} {'2xx':>5} {'503':>5} {'500':>4} "
@@ -811,7 +835,8 @@ def table(timeline: Timeline, figures: Figures) -> str:
     lines.append(
         f"skewed engine ({SKEW}), whole run: history timestamps backwards "
         f"{figures.backwards}; max runs of one attempt {figures.max_runs_per_attempt}; "
-        f"max publishes of one event {figures.max_publishes_per_event}"
+        f"max publishes of one event {figures.max_publishes_per_event}; "
+        f"tracebacks logged {len(figures.tracebacks)}"
     )
     return "\n".join(lines)
 
@@ -853,6 +878,11 @@ def judge(timeline: Timeline, figures: Figures, problems: dict[str, list[str]]) 
             wrong.append(f"{name}: {len(found)} executions did not succeed: {found[:3]}")
     if figures.backwards:
         wrong.append(f"history timestamps went backwards {figures.backwards} times")
+    if figures.tracebacks:
+        wrong.append(
+            f"{len(figures.tracebacks)} tracebacks logged (an outage is expected: a warning, "
+            f"no traceback): {figures.tracebacks[:3]}"
+        )
     if problems:
         wrong.append(f"{len(problems)} executions wrong: {list(problems.items())[:5]}")
     return wrong
@@ -923,8 +953,9 @@ async def test_faults_answer_503_repeat_nothing_and_lose_nothing() -> None:
                 print(
                     f"{len(workload.inputs)} mixed executions, {len(probes.sleepers)} probe sleepers"
                 )
-                print(table(timeline, figures))
                 codes = await cluster.stop_all()
+                figures.tracebacks = tracebacks(data_dir / "logs")
+                print(table(timeline, figures))
             finally:
                 await cluster.kill_all()
             assert codes == [0] * len(ROLES), f"exit codes {codes}\n{cluster.tails()}"
