@@ -37,6 +37,7 @@ import contextlib
 import datetime as dt
 import itertools
 import math
+import re
 import shutil
 import tempfile
 import time
@@ -783,24 +784,23 @@ async def _verify(
         await pool.close()
 
 
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT")
+
+
 def tracebacks(log_dir: Path) -> list[str]:
-    """The tracebacks the processes logged: "proc-N.log: <message> ... <exception>"."""
+    """The log records with a traceback: "proc-N.log: <message> ... <last exception>"
+    (a chain of exceptions is one record)."""
     found = []
     for path in sorted(log_dir.glob("proc-*.log")):
         lines = path.read_text(errors="replace").splitlines()
         for i, line in enumerate(lines):
-            if line.startswith("Traceback (most recent call last)"):
-                message = lines[i - 1][:160] if i else ""
-                end = next(
-                    (
-                        x
-                        for x in lines[i + 1 :]
-                        if x
-                        and not x.startswith((" ", "Traceback", "During handling", "The above"))
-                    ),
-                    "",
-                )
-                found.append(f"{path.name}: {message} ... {end[:160]}")
+            if not line.startswith("Traceback (most recent call last)") or not i:
+                continue
+            if not LOG_LINE.match(lines[i - 1]):
+                continue  # a later traceback of a chain
+            record = itertools.takewhile(lambda x: not LOG_LINE.match(x), lines[i + 1 :])
+            last = [x for x in record if x and not x.startswith((" ", "Traceback"))]
+            found.append(f"{path.name}: {lines[i - 1][:160]} ... {(last or [''])[-1][:160]}")
     return found
 
 
@@ -881,7 +881,9 @@ def judge(timeline: Timeline, figures: Figures, problems: dict[str, list[str]]) 
     if figures.tracebacks:
         wrong.append(
             f"{len(figures.tracebacks)} tracebacks logged (an outage is expected: a warning, "
-            f"no traceback): {figures.tracebacks[:3]}"
+            f"no traceback), by exception: "
+            f"{dict(Counter(t.rpartition(' ... ')[2].partition(':')[0] for t in figures.tracebacks))}"
+            f"; e.g. {figures.tracebacks[:3]}"
         )
     if problems:
         wrong.append(f"{len(problems)} executions wrong: {list(problems.items())[:5]}")
