@@ -77,6 +77,8 @@ START_EVERY_S = 0.5  # one mixed execution started this often while faults run
 RECOVERY_LIMIT_S = 30.0
 SETTLE_S = 2.0  # between one fault's recovery and the next fault
 END_DEADLINE_S = 150.0  # for every execution to end after the faults (skewed retries are late)
+# Longer than the lock on events: a task still running when the workers' loops unblock.
+LONG_BEAT_S = 12
 HEARTBEAT_S = 20  # longer than any fault: a heartbeat timeout means a timer fired early
 BEAT_TIMEOUT_S = 40  # the heartbeating task's TimeoutSeconds (shorter than the skew)
 RETRY_INTERVAL_S = 1
@@ -193,15 +195,16 @@ CANARY = {
 
 def mixed_input(i: int, now: float) -> dict[str, Any]:
     """A third of the executions succeed at once in Flaky, a third after a retry, a third
-    are caught after three failures; a Wait until 1-3 s from now; a 2-4 s heartbeating
-    task; a Map of three charges; 0-3 rounds of the Choice loop."""
+    are caught after three failures; a Wait until 1-3 s from now; a heartbeating task of
+    2-4 s, or LONG_BEAT_S for a quarter (running across the lock on events); a Map of
+    three charges; 0-3 rounds of the Choice loop."""
     until = dt.datetime.fromtimestamp(now + 1 + i % 3, dt.UTC)
     return {
         "i": i,
         "amount": 10 + i % 40,
         "fail_times": (0, 1, 3)[i % 3],
         "until": until.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "beat": 2 + i % 3,
+        "beat": LONG_BEAT_S if i % 4 == 3 else 2 + i % 3,
         "items": [1, 2, 3 + i % 5],
         "rounds": i % 4,
         "loop": {"n": 0},
