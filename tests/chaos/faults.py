@@ -7,7 +7,7 @@ each is applied to the harness's own PostgreSQL or Redis and lifted again.
 - Every connection terminated (pg_terminate_backend, no restart).
 - A lock on the events table (ACCESS EXCLUSIVE, in an open transaction), as a migration
   or a long maintenance statement holds it.
-- Redis refuses writes: maxmemory just above what it uses, noeviction.
+- Redis refuses writes: maxmemory below what it uses, or just above, noeviction.
 - Redis drops every client connection (CLIENT KILL TYPE normal).
 - Redis pauses its clients (CLIENT PAUSE).
 - A skewed clock: libfaketime (Debian's ``faketime``) preloaded into one process.
@@ -22,6 +22,7 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Literal
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -88,16 +89,19 @@ async def events_locked(database_url: str) -> AsyncIterator[None]:
         await conn.close()
 
 
-async def redis_refuse_writes(redis_url: str, on: bool) -> None:
-    """maxmemory just above what Redis uses, with noeviction (on), or no limit (off)."""
+async def redis_refuse_writes(redis_url: str, how: Literal["full", "edge", "off"]) -> None:
+    """Redis out of memory with noeviction: "full" sets maxmemory below what it uses (every
+    write refused), "edge" just above (writes refused or not as memory comes and goes),
+    "off" lifts the limit."""
     client = aioredis.Redis.from_url(redis_url)
     try:
-        if on:
+        if how == "off":
+            await client.config_set("maxmemory", "0")
+        else:
             await client.config_set("maxmemory-policy", "noeviction")
             used = int((await client.info("memory"))["used_memory"])
-            await client.config_set("maxmemory", str(used + 1024))
-        else:
-            await client.config_set("maxmemory", "0")
+            limit = max(used - 512 * 1024, 1024 * 1024) if how == "full" else used + 1024
+            await client.config_set("maxmemory", str(limit))
     finally:
         await client.aclose()
 

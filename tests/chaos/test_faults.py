@@ -6,15 +6,16 @@ task, stops and idempotent starts.
 
 Faults, in order (tests/chaos/faults.py): PostgreSQL read-only for 10 s; every PostgreSQL
 connection terminated, three times; the events table locked (ACCESS EXCLUSIVE) for longer
-than the worker visibility timeout; Redis refusing writes (maxmemory, noeviction) for
-10 s; every Redis client connection killed, three times; Redis clients paused 6 s.
+than the worker visibility timeout; Redis refusing writes (maxmemory, noeviction), full
+for 6 s, then at the edge for 6 s; every Redis client connection killed, three times;
+Redis clients paused 6 s.
 
 While they run, probes hit the API processes (register, start, the same start again,
 describe, history, stop, /health/ready) and record each answer in the window of the fault
 it was sent in. Expected: every answer 2xx or 503 with Retry-After, never a 500 or
 another status, never a request hanging past HANG_S; /health/ready 503 while PostgreSQL
-is read-only and while Redis refuses writes. After each fault is lifted, the recovery
-time is measured: until a round of probes all answer 2xx and a new execution (a task and
+is read-only and while Redis is full. After each fault is lifted, the recovery time is
+measured: until a round of probes all answer 2xx and a new execution (a task and
 its result through every role) has succeeded.
 
 At the end: every execution ended as expected (the mixed ones succeeded with their
@@ -244,7 +245,9 @@ class Window:
     start: float  # wall clock: the fault applied
     lift: float = math.inf  # the fault lifted
     recovered: float | None = None
-    not_ready_expected: bool = False
+    # Set by faults that refuse writes: /health/ready must answer 503 from 3 s after the
+    # start until this time.
+    refusing_until: float | None = None
 
     @property
     def recovery_s(self) -> float | None:
@@ -421,51 +424,57 @@ class Probes:
 # --- the faults --------------------------------------------------------------------------
 
 
-Fault = tuple[str, bool, Callable[[], Awaitable[None]]]
+Fault = tuple[str, Callable[[Window], Awaitable[None]]]
 
 
 def fault_plan(database_url: str, redis_url: str) -> list[Fault]:
-    """(name, readiness expected 503 while it holds, apply-hold-lift)."""
+    """(name, apply-hold-lift)."""
 
-    async def read_only() -> None:
+    async def read_only(window: Window) -> None:
         await faults.postgres_read_only(database_url, True)
         try:
             await asyncio.sleep(10)
+            window.refusing_until = time.time()
         finally:
             await faults.postgres_read_only(database_url, False)
 
-    async def terminate() -> None:
+    async def terminate(window: Window) -> None:
         for _ in range(3):
             await faults.terminate_sessions(database_url)
             await asyncio.sleep(2)
 
-    async def lock() -> None:
+    async def lock(window: Window) -> None:
         async with faults.events_locked(database_url):
             await asyncio.sleep(max(8.0, VISIBILITY_S * 2.5))
 
-    async def oom() -> None:
-        await faults.redis_refuse_writes(redis_url, True)
+    async def oom(window: Window) -> None:
+        # Full (maxmemory below what Redis uses: every write refused), then at the edge
+        # (just above: writes refused or not as memory comes and goes).
+        await faults.redis_refuse_writes(redis_url, "full")
         try:
-            await asyncio.sleep(10)
+            await asyncio.sleep(6)
+            window.refusing_until = time.time()
+            await faults.redis_refuse_writes(redis_url, "edge")
+            await asyncio.sleep(6)
         finally:
-            await faults.redis_refuse_writes(redis_url, False)
+            await faults.redis_refuse_writes(redis_url, "off")
 
-    async def kill() -> None:
+    async def kill(window: Window) -> None:
         for _ in range(3):
             await faults.redis_kill_clients(redis_url)
             await asyncio.sleep(2)
 
-    async def pause() -> None:
+    async def pause(window: Window) -> None:
         await faults.redis_pause(redis_url, 6000)
         await asyncio.sleep(6)
 
     return [
-        ("pg read-only 10s", True, read_only),
-        ("pg terminate x3", False, terminate),
-        ("events lock 8s", False, lock),
-        ("redis oom 10s", True, oom),
-        ("redis client kill x3", False, kill),
-        ("redis pause 6s", False, pause),
+        ("pg read-only 10s", read_only),
+        ("pg terminate x3", terminate),
+        ("events lock 8s", lock),
+        ("redis oom 6s+6s", oom),
+        ("redis client kill x3", kill),
+        ("redis pause 6s", pause),
     ]
 
 
@@ -504,10 +513,10 @@ async def run_faults(
     plan: list[Fault], timeline: Timeline, api: Api, probes: Probes, log: list[str]
 ) -> None:
     await asyncio.sleep(8)  # the baseline: the workload under way
-    for name, not_ready, apply in plan:
-        window = Window(name, time.time(), not_ready_expected=not_ready)
+    for name, apply in plan:
+        window = Window(name, time.time())
         timeline.windows.append(window)
-        await apply()
+        await apply(window)
         window.lift = time.time()
         await recover(window, api, probes)
         log.append(
@@ -548,8 +557,8 @@ def _answers(api: Api, timeline: Timeline, figures: Figures) -> None:
             figures.bad[window.name].append(f"{a.what} 503 without Retry-After")
         elif isinstance(status, int) and not (200 <= status < 300 or status == 503):
             figures.bad[window.name].append(f"{a.what} answered {status}")
-        if a.what == "ready" and window.not_ready_expected:
-            holding = window.start + 3 <= a.sent <= window.lift
+        if a.what == "ready" and window.refusing_until is not None:
+            holding = window.start + 3 <= a.sent <= window.refusing_until
             if holding and status == 503:
                 figures.not_ready[window.name] += 1
             elif holding and status == 200:
@@ -851,7 +860,7 @@ def judge(timeline: Timeline, figures: Figures, problems: dict[str, list[str]]) 
         if found:
             wrong.append(f"{name}: answers other than 2xx or 503 with Retry-After: {found[:5]}")
     for w in timeline.windows:
-        if w.not_ready_expected and (
+        if w.refusing_until is not None and (
             not figures.not_ready[w.name] or figures.ready_while_refusing[w.name]
         ):
             wrong.append(
