@@ -100,7 +100,8 @@ async def redis_refuse_writes(redis_url: str, how: Literal["full", "edge", "off"
         else:
             await client.config_set("maxmemory-policy", "noeviction")
             used = int((await client.info("memory"))["used_memory"])
-            limit = max(used - 512 * 1024, 1024 * 1024) if how == "full" else used + 1024
+            # Full: half, as client buffers freed would let writes through again.
+            limit = max(used // 2, 1024 * 1024) if how == "full" else used + 1024
             await client.config_set("maxmemory", str(limit))
     finally:
         await client.aclose()
