@@ -99,5 +99,10 @@ class EventNotifier:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # waiters fall back to polling meanwhile
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # Cancelled, and a dropped connection's error raised while unwinding
+                    # (e.g. "released back to the pool") replaced the CancelledError.
+                    raise asyncio.CancelledError from exc
                 log.warning("event listener lost: %r; reconnecting", exc)
                 await asyncio.sleep(POLL_S)

@@ -10,7 +10,11 @@ triggers that became obsolete). Triggers of one execution are handled in
 stream order; different executions run concurrently.
 
 Entries left unacknowledged by a dead engine are claimed after a visibility
-timeout (XAUTOCLAIM); an entry that carries no message
+timeout (XAUTOCLAIM). A live engine keeps the entries it holds (the batch it is
+handling, those waiting for a retry) from being claimed by touching them every
+third of the visibility timeout, on a task of its own: an append that hangs on a
+lock does not hand its trigger to another engine, which would decide it again
+(the expected-seq fence makes that safe, not free). An entry that carries no message
 (engine.adapters.bus.Malformed) is dead-lettered.
 
 No execution is stranded by its own data (decide itself never raises: see
@@ -63,7 +67,7 @@ from engine.loops.tracing import (
 )
 from engine.messages import ENGINE_GROUP
 from engine.service import EngineService
-from engine.stopping import sleep_or_stop
+from engine.stopping import log_failure, sleep_or_stop
 
 log = logging.getLogger("steplog.engine")
 
@@ -128,6 +132,7 @@ class Engine:
         # Failed attempts of entries by (stream, id), not counting PostgreSQL or Redis
         # being away: past max_deliveries the trigger is given up (see _give_up).
         self._failures: dict[tuple[str, str], int] = {}
+        self._handling: list[TriggerDelivery | Malformed] = []  # the batch being handled
 
     async def ensure_groups(self) -> None:
         for stream in self.bus.triggers_streams():
@@ -135,7 +140,33 @@ class Engine:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume triggers until ``stop`` is set; never returns early on errors of
-        PostgreSQL or Redis (they are logged and retried with a back-off)."""
+        PostgreSQL or Redis (they are logged and retried with a back-off). The entries it
+        holds are kept alive meanwhile (`_keep_claims`)."""
+        keeper = asyncio.create_task(self._keep_claims())
+        keeper.add_done_callback(lambda done: log_failure(done, "engine claim keeper"))
+        try:
+            await self._consume(stop)
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+
+    async def _keep_claims(self) -> None:
+        """Every ``visibility_timeout_s / 3``, touch the entries this engine holds (until
+        cancelled). Only Redis is called: a decision or an append that hangs does not let
+        the claims lapse. An entry acknowledged meanwhile is not pending: untouched."""
+        every = self.visibility_timeout_s / 3
+        while True:
+            await asyncio.sleep(every)
+            by_stream: dict[str, list[str]] = {}
+            for delivery in _unique([*self._handling, *self._retry]):
+                by_stream.setdefault(delivery.entry.stream, []).append(delivery.entry.id)
+            for stream, ids in by_stream.items():
+                try:
+                    await self.bus.touch(stream, ENGINE_GROUP, self.consumer, ids)
+                except Exception as exc:  # Redis away: the next round tries again
+                    log.warning("engine: cannot touch held triggers (%r)", exc)
+
+    async def _consume(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         streams = self.bus.triggers_streams()
         groups_ready = False
@@ -163,9 +194,13 @@ class Engine:
                         ENGINE_GROUP, self.consumer, streams, self.batch_size, block
                     )
                 batch = _unique([*self._retry, *entries])
+                self._handling = batch
                 self._retry = []
                 if batch:
-                    await self.handle(batch)
+                    try:
+                        await self.handle(batch)
+                    finally:
+                        self._handling = []
                 backoff = min(max(backoff * 2, 0.2), 5.0) if self._retry else 0.0
             except asyncio.CancelledError:
                 raise

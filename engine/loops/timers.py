@@ -13,6 +13,9 @@ to expire, and another fires the timer (a duplicate trigger is harmless: decide
 ignores a timer that is no longer pending). A timer whose due time moves (a
 heartbeat) is due again at its new time. When Redis loses its data, recovery
 re-arms fired timers (engine.loops.recovery), because their triggers may be gone.
+Recording is retried while PostgreSQL does not answer (read-only after a failover, a
+dropped connection) for as long as the claim's lease lasts, so an outage shorter than
+the lease fires nothing twice.
 """
 
 from __future__ import annotations
@@ -25,13 +28,18 @@ from collections.abc import Callable
 from opentelemetry.trace import Tracer
 
 from engine.adapters.bus import Bus
-from engine.adapters.store import EventStore
+from engine.adapters.store import DueTimer, EventStore
+from engine.errors import Unavailable
 from engine.loops import metrics
 from engine.loops.tracing import ExecutionTraces, end_spans, timer_spans, traceparent_of
 from engine.messages import TimerFired
 from engine.stopping import sleep_or_stop
 
 log = logging.getLogger("steplog.timers")
+
+# The pauses between two tries to record fired timers (doubling).
+RECORD_BACKOFF_FIRST_S = 0.05
+RECORD_BACKOFF_MAX_S = 1.0
 
 
 class TimerService:
@@ -63,6 +71,7 @@ class TimerService:
         """Claim due timers, add one trigger each (one pipeline), record them as fired;
         returns how many were fired."""
         now = self.clock()
+        lease_ends = asyncio.get_running_loop().time() + self.lease_s
         due = await self.store.claim_due_timers(now, self.batch_size, self.lease_s)
         if not due:
             return 0
@@ -87,10 +96,27 @@ class TimerService:
                 end_spans(spans, exc)
                 raise
             end_spans(spans)
-        await self.store.mark_timers_fired(due)
+        await self._record_fired(due, lease_ends)
         metrics.observe_fired([t.due_at for t in due], self.clock())
         self.fired += len(due)
         return len(due)
+
+    async def _record_fired(self, due: list[DueTimer], lease_ends: float) -> None:
+        """`mark_timers_fired`, retried with a back-off while PostgreSQL does not answer,
+        until the claim's lease ends (by this process's monotonic clock); then the error
+        is raised, and another service may fire the timers again (a duplicate trigger,
+        which decide ignores)."""
+        loop = asyncio.get_running_loop()
+        delay = RECORD_BACKOFF_FIRST_S
+        while True:
+            try:
+                await self.store.mark_timers_fired(due)
+                return
+            except Unavailable:
+                if loop.time() + delay >= lease_ends:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECORD_BACKOFF_MAX_S)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until ``stop`` is set; a full batch ticks again at once. Errors of

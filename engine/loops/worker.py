@@ -17,7 +17,9 @@ acknowledgement) is retried with a back-off until the attempt's own deadline
 restart does not make a finished task run again. Tasks
 left unacknowledged by a dead worker are claimed after a visibility timeout
 (XAUTOCLAIM); a worker keeps its running tasks from being claimed by touching
-them. A task delivered more than ``max_deliveries`` times is dead-lettered
+them, on a schedule of its own that no PostgreSQL query and no read waits for (a
+database stall longer than the visibility timeout does not hand a running task to
+another worker). A task delivered more than ``max_deliveries`` times is dead-lettered
 and reported as failed with ``Steplog.TaskDeliveryExceeded`` (a Retry or Catch
 can handle it, States.TaskFailed and States.ALL match it). Given ``ended``, a
 worker skips tasks of executions that have ended and cancels running handlers
@@ -202,6 +204,11 @@ DELIVERY_EXCEEDED = "Steplog.TaskDeliveryExceeded"
 # The pauses between two tries to report a finished task's result (doubling).
 REPORT_BACKOFF_MIN_S = 0.05
 REPORT_BACKOFF_MAX_S = 2.0
+# The longest a check for ended executions may take (PostgreSQL slow or a table locked):
+# past it, tasks being started run anyway and running ones are checked again later.
+ENDED_CHECK_TIMEOUT_S = 5.0
+# The pause before touching running tasks again after Redis refused a touch.
+TOUCH_RETRY_S = 0.5
 
 EndedCheck = Callable[[Sequence[UUID]], Awaitable[set[UUID]]]
 
@@ -253,6 +260,7 @@ class Worker:
         self._ended = ended
         self.ended_check_interval_s = ended_check_interval_s
         self._running: dict[str, _Running] = {}  # by entry id
+        self._starting: set[str] = set()  # entry ids read, not running yet (being checked)
         self._reports: set[asyncio.Task[None]] = set()  # results being reported
         self._abandon = asyncio.Event()  # set at shutdown: reports stop retrying
         self.started = 0  # handlers started (observability, readiness)
@@ -263,25 +271,66 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run tasks until ``stop`` is set, then drain (see `_drain`). Errors of Redis or
-        PostgreSQL are logged and retried; a flushed Redis gets the group re-created."""
-        loop = asyncio.get_running_loop()
+        PostgreSQL are logged and retried; a flushed Redis gets the group re-created.
+
+        The claims on running tasks are kept alive by a task of their own
+        (`_keep_claims`), and ended executions are watched by another (`_watch_ended`):
+        neither waits for the read loop or for PostgreSQL, and the read loop does not
+        wait for them."""
         self._abandon.clear()
+        keeper = asyncio.create_task(self._keep_claims())
+        keeper.add_done_callback(lambda done: log_failure(done, "worker claim keeper"))
+        watcher = asyncio.create_task(self._watch_ended())
+        watcher.add_done_callback(lambda done: log_failure(done, "worker ended-check"))
+        try:
+            await self._read_loop(stop)
+            await self._drain()
+        finally:
+            for helper in (keeper, watcher):
+                helper.cancel()
+            await asyncio.gather(keeper, watcher, return_exceptions=True)
+
+    async def _keep_claims(self) -> None:
+        """Every ``visibility_timeout_s / 3``, touch the tasks this worker runs or is about
+        to start, so that no other worker claims them (until cancelled). Only Redis is
+        called: a slow PostgreSQL or a blocked read loop does not let a claim lapse."""
+        every = self.visibility_timeout_s / 3
+        failing = False
+        while True:
+            await asyncio.sleep(min(TOUCH_RETRY_S, every) if failing else every)
+            try:
+                await self.bus.touch(
+                    self.stream, WORKER_GROUP, self.consumer, [*self._running, *self._starting]
+                )
+                failing = False
+            except Exception as exc:  # Redis away, or the group lost (flushed)
+                level = logging.DEBUG if failing else logging.WARNING
+                log.log(level, "worker: cannot touch running tasks (%r); retrying", exc)
+                failing = True
+
+    async def _watch_ended(self) -> None:
+        """Every ``ended_check_interval_s``, cancel the handlers of executions that ended
+        (until cancelled); each check is bounded by ENDED_CHECK_TIMEOUT_S."""
+        if self._ended is None:
+            return
+        while True:
+            await asyncio.sleep(self.ended_check_interval_s)
+            try:
+                await self._cancel_ended()
+            except Exception as exc:  # Redis away for the acknowledgement: next time
+                log.warning("worker: cannot cancel tasks of ended executions (%r)", exc)
+
+    async def _read_loop(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
         group_ready = False
         own_pending = True  # tasks read before a restart under the same consumer name
-        last_claim = last_touch = last_ended = loop.time()
-        last_claim -= self.visibility_timeout_s  # claim at once: a predecessor may have died
+        last_claim = loop.time() - self.visibility_timeout_s  # at once: a predecessor may have died
         while not stop.is_set():
             try:
                 if not group_ready:
                     await self.bus.ensure_group(self.stream, WORKER_GROUP)
                     group_ready = True
                 now = loop.time()
-                if now - last_touch >= self.visibility_timeout_s / 3:
-                    last_touch = now
-                    await self.bus.touch(self.stream, WORKER_GROUP, self.consumer, [*self._running])
-                if self._ended is not None and now - last_ended >= self.ended_check_interval_s:
-                    last_ended = now
-                    await self._cancel_ended()
                 free = self.concurrency - len(self._running)
                 if free <= 0:
                     await asyncio.wait(
@@ -313,7 +362,6 @@ class Worker:
             except Exception as exc:
                 log.warning("worker loop failed (%r); retrying", exc)
                 await sleep_or_stop(stop, 1.0)
-        await self._drain()
 
     async def _claim_stale(self, count: int) -> list[TaskDelivery | Malformed]:
         """Claim tasks idle for a visibility timeout; give up on those delivered too often."""
@@ -376,25 +424,33 @@ class Worker:
                     tasks.append(delivery)
                 case _:
                     assert_never(delivery)
-        ended: set[UUID] = set()
-        if self._ended is not None and tasks:
-            try:
-                ended = await self._ended([t.message.execution_id for t in tasks])
-            except Exception as exc:  # PostgreSQL away: run them; results are checked anyway
-                log.warning("worker: cannot check for ended executions: %r", exc)
-        for delivery in tasks:
-            entry, execution_id = delivery.entry, delivery.message.execution_id
-            if execution_id in ended:
-                await self.bus.ack(self.stream, WORKER_GROUP, [entry.id])
-                self.skipped += 1
-                continue
-            task = asyncio.create_task(self._run_task(delivery))
-            self.started += 1
-            message = delivery.message
-            self._running[entry.id] = _Running(
-                execution_id, task, message.resource, message.attempt, time.monotonic()
-            )
-            task.add_done_callback(self._forget(entry.id))
+        # Touched by the claim keeper until they run: the check may wait for a lock.
+        self._starting.update(t.entry.id for t in tasks)
+        try:
+            ended: set[UUID] = set()
+            if self._ended is not None and tasks:
+                try:
+                    ended = await asyncio.wait_for(
+                        self._ended([t.message.execution_id for t in tasks]),
+                        ENDED_CHECK_TIMEOUT_S,
+                    )
+                except Exception as exc:  # PostgreSQL away or slow: run them anyway
+                    log.warning("worker: cannot check for ended executions: %r", exc)
+            for delivery in tasks:
+                entry, execution_id = delivery.entry, delivery.message.execution_id
+                if execution_id in ended:
+                    await self.bus.ack(self.stream, WORKER_GROUP, [entry.id])
+                    self.skipped += 1
+                    continue
+                task = asyncio.create_task(self._run_task(delivery))
+                self.started += 1
+                message = delivery.message
+                self._running[entry.id] = _Running(
+                    execution_id, task, message.resource, message.attempt, time.monotonic()
+                )
+                task.add_done_callback(self._forget(entry.id))
+        finally:
+            self._starting.difference_update(t.entry.id for t in tasks)
 
     def _forget(self, entry_id: str) -> Callable[[asyncio.Task[None]], None]:
         def forget(task: asyncio.Task[None]) -> None:
@@ -409,8 +465,11 @@ class Worker:
         if not self._running:
             return
         try:
-            ended = await self._ended(list({r.execution_id for r in self._running.values()}))
-        except Exception as exc:  # PostgreSQL away: check again at the next interval
+            ended = await asyncio.wait_for(
+                self._ended(list({r.execution_id for r in self._running.values()})),
+                ENDED_CHECK_TIMEOUT_S,
+            )
+        except Exception as exc:  # PostgreSQL away or slow: check again at the next interval
             log.debug("worker: cannot check for ended executions: %r", exc)
             return
         doomed = {i: r for i, r in self._running.items() if r.execution_id in ended}

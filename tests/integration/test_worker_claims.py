@@ -1,0 +1,130 @@
+"""Claims are kept alive independently of slow queries (issue 14 item 3).
+
+Two workers on one queue, a long-running task in the first, and a lock held on the
+events table (the worker's check for ended executions reads it) for longer than the
+visibility timeout: the first worker's heartbeat on its running tasks runs on its own
+schedule, so the second never claims the task and the attempt runs exactly once. The
+engine keeps the trigger entries it holds alive the same way while an append hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from uuid import UUID, uuid4
+
+import asyncpg
+import msgspec
+import redis.asyncio as aioredis
+
+from engine.adapters.bus import Bus
+from engine.adapters.store import EventStore, NewEvent
+from engine.loops.engine_loop import Engine
+from engine.loops.worker import Worker
+from engine.messages import WORKER_GROUP, Begin
+from engine.service import EngineService
+from tests.conftest import Eventually
+from tests.integration.test_relay import T0
+from tests.integration.test_worker import registry_with, results, running, task
+
+VISIBILITY_S = 2.0
+LOCK_S = 5.0  # longer than the visibility timeout
+
+
+async def started_execution(store: EventStore) -> UUID:
+    started = NewEvent("ExecutionStarted", msgspec.json.encode({"type": "ExecutionStarted"}), T0)
+    record, _ = await store.start_execution("default", "wf", 1, uuid4(), "x", b"{}", started)
+    return record.execution_id
+
+
+async def test_a_table_lock_longer_than_the_visibility_timeout_runs_the_attempt_once(
+    database_url: str, store: EventStore, bus: Bus, redis: aioredis.Redis, eventually: Eventually
+) -> None:
+    execution_id = await started_execution(store)
+    calls: list[str] = []
+    registry = registry_with(calls, seconds=LOCK_S + 3)
+
+    def worker(name: str) -> Worker:
+        return Worker(
+            bus,
+            registry,
+            consumer=name,
+            block_ms=100,
+            visibility_timeout_s=VISIBILITY_S,
+            ended=store.ended_executions,
+            ended_check_interval_s=0.2,
+        )
+
+    first, second = worker("first"), worker("second")
+    await bus.add_task(task(execution_id, "work", {"n": 1}))
+    async with running(first):
+
+        async def first_runs_it() -> bool:
+            return len(calls) == 1
+
+        await eventually(first_runs_it)
+        async with running(second):
+            locker = await asyncpg.connect(database_url)
+            try:
+                async with locker.transaction():
+                    await locker.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+                    # The lock is the fault: held for its length while both workers run.
+                    await asyncio.sleep(LOCK_S)
+            finally:
+                await locker.close()
+
+            async def reported() -> bool:
+                return first.completed == 1
+
+            await eventually(reported, timeout_s=10)
+            # Time for the second worker to claim the (acknowledged) task, if it could.
+            await asyncio.sleep(VISIBILITY_S)
+    assert calls == [f"{execution_id}:Work:0:{execution_id}:3"]
+    assert second.started == 0
+    assert [r.output for r in await results(redis, bus)] == [{"n": 1}]
+    assert (await redis.xpending(bus.tasks_stream("default"), WORKER_GROUP))["pending"] == 0
+
+
+PASS = {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}
+
+
+async def test_an_engine_stuck_on_a_locked_table_keeps_its_trigger(
+    database_url: str, store: EventStore, bus: Bus, eventually: Eventually
+) -> None:
+    """The engine holding a trigger waits for a lock longer than the visibility timeout:
+    the other engine does not claim the trigger and decide it a second time."""
+    service = EngineService(store)
+    await service.register("default", "wf", PASS)
+    record, _ = await service.start("default", "wf", {}, None, T0)
+    execution_id = record.execution_id
+
+    def engine(name: str) -> Engine:
+        return Engine(service, bus, consumer=name, block_ms=100, visibility_timeout_s=VISIBILITY_S)
+
+    first, second = engine("first"), engine("second")
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(first.run(stop))]
+    locker = await asyncpg.connect(database_url)
+    try:
+        await first.ensure_groups()
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+            await bus.add_trigger(execution_id, Begin())
+
+            async def first_holds_it() -> bool:
+                return execution_id in first.deciding
+
+            await eventually(first_holds_it)
+            tasks.append(asyncio.create_task(second.run(stop)))
+            await asyncio.sleep(LOCK_S)  # the lock is the fault: held for its length
+
+        async def succeeded() -> bool:
+            state = await service.state_at(execution_id)
+            return state.status == "SUCCEEDED" and first.handled + second.handled >= 1
+
+        await eventually(succeeded, timeout_s=10)
+        await asyncio.sleep(VISIBILITY_S)  # time for a second decision, if there were one
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 15)
+        await locker.close()
+    assert (first.handled, second.handled) == (1, 0)
