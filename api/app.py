@@ -8,7 +8,8 @@ bodies are capped at config.max_payload_bytes plus a small envelope allowance
 execution input against max_payload_bytes itself.
 
 Middlewares, outermost first: request id -> trace (with a tracer) -> observe (metrics,
-access log) -> CORS preflight -> errors (problem+json) -> auth (api/auth.py: API key,
+access log) -> CORS preflight -> errors (problem+json) -> deadline (api/deadline.py:
+503 when a request does not answer in time) -> auth (api/auth.py: API key,
 namespace, role) -> rate limit (api/ratelimit.py, when given limits) -> body (415,
 body read deadline) ->
 handler; every response gets the headers of api/hygiene.py. The contract of
@@ -25,6 +26,7 @@ from api import access as access_routes
 from api import executions, feed, health, openapi, stats, workflows
 from api.auth import auth_middleware
 from api.config import ApiConfig
+from api.deadline import deadline_middleware, lift_when_streaming
 from api.hygiene import body_middleware, cors_middleware, on_response_prepare
 from api.keys import ACCESS, COMMANDS, CONFIG, METRICS, QUERIES
 from api.metrics import HttpMetrics
@@ -63,12 +65,14 @@ def create_app(
             observe_middleware,
             cors_middleware,
             error_middleware,
+            deadline_middleware,
             auth_middleware,
             *rate_limit,
             body_middleware,
         ],
     )
     app.on_response_prepare.append(on_response_prepare)
+    app.on_response_prepare.append(lift_when_streaming)
     if limits is not None:
         app[LIMITS] = limits
         app.on_response_prepare.append(add_rate_limit_headers)
@@ -77,6 +81,7 @@ def create_app(
     app[CONFIG] = config
     app[ACCESS] = access
     app[METRICS] = HttpMetrics()
+    app[health.PROBES] = health.DependencyProbes()
     app.add_routes(workflows.routes)
     app.add_routes(executions.routes)
     app.add_routes(feed.routes)

@@ -13,7 +13,9 @@ class ApiConfig(msgspec.Struct, frozen=True, kw_only=True):
     any); empty, the default, turns CORS off. ``auth``: every route but the health
     checks needs an API key (api/auth.py); off (a development server on loopback only),
     every request is the anonymous admin of ``namespace``. ``metrics_token``: the bearer
-    token /metrics needs; without one, /metrics is served to loopback clients only."""
+    token /metrics needs; without one, /metrics is served to loopback clients only.
+    ``request_timeout_s``: a request not answered within it is answered 503
+    (api/deadline.py)."""
 
     namespace: str
     max_payload_bytes: int
@@ -24,3 +26,4 @@ class ApiConfig(msgspec.Struct, frozen=True, kw_only=True):
     cors_allow_origins: tuple[str, ...] = ()
     auth: bool = True
     metrics_token: str | None = None
+    request_timeout_s: float = 10.0

@@ -2,7 +2,11 @@
 
 GET /health/live  -> 200 {"status": "ok"} while the process serves HTTP
 GET /health/ready -> 200 {"status": "ok", "checks": {...}} when PostgreSQL
-                     and Redis (Queries.ping_postgres / ping_redis) answer within 2 s and,
+                     and Redis (Queries.ping_postgres / ping_redis) answer within 2 s and
+                     accept writes (PostgreSQL not read-only: not a standby, no
+                     default_transaction_read_only; Redis takes a tiny SET: not out of
+                     memory, not a replica, not paused), results shared for READY_CACHE_S
+                     by every caller, and,
                      when the app was given the process's roles (ROLE_HEALTH), every role
                      loop is healthy (check "roles"); else 503 problem+json (code
                      service_unavailable, Retry-After) with the checks
@@ -12,8 +16,8 @@ GET /metrics      -> Prometheus text format (with projection lag gauges)
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Protocol
 
@@ -23,8 +27,11 @@ from api.keys import METRICS, QUERIES
 from api.problems import RETRY_AFTER_SECONDS, problem
 from api.responses import json_response
 from api.schemas import Health
+from projections.queries import Queries
 
 CHECK_TIMEOUT_S = 2.0
+# Load balancers ask often: the dependency probes run at most this often per process.
+READY_CACHE_S = 0.5
 log = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
@@ -40,6 +47,33 @@ class RoleChecks(Protocol):
 
 
 ROLE_HEALTH = web.AppKey("role_health", RoleChecks)
+
+
+class DependencyProbes:
+    """The PostgreSQL and Redis checks of /health/ready, run once for every caller
+    that asks within READY_CACHE_S of a run (and for those that ask while one runs)."""
+
+    def __init__(self) -> None:
+        self._run: asyncio.Future[dict[str, str]] | None = None
+        self._started = 0.0
+
+    async def checks(self, queries: Queries) -> dict[str, str]:
+        now = time.monotonic()
+        if self._run is None or (self._run.done() and now - self._started >= READY_CACHE_S):
+            self._started = now
+            self._run = asyncio.ensure_future(self._probe(queries))
+        # Shielded: one caller going away does not cancel the others' answer.
+        return dict(await asyncio.shield(self._run))
+
+    @staticmethod
+    async def _probe(queries: Queries) -> dict[str, str]:
+        postgres, redis = await asyncio.gather(
+            _check(queries.ping_postgres()), _check(queries.ping_redis())
+        )
+        return {"postgres": postgres, "redis": redis}
+
+
+PROBES = web.AppKey("dependency_probes", DependencyProbes)
 
 
 async def _check(probe: Awaitable[object]) -> str:
@@ -58,11 +92,7 @@ async def live(request: web.Request) -> web.Response:
 
 @routes.get("/health/ready")
 async def ready(request: web.Request) -> web.Response:
-    queries = request.app[QUERIES]
-    postgres, redis = await asyncio.gather(
-        _check(queries.ping_postgres()), _check(queries.ping_redis())
-    )
-    checks = {"postgres": postgres, "redis": redis}
+    checks = await request.app[PROBES].checks(request.app[QUERIES])
     role_health = request.app.get(ROLE_HEALTH)
     if role_health is not None:
         problems = role_health.problems()
@@ -87,7 +117,7 @@ async def metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S):
-            statuses = await request.app[QUERIES].projection_status(dt.datetime.now(dt.UTC))
+            statuses = await request.app[QUERIES].projection_status()
     except Exception as exc:  # metrics must render even when PostgreSQL does not answer
         log.warning("projection lag not measured: %r", exc)
     else:

@@ -14,7 +14,8 @@ methods and headers, from any other origin 403 `cors_origin_not_allowed`.
 A request body (POST, PUT, PATCH with a non-empty body) must be declared
 ``application/json`` (or a ``+json`` type), else 415 `unsupported_media_type`; it
 is read whole, before the handler runs, within ``ApiConfig.body_timeout_s``
-(408 `request_timeout` and the connection closed when the client is slower).
+(408 `request_timeout` and the connection closed when the client is slower); the
+request deadline (api/deadline.py) does not run meanwhile.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import asyncio
 
 from aiohttp import web
 
+from api.deadline import paused
 from api.keys import CONFIG
 from api.problems import Handler, RequestTimeout, UnsupportedMediaType, problem
 
@@ -109,7 +111,8 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
                     "the request body must be JSON, sent with Content-Type: application/json"
                 )
         try:
-            async with asyncio.timeout(request.app[CONFIG].body_timeout_s):
+            # The request's deadline waits while the client sends (408 has its own).
+            async with paused(request), asyncio.timeout(request.app[CONFIG].body_timeout_s):
                 await request.read()  # cached: the handler's read() returns it
         except TimeoutError:
             timeout = RequestTimeout(

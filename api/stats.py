@@ -33,7 +33,7 @@ routes = web.RouteTableDef()
 async def workflow_stats(request: web.Request) -> web.Response:
     name = workflow_name(request)
     query = decode_query(request.query, StatsQuery)
-    end = query.end or dt.datetime.now(dt.UTC)
+    end = query.end or request.app[QUERIES].now()
     start = query.start or end - DEFAULT_WINDOW
     if start >= end:
         raise InvalidQuery("from must be before to", [("from", "not before to")])

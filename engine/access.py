@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
@@ -32,10 +33,18 @@ from engine.adapters.access import (
     KeyRecord,
     NamespaceRecord,
 )
-from engine.errors import InvalidRequest, KeyNotFound, NamespaceNotFound, Unauthenticated
+from engine.errors import (
+    InvalidRequest,
+    KeyNotFound,
+    NamespaceNotFound,
+    Unauthenticated,
+    Unavailable,
+)
 
 KEY_PREFIX = "slk_"
 ROLES = ("reader", "operator", "admin")
+log = logging.getLogger(__name__)
+
 TOUCH_EVERY_S = 60.0
 NAMESPACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _KEY = re.compile(r"slk_([0-9a-f]{16})_([0-9a-f]{64})")
@@ -119,7 +128,12 @@ class Access:
         if last is not None and clock - last < TOUCH_EVERY_S:
             return
         self._touched[key_id] = clock
-        await self.store.touch_key(key_id, now)
+        try:
+            await self.store.touch_key(key_id, now)
+        except Unavailable as exc:
+            # last_used_at is a hint for operators: a read-only or busy PostgreSQL must
+            # not refuse the request it was recorded for (tried again TOUCH_EVERY_S later).
+            log.warning("key %s: last use not recorded: %r", key_id, exc)
 
     # -- namespaces -----------------------------------------------------------------------
 

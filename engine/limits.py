@@ -11,8 +11,9 @@ scope in PostgreSQL (migration 0007). Each process caches a namespace's override
 ``cache_s`` seconds (5 by default), so a change reaches every API process within that
 time, without a restart.
 
-Redis away (`Unavailable`): reads pass (fail open), starts and other writes are refused
-with `Unavailable` (503, fail closed); each such decision is counted in
+Redis away (`Unavailable`, or no answer within ``TAKE_TIMEOUT_S``: a paused, hung or
+overloaded Redis): reads pass (fail open), starts and other writes are refused with
+`Unavailable` (503, fail closed); each such decision is counted in
 ``steplog_rate_limit_fail_total{decision, budget}``.
 
 The RUNNING quota: a start in a namespace that already has ``running_max`` RUNNING
@@ -42,6 +43,9 @@ log = logging.getLogger("steplog.limits")
 BUDGETS: tuple[str, ...] = ("starts", "writes", "reads")
 SCOPES: tuple[str, ...] = ("namespace", "key")
 DEFAULT_CACHE_S = 5.0
+# How long a request waits for its tokens: Redis slower than this (e.g. writes paused:
+# the script may write) counts as away, so reads are not held up by it.
+TAKE_TIMEOUT_S = 1.0
 # Namespaces whose overrides one process caches at most (beyond, the cache starts over).
 _CACHE_ENTRIES = 10_000
 
@@ -189,7 +193,11 @@ class Limits:
         if key_id is not None:
             wanted.append((keys.rate_bucket(namespace, budget, key_id), limits.key[budget]))
         try:
-            result = await self.buckets.take(wanted)
+            try:
+                async with asyncio.timeout(TAKE_TIMEOUT_S):
+                    result = await self.buckets.take(wanted)
+            except TimeoutError as exc:
+                raise Unavailable(f"Redis did not answer within {TAKE_TIMEOUT_S:g} s") from exc
         except Unavailable:
             if budget == "reads":
                 RATE_LIMIT_FAIL.labels("open", budget).inc()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -33,8 +34,8 @@ from engine.core.asl.model import Definition, Machine
 from engine.core.decide import Decision, decide
 from engine.core.decide.decider import printable
 from engine.core.state import ExecutionState, evolve, initial_state
-from engine.core.timestamps import iso_millis
-from engine.core.triggers import FailRequested, StopRequested, Trigger
+from engine.core.timestamps import iso_millis, parse_iso
+from engine.core.triggers import FailRequested, StopRequested, TimerFired, Trigger
 from engine.errors import (
     ConcurrencyError,
     ExecutionNotFound,
@@ -63,6 +64,32 @@ def fold(
     return s
 
 
+def no_earlier(state: ExecutionState, trigger: Trigger) -> Trigger:
+    """``trigger`` with its time moved up, when needed, to the last event's and, for a
+    pending timer, to its due time: a decision never records a time before an event it
+    follows (engines' estimates of PostgreSQL's clock differ by a millisecond or so, and
+    a trigger read before another engine appended carries an older time), and a timer's
+    consequences are never stamped before it was due."""
+    floor = _aware(state.last_event_time)
+    if isinstance(trigger, TimerFired):
+        info = state.timers.get(trigger.timer_id.removeprefix(state.execution_id + ":"))
+        due = _aware(info.due) if info is not None else None
+        if due is not None:
+            floor = due if floor is None else max(floor, due)
+    if floor is None or trigger.now.tzinfo is None or trigger.now >= floor:
+        return trigger
+    return msgspec.structs.replace(trigger, now=floor)
+
+
+def _aware(text: str) -> dt.datetime | None:
+    """The time ``text`` says, when it says one with an offset."""
+    try:
+        t = parse_iso(text) if text else None
+    except ValueError:
+        return None
+    return t if t is not None and t.tzinfo is not None else None
+
+
 class EngineService:
     def __init__(
         self,
@@ -73,8 +100,12 @@ class EngineService:
         arns: ArnScope | None = None,
         limits: Limits | None = None,
         tracer: Tracer | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.store = store
+        # The clock of durable time: PostgreSQL's (engine.adapters.clock.DbClock.now),
+        # read for the starts and stops that do not say their time.
+        self.clock = clock
         # The RUNNING quota of each namespace (none when None).
         self.limits = limits
         # Spans each append (a child of the caller's current span); None: tracing off.
@@ -153,10 +184,11 @@ class EngineService:
         workflow: str,
         input: Any,
         name: str | None,
-        now: dt.datetime,
+        now: dt.datetime | None = None,
         trace_context: str = "",
     ) -> tuple[ExecutionRecord, bool]:
-        """Start an execution of the latest version of ``workflow``.
+        """Start an execution of the latest version of ``workflow`` at ``now`` (None:
+        the service's clock).
         ``trace_context``: the W3C traceparent the execution's spans join (recorded in
         ExecutionStarted; "" with tracing off).
 
@@ -212,7 +244,11 @@ class EngineService:
             execution_id,
             name,
             input_json,
-            NewEvent(type="ExecutionStarted", data=ev.encode_event(started), timestamp=now),
+            NewEvent(
+                type="ExecutionStarted",
+                data=ev.encode_event(started),
+                timestamp=self.clock() if now is None else now,
+            ),
         )
 
     async def load_state(
@@ -244,6 +280,7 @@ class EngineService:
     async def _record(
         self, definition: Definition, state: ExecutionState, trigger: Trigger
     ) -> tuple[Decision, list[StoredEvent]]:
+        trigger = no_earlier(state, trigger)
         decision = decide(definition, state, trigger)
         if not decision.events and not decision.timers_to_set and not decision.timers_to_cancel:
             return decision, []
@@ -271,7 +308,7 @@ class EngineService:
             return decision, await append
 
     async def fail_execution(
-        self, execution_id: UUID, cause: str, now: dt.datetime
+        self, execution_id: UUID, cause: str, now: dt.datetime | None = None
     ) -> tuple[ExecutionState, bool]:
         """Fail a running execution with States.Runtime and ``cause`` (recorded as an
         ExecutionFailed event, timers cancelled, like any failure). The engine's one
@@ -280,7 +317,11 @@ class EngineService:
         failing past the delivery limit: retrying would fail the same way. Returns the
         state and whether this call failed it (an ended execution is returned unchanged).
         Raises ExecutionNotFound, Unavailable."""
-        trigger = FailRequested(error=E.RUNTIME, cause=printable(cause, MAX_CAUSE_CHARS), now=now)
+        trigger = FailRequested(
+            error=E.RUNTIME,
+            cause=printable(cause, MAX_CAUSE_CHARS),
+            now=self.clock() if now is None else now,
+        )
         for _ in range(20):
             state = await self.load_state(execution_id)
             if state.ended:
@@ -303,7 +344,7 @@ class EngineService:
         execution_id: UUID,
         error: str | None,
         cause: str | None,
-        now: dt.datetime,
+        now: dt.datetime | None = None,
         namespace: str | None = None,
     ) -> ExecutionState:
         """Abort a running execution; a 2xx from the API means ExecutionAborted is
@@ -315,14 +356,13 @@ class EngineService:
             and await self.store.get_execution(execution_id, namespace) is None
         ):
             raise ExecutionNotFound(f"execution {execution_id} not found")
+        stop = StopRequested(error=error, cause=cause, now=self.clock() if now is None else now)
         for _ in range(20):
             state = await self.load_state(execution_id)
             if state.ended:
                 return state
             try:
-                decision, _ = await self.apply(
-                    state, StopRequested(error=error, cause=cause, now=now)
-                )
+                decision, _ = await self.apply(state, stop)
             except ConcurrencyError:
                 continue
             return decision.state

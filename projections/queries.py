@@ -80,10 +80,18 @@ class WorkflowStatsResult(msgspec.Struct, frozen=True):
 class Queries:
     """Read access to executions, histories, statistics and readiness."""
 
-    def __init__(self, store: EventStore, pool: asyncpg.Pool, redis_ping: Ping) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        pool: asyncpg.Pool,
+        redis_ping: Ping,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
         self._store = store
         self._pool = pool
         self._redis_ping = redis_ping
+        # PostgreSQL's clock (engine.adapters.clock), the one events are stamped by.
+        self.now = clock
 
     # -- executions -----------------------------------------------------------------------
 
@@ -245,15 +253,19 @@ class Queries:
             )
         return WorkflowStatsResult(executions=summary, states=states)
 
-    async def projection_status(self, now: dt.datetime) -> list[ProjectionStatus]:
-        """Each projection's checkpoint and lag behind the log."""
+    async def projection_status(self, now: dt.datetime | None = None) -> list[ProjectionStatus]:
+        """Each projection's checkpoint and lag behind the log at ``now`` (None: the
+        clock's now)."""
         with translate_errors():
-            return await projection_status(self._pool, now)
+            return await projection_status(self._pool, self.now() if now is None else now)
 
     # -- readiness ------------------------------------------------------------------------
 
     async def ping_postgres(self) -> None:
-        await self._store.ping()
+        """Return when PostgreSQL answers and accepts writes (`Unavailable` otherwise)."""
+        await self._store.ping_writable()
 
     async def ping_redis(self) -> None:
+        """Await the Redis probe the composition root gave (`Bus.ready_probe`: a tiny
+        write, so a Redis that answers PING but refuses writes is not ready)."""
         await self._redis_ping()

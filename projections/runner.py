@@ -289,6 +289,11 @@ async def rebuild(pool: asyncpg.Pool, name: str, *, batch_size: int = 2000) -> i
     Returns the number of events read.
     """
     projection = projection_named(name)
+    with translate_errors():
+        return await _rebuild(pool, projection, name, batch_size)
+
+
+async def _rebuild(pool: asyncpg.Pool, projection: Projection, name: str, batch_size: int) -> int:
     store = EventStore(pool)
     fresh = {t: f"{t}_new" for t in projection.tables}
     async with pool.acquire() as conn:

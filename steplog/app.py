@@ -27,11 +27,13 @@ from opentelemetry.trace import Tracer
 
 from engine.access import Access
 from engine.adapters.bus import Bus, TokenBuckets
+from engine.adapters.clock import DbClock
 from engine.adapters.limits_store import LimitsStore
 from engine.adapters.postgres import open_pool, translate_errors
 from engine.adapters.store import EventStore
 from engine.errors import Unavailable
 from engine.limits import Limits
+from engine.loops.clock import ClockWatch
 from engine.loops.engine_loop import Engine
 from engine.loops.metrics import ROLE_RESTARTS, ROLE_UP, StreamSampler
 from engine.loops.recovery import Recovery
@@ -55,6 +57,20 @@ log = logging.getLogger("steplog")
 
 
 @dataclass
+class ApiSide:
+    """The facades the API role works through. In a process that also runs loops they
+    live on a pool of their own, whose statements time out after
+    ``Settings.api_statement_timeout_ms`` (the loops' after the longer
+    ``statement_timeout_ms``); otherwise they are the process's own."""
+
+    pool: asyncpg.Pool
+    service: EngineService
+    queries: Queries
+    access: Access
+    limits: Limits
+
+
+@dataclass
 class Resources:
     settings: Settings
     pool: asyncpg.Pool
@@ -65,8 +81,19 @@ class Resources:
     queries: Queries
     access: Access
     limits: Limits
+    # PostgreSQL's clock: the one every durable time is read from (DESIGN invariant 8).
+    clock: DbClock
     # Spans of every role (steplog/tracing.py); None: tracing off.
     tracer: Tracer | None = None
+    # What the API role uses (None: the facades above, on the same pool).
+    api_side: ApiSide | None = None
+
+    @property
+    def api(self) -> ApiSide:
+        """The facades of the API role (see `ApiSide`)."""
+        if self.api_side is not None:
+            return self.api_side
+        return ApiSide(self.pool, self.service, self.queries, self.access, self.limits)
 
 
 @contextlib.asynccontextmanager
@@ -90,14 +117,21 @@ async def open_resources(
     *,
     pool_size: int = 20,
     tracer_provider: TracerProvider | None = None,
+    serving_api: bool | None = None,
 ) -> AsyncIterator[Resources]:
     """Open the pool (`Unavailable` when PostgreSQL does not answer), apply the
     migrations, and build the store, bus, command and query sides over them.
     ``tracer_provider``: the one to span with (the caller's to shut down), else the one
     the settings configure (None: tracing off), with the drivers instrumented when
-    ``settings.trace_drivers``."""
+    ``settings.trace_drivers``. ``serving_api`` (default: the api role is among
+    ``settings.roles``): build the API's facades (`ApiSide`); with other roles beside
+    it, on a second pool with the API's shorter statement timeout."""
+    if serving_api is None:
+        serving_api = "api" in settings.roles
     async with _tracing(settings, tracer_provider) as tracer:
-        async with _open_resources(settings, database_url, redis_url, pool_size, tracer) as r:
+        async with _open_resources(
+            settings, database_url, redis_url, pool_size, tracer, serving_api
+        ) as r:
             yield r
 
 
@@ -123,37 +157,85 @@ async def _tracing(
 
 @contextlib.asynccontextmanager
 async def _open_resources(
-    settings: Settings, database_url: str, redis_url: str, pool_size: int, tracer: Tracer | None
+    settings: Settings,
+    database_url: str,
+    redis_url: str,
+    pool_size: int,
+    tracer: Tracer | None,
+    serving_api: bool,
 ) -> AsyncIterator[Resources]:
-    pool = await open_pool(database_url, min_size=2, max_size=pool_size)
+    api_only = serving_api and set(settings.roles) == {"api"}
+    timeout_ms = settings.api_statement_timeout_ms if api_only else settings.statement_timeout_ms
+    pool = await open_pool(
+        database_url, min_size=2, max_size=pool_size, statement_timeout_ms=timeout_ms
+    )
     try:
         with translate_errors():
             await migrate(pool)
-        redis = aioredis.from_url(redis_url)
+        clock = DbClock(pool)
+        await clock.sample()  # before anything reads it
+        redis = aioredis.from_url(
+            redis_url,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+        )
         try:
             store = EventStore(pool)
             bus = Bus(redis, settings.redis_prefix, settings.partitions)
-            limits = Limits(
-                LimitsStore(pool),
-                TokenBuckets(redis, settings.redis_prefix),
-                settings.limit_defaults(),
+            service, queries, access, limits = _facades(
+                settings, store, pool, redis, bus, tracer, clock
             )
-            service = EngineService(
-                store,
-                max_payload_bytes=settings.max_payload_bytes,
-                arns=settings.arn_scope(),
-                limits=limits,
-                tracer=tracer,
+            r = Resources(
+                settings, pool, redis, store, bus, service, queries, access, limits, clock, tracer
             )
-            queries = Queries(store, pool, bus.ping)
-            access = Access.over(pool)
-            yield Resources(
-                settings, pool, redis, store, bus, service, queries, access, limits, tracer
+            if not serving_api or api_only:
+                yield r
+                return
+            api_pool = await open_pool(
+                database_url,
+                min_size=1,
+                max_size=pool_size,
+                statement_timeout_ms=settings.api_statement_timeout_ms,
             )
+            try:
+                api_store = EventStore(api_pool)
+                r.api_side = ApiSide(
+                    api_pool, *_facades(settings, api_store, api_pool, redis, bus, tracer, clock)
+                )
+                yield r
+            finally:
+                await api_pool.close()
         finally:
             await redis.aclose()
     finally:
         await pool.close()
+
+
+def _facades(
+    settings: Settings,
+    store: EventStore,
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    bus: Bus,
+    tracer: Tracer | None,
+    clock: DbClock,
+) -> tuple[EngineService, Queries, Access, Limits]:
+    """The command, query, access and limits facades over ``store`` and ``pool``; durable
+    time from ``clock`` (PostgreSQL's)."""
+    limits = Limits(
+        LimitsStore(pool),
+        TokenBuckets(redis, settings.redis_prefix),
+        settings.limit_defaults(),
+    )
+    service = EngineService(
+        store,
+        max_payload_bytes=settings.max_payload_bytes,
+        arns=settings.arn_scope(),
+        limits=limits,
+        tracer=tracer,
+        clock=clock.now,
+    )
+    return service, Queries(store, pool, bus.ready_probe, clock.now), Access.over(pool), limits
 
 
 @dataclass
@@ -270,6 +352,12 @@ async def _supervised(
             return
         except asyncio.CancelledError:
             raise
+        except Unavailable as exc:
+            # An outage the loop did not handle itself: expected, so one line, no traceback.
+            health.failed(name, exc)
+            log.warning("role %s: %s; restarting it in %.0fs", name, exc, delay)
+            await sleep_or_stop(stop, delay)
+            delay = min(delay * 2, 30.0)
         except Exception as exc:
             health.failed(name, exc)
             log.exception("role %s failed; restarting it in %.0fs", name, delay)
@@ -305,6 +393,14 @@ async def run_roles(
     def supervise(name: str, run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         coros.append(_supervised(name, run, stop, health))
 
+    # Every process reads durable time from PostgreSQL's clock: keep its reading fresh.
+    watch = ClockWatch(
+        r.clock,
+        interval_s=settings.clock_sample_interval_s,
+        warn_offset_s=settings.clock_offset_warn_s,
+    )
+    watch.report(r.clock.offset_s)  # the first sample's (open_resources)
+    supervise("clock", watch.run)
     if roles & {"engine", "worker"}:
         supervise("sampler", sampler.run)
     if "engine" in roles:
@@ -313,15 +409,17 @@ async def run_roles(
             r.bus,
             visibility_timeout_s=settings.task_visibility_timeout_s,
             max_deliveries=settings.max_deliveries,
+            clock=r.clock.now,
             tracer=r.tracer,
         )
         health.add(
             "engine", progress=lambda: engine.handled, backlog=lambda: sampler.backlog(ENGINE_GROUP)
         )
         supervise("engine", engine.run)
+        # Timers are due by PostgreSQL's clock, read by the claim itself.
         supervise("timers", TimerService(r.store, r.bus, tracer=r.tracer).run)
-        supervise("relay", Relay(r.store, r.bus, r.pool, tracer=r.tracer).run)
-        supervise("recovery", Recovery(r.service, r.bus, r.pool).run)
+        supervise("relay", Relay(r.store, r.bus, r.pool, tracer=r.tracer, clock=r.clock.now).run)
+        supervise("recovery", Recovery(r.service, r.bus, r.pool, clock=r.clock.now).run)
     if "worker" in roles:
         if registry is None:
             registry = default_registry()
@@ -335,6 +433,7 @@ async def run_roles(
             max_deliveries=settings.max_deliveries,
             ended=r.store.ended_executions,
             tracer=r.tracer,
+            clock=r.clock.now,
         )
         health.add(
             "worker",
@@ -361,8 +460,12 @@ async def run_roles(
             cors_allow_origins=settings.cors_allow_origins,
             auth=settings.auth,
             metrics_token=settings.metrics_token,
+            request_timeout_s=settings.request_timeout_s,
         )
-        app = create_app(r.service, r.queries, config, r.access, limits=r.limits, tracer=r.tracer)
+        api = r.api
+        app = create_app(
+            api.service, api.queries, config, api.access, limits=api.limits, tracer=r.tracer
+        )
         app[ROLE_HEALTH] = health
         runner = HardenedAppRunner(app, server_limits(settings))
         runners.append(runner)

@@ -10,7 +10,6 @@ a summary at the end; the exit code is 1 when any differs.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import TextIO
 from uuid import UUID
 
@@ -109,7 +108,7 @@ async def export(r: Resources, execution_id: UUID, out: TextIO, include_data: bo
 
 async def status(r: Resources, out: TextIO) -> int:
     """Each projection's checkpoint and lag, one line each."""
-    rows = await r.queries.projection_status(dt.datetime.now(dt.UTC))
+    rows = await r.queries.projection_status()
     out.write(f"{'projection':<16} {'tx_id':>12} {'position':>12} {'lag':>10} {'behind_s':>9}\n")
     for s in rows:
         out.write(

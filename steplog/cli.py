@@ -37,6 +37,7 @@ from uuid import UUID
 
 import msgspec
 
+from engine.errors import Unavailable
 from steplog import limits_cli
 from steplog.datadir import DEFAULT_NAME, DataDirError, find_data_dir
 from steplog.logs import configure_logging
@@ -223,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     except DataDirError as exc:
         print(f"steplog: {exc}", file=sys.stderr)
         return 1
+    except Unavailable as exc:
+        # PostgreSQL or Redis down, read-only, or a statement timed out: no traceback.
+        print(f"steplog: {exc}; try again later", file=sys.stderr)
+        return 1
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise
@@ -245,7 +250,9 @@ async def _command(args: argparse.Namespace, settings: Settings) -> int:
         await app.serve(settings, stop, own=args.command == "dev")
         return 0
     async with app.server_urls(settings) as (db_url, redis_url):
-        async with app.open_resources(settings, db_url, redis_url, pool_size=4) as r:
+        async with app.open_resources(
+            settings, db_url, redis_url, pool_size=4, serving_api=False
+        ) as r:
             if args.command == "migrate":
                 return 0  # open_resources applied them
             if args.command == "replay":

@@ -99,6 +99,10 @@ async def migrate(
 
 
 async def _migrate(conn: asyncpg.Connection, migrations: list[Migration]) -> list[str]:
+    # No statement timeout for migrations (the pool's bounds requests and loops): a
+    # migration may rewrite a large table, and waiting for another process's migrations
+    # is expected. A pool resets the setting when the connection goes back to it.
+    await conn.execute("SET statement_timeout = 0")
     # A session lock (not a transaction lock) so it spans every file's transaction.
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:

@@ -88,6 +88,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # http_max_headers header fields (400 line_too_long / bad_http_request beyond).
     http_max_line_bytes: int = 8190
     http_max_headers: int = 100
+    # An API request whose handler (after its body arrived) has not answered within this
+    # is cancelled and answered 503 service_unavailable with Retry-After (api/deadline.py);
+    # a streaming response (the SSE feed, history.jsonl) is bounded until it starts.
+    # A start cut short after its commit is answered 503 too: the client retries it
+    # with the same execution name and gets the execution it started (docs/api.md).
+    request_timeout_s: float = 10.0
+    # PostgreSQL statement timeouts (engine/adapters/postgres.py), in milliseconds, waits
+    # for locks included; 0 turns one off. api_statement_timeout_ms bounds the API's
+    # statements (a request answers 503 instead of hanging), statement_timeout_ms those of
+    # the loops (engine, worker, projector) and of the CLI; migrations have none.
+    api_statement_timeout_ms: int = 5000
+    statement_timeout_ms: int = 30000
+    # A Redis command with no answer within this (e.g. a paused or hung server) fails as
+    # unavailable and its connection is dropped; also the connect timeout. Above the
+    # 1 s the consumers block in XREADGROUP.
+    redis_timeout_s: float = 10.0
     # Origins allowed to call the API from a browser (comma separated, "*" for any);
     # empty, the default, turns CORS off.
     cors_allow_origins: tuple[str, ...] = ()
@@ -125,6 +141,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # redis instrumentations): detailed, but it costs far more than steplog's own spans
     # (docs/observability.md), so it is off unless asked for (STEPLOG_TRACE_DRIVERS=true).
     trace_drivers: bool = False
+    # Durable time is PostgreSQL's clock (engine/adapters/clock.py): every process reads
+    # it every clock_sample_interval_s seconds and counts on with its monotonic clock in
+    # between; a process whose wall clock is more than clock_offset_warn_s seconds off
+    # logs a warning (steplog_clock_offset_seconds shows the offset).
+    clock_sample_interval_s: float = 10.0
+    clock_offset_warn_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -166,6 +188,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             <= 0
         ):
             raise ValueError("the http_*_timeout_s settings must be positive")
+        if self.request_timeout_s <= 0 or self.redis_timeout_s < 2:
+            raise ValueError("request_timeout_s must be positive and redis_timeout_s >= 2")
+        if min(self.api_statement_timeout_ms, self.statement_timeout_ms) < 0:
+            raise ValueError("the statement timeouts must be >= 0 (0: none)")
         if not self.redis_prefix or any(c in self.redis_prefix for c in "{}: "):
             # The prefix goes inside Redis hash tags; braces or colons would break them.
             raise ValueError("redis_prefix must be non-empty without '{', '}', ':' or spaces")
@@ -181,6 +207,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(f"{field}: {exc}") from None
         if self.running_quota < 0 or not 0 < self.limits_cache_s <= 3600:
             raise ValueError("running_quota must be >= 0 and limits_cache_s in (0, 3600]")
+        if not 0 < self.clock_sample_interval_s <= 3600 or self.clock_offset_warn_s <= 0:
+            raise ValueError(
+                "clock_sample_interval_s must be in (0, 3600] and clock_offset_warn_s positive"
+            )
 
     def limit_defaults(self) -> LimitDefaults:
         """The limits of a namespace without overrides."""
@@ -265,8 +295,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("http_keepalive_timeout_s", float),
             ("http_max_line_bytes", int),
             ("http_max_headers", int),
+            ("request_timeout_s", float),
+            ("api_statement_timeout_ms", int),
+            ("statement_timeout_ms", int),
+            ("redis_timeout_s", float),
             ("limits_cache_s", float),
             ("running_quota", int),
+            ("clock_sample_interval_s", float),
+            ("clock_offset_warn_s", float),
         ):
             if (raw := get(field)) is not None:
                 try:

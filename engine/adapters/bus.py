@@ -13,6 +13,8 @@ partitions and deployments spread over slots:
     {<prefix>:p<n>}:triggers    triggers of partition n (v, execution_id, message)
     {<prefix>:q:<queue>}:tasks  tasks of one queue (v, message)
     <stream>:dead               dead letters of <stream> (same slot as the stream)
+    {<prefix>}:ready            readiness probe: a tiny value written (10 s expiry) by
+                                /health/ready checks (Bus.ready_probe)
     {<prefix>}:intact           sentinel: present while Redis holds what steplog put
                                 there; its absence means Redis was flushed or lost its
                                 data, and engine.loops.recovery rebuilds from PostgreSQL
@@ -36,6 +38,7 @@ with the client's error chained.
 from __future__ import annotations
 
 import contextlib
+import re
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -80,6 +83,9 @@ class Keys:
 
     def sentinel(self) -> str:
         return f"{{{self.prefix}}}:intact"
+
+    def ready_probe(self) -> str:
+        return f"{{{self.prefix}}}:ready"
 
     def rate_bucket(self, namespace: str, budget: str, key_id: str | None = None) -> str:
         """The token bucket of ``namespace`` (or of its API key ``key_id``) for
@@ -144,11 +150,21 @@ _OUTAGE_TYPES = (
 )
 
 
+# A command refused inside a Lua script comes back wrapped: "Error running script (call
+# to f_...): @user_script:37: @user_script: 37: -OOM command not allowed ...".
+_SCRIPT_REPLY = re.compile(r": -([A-Z]+) ")
+
+
 def _reply_code(exc: BaseException) -> str:
-    """The error code of a Redis reply ("NOGROUP", ...), also when a pipeline wrapped it."""
+    """The error code of a Redis reply ("NOGROUP", ...), also when a pipeline or a
+    script wrapped it."""
     text = str(exc)
     _, marker, rest = text.partition("caused error: ")
-    return (rest if marker else text).split(" ", 1)[0]
+    # redis-py 8 writes the wrapped error's args there: "caused error: ('BUSY ...',)".
+    text = rest.lstrip("('\"") if marker else text
+    if text.startswith("Error running script") and (found := _SCRIPT_REPLY.search(text)):
+        return found.group(1)
+    return text.split(" ", 1)[0]
 
 
 def translate(exc: Exception) -> SteplogError:
@@ -644,6 +660,13 @@ class Bus:
         """True when Redis answers; Unavailable when it does not."""
         with _redis_errors():
             return bool(await self.redis.ping())
+
+    async def ready_probe(self) -> None:
+        """Return when Redis accepts writes now: one tiny SET with a 10 s expiry (PING
+        answers while Redis refuses writes: maxmemory reached with noeviction, a
+        read-only replica, writes paused). `Unavailable` when it does not."""
+        with _redis_errors():
+            await self.redis.set(self.keys.ready_probe(), b"1", px=10_000)
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

@@ -1,10 +1,12 @@
 """PostgreSQL connections and the one translation of their failures.
 
 Every asyncpg call of the store and of the read models runs inside
-`translate_errors()`: a server that does not answer (refused or reset
-socket, timeout, connection closed, too many connections, shutdown,
-restart in progress) becomes `engine.errors.Unavailable` with the driver's
-error chained; a value the server refuses (SQLSTATE class 22) or the driver
+`translate_errors()`: a server that does not answer or cannot serve now
+(refused or reset socket, timeout, connection closed or terminated, the
+driver's protocol state broken by a terminated connection, too many
+connections, shutdown, restart in progress, a read-only server, a statement
+or lock timeout, a serialization failure or deadlock) becomes
+`engine.errors.Unavailable` with the driver's error chained; a value the server refuses (SQLSTATE class 22) or the driver
 cannot encode becomes `engine.errors.InvalidData`. Other errors about the
 statement itself (a unique violation, ...) pass through for the caller to
 translate into what they mean.
@@ -30,6 +32,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    # The driver's own state machine broken under it, e.g. "cannot switch to state 12"
+    # when the server terminates the connection mid-operation (ProtocolError is one).
+    asyncpg.InternalClientError,
 )
 
 
@@ -96,11 +101,28 @@ async def _opened(conn: asyncpg.Connection) -> None:
     POSTGRES_CONNECTIONS.inc()
 
 
-async def open_pool(url: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
-    """A connection pool to ``url``; `Unavailable` when the server does not answer
-    (the caller decides whether to wait for it). The caller closes the pool."""
+def session_settings(statement_timeout_ms: int) -> dict[str, str]:
+    """The server settings every connection of a pool starts with: ``statement_timeout``
+    (0: none) bounds each statement, waits for locks included; a statement cut short
+    fails with SQLSTATE 57014, which `translate_errors` makes `Unavailable`."""
+    if statement_timeout_ms < 0:
+        raise ValueError("statement_timeout_ms must be >= 0")
+    return {"statement_timeout": str(statement_timeout_ms)}
+
+
+async def open_pool(
+    url: str, *, min_size: int, max_size: int, statement_timeout_ms: int = 0
+) -> asyncpg.Pool:
+    """A connection pool to ``url`` whose statements time out after
+    ``statement_timeout_ms`` (0: never; see `session_settings`); `Unavailable` when the
+    server does not answer (the caller decides whether to wait for it). The caller
+    closes the pool."""
     with translate_errors():
         pool: asyncpg.Pool = await asyncpg.create_pool(
-            url, min_size=min_size, max_size=max_size, init=_opened
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            init=_opened,
+            server_settings=session_settings(statement_timeout_ms),
         )
     return pool

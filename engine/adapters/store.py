@@ -31,7 +31,7 @@ import msgspec
 
 from engine.adapters.postgres import translate_errors
 from engine.core.events import TERMINAL_EVENT_TYPES
-from engine.errors import ConcurrencyError, ExecutionNameConflict, InvalidRequest
+from engine.errors import ConcurrencyError, ExecutionNameConflict, InvalidRequest, Unavailable
 
 NOTIFY_CHANNEL = "steplog_events"
 STANDARD = "STANDARD"
@@ -178,17 +178,21 @@ SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(due_at)), 0)::float8 FR
 # not yet fired for this due time, and no live lease holds it. SKIP LOCKED lets concurrent
 # timer services take disjoint batches; the lease covers the window between this commit and
 # MARK_TIMERS_FIRED, so a firer that dies in between is replaced once the lease expires.
+# "Due" and the lease are by PostgreSQL's clock (DESIGN invariant 8), read once here, so a
+# firer whose own clock runs ahead fires nothing early; $1, when not null, stands in for it
+# (tests that move time).
 CLAIM_DUE_TIMERS = """
-UPDATE timers t SET claimed_until = $1::timestamptz + make_interval(secs => $3)
-FROM (
-    SELECT timer_id FROM timers
-    WHERE due_at <= $1 AND fired_due IS DISTINCT FROM due_at
-      AND (claimed_until IS NULL OR claimed_until < $1)
+WITH clock AS (SELECT coalesce($1::timestamptz, clock_timestamp()) AS now)
+UPDATE timers t SET claimed_until = clock.now + make_interval(secs => $3)
+FROM clock, (
+    SELECT timer_id FROM timers, clock
+    WHERE due_at <= clock.now AND fired_due IS DISTINCT FROM due_at
+      AND (claimed_until IS NULL OR claimed_until < clock.now)
     ORDER BY due_at, timer_id LIMIT $2
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF timers SKIP LOCKED
 ) due
 WHERE t.timer_id = due.timer_id
-RETURNING t.timer_id, t.execution_id, t.due_at, t.claimed_until"""
+RETURNING t.timer_id, t.execution_id, t.due_at, t.claimed_until, clock.now AS claimed_at"""
 # Only for the due time that was fired, and only while the claim is still the caller's
 # (claimed_until is its token): a timer moved meanwhile stays due for its new time, and one
 # re-armed by recovery meanwhile (its trigger may have been flushed) stays due.
@@ -210,6 +214,10 @@ CROSS JOIN LATERAL (
 ) last
 WHERE last.type = ANY($2::text[])"""
 PING = "SELECT 1"
+# A statement's own transaction is read-only when the server is a standby (in recovery,
+# e.g. after a failover to a replica) or default_transaction_read_only is on: the cheap
+# question "would a write be refused?", asked without writing.
+READ_ONLY = "SELECT current_setting('transaction_read_only') = 'on'"
 
 _MAX_SEQ = 2**31 - 1
 
@@ -295,8 +303,10 @@ class DueTimer(msgspec.Struct, frozen=True):
     timer_id: str
     execution_id: UUID
     due_at: datetime
-    # Set by `EventStore.claim_due_timers`: the claim's lease end, also its token.
+    # Set by `EventStore.claim_due_timers`: the claim's lease end, also its token, and
+    # the time it was claimed at (PostgreSQL's clock, or the ``now`` given).
     claimed_until: datetime | None = None
+    claimed_at: datetime | None = None
 
 
 _decode_dict = msgspec.json.Decoder(dict[str, Any])
@@ -728,13 +738,19 @@ class EventStore:
         rows = await self._fetch(DUE_TIMERS, now, limit)
         return [DueTimer(r["timer_id"], r["execution_id"], r["due_at"]) for r in rows]
 
-    async def claim_due_timers(self, now: datetime, limit: int, lease_s: float) -> list[DueTimer]:
+    async def claim_due_timers(
+        self, now: datetime | None, limit: int, lease_s: float
+    ) -> list[DueTimer]:
         """Claim up to ``limit`` due timers not yet fired for their due time and not
-        leased by another firer, for ``lease_s`` seconds; earliest first. Concurrent
-        callers get disjoint sets. Call `mark_timers_fired` once their triggers are out."""
+        leased by another firer, for ``lease_s`` seconds; earliest first. Due and leased
+        by PostgreSQL's clock (``clock_timestamp()`` in the statement) when ``now`` is
+        None, the production path; a ``now`` given stands in for it. Concurrent callers
+        get disjoint sets. Call `mark_timers_fired` once their triggers are out."""
         rows = await self._fetch(CLAIM_DUE_TIMERS, now, limit, lease_s)
         timers = [
-            DueTimer(r["timer_id"], r["execution_id"], r["due_at"], r["claimed_until"])
+            DueTimer(
+                r["timer_id"], r["execution_id"], r["due_at"], r["claimed_until"], r["claimed_at"]
+            )
             for r in rows
         ]
         timers.sort(key=lambda t: (t.due_at, t.timer_id))
@@ -778,3 +794,9 @@ class EventStore:
     async def ping(self) -> bool:
         """True when PostgreSQL answers (raises `Unavailable` when it does not)."""
         return bool(await self._fetchval(PING) == 1)
+
+    async def ping_writable(self) -> None:
+        """Return when PostgreSQL answers and would accept writes; `Unavailable` when it
+        does not answer or is read-only (a standby, default_transaction_read_only on)."""
+        if await self._fetchval(READ_ONLY):
+            raise Unavailable("PostgreSQL is read-only (a standby, or transactions read-only)")

@@ -88,6 +88,9 @@ class ExecutionState(msgspec.Struct, kw_only=True):
     seq: int = 0
     started_at: str = ""
     stopped_at: str = ""
+    # The timestamp of the last event (RFC 3339, milliseconds): the next decision records
+    # no earlier time (engine.service), so a history's times never go backwards.
+    last_event_time: str = ""
     frames: dict[str, Frame] = {}
     # Pending task attempts: task id -> frame id.
     tasks: dict[str, str] = {}
@@ -110,8 +113,10 @@ def child_frame_id(frame: str, state: str, index: int) -> str:
 
 def evolve(state: ExecutionState, event: ev.Event, timestamp: str = "") -> ExecutionState:
     """Return the state after ``event``. ``timestamp`` (RFC 3339) is the event's
-    recorded time; only execution start and end read it."""
+    recorded time: the state keeps the last one, execution start and end read it."""
     s = msgspec.structs.replace(state, seq=state.seq + 1)
+    if timestamp:
+        s.last_event_time = timestamp if len(timestamp) == 24 else _millis(timestamp)
     match event:
         case ev.ExecutionStarted():
             s.status = "RUNNING"

@@ -218,9 +218,10 @@ class Engine:
         """Entries of the engine group left unacknowledged for a visibility timeout (their
         consumer died or is stuck), claimed for this consumer; those delivered more than
         ``max_deliveries`` times are dead-lettered instead. Skipped while PostgreSQL does
-        not answer: triggers that cannot be applied anywhere are not poison, and claiming
-        them would only count deliveries towards the dead-letter limit."""
-        await self.service.store.ping()
+        not answer or refuses writes (read-only after a failover): triggers that cannot be
+        applied anywhere are not poison, and claiming them would only count deliveries
+        towards the dead-letter limit."""
+        await self.service.store.ping_writable()
         min_idle = int(self.visibility_timeout_s * 1000)
         live: list[TriggerDelivery | Malformed] = []
         for stream in self.bus.triggers_streams():

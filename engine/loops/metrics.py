@@ -107,6 +107,13 @@ RELAY_LAG_SECONDS = Histogram(
 )
 RELAY_EVENTS = Counter("steplog_relay_published_events", "Events the relay published to Redis.")
 
+# -- the clock ---------------------------------------------------------------------------
+CLOCK_OFFSET_SECONDS = Gauge(
+    "steplog_clock_offset_seconds",
+    "PostgreSQL's clock minus this process's wall clock, at the last sample (durable time "
+    "is PostgreSQL's: engine.adapters.clock).",
+)
+
 # -- workers ---------------------------------------------------------------------------
 TASKS = Counter(
     "steplog_tasks",
@@ -196,9 +203,8 @@ def count_decision(events: Sequence[ev.Event], seconds: float) -> None:
             HEARTBEATS_MISSED.inc()
 
 
-def observe_published(events: Sequence[StoredEvent]) -> None:
-    """The relay published ``events``: count them, observe each one's lag."""
-    now = dt.datetime.now(dt.UTC)
+def observe_published(events: Sequence[StoredEvent], now: dt.datetime) -> None:
+    """The relay published ``events`` at ``now``: count them, observe each one's lag."""
     RELAY_EVENTS.inc(len(events))
     for event in events:
         RELAY_LAG_SECONDS.observe(max(0.0, (now - event.timestamp).total_seconds()))

@@ -44,6 +44,7 @@ from uuid import UUID
 import asyncpg
 
 from engine.adapters.bus import Bus
+from engine.adapters.postgres import translate_errors
 from engine.adapters.store import StoredEvent
 from engine.core import events as ev
 from engine.loops.tracing import recorded_trace_context
@@ -129,6 +130,10 @@ class Recovery:
     async def recover(self) -> bool:
         """Rebuild Redis unless another process is doing it or it is intact again.
         Returns True when this call rebuilt it."""
+        with translate_errors():
+            return await self._recover_locked()
+
+    async def _recover_locked(self) -> bool:
         async with self.pool.acquire() as conn:
             if not await conn.fetchval(TRY_LOCK, RECOVERY_LOCK_CLASS, self.bus.prefix):
                 return False

@@ -25,11 +25,12 @@ it, once more by the next leader if the outage outlasted the lease (docs/interna
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import asyncpg
 from opentelemetry.trace import Tracer
@@ -101,8 +102,11 @@ class Relay:
         retry_delay_s: float = 1.0,
         lease_s: float = 5.0,
         tracer: Tracer | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self._store = store
+        # The clock the lag metric reads (the one events are stamped by: engine.adapters.clock).
+        self._clock = clock
         # A publish span per execution and batch (engine.loops.tracing); None: off.
         self._tracer = tracer
         self._traces = ExecutionTraces(store)
@@ -260,7 +264,7 @@ class Relay:
         if self._tracer is None:
             triggers, tasks = follow_ups(events)
             await self._bus.publish(events, triggers, tasks)
-            metrics.observe_published(events)
+            metrics.observe_published(events, self._clock())
             return
         # The messages carry their execution's publish span: the engine's decision and
         # the worker's attempt become its children.
@@ -273,7 +277,7 @@ class Relay:
             end_spans(spans.values(), exc)
             raise
         end_spans(spans.values())
-        metrics.observe_published(events)
+        metrics.observe_published(events, self._clock())
 
 
 def _log_failure(what: str, exc: Exception, first: bool) -> None:

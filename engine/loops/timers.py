@@ -16,6 +16,10 @@ re-arms fired timers (engine.loops.recovery), because their triggers may be gone
 Recording is retried while PostgreSQL does not answer (read-only after a failover, a
 dropped connection) for as long as the claim's lease lasts, so an outage shorter than
 the lease fires nothing twice.
+
+"Due" is by PostgreSQL's clock, read by the claim itself (DESIGN invariant 8): a
+service whose own clock runs ahead fires nothing early, one whose clock runs behind
+nothing late. ``clock`` replaces it only in tests that move time.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ class TimerService:
         lease_s: float = 10.0,
         batch_size: int = 500,
         retry_delay_s: float = 1.0,
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        clock: Callable[[], dt.datetime] | None = None,
         tracer: Tracer | None = None,
     ) -> None:
         self.store = store
@@ -64,17 +68,22 @@ class TimerService:
         self.lease_s = lease_s
         self.batch_size = batch_size
         self.retry_delay_s = retry_delay_s
+        # None: PostgreSQL's clock decides what is due (production); a clock given
+        # stands in for it (tests).
         self.clock = clock
         self.fired = 0
 
     async def tick(self) -> int:
         """Claim due timers, add one trigger each (one pipeline), record them as fired;
         returns how many were fired."""
-        now = self.clock()
         lease_ends = asyncio.get_running_loop().time() + self.lease_s
-        due = await self.store.claim_due_timers(now, self.batch_size, self.lease_s)
+        due = await self.store.claim_due_timers(
+            None if self.clock is None else self.clock(), self.batch_size, self.lease_s
+        )
         if not due:
             return 0
+        now = due[0].claimed_at  # when they were claimed, by the clock that found them due
+        assert now is not None
         if self.tracer is None:
             await self.bus.publish(
                 triggers=[(t.execution_id, TimerFired(timer_id=t.timer_id)) for t in due]
@@ -97,7 +106,7 @@ class TimerService:
                 raise
             end_spans(spans)
         await self._record_fired(due, lease_ends)
-        metrics.observe_fired([t.due_at for t in due], self.clock())
+        metrics.observe_fired([t.due_at for t in due], now)
         self.fired += len(due)
         return len(due)
 

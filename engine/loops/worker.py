@@ -244,8 +244,12 @@ class Worker:
         ended: EndedCheck | None = None,
         ended_check_interval_s: float = 1.0,
         tracer: Tracer | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.bus = bus
+        # The clock of durable time (PostgreSQL's: engine.adapters.clock), against which
+        # an attempt's recorded deadline (timeout_due) is measured.
+        self.clock = clock
         # A span per task attempt around the handler (engine.loops.tracing); None: off.
         self.tracer = tracer
         self.registry = registry
@@ -617,7 +621,7 @@ class Worker:
                 due = parse_iso(task.timeout_due)
             except ValueError:
                 return bound
-            return (due - dt.datetime.now(dt.UTC)).total_seconds()
+            return (due - self.clock()).total_seconds()
         return bound
 
     async def _retrying(

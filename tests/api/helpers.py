@@ -23,6 +23,7 @@ def api_config(settings: Settings) -> ApiConfig:
         max_payload_bytes=settings.max_payload_bytes,
         auth=settings.auth,
         metrics_token=settings.metrics_token,
+        request_timeout_s=settings.request_timeout_s,
     )
 
 

@@ -169,8 +169,10 @@ async def test_every_documented_metric_appears_with_plausible_values(
     assert value(after, "steplog_projection_lag_events", projection="executions") == 0
     assert value(after, "steplog_postgres_connections_opened_total") >= 2
     assert value(after, "steplog_redis_connections_opened_total") >= 1
-    for role in ("engine", "relay", "timers", "worker", "sampler", "projector:executions"):
+    for role in ("engine", "relay", "timers", "worker", "sampler", "projector:executions", "clock"):
         assert value(after, "steplog_role_up", role=role) == 1, role
+    # This process's clock and PostgreSQL's are the same machine's.
+    assert abs(value(after, "steplog_clock_offset_seconds")) < 1
     assert delta("steplog_postgres_errors_total", kind="unavailable") == 0
     assert delta("steplog_redis_errors_total", kind="unavailable") == 0
     assert delta("steplog_http_requests_total", route="/v1/workflows/{name}/executions") == 3

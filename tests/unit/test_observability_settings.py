@@ -1,5 +1,5 @@
 """STEPLOG_MONITOR_PORT and STEPLOG_METRICS_PORT: off by default, read from the
-environment, refused out of range."""
+environment, refused out of range; the clock settings likewise."""
 
 from __future__ import annotations
 
@@ -30,5 +30,28 @@ def test_ports_come_from_the_environment() -> None:
     ],
 )
 def test_bad_ports_are_refused(variable: str, raw: str) -> None:
+    with pytest.raises(ValueError, match="STEPLOG_"):
+        Settings.from_env({variable: raw})
+
+
+def test_clock_settings_come_from_the_environment() -> None:
+    assert (Settings().clock_sample_interval_s, Settings().clock_offset_warn_s) == (10.0, 1.0)
+    settings = Settings.from_env(
+        {"STEPLOG_CLOCK_SAMPLE_INTERVAL_S": "2", "STEPLOG_CLOCK_OFFSET_WARN_S": "0.5"}
+    )
+
+    assert (settings.clock_sample_interval_s, settings.clock_offset_warn_s) == (2.0, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("STEPLOG_CLOCK_SAMPLE_INTERVAL_S", "0"),
+        ("STEPLOG_CLOCK_SAMPLE_INTERVAL_S", "7200"),
+        ("STEPLOG_CLOCK_OFFSET_WARN_S", "-1"),
+        ("STEPLOG_CLOCK_OFFSET_WARN_S", "soon"),
+    ],
+)
+def test_bad_clock_settings_are_refused(variable: str, raw: str) -> None:
     with pytest.raises(ValueError, match="STEPLOG_"):
         Settings.from_env({variable: raw})
