@@ -125,8 +125,10 @@ def free_port() -> int:
 
 
 class Cluster:
-    """``size`` steplog processes (all roles unless ``roles`` says otherwise) on the
-    servers given; their output goes to ``log_dir/proc-<i>.log``."""
+    """``size`` steplog processes (all roles unless ``roles`` says otherwise; process ``i``
+    runs ``roles_of[i]`` when given) on the servers given; their output goes to
+    ``log_dir/proc-<i>.log``. ``env`` is added to every process's environment, then
+    ``env_of[i]`` to process ``i``'s."""
 
     def __init__(
         self,
@@ -137,8 +139,11 @@ class Cluster:
         size: int,
         *,
         roles: str = "api,engine,worker,projector",
+        roles_of: list[str] | None = None,
         env: dict[str, str] | None = None,
+        env_of: dict[int, dict[str, str]] | None = None,
     ) -> None:
+        assert roles_of is None or len(roles_of) == size
         self.database_url = database_url
         self.redis_url = redis_url
         self.pgdata = pgdata
@@ -146,7 +151,9 @@ class Cluster:
         self.roles = roles
         self.ports = [free_port() for _ in range(size)]
         self.procs: list[asyncio.subprocess.Process | None] = [None] * size
+        self.roles_of = roles_of
         self.extra_env = env or {}
+        self.env_of = env_of or {}
         self.starts = 0
         self.ready: set[int] = set()  # started and serving (not being restarted)
 
@@ -174,7 +181,11 @@ class Cluster:
             }
         )
         env.update(self.extra_env)
+        env.update(self.env_of.get(i, {}))
         return env
+
+    def roles_at(self, i: int) -> str:
+        return self.roles_of[i] if self.roles_of is not None else self.roles
 
     async def start(self, i: int, *, wait: bool = True) -> None:
         assert i not in self.alive()
@@ -184,7 +195,7 @@ class Cluster:
                 str(STEPLOG),
                 "serve",
                 "--roles",
-                self.roles,
+                self.roles_at(i),
                 cwd=str(REPO),
                 env=self._env(i),
                 stdin=asyncio.subprocess.DEVNULL,
@@ -194,7 +205,7 @@ class Cluster:
         finally:
             log.close()
         self.starts += 1
-        if wait and "api" in self.roles:
+        if wait and "api" in self.roles_at(i):
             await self.wait_ready(i)
         self.ready.add(i)
 
