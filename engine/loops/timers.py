@@ -34,6 +34,7 @@ from opentelemetry.trace import Tracer
 
 from engine.adapters.bus import Bus, PartlyPublished
 from engine.adapters.store import DueTimer, EventStore
+from engine.errors import Unavailable
 from engine.loops import metrics
 from engine.loops.tracing import ExecutionTraces, end_spans, timer_spans, traceparent_of
 from engine.messages import TimerFired, TriggerMessage
