@@ -23,6 +23,16 @@ from engine.webhooks import DeliveryPolicy
 ALL_ROLES: tuple[str, ...] = ("api", "engine", "worker", "projector", "webhooks")
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
 LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Fields whose values are secrets (never shown by Settings' repr).
+_SECRET_FIELDS = frozenset({"metrics_token", "http_connections"})
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@]*:)[^@]*@", re.IGNORECASE)
+
+
+def _without_password(url: str) -> str:
+    """``url`` with the password of its user info replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\1***@", url)
+
+
 _PARTITION = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _ACCOUNT = re.compile(r"[0-9]{12}")
@@ -249,6 +259,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(
                 "clock_sample_interval_s must be in (0, 3600] and clock_offset_warn_s positive"
             )
+
+    def __repr__(self) -> str:
+        """Every field, with secrets hidden: the metrics token and HTTP connections as
+        ``'***'`` when set, and the password of a database or Redis URL. A Settings that
+        reaches a log line or a traceback shows no secret."""
+        shown = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name in _SECRET_FIELDS and value:
+                value = "***"
+            elif name in ("database_url", "redis_url") and value:
+                value = _without_password(value)
+            shown.append(f"{name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     def limit_defaults(self) -> LimitDefaults:
         """The limits of a namespace without overrides."""

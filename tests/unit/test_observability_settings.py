@@ -55,3 +55,20 @@ def test_clock_settings_come_from_the_environment() -> None:
 def test_bad_clock_settings_are_refused(variable: str, raw: str) -> None:
     with pytest.raises(ValueError, match="STEPLOG_"):
         Settings.from_env({variable: raw})
+
+
+def test_the_repr_of_settings_shows_no_secret() -> None:
+    settings = Settings(
+        database_url="postgresql://app:pg-secret@db:5432/steplog",
+        redis_url="redis://:redis-secret@cache:6379/0",
+        metrics_token="metrics-secret",
+        http_connections='{"api": {"Headers": {"Authorization": "Bearer conn-secret"}}}',
+    )
+    shown = repr(settings)
+    for secret in ("pg-secret", "redis-secret", "metrics-secret", "conn-secret"):
+        assert secret not in shown
+    assert "postgresql://app:***@db:5432/steplog" in shown
+    assert "redis://:***@cache:6379/0" in shown
+    assert "metrics_token='***'" in shown
+    assert "partitions=" in shown  # the other fields are still shown
+    assert "metrics_token=None" in repr(Settings())
