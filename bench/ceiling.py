@@ -333,7 +333,10 @@ def print_ceilings(results: dict[str, dict[str, float]]) -> None:
 
 def servers_of(data_dir: Path) -> tuple[str, str]:
     """The (database_url, redis_url) a running steplog published in its data folder."""
-    doc = json.loads((data_dir / "servers.json").read_text())
+    try:
+        doc = json.loads((data_dir / "servers.json").read_text())
+    except OSError as exc:
+        raise SystemExit(f"no running steplog owns {data_dir} ({exc})") from None
     return str(doc["database_url"]), str(doc["redis_url"])
 
 
