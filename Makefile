@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP)
-	$(BIN)/python bench/transitions.py
+	$(BIN)/python bench/transitions.py --ceiling -n 400 $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .steplog .pytest_cache

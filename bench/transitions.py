@@ -7,7 +7,18 @@ RUNNING. Prints, per workload: executions/s, state transitions/s, start latency
 p50/p99, and the ratio to the baseline workload (a 1-state Pass machine)
 measured in the same run, so figures compare across machines.
 
-    .venv/bin/python bench/transitions.py [-n 500] [--concurrency 32]
+With ``--ceiling`` (what `make bench` runs) each round first measures the bare-client
+ceilings of bench/ceiling.py on the same PostgreSQL and Redis, then the workloads, and
+prints each workload's ratio to its ceiling of the same round: pass10 transitions/s to
+the write-path ceiling, pass1 executions/s to the POST + one INSERT ceiling (and to the
+pass1 write path). ``--rounds`` alternates them for longer runs.
+
+Authentication is on by default, so every request carries an API key:
+``STEPLOG_API_KEY`` when set, else the admin key `steplog dev` keeps in its data folder
+(``<data dir>/admin.key``: the folder of the steplog started here, else ``--data-dir``,
+``STEPLOG_DATA_DIR`` or the nearest ``.steplog``).
+
+    .venv/bin/python bench/transitions.py [-n 500] [--concurrency 32] [--ceiling] [--rounds 1]
     .venv/bin/python bench/transitions.py --url http://127.0.0.1:8080   # a running steplog
 
 Run by hand; never part of the test suite.
@@ -24,9 +35,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ceiling  # bench/ceiling.py, a sibling script
 
 PASS_1 = {"StartAt": "S0", "States": {"S0": {"Type": "Pass", "End": True}}}
 PASS_10 = {
@@ -107,25 +122,90 @@ async def _run_workload(
     }
 
 
-async def _bench(url: str, n: int, conc: int) -> None:
+def _api_key(data_dir: Path | None) -> str | None:
+    """STEPLOG_API_KEY, else the admin key kept in ``data_dir`` (None: send no key)."""
+    if key := os.environ.get("STEPLOG_API_KEY"):
+        return key
+    if data_dir is not None and (data_dir / "admin.key").is_file():
+        return (data_dir / "admin.key").read_text().strip()
+    return None
+
+
+def _default_data_dir() -> Path | None:
+    if env := os.environ.get("STEPLOG_DATA_DIR"):
+        return Path(env)
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / ".steplog").is_dir():
+            return folder / ".steplog"
+    return None
+
+
+async def _workloads(url: str, data_dir: Path | None, n: int, conc: int) -> dict[str, Any]:
     async with aiohttp.ClientSession() as http:
         await _wait_ready(http, url)
+    key = _api_key(data_dir)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with aiohttp.ClientSession(headers=headers) as http:
         results = {}
         for name, definition, states in WORKLOADS:
             r = await _run_workload(http, url, name, definition, n, conc)
             r["transitions_per_s"] = r["executions_per_s"] * states
             results[name] = r
-        base = results["pass1"]["executions_per_s"]
-        print(f"{n} executions per workload, client concurrency {conc}")
+    return results
+
+
+def _print_workloads(results: dict[str, Any], n: int, conc: int) -> None:
+    base = results["pass1"]["executions_per_s"]
+    print(f"{n} executions per workload, client concurrency {conc}")
+    print(
+        f"{'workload':8} {'exec/s':>9} {'transitions/s':>14} {'start p50':>10} "
+        f"{'start p99':>10} {'exec/s vs pass1':>16}"
+    )
+    for name, r in results.items():
         print(
-            f"{'workload':8} {'exec/s':>9} {'transitions/s':>14} {'start p50':>10} "
-            f"{'start p99':>10} {'exec/s vs pass1':>16}"
+            f"{name:8} {r['executions_per_s']:9.1f} {r['transitions_per_s']:14.1f} "
+            f"{r['p50_ms']:8.1f}ms {r['p99_ms']:8.1f}ms {r['executions_per_s'] / base:16.2f}"
         )
-        for name, r in results.items():
-            print(
-                f"{name:8} {r['executions_per_s']:9.1f} {r['transitions_per_s']:14.1f} "
-                f"{r['p50_ms']:8.1f}ms {r['p99_ms']:8.1f}ms {r['executions_per_s'] / base:16.2f}"
-            )
+
+
+def _ratios(work: dict[str, Any], ceil: dict[str, Any]) -> dict[str, float]:
+    return {
+        "pass10 transitions/s / write-path ceiling": work["pass10"]["transitions_per_s"]
+        / ceil["pass10"]["transitions_per_s"],
+        "pass1 exec/s / POST + INSERT ceiling": work["pass1"]["executions_per_s"]
+        / ceil["post_insert"]["executions_per_s"],
+        "pass1 exec/s / pass1 write-path ceiling": work["pass1"]["executions_per_s"]
+        / ceil["pass1"]["executions_per_s"],
+    }
+
+
+async def _bench(url: str, data_dir: Path | None, args: argparse.Namespace) -> None:
+    n, conc = args.n, args.concurrency
+    if not args.ceiling:
+        _print_workloads(await _workloads(url, data_dir, n, conc), n, conc)
+        return
+    if data_dir is None:
+        raise SystemExit("--ceiling needs the data folder of the steplog (--data-dir)")
+    async with aiohttp.ClientSession() as http:
+        await _wait_ready(http, url)
+    database_url, redis_url = ceiling.servers_of(data_dir)
+    rounds: list[dict[str, float]] = []
+    for r in range(args.rounds):
+        print(f"-- round {r + 1} of {args.rounds}")
+        ceil = await ceiling.measure(database_url, redis_url, n, args.batch, args.connections, conc)
+        ceiling.print_ceilings(ceil)
+        work = await _workloads(url, data_dir, n, conc)
+        _print_workloads(work, n, conc)
+        ratios = _ratios(work, ceil)
+        for name, value in ratios.items():
+            print(f"ratio {name}: {value:.2f}")
+        rounds.append(ratios)
+    if len(rounds) > 1:
+        print(f"-- median of {len(rounds)} rounds")
+        for name in rounds[0]:
+            print(f"ratio {name}: {statistics.median(x[name] for x in rounds):.2f}")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 def main() -> None:
@@ -133,9 +213,15 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--url", default=None, help="a running steplog; default: start one")
+    parser.add_argument("--data-dir", default=None, help="the data folder of --url's steplog")
+    parser.add_argument("--ceiling", action="store_true", help="measure the ceilings too")
+    parser.add_argument("--rounds", type=int, default=1, help="ceiling + workloads rounds")
+    parser.add_argument("--batch", type=int, default=50, help="ceiling: executions per batch")
+    parser.add_argument("--connections", type=int, default=4, help="ceiling: connections")
     args = parser.parse_args()
     if args.url:
-        asyncio.run(_bench(args.url, args.n, args.concurrency))
+        data_dir = Path(args.data_dir) if args.data_dir else _default_data_dir()
+        asyncio.run(_bench(args.url, data_dir, args))
         return
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="steplog-bench-") as data:
@@ -150,7 +236,7 @@ def main() -> None:
         steplog = os.path.join(os.path.dirname(sys.executable), "steplog")
         proc = subprocess.Popen([steplog, "dev"], env=env)
         try:
-            asyncio.run(_bench(f"http://127.0.0.1:{port}", args.n, args.concurrency))
+            asyncio.run(_bench(f"http://127.0.0.1:{port}", Path(data), args))
         finally:
             proc.terminate()
             proc.wait(timeout=60)
