@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import asyncpg
 from prometheus_client import Counter
@@ -95,6 +96,33 @@ def translate_errors() -> Iterator[None]:
     except CONNECTION_ERRORS as exc:
         POSTGRES_ERRORS.labels("unavailable").inc()
         raise Unavailable(f"PostgreSQL is unavailable: {exc!r}") from exc
+
+
+class PoolQueries:
+    """The pool's one-statement calls with their failures translated: the base of the
+    adapters that own SQL over a pool they do not own."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        with translate_errors():
+            rows: list[asyncpg.Record] = await self._pool.fetch(query, *args)
+            return rows
+
+    async def _fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        with translate_errors():
+            row: asyncpg.Record | None = await self._pool.fetchrow(query, *args)
+            return row
+
+    async def _fetchval(self, query: str, *args: Any) -> Any:
+        with translate_errors():
+            return await self._pool.fetchval(query, *args)
+
+    async def _execute(self, query: str, *args: Any) -> str:
+        with translate_errors():
+            status: str = await self._pool.execute(query, *args)
+            return status
 
 
 async def _opened(conn: asyncpg.Connection) -> None:

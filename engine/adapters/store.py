@@ -29,7 +29,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from engine.adapters.postgres import translate_errors
+from engine.adapters.postgres import PoolQueries, translate_errors
 from engine.core.events import TERMINAL_EVENT_TYPES
 from engine.errors import ConcurrencyError, ExecutionNameConflict, InvalidRequest, Unavailable
 
@@ -462,7 +462,7 @@ _JSON_ERRORS = (asyncpg.InvalidTextRepresentationError, asyncpg.UntranslatableCh
 # ---------------------------------------------------------------------------------------------
 
 
-class EventStore:
+class EventStore(PoolQueries):
     """The event store over an asyncpg pool it does not own (it never closes it).
 
     Contracts (docs/internals.md "Store"): events are immutable and seq is contiguous
@@ -472,30 +472,6 @@ class EventStore:
     """
 
     notify_channel = NOTIFY_CHANNEL
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
-
-    # -- the driver, with connection failures translated ---------------------------------
-
-    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        with translate_errors():
-            rows: list[asyncpg.Record] = await self._pool.fetch(query, *args)
-            return rows
-
-    async def _fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        with translate_errors():
-            row: asyncpg.Record | None = await self._pool.fetchrow(query, *args)
-            return row
-
-    async def _fetchval(self, query: str, *args: Any) -> Any:
-        with translate_errors():
-            return await self._pool.fetchval(query, *args)
-
-    async def _execute(self, query: str, *args: Any) -> str:
-        with translate_errors():
-            status: str = await self._pool.execute(query, *args)
-            return status
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:

@@ -31,7 +31,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from engine.adapters.postgres import translate_errors
+from engine.adapters.postgres import PoolQueries, translate_errors
 
 ASYNC_COMMIT = "SET LOCAL synchronous_commit TO off"
 _SUB_COLUMNS = """webhook_id, namespace, url, secret, description, event_types, statuses,
@@ -337,11 +337,8 @@ def _record_args(claimed: Claimed, outcome: Outcome, pause_after_s: float) -> tu
     )
 
 
-class WebhookStore:
+class WebhookStore(PoolQueries):
     """Webhook rows over a pool it does not own."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
@@ -350,16 +347,6 @@ class WebhookStore:
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(ASYNC_COMMIT)
                 yield conn
-
-    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        with translate_errors():
-            rows: list[asyncpg.Record] = await self._pool.fetch(query, *args)
-            return rows
-
-    async def _fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        with translate_errors():
-            row: asyncpg.Record | None = await self._pool.fetchrow(query, *args)
-            return row
 
     # -- subscriptions ----------------------------------------------------------------
 

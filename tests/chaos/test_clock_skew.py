@@ -24,8 +24,6 @@ import contextlib
 import datetime as dt
 import itertools
 import os
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -41,13 +39,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engine.core.timestamps import iso_millis, parse_iso
 from steplog.settings import Settings
+from tests.chaos import faults
 from tests.serving import free_port
 
 pytestmark = pytest.mark.timeout(240)
 
 REPO = Path(__file__).resolve().parents[2]
 STEPLOG = Path(sys.executable).parent / "steplog"
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 SKEW_S = 45
 EXECUTIONS = 8
 UNTIL_S = 8.0  # the TimestampPath wait ends this long after the start, by PostgreSQL's clock
@@ -87,20 +85,15 @@ WORKFLOW: dict[str, Any] = {
 
 
 def libfaketime() -> Path:
-    """The library, installed from Debian's `faketime` package when missing."""
-    if not LIBFAKETIME.exists() and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run(
-            ["apt-get", "install", "-y", "--no-install-recommends", "faketime"],
-            check=False,
-            capture_output=True,
-            timeout=300,
-        )
-    if not LIBFAKETIME.exists():
+    """The library (tests.chaos.faults finds it, installing Debian's `faketime` package
+    when missing); the test fails, it does not skip, without it."""
+    library = faults.libfaketime()
+    if library is None:
         pytest.fail(
-            f"{LIBFAKETIME} is missing: install Debian's faketime package "
+            "libfaketime is missing: install Debian's faketime package "
             "(apt-get install faketime) to run the clock-skew test"
         )
-    return LIBFAKETIME
+    return library
 
 
 class Process:
@@ -238,7 +231,7 @@ async def test_one_engine_45_s_off_fires_nothing_early_and_fails_nothing(
         settings,
         "api,engine,worker",
         tmp_path / "skewed.log",
-        {"LD_PRELOAD": str(fake), "FAKETIME": f"{skew_s:+d}s"},
+        faults.skewed_clock_env(fake, f"{skew_s:+d}s"),
     )
     conn = await asyncpg.connect(settings.database_url)
     try:
