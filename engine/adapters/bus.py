@@ -398,6 +398,7 @@ class Bus:
         count_connections(redis)
         self._events_maxlen = events_maxlen
         self._work_maxlen = work_maxlen
+        self._renew = redis.register_script(RENEW_LUA)
 
     # -- names ----------------------------------------------------------------------------
 
@@ -705,6 +706,17 @@ class Bus:
             with _redis_errors():
                 await self.redis.xclaim(stream, group, consumer, 0, list(ids), justid=True)
 
+    async def renew(self, stream: str, group: str, consumer: str, ids: Sequence[str]) -> set[str]:
+        """Reset the idle time of those of ``ids`` still pending for ``consumer`` and
+        return them; an entry another consumer has claimed meanwhile (after an outage
+        longer than the visibility timeout) is left to it, where `touch` would take it
+        back. One script, so no claim can come between the check and the reset."""
+        if not ids:
+            return set()
+        with _redis_errors():
+            kept = await self._renew(keys=[stream], args=[group, consumer, *ids])
+        return {_str(entry_id) for entry_id in kept}
+
     # -- activity leases (engine.tasks) -----------------------------------------------------
 
     async def lease(self, queue: str, task_id: str, entry_id: str) -> None:
@@ -819,6 +831,20 @@ def _stream_items(reply: Any) -> list[tuple[str, list[Any]]]:
 # retry_after_s (until every bucket holds a token; 0 when allowed)}; the floats as strings
 # (Lua numbers are truncated to integers in replies). TIME in a script needs Redis >= 5
 # (effects replication).
+# Bus.renew: XCLAIM JUSTID (idle time reset, no delivery counted) of each entry still
+# pending for the consumer (XPENDING with a consumer filters by owner).
+RENEW_LUA = """
+local kept = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1, ARGV[2]) > 0 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'JUSTID')
+    kept[#kept + 1] = id
+  end
+end
+return kept
+"""
+
 TAKE_TOKENS_LUA = """
 local now_t = redis.call('TIME')
 local now = tonumber(now_t[1]) + tonumber(now_t[2]) / 1000000

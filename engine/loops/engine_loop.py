@@ -162,7 +162,7 @@ class Engine:
                 by_stream.setdefault(delivery.entry.stream, []).append(delivery.entry.id)
             for stream, ids in by_stream.items():
                 try:
-                    await self.bus.touch(stream, ENGINE_GROUP, self.consumer, ids)
+                    await self.bus.renew(stream, ENGINE_GROUP, self.consumer, ids)
                 except Exception as exc:  # Redis away: the next round tries again
                     log.warning("engine: cannot touch held triggers (%r)", exc)
 

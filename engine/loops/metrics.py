@@ -135,6 +135,11 @@ TASK_RETRIES = Counter(
 TASK_HEARTBEATS = Counter(
     "steplog_task_heartbeats", "Heartbeats reported by running task handlers."
 )
+TASK_CLAIMS_LAPSED = Counter(
+    "steplog_task_claims_lapsed",
+    "Task handlers cancelled because their claim lapsed (Redis did not confirm it within "
+    "the visibility timeout) or another worker claimed the entry.",
+)
 
 # -- timers ----------------------------------------------------------------------------
 TIMERS_FIRED = Counter("steplog_timers_fired", "Timers fired (a TimerFired trigger added).")

@@ -19,7 +19,10 @@ left unacknowledged by a dead worker are claimed after a visibility timeout
 (XAUTOCLAIM); a worker keeps its running tasks from being claimed by touching
 them, on a schedule of its own that no PostgreSQL query and no read waits for (a
 database stall longer than the visibility timeout does not hand a running task to
-another worker). A task delivered more than ``max_deliveries`` times is dead-lettered
+another worker). A claim is a lease: when Redis has not confirmed it for most of a
+visibility timeout (Redis paused or away longer than that), or another worker has
+claimed the entry meanwhile, the worker cancels that handler rather than run it
+beside the other worker's, and leaves the entry to be claimed. A task delivered more than ``max_deliveries`` times is dead-lettered
 and reported as failed with ``Steplog.TaskDeliveryExceeded`` (a Retry or Catch
 can handle it, States.TaskFailed and States.ALL match it). Given ``ended``, a
 worker skips tasks of executions that have ended and cancels running handlers
@@ -223,6 +226,12 @@ REPORT_BACKOFF_MAX_S = 2.0
 ENDED_CHECK_TIMEOUT_S = 5.0
 # The pause before touching running tasks again after Redis refused a touch.
 TOUCH_RETRY_S = 0.5
+# A claim is given up this part of the visibility timeout before it could lapse in Redis
+# (measured from when the read or touch that confirmed it was sent), so that the
+# handler is cancelled before another worker can claim the entry, even with the event
+# loop a little late; the leases are checked every LEASE_CHECK_PART of it.
+LEASE_MARGIN_PART = 0.25
+LEASE_CHECK_PART = 1 / 12
 
 EndedCheck = Callable[[Sequence[UUID]], Awaitable[set[UUID]]]
 
@@ -278,7 +287,10 @@ class Worker:
         self._ended = ended
         self.ended_check_interval_s = ended_check_interval_s
         self._running: dict[str, _Running] = {}  # by entry id
-        self._starting: set[str] = set()  # entry ids read, not running yet (being checked)
+        # Entry id (starting or running) -> the loop time until which this worker surely
+        # holds its claim: when the read or renewal that confirmed it was sent, plus the
+        # visibility timeout (Redis counts the idle time from when it runs the command).
+        self._held: dict[str, float] = {}
         self._reports: set[asyncio.Task[None]] = set()  # results being reported
         self._abandon = asyncio.Event()  # set at shutdown: reports stop retrying
         self.started = 0  # handlers started (observability, readiness)
@@ -286,6 +298,7 @@ class Worker:
         self.dead_lettered = 0
         self.skipped = 0  # tasks of ended executions, not run
         self.cancelled = 0  # handlers cancelled because their execution ended
+        self.lapsed = 0  # handlers cancelled because their claim lapsed or was taken
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run tasks until ``stop`` is set, then drain (see `_drain`). Errors of Redis or
@@ -300,31 +313,66 @@ class Worker:
         keeper.add_done_callback(lambda done: log_failure(done, "worker claim keeper"))
         watcher = asyncio.create_task(self._watch_ended())
         watcher.add_done_callback(lambda done: log_failure(done, "worker ended-check"))
+        fence = asyncio.create_task(self._fence())
+        fence.add_done_callback(lambda done: log_failure(done, "worker lease check"))
         try:
             await self._read_loop(stop)
             await self._drain()
         finally:
-            for helper in (keeper, watcher):
+            for helper in (keeper, watcher, fence):
                 helper.cancel()
-            await asyncio.gather(keeper, watcher, return_exceptions=True)
+            await asyncio.gather(keeper, watcher, fence, return_exceptions=True)
 
     async def _keep_claims(self) -> None:
-        """Every ``visibility_timeout_s / 3``, touch the tasks this worker runs or is about
-        to start, so that no other worker claims them (until cancelled). Only Redis is
-        called: a slow PostgreSQL or a blocked read loop does not let a claim lapse."""
+        """Every ``visibility_timeout_s / 3``, renew the claims on the tasks this worker
+        runs or is about to start, so that no other worker claims them (until
+        cancelled). Only Redis is called: a slow PostgreSQL or a blocked read loop does
+        not let a claim lapse. A claim another worker has taken is given up."""
+        loop = asyncio.get_running_loop()
         every = self.visibility_timeout_s / 3
         failing = False
         while True:
             await asyncio.sleep(min(TOUCH_RETRY_S, every) if failing else every)
+            ids, sent = list(self._held), loop.time()
             try:
-                await self.bus.touch(
-                    self.stream, WORKER_GROUP, self.consumer, [*self._running, *self._starting]
-                )
+                kept = await self.bus.renew(self.stream, WORKER_GROUP, self.consumer, ids)
                 failing = False
             except Exception as exc:  # Redis away, or the group lost (flushed)
                 level = logging.DEBUG if failing else logging.WARNING
-                log.log(level, "worker: cannot touch running tasks (%r); retrying", exc)
+                log.log(level, "worker: cannot renew the claims on running tasks (%r)", exc)
                 failing = True
+                continue
+            for entry_id in ids:
+                if entry_id in kept:
+                    if entry_id in self._held:
+                        self._held[entry_id] = sent + self.visibility_timeout_s
+                else:
+                    self._lapse(entry_id, "another worker has claimed it")
+
+    async def _fence(self) -> None:
+        """Cancel the handlers whose claims could lapse soon (Redis has not confirmed
+        them for most of a visibility timeout), until cancelled: past it another worker
+        may claim the entry and run the same attempt."""
+        loop = asyncio.get_running_loop()
+        margin = self.visibility_timeout_s * LEASE_MARGIN_PART
+        while True:
+            await asyncio.sleep(self.visibility_timeout_s * LEASE_CHECK_PART)
+            now = loop.time()
+            for entry_id, until in list(self._held.items()):
+                if now >= until - margin:
+                    self._lapse(entry_id, "Redis has not confirmed the claim in time")
+
+    def _lapse(self, entry_id: str, why: str) -> None:
+        """Give up the claim on ``entry_id``: its handler is cancelled (a task being
+        started is not started), unacknowledged, for another worker to claim."""
+        if self._held.pop(entry_id, None) is None:
+            return
+        running = self._running.get(entry_id)
+        if running is not None:
+            log.warning("worker: cancelling task %s of %s: %s", entry_id, running.execution_id, why)
+            running.task.cancel()
+            self.lapsed += 1
+            metrics.TASK_CLAIMS_LAPSED.inc()
 
     async def _watch_ended(self) -> None:
         """Every ``ended_check_interval_s``, cancel the handlers of executions that ended
@@ -358,6 +406,7 @@ class Worker:
                     )
                     continue
                 entries: list[TaskDelivery | Malformed] = []
+                read_at = loop.time()  # a claim's lease runs from before its read
                 if own_pending:
                     own_pending = False
                     entries = await self.bus.read_tasks(
@@ -367,10 +416,11 @@ class Worker:
                     last_claim = now
                     entries = await self._claim_stale(free)
                 if not entries:
+                    read_at = loop.time()
                     entries = await self.bus.read_tasks(
                         WORKER_GROUP, self.consumer, [self.stream], free, self.block_ms
                     )
-                await self._start(entries)
+                await self._start(entries, read_at)
             except asyncio.CancelledError:
                 raise
             except MissingGroup:
@@ -427,9 +477,14 @@ class Worker:
         await self.bus.dead_letter(entry, WORKER_GROUP, "too many deliveries")
         self.dead_lettered += 1
 
-    async def _start(self, deliveries: list[TaskDelivery | Malformed]) -> None:
+    async def _start(
+        self, deliveries: list[TaskDelivery | Malformed], read_at: float | None = None
+    ) -> None:
         """Spawn a handler per task; malformed entries are dead-lettered, tasks of ended
-        executions acknowledged without running."""
+        executions acknowledged without running. ``read_at`` (loop time) is when the read
+        that delivered them was sent: their claims are held from then."""
+        if read_at is None:
+            read_at = asyncio.get_running_loop().time()
         tasks: list[TaskDelivery] = []
         for delivery in deliveries:
             if delivery.entry.id in self._running:
@@ -442,8 +497,9 @@ class Worker:
                     tasks.append(delivery)
                 case _:
                     assert_never(delivery)
-        # Touched by the claim keeper until they run: the check may wait for a lock.
-        self._starting.update(t.entry.id for t in tasks)
+        # Renewed by the claim keeper until they run: the check may wait for a lock.
+        for t in tasks:
+            self._held[t.entry.id] = read_at + self.visibility_timeout_s
         try:
             ended: set[UUID] = set()
             if self._ended is not None and tasks:
@@ -456,7 +512,10 @@ class Worker:
                     log.warning("worker: cannot check for ended executions: %r", exc)
             for delivery in tasks:
                 entry, execution_id = delivery.entry, delivery.message.execution_id
+                if entry.id not in self._held:  # the claim lapsed during the check
+                    continue
                 if execution_id in ended:
+                    self._held.pop(entry.id, None)
                     await self.bus.ack(self.stream, WORKER_GROUP, [entry.id])
                     self.skipped += 1
                     continue
@@ -467,12 +526,15 @@ class Worker:
                     execution_id, task, message.resource, message.attempt, time.monotonic()
                 )
                 task.add_done_callback(self._forget(entry.id))
-        finally:
-            self._starting.difference_update(t.entry.id for t in tasks)
+        finally:  # a task not started (an error) is not held: it is claimed again later
+            for t in tasks:
+                if t.entry.id not in self._running:
+                    self._held.pop(t.entry.id, None)
 
     def _forget(self, entry_id: str) -> Callable[[asyncio.Task[None]], None]:
         def forget(task: asyncio.Task[None]) -> None:
             self._running.pop(entry_id, None)
+            self._held.pop(entry_id, None)
             log_failure(task, f"task runner of entry {entry_id}")
 
         return forget

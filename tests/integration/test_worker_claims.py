@@ -5,11 +5,16 @@ events table (the worker's check for ended executions reads it) for longer than 
 visibility timeout: the first worker's heartbeat on its running tasks runs on its own
 schedule, so the second never claims the task and the attempt runs exactly once. The
 engine keeps the trigger entries it holds alive the same way while an append hangs.
+A Redis paused for longer than the visibility timeout is the other side: the claim
+cannot be renewed, so the first worker gives the attempt up before the second can
+claim it, and the attempt never runs in both at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -19,7 +24,7 @@ import redis.asyncio as aioredis
 from engine.adapters.bus import Bus
 from engine.adapters.store import EventStore, NewEvent
 from engine.loops.engine_loop import Engine
-from engine.loops.worker import Worker
+from engine.loops.worker import HandlerRegistry, TaskContext, Worker
 from engine.messages import WORKER_GROUP, Begin
 from engine.service import EngineService
 from tests.conftest import Eventually
@@ -28,6 +33,7 @@ from tests.integration.test_worker import registry_with, results, running, task
 
 VISIBILITY_S = 2.0
 LOCK_S = 5.0  # longer than the visibility timeout
+PAUSE_S = 3 * VISIBILITY_S
 
 
 async def started_execution(store: EventStore) -> UUID:
@@ -128,3 +134,75 @@ async def test_an_engine_stuck_on_a_locked_table_keeps_its_trigger(
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 15)
         await locker.close()
     assert (first.handled, second.handled) == (1, 0)
+
+
+async def test_renew_leaves_an_entry_another_consumer_has_claimed(
+    bus: Bus, redis: aioredis.Redis
+) -> None:
+    stream = bus.tasks_stream("renew")
+    await bus.ensure_group(stream, WORKER_GROUP)
+    first_id = await redis.xadd(stream, {"n": "1"})
+    second_id = await redis.xadd(stream, {"n": "2"})
+    await redis.xreadgroup(WORKER_GROUP, "first", {stream: ">"})
+    await asyncio.sleep(0.05)
+    # The second consumer claims one entry (as XAUTOCLAIM would after an outage).
+    await redis.xclaim(stream, WORKER_GROUP, "second", 0, [second_id])
+    ids = [first_id.decode(), second_id.decode()]
+    assert await bus.renew(stream, WORKER_GROUP, "first", ids) == {first_id.decode()}
+    owners = {
+        row["message_id"].decode(): row["consumer"].decode()
+        for row in await redis.xpending_range(stream, WORKER_GROUP, "-", "+", 10)
+    }
+    assert owners == {first_id.decode(): "first", second_id.decode(): "second"}
+    assert await bus.renew(stream, WORKER_GROUP, "first", []) == set()
+
+
+async def test_a_redis_pause_longer_than_the_visibility_timeout_never_runs_an_attempt_twice_at_once(
+    store: EventStore, bus: Bus, redis: aioredis.Redis, eventually: Eventually
+) -> None:
+    """Nobody can renew a claim while Redis is paused: the first worker cancels its
+    handler before the claim could lapse, the second claims the entry after the pause
+    and runs the attempt, and the two runs do not overlap."""
+    execution_id = await started_execution(store)
+    runs: list[tuple[str, float, float]] = []  # worker, began, ended (also when cancelled)
+
+    def registry(name: str) -> HandlerRegistry:
+        registry = HandlerRegistry()
+
+        async def work(value: Any, ctx: TaskContext) -> Any:
+            began = time.monotonic()
+            try:
+                await asyncio.sleep(PAUSE_S + VISIBILITY_S)
+            finally:
+                runs.append((name, began, time.monotonic()))
+            return value
+
+        registry.register("work", work)
+        return registry
+
+    def worker(name: str) -> Worker:
+        return Worker(
+            bus, registry(name), consumer=name, block_ms=100, visibility_timeout_s=VISIBILITY_S
+        )
+
+    first, second = worker("first"), worker("second")
+    await bus.add_task(task(execution_id, "work", {"n": 1}))
+    async with running(first):
+
+        async def first_runs_it() -> bool:
+            return first.started == 1
+
+        await eventually(first_runs_it)
+        async with running(second):
+            await redis.execute_command("CLIENT", "PAUSE", str(int(PAUSE_S * 1000)))
+
+            async def reported() -> bool:
+                return first.completed + second.completed == 1
+
+            await eventually(reported, timeout_s=PAUSE_S + 4 * VISIBILITY_S + 10)
+    assert first.lapsed == 1
+    assert [name for name, _, _ in runs] == ["first", "second"]
+    (_, _, first_ended), (_, second_began, _) = runs
+    assert first_ended < second_began
+    assert [r.output for r in await results(redis, bus)] == [{"n": 1}]
+    assert (await redis.xpending(bus.tasks_stream("default"), WORKER_GROUP))["pending"] == 0
