@@ -21,12 +21,19 @@ request deadline (api/deadline.py) does not run meanwhile.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiohttp import web
 
 from api.deadline import paused
 from api.keys import CONFIG
-from api.problems import Handler, RequestTimeout, UnsupportedMediaType, problem
+from api.problems import (
+    Handler,
+    IncompleteBody,
+    RequestTimeout,
+    UnsupportedMediaType,
+    problem,
+)
 
 SERVER = "steplog"
 SECURITY_HEADERS = {
@@ -99,6 +106,8 @@ def _is_json(content_type: str) -> bool:
         content_type.startswith("application/") and content_type.endswith("+json")
     )
 
+log = logging.getLogger("steplog.api")
+
 
 @web.middleware
 async def body_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -120,6 +129,15 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
             )
             response = problem(request, timeout.status, timeout.code, timeout.message)
             # The rest of the body may still come: the connection cannot be reused.
+            response.force_close()
+            return response
+        except ConnectionError:
+            # The client hung up mid-body (aiohttp: ConnectionResetError "Connection
+            # lost"): its own doing, not a fault of ours, so one line and no traceback.
+            # Nothing was read, so nothing was done; the answer reaches nobody.
+            log.info("client closed the connection before sending its whole body")
+            gone = IncompleteBody("the connection closed before the whole body arrived")
+            response = problem(request, gone.status, gone.code, gone.message)
             response.force_close()
             return response
     return await handler(request)

@@ -79,6 +79,13 @@ class RequestTimeout(SteplogError):
     status = 408
 
 
+class IncompleteBody(SteplogError):
+    """The client closed the connection before its whole body arrived."""
+
+    code = "incomplete_body"
+    status = 400
+
+
 class InvalidQuery(InvalidRequest):
     """A query parameter of the wrong type or range (including a bad cursor)."""
 

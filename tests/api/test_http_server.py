@@ -164,6 +164,35 @@ async def test_a_body_sent_too_slowly_is_a_408(app: Running) -> None:
     assert json.loads(body)["code"] == "request_timeout"
 
 
+async def test_a_client_hanging_up_mid_body_logs_one_line_and_changes_nothing(
+    app: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        reader, writer = await _connect(app)
+        writer.write(
+            b"PUT /v1/workflows/gone HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n{\"StartAt\": "
+        )
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.close()
+        await writer.wait_closed()
+
+        def told() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if "whole body" in r.getMessage()]
+
+        for _ in range(50):
+            if told():
+                break
+            await asyncio.sleep(0.05)
+    (line,) = told()
+    assert line.levelno == logging.INFO and line.exc_info is None
+    assert not [r for r in caplog.records if r.name.startswith("steplog.api") and r.exc_info]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    status, body = await app.call("GET", "/v1/workflows/gone")
+    assert (status, body["code"]) == (404, "workflow_not_found")
+
+
 async def test_open_connections_are_capped(app: Running) -> None:
     held = [await _connect(app) for _ in range(LIMITS["http_max_connections"])]  # type: ignore[call-overload]
     try:
