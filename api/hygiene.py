@@ -106,6 +106,7 @@ def _is_json(content_type: str) -> bool:
         content_type.startswith("application/") and content_type.endswith("+json")
     )
 
+
 log = logging.getLogger("steplog.api")
 
 

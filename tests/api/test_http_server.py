@@ -168,10 +168,10 @@ async def test_a_client_hanging_up_mid_body_logs_one_line_and_changes_nothing(
     app: Running, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.DEBUG):
-        reader, writer = await _connect(app)
+        _, writer = await _connect(app)
         writer.write(
             b"PUT /v1/workflows/gone HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 1000\r\n\r\n{\"StartAt\": "
+            b'Content-Length: 1000\r\n\r\n{"StartAt": '
         )
         await writer.drain()
         await asyncio.sleep(0.1)
