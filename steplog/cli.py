@@ -66,9 +66,9 @@ def _execution_id(text: str) -> UUID:
 
 
 _SETTINGS_HELP = """\
-settings come from STEPLOG_* variables (see README.md and steplog/settings.py). Without
-STEPLOG_DATABASE_URL and STEPLOG_REDIS_URL, commands use the embedded servers of the data
-folder: STEPLOG_DATA_DIR, else .steplog in the current directory or its nearest parent
+settings come from STEPLOG_* variables, each listed with its default in docs/settings.md.
+Without STEPLOG_DATABASE_URL and STEPLOG_REDIS_URL, commands use the embedded servers of
+the data folder: STEPLOG_DATA_DIR, else .steplog in the current directory or its nearest parent
 that has one. When a steplog (`make run`) is running on that folder, commands use its
 servers; otherwise they start them for the time of the command. Tracing is off unless
 OTEL_TRACES_EXPORTER names an exporter (otlp, console): see docs/observability.md."""
