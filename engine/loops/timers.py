@@ -148,7 +148,7 @@ class TimerService:
             try:
                 await self.store.mark_timers_fired(due)
                 return
-            except Exception:  # Unavailable, or a driver error a dropped session raised
+            except Unavailable:  # the store translates every outage (a dropped session too)
                 if loop.time() + delay >= lease_ends:
                     raise
             await asyncio.sleep(delay)
