@@ -11,7 +11,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from engine.adapters.postgres import open_pool, translate_errors
+from engine.adapters.postgres import open_pool, session, translate_errors
 from engine.adapters.store import EventStore, GlobalPosition, NewEvent, StoredEvent, TimerSpec
 from engine.errors import (
     ConcurrencyError,
@@ -433,6 +433,27 @@ async def test_opening_a_pool_to_nothing_is_unavailable() -> None:
         await open_pool("postgresql://steplog@127.0.0.1:1/steplog", min_size=1, max_size=1)
 
     assert isinstance(raised.value.__cause__, OSError)
+
+
+async def test_session_state_never_outlives_a_session_connection(database_url: str) -> None:
+    # One connection, so whatever the session left behind would be seen by the next user.
+    pool = await open_pool(database_url, min_size=1, max_size=1)
+    try:
+        async with session(pool) as conn:
+            await conn.execute("SET statement_timeout = 1234")
+            await conn.execute("SELECT pg_advisory_lock(4242)")
+            await conn.execute("LISTEN steplog_session_test")
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW statement_timeout") == "0"
+            locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            assert await conn.fetchval(locks) == 0
+            assert await conn.fetchval("SELECT count(*) FROM pg_listening_channels()") == 0
+        # A plain pooled call that changes settings only for its transaction leaves none.
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL statement_timeout = 4321")
+        assert await pool.fetchval("SHOW statement_timeout") == "0"
+    finally:
+        await pool.close()
 
 
 async def test_a_value_postgresql_cannot_take_is_invalid_data_not_unavailable(
