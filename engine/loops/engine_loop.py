@@ -7,7 +7,12 @@ seq, else by replay from PostgreSQL), decides, appends with the expected seq
 and acknowledges the entry only after the append committed. A conflict means
 another engine appended first: reload and decide again (decide drops
 triggers that became obsolete). Triggers of one execution are handled in
-stream order; different executions run concurrently.
+stream order; different executions run concurrently. Per batch of entries
+the work is batched too: the executions' states are loaded by one query read
+after the entries (`_load_states`), their decisions are appended together
+(group commit: engine.adapters.group_commit, each still checked by its
+expected seq) and the entries recorded are acknowledged with one XACK per
+stream at the batch's end.
 
 Entries left unacknowledged by a dead engine are claimed after a visibility
 timeout (XAUTOCLAIM). A live engine keeps the entries it holds (the batch it is
