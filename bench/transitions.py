@@ -141,68 +141,6 @@ def _default_data_dir() -> Path | None:
     return None
 
 
-_TICK_S = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
-
-
-def _proc_stat(pid: int) -> list[str]:
-    """Fields of /proc/PID/stat after the command (index 0 is the state); [] when gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return []
-    return text[text.rindex(")") + 2 :].split()
-
-
-def _cpu_s(pid: int, *, reaped: bool = False) -> float:
-    """CPU seconds (user + system) of ``pid``, of its exited children too when ``reaped``."""
-    f = _proc_stat(pid)
-    if not f:
-        return 0.0
-    ticks = int(f[11]) + int(f[12]) + ((int(f[13]) + int(f[14])) if reaped else 0)
-    return ticks * _TICK_S
-
-
-def _server_pids(data_dir: Path) -> dict[str, list[int]] | None:
-    """The processes of the steplog that owns ``data_dir`` (`steplog dev`: its embedded
-    Redis is its child; PostgreSQL's postmaster is named in the data folder, its backends
-    are its children): {"steplog": [pid], "postgres": [postmaster, backends...],
-    "redis": [pid]}; None when they cannot be found (not Linux, another layout)."""
-    try:
-        postmaster = int((data_dir / "pg" / "postmaster.pid").read_text().split()[0])
-        procs = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-    except (OSError, ValueError, IndexError):
-        return None
-    redis_dir = str(data_dir / "redis").encode()
-    redis = steplog = None
-    backends = []
-    for pid in procs:
-        f = _proc_stat(pid)
-        if len(f) < 2:
-            continue
-        if int(f[1]) == postmaster:
-            backends.append(pid)
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"redis-server" in cmdline and redis_dir in cmdline:
-            redis, steplog = pid, int(f[1])
-    if redis is None or steplog is None:
-        return None
-    return {"steplog": [steplog], "postgres": [postmaster, *backends], "redis": [redis]}
-
-
-def _cpu_by_role(pids: dict[str, list[int]] | None) -> dict[str, float]:
-    """CPU seconds used so far by each role's processes (PostgreSQL's exited backends
-    included, through the postmaster's reaped children)."""
-    if pids is None:
-        return {}
-    return {
-        role: sum(_cpu_s(pid, reaped=role == "postgres" and i == 0) for i, pid in enumerate(ps))
-        for role, ps in pids.items()
-    }
-
-
 async def _workloads(url: str, data_dir: Path | None, n: int, conc: int) -> dict[str, Any]:
     async with aiohttp.ClientSession() as http:
         await _wait_ready(http, url)
@@ -211,18 +149,8 @@ async def _workloads(url: str, data_dir: Path | None, n: int, conc: int) -> dict
     async with aiohttp.ClientSession(headers=headers) as http:
         results = {}
         for name, definition, states in WORKLOADS:
-            # Looked up per workload: PostgreSQL backends come and go with the pools.
-            pids = _server_pids(data_dir) if data_dir is not None else None
-            before = _cpu_by_role(pids)
             r = await _run_workload(http, url, name, definition, n, conc)
             r["transitions_per_s"] = r["executions_per_s"] * states
-            after = _cpu_by_role(_server_pids(data_dir) if data_dir is not None else None)
-            # CPU milliseconds per 1,000 transitions: a cost, not a rate, so much less
-            # swayed by what else runs on the machine than transitions/s.
-            r["cpu_ms_per_1000"] = {
-                role: (after.get(role, 0.0) - spent) * 1000 / (n * states) * 1000
-                for role, spent in before.items()
-            }
             results[name] = r
     return results
 
@@ -239,12 +167,6 @@ def _print_workloads(results: dict[str, Any], n: int, conc: int) -> None:
             f"{name:8} {r['executions_per_s']:9.1f} {r['transitions_per_s']:14.1f} "
             f"{r['p50_ms']:8.1f}ms {r['p99_ms']:8.1f}ms {r['executions_per_s'] / base:16.2f}"
         )
-    if all(r["cpu_ms_per_1000"] for r in results.values()):
-        roles = list(next(iter(results.values()))["cpu_ms_per_1000"])
-        print("CPU ms per 1,000 transitions: " + ", ".join(roles))
-        for name, r in results.items():
-            cpu = r["cpu_ms_per_1000"]
-            print(f"{name:8} " + " ".join(f"{cpu[role]:9.0f}" for role in roles))
 
 
 def _ratios(work: dict[str, Any], ceil: dict[str, Any]) -> dict[str, float]:
