@@ -163,9 +163,14 @@ async def test_a_definition_that_no_longer_compiles_fails_its_executions(
     assert body["status"] == "FAILED" and body["error"] == "States.Runtime"
     assert "its workflow definition no longer compiles" in body["cause"]
     assert "Nowhere" in body["cause"]
-    assert metric("steplog_executions_failed_by_engine_total", "invalid_definition") == (
-        failures + 1
-    )
+
+    # Counted by the engine once its append returns, which may be after readers see it.
+    async def counted() -> bool:
+        return metric("steplog_executions_failed_by_engine_total", "invalid_definition") == (
+            failures + 1
+        )
+
+    await eventually(counted)
 
 
 # --- a trigger that keeps failing for a reason decide cannot see -----------------------------
