@@ -446,6 +446,10 @@ OPERATIONS: tuple[Op, ...] = (
                     "operationId": "listDeliveries",
                     "parameters": {"webhook_id": "$response.body#/webhook/webhook_id"},
                 },
+                "RotateWebhookSecret": {
+                    "operationId": "rotateWebhookSecret",
+                    "parameters": {"webhook_id": "$response.body#/webhook/webhook_id"},
+                },
             }
         },
     ),
