@@ -73,6 +73,9 @@ STATUS_OF_EVENT = {
 EVENT_TYPES: frozenset[str] = frozenset(t.__struct_config__.tag for t in typing.get_args(ev.Event))
 MAX_URL_LENGTH = 2048
 DELIVERY_STATES = ("pending", "delivered", "dead")
+# Bounds of SubscriptionPolicy: a year of overlap; a cap PostgreSQL's int holds easily.
+MAX_SECRET_OVERLAP_S = 366 * 86400
+MAX_SUBSCRIPTIONS_CAP = 1_000_000
 _DELIVERY_NAMESPACE = uuid.UUID("5b0c1f5e-7d1e-4c55-9a3e-776562686f6b")
 
 
@@ -116,8 +119,10 @@ class SubscriptionPolicy(msgspec.Struct, frozen=True, kw_only=True):
     max_per_namespace: int = 100
 
     def __post_init__(self) -> None:
-        if self.secret_overlap_s < 0 or self.max_per_namespace < 0:
-            raise ValueError("webhook secret overlap and subscription cap must not be negative")
+        if not 0 <= self.secret_overlap_s <= MAX_SECRET_OVERLAP_S:
+            raise ValueError(f"webhook secret overlap must be in [0, {MAX_SECRET_OVERLAP_S}] s")
+        if not 0 <= self.max_per_namespace <= MAX_SUBSCRIPTIONS_CAP:
+            raise ValueError(f"webhook subscription cap must be in [0, {MAX_SUBSCRIPTIONS_CAP}]")
 
 
 class WebhookNotFound(NotFound):

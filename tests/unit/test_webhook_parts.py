@@ -165,6 +165,8 @@ def test_rotation_overlap_and_cap_settings_are_read_and_bounded() -> None:
     for name, bad in (
         ("STEPLOG_WEBHOOK_SECRET_OVERLAP_S", "-1"),
         ("STEPLOG_WEBHOOK_MAX_PER_NAMESPACE", "-1"),
+        ("STEPLOG_WEBHOOK_SECRET_OVERLAP_S", "1e300"),
+        ("STEPLOG_WEBHOOK_MAX_PER_NAMESPACE", "10000000000"),
         ("STEPLOG_WEBHOOK_MAX_PER_NAMESPACE", "many"),
     ):
         with pytest.raises(ValueError, match=r"STEPLOG_WEBHOOK|webhook"):
