@@ -114,7 +114,7 @@ class Resources:
                 self.access,
                 self.limits,
                 _tasks(self.settings, self.service, self.pool, self.bus),
-                self.webhooks or Webhooks.over(self.pool, self.settings.outbound_policy()),
+                self.webhooks or _webhooks(self.settings, self.pool),
             )
         return self.api_side
 
@@ -223,7 +223,7 @@ async def _open_resources(
             r = Resources(
                 settings, pool, redis, store, bus, service, queries, access, limits, clock, tracer
             )
-            r.webhooks = Webhooks.over(pool, settings.outbound_policy())
+            r.webhooks = _webhooks(settings, pool)
             if not serving_api or api_only:
                 yield r
                 return
@@ -240,7 +240,7 @@ async def _open_resources(
                     api_pool,
                     *facades,
                     _tasks(settings, facades[0], api_pool, bus),
-                    Webhooks.over(api_pool, settings.outbound_policy()),
+                    _webhooks(settings, api_pool),
                 )
                 yield r
             finally:
@@ -572,6 +572,12 @@ async def run_roles(
             await each.cleanup()
         if monitor is not None:
             await asyncio.to_thread(monitor.close)
+
+
+def _webhooks(settings: Settings, pool: asyncpg.Pool) -> Webhooks:
+    """Webhook subscriptions on ``pool``, held to the settings' outbound guard, rotation
+    overlap and cap."""
+    return Webhooks.over(pool, settings.outbound_policy(), settings.subscription_policy())
 
 
 def _webhook_sender(r: Resources) -> WebhookSender:
