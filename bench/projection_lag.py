@@ -43,6 +43,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import goal  # bench/goal.py
 
 from engine.adapters.postgres import open_pool
 from engine.adapters.store import EventStore, GlobalPosition, NewEvent
@@ -221,6 +224,12 @@ def report(lags: Lags, rate: float, achieved: float, executions: int, goal_ms: f
             f"max {max(samples) * 1000:.1f} ms"
         )
     print(f"projection lag p99 (worst projection): {worst:.1f} ms (goal < {goal_ms:.0f} ms)")
+    goal.report(
+        f"projection lag p99 at {achieved:,.0f} events/s",
+        f"{worst:.1f} ms",
+        f"< {goal_ms:.0f} ms",
+        worst < goal_ms and achieved >= 0.95 * rate,
+    )
 
 
 @contextlib.asynccontextmanager

@@ -41,6 +41,9 @@ from typing import Any
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import goal  # bench/goal.py
 
 from engine.adapters.postgres import open_pool
 from engine.adapters.store import LOAD_FORWARD, EventStore, NewEvent
@@ -161,6 +164,9 @@ def report(count: int, rounds: int, ms: dict[str, float]) -> float:
     print(f"    of which EventStore.load          {ms['load']:8.1f} ms")
     print(f"    of which fold (decode + evolve)   {ms['fold']:8.1f} ms")
     print(f"ratio replay / fetch + decode ceiling: {ratio:.2f} (goal <= 1.3)")
+    goal.report(
+        f"replay of {count:,} events / fetch + decode", f"{ratio:.2f}", "<= 1.3", ratio <= 1.3
+    )
     return ratio
 
 

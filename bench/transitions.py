@@ -46,6 +46,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ceiling  # bench/ceiling.py, a sibling script
+import goal  # bench/goal.py
 
 PASS_1 = {"StartAt": "S0", "States": {"S0": {"Type": "Pass", "End": True}}}
 PASS_10 = {
@@ -234,7 +235,12 @@ def _print_workloads(results: dict[str, Any], n: int, conc: int) -> None:
 
 
 def _ratios(work: dict[str, Any], ceil: dict[str, Any]) -> dict[str, float]:
-    return {
+    figures = {
+        "task3 task round trips/s": work["task3"]["transitions_per_s"],
+    }
+    if "open" in work:
+        figures["pass1 open-loop start p99 ms"] = work["open"]["p99_ms"]
+    return figures | {
         "pass10 transitions/s / write-path ceiling": work["pass10"]["transitions_per_s"]
         / ceil["pass10"]["transitions_per_s"],
         "pass1 exec/s / POST + INSERT ceiling": work["pass1"]["executions_per_s"]
@@ -263,13 +269,31 @@ async def _bench(url: str, data_dir: Path | None, args: argparse.Namespace) -> N
         _print_workloads(work, n, conc)
         ratios = _ratios(work, ceil)
         for name, value in ratios.items():
-            print(f"ratio {name}: {value:.2f}")
+            if "/" in name and "round trips" not in name:
+                print(f"ratio {name}: {value:.2f}")
         rounds.append(ratios)
+    medians = {name: statistics.median(x[name] for x in rounds) for name in rounds[0]}
     if len(rounds) > 1:
         print(f"-- median of {len(rounds)} rounds")
-        for name in rounds[0]:
-            print(f"ratio {name}: {statistics.median(x[name] for x in rounds):.2f}")
+        for name, value in medians.items():
+            if "/" in name and "round trips" not in name:
+                print(f"ratio {name}: {value:.2f}")
+    _goals(medians)
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def _goals(m: dict[str, float]) -> None:
+    """The issue's throughput and latency goals, from the (median) figures of this run."""
+    pass10 = m["pass10 transitions/s / write-path ceiling"]
+    goal.report(
+        "pass10 transitions/s / write-path ceiling", f"{pass10:.2f}", ">= 0.6", pass10 >= 0.6
+    )
+    pass1 = m["pass1 exec/s / POST + INSERT ceiling"]
+    goal.report("pass1 exec/s / POST + INSERT ceiling", f"{pass1:.2f}", ">= 0.4", pass1 >= 0.4)
+    if (p99 := m.get("pass1 open-loop start p99 ms")) is not None:
+        goal.report("pass1 open-loop start latency p99", f"{p99:.1f} ms", "< 50 ms", p99 < 50)
+    task3 = m["task3 task round trips/s"]
+    goal.report("task3 task round trips/s", f"{task3:,.0f}", ">= 2,000", task3 >= 2000)
 
 
 def main() -> None:

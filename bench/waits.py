@@ -46,6 +46,7 @@ import redis.asyncio as aioredis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import goal  # bench/goal.py
 import procstat  # bench/procstat.py
 
 from tests.chaos.harness import Cluster, post_json, servers
@@ -213,6 +214,29 @@ async def run(args: argparse.Namespace) -> None:
         f"{'all' if ended else 'NOT all'} executions ended, {early} fired early; lateness "
         f"p50 {_pct(lateness, 0.5) * 1000:.0f} ms, p99 {_pct(lateness, 0.99) * 1000:.0f} ms, "
         f"max {max(lateness) * 1000:.0f} ms"
+    )
+    # Bounded: the second half of the starts adds under 10% to the RSS of the first half
+    # (a cache or queue growing with the executions would double it).
+    half, full = rss[len(rss) // 2], max(rss)
+    goal.report(
+        f"steplog RSS while {n:,} start",
+        f"{_mib(half)} -> {_mib(full)}",
+        "2nd half of starts < +10%",
+        full <= 1.10 * half,
+    )
+    extra = total_busy - total_base
+    goal.report(
+        f"idle CPU with {n:,} waiting - with none",
+        f"{extra:+.2f} CPU-s / {args.idle_seconds:.0f} s",
+        "< 1% of a core",
+        extra < 0.01 * args.idle_seconds and margin >= 0,
+    )
+    p99 = _pct(lateness, 0.99)
+    goal.report(
+        f"{n:,} waits due after SIGKILL + restart",
+        f"{fired:,} fired, {early} early, p99 {p99 * 1000:.0f} ms late",
+        "all, none early, p99 < 1 s",
+        fired == n and ended and early == 0 and p99 < 1.0,
     )
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
