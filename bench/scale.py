@@ -15,7 +15,11 @@ Map) on 1, 2 and 3 processes of each role, one run each on fresh embedded Postgr
   more of them come back empty) and PostgreSQL transactions (``pg_stat_database``: the
   polling of timers, relay and projectors shows here);
 
-then whether each stays flat (max / min within 15%) as processes are added.
+then whether each stays flat (max / min within 15%) as processes are added. Before each
+load the processes are read idle for ``--idle-seconds``: what they cost doing nothing
+(their polling) per process-minute, and the CPU per 1,000 transitions net of that
+(the idle rate times the run's duration taken off), which tells work that grows with
+processes from polling that grows with processes.
 
 Layouts: ``--layout all`` (default) runs N processes with every role (api, engine,
 worker, projector) each; ``--layout split`` runs N processes per role, 4 x N in all (the
@@ -68,7 +72,9 @@ _IGNORED = re.compile(r'^steplog_decision_events_bucket\{le="0\.0"\} (\S+)$', re
 # Figures per 1,000 transitions, in the order printed.
 PER_1000 = (
     "steplog CPU-s",
+    "steplog CPU-s net of idle",
     "PostgreSQL CPU-s",
+    "PostgreSQL CPU-s net of idle",
     "Redis CPU-s",
     "conflicts",
     "ignored triggers",
@@ -138,7 +144,7 @@ def layout(processes: int, split: bool) -> tuple[list[str], dict[int, dict[str, 
 
 
 async def measure(
-    processes: int, executions: int, concurrency: int, split: bool
+    processes: int, executions: int, concurrency: int, split: bool, idle_s: float
 ) -> tuple[float, dict[str, float]]:
     """(executions/s, the figures' differences over the run) of one run."""
     data_dir = Path(tempfile.mkdtemp(prefix="slb-"))
@@ -182,6 +188,11 @@ async def measure(
                             assert status == 201, body
 
                     await _metrics_ready(http, metrics_urls)
+                    # What the processes cost doing nothing (their polling), per second.
+                    idle_before = await counters.read(http)
+                    await asyncio.sleep(idle_s)
+                    idle_after = await counters.read(http)
+                    idle = {k: (idle_after[k] - idle_before[k]) / idle_s for k in idle_after}
                     before = await counters.read(http)
                     t0 = time.perf_counter()
                     await asyncio.gather(*(start(i) for i in range(executions)))
@@ -199,7 +210,14 @@ async def measure(
                 await cluster.kill_all()
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
-    return executions / elapsed, {k: after[k] - before[k] for k in after}
+    delta = {k: after[k] - before[k] for k in after}
+    for name in ("steplog CPU-s", "PostgreSQL CPU-s"):
+        delta[f"{name} net of idle"] = delta[name] - idle[name] * elapsed
+    delta["idle steplog CPU-s per process-minute"] = idle["steplog CPU-s"] * 60 / len(roles_of)
+    delta["idle XREADGROUP calls per process-minute"] = (
+        idle["XREADGROUP calls"] * 60 / len(roles_of)
+    )
+    return executions / elapsed, delta
 
 
 async def _metrics_ready(http: aiohttp.ClientSession, urls: list[str]) -> None:
@@ -247,9 +265,15 @@ def report(
         )
     per_role = sorted(k for k in figures[counts[0]] if k.startswith("steplog CPU-s ("))
     names = [*PER_1000, *(per_role if len(per_role) > 1 else [])]
+    idle = sorted(k for k in figures[counts[0]] if k.startswith("idle "))
     header = "".join(f"{f'{n} of each':>12}" for n in counts)
     print(f"per 1,000 transitions{'':<22}{header}   max/min")
     for name in names:
+        values = [figures[n].get(name, 0.0) for n in counts]
+        cells = "".join(f"{v:12.3f}" for v in values)
+        print(f"  {name:<41}{cells}   {flatness(values)}")
+    print("idle, before the load")
+    for name in idle:
         values = [figures[n].get(name, 0.0) for n in counts]
         cells = "".join(f"{v:12.3f}" for v in values)
         print(f"  {name:<41}{cells}   {flatness(values)}")
@@ -261,15 +285,21 @@ async def main() -> None:
     parser.add_argument("--processes", default="1,2,3")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--layout", choices=("all", "split"), default="all")
+    parser.add_argument(
+        "--idle-seconds", type=float, default=10, help="idle reading before each load"
+    )
     args = parser.parse_args()
     counts = [int(n) for n in args.processes.split(",")]
     rates: dict[int, float] = {}
     figures: dict[int, dict[str, float]] = {}
     for n in counts:
         rates[n], delta = await measure(
-            n, args.executions, args.concurrency, args.layout == "split"
+            n, args.executions, args.concurrency, args.layout == "split", args.idle_seconds
         )
         figures[n] = per_1000(delta)
+        for k, v in delta.items():
+            if k.startswith("idle "):
+                figures[n][k] = v
         print(
             f"{n} of each role: {rates[n]:7.1f} executions/s, "
             f"{delta['transitions']:.0f} transitions",
