@@ -175,6 +175,14 @@ async def measure(
             try:
                 await asyncio.gather(*(cluster.start(i) for i in range(len(roles_of))))
                 await counters.open()
+                # Each process may open up to 20 connections (steplog.app.open_resources).
+                limit = int(await pool.fetchval("SHOW max_connections"))
+                if 20 * len(roles_of) > limit:
+                    print(
+                        f"note: {len(roles_of)} processes may open up to {20 * len(roles_of)} "
+                        f"connections, PostgreSQL allows {limit}: starts may be refused (503)",
+                        flush=True,
+                    )
                 async with aiohttp.ClientSession() as http:
                     url = cluster.url(apis[0]) + "/v1/workflows/chaos"
                     assert (await post_json(http, url, {"definition": WORKFLOW}, "PUT"))[0] == 201
