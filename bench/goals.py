@@ -18,7 +18,7 @@ With ``--full`` (`make bench-all`) it also runs bench/scale.py (1, 2, 3 processe
 each role: CPU, conflicts, duplicates and idle waits per 1,000 transitions) and
 bench/partitioning.py (the events table hash-partitioned against the plain table).
 
-Durations on the 2-core machine: about 9 minutes; with ``--full`` about 35 minutes.
+Durations on the 2-core machine: about 6 minutes (measured at load 4-8); with ``--full`` about 40.
 
     .venv/bin/python bench/goals.py [--full] [--waits N] [transitions.py options]
 """

@@ -23,8 +23,8 @@ On its own embedded PostgreSQL (fsync on) and Redis (AOF), one `steplog serve` p
    recorded, both PostgreSQL's clock): p50, p99, max.
 
 ``--wait`` defaults to enough for the starts (assumed >= 150/s), the idle minute and the
-restart: about 13 min for 100,000, so a full run takes about 20 minutes. Scaled down:
-``--executions 10000`` (about 6 minutes).
+restart: about 13.6 min for 100,000, so a full run takes about 27 minutes. Scaled down:
+``--executions 10000`` (about 4 minutes).
 
     .venv/bin/python bench/waits.py [--executions 100000] [--idle-seconds 60]
 
