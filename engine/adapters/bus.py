@@ -26,8 +26,11 @@ partitions and deployments spread over slots:
                                 namespace's buckets share one slot, so one script may
                                 take from the key's and the namespace's bucket at once)
 
-Streams of different partitions live in different slots: read them with one
-`read_group` call per partition when running against Redis Cluster.
+Redis Cluster (`connect` with ``cluster=True``, setting STEPLOG_REDIS_CLUSTER): every
+command and every MULTI or script touches the keys of one hash tag, so one slot. Streams
+of different partitions live in different slots: on a cluster `read_group` reads each
+slot with its own XREADGROUP (concurrently) and `publish` sends each stream's MULTI on
+its own, concurrently (a cluster pipeline routes per node, MULTI only within a slot).
 
 Trigger and task entries carry one engine.messages message each; `read_triggers`,
 `read_tasks` and the `claim_*` methods return them decoded, an entry that does not
@@ -39,6 +42,7 @@ with the client's error chained.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import zlib
@@ -49,7 +53,7 @@ from uuid import UUID
 import msgspec
 import redis.exceptions
 from prometheus_client import Counter
-from redis.asyncio import Redis
+from redis.asyncio import Connection, Redis, RedisCluster
 from redis.typing import EncodableT, FieldT
 
 from engine import messages
@@ -62,6 +66,8 @@ WORK_VERSION = "2"  # of trigger and task entries: internal (docs/internals.md "
 DEFAULT_EVENTS_MAXLEN = 1_000_000
 
 XaddFields = dict[FieldT, EncodableT]
+# A single Redis (or a primary behind Sentinel) or a Redis Cluster: the bus speaks both.
+RedisClient = Redis | RedisCluster
 
 
 class Keys:
@@ -255,14 +261,12 @@ def _redis_errors() -> Iterator[None]:
         raise error from exc
 
 
-def count_connections(client: Redis) -> None:
-    """Count every connection ``client``'s pool opens (steplog_redis_connections_opened);
-    idempotent. Counted at the socket's connect, which every redis-py version and
-    connection kind (TCP, unix socket) goes through (on_connect is skipped by some)."""
-    pool = client.connection_pool
-    base = pool.connection_class
+def _counting(base: type[Any]) -> type[Any]:
+    """``base`` (a redis-py connection class) counting each socket it opens; counted at
+    the socket's connect, which every redis-py version and connection kind (TCP, unix
+    socket) goes through (on_connect is skipped by some)."""
     if getattr(base, "_steplog_counted", False):
-        return
+        return base
 
     connect_socket: Any = base._connect  # redis-py's own, untyped
 
@@ -270,9 +274,32 @@ def count_connections(client: Redis) -> None:
         await connect_socket(self)
         REDIS_CONNECTIONS.inc()
 
-    pool.connection_class = type(
+    return type(
         f"Counting{base.__name__}", (base,), {"_connect": _connect, "_steplog_counted": True}
     )
+
+
+def count_connections(client: RedisClient) -> None:
+    """Count every connection ``client`` opens (steplog_redis_connections_opened), on a
+    single Redis or on every node of a cluster; idempotent."""
+    if isinstance(client, RedisCluster):
+        manager = client.nodes_manager
+        kwargs = manager.connection_kwargs
+        kwargs["connection_class"] = _counting(kwargs.get("connection_class", Connection))
+        for node in [*manager.startup_nodes.values(), *manager.nodes_cache.values()]:
+            node.connection_class = _counting(node.connection_class)
+        return
+    pool = client.connection_pool
+    pool.connection_class = _counting(pool.connection_class)
+
+
+def connect(url: str, *, cluster: bool = False, **options: Any) -> RedisClient:
+    """A client for the Redis at ``url`` (redis://, rediss:// or unix://), or for the
+    Redis Cluster one of whose nodes ``url`` names when ``cluster`` (the client finds
+    the other nodes and follows slot moves). ``options`` go to the client (timeouts)."""
+    if cluster:
+        return RedisCluster.from_url(url, **options)
+    return Redis.from_url(url, **options)
 
 
 class GroupStats(msgspec.Struct, frozen=True):
@@ -382,7 +409,7 @@ class Bus:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         prefix: str = "steplog",
         partitions: int = 4,
         *,
@@ -395,6 +422,7 @@ class Bus:
         self.prefix = prefix
         self.partitions = partitions
         self.keys = Keys(prefix)
+        self.cluster = isinstance(redis, RedisCluster)
         count_connections(redis)
         self._events_maxlen = events_maxlen
         self._work_maxlen = work_maxlen
@@ -457,21 +485,7 @@ class Bus:
             )
         if not plan:
             return
-        pipe = self.redis.pipeline(transaction=False)
-        for stream, entries in plan.items():
-            pipe.execute_command("MULTI")
-            for fields, maxlen in entries:
-                pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
-            pipe.execute_command("EXEC")
-        with _redis_errors():
-            replies = await pipe.execute(raise_on_error=False)
-        refused: dict[str, Exception] = {}
-        at = 0
-        for stream, entries in plan.items():
-            block = replies[at : at + len(entries) + 2]
-            at += len(entries) + 2
-            if (error := _transaction_error(block)) is not None:
-                refused[stream] = error
+        refused = await (self._add_per_stream(plan) if self.cluster else self._add_pipelined(plan))
         if not refused:
             return
         errors = list(refused.values())
@@ -491,6 +505,52 @@ class Bus:
             [t for t in triggers if self._trigger_stream(t[0]) in refused],
             [t for t in tasks if self.keys.tasks(t.queue) in refused],
         ) from errors[0]
+
+    async def _add_pipelined(
+        self, plan: dict[str, list[tuple[XaddFields, int | None]]]
+    ) -> dict[str, Exception]:
+        """Each stream's XADDs in a MULTI of its own, all in one pipelined round trip;
+        the refusal of each stream refused."""
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, entries in plan.items():
+            pipe.execute_command("MULTI")
+            for fields, maxlen in entries:
+                pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
+            pipe.execute_command("EXEC")
+        with _redis_errors():
+            replies = await pipe.execute(raise_on_error=False)
+        refused: dict[str, Exception] = {}
+        at = 0
+        for stream, entries in plan.items():
+            block = replies[at : at + len(entries) + 2]
+            at += len(entries) + 2
+            if (error := _transaction_error(block)) is not None:
+                refused[stream] = error
+        return refused
+
+    async def _add_per_stream(
+        self, plan: dict[str, list[tuple[XaddFields, int | None]]]
+    ) -> dict[str, Exception]:
+        """On a cluster: each stream's XADDs in a MULTI of its own (one slot), the
+        streams concurrently (one round trip per stream, in parallel); the refusal of
+        each stream refused. A cluster pipeline takes no MULTI across slots."""
+
+        async def add(stream: str, entries: list[tuple[XaddFields, int | None]]) -> None:
+            pipe = self.redis.pipeline(transaction=True)
+            for fields, maxlen in entries:
+                pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
+            await pipe.execute()
+
+        outcomes = await asyncio.gather(
+            *(add(stream, entries) for stream, entries in plan.items()), return_exceptions=True
+        )
+        refused: dict[str, Exception] = {}
+        for stream, outcome in zip(plan, outcomes, strict=True):
+            if isinstance(outcome, redis.exceptions.RedisError | OSError):
+                refused[stream] = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        return refused
 
     def _event_stream(self, event: CommittedEvent) -> str:
         return self.keys.events(self.partition_of(event.execution_id))
@@ -563,6 +623,64 @@ class Bus:
         ids = dict(streams) if isinstance(streams, Mapping) else dict.fromkeys(streams, ">")
         if not ids:
             return []
+        if isinstance(self.redis, RedisCluster):
+            by_slot: dict[int, dict[str, str]] = {}
+            for stream, entry_id in ids.items():
+                by_slot.setdefault(self.redis.keyslot(stream), {})[stream] = entry_id
+            if len(by_slot) > 1:
+                return await self._read_slots(
+                    group, consumer, list(by_slot.values()), count, block_ms
+                )
+        return await self._read_one_slot(group, consumer, ids, count, block_ms)
+
+    async def _read_slots(
+        self,
+        group: str,
+        consumer: str,
+        slots: list[dict[str, str]],
+        count: int,
+        block_ms: int | None,
+    ) -> list[StreamEntry]:
+        """`read_group` over streams of several cluster slots: one XREADGROUP per slot,
+        concurrently. First without blocking (what is there already, the busy case);
+        when nothing is, every slot blocks and the first answer ends the wait: the other
+        reads are cancelled (their connections closed, so Redis drops the blocked read).
+        An entry Redis delivered to a read just cancelled stays pending for this
+        consumer, claimed again after the visibility timeout (delivery is at least once)."""
+        reads = [self._read_one_slot(group, consumer, ids, count, None) for ids in slots]
+        entries = [e for part in await asyncio.gather(*reads) for e in part]
+        if entries or block_ms is None:
+            return entries
+        tasks = [
+            asyncio.ensure_future(self._read_one_slot(group, consumer, ids, count, block_ms))
+            for ids in slots
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        errors: list[BaseException] = []
+        for task in tasks:
+            if task.cancelled():
+                continue
+            if (error := task.exception()) is not None:
+                errors.append(error)
+            else:
+                entries.extend(task.result())
+        if errors and not entries:
+            raise errors[0]
+        return entries
+
+    async def _read_one_slot(
+        self,
+        group: str,
+        consumer: str,
+        ids: dict[str, str],
+        count: int,
+        block_ms: int | None,
+    ) -> list[StreamEntry]:
         with _redis_errors():
             reply = await self.redis.xreadgroup(
                 group, consumer, dict[Any, Any](ids), count=count, block=block_ms
@@ -753,9 +871,15 @@ class Bus:
         pipe.xinfo_groups(stream)
         pipe.xpending(stream, group)
         pipe.xlen(Keys.dead_letters(stream))
-        pipe.time()
-        with _redis_errors():
-            groups, pending, dead, now = await pipe.execute(raise_on_error=False)
+        if isinstance(self.redis, RedisCluster):
+            # A cluster pipeline takes no keyless command: TIME of the stream's node.
+            with _redis_errors():
+                groups, pending, dead = await pipe.execute(raise_on_error=False)
+                now = await self.redis.time(target_nodes=self.redis.get_node_from_key(stream))
+        else:
+            pipe.time()
+            with _redis_errors():
+                groups, pending, dead, now = await pipe.execute(raise_on_error=False)
         for reply in (dead, now):
             if isinstance(reply, Exception):
                 with _redis_errors():
@@ -919,7 +1043,7 @@ class TokenBuckets:
     own. The script is sent by EVALSHA, loaded again when Redis answers NOSCRIPT (after
     a restart or SCRIPT FLUSH)."""
 
-    def __init__(self, redis: Redis, prefix: str = "steplog") -> None:
+    def __init__(self, redis: RedisClient, prefix: str = "steplog") -> None:
         self.redis = redis
         self.keys = Keys(prefix)
         self._script = redis.register_script(TAKE_TOKENS_LUA)
