@@ -29,8 +29,8 @@ partitions and deployments spread over slots:
 Redis Cluster (`connect` with ``cluster=True``, setting STEPLOG_REDIS_CLUSTER): every
 command and every MULTI or script touches the keys of one hash tag, so one slot. Streams
 of different partitions live in different slots: on a cluster `read_group` reads each
-slot with its own XREADGROUP (concurrently) and `publish` sends each stream's MULTI on
-its own, concurrently (a cluster pipeline routes per node, MULTI only within a slot).
+slot with its own XREADGROUP (concurrently) and `publish` adds each stream's entries
+with a script of its own, concurrently (a cluster takes no MULTI across slots).
 
 Trigger and task entries carry one engine.messages message each; `read_triggers`,
 `read_tasks` and the `claim_*` methods return them decoded, an entry that does not
@@ -427,6 +427,9 @@ class Bus:
         self._events_maxlen = events_maxlen
         self._work_maxlen = work_maxlen
         self._renew = redis.register_script(RENEW_LUA)
+        self._add = redis.register_script(ADD_LUA)
+        self._dead_letter = redis.register_script(DEAD_LETTER_LUA)
+        self._release = redis.register_script(RELEASE_LUA)
 
     # -- names ----------------------------------------------------------------------------
 
@@ -531,15 +534,20 @@ class Bus:
     async def _add_per_stream(
         self, plan: dict[str, list[tuple[XaddFields, int | None]]]
     ) -> dict[str, Exception]:
-        """On a cluster: each stream's XADDs in a MULTI of its own (one slot), the
-        streams concurrently (one round trip per stream, in parallel); the refusal of
-        each stream refused. A cluster pipeline takes no MULTI across slots."""
+        """On a cluster: each stream's XADDs in one script of its own (atomic like a
+        MULTI: a script is refused at its first write or not at all), the streams
+        concurrently (one round trip per stream, in parallel); the refusal of each
+        stream refused. A cluster pipeline takes no MULTI across slots, and redis-py's
+        transactional cluster pipeline queues each command on a thread of its own."""
 
         async def add(stream: str, entries: list[tuple[XaddFields, int | None]]) -> None:
-            pipe = self.redis.pipeline(transaction=True)
-            for fields, maxlen in entries:
-                pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
-            await pipe.execute()
+            maxlen = entries[0][1]  # one per stream: its kind's
+            args: list[EncodableT] = ["" if maxlen is None else maxlen]
+            for fields, _ in entries:
+                args.append(2 * len(fields))
+                for name, value in fields.items():
+                    args.extend((name, value))
+            await self._add(keys=[stream], args=args)
 
         outcomes = await asyncio.gather(
             *(add(stream, entries) for stream, entries in plan.items()), return_exceptions=True
@@ -800,8 +808,7 @@ class Bus:
 
     async def dead_letter(self, entry: StreamEntry, group: str, reason: str) -> str:
         """Move ``entry`` to its stream's dead-letter stream and XACK it, atomically
-        (MULTI; both keys share a slot). Returns the dead letter's id."""
-        pipe = self.redis.pipeline(transaction=True)
+        (one script; both keys share a slot). Returns the dead letter's id."""
         fields: XaddFields = {k: v for k, v in entry.fields.items()}
         fields.update(
             {
@@ -811,10 +818,13 @@ class Bus:
                 "dead_deliveries": entry.deliveries,
             }
         )
-        pipe.xadd(Keys.dead_letters(entry.stream), fields)
-        pipe.xack(entry.stream, group, entry.id)
+        args: list[EncodableT] = [group, entry.id]
+        for name, value in fields.items():
+            args.extend((name, value))
         with _redis_errors():
-            dead_id, _ = await pipe.execute()
+            dead_id = await self._dead_letter(
+                keys=[Keys.dead_letters(entry.stream), entry.stream], args=args
+            )
         return _str(dead_id)
 
     async def touch(self, stream: str, group: str, consumer: str, ids: Sequence[str]) -> None:
@@ -848,16 +858,16 @@ class Bus:
         return None if entry_id is None else _str(entry_id)
 
     async def release(self, queue: str, group: str, task_id: str) -> bool:
-        """Acknowledge the entry leased for ``task_id`` and forget the lease (MULTI: both
-        keys share a slot). False when there was no lease."""
+        """Acknowledge the entry leased for ``task_id`` and forget the lease (one script:
+        both keys share a slot). False when there was no lease."""
         entry_id = await self.leased_entry(queue, task_id)
         if entry_id is None:
             return False
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xack(self.keys.tasks(queue), group, entry_id)
-        pipe.hdel(self.keys.leases(queue), task_id)
         with _redis_errors():
-            await pipe.execute()
+            await self._release(
+                keys=[self.keys.tasks(queue), self.keys.leases(queue)],
+                args=[group, entry_id, task_id],
+            )
         return True
 
     async def forget_lease(self, queue: str, task_id: str) -> None:
@@ -967,6 +977,44 @@ for i = 3, #ARGV do
   end
 end
 return kept
+"""
+
+# Bus.publish on a cluster: XADD every entry to KEYS[1] (a stream), all or none (a script
+# is refused at its first write, e.g. OOM, or runs to its end). ARGV[1]: MAXLEN ~ ('' for
+# none); then per entry the count of its field and value items, then those items.
+ADD_LUA = """
+local args = {}
+if ARGV[1] ~= '' then args = {'MAXLEN', '~', ARGV[1]} end
+args[#args + 1] = '*'
+local fixed = #args
+local ids = {}
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  for j = 1, n do args[fixed + j] = ARGV[i + j] end
+  for j = fixed + n + 1, #args do args[j] = nil end
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], unpack(args))
+  i = i + n + 1
+end
+return ids
+"""
+
+# Bus.dead_letter: XADD the entry's fields (ARGV[3..]) to KEYS[1] (the dead-letter stream)
+# and XACK ARGV[2] of group ARGV[1] on KEYS[2] (the stream); the dead letter's id.
+DEAD_LETTER_LUA = """
+local fields = {}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+local id = redis.call('XADD', KEYS[1], '*', unpack(fields))
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+return id
+"""
+
+# Bus.release: XACK ARGV[2] of group ARGV[1] on KEYS[1] (a task stream), HDEL ARGV[3]
+# from KEYS[2] (its leases).
+RELEASE_LUA = """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HDEL', KEYS[2], ARGV[3])
+return 1
 """
 
 TAKE_TOKENS_LUA = """
