@@ -325,9 +325,17 @@ def _entry(stream: str, entry_id: Any, fields: Any, deliveries: int = 1) -> Stre
     return StreamEntry(
         stream=stream,
         id=_str(entry_id),
-        fields={_str(k): _bytes(v) for k, v in (fields or {}).items()},
+        fields={_str(k): _bytes(v) for k, v in _pairs(fields)},
         deliveries=deliveries,
     )
+
+
+def _pairs(fields: Any) -> Iterator[tuple[Any, Any]]:
+    """An entry's (field, value) pairs: from a dict, or from a raw reply's flat list."""
+    if isinstance(fields, dict):
+        return iter(fields.items())
+    items = list(fields or ())
+    return zip(items[::2], items[1::2], strict=True)
 
 
 def event_fields(event: CommittedEvent) -> XaddFields:
@@ -651,32 +659,34 @@ class Bus:
     ) -> list[StreamEntry]:
         """`read_group` over streams of several cluster slots: one XREADGROUP per slot,
         concurrently. First without blocking (what is there already, the busy case);
-        when nothing is, every slot blocks and the first answer ends the wait: the other
-        reads are cancelled (their connections closed, so Redis drops the blocked read).
-        An entry Redis delivered to a read just cancelled stays pending for this
-        consumer, claimed again after the visibility timeout (delivery is at least once)."""
+        when nothing is, every slot blocks (`_BlockedRead`) and the first answer ends
+        the wait: the other reads are woken (CLIENT UNBLOCK), and what they got, if
+        they got something meanwhile, is returned too. Nothing is cancelled, so no
+        entry Redis delivered is dropped on the way."""
         reads = [self._read_one_slot(group, consumer, ids, count, None) for ids in slots]
         entries = [e for part in await asyncio.gather(*reads) for e in part]
         if entries or block_ms is None:
             return entries
+        assert isinstance(self.redis, RedisCluster)
+        blocked = [_BlockedRead(self.redis, ids) for ids in slots]
         tasks = [
-            asyncio.ensure_future(self._read_one_slot(group, consumer, ids, count, block_ms))
-            for ids in slots
+            asyncio.ensure_future(read.run(group, consumer, count, block_ms)) for read in blocked
         ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.gather(
+                *(read.wake(task) for read, task in zip(blocked, tasks, strict=True))
+            )
+            results = await asyncio.gather(*tasks, return_exceptions=True)
         finally:
-            for task in tasks:
+            for task in tasks:  # only when this read itself is cancelled
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
         errors: list[BaseException] = []
-        for task in tasks:
-            if task.cancelled():
-                continue
-            if (error := task.exception()) is not None:
-                errors.append(error)
+        for result in results:
+            if isinstance(result, BaseException):
+                errors.append(result)
             else:
-                entries.extend(task.result())
+                entries.extend(result)
         if errors and not entries:
             raise errors[0]
         return entries
@@ -693,13 +703,7 @@ class Bus:
             reply = await self.redis.xreadgroup(
                 group, consumer, dict[Any, Any](ids), count=count, block=block_ms
             )
-        entries: list[StreamEntry] = []
-        for stream, items in _stream_items(reply):
-            for entry_id, fields in items:
-                if fields is None:  # a pending entry that was trimmed away
-                    continue
-                entries.append(_entry(stream, entry_id, fields))
-        return entries
+        return _entries(reply)
 
     async def read_triggers(
         self,
@@ -938,6 +942,76 @@ class Bus:
         read-only replica, writes paused). `Unavailable` when it does not."""
         with _redis_errors():
             await self.redis.set(self.keys.ready_probe(), b"1", px=10_000)
+
+
+class _BlockedRead:
+    """One blocking XREADGROUP on the streams of one cluster slot, on a connection of
+    its own taken from the slot's node, that another task can wake (CLIENT UNBLOCK, by
+    the connection's id) without losing what it read: the reply is always read."""
+
+    _WAKE_EVERY_S = 0.05
+
+    def __init__(self, cluster: RedisCluster, ids: dict[str, str]) -> None:
+        self.cluster = cluster
+        self.ids = ids
+        node = cluster.get_node_from_key(next(iter(ids)))
+        if node is None:  # no node owns the slot: the cluster is down or reconfiguring
+            raise Unavailable(f"Redis Cluster: no node serves {next(iter(ids))}")
+        self.node = node
+        self.client_id: int | None = None
+
+    async def run(self, group: str, consumer: str, count: int, block_ms: int) -> list[StreamEntry]:
+        command: list[EncodableT] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
+        command += ["BLOCK", block_ms, "STREAMS", *self.ids, *self.ids.values()]
+        with _redis_errors():  # MaxConnectionsError: an outage as well
+            connection = self.node.acquire_connection()
+        try:
+            with _redis_errors():
+                await connection.send_packed_command(
+                    connection.pack_commands([("CLIENT", "ID"), command])
+                )
+                self.client_id = int(await connection.read_response())
+                reply = await connection.read_response()
+        except BaseException:
+            # A reply may still be on its way: this connection cannot serve another.
+            await connection.disconnect()
+            raise
+        finally:
+            self.node.release(connection)
+        # Raw: RESP3 {stream: [[id, [field, value, ...]], ...]}, RESP2 [[stream, [...]]].
+        by_stream = reply.items() if isinstance(reply, dict) else (reply or [])
+        return [
+            _entry(_str(stream), entry_id, fields)
+            for stream, items in by_stream
+            for entry_id, fields in items
+            if fields is not None
+        ]
+
+    async def wake(self, task: asyncio.Future[list[StreamEntry]]) -> None:
+        """Until ``task`` (this read's `run`) ends: unblock its read. Repeated, as the
+        read may not have reached Redis yet; an error here only leaves the read to end
+        at its block timeout."""
+        while not task.done():
+            if self.client_id is not None:
+                try:
+                    await self.cluster.execute_command(
+                        "CLIENT", "UNBLOCK", self.client_id, target_nodes=self.node
+                    )
+                except (redis.exceptions.RedisError, OSError):
+                    await asyncio.wait([task])
+                    return
+            await asyncio.wait([task], timeout=self._WAKE_EVERY_S)
+
+
+def _entries(reply: Any) -> list[StreamEntry]:
+    """The entries of an XREADGROUP reply (parsed by the client or raw)."""
+    entries: list[StreamEntry] = []
+    for stream, items in _stream_items(reply):
+        for entry_id, fields in items:
+            if fields is None:  # a pending entry that was trimmed away
+                continue
+            entries.append(_entry(stream, entry_id, fields))
+    return entries
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
