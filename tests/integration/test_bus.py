@@ -171,6 +171,34 @@ async def test_a_blocking_read_over_every_partition_wakes_on_any(
     assert entry.fields["seq"] == b"2"
 
 
+async def test_a_blocking_read_woken_by_every_partition_at_once_drops_nothing(
+    bus: Bus, eventually: Eventually
+) -> None:
+    """Every entry Redis hands to the consumer is returned by some read: none is left
+    pending unseen (on a cluster, the reads of the other slots are woken, not dropped)."""
+    streams = bus.triggers_streams()
+    for stream in streams:
+        await bus.ensure_group(stream, "engine")
+    slots = bus.partitions if isinstance(bus.redis, RedisCluster) else 1
+    seen: list[tuple[str, str]] = []
+    for _ in range(5):
+        reader = asyncio.ensure_future(
+            bus.read_group("engine", "e", streams, count=100, block_ms=30_000)
+        )
+
+        async def blocked() -> bool:
+            return await _blocked_reads(bus) >= slots
+
+        await eventually(blocked)
+        await bus.publish(triggers=[(uuid4(), messages.Begin()) for _ in range(40)])
+        seen += [(e.stream, e.id) for e in await reader]
+        while more := await bus.read_group("engine", "e", streams, count=100):
+            seen += [(e.stream, e.id) for e in more]
+    assert len(seen) == len(set(seen)) == 200
+    pending = [(await bus.redis.xpending(s, "engine"))["pending"] for s in streams]
+    assert sum(pending) == 200
+
+
 async def _blocked_reads(bus: Bus) -> int:
     """How many XREADGROUP calls are blocked now (on every node of a cluster)."""
     if isinstance(bus.redis, RedisCluster):
