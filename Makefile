@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-integration lint bench bench-all clean
+.PHONY: install run test test-integration test-cluster lint bench bench-all clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 # The integration and API suites against external servers (STEPLOG_TEST_DATABASE_URL / STEPLOG_TEST_REDIS_URL).
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration tests/api $(PYTEST_ARGS)
+
+# Only the [cluster] runs of the tests marked redis_cluster, on a 3-master Redis Cluster
+# started on loopback (or STEPLOG_TEST_REDIS_CLUSTER_URL); `make test` runs them too.
+test-cluster: $(STAMP)
+	$(BIN)/python -m pytest -q -m redis_cluster -k "not single" tests/integration tests/chaos $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

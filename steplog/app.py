@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import asyncpg
-import redis.asyncio as aioredis
 from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
 from engine.access import Access
 from engine.adapters.activities import ActivityStore
-from engine.adapters.bus import Bus, TokenBuckets
+from engine.adapters.bus import Bus, RedisClient, TokenBuckets
+from engine.adapters.bus import connect as connect_redis
 from engine.adapters.clock import DbClock
 from engine.adapters.limits_store import LimitsStore
 from engine.adapters.notifier import EventNotifier
@@ -87,7 +87,7 @@ class ApiSide:
 class Resources:
     settings: Settings
     pool: asyncpg.Pool
-    redis: aioredis.Redis
+    redis: RedisClient
     store: EventStore
     bus: Bus
     service: EngineService
@@ -209,8 +209,9 @@ async def _open_resources(
             await migrate(pool)
         clock = DbClock(pool)
         await clock.sample()  # before anything reads it
-        redis = aioredis.from_url(
+        redis = connect_redis(
             redis_url,
+            cluster=settings.redis_cluster,
             socket_timeout=settings.redis_timeout_s,
             socket_connect_timeout=settings.redis_timeout_s,
         )
@@ -255,7 +256,7 @@ def _facades(
     settings: Settings,
     store: EventStore,
     pool: asyncpg.Pool,
-    redis: aioredis.Redis,
+    redis: RedisClient,
     bus: Bus,
     tracer: Tracer | None,
     clock: DbClock,

@@ -59,6 +59,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     database_url: str | None = None
     redis_url: str | None = None
+    # redis_url names one node of a Redis Cluster: the client finds the other nodes and
+    # follows the slots (docs/redis-cluster.md). Needs redis_url.
+    redis_cluster: bool = False
     data_dir: Path = Path(".steplog")
     host: str = "127.0.0.1"
     port: int = 8080
@@ -239,6 +242,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("request_timeout_s must be positive and redis_timeout_s >= 2")
         if min(self.api_statement_timeout_ms, self.statement_timeout_ms) < 0:
             raise ValueError("the statement timeouts must be >= 0 (0: none)")
+        if self.redis_cluster and not self.redis_url:
+            raise ValueError("redis_cluster needs redis_url (a node of the cluster)")
         if not self.redis_prefix or any(c in self.redis_prefix for c in "{}: "):
             # The prefix goes inside Redis hash tags; braces or colons would break them.
             raise ValueError("redis_prefix must be non-empty without '{', '}', ':' or spaces")
@@ -423,6 +428,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                     values[field] = kind(raw)
                 except ValueError:
                     raise ValueError(f"STEPLOG_{field.upper()}: not a number: {raw!r}") from None
+        if (raw := get("redis_cluster")) is not None:
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"STEPLOG_REDIS_CLUSTER: not true or false: {raw!r}")
+            values["redis_cluster"] = raw.lower() in ("true", "1")
         if (raw := get("trace_drivers")) is not None:
             if raw.lower() not in ("true", "false", "1", "0"):
                 raise ValueError(f"STEPLOG_TRACE_DRIVERS: not true or false: {raw!r}")

@@ -198,6 +198,7 @@ async def _status(service: EngineService, execution_id: UUID) -> ExecutionState 
     return state if state.ended else None
 
 
+@pytest.mark.redis_cluster
 async def test_a_trigger_failing_max_deliveries_times_is_dead_lettered_with_its_execution_failed(
     store: EventStore, bus: Bus, redis: aioredis.Redis, eventually: Any
 ) -> None:
@@ -226,6 +227,7 @@ async def test_a_trigger_failing_max_deliveries_times_is_dead_lettered_with_its_
     assert metric("steplog_triggers_dead_lettered_total", "repeated_failure") == dead_before + 1
 
 
+@pytest.mark.redis_cluster
 async def test_a_trigger_delivered_too_often_is_dead_lettered_with_its_execution_failed(
     store: EventStore, bus: Bus, redis: aioredis.Redis, eventually: Any
 ) -> None:
