@@ -163,6 +163,14 @@ async def test_a_definition_that_no_longer_compiles_fails_its_executions(
     assert body["status"] == "FAILED" and body["error"] == "States.Runtime"
     assert "its workflow definition no longer compiles" in body["cause"]
     assert "Nowhere" in body["cause"]
+
+    # Counted after the append commits: the read model may show the failure first.
+    async def counted() -> bool:
+        return metric("steplog_executions_failed_by_engine_total", "invalid_definition") >= (
+            failures + 1
+        )
+
+    await eventually(counted)
     assert metric("steplog_executions_failed_by_engine_total", "invalid_definition") == (
         failures + 1
     )
