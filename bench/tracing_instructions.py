@@ -1,0 +1,294 @@
+"""Benchmark: what tracing costs, in instructions per state transition (callgrind).
+
+A wall-clock or CPU-time ratio on a shared 2-core machine swings with the neighbours'
+load; an instruction count does not. This runs ``steplog serve`` (every role in one
+process) under valgrind's callgrind, with instrumentation off through start-up, and
+drives it from this process (not counted) through the API: per run, N executions of
+one workload (bench/transitions.py's task3: 3 Tasks on test:echo, or pass10: a
+10-state Pass chain), bounded client concurrency. Instrumentation is switched on
+(``callgrind_control --instr=on``) once the workflow is registered and the count runs
+until the process has exited after SIGTERM, so the spans still batched at the end are
+exported and counted too. Every thread of the steplog process counts (the span
+processor's export thread included); PostgreSQL and Redis do the same work in every
+mode and are not counted; neither is the local OTLP/HTTP receiver (as a collector's).
+
+Modes (the standard OTEL_* variables, as an operator would set them):
+
+    off        tracing off (the default)
+    sampled    OTEL_TRACES_EXPORTER=otlp, parentbased_traceidratio at 0.1
+    on         OTEL_TRACES_EXPORTER=otlp, sampled at 100% (the default sampler)
+
+Prints instructions per transition per mode and workload and the ratio to "off".
+Optionally keeps the callgrind files (``--keep DIR``) for callgrind_annotate.
+
+    .venv/bin/python bench/tracing_instructions.py [-n 40] [--concurrency 8]
+        [--modes off,sampled,on] [--workloads task3,pass10] [--keep DIR]
+
+Run by hand (several minutes: callgrind runs the server ~50x slower); never part of
+the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.tracing import ENDED, otlp_receiver
+from bench.transitions import PASS_10, TASK_3
+from engine.core.events import TERMINAL_EVENT_TYPES
+from steplog.datadir import local_servers
+from tests.serving import free_port
+
+WORKLOADS = {"task3": (TASK_3, 3), "pass10": (PASS_10, 10)}
+MODES = ("off", "sampled", "on")
+ROOT = Path(__file__).resolve().parents[1]
+SERVE = "from steplog.cli import main; raise SystemExit(main(['serve']))"
+# With --cprofile: the same server under cProfile (its main thread), stats at exit.
+# Profiling starts at SIGUSR1 (where the instruction count would).
+PROFILED = (
+    "import cProfile, signal, sys, time; from steplog.cli import main; p = cProfile.Profile(time.thread_time); "
+    "signal.signal(signal.SIGUSR1, lambda *a: p.enable()); code = main(['serve']); "
+    "p.disable(); p.dump_stats(sys.argv[1]); raise SystemExit(code)"
+)
+
+
+def _environment(
+    mode: str, db_url: str, redis_url: str, port: int, endpoint: str, index: int
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STEPLOG_"))}
+    env.update(
+        STEPLOG_DATABASE_URL=db_url,
+        STEPLOG_REDIS_URL=redis_url,
+        STEPLOG_PORT=str(port),
+        STEPLOG_AUTH="off",  # the loopback bench's client is the anonymous admin
+        STEPLOG_REDIS_PREFIX=f"cg{index}",
+        STEPLOG_LOG_LEVEL="WARNING",
+    )
+    if mode != "off":
+        env.update(
+            OTEL_TRACES_EXPORTER="otlp",
+            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=endpoint,
+        )
+    if mode == "sampled":
+        env.update(OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG="0.1")
+    return env
+
+
+async def _wait_ready(
+    http: aiohttp.ClientSession, url: str, proc: asyncio.subprocess.Process
+) -> None:
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            raise RuntimeError(f"steplog exited with {proc.returncode} before it was ready")
+        try:
+            async with http.get(url + "/health/ready") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(1)
+    raise RuntimeError("steplog under callgrind was not ready in 15 minutes")
+
+
+async def _control(pid: int, *args: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "callgrind_control", *args, str(pid), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"callgrind_control {args}: {out.decode()}")
+
+
+def _totals(out_file: Path) -> list[int]:
+    """The instructions of each thread (callgrind writes a file per thread, -NN)."""
+    totals = []
+    for part in sorted(out_file.parent.glob(out_file.name + "-*")):
+        text = part.read_text(errors="replace")
+        match = re.search(r"^(?:totals|summary): (\d+)", text, re.MULTILINE)
+        if match is None:
+            raise RuntimeError(f"no totals in {part}")
+        totals.append(int(match.group(1)))
+    if not totals:
+        raise RuntimeError(f"no callgrind files {out_file}-*")
+    return totals
+
+
+async def _run(
+    mode: str,
+    workload: str,
+    db_url: str,
+    redis_url: str,
+    pool: asyncpg.Pool,
+    endpoint: str,
+    out_dir: Path,
+    n: int,
+    conc: int,
+    index: int,
+    profile: bool,
+) -> list[int]:
+    """Instructions of each thread of one steplog process running ``n`` executions of ``workload``
+    (with ``profile``: its cProfile statistics in a file instead, and none)."""
+    port = free_port()
+    out_file = out_dir / f"callgrind.{mode}.{workload}.{index}"
+    if profile:
+        command = [sys.executable, "-c", PROFILED, str(out_dir / f"prof.{mode}.{workload}")]
+    else:
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            "--separate-threads=yes",
+            f"--callgrind-out-file={out_file}",
+            sys.executable,
+            "-c",
+            SERVE,
+        ]
+    proc = await asyncio.create_subprocess_exec(
+        *command,
+        env=_environment(mode, db_url, redis_url, port, endpoint, index),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    name = f"{workload}-{index}"
+    definition, _ = WORKLOADS[workload]
+    timeout = aiohttp.ClientTimeout(total=600)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            await _wait_ready(http, url, proc)
+            async with http.put(
+                f"{url}/v1/workflows/{name}", json={"definition": definition}
+            ) as resp:
+                assert resp.status in (200, 201), await resp.text()
+            if profile:
+                proc.send_signal(signal.SIGUSR1)
+            else:
+                await _control(proc.pid, "--instr=on")
+            sem = asyncio.Semaphore(conc)
+
+            async def start(i: int) -> None:
+                # Named, so a start sent again (a 503 from a statement timed out under
+                # callgrind's slowness) starts nothing twice.
+                body = {"name": f"e{i}", "input": {"i": i}}
+                async with sem:
+                    for _ in range(10):
+                        async with http.post(
+                            f"{url}/v1/workflows/{name}/executions", json=body
+                        ) as resp:
+                            if resp.status in (200, 201):
+                                return
+                            assert resp.status == 503, await resp.text()
+                        await asyncio.sleep(1)
+                    raise RuntimeError(f"could not start execution {i}")
+
+            await asyncio.gather(*(start(i) for i in range(n)))
+            while True:
+                if await pool.fetchval(ENDED, name, list(TERMINAL_EVENT_TYPES)) >= n:
+                    break
+                await asyncio.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 900)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return [] if profile else _totals(out_file)
+
+
+async def _bench(
+    n: int, conc: int, modes: list[str], workloads: list[str], keep: Path | None, profile: bool
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="steplog-bench-cg-") as folder:
+        data = Path(folder) / "data"
+        out_dir = keep or Path(folder) / "out"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        figures: dict[tuple[str, str], tuple[float, float]] = {}
+        async with local_servers(data, own=True) as (db_url, redis_url):
+            pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
+            try:
+                with otlp_receiver() as endpoint:
+                    index = 0
+                    for workload in workloads:
+                        for mode in modes:
+                            index += 1
+                            began = time.monotonic()
+                            threads = await _run(
+                                mode,
+                                workload,
+                                db_url,
+                                redis_url,
+                                pool,
+                                endpoint,
+                                out_dir,
+                                n,
+                                conc,
+                                index,
+                                profile,
+                            )
+                            if profile:
+                                print(f"  {workload:7} {mode:8} profiled", flush=True)
+                                continue
+                            total, states = sum(threads), WORKLOADS[workload][1]
+                            figures[mode, workload] = (
+                                total / (n * states),
+                                (total - max(threads)) / (n * states),
+                            )
+                            print(
+                                f"  {workload:7} {mode:8} {total:>15,} instructions, by thread"
+                                f" {threads} ({time.monotonic() - began:.0f} s)",
+                                flush=True,
+                            )
+            finally:
+                await pool.close()
+    if profile:
+        print(f"cProfile statistics in {out_dir}")
+        return
+    print(f"\n{n} executions per run, concurrency {conc}; instructions per transition")
+    print(f"{'workload':8} {'mode':8} {'instr/tr':>12} {'vs off':>7} {'other threads':>14}")
+    for workload in workloads:
+        off = figures.get(("off", workload), (0.0, 0.0))[0]
+        for mode in modes:
+            value, others = figures[mode, workload]
+            ratio = f"{value / off:7.3f}" if off else "      -"
+            print(f"{workload:8} {mode:8} {value:12,.0f} {ratio} {others:14,.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=40)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma separated, of {MODES}")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"of {tuple(WORKLOADS)}")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the callgrind files here")
+    parser.add_argument(
+        "--cprofile",
+        action="store_true",
+        help="run the server under cProfile instead (no counts; statistics kept in --keep)",
+    )
+    args = parser.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if any(m not in MODES for m in modes) or any(w not in WORKLOADS for w in workloads):
+        parser.error(f"--modes of {MODES}, --workloads of {tuple(WORKLOADS)}")
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        parser.error("needs valgrind (callgrind, callgrind_control) on PATH")
+    asyncio.run(_bench(args.n, args.concurrency, modes, workloads, args.keep, args.cprofile))
+
+
+if __name__ == "__main__":
+    main()
