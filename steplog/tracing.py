@@ -34,7 +34,14 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     Link,
@@ -68,7 +75,7 @@ class InsideTraces(Sampler):
     several per second per process, none about an execution."""
 
     def __init__(self, inner: Sampler) -> None:
-        self._inner = inner
+        self.inner = inner
 
     def should_sample(
         self,
@@ -85,12 +92,12 @@ class InsideTraces(Sampler):
             and not get_current_span(parent_context).get_span_context().is_valid
         ):
             return SamplingResult(Decision.DROP)
-        return self._inner.should_sample(
+        return self.inner.should_sample(
             parent_context, trace_id, name, kind, attributes, links, trace_state
         )
 
     def get_description(self) -> str:
-        return f"InsideTraces{{{self._inner.get_description()}}}"
+        return f"InsideTraces{{{self.inner.get_description()}}}"
 
 
 def _exporter(name: str, protocol: str) -> SpanExporter:
@@ -320,6 +327,24 @@ class _CurrentSpan:
         span.end()
 
 
+def _follows_parent(sampler: Sampler) -> bool:
+    """Whether ``sampler`` (InsideTraces around it allowed: it defers every span with a
+    valid parent) is the SDK's ParentBased with its default delegates, as every
+    ``parentbased_*`` value of OTEL_TRACES_SAMPLER builds it: a child span is then
+    recorded and sampled exactly when its parent is sampled."""
+    if isinstance(sampler, InsideTraces):
+        sampler = sampler.inner
+    if not isinstance(sampler, ParentBased):
+        return False
+    defaults = {
+        "_remote_parent_sampled": ALWAYS_ON,
+        "_remote_parent_not_sampled": ALWAYS_OFF,
+        "_local_parent_sampled": ALWAYS_ON,
+        "_local_parent_not_sampled": ALWAYS_OFF,
+    }
+    return all(getattr(sampler, name, None) is value for name, value in defaults.items())
+
+
 class LeanTracer(Tracer):
     """The tracer the roles span with: a provider's sampler, id generator, resource and
     span processors (so every OTEL_* setting and exporter applies as with the SDK's
@@ -333,6 +358,7 @@ class LeanTracer(Tracer):
         is_random = getattr(self.ids, "is_trace_id_random", None)
         self.random_ids = _RANDOM_TRACE_ID if is_random is not None and is_random() else 0
         self.resource = provider.resource
+        self.follows_parent = _follows_parent(self.sampler)
         # The provider's span processors (all of them, as the SDK's tracer uses them).
         self.processor = provider._active_span_processor
         self.scope = InstrumentationScope(scope)
@@ -361,16 +387,28 @@ class LeanTracer(Tracer):
             trace_id = self.ids.generate_trace_id()
             random = self.random_ids
         links = links or ()
-        sampled = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
-        flags = random | (TraceFlags.SAMPLED if sampled.decision in _SAMPLED_DECISIONS else 0)
+        trace_state: TraceState | None
+        if parent is not None and self.follows_parent:
+            # What a parent-based sampler with its default delegates decides (and the
+            # trace state it keeps), without its calls: a child is sampled with its parent.
+            sampled = parent.trace_flags & TraceFlags.SAMPLED
+            record = bool(sampled)
+            trace_state = parent.trace_state
+            extra: Attributes = None
+        else:
+            result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
+            sampled = TraceFlags.SAMPLED if result.decision in _SAMPLED_DECISIONS else 0
+            record = result.decision is not Decision.DROP
+            trace_state = result.trace_state
+            extra = result.attributes
         span_context = SpanContext(
             trace_id,
             self.ids.generate_span_id(),
             is_remote=False,
-            trace_flags=_FLAGS[flags],
-            trace_state=sampled.trace_state,
+            trace_flags=_FLAGS[random | sampled],
+            trace_state=trace_state,
         )
-        if sampled.decision is Decision.DROP:
+        if not record:
             return NonRecordingSpan(span_context)
         recorded: dict[str, AttributeValue] = {}
         span = LeanSpan(
@@ -378,8 +416,8 @@ class LeanTracer(Tracer):
         )
         if attributes:
             span.set_attributes(attributes)
-        if sampled.attributes:
-            span.set_attributes(sampled.attributes)
+        if extra:
+            span.set_attributes(extra)
         self.processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
         return span
 
