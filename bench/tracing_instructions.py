@@ -22,7 +22,8 @@ Prints instructions per transition per mode and workload and the ratio to "off".
 Optionally keeps the callgrind files (``--keep DIR``) for callgrind_annotate.
 
     .venv/bin/python bench/tracing_instructions.py [-n 40] [--concurrency 8]
-        [--modes off,sampled,on] [--workloads task3,pass10] [--keep DIR]
+        [--modes off,sampled,on] [--workloads task3,pass10] [--keep DIR] [--source DIR]
+        [--cprofile]
 
 Run by hand (several minutes: callgrind runs the server ~50x slower); never part of
 the test suite.
@@ -54,6 +55,7 @@ from tests.serving import free_port
 
 WORKLOADS = {"task3": (TASK_3, 3), "pass10": (PASS_10, 10)}
 MODES = ("off", "sampled", "on")
+WARM_UP = 20  # executions run before the count
 ROOT = Path(__file__).resolve().parents[1]
 SERVE = "from steplog.cli import main; raise SystemExit(main(['serve']))"
 # With --cprofile: the same server under cProfile (its main thread), stats at exit.
@@ -90,7 +92,7 @@ def _environment(
 async def _wait_ready(
     http: aiohttp.ClientSession, url: str, proc: asyncio.subprocess.Process
 ) -> None:
-    deadline = time.monotonic() + 900
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.returncode is not None:
             raise RuntimeError(f"steplog exited with {proc.returncode} before it was ready")
@@ -101,7 +103,7 @@ async def _wait_ready(
         except aiohttp.ClientError:
             pass
         await asyncio.sleep(1)
-    raise RuntimeError("steplog under callgrind was not ready in 15 minutes")
+    raise RuntimeError("steplog under callgrind was not ready in 5 minutes")
 
 
 async def _control(pid: int, *args: str) -> None:
@@ -127,6 +129,39 @@ def _totals(out_file: Path) -> list[int]:
     return totals
 
 
+async def _execute(
+    http: aiohttp.ClientSession,
+    pool: asyncpg.Pool,
+    url: str,
+    name: str,
+    prefix: str,
+    n: int,
+    conc: int,
+) -> None:
+    """Start ``n`` executions of workflow ``name`` and wait until all have ended."""
+    sem = asyncio.Semaphore(conc)
+
+    async def start(i: int) -> None:
+        # Named, so a start sent again (a 503 from a statement timed out under
+        # callgrind's slowness) starts nothing twice.
+        body = {"name": f"{prefix}{i}", "input": {"i": i}}
+        async with sem:
+            for _ in range(10):
+                async with http.post(f"{url}/v1/workflows/{name}/executions", json=body) as resp:
+                    if resp.status in (200, 201):
+                        return
+                    assert resp.status == 503, await resp.text()
+                await asyncio.sleep(1)
+            raise RuntimeError(f"could not start execution {prefix}{i}")
+
+    before = await pool.fetchval(ENDED, name, list(TERMINAL_EVENT_TYPES))
+    await asyncio.gather(*(start(i) for i in range(n)))
+    while True:
+        if await pool.fetchval(ENDED, name, list(TERMINAL_EVENT_TYPES)) >= before + n:
+            break
+        await asyncio.sleep(0.2)
+
+
 async def _run(
     mode: str,
     workload: str,
@@ -139,9 +174,12 @@ async def _run(
     conc: int,
     index: int,
     profile: bool,
-) -> list[int]:
-    """Instructions of each thread of one steplog process running ``n`` executions of ``workload``
-    (with ``profile``: its cProfile statistics in a file instead, and none)."""
+    source: Path,
+    idle_s: float = 0.0,
+) -> tuple[list[int], float]:
+    """Instructions of each thread of one steplog process running ``n`` executions of
+    ``workload``, then idle ``idle_s`` seconds, then stopping (with ``profile``: its
+    cProfile statistics in a file instead, and none), and the seconds counted."""
     port = free_port()
     out_file = out_dir / f"callgrind.{mode}.{workload}.{index}"
     if profile:
@@ -160,7 +198,7 @@ async def _run(
     proc = await asyncio.create_subprocess_exec(
         *command,
         env=_environment(mode, db_url, redis_url, port, endpoint, index),
-        cwd=ROOT,
+        cwd=source,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
@@ -175,97 +213,118 @@ async def _run(
                 f"{url}/v1/workflows/{name}", json={"definition": definition}
             ) as resp:
                 assert resp.status in (200, 201), await resp.text()
+            # Warm up uncounted: what runs once per process (the first export's set-up,
+            # caches filled on first use) is not a cost per transition.
+            await _execute(http, pool, url, name, "warm", WARM_UP, conc)
+            await asyncio.sleep(6)  # past OTEL_BSP_SCHEDULE_DELAY: the spans exported
             if profile:
                 proc.send_signal(signal.SIGUSR1)
             else:
                 await _control(proc.pid, "--instr=on")
-            sem = asyncio.Semaphore(conc)
-
-            async def start(i: int) -> None:
-                # Named, so a start sent again (a 503 from a statement timed out under
-                # callgrind's slowness) starts nothing twice.
-                body = {"name": f"e{i}", "input": {"i": i}}
-                async with sem:
-                    for _ in range(10):
-                        async with http.post(
-                            f"{url}/v1/workflows/{name}/executions", json=body
-                        ) as resp:
-                            if resp.status in (200, 201):
-                                return
-                            assert resp.status == 503, await resp.text()
-                        await asyncio.sleep(1)
-                    raise RuntimeError(f"could not start execution {i}")
-
-            await asyncio.gather(*(start(i) for i in range(n)))
-            while True:
-                if await pool.fetchval(ENDED, name, list(TERMINAL_EVENT_TYPES)) >= n:
-                    break
-                await asyncio.sleep(0.2)
+            counting = time.monotonic()
+            await _execute(http, pool, url, name, "e", n, conc)
+            await asyncio.sleep(idle_s)
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 900)
+        seconds = time.monotonic() - counting
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    return [] if profile else _totals(out_file)
+    return ([] if profile else _totals(out_file)), seconds
 
 
 async def _bench(
-    n: int, conc: int, modes: list[str], workloads: list[str], keep: Path | None, profile: bool
+    n: int,
+    conc: int,
+    modes: list[str],
+    workloads: list[str],
+    keep: Path | None,
+    profile: bool,
+    source: Path,
+    idle_s: float,
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="steplog-bench-cg-") as folder:
         data = Path(folder) / "data"
         out_dir = keep or Path(folder) / "out"
         out_dir.mkdir(parents=True, exist_ok=True)
-        figures: dict[tuple[str, str], tuple[float, float]] = {}
+        # (mode, workload) -> (instructions, of the other threads, seconds counted)
+        figures: dict[tuple[str, str], tuple[int, int, float]] = {}
         async with local_servers(data, own=True) as (db_url, redis_url):
             pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
             try:
                 with otlp_receiver() as endpoint:
                     index = 0
+
+                    async def run(mode: str, workload: str, n: int, idle: float) -> None:
+                        nonlocal index
+                        index += 1
+                        began = time.monotonic()
+                        threads, seconds = await _run(
+                            mode,
+                            workload,
+                            db_url,
+                            redis_url,
+                            pool,
+                            endpoint,
+                            out_dir,
+                            n,
+                            conc,
+                            index,
+                            profile,
+                            source,
+                            idle,
+                        )
+                        label = workload if n else f"idle {idle:.0f} s"
+                        if profile:
+                            print(f"  {label:7} {mode:8} profiled", flush=True)
+                            return
+                        total = sum(threads)
+                        figures[mode, label] = (total, total - max(threads), seconds)
+                        print(
+                            f"  {label:7} {mode:8} {total:>15,} instructions in {seconds:.0f} s"
+                            f" counted, by thread {threads}"
+                            f" ({time.monotonic() - began:.0f} s)",
+                            flush=True,
+                        )
+
+                    if idle_s and not profile:
+                        # What the idle roles cost per second (their polls): the same in
+                        # every mode, and a run counts it for as long as it lasts, which
+                        # callgrind stretches ~50 times and tracing a little more.
+                        await run("off", workloads[0], 0, 5.0)
+                        await run("off", workloads[0], 0, 5.0 + idle_s)
                     for workload in workloads:
                         for mode in modes:
-                            index += 1
-                            began = time.monotonic()
-                            threads = await _run(
-                                mode,
-                                workload,
-                                db_url,
-                                redis_url,
-                                pool,
-                                endpoint,
-                                out_dir,
-                                n,
-                                conc,
-                                index,
-                                profile,
-                            )
-                            if profile:
-                                print(f"  {workload:7} {mode:8} profiled", flush=True)
-                                continue
-                            total, states = sum(threads), WORKLOADS[workload][1]
-                            figures[mode, workload] = (
-                                total / (n * states),
-                                (total - max(threads)) / (n * states),
-                            )
-                            print(
-                                f"  {workload:7} {mode:8} {total:>15,} instructions, by thread"
-                                f" {threads} ({time.monotonic() - began:.0f} s)",
-                                flush=True,
-                            )
+                            await run(mode, workload, n, 0.0)
             finally:
                 await pool.close()
     if profile:
         print(f"cProfile statistics in {out_dir}")
         return
+    rate = 0.0
+    if idle_s:
+        short, long = figures["off", "idle 5 s"], figures["off", f"idle {5 + idle_s:.0f} s"]
+        rate = (long[0] - short[0]) / (long[2] - short[2])
+        print(f"\nidle: {rate:,.0f} instructions per second counted")
     print(f"\n{n} executions per run, concurrency {conc}; instructions per transition")
-    print(f"{'workload':8} {'mode':8} {'instr/tr':>12} {'vs off':>7} {'other threads':>14}")
+    print(
+        f"{'workload':8} {'mode':8} {'instr/tr':>12} {'vs off':>7} {'other threads':>14}"
+        f" {'seconds':>8} {'less idle':>12} {'vs off':>7}"
+    )
     for workload in workloads:
-        off = figures.get(("off", workload), (0.0, 0.0))[0]
+        states = WORKLOADS[workload][1]
+        off = figures.get(("off", workload))
         for mode in modes:
-            value, others = figures[mode, workload]
-            ratio = f"{value / off:7.3f}" if off else "      -"
-            print(f"{workload:8} {mode:8} {value:12,.0f} {ratio} {others:14,.0f}")
+            total, others, seconds = figures[mode, workload]
+            busy = total - rate * seconds
+            ratio = f"{total / off[0]:7.3f}" if off else "      -"
+            busy_ratio = f"{busy / (off[0] - rate * off[2]):7.3f}" if off else "      -"
+            print(
+                f"{workload:8} {mode:8} {total / (n * states):12,.0f} {ratio}"
+                f" {others / (n * states):14,.0f} {seconds:8.0f}"
+                f" {busy / (n * states):12,.0f} {busy_ratio}"
+            )
 
 
 def main() -> None:
@@ -275,6 +334,21 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma separated, of {MODES}")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"of {tuple(WORKLOADS)}")
     parser.add_argument("--keep", type=Path, default=None, help="keep the callgrind files here")
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=30.0,
+        help="first measure what the idle roles cost per second (two idle runs, 5 and 5 +"
+        " IDLE seconds) and print the figures less that cost for the seconds each run was"
+        " counted (0: skip)",
+    )
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=ROOT,
+        help="run the steplog of this source folder (e.g. `git archive` of an older commit,"
+        " for a before/after table); default: this checkout",
+    )
     parser.add_argument(
         "--cprofile",
         action="store_true",
@@ -287,7 +361,14 @@ def main() -> None:
         parser.error(f"--modes of {MODES}, --workloads of {tuple(WORKLOADS)}")
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         parser.error("needs valgrind (callgrind, callgrind_control) on PATH")
-    asyncio.run(_bench(args.n, args.concurrency, modes, workloads, args.keep, args.cprofile))
+    source = args.source.resolve()
+    if not (source / "steplog" / "cli.py").is_file():
+        parser.error(f"--source: no steplog source in {source}")
+    asyncio.run(
+        _bench(
+            args.n, args.concurrency, modes, workloads, args.keep, args.cprofile, source, args.idle
+        )
+    )
 
 
 if __name__ == "__main__":
