@@ -3,10 +3,11 @@
 A wall-clock or CPU-time ratio on a shared 2-core machine swings with the neighbours'
 load; an instruction count does not. This runs ``steplog serve`` (every role in one
 process) under valgrind's callgrind, with instrumentation off through start-up, and
-drives it from this process (not counted) through the API: per run, N executions of
-one workload (bench/transitions.py's task3: 3 Tasks on test:echo, or pass10: a
-10-state Pass chain), bounded client concurrency. Instrumentation is switched on
-(``callgrind_control --instr=on``) once the workflow is registered and the count runs
+drives it from this process (not counted) through the API: per run, a warm-up (what
+a process does once, such as its first export, is not a cost per transition), then N
+executions of one workload (bench/transitions.py's task3: 3 Tasks on test:echo, or
+pass10: a 10-state Pass chain), bounded client concurrency. Instrumentation is
+switched on (``callgrind_control --instr=on``) after the warm-up and the count runs
 until the process has exited after SIGTERM, so the spans still batched at the end are
 exported and counted too. Every thread of the steplog process counts (the span
 processor's export thread included); PostgreSQL and Redis do the same work in every
@@ -18,15 +19,22 @@ Modes (the standard OTEL_* variables, as an operator would set them):
     sampled    OTEL_TRACES_EXPORTER=otlp, parentbased_traceidratio at 0.1
     on         OTEL_TRACES_EXPORTER=otlp, sampled at 100% (the default sampler)
 
+with OTEL_BSP_SCHEDULE_DELAY=600000: a batch leaves when 512 spans wait, as at any
+real rate, instead of every 5 s of a run that callgrind makes ~50 times longer.
+
+The idle roles poll on wall-clock timers (about 7M instructions a second here), and a
+run under callgrind lasts minutes, longer on a loaded machine and a little longer with
+tracing: ``--idle`` (default 30 s) first measures that cost per second with two idle
+runs and prints each figure also less it, for the seconds the run was counted.
+
 Prints instructions per transition per mode and workload and the ratio to "off".
 Optionally keeps the callgrind files (``--keep DIR``) for callgrind_annotate.
 
-    .venv/bin/python bench/tracing_instructions.py [-n 40] [--concurrency 8]
-        [--modes off,sampled,on] [--workloads task3,pass10] [--keep DIR] [--source DIR]
-        [--cprofile]
+    .venv/bin/python bench/tracing_instructions.py [-n 100] [--concurrency 8]
+        [--modes off,sampled,on] [--workloads task3,pass10] [--idle 30] [--keep DIR]
+        [--source DIR] [--cprofile]
 
-Run by hand (several minutes: callgrind runs the server ~50x slower); never part of
-the test suite.
+Run by hand (20-30 minutes on a loaded 2-core machine); never part of the test suite.
 """
 
 from __future__ import annotations
@@ -53,9 +61,10 @@ from engine.core.events import TERMINAL_EVENT_TYPES
 from steplog.datadir import local_servers
 from tests.serving import free_port
 
-WORKLOADS = {"task3": (TASK_3, 3), "pass10": (PASS_10, 10)}
+# workload -> (definition, transitions per execution, executions to warm up: 513 or more
+# spans with tracing on, so that the warm-up exports a batch of 512 and leaves few)
+WORKLOADS = {"task3": (TASK_3, 3, 40), "pass10": (PASS_10, 10, 128)}
 MODES = ("off", "sampled", "on")
-WARM_UP = 20  # executions run before the count
 ROOT = Path(__file__).resolve().parents[1]
 SERVE = "from steplog.cli import main; raise SystemExit(main(['serve']))"
 # With --cprofile: the same server under cProfile (its main thread), stats at exit.
@@ -83,6 +92,10 @@ def _environment(
         env.update(
             OTEL_TRACES_EXPORTER="otlp",
             OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=endpoint,
+            # A batch is exported when 512 spans wait (as at any real rate with tracing
+            # on), not every 5 s: under callgrind a run lasts ~50 times longer, and a
+            # POST every 5 s would be counted as a cost per span.
+            OTEL_BSP_SCHEDULE_DELAY="600000",
         )
     if mode == "sampled":
         env.update(OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG="0.1")
@@ -204,7 +217,7 @@ async def _run(
     )
     url = f"http://127.0.0.1:{port}"
     name = f"{workload}-{index}"
-    definition, _ = WORKLOADS[workload]
+    definition = WORKLOADS[workload][0]
     timeout = aiohttp.ClientTimeout(total=600)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as http:
@@ -215,8 +228,7 @@ async def _run(
                 assert resp.status in (200, 201), await resp.text()
             # Warm up uncounted: what runs once per process (the first export's set-up,
             # caches filled on first use) is not a cost per transition.
-            await _execute(http, pool, url, name, "warm", WARM_UP, conc)
-            await asyncio.sleep(6)  # past OTEL_BSP_SCHEDULE_DELAY: the spans exported
+            await _execute(http, pool, url, name, "warm", WORKLOADS[workload][2], conc)
             if profile:
                 proc.send_signal(signal.SIGUSR1)
             else:
@@ -329,7 +341,7 @@ async def _bench(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", type=int, default=40)
+    parser.add_argument("-n", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma separated, of {MODES}")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"of {tuple(WORKLOADS)}")
