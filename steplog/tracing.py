@@ -12,8 +12,11 @@ resource (``OTEL_SERVICE_NAME``, "steplog" when unset; ``OTEL_RESOURCE_ATTRIBUTE
 and the batch processor (``OTEL_BSP_*``).
 
 The provider is passed to whoever spans (the loops, the service, the API) as a
-``Tracer``; it is never installed as OpenTelemetry's global provider, so tests can
-give each running steplog its own (e.g. with an in-memory exporter).
+`LeanTracer` over it (its sampler, resource and span processors, with spans that cost
+a fraction of the SDK's: docs/observability.md, "What it costs"); it is never
+installed as OpenTelemetry's global provider, so tests can give each running steplog
+its own (e.g. with an in-memory exporter). The OTLP exporters are the SDK's with
+steplog.otlp's encoding.
 `instrument_drivers` adds the maintained asyncpg and Redis instrumentations (one span
 per query or command; with ``STEPLOG_TRACE_DRIVERS=true``, as they more than double
 the cost of tracing), whose spans only appear inside a trace: see `InsideTraces`.
