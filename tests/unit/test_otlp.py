@@ -18,7 +18,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.span import TraceState
 
 from engine.loops.tracing import parent_context, traceparent_of
-from steplog.otlp import encode_spans
+from steplog.otlp import encode_spans, lean_grpc_exporter
 from steplog.tracing import LeanTracer
 
 REMOTE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -152,3 +152,12 @@ def test_lean_spans_follow_the_sampler() -> None:
         "steplog.execution.ExecutionFailed",
         "steplog.decide",
     ]
+
+
+def test_the_grpc_exporter_sends_the_same_request() -> None:
+    spans = _spans(lean=True)
+    exporter = lean_grpc_exporter()
+    try:
+        assert exporter._translate_data(spans) == sdk_encode(spans)  # type: ignore[attr-defined]
+    finally:
+        exporter.shutdown()
