@@ -237,7 +237,7 @@ async def _run(
             await _execute(http, pool, url, name, "e", n, conc)
             await asyncio.sleep(idle_s)
         proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 900)
+        await asyncio.wait_for(proc.wait(), 180)  # (see docs/observability.md)
         seconds = time.monotonic() - counting
     finally:
         if proc.returncode is None:
