@@ -29,7 +29,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 _logger = logging.getLogger(__name__)
 
@@ -150,9 +150,9 @@ def _name(field: int, name: str) -> bytes:
     return known
 
 
-def _flags(parent: SpanContext | None) -> bytes:
-    flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent is not None and parent.is_remote else 0)
-    return b"\x85\x01" + _pack_fixed32(flags)  # field 16, wire type 5
+_FLAGS_LOCAL = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE)  # field 16, fixed32
+_FLAGS_REMOTE = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
+_STATUS_UNSET = b"\x7a\x00"  # field 15: an empty Status
 
 
 def _span(span: ReadableSpan) -> bytes:
@@ -167,20 +167,26 @@ def _span(span: ReadableSpan) -> bytes:
         parts.append(_string(3, context.trace_state.to_header()))
     if parent is not None:
         parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    parts.append(_name(5, span.name))
-    parts.append(_KIND[span.kind])
-    if span.start_time:
-        parts.append(b"\x39" + _pack_fixed64(span.start_time))
-    if span.end_time:
-        parts.append(b"\x41" + _pack_fixed64(span.end_time))
-    parts.append(_attributes(9, span.attributes))
+    start, end = span.start_time, span.end_time
+    parts += (
+        _name(5, span.name),
+        _KIND[span.kind],
+        b"\x39" + _pack_fixed64(start) if start else b"",
+        b"\x41" + _pack_fixed64(end) if end else b"",
+        _attributes(9, span.attributes),
+    )
     if span.dropped_attributes:
         parts.append(b"\x50" + _varint(span.dropped_attributes))
     for event in span.events:
-        body = b"\x09" + _pack_fixed64(event.timestamp) + _name(2, event.name)
-        body += _attributes(3, event.attributes)
-        if event.dropped_attributes:
-            body += b"\x20" + _varint(event.dropped_attributes)
+        body = b"".join(
+            (
+                b"\x09",
+                _pack_fixed64(event.timestamp),
+                _name(2, event.name),
+                _attributes(3, event.attributes),
+                b"\x20" + _varint(event.dropped_attributes) if event.dropped_attributes else b"",
+            )
+        )
         parts.append(_len(11, body))
     if span.dropped_events:
         parts.append(b"\x60" + _varint(span.dropped_events))
@@ -199,10 +205,13 @@ def _span(span: ReadableSpan) -> bytes:
     if span.dropped_links:
         parts.append(b"\x70" + _varint(span.dropped_links))
     status = span.status
-    code = _STATUS[status.status_code]
-    status_body = _string(2, status.description or "") + (b"\x18" + _varint(code) if code else b"")
-    parts.append(_len(15, status_body))
-    parts.append(_flags(parent))
+    if status.status_code is StatusCode.UNSET and not status.description:
+        parts.append(_STATUS_UNSET)
+    else:
+        code = _STATUS[status.status_code]
+        body = _string(2, status.description or "") + (b"\x18" + _varint(code) if code else b"")
+        parts.append(_len(15, body))
+    parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
     return b"".join(parts)
 
 
