@@ -57,7 +57,7 @@ from steplog.datadir import local_servers
 from steplog.migrate import migrate
 from steplog.monitor import start_monitor
 from steplog.settings import Settings
-from steplog.tracing import INSTRUMENTATION_SCOPE, instrument_drivers, tracer_provider
+from steplog.tracing import LeanTracer, instrument_drivers, tracer_provider
 
 if TYPE_CHECKING:
     from api.server import ServerLimits
@@ -169,7 +169,7 @@ async def _tracing(
     settings: Settings, given: TracerProvider | None
 ) -> AsyncIterator[Tracer | None]:
     if given is not None:
-        yield given.get_tracer(INSTRUMENTATION_SCOPE)
+        yield LeanTracer(given)
         return
     provider = tracer_provider(settings)
     if provider is None:
@@ -177,7 +177,7 @@ async def _tracing(
         return
     undo = instrument_drivers(provider) if settings.trace_drivers else None
     try:
-        yield provider.get_tracer(INSTRUMENTATION_SCOPE)
+        yield LeanTracer(provider)
     finally:
         if undo is not None:
             undo()
