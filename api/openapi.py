@@ -77,6 +77,8 @@ from api.webhook_schemas import (
     DeliveriesQuery,
     DeliveryList,
     DeliveryOut,
+    RotatedSecret,
+    RotateSecret,
     UpdateWebhook,
     WebhookList,
     WebhookOut,
@@ -433,7 +435,7 @@ OPERATIONS: tuple[Op, ...] = (
         tag="webhooks",
         body=CreateWebhook,
         ok={201: CreatedWebhook},
-        problems=(*_BODY, *_V1),
+        problems=(*_BODY, 409, *_V1),
         links={
             201: {
                 "GetWebhook": {
@@ -442,6 +444,10 @@ OPERATIONS: tuple[Op, ...] = (
                 },
                 "ListDeliveries": {
                     "operationId": "listDeliveries",
+                    "parameters": {"webhook_id": "$response.body#/webhook/webhook_id"},
+                },
+                "RotateWebhookSecret": {
+                    "operationId": "rotateWebhookSecret",
                     "parameters": {"webhook_id": "$response.body#/webhook/webhook_id"},
                 },
             }
@@ -483,6 +489,17 @@ OPERATIONS: tuple[Op, ...] = (
         tag="webhooks",
         ok={204: None},
         problems=(404, *_V1),
+    ),
+    Op(
+        method="post",
+        path="/v1/webhooks/{webhook_id}/rotate-secret",
+        id="rotateWebhookSecret",
+        summary="Replace the signing secret (given or generated; in this response only); the "
+        "replaced one signs alongside until webhook.previous_secret_until",
+        tag="webhooks",
+        body=RotateSecret,
+        ok={200: RotatedSecret},
+        problems=(*_BODY, 404, *_V1),
     ),
     Op(
         method="get",

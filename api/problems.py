@@ -126,6 +126,7 @@ TITLES = {
     "task_does_not_exist": "Task does not exist",
     "task_timed_out": "Task is no longer waiting for its token",
     "activity_not_found": "Activity not found",
+    "webhook_limit_exceeded": "Too many webhook subscriptions in this namespace",
 }
 
 _HTTP_CODES = {404: "route_not_found", 405: "method_not_allowed", 413: "payload_too_large"}

@@ -50,9 +50,18 @@ class UpdateWebhook(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     enabled: bool | None = None
 
 
+class RotateSecret(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``secret``: the new signing secret; generated when absent (returned once). The
+    secret it replaces keeps signing alongside for STEPLOG_WEBHOOK_SECRET_OVERLAP_S."""
+
+    secret: WebhookSecret | None = None
+
+
 class WebhookOut(msgspec.Struct):
     """A subscription as listed (never its secret). ``paused_reason``: why it is not
-    enabled; ``failing_since``: its first failed attempt since the last success."""
+    enabled; ``failing_since``: its first failed attempt since the last success;
+    ``previous_secret_until``: after a secret rotation, until when the replaced secret
+    signs too (absent when none does)."""
 
     webhook_id: str
     namespace: str
@@ -66,10 +75,19 @@ class WebhookOut(msgspec.Struct):
     failing_since: str | None
     created_at: str
     updated_at: str
+    previous_secret_until: str | None = None
 
 
 class CreatedWebhook(msgspec.Struct):
     """``secret``: the signing secret, shown this once only."""
+
+    webhook: WebhookOut
+    secret: str
+
+
+class RotatedSecret(msgspec.Struct):
+    """``secret``: the new signing secret, shown this once only. ``webhook``'s
+    ``previous_secret_until`` says until when the replaced one signs too."""
 
     webhook: WebhookOut
     secret: str

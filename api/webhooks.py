@@ -9,11 +9,17 @@ DELETE /v1/webhooks/{webhook_id}             -> 204; its deliveries go with it
 GET    /v1/webhooks/{webhook_id}/deliveries?state=&limit=
                                              -> {"deliveries"} newest first, each with its
                                                 attempts
+POST   /v1/webhooks/{webhook_id}/rotate-secret  {"secret"?}
+                                             -> 200 {"webhook", "secret": the new one,
+                                                shown once}; the replaced secret signs
+                                                too until webhook.previous_secret_until
 POST   /v1/webhooks/{webhook_id}/deliveries/{delivery_id}/replay
                                              -> 200 the delivery, pending again, due now
 
-A subscription of another namespace is answered like an unknown one (404). Every change
-is audited (webhook.create, .update, .delete, .replay) right after it is stored.
+A subscription of another namespace is answered like an unknown one (404); a create
+beyond the namespace's cap is 409 webhook_limit_exceeded. Every change is audited
+(webhook.create, .update, .delete, .rotate_secret, .replay) right after it is stored;
+no secret is ever in the trail.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from api.webhook_schemas import (
     DeliveriesQuery,
     DeliveryList,
     DeliveryOut,
+    RotatedSecret,
+    RotateSecret,
     UpdateWebhook,
     WebhookList,
     WebhookOut,
@@ -86,6 +94,7 @@ def _out(s: Subscription) -> WebhookOut:
         failing_since=_time(s.failing_since),
         created_at=rfc3339(s.created_at),
         updated_at=rfc3339(s.updated_at),
+        previous_secret_until=_time(s.previous_secret_until),
     )
 
 
@@ -172,6 +181,25 @@ async def delete_webhook(request: web.Request) -> web.Response:
     await _webhooks(request).delete(namespace_of(request), webhook_id)
     await _audit(request, "webhook.delete", webhook_id, {})
     return web.Response(status=204)
+
+
+@routes.post("/v1/webhooks/{webhook_id}/rotate-secret")
+async def rotate_webhook_secret(request: web.Request) -> web.Response:
+    webhook_id = _webhook_id(request)
+    req = decode_body(await request.read(), RotateSecret)
+    sub = await _webhooks(request).rotate_secret(namespace_of(request), webhook_id, req.secret)
+    await _audit(
+        request,
+        "webhook.rotate_secret",
+        webhook_id,
+        {
+            "generated": req.secret is None,
+            "previous_secret_until": _time(sub.previous_secret_until),
+        },
+    )
+    return json_response(
+        RotatedSecret(webhook=_out(sub), secret=sub.secret), headers={"Cache-Control": "no-store"}
+    )
 
 
 @routes.get("/v1/webhooks/{webhook_id}/deliveries")

@@ -59,7 +59,6 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
@@ -71,6 +70,7 @@ from bench.transitions import PASS_10, TASK_3
 from engine.core.events import TERMINAL_EVENT_TYPES
 from steplog.app import freeze_heap, open_resources, run_roles
 from steplog.datadir import local_servers
+from steplog.otlp import LeanOtlpHttpExporter
 from steplog.settings import Settings
 from steplog.tracing import InsideTraces, instrument_drivers
 from tests.serving import free_port
@@ -96,8 +96,8 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_foreve
 """
 
 
-class CountingOtlpExporter(OTLPSpanExporter):
-    """The OTLP/HTTP exporter (protobuf encoding, a POST per batch), counting spans."""
+class CountingOtlpExporter(LeanOtlpHttpExporter):
+    """steplog's OTLP/HTTP exporter (protobuf encoding, a POST per batch), counting spans."""
 
     def __init__(self, endpoint: str) -> None:
         super().__init__(endpoint=endpoint)

@@ -5,7 +5,11 @@ Redis under a temporary folder) as a separate process, then starts N executions
 of each workload with bounded client concurrency and waits until none is
 RUNNING. Prints, per workload: executions/s, state transitions/s, start latency
 p50/p99, and the ratio to the baseline workload (a 1-state Pass machine)
-measured in the same run, so figures compare across machines.
+measured in the same run, so figures compare across machines. Then 1-state Pass starts
+are offered open-loop at a fixed arrival rate (``--open-rate``, default half of pass1's
+closed-loop executions/s, for ``--open-seconds``): each start is sent at its scheduled
+moment whatever the earlier ones are doing, and its latency counts from that moment, so
+queueing shows (a closed loop of 32 clients hides it); p50/p99 against the goal p99 < 50 ms.
 
 With ``--ceiling`` (what `make bench` runs) each round first measures the bare-client
 ceilings of bench/ceiling.py on the same PostgreSQL and Redis, then the workloads, and
@@ -42,6 +46,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ceiling  # bench/ceiling.py, a sibling script
+import goal  # bench/goal.py
 
 PASS_1 = {"StartAt": "S0", "States": {"S0": {"Type": "Pass", "End": True}}}
 PASS_10 = {
@@ -122,6 +127,48 @@ async def _run_workload(
     }
 
 
+async def _open_loop(
+    http: aiohttp.ClientSession, url: str, name: str, rate: float, seconds: float
+) -> dict[str, float]:
+    """Starts of ``name`` offered at a fixed arrival rate (open loop): start ``i`` is sent
+    at ``i / rate`` seconds whatever the earlier ones are doing, and its latency counts
+    from that scheduled moment (so a client-side queue is not hidden)."""
+    total = max(1, int(rate * seconds))
+    latencies: list[float] = []
+    failures = 0
+    loop = asyncio.get_running_loop()
+
+    async def start(i: int, due: float) -> None:
+        nonlocal failures
+        async with http.post(
+            f"{url}/v1/workflows/{name}/executions", json={"input": {"open": i}}
+        ) as resp:
+            await resp.read()
+            if resp.status != 201:
+                failures += 1
+                return
+        latencies.append(loop.time() - due)
+
+    began = loop.time()
+    tasks = []
+    for i in range(total):
+        due = began + i / rate
+        if (delay := due - loop.time()) > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(start(i, due)))
+    await asyncio.gather(*tasks)
+    elapsed = loop.time() - began
+    latencies.sort()
+    return {
+        "offered_per_s": rate,
+        "sent": total,
+        "achieved_per_s": len(latencies) / elapsed,
+        "failures": failures,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+    }
+
+
 def _api_key(data_dir: Path | None) -> str | None:
     """STEPLOG_API_KEY, else the admin key kept in ``data_dir`` (None: send no key)."""
     if key := os.environ.get("STEPLOG_API_KEY"):
@@ -141,17 +188,26 @@ def _default_data_dir() -> Path | None:
     return None
 
 
-async def _workloads(url: str, data_dir: Path | None, n: int, conc: int) -> dict[str, Any]:
+async def _workloads(
+    url: str, data_dir: Path | None, n: int, conc: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The closed-loop workloads, then (unless ``--open-seconds 0``) pass1 starts offered
+    open-loop at ``--open-rate`` per second (default: half of pass1's closed-loop rate)."""
     async with aiohttp.ClientSession() as http:
         await _wait_ready(http, url)
     key = _api_key(data_dir)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    async with aiohttp.ClientSession(headers=headers) as http:
+    # Open loop: enough connections that the client never queues what it offers.
+    connector = aiohttp.TCPConnector(limit=512)
+    async with aiohttp.ClientSession(headers=headers, connector=connector) as http:
         results = {}
         for name, definition, states in WORKLOADS:
             r = await _run_workload(http, url, name, definition, n, conc)
             r["transitions_per_s"] = r["executions_per_s"] * states
             results[name] = r
+        if args.open_seconds > 0:
+            rate = args.open_rate or results["pass1"]["executions_per_s"] / 2
+            results["open"] = await _open_loop(http, url, "pass1", rate, args.open_seconds)
     return results
 
 
@@ -163,14 +219,28 @@ def _print_workloads(results: dict[str, Any], n: int, conc: int) -> None:
         f"{'start p99':>10} {'exec/s vs pass1':>16}"
     )
     for name, r in results.items():
+        if name == "open":
+            continue
         print(
             f"{name:8} {r['executions_per_s']:9.1f} {r['transitions_per_s']:14.1f} "
             f"{r['p50_ms']:8.1f}ms {r['p99_ms']:8.1f}ms {r['executions_per_s'] / base:16.2f}"
         )
 
+    if (r := results.get("open")) is not None:
+        print(
+            f"pass1 open loop: {r['offered_per_s']:.1f} starts/s offered ({r['sent']} sent), "
+            f"{r['achieved_per_s']:.1f}/s answered, {r['failures']} failed; "
+            f"start latency p50 {r['p50_ms']:.1f}ms p99 {r['p99_ms']:.1f}ms (goal p99 < 50 ms)"
+        )
+
 
 def _ratios(work: dict[str, Any], ceil: dict[str, Any]) -> dict[str, float]:
-    return {
+    figures = {
+        "task3 task round trips/s": work["task3"]["transitions_per_s"],
+    }
+    if "open" in work:
+        figures["pass1 open-loop start p99 ms"] = work["open"]["p99_ms"]
+    return figures | {
         "pass10 transitions/s / write-path ceiling": work["pass10"]["transitions_per_s"]
         / ceil["pass10"]["transitions_per_s"],
         "pass1 exec/s / POST + INSERT ceiling": work["pass1"]["executions_per_s"]
@@ -183,7 +253,7 @@ def _ratios(work: dict[str, Any], ceil: dict[str, Any]) -> dict[str, float]:
 async def _bench(url: str, data_dir: Path | None, args: argparse.Namespace) -> None:
     n, conc = args.n, args.concurrency
     if not args.ceiling:
-        _print_workloads(await _workloads(url, data_dir, n, conc), n, conc)
+        _print_workloads(await _workloads(url, data_dir, n, conc, args), n, conc)
         return
     if data_dir is None:
         raise SystemExit("--ceiling needs the data folder of the steplog (--data-dir)")
@@ -195,17 +265,35 @@ async def _bench(url: str, data_dir: Path | None, args: argparse.Namespace) -> N
         print(f"-- round {r + 1} of {args.rounds}")
         ceil = await ceiling.measure(database_url, redis_url, n, args.batch, args.connections, conc)
         ceiling.print_ceilings(ceil)
-        work = await _workloads(url, data_dir, n, conc)
+        work = await _workloads(url, data_dir, n, conc, args)
         _print_workloads(work, n, conc)
         ratios = _ratios(work, ceil)
         for name, value in ratios.items():
-            print(f"ratio {name}: {value:.2f}")
+            if "/" in name and "round trips" not in name:
+                print(f"ratio {name}: {value:.2f}")
         rounds.append(ratios)
+    medians = {name: statistics.median(x[name] for x in rounds) for name in rounds[0]}
     if len(rounds) > 1:
         print(f"-- median of {len(rounds)} rounds")
-        for name in rounds[0]:
-            print(f"ratio {name}: {statistics.median(x[name] for x in rounds):.2f}")
+        for name, value in medians.items():
+            if "/" in name and "round trips" not in name:
+                print(f"ratio {name}: {value:.2f}")
+    _goals(medians)
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def _goals(m: dict[str, float]) -> None:
+    """The issue's throughput and latency goals, from the (median) figures of this run."""
+    pass10 = m["pass10 transitions/s / write-path ceiling"]
+    goal.report(
+        "pass10 transitions/s / write-path ceiling", f"{pass10:.2f}", ">= 0.6", pass10 >= 0.6
+    )
+    pass1 = m["pass1 exec/s / POST + INSERT ceiling"]
+    goal.report("pass1 exec/s / POST + INSERT ceiling", f"{pass1:.2f}", ">= 0.4", pass1 >= 0.4)
+    if (p99 := m.get("pass1 open-loop start p99 ms")) is not None:
+        goal.report("pass1 open-loop start latency p99", f"{p99:.1f} ms", "< 50 ms", p99 < 50)
+    task3 = m["task3 task round trips/s"]
+    goal.report("task3 task round trips/s", f"{task3:,.0f}", ">= 2,000", task3 >= 2000)
 
 
 def main() -> None:
@@ -218,6 +306,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="ceiling + workloads rounds")
     parser.add_argument("--batch", type=int, default=50, help="ceiling: executions per batch")
     parser.add_argument("--connections", type=int, default=4, help="ceiling: connections")
+    parser.add_argument(
+        "--open-rate",
+        type=float,
+        default=0.0,
+        help="pass1 starts/s offered open-loop (default: half of pass1's closed-loop rate)",
+    )
+    parser.add_argument(
+        "--open-seconds", type=float, default=10.0, help="open-loop duration (0: skip it)"
+    )
     args = parser.parse_args()
     if args.url:
         data_dir = Path(args.data_dir) if args.data_dir else _default_data_dir()

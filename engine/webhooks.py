@@ -16,6 +16,12 @@ is the user's side of it.
   and re-reads, and different per subscription.
 - Signature (Standard Webhooks): ``webhook-signature: v1,<base64 HMAC-SHA256>`` of
   ``f"{id}.{timestamp}.{body}"`` keyed with the bytes the secret's base64 part decodes to.
+- Rotation: a new secret (given, or generated as at create) replaces the current one,
+  which keeps signing alongside for ``SubscriptionPolicy.secret_overlap_s``: meanwhile
+  the header carries both signatures, space-delimited, the new one first. Rotating
+  again during an overlap drops the older previous secret.
+- A namespace holds at most ``SubscriptionPolicy.max_per_namespace`` subscriptions (0:
+  no cap); a create beyond is refused (409 ``webhook_limit_exceeded``), race-free.
 """
 
 from __future__ import annotations
@@ -42,13 +48,15 @@ from engine.adapters.webhooks_store import (
 )
 from engine.core import events as ev
 from engine.core.timestamps import iso_millis
-from engine.errors import InvalidRequest, NotFound
+from engine.errors import InvalidRequest, NotFound, SteplogError
 
 __all__ = [
     "EVENT_TYPES",
     "STATUSES",
     "DeliveryRecord",
     "Subscription",
+    "SubscriptionPolicy",
+    "WebhookLimitExceeded",
     "WebhookNotFound",
     "Webhooks",
 ]
@@ -65,6 +73,9 @@ STATUS_OF_EVENT = {
 EVENT_TYPES: frozenset[str] = frozenset(t.__struct_config__.tag for t in typing.get_args(ev.Event))
 MAX_URL_LENGTH = 2048
 DELIVERY_STATES = ("pending", "delivered", "dead")
+# Bounds of SubscriptionPolicy: a year of overlap; a cap PostgreSQL's int holds easily.
+MAX_SECRET_OVERLAP_S = 366 * 86400
+MAX_SUBSCRIPTIONS_CAP = 1_000_000
 _DELIVERY_NAMESPACE = uuid.UUID("5b0c1f5e-7d1e-4c55-9a3e-776562686f6b")
 
 
@@ -99,6 +110,21 @@ class DeliveryPolicy(msgspec.Struct, frozen=True, kw_only=True):
         return float(delay * (1 - jitter / 2))
 
 
+class SubscriptionPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """What subscriptions are held to (steplog/settings.py STEPLOG_WEBHOOK_*): a rotated
+    secret keeps signing alongside the new one for ``secret_overlap_s``; a namespace has
+    at most ``max_per_namespace`` subscriptions (0: no cap)."""
+
+    secret_overlap_s: float = 86400.0
+    max_per_namespace: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.secret_overlap_s <= MAX_SECRET_OVERLAP_S:
+            raise ValueError(f"webhook secret overlap must be in [0, {MAX_SECRET_OVERLAP_S}] s")
+        if not 0 <= self.max_per_namespace <= MAX_SUBSCRIPTIONS_CAP:
+            raise ValueError(f"webhook subscription cap must be in [0, {MAX_SUBSCRIPTIONS_CAP}]")
+
+
 class WebhookNotFound(NotFound):
     code = "webhook_not_found"
 
@@ -110,6 +136,13 @@ class DeliveryNotFound(NotFound):
 class InvalidWebhook(InvalidRequest):
     code = "invalid_webhook"
     status = 422
+
+
+class WebhookLimitExceeded(SteplogError):
+    """A create in a namespace that has as many subscriptions as the cap allows."""
+
+    code = "webhook_limit_exceeded"
+    status = 409
 
 
 # -- what a delivery is made of --------------------------------------------------------
@@ -137,6 +170,12 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     signed = f"{message_id}.{timestamp}.".encode() + body
     digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
+
+
+def signatures(secrets: Sequence[str], message_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header value signed by each of ``secrets`` (the current
+    one first), space-delimited as Standard Webhooks allows; a repeated secret signs once."""
+    return " ".join(sign(s, message_id, timestamp, body) for s in dict.fromkeys(secrets))
 
 
 def delivery_id(webhook_id: UUID, execution_id: UUID, seq: int) -> str:
@@ -196,6 +235,17 @@ def payload(event: LoggedEvent) -> bytes:
 # -- the command side --------------------------------------------------------------------
 
 
+def _checked_secret(secret: str | None) -> str:
+    """``secret``, or a new one when None (InvalidWebhook when it is not a secret)."""
+    if secret is None:
+        return new_secret()
+    try:
+        secret_key(secret)
+    except ValueError as exc:
+        raise InvalidWebhook(f"secret: {exc}") from None
+    return secret
+
+
 def _unique(values: Sequence[str] | None) -> tuple[str, ...] | None:
     return None if values is None else tuple(dict.fromkeys(values))
 
@@ -203,13 +253,24 @@ def _unique(values: Sequence[str] | None) -> tuple[str, ...] | None:
 class Webhooks:
     """Subscriptions of a namespace, their deliveries and replays."""
 
-    def __init__(self, store: WebhookStore, policy: OutboundPolicy | None = None) -> None:
+    def __init__(
+        self,
+        store: WebhookStore,
+        policy: OutboundPolicy | None = None,
+        subscriptions: SubscriptionPolicy | None = None,
+    ) -> None:
         self.store = store
         self.policy = policy or OutboundPolicy()
+        self.subscriptions = subscriptions or SubscriptionPolicy()
 
     @classmethod
-    def over(cls, pool: asyncpg.Pool, policy: OutboundPolicy | None = None) -> Webhooks:
-        return cls(WebhookStore(pool), policy)
+    def over(
+        cls,
+        pool: asyncpg.Pool,
+        policy: OutboundPolicy | None = None,
+        subscriptions: SubscriptionPolicy | None = None,
+    ) -> Webhooks:
+        return cls(WebhookStore(pool), policy, subscriptions)
 
     def _check(
         self,
@@ -243,16 +304,12 @@ class Webhooks:
         workflows: Sequence[str] = (),
         enabled: bool = True,
     ) -> Subscription:
-        """A new subscription; it delivers what is committed from now on."""
+        """A new subscription; it delivers what is committed from now on.
+        WebhookLimitExceeded when the namespace has as many as the cap allows."""
         self._check(url, event_types, statuses)
-        if secret is None:
-            secret = new_secret()
-        else:
-            try:
-                secret_key(secret)
-            except ValueError as exc:
-                raise InvalidWebhook(f"secret: {exc}") from None
-        return await self.store.create(
+        secret = _checked_secret(secret)
+        cap = self.subscriptions.max_per_namespace
+        sub = await self.store.create(
             webhook_id=uuid.uuid4(),
             namespace=namespace,
             url=url,
@@ -263,7 +320,27 @@ class Webhooks:
             workflows=_unique(workflows) or (),
             enabled=enabled,
             paused_reason=None if enabled else "created paused",
+            max_per_namespace=cap,
         )
+        if sub is None:
+            raise WebhookLimitExceeded(
+                f"namespace {namespace!r} has {cap} webhook subscriptions, the most "
+                f"allowed (STEPLOG_WEBHOOK_MAX_PER_NAMESPACE={cap}); delete one first"
+            )
+        return sub
+
+    async def rotate_secret(
+        self, namespace: str, webhook_id: UUID, secret: str | None = None
+    ) -> Subscription:
+        """Sign with ``secret`` (generated when None) from now on; the secret it replaces
+        signs alongside for the overlap (``previous_secret_until`` of the result)."""
+        secret = _checked_secret(secret)
+        sub = await self.store.rotate_secret(
+            namespace, webhook_id, secret, self.subscriptions.secret_overlap_s
+        )
+        if sub is None:
+            raise WebhookNotFound(f"no webhook {webhook_id}")
+        return sub
 
     async def list_webhooks(self, namespace: str | None) -> list[Subscription]:
         return await self.store.list_webhooks(namespace)

@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import asyncpg
-import redis.asyncio as aioredis
 from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
 from engine.access import Access
 from engine.adapters.activities import ActivityStore
-from engine.adapters.bus import Bus, TokenBuckets
+from engine.adapters.bus import Bus, RedisClient, TokenBuckets
+from engine.adapters.bus import connect as connect_redis
 from engine.adapters.clock import DbClock
 from engine.adapters.limits_store import LimitsStore
 from engine.adapters.notifier import EventNotifier
@@ -57,7 +57,7 @@ from steplog.datadir import local_servers
 from steplog.migrate import migrate
 from steplog.monitor import start_monitor
 from steplog.settings import Settings
-from steplog.tracing import INSTRUMENTATION_SCOPE, instrument_drivers, tracer_provider
+from steplog.tracing import LeanTracer, instrument_drivers, tracer_provider
 
 if TYPE_CHECKING:
     from api.server import ServerLimits
@@ -87,7 +87,7 @@ class ApiSide:
 class Resources:
     settings: Settings
     pool: asyncpg.Pool
-    redis: aioredis.Redis
+    redis: RedisClient
     store: EventStore
     bus: Bus
     service: EngineService
@@ -114,7 +114,7 @@ class Resources:
                 self.access,
                 self.limits,
                 _tasks(self.settings, self.service, self.pool, self.bus),
-                self.webhooks or Webhooks.over(self.pool, self.settings.outbound_policy()),
+                self.webhooks or _webhooks(self.settings, self.pool),
             )
         return self.api_side
 
@@ -169,7 +169,7 @@ async def _tracing(
     settings: Settings, given: TracerProvider | None
 ) -> AsyncIterator[Tracer | None]:
     if given is not None:
-        yield given.get_tracer(INSTRUMENTATION_SCOPE)
+        yield LeanTracer(given)
         return
     provider = tracer_provider(settings)
     if provider is None:
@@ -177,7 +177,7 @@ async def _tracing(
         return
     undo = instrument_drivers(provider) if settings.trace_drivers else None
     try:
-        yield provider.get_tracer(INSTRUMENTATION_SCOPE)
+        yield LeanTracer(provider)
     finally:
         if undo is not None:
             undo()
@@ -209,8 +209,9 @@ async def _open_resources(
             await migrate(pool)
         clock = DbClock(pool)
         await clock.sample()  # before anything reads it
-        redis = aioredis.from_url(
+        redis = connect_redis(
             redis_url,
+            cluster=settings.redis_cluster,
             socket_timeout=settings.redis_timeout_s,
             socket_connect_timeout=settings.redis_timeout_s,
         )
@@ -223,7 +224,7 @@ async def _open_resources(
             r = Resources(
                 settings, pool, redis, store, bus, service, queries, access, limits, clock, tracer
             )
-            r.webhooks = Webhooks.over(pool, settings.outbound_policy())
+            r.webhooks = _webhooks(settings, pool)
             if not serving_api or api_only:
                 yield r
                 return
@@ -240,7 +241,7 @@ async def _open_resources(
                     api_pool,
                     *facades,
                     _tasks(settings, facades[0], api_pool, bus),
-                    Webhooks.over(api_pool, settings.outbound_policy()),
+                    _webhooks(settings, api_pool),
                 )
                 yield r
             finally:
@@ -255,7 +256,7 @@ def _facades(
     settings: Settings,
     store: EventStore,
     pool: asyncpg.Pool,
-    redis: aioredis.Redis,
+    redis: RedisClient,
     bus: Bus,
     tracer: Tracer | None,
     clock: DbClock,
@@ -572,6 +573,12 @@ async def run_roles(
             await each.cleanup()
         if monitor is not None:
             await asyncio.to_thread(monitor.close)
+
+
+def _webhooks(settings: Settings, pool: asyncpg.Pool) -> Webhooks:
+    """Webhook subscriptions on ``pool``, held to the settings' outbound guard, rotation
+    overlap and cap."""
+    return Webhooks.over(pool, settings.outbound_policy(), settings.subscription_policy())
 
 
 def _webhook_sender(r: Resources) -> WebhookSender:

@@ -18,7 +18,7 @@ from engine.adapters.outbound import OutboundPolicy, parse_allow
 from engine.core.arns import DEFAULT_ACCOUNT, DEFAULT_PARTITION, DEFAULT_REGION, ArnScope
 from engine.limits import LimitDefaults, parse_rates
 from engine.loops.http_task import Connection, parse_connections
-from engine.webhooks import DeliveryPolicy
+from engine.webhooks import DeliveryPolicy, SubscriptionPolicy
 
 ALL_ROLES: tuple[str, ...] = ("api", "engine", "worker", "projector", "webhooks")
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
@@ -59,6 +59,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     database_url: str | None = None
     redis_url: str | None = None
+    # redis_url names one node of a Redis Cluster: the client finds the other nodes and
+    # follows the slots (docs/redis-cluster.md). Needs redis_url.
+    redis_cluster: bool = False
     data_dir: Path = Path(".steplog")
     host: str = "127.0.0.1"
     port: int = 8080
@@ -177,12 +180,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # failing for longer than webhook_pause_after_s (no success in between) is paused.
     # webhook_concurrency: deliveries in flight per process; webhook_poll_s: how often it
     # looks for work besides the append doorbell.
+    # webhook_secret_overlap_s: after a secret rotation, how long the replaced secret
+    # signs alongside the new one; webhook_max_per_namespace: the most subscriptions a
+    # namespace may have (a create beyond is 409 webhook_limit_exceeded; 0: no cap).
     webhook_retry_base_s: float = 1.0
     webhook_retry_max_s: float = 600.0
     webhook_retry_horizon_s: float = 259_200.0
     webhook_pause_after_s: float = 432_000.0
     webhook_concurrency: int = 32
     webhook_poll_s: float = 0.5
+    webhook_secret_overlap_s: float = 86_400.0
+    webhook_max_per_namespace: int = 100
     # Durable time is PostgreSQL's clock (engine/adapters/clock.py): every process reads
     # it every clock_sample_interval_s seconds and counts on with its monotonic clock in
     # between; a process whose wall clock is more than clock_offset_warn_s seconds off
@@ -234,6 +242,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("request_timeout_s must be positive and redis_timeout_s >= 2")
         if min(self.api_statement_timeout_ms, self.statement_timeout_ms) < 0:
             raise ValueError("the statement timeouts must be >= 0 (0: none)")
+        if self.redis_cluster and not self.redis_url:
+            raise ValueError("redis_cluster needs redis_url (a node of the cluster)")
         if not self.redis_prefix or any(c in self.redis_prefix for c in "{}: "):
             # The prefix goes inside Redis hash tags; braces or colons would break them.
             raise ValueError("redis_prefix must be non-empty without '{', '}', ':' or spaces")
@@ -247,6 +257,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         except ValueError as exc:
             raise ValueError(f"outbound settings: {exc}") from None
         self.delivery_policy()
+        self.subscription_policy()
         for field in ("rate_limits", "key_rate_limits"):
             try:
                 parse_rates(getattr(self, field))
@@ -303,6 +314,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             pause_after_s=self.webhook_pause_after_s,
             concurrency=self.webhook_concurrency,
             poll_s=self.webhook_poll_s,
+        )
+
+    def subscription_policy(self) -> SubscriptionPolicy:
+        """What webhook subscriptions are held to: the rotation overlap and the cap."""
+        return SubscriptionPolicy(
+            secret_overlap_s=self.webhook_secret_overlap_s,
+            max_per_namespace=self.webhook_max_per_namespace,
         )
 
     def check_auth(self) -> None:
@@ -400,6 +418,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("webhook_pause_after_s", float),
             ("webhook_concurrency", int),
             ("webhook_poll_s", float),
+            ("webhook_secret_overlap_s", float),
+            ("webhook_max_per_namespace", int),
             ("clock_sample_interval_s", float),
             ("clock_offset_warn_s", float),
         ):
@@ -408,6 +428,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                     values[field] = kind(raw)
                 except ValueError:
                     raise ValueError(f"STEPLOG_{field.upper()}: not a number: {raw!r}") from None
+        if (raw := get("redis_cluster")) is not None:
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"STEPLOG_REDIS_CLUSTER: not true or false: {raw!r}")
+            values["redis_cluster"] = raw.lower() in ("true", "1")
         if (raw := get("trace_drivers")) is not None:
             if raw.lower() not in ("true", "false", "1", "0"):
                 raise ValueError(f"STEPLOG_TRACE_DRIVERS: not true or false: {raw!r}")

@@ -12,8 +12,11 @@ resource (``OTEL_SERVICE_NAME``, "steplog" when unset; ``OTEL_RESOURCE_ATTRIBUTE
 and the batch processor (``OTEL_BSP_*``).
 
 The provider is passed to whoever spans (the loops, the service, the API) as a
-``Tracer``; it is never installed as OpenTelemetry's global provider, so tests can
-give each running steplog its own (e.g. with an in-memory exporter).
+`LeanTracer` over it (its sampler, resource and span processors, with spans that cost
+a fraction of the SDK's: docs/observability.md, "What it costs"); it is never
+installed as OpenTelemetry's global provider, so tests can give each running steplog
+its own (e.g. with an in-memory exporter). The OTLP exporters are the SDK's with
+steplog.otlp's encoding.
 `instrument_drivers` adds the maintained asyncpg and Redis instrumentations (one span
 per query or command; with ``STEPLOG_TRACE_DRIVERS=true``, as they more than double
 the cost of tracing), whose spans only appear inside a trace: see `InsideTraces`.
@@ -21,18 +24,47 @@ the cost of tracing), whose spans only appear inside a trace: see `InsideTraces`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import Token
+from types import TracebackType
 
+from opentelemetry import context as context_api
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-from opentelemetry.trace import Link, SpanKind, get_current_span
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+    get_current_span,
+    set_span_in_context,
+)
 from opentelemetry.trace.span import TraceState
-from opentelemetry.util.types import Attributes
+from opentelemetry.util.types import Attributes, AttributeValue
 
 from steplog.settings import Settings
+
+_logger = logging.getLogger(__name__)
 
 SERVICE = "steplog"
 INSTRUMENTATION_SCOPE = "steplog"
@@ -46,7 +78,7 @@ class InsideTraces(Sampler):
     several per second per process, none about an execution."""
 
     def __init__(self, inner: Sampler) -> None:
-        self._inner = inner
+        self.inner = inner
 
     def should_sample(
         self,
@@ -63,28 +95,23 @@ class InsideTraces(Sampler):
             and not get_current_span(parent_context).get_span_context().is_valid
         ):
             return SamplingResult(Decision.DROP)
-        return self._inner.should_sample(
+        return self.inner.should_sample(
             parent_context, trace_id, name, kind, attributes, links, trace_state
         )
 
     def get_description(self) -> str:
-        return f"InsideTraces{{{self._inner.get_description()}}}"
+        return f"InsideTraces{{{self.inner.get_description()}}}"
 
 
 def _exporter(name: str, protocol: str) -> SpanExporter:
     if name == "console":
         return ConsoleSpanExporter()
+    # The SDK's OTLP exporters with a faster encoding of the same bytes (steplog.otlp).
+    from steplog.otlp import LeanOtlpHttpExporter, lean_grpc_exporter
+
     if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcExporter,
-        )
-
-        return GrpcExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HttpExporter,
-    )
-
-    return HttpExporter()
+        return lean_grpc_exporter()
+    return LeanOtlpHttpExporter()
 
 
 def tracer_provider(settings: Settings) -> TracerProvider | None:
@@ -124,3 +151,297 @@ def instrument_drivers(provider: TracerProvider) -> Callable[[], None]:
         asyncpg_instrumentor.uninstrument()
 
     return undo
+
+
+class LeanSpan(ReadableSpan, Span):
+    """A recording span that is its own finished record: ended, it goes to the span
+    processors as it is (the SDK's span copies itself into a ReadableSpan at its end),
+    and what it records goes into plain dicts and lists (the SDK's goes through a
+    locked, validating BoundedAttributes per span and per event). Values steplog sets
+    are valid by construction (str, bool, int, float, lists of str); any other value
+    (a handler's own span) is checked as the SDK checks it (`_valid`)."""
+
+    def __init__(
+        self,
+        tracer: LeanTracer,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: dict[str, AttributeValue],
+        links: Sequence[Link],
+        start_time: int,
+    ) -> None:
+        # ReadableSpan's fields, set directly (its __init__ builds defaults we replace).
+        self._name = name
+        self._context = context
+        self._kind = kind
+        self._instrumentation_info = None
+        self._instrumentation_scope = tracer.scope
+        self._parent = parent
+        self._start_time = start_time
+        self._end_time: int | None = None
+        self._attributes = self._recorded = attributes
+        self._events: list[Event] = []
+        self._links = links
+        self._resource = tracer.resource
+        self._status = _UNSET
+        self._tracer = tracer
+
+    # The Span API.
+
+    def get_span_context(self) -> SpanContext:
+        return self._context  # type: ignore[return-value]
+
+    def is_recording(self) -> bool:
+        return self._end_time is None
+
+    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
+        if self._end_time is None:
+            for key, value in attributes.items():
+                self._set(key, value)
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        if self._end_time is None:
+            self._set(key, value)
+
+    def _set(self, key: str, value: AttributeValue) -> None:
+        if type(value) not in _PLAIN:
+            checked = _valid(key, value)
+            if checked is None:
+                return
+            value = checked
+        attributes = self._recorded
+        if key in attributes or len(attributes) < self._tracer.max_attributes:
+            attributes[key] = value
+
+    def add_event(
+        self, name: str, attributes: Attributes = None, timestamp: int | None = None
+    ) -> None:
+        if self._end_time is not None:
+            return
+        if len(self._events) >= self._tracer.max_events:
+            return
+        checked: dict[str, AttributeValue] = {}
+        for key, value in (attributes or {}).items():
+            if type(value) not in _PLAIN and (value := _valid(key, value)) is None:
+                continue
+            checked[key] = value
+        self._events.append(Event(name, checked, timestamp or time.time_ns()))
+
+    def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
+        if self._end_time is None and context.is_valid:
+            self._links = [*self._links, Link(context, attributes)]
+
+    def update_name(self, name: str) -> None:
+        if self._end_time is None:
+            self._name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        # As the SDK's span: OK is final, UNSET is ignored.
+        if self._end_time is not None or self._status.status_code is StatusCode.OK:
+            return
+        if isinstance(status, Status):
+            if status.status_code is not StatusCode.UNSET:
+                self._status = status
+        elif status is not StatusCode.UNSET:
+            self._status = Status(status, description)
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        module = type(exception).__module__
+        qualname = type(exception).__qualname__
+        recorded: dict[str, AttributeValue] = {
+            "exception.type": f"{module}.{qualname}"
+            if module and module != "builtins"
+            else qualname,
+            "exception.message": str(exception),
+            "exception.stacktrace": "".join(traceback.format_exception(exception)),
+            "exception.escaped": str(escaped),
+        }
+        recorded.update(attributes or {})
+        self.add_event("exception", recorded, timestamp)
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._end_time is not None:
+            return
+        self._end_time = end_time or time.time_ns()
+        self._tracer.processor.on_end(self)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        if exc_val is not None and self.is_recording():
+            self.record_exception(exc_val, escaped=True)
+            self.set_status(Status(StatusCode.ERROR, f"{type(exc_val).__name__}: {exc_val}"))
+        self.end()
+
+
+_PLAIN = frozenset((str, bool, int, float))
+_UNSET = Status(StatusCode.UNSET)
+
+
+def _valid(key: str, value: object) -> AttributeValue | None:
+    """``value`` as the SDK would store it (a sequence of one plain type as a tuple),
+    None (logged, dropped) when it is not a valid attribute value."""
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        kinds = {type(v) for v in value if v is not None}
+        if len(kinds) <= 1 and kinds <= _PLAIN:
+            return tuple(value)
+    _logger.warning("Invalid type %s for attribute %r value dropped", type(value).__name__, key)
+    return None
+
+
+class _CurrentSpan:
+    """`LeanTracer.start_as_current_span`'s context manager: what the SDK's
+    ``use_span(end_on_exit=True)`` does, without its generator."""
+
+    __slots__ = ("_record", "_span", "_token")
+
+    def __init__(self, span: Span, record: bool) -> None:
+        self._span = span
+        self._record = record
+        self._token: Token[Context] | None = None
+
+    def __enter__(self) -> Span:
+        self._token = context_api.attach(set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        span = self._span
+        if self._token is not None:
+            context_api.detach(self._token)
+        if isinstance(exc_val, Exception) and self._record and span.is_recording():
+            span.record_exception(exc_val)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc_val).__name__}: {exc_val}"))
+        span.end()
+
+
+def _follows_parent(sampler: Sampler) -> bool:
+    """Whether ``sampler`` (InsideTraces around it allowed: it defers every span with a
+    valid parent) is the SDK's ParentBased with its default delegates, as every
+    ``parentbased_*`` value of OTEL_TRACES_SAMPLER builds it: a child span is then
+    recorded and sampled exactly when its parent is sampled."""
+    if isinstance(sampler, InsideTraces):
+        sampler = sampler.inner
+    if not isinstance(sampler, ParentBased):
+        return False
+    defaults = {
+        "_remote_parent_sampled": ALWAYS_ON,
+        "_remote_parent_not_sampled": ALWAYS_OFF,
+        "_local_parent_sampled": ALWAYS_ON,
+        "_local_parent_not_sampled": ALWAYS_OFF,
+    }
+    return all(getattr(sampler, name, None) is value for name, value in defaults.items())
+
+
+class LeanTracer(Tracer):
+    """The tracer the roles span with: a provider's sampler, id generator, resource and
+    span processors (so every OTEL_* setting and exporter applies as with the SDK's
+    tracer), and `LeanSpan`s, which cost a fraction of the SDK's spans (see
+    docs/observability.md, "What it costs"). A span the sampler does not record is
+    a NonRecordingSpan, as with the SDK's tracer."""
+
+    def __init__(self, provider: TracerProvider, scope: str = INSTRUMENTATION_SCOPE) -> None:
+        self.sampler = provider.sampler
+        self.ids = provider.id_generator
+        is_random = getattr(self.ids, "is_trace_id_random", None)
+        self.random_ids = _RANDOM_TRACE_ID if is_random is not None and is_random() else 0
+        self.resource = provider.resource
+        self.follows_parent = _follows_parent(self.sampler)
+        # The provider's span processors (all of them, as the SDK's tracer uses them).
+        self.processor = provider._active_span_processor
+        self.scope = InstrumentationScope(scope)
+        # The span limits of the OTEL_SPAN_*_LIMIT variables, as the SDK's spans have them.
+        limits = SpanLimits()
+        self.max_attributes = limits.max_span_attributes or sys.maxsize
+        self.max_events = limits.max_events or sys.maxsize
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = (),
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> Span:
+        parent: SpanContext | None = get_current_span(context).get_span_context()
+        if parent is not None and parent.is_valid:
+            trace_id = parent.trace_id
+            random = parent.trace_flags & _RANDOM_TRACE_ID
+        else:
+            parent = None
+            trace_id = self.ids.generate_trace_id()
+            random = self.random_ids
+        links = links or ()
+        trace_state: TraceState | None
+        if parent is not None and self.follows_parent:
+            # What a parent-based sampler with its default delegates decides (and the
+            # trace state it keeps), without its calls: a child is sampled with its parent.
+            sampled = parent.trace_flags & TraceFlags.SAMPLED
+            record = bool(sampled)
+            trace_state = parent.trace_state
+            extra: Attributes = None
+        else:
+            result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
+            sampled = TraceFlags.SAMPLED if result.decision in _SAMPLED_DECISIONS else 0
+            record = result.decision is not Decision.DROP
+            trace_state = result.trace_state
+            extra = result.attributes
+        span_context = SpanContext(
+            trace_id,
+            self.ids.generate_span_id(),
+            is_remote=False,
+            trace_flags=_FLAGS[random | sampled],
+            trace_state=trace_state,
+        )
+        if not record:
+            return NonRecordingSpan(span_context)
+        recorded: dict[str, AttributeValue] = {}
+        span = LeanSpan(
+            self, name, span_context, parent, kind, recorded, links, start_time or time.time_ns()
+        )
+        if attributes:
+            span.set_attributes(attributes)
+        if extra:
+            span.set_attributes(extra)
+        self.processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
+        return span
+
+    def start_as_current_span(  # type: ignore[override]
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = (),
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> _CurrentSpan:
+        span = self.start_span(name, context, kind, attributes, links, start_time)
+        return _CurrentSpan(span, record_exception and set_status_on_exception)
+
+
+_SAMPLED_DECISIONS = frozenset((Decision.RECORD_AND_SAMPLE,))
+# W3C trace context level 2's "random trace id" flag, which the SDK sets (since 1.39)
+# on the traces it begins with random ids, and its children inherit.
+_RANDOM_TRACE_ID: int = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
+_FLAGS = {f: TraceFlags(f) for f in range(4)}

@@ -1,6 +1,6 @@
-"""``steplog webhooks``: create, list, pause, resume and delete a namespace's webhook
-subscriptions (docs/webhooks.md); the same as /v1/webhooks. Each change is audited (no
-key, remote "steplog cli") right after it is stored."""
+"""``steplog webhooks``: create, list, pause, resume, rotate the secret of and delete a
+namespace's webhook subscriptions (docs/webhooks.md); the same as /v1/webhooks. Each
+change is audited (no key, remote "steplog cli") right after it is stored."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TextIO
 from uuid import UUID
 
 from engine.access import Access, Actor
+from engine.core.timestamps import iso_millis
 from engine.errors import SteplogError
 from engine.webhooks import STATUSES, Subscription, Webhooks
 
@@ -27,7 +28,8 @@ def _names(text: str) -> list[str]:
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     webhooks = sub.add_parser(
-        "webhooks", help="webhook subscriptions: create, list, pause, resume, delete"
+        "webhooks",
+        help="webhook subscriptions: create, list, pause, resume, rotate-secret, delete",
     )
     actions = webhooks.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = actions.add_parser(
@@ -68,6 +70,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         one = actions.add_parser(action, help=text)
         one.add_argument("webhook_id", type=_webhook_id)
         one.add_argument("--namespace", default=None, help="default: STEPLOG_NAMESPACE")
+    rotate = actions.add_parser(
+        "rotate-secret",
+        help="replace the signing secret (the new one is printed once)",
+        description="Sign with a new secret from now on. The replaced secret keeps signing "
+        "alongside (two signatures in webhook-signature) for STEPLOG_WEBHOOK_SECRET_OVERLAP_S "
+        "seconds, so receivers can switch without losing a delivery.",
+    )
+    rotate.add_argument("webhook_id", type=_webhook_id)
+    rotate.add_argument("--namespace", default=None, help="default: STEPLOG_NAMESPACE")
+    rotate.add_argument("--secret", default=None, help="whsec_<base64> (default: generated)")
 
 
 def _show(sub: Subscription, out: TextIO) -> None:
@@ -102,6 +114,18 @@ async def run(
             await access.record(actor, "webhook.create", str(sub.webhook_id), {"url": sub.url})
             _show(sub, out)
             print(f"secret (shown once): {sub.secret}", file=out)
+            return 0
+        if args.action == "rotate-secret":
+            sub = await webhooks.rotate_secret(namespace, args.webhook_id, args.secret)
+            until = (
+                None if sub.previous_secret_until is None else iso_millis(sub.previous_secret_until)
+            )
+            details = {"generated": args.secret is None, "previous_secret_until": until}
+            await access.record(actor, "webhook.rotate_secret", str(sub.webhook_id), details)
+            _show(sub, out)
+            print(f"secret (shown once): {sub.secret}", file=out)
+            if until is not None:
+                print(f"the previous secret signs too until {until}", file=out)
             return 0
         if args.action == "delete":
             await webhooks.delete(namespace, args.webhook_id)

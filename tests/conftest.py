@@ -11,6 +11,13 @@ Fixtures: ``servers`` (session: database_url, redis_url of the server), ``databa
 ``empty_database_url`` (no schema),
 ``pool``, ``store``, ``redis_url``, ``redis``, ``redis_prefix``, ``bus``, ``settings``,
 ``eventually`` (poll an async predicate until a deadline).
+
+Redis Cluster: a test marked ``redis_cluster`` runs twice, ``[single]`` on the Redis
+above and ``[cluster]`` on a 3-master Redis Cluster (tests/redis_cluster.py, started
+once per session on loopback when the first such test runs, or
+STEPLOG_TEST_REDIS_CLUSTER_URL: a node of a cluster of your own). ``redis_kind`` says
+which; ``redis_url``, ``redis``, ``bus`` and ``settings`` follow it, and
+``redis_client(url)`` opens a client of the right kind.
 """
 
 from __future__ import annotations
@@ -30,13 +37,13 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import msgspec
 import pytest
-import redis.asyncio as aioredis
 
-from engine.adapters.bus import Bus
+from engine.adapters.bus import Bus, RedisClient, connect
 from engine.adapters.store import EventStore
 from steplog.embedded import embedded_servers
 from steplog.migrate import default_migrations_dir, migrate
 from steplog.settings import Settings
+from tests.redis_cluster import redis_cluster
 
 # Serialises template creation between test sessions sharing one external server.
 _TEMPLATE_LOCK_KEY = 0x7374546D706C  # "stTmpl"
@@ -184,9 +191,47 @@ def store(pool: asyncpg.Pool) -> EventStore:
     return EventStore(pool)
 
 
+REDIS_KINDS = ("single", "cluster")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``redis_cluster`` runs on a single Redis and on a Redis Cluster."""
+    if "redis_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "redis_cluster"
+    ):
+        metafunc.parametrize("redis_kind", REDIS_KINDS, indirect=True)
+
+
 @pytest.fixture
-def redis_url(servers: Servers) -> str:
+def redis_kind(request: pytest.FixtureRequest) -> str:
+    """ "single" (the default), or "cluster" in the [cluster] run of a marked test."""
+    kind: str = getattr(request, "param", "single")
+    return kind
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(_server_dir: Path) -> Iterator[str]:
+    """A node of the session's Redis Cluster (started at its first use)."""
+    external = os.environ.get("STEPLOG_TEST_REDIS_CLUSTER_URL") or None
+    if external:
+        yield external
+        return
+    with redis_cluster(_server_dir / "cluster") as url:
+        yield url
+
+
+@pytest.fixture
+def redis_url(servers: Servers, redis_kind: str, request: pytest.FixtureRequest) -> str:
+    if redis_kind == "cluster":
+        url: str = request.getfixturevalue("redis_cluster_url")
+        return url
     return servers.redis_url
+
+
+@pytest.fixture
+def redis_client(redis_kind: str) -> Callable[[str], RedisClient]:
+    """Open a client (bytes responses) of this run's kind on a URL; the caller closes it."""
+    return lambda url: connect(url, cluster=redis_kind == "cluster")
 
 
 @pytest.fixture
@@ -195,10 +240,12 @@ def redis_prefix() -> str:
 
 
 @pytest.fixture
-async def redis(redis_url: str, redis_prefix: str) -> AsyncIterator[aioredis.Redis]:
-    """A client (bytes responses) on the session's Redis; the test's keys are deleted
-    afterwards (every key of this test contains ``{<redis_prefix>:``)."""
-    client = aioredis.Redis.from_url(redis_url)
+async def redis(
+    redis_url: str, redis_prefix: str, redis_client: Callable[[str], RedisClient]
+) -> AsyncIterator[RedisClient]:
+    """A client (bytes responses) on the session's Redis (or cluster); the test's keys
+    are deleted afterwards (every key of this test contains ``{<redis_prefix>:``)."""
+    client = redis_client(redis_url)
     yield client
     keys = [k async for k in client.scan_iter(match=f"*{{{redis_prefix}:*", count=1000)]
     if keys:
@@ -207,15 +254,18 @@ async def redis(redis_url: str, redis_prefix: str) -> AsyncIterator[aioredis.Red
 
 
 @pytest.fixture
-def bus(redis: aioredis.Redis, redis_prefix: str) -> Bus:
+def bus(redis: RedisClient, redis_prefix: str) -> Bus:
     return Bus(redis, prefix=redis_prefix, partitions=4)
 
 
 @pytest.fixture
-def settings(database_url: str, redis_url: str, redis_prefix: str, tmp_path: Path) -> Settings:
+def settings(
+    database_url: str, redis_url: str, redis_kind: str, redis_prefix: str, tmp_path: Path
+) -> Settings:
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
+        redis_cluster=redis_kind == "cluster",
         redis_prefix=redis_prefix,
         data_dir=tmp_path,
         # The suite's servers listen on loopback; tests of keys and roles turn it on.

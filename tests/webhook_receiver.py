@@ -31,12 +31,15 @@ class Receiver:
         self.url = ""
         self.delay_s = 0.0  # how long each answer takes
         self.reply: bytes | None = None  # the body of each answer (default: "answer N")
+        # Every request as it came (body, lower-cased headers), to verify again later.
+        self.requests: list[tuple[bytes, dict[str, str]]] = []
 
     async def handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         headers = {k.lower(): v for k, v in request.headers.items()}
+        self.requests.append((raw, headers))
         try:
             body = Webhook(self.secret).verify(raw, headers)
         except Exception as exc:  # any verification failure is a test failure

@@ -26,8 +26,11 @@ partitions and deployments spread over slots:
                                 namespace's buckets share one slot, so one script may
                                 take from the key's and the namespace's bucket at once)
 
-Streams of different partitions live in different slots: read them with one
-`read_group` call per partition when running against Redis Cluster.
+Redis Cluster (`connect` with ``cluster=True``, setting STEPLOG_REDIS_CLUSTER): every
+command and every MULTI or script touches the keys of one hash tag, so one slot. Streams
+of different partitions live in different slots: on a cluster `read_group` reads each
+slot with its own XREADGROUP (concurrently) and `publish` adds each stream's entries
+with a script of its own, concurrently (a cluster takes no MULTI across slots).
 
 Trigger and task entries carry one engine.messages message each; `read_triggers`,
 `read_tasks` and the `claim_*` methods return them decoded, an entry that does not
@@ -39,6 +42,7 @@ with the client's error chained.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import zlib
@@ -50,7 +54,7 @@ import hiredis
 import msgspec
 import redis.exceptions
 from prometheus_client import Counter
-from redis.asyncio import Redis
+from redis.asyncio import Connection, Redis, RedisCluster
 from redis.typing import EncodableT, FieldT
 
 from engine import messages
@@ -63,6 +67,8 @@ WORK_VERSION = "2"  # of trigger and task entries: internal (docs/internals.md "
 DEFAULT_EVENTS_MAXLEN = 1_000_000
 
 XaddFields = dict[FieldT, EncodableT]
+# A single Redis (or a primary behind Sentinel) or a Redis Cluster: the bus speaks both.
+RedisClient = Redis | RedisCluster
 
 
 class Keys:
@@ -256,14 +262,12 @@ def _redis_errors() -> Iterator[None]:
         raise error from exc
 
 
-def count_connections(client: Redis) -> None:
-    """Count every connection ``client``'s pool opens (steplog_redis_connections_opened);
-    idempotent. Counted at the socket's connect, which every redis-py version and
-    connection kind (TCP, unix socket) goes through (on_connect is skipped by some)."""
-    pool = client.connection_pool
-    base = pool.connection_class
+def _counting(base: type[Any]) -> type[Any]:
+    """``base`` (a redis-py connection class) counting each socket it opens; counted at
+    the socket's connect, which every redis-py version and connection kind (TCP, unix
+    socket) goes through (on_connect is skipped by some)."""
     if getattr(base, "_steplog_counted", False):
-        return
+        return base
 
     connect_socket: Any = base._connect  # redis-py's own, untyped
 
@@ -271,12 +275,35 @@ def count_connections(client: Redis) -> None:
         await connect_socket(self)
         REDIS_CONNECTIONS.inc()
 
-    pool.connection_class = type(
+    return type(
         f"Counting{base.__name__}", (base,), {"_connect": _connect, "_steplog_counted": True}
     )
 
 
-def pack_in_c(client: Redis) -> None:
+def count_connections(client: RedisClient) -> None:
+    """Count every connection ``client`` opens (steplog_redis_connections_opened), on a
+    single Redis or on every node of a cluster; idempotent."""
+    if isinstance(client, RedisCluster):
+        manager = client.nodes_manager
+        kwargs = manager.connection_kwargs
+        kwargs["connection_class"] = _counting(kwargs.get("connection_class", Connection))
+        for node in [*manager.startup_nodes.values(), *manager.nodes_cache.values()]:
+            node.connection_class = _counting(node.connection_class)
+        return
+    pool = client.connection_pool
+    pool.connection_class = _counting(pool.connection_class)
+
+
+def connect(url: str, *, cluster: bool = False, **options: Any) -> RedisClient:
+    """A client for the Redis at ``url`` (redis://, rediss:// or unix://), or for the
+    Redis Cluster one of whose nodes ``url`` names when ``cluster`` (the client finds
+    the other nodes and follows slot moves). ``options`` go to the client (timeouts)."""
+    if cluster:
+        return RedisCluster.from_url(url, **options)
+    return Redis.from_url(url, **options)
+
+
+def pack_in_c(client: RedisClient) -> None:
     """Have ``client``'s connections pack commands with hiredis (C) instead of redis-py's
     asyncio packer (Python, which re-joins the buffer at every argument: about 8% of a busy
     steplog process's CPU, most of it the relay's XADDs). The bytes sent are the same:
@@ -337,9 +364,17 @@ def _entry(stream: str, entry_id: Any, fields: Any, deliveries: int = 1) -> Stre
     return StreamEntry(
         stream=stream,
         id=_str(entry_id),
-        fields={_str(k): _bytes(v) for k, v in (fields or {}).items()},
+        fields={_str(k): _bytes(v) for k, v in _pairs(fields)},
         deliveries=deliveries,
     )
+
+
+def _pairs(fields: Any) -> Iterator[tuple[Any, Any]]:
+    """An entry's (field, value) pairs: from a dict, or from a raw reply's flat list."""
+    if isinstance(fields, dict):
+        return iter(fields.items())
+    items = list(fields or ())
+    return zip(items[::2], items[1::2], strict=True)
 
 
 def event_fields(event: CommittedEvent) -> XaddFields:
@@ -421,7 +456,7 @@ class Bus:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         prefix: str = "steplog",
         partitions: int = 4,
         *,
@@ -434,11 +469,15 @@ class Bus:
         self.prefix = prefix
         self.partitions = partitions
         self.keys = Keys(prefix)
+        self.cluster = isinstance(redis, RedisCluster)
         count_connections(redis)
         pack_in_c(redis)
         self._events_maxlen = events_maxlen
         self._work_maxlen = work_maxlen
         self._renew = redis.register_script(RENEW_LUA)
+        self._add = redis.register_script(ADD_LUA)
+        self._dead_letter = redis.register_script(DEAD_LETTER_LUA)
+        self._release = redis.register_script(RELEASE_LUA)
 
     # -- names ----------------------------------------------------------------------------
 
@@ -497,21 +536,7 @@ class Bus:
             )
         if not plan:
             return
-        pipe = self.redis.pipeline(transaction=False)
-        for stream, entries in plan.items():
-            pipe.execute_command("MULTI")
-            for fields, maxlen in entries:
-                pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
-            pipe.execute_command("EXEC")
-        with _redis_errors():
-            replies = await pipe.execute(raise_on_error=False)
-        refused: dict[str, Exception] = {}
-        at = 0
-        for stream, entries in plan.items():
-            block = replies[at : at + len(entries) + 2]
-            at += len(entries) + 2
-            if (error := _transaction_error(block)) is not None:
-                refused[stream] = error
+        refused = await (self._add_per_stream(plan) if self.cluster else self._add_pipelined(plan))
         if not refused:
             return
         errors = list(refused.values())
@@ -531,6 +556,57 @@ class Bus:
             [t for t in triggers if self._trigger_stream(t[0]) in refused],
             [t for t in tasks if self.keys.tasks(t.queue) in refused],
         ) from errors[0]
+
+    async def _add_pipelined(
+        self, plan: dict[str, list[tuple[XaddFields, int | None]]]
+    ) -> dict[str, Exception]:
+        """Each stream's XADDs in a MULTI of its own, all in one pipelined round trip;
+        the refusal of each stream refused."""
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, entries in plan.items():
+            pipe.execute_command("MULTI")
+            for fields, maxlen in entries:
+                pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
+            pipe.execute_command("EXEC")
+        with _redis_errors():
+            replies = await pipe.execute(raise_on_error=False)
+        refused: dict[str, Exception] = {}
+        at = 0
+        for stream, entries in plan.items():
+            block = replies[at : at + len(entries) + 2]
+            at += len(entries) + 2
+            if (error := _transaction_error(block)) is not None:
+                refused[stream] = error
+        return refused
+
+    async def _add_per_stream(
+        self, plan: dict[str, list[tuple[XaddFields, int | None]]]
+    ) -> dict[str, Exception]:
+        """On a cluster: each stream's XADDs in one script of its own (atomic like a
+        MULTI: a script is refused at its first write or not at all), the streams
+        concurrently (one round trip per stream, in parallel); the refusal of each
+        stream refused. A cluster pipeline takes no MULTI across slots, and redis-py's
+        transactional cluster pipeline queues each command on a thread of its own."""
+
+        async def add(stream: str, entries: list[tuple[XaddFields, int | None]]) -> None:
+            maxlen = entries[0][1]  # one per stream: its kind's
+            args: list[EncodableT] = ["" if maxlen is None else maxlen]
+            for fields, _ in entries:
+                args.append(2 * len(fields))
+                for name, value in fields.items():
+                    args.extend((name, value))
+            await self._add(keys=[stream], args=args)
+
+        outcomes = await asyncio.gather(
+            *(add(stream, entries) for stream, entries in plan.items()), return_exceptions=True
+        )
+        refused: dict[str, Exception] = {}
+        for stream, outcome in zip(plan, outcomes, strict=True):
+            if isinstance(outcome, redis.exceptions.RedisError | OSError):
+                refused[stream] = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        return refused
 
     def _event_stream(self, event: CommittedEvent) -> str:
         return self.keys.events(self.partition_of(event.execution_id))
@@ -603,17 +679,71 @@ class Bus:
         ids = dict(streams) if isinstance(streams, Mapping) else dict.fromkeys(streams, ">")
         if not ids:
             return []
+        if isinstance(self.redis, RedisCluster):
+            by_slot: dict[int, dict[str, str]] = {}
+            for stream, entry_id in ids.items():
+                by_slot.setdefault(self.redis.keyslot(stream), {})[stream] = entry_id
+            if len(by_slot) > 1:
+                return await self._read_slots(
+                    group, consumer, list(by_slot.values()), count, block_ms
+                )
+        return await self._read_one_slot(group, consumer, ids, count, block_ms)
+
+    async def _read_slots(
+        self,
+        group: str,
+        consumer: str,
+        slots: list[dict[str, str]],
+        count: int,
+        block_ms: int | None,
+    ) -> list[StreamEntry]:
+        """`read_group` over streams of several cluster slots: one XREADGROUP per slot,
+        concurrently. First without blocking (what is there already, the busy case);
+        when nothing is, every slot blocks (`_BlockedRead`) and the first answer ends
+        the wait: the other reads are woken (CLIENT UNBLOCK), and what they got, if
+        they got something meanwhile, is returned too. Nothing is cancelled, so no
+        entry Redis delivered is dropped on the way."""
+        reads = [self._read_one_slot(group, consumer, ids, count, None) for ids in slots]
+        entries = [e for part in await asyncio.gather(*reads) for e in part]
+        if entries or block_ms is None:
+            return entries
+        assert isinstance(self.redis, RedisCluster)
+        blocked = [_BlockedRead(self.redis, ids) for ids in slots]
+        tasks = [
+            asyncio.ensure_future(read.run(group, consumer, count, block_ms)) for read in blocked
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.gather(
+                *(read.wake(task) for read, task in zip(blocked, tasks, strict=True))
+            )
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            for task in tasks:  # only when this read itself is cancelled
+                task.cancel()
+        errors: list[BaseException] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                errors.append(result)
+            else:
+                entries.extend(result)
+        if errors and not entries:
+            raise errors[0]
+        return entries
+
+    async def _read_one_slot(
+        self,
+        group: str,
+        consumer: str,
+        ids: dict[str, str],
+        count: int,
+        block_ms: int | None,
+    ) -> list[StreamEntry]:
         with _redis_errors():
             reply = await self.redis.xreadgroup(
                 group, consumer, dict[Any, Any](ids), count=count, block=block_ms
             )
-        entries: list[StreamEntry] = []
-        for stream, items in _stream_items(reply):
-            for entry_id, fields in items:
-                if fields is None:  # a pending entry that was trimmed away
-                    continue
-                entries.append(_entry(stream, entry_id, fields))
-        return entries
+        return _entries(reply)
 
     async def read_triggers(
         self,
@@ -722,8 +852,7 @@ class Bus:
 
     async def dead_letter(self, entry: StreamEntry, group: str, reason: str) -> str:
         """Move ``entry`` to its stream's dead-letter stream and XACK it, atomically
-        (MULTI; both keys share a slot). Returns the dead letter's id."""
-        pipe = self.redis.pipeline(transaction=True)
+        (one script; both keys share a slot). Returns the dead letter's id."""
         fields: XaddFields = {k: v for k, v in entry.fields.items()}
         fields.update(
             {
@@ -733,10 +862,13 @@ class Bus:
                 "dead_deliveries": entry.deliveries,
             }
         )
-        pipe.xadd(Keys.dead_letters(entry.stream), fields)
-        pipe.xack(entry.stream, group, entry.id)
+        args: list[EncodableT] = [group, entry.id]
+        for name, value in fields.items():
+            args.extend((name, value))
         with _redis_errors():
-            dead_id, _ = await pipe.execute()
+            dead_id = await self._dead_letter(
+                keys=[Keys.dead_letters(entry.stream), entry.stream], args=args
+            )
         return _str(dead_id)
 
     async def touch(self, stream: str, group: str, consumer: str, ids: Sequence[str]) -> None:
@@ -770,16 +902,16 @@ class Bus:
         return None if entry_id is None else _str(entry_id)
 
     async def release(self, queue: str, group: str, task_id: str) -> bool:
-        """Acknowledge the entry leased for ``task_id`` and forget the lease (MULTI: both
-        keys share a slot). False when there was no lease."""
+        """Acknowledge the entry leased for ``task_id`` and forget the lease (one script:
+        both keys share a slot). False when there was no lease."""
         entry_id = await self.leased_entry(queue, task_id)
         if entry_id is None:
             return False
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xack(self.keys.tasks(queue), group, entry_id)
-        pipe.hdel(self.keys.leases(queue), task_id)
         with _redis_errors():
-            await pipe.execute()
+            await self._release(
+                keys=[self.keys.tasks(queue), self.keys.leases(queue)],
+                args=[group, entry_id, task_id],
+            )
         return True
 
     async def forget_lease(self, queue: str, task_id: str) -> None:
@@ -793,9 +925,15 @@ class Bus:
         pipe.xinfo_groups(stream)
         pipe.xpending(stream, group)
         pipe.xlen(Keys.dead_letters(stream))
-        pipe.time()
-        with _redis_errors():
-            groups, pending, dead, now = await pipe.execute(raise_on_error=False)
+        if isinstance(self.redis, RedisCluster):
+            # A cluster pipeline takes no keyless command: TIME of the stream's node.
+            with _redis_errors():
+                groups, pending, dead = await pipe.execute(raise_on_error=False)
+                now = await self.redis.time(target_nodes=self.redis.get_node_from_key(stream))
+        else:
+            pipe.time()
+            with _redis_errors():
+                groups, pending, dead, now = await pipe.execute(raise_on_error=False)
         for reply in (dead, now):
             if isinstance(reply, Exception):
                 with _redis_errors():
@@ -846,6 +984,76 @@ class Bus:
             await self.redis.set(self.keys.ready_probe(), b"1", px=10_000)
 
 
+class _BlockedRead:
+    """One blocking XREADGROUP on the streams of one cluster slot, on a connection of
+    its own taken from the slot's node, that another task can wake (CLIENT UNBLOCK, by
+    the connection's id) without losing what it read: the reply is always read."""
+
+    _WAKE_EVERY_S = 0.05
+
+    def __init__(self, cluster: RedisCluster, ids: dict[str, str]) -> None:
+        self.cluster = cluster
+        self.ids = ids
+        node = cluster.get_node_from_key(next(iter(ids)))
+        if node is None:  # no node owns the slot: the cluster is down or reconfiguring
+            raise Unavailable(f"Redis Cluster: no node serves {next(iter(ids))}")
+        self.node = node
+        self.client_id: int | None = None
+
+    async def run(self, group: str, consumer: str, count: int, block_ms: int) -> list[StreamEntry]:
+        command: list[EncodableT] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
+        command += ["BLOCK", block_ms, "STREAMS", *self.ids, *self.ids.values()]
+        with _redis_errors():  # MaxConnectionsError: an outage as well
+            connection = self.node.acquire_connection()
+        try:
+            with _redis_errors():
+                await connection.send_packed_command(
+                    connection.pack_commands([("CLIENT", "ID"), command])
+                )
+                self.client_id = int(await connection.read_response())
+                reply = await connection.read_response()
+        except BaseException:
+            # A reply may still be on its way: this connection cannot serve another.
+            await connection.disconnect()
+            raise
+        finally:
+            self.node.release(connection)
+        # Raw: RESP3 {stream: [[id, [field, value, ...]], ...]}, RESP2 [[stream, [...]]].
+        by_stream = reply.items() if isinstance(reply, dict) else (reply or [])
+        return [
+            _entry(_str(stream), entry_id, fields)
+            for stream, items in by_stream
+            for entry_id, fields in items
+            if fields is not None
+        ]
+
+    async def wake(self, task: asyncio.Future[list[StreamEntry]]) -> None:
+        """Until ``task`` (this read's `run`) ends: unblock its read. Repeated, as the
+        read may not have reached Redis yet; an error here only leaves the read to end
+        at its block timeout."""
+        while not task.done():
+            if self.client_id is not None:
+                try:
+                    await self.cluster.execute_command(
+                        "CLIENT", "UNBLOCK", self.client_id, target_nodes=self.node
+                    )
+                except (redis.exceptions.RedisError, OSError):
+                    await asyncio.wait([task])
+                    return
+            await asyncio.wait([task], timeout=self._WAKE_EVERY_S)
+
+
+def _entries(reply: Any) -> list[StreamEntry]:
+    """The entries of an XREADGROUP reply (parsed by the client or raw)."""
+    entries: list[StreamEntry] = []
+    for stream, items in _stream_items(reply):
+        for entry_id, fields in items:
+            if fields is None:  # a pending entry that was trimmed away
+                continue
+            entries.append(_entry(stream, entry_id, fields))
+    return entries
+
+
 def _id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -883,6 +1091,44 @@ for i = 3, #ARGV do
   end
 end
 return kept
+"""
+
+# Bus.publish on a cluster: XADD every entry to KEYS[1] (a stream), all or none (a script
+# is refused at its first write, e.g. OOM, or runs to its end). ARGV[1]: MAXLEN ~ ('' for
+# none); then per entry the count of its field and value items, then those items.
+ADD_LUA = """
+local args = {}
+if ARGV[1] ~= '' then args = {'MAXLEN', '~', ARGV[1]} end
+args[#args + 1] = '*'
+local fixed = #args
+local ids = {}
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  for j = 1, n do args[fixed + j] = ARGV[i + j] end
+  for j = fixed + n + 1, #args do args[j] = nil end
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], unpack(args))
+  i = i + n + 1
+end
+return ids
+"""
+
+# Bus.dead_letter: XADD the entry's fields (ARGV[3..]) to KEYS[1] (the dead-letter stream)
+# and XACK ARGV[2] of group ARGV[1] on KEYS[2] (the stream); the dead letter's id.
+DEAD_LETTER_LUA = """
+local fields = {}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+local id = redis.call('XADD', KEYS[1], '*', unpack(fields))
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+return id
+"""
+
+# Bus.release: XACK ARGV[2] of group ARGV[1] on KEYS[1] (a task stream), HDEL ARGV[3]
+# from KEYS[2] (its leases).
+RELEASE_LUA = """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HDEL', KEYS[2], ARGV[3])
+return 1
 """
 
 TAKE_TOKENS_LUA = """
@@ -959,7 +1205,7 @@ class TokenBuckets:
     own. The script is sent by EVALSHA, loaded again when Redis answers NOSCRIPT (after
     a restart or SCRIPT FLUSH)."""
 
-    def __init__(self, redis: Redis, prefix: str = "steplog") -> None:
+    def __init__(self, redis: RedisClient, prefix: str = "steplog") -> None:
         self.redis = redis
         self.keys = Keys(prefix)
         self._script = redis.register_script(TAKE_TOKENS_LUA)

@@ -1,7 +1,15 @@
-"""All SQL of webhooks (migration 0009): subscriptions, the deliveries queued from the
-event log, and every attempt.
+"""All SQL of webhooks (migrations 0009, 0015): subscriptions, the deliveries queued from
+the event log, and every attempt.
 
 Contracts
+- `create` counts the namespace's subscriptions and inserts the new one in one
+  transaction holding a transaction-level advisory lock on the namespace, so concurrent
+  creates cannot together go past the cap (`max_per_namespace`).
+- `rotate_secret` moves the current secret to previous_secret, valid until now() plus the
+  overlap (PostgreSQL's clock, like every durable time); rotating again during an overlap
+  drops the older previous secret. A claim hands the sender the previous secret only
+  while it is valid, so a delivery carries both signatures during the overlap and only
+  the new one after it.
 - A subscription's checkpoint (tx_id, position) starts at the end of the log readable
   when it is created (what commits later is after it) and moves only in `queue`, in the
   transaction that inserts the deliveries of the events up to it, after checking that
@@ -36,8 +44,16 @@ from engine.adapters.postgres import PoolQueries, translate_errors
 ASYNC_COMMIT = "SET LOCAL synchronous_commit TO off"
 _SUB_COLUMNS = """webhook_id, namespace, url, secret, description, event_types, statuses,
        workflows, enabled, paused_reason, failing_since, tx_id::text AS tx_id, position,
-       created_at, updated_at"""
-# The end of the log as read_all can see it now: what commits later sorts after it.
+       created_at, updated_at,
+       CASE WHEN previous_secret_until > now() THEN previous_secret_until END
+           AS previous_secret_until"""
+# Advisory lock class of webhook creates (the ASCII of "stpW", beside the recoverer's
+# "stpC"); the key is hashtext(namespace). Held until the transaction ends.
+CREATE_LOCK_CLASS = 0x73747057
+LOCK_NAMESPACE_CREATES = "SELECT pg_advisory_xact_lock($1, hashtext($2))"
+# Inserted only while the namespace has fewer than $11 subscriptions ($11 = 0: no cap);
+# the start of its checkpoint is the end of the log as read_all can see it now: what
+# commits later sorts after it.
 INSERT_SUBSCRIPTION = f"""
 INSERT INTO webhook_subscriptions
     (webhook_id, namespace, url, secret, description, event_types, statuses, workflows,
@@ -50,6 +66,8 @@ LEFT JOIN LATERAL (
     WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
     ORDER BY tx_id DESC, position DESC LIMIT 1
 ) last ON true
+WHERE $11::int = 0
+   OR (SELECT count(*) FROM webhook_subscriptions WHERE namespace = $2) < $11::int
 RETURNING {_SUB_COLUMNS}"""
 SELECT_SUBSCRIPTION = f"""
 SELECT {_SUB_COLUMNS} FROM webhook_subscriptions WHERE webhook_id = $1 AND namespace = $2"""
@@ -69,6 +87,16 @@ UPDATE webhook_subscriptions SET
     paused_reason = CASE WHEN $8 IS NULL THEN paused_reason
                          WHEN $8 THEN NULL ELSE $9 END,
     failing_since = CASE WHEN $8 THEN NULL ELSE failing_since END,
+    updated_at = now()
+WHERE webhook_id = $1 AND namespace = $2
+RETURNING {_SUB_COLUMNS}"""
+# The secret being replaced signs along until now() + $4 seconds; an older previous secret
+# is dropped.
+ROTATE_SECRET = f"""
+UPDATE webhook_subscriptions SET
+    previous_secret = secret,
+    previous_secret_until = now() + make_interval(secs => $4),
+    secret = $3,
     updated_at = now()
 WHERE webhook_id = $1 AND namespace = $2
 RETURNING {_SUB_COLUMNS}"""
@@ -119,7 +147,9 @@ FROM due, webhook_subscriptions s, async_commit
 WHERE d.webhook_id = due.webhook_id AND d.delivery_id = due.delivery_id
   AND s.webhook_id = d.webhook_id
 RETURNING d.webhook_id, d.delivery_id, d.execution_id, d.seq, d.payload, d.attempts,
-          coalesce(d.first_attempt_at, d.created_at) AS first_attempt_at, s.url, s.secret"""
+          coalesce(d.first_attempt_at, d.created_at) AS first_attempt_at, s.url, s.secret,
+          CASE WHEN s.previous_secret_until > now() THEN s.previous_secret END
+              AS previous_secret"""
 CLAIM = _CLAIM.format(only="")
 # The next delivery of one execution for one subscription (after one was delivered).
 CLAIM_NEXT = _CLAIM.format(only="AND d.webhook_id = $3 AND d.execution_id = $4")
@@ -196,6 +226,8 @@ class Subscription(msgspec.Struct, frozen=True, kw_only=True):
     position: int
     created_at: dt.datetime
     updated_at: dt.datetime
+    # Until when the secret replaced by the last rotation signs too (None: no overlap).
+    previous_secret_until: dt.datetime | None = None
 
 
 class LoggedEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -232,6 +264,8 @@ class Claimed(msgspec.Struct, frozen=True, kw_only=True):
     first_attempt_at: dt.datetime
     url: str
     secret: str
+    # The secret replaced by a rotation, while its overlap lasts: it signs too.
+    previous_secret: str | None = None
 
 
 class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -287,6 +321,7 @@ def _subscription(row: asyncpg.Record) -> Subscription:
         position=row["position"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        previous_secret_until=row["previous_secret_until"],
     )
 
 
@@ -317,6 +352,7 @@ def _claimed(r: asyncpg.Record) -> Claimed:
         first_attempt_at=r["first_attempt_at"],
         url=r["url"],
         secret=r["secret"],
+        previous_secret=r["previous_secret"],
     )
 
 
@@ -363,22 +399,28 @@ class WebhookStore(PoolQueries):
         workflows: Sequence[str],
         enabled: bool,
         paused_reason: str | None,
-    ) -> Subscription:
-        row = await self._fetchrow(
-            INSERT_SUBSCRIPTION,
-            webhook_id,
-            namespace,
-            url,
-            secret,
-            description,
-            list(event_types),
-            list(statuses),
-            list(workflows),
-            enabled,
-            paused_reason,
-        )
-        assert row is not None
-        return _subscription(row)
+        max_per_namespace: int = 0,
+    ) -> Subscription | None:
+        """The new subscription; None when ``namespace`` already has ``max_per_namespace``
+        (0: no cap). Race-free: the count and the insert run under the namespace's lock."""
+        with translate_errors():
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(LOCK_NAMESPACE_CREATES, CREATE_LOCK_CLASS, namespace)
+                row = await conn.fetchrow(
+                    INSERT_SUBSCRIPTION,
+                    webhook_id,
+                    namespace,
+                    url,
+                    secret,
+                    description,
+                    list(event_types),
+                    list(statuses),
+                    list(workflows),
+                    enabled,
+                    paused_reason,
+                    max_per_namespace,
+                )
+        return None if row is None else _subscription(row)
 
     async def get(self, namespace: str, webhook_id: UUID) -> Subscription | None:
         row = await self._fetchrow(SELECT_SUBSCRIPTION, webhook_id, namespace)
@@ -418,6 +460,14 @@ class WebhookStore(PoolQueries):
             enabled,
             paused_reason,
         )
+        return None if row is None else _subscription(row)
+
+    async def rotate_secret(
+        self, namespace: str, webhook_id: UUID, secret: str, overlap_s: float
+    ) -> Subscription | None:
+        """Sign with ``secret`` from now on, and with the one it replaces too for
+        ``overlap_s`` seconds; None when there is no such subscription."""
+        row = await self._fetchrow(ROTATE_SECRET, webhook_id, namespace, secret, overlap_s)
         return None if row is None else _subscription(row)
 
     async def delete(self, namespace: str, webhook_id: UUID) -> bool:

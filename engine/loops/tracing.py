@@ -119,7 +119,10 @@ def describe_decision(
 ) -> None:
     """Set a decision's attributes on ``span`` (its events, the states they name, why
     it changed nothing) and, when it ended the execution, add the terminal event's span
-    as its child."""
+    as its child. A decision whose trace is not sampled describes nothing (its child
+    would not be recorded either)."""
+    if not span.is_recording():
+        return
     described: dict[str, str | int | list[str]] = {
         "steplog.decision.events": len(events),
         "steplog.execution.status": status,

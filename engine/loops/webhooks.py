@@ -6,8 +6,9 @@ Contracts
   transaction, so nothing is lost across crashes and nothing depends on Redis. One read
   of the log serves every subscription (from the lowest checkpoint).
 - Sending: deliveries are claimed with a lease (at most `concurrency` in flight per
-  process), POSTed through the outbound guard with the Standard Webhooks headers, and
-  their outcome recorded (shielded from a stop). A 2xx is delivered; anything else is
+  process), POSTed through the outbound guard with the Standard Webhooks headers (signed
+  by the previous secret too while a rotation's overlap lasts), and their outcome
+  recorded (shielded from a stop). A 2xx is delivered; anything else is
   retried with back-off until the horizon, then dead. Only the head of an execution's
   queue is claimable, so a subscription receives an execution's events in seq order and a
   failing delivery holds back only the later events of its own execution.
@@ -36,7 +37,7 @@ from engine.adapters.outbound import Outbound, OutboundError
 from engine.adapters.webhooks_store import Claimed, NewDelivery, Outcome, WebhookStore
 from engine.errors import Unavailable
 from engine.stopping import log_failure, shielded, sleep_or_stop
-from engine.webhooks import DeliveryPolicy, delivery_id, matches, payload, sign
+from engine.webhooks import DeliveryPolicy, delivery_id, matches, payload, signatures
 
 log = logging.getLogger(__name__)
 
@@ -208,11 +209,13 @@ class WebhookSender:
         """POST one claimed delivery; what became of it (nothing recorded yet)."""
         body = c.payload.encode()
         timestamp = int(time.time())
+        # During a rotation's overlap the previous secret signs too (the new one first).
+        keys = [c.secret] if c.previous_secret is None else [c.secret, c.previous_secret]
         headers = {
             "Content-Type": "application/json",
             "webhook-id": c.delivery_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(c.secret, c.delivery_id, timestamp, body),
+            "webhook-signature": signatures(keys, c.delivery_id, timestamp, body),
         }
         at = dt.datetime.now(dt.UTC)
         started = time.perf_counter()

@@ -34,6 +34,7 @@ BODIES: dict[str, Any] = {
     "revokeKey": None,
     "createWebhook": {"url": "http://127.0.0.1:9/matrix", "statuses": ["SUCCEEDED"]},
     "updateWebhook": {"description": "changed by the matrix"},
+    "rotateWebhookSecret": None,  # the body is optional: a secret is generated
     "replayDelivery": None,
     # Not a token steplog issued: every caller allowed to send one gets 400 invalid_token.
     "sendTaskSuccess": {"taskToken": "stt1.not-a-token", "output": {}},

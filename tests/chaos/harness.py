@@ -21,8 +21,8 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-import redis.asyncio as aioredis
 
+from engine.adapters.bus import connect
 from steplog.embedded import embedded_servers
 from steplog.migrate import migrate
 from tests.chaos.handlers import create_tables
@@ -142,8 +142,10 @@ class Cluster:
         roles_of: list[str] | None = None,
         env: dict[str, str] | None = None,
         env_of: dict[int, dict[str, str]] | None = None,
+        redis_cluster: bool = False,
     ) -> None:
         assert roles_of is None or len(roles_of) == size
+        self.redis_cluster = redis_cluster  # redis_url names a node of a Redis Cluster
         self.database_url = database_url
         self.redis_url = redis_url
         self.pgdata = pgdata
@@ -171,6 +173,7 @@ class Cluster:
                 "STEPLOG_DATABASE_URL": self.database_url,
                 "STEPLOG_REDIS_URL": self.redis_url,
                 "STEPLOG_REDIS_PREFIX": PREFIX,
+                "STEPLOG_REDIS_CLUSTER": "true" if self.redis_cluster else "false",
                 "STEPLOG_PORT": str(self.ports[i]),
                 # The processes listen on loopback; the chaos tests are not about keys.
                 "STEPLOG_AUTH": "off",
@@ -262,9 +265,9 @@ class Cluster:
         return "\n".join(f"--- process {i} ---\n{self.tail(i)}" for i in range(len(self.procs)))
 
     async def flush_redis(self) -> None:
-        client = aioredis.Redis.from_url(self.redis_url)
+        client = connect(self.redis_url, cluster=self.redis_cluster)
         try:
-            await client.flushall()
+            await client.flushall()  # on a cluster: on every primary
         finally:
             await client.aclose()
 

@@ -18,19 +18,28 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from engine.adapters.bus import connect
 from engine.messages import WORKER_GROUP
 from tests.chaos.harness import PREFIX, Cluster, post_json, servers
+from tests.redis_cluster import redis_cluster
 
 pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture
-async def own_servers() -> AsyncIterator[tuple[str, str, Path, Path]]:
+async def own_servers(redis_kind: str) -> AsyncIterator[tuple[str, str, Path, Path]]:
+    """Own PostgreSQL and Redis; for the [cluster] run of a marked test, the Redis URL
+    is that of a Redis Cluster of its own (the test's steplog processes and clients
+    take ``redis_kind`` to speak to it)."""
     data_dir = Path(tempfile.mkdtemp(prefix="slp-"))  # short: sockets live under it
     (data_dir / "logs").mkdir()
     try:
         async with servers(data_dir) as (database_url, redis_url, pgdata):
-            yield database_url, redis_url, pgdata, data_dir / "logs"
+            if redis_kind != "cluster":
+                yield database_url, redis_url, pgdata, data_dir / "logs"
+                return
+            with redis_cluster(data_dir / "rc") as cluster_url:
+                yield database_url, cluster_url, pgdata, data_dir / "logs"
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 
@@ -86,12 +95,14 @@ SLEEPY = {
 }
 
 
+@pytest.mark.redis_cluster
 async def test_sigterm_finishes_the_running_handler_reports_it_and_exits_0(
-    own_servers: tuple[str, str, Path, Path],
+    own_servers: tuple[str, str, Path, Path], redis_kind: str
 ) -> None:
     database_url, redis_url, pgdata, logs = own_servers
-    cluster = Cluster(database_url, redis_url, pgdata, logs, 1)
-    redis = aioredis.Redis.from_url(redis_url)
+    on_cluster = redis_kind == "cluster"
+    cluster = Cluster(database_url, redis_url, pgdata, logs, 1, redis_cluster=on_cluster)
+    redis = connect(redis_url, cluster=on_cluster)
     conn = await asyncpg.connect(database_url)
     try:
         await cluster.start(0)
@@ -154,11 +165,14 @@ POISON = {
 }
 
 
+@pytest.mark.redis_cluster
 async def test_a_task_that_kills_its_workers_fails_after_max_deliveries_and_is_caught(
-    own_servers: tuple[str, str, Path, Path],
+    own_servers: tuple[str, str, Path, Path], redis_kind: str
 ) -> None:
     database_url, redis_url, pgdata, logs = own_servers
-    cluster = Cluster(database_url, redis_url, pgdata, logs, 1, env={"STEPLOG_MAX_DELIVERIES": "2"})
+    env = {"STEPLOG_MAX_DELIVERIES": "2"}
+    on_cluster = redis_kind == "cluster"
+    cluster = Cluster(database_url, redis_url, pgdata, logs, 1, env=env, redis_cluster=on_cluster)
     conn = await asyncpg.connect(database_url)
     try:
         await cluster.start(0)

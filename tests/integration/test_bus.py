@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import zlib
 from collections.abc import AsyncIterator
@@ -11,7 +12,9 @@ from uuid import UUID, uuid4
 import pytest
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio import RedisCluster
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.retry import Retry
 
 from engine import messages
@@ -29,6 +32,10 @@ from engine.adapters.bus import (
 from engine.adapters.store import StoredEvent
 from engine.core import events as ev
 from engine.errors import BusError, MissingGroup, Unavailable
+from tests.conftest import Eventually
+
+# Every test on a Redis Cluster too: the keys of each command, MULTI and script share a slot.
+pytestmark = pytest.mark.redis_cluster
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -106,6 +113,100 @@ async def test_read_group_blocks_then_returns_nothing(bus: Bus) -> None:
     stream = bus.triggers_stream(1)
     await bus.ensure_group(stream, "g")
     assert await bus.read_group("g", "c", [stream], block_ms=20) == []
+
+
+def test_the_keys_of_one_command_share_a_slot_and_partitions_spread() -> None:
+    """What Redis Cluster needs: a partition's streams and dead letters, a queue's tasks
+    and leases, a namespace's rate buckets each in one slot; partitions over many."""
+    keys = Keys("steplog")
+    for p in range(16):
+        slots = {key_slot(k.encode()) for k in (keys.events(p), keys.triggers(p))}
+        slots |= {key_slot(Keys.dead_letters(keys.triggers(p)).encode())}
+        assert len(slots) == 1
+    assert len({key_slot(keys.triggers(p).encode()) for p in range(16)}) == 16
+    queue = "activity:ns:name"
+    assert key_slot(keys.tasks(queue).encode()) == key_slot(keys.leases(queue).encode())
+    buckets = [keys.rate_bucket("n{s}", "starts"), keys.rate_bucket("n{s}", "starts", "k{1}")]
+    assert len({key_slot(b.encode()) for b in buckets}) == 1
+
+
+async def test_read_group_over_every_partition_reads_them_all(bus: Bus) -> None:
+    """One call over all partitions' streams (on a cluster: one XREADGROUP per slot)."""
+    streams = bus.triggers_streams()
+    for stream in streams:
+        await bus.ensure_group(stream, "engine")
+    ids = [uuid4() for _ in range(40)]
+    await bus.publish(triggers=[(i, messages.Begin()) for i in ids])
+    assert len({bus.partition_of(i) for i in ids}) == bus.partitions
+    got = await bus.read_triggers("engine", "e", streams, count=100)
+    assert sorted(str(d.execution_id) for d in got if isinstance(d, TriggerDelivery)) == sorted(
+        str(i) for i in ids
+    )
+    again = await bus.read_triggers("engine", "e", dict.fromkeys(streams, "0"), count=100)
+    assert len(again) == len(ids)  # pending for "e", in every partition
+    assert await bus.read_triggers("engine", "e", streams, count=100, block_ms=20) == []
+
+
+async def test_a_blocking_read_over_every_partition_wakes_on_any(
+    bus: Bus, eventually: Eventually
+) -> None:
+    streams = bus.events_streams()
+    for stream in streams:
+        await bus.ensure_group(stream, "g")
+    execution_id = uuid4()
+    reader = asyncio.ensure_future(bus.read_group("g", "c", streams, count=10, block_ms=30_000))
+    slots = bus.partitions if isinstance(bus.redis, RedisCluster) else 1
+
+    async def blocked() -> bool:
+        return await _blocked_reads(bus) >= slots
+
+    await eventually(blocked)
+    await bus.publish_events([stored(execution_id, 1)])
+    (entry,) = await reader
+    assert entry.stream == bus.events_stream(bus.partition_of(execution_id))
+    assert entry.fields["seq"] == b"1"
+    # The reads of the other slots were dropped; the next read gets what comes next.
+    await bus.publish_events([stored(execution_id, 2)])
+    (entry,) = await bus.read_group("g", "c", streams, count=10, block_ms=5_000)
+    assert entry.fields["seq"] == b"2"
+
+
+async def test_a_blocking_read_woken_by_every_partition_at_once_drops_nothing(
+    bus: Bus, eventually: Eventually
+) -> None:
+    """Every entry Redis hands to the consumer is returned by some read: none is left
+    pending unseen (on a cluster, the reads of the other slots are woken, not dropped)."""
+    streams = bus.triggers_streams()
+    for stream in streams:
+        await bus.ensure_group(stream, "engine")
+    slots = bus.partitions if isinstance(bus.redis, RedisCluster) else 1
+    seen: list[tuple[str, str]] = []
+    for _ in range(5):
+        reader = asyncio.ensure_future(
+            bus.read_group("engine", "e", streams, count=100, block_ms=30_000)
+        )
+
+        async def blocked() -> bool:
+            return await _blocked_reads(bus) >= slots
+
+        await eventually(blocked)
+        await bus.publish(triggers=[(uuid4(), messages.Begin()) for _ in range(40)])
+        seen += [(e.stream, e.id) for e in await reader]
+        while more := await bus.read_group("engine", "e", streams, count=100):
+            seen += [(e.stream, e.id) for e in more]
+    assert len(seen) == len(set(seen)) == 200
+    pending = [(await bus.redis.xpending(s, "engine"))["pending"] for s in streams]
+    assert sum(pending) == 200
+
+
+async def _blocked_reads(bus: Bus) -> int:
+    """How many XREADGROUP calls are blocked now (on every node of a cluster)."""
+    if isinstance(bus.redis, RedisCluster):
+        replies = await bus.redis.client_list(target_nodes=RedisCluster.ALL_NODES)
+        clients = [c for reply in replies.values() for c in reply]
+    else:
+        clients = await bus.redis.client_list()
+    return sum(1 for c in clients if c.get("cmd") == "xreadgroup" and "b" in c.get("flags", ""))
 
 
 async def test_triggers_and_tasks_go_to_their_streams(bus: Bus) -> None:

@@ -10,6 +10,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 import msgspec
+import pytest
 
 from engine.adapters.bus import Bus
 from engine.adapters.store import EventStore, NewEvent
@@ -182,6 +183,7 @@ async def _live(pool: asyncpg.Pool, store: EventStore, bus: Bus, **kw: Any) -> P
     return Projector(pool, store, bus, block_ms=100, **kw)
 
 
+@pytest.mark.redis_cluster
 async def test_projector_follows_the_stream(
     pool: asyncpg.Pool, store: EventStore, bus: Bus
 ) -> None:
@@ -225,6 +227,7 @@ async def _nothing_pending(bus: Bus) -> bool:
     return True
 
 
+@pytest.mark.redis_cluster
 async def test_redis_flush_loses_nothing(pool: asyncpg.Pool, store: EventStore, bus: Bus) -> None:
     projector = await _live(pool, store, bus, catchup_interval=0.2, retry_delay=0.05)
     stop = asyncio.Event()
@@ -288,6 +291,7 @@ async def _index_names(pool: asyncpg.Pool) -> list[str]:
     return [r[0] for r in records]
 
 
+@pytest.mark.redis_cluster
 async def test_a_malformed_entry_is_skipped_not_fatal(
     pool: asyncpg.Pool, store: EventStore, bus: Bus
 ) -> None:

@@ -65,6 +65,7 @@ async def _empty_redis(redis: aioredis.Redis, prefix: str) -> int:
     return len(keys)
 
 
+@pytest.mark.redis_cluster
 async def test_executions_finish_after_redis_is_emptied_mid_run(
     app: Running, redis: aioredis.Redis, redis_prefix: str, eventually: Any
 ) -> None:
@@ -131,6 +132,7 @@ async def test_stop_during_a_wait_removes_its_timer(app: Running, eventually: An
     assert (await _types(app, execution_id))[-1] == "ExecutionAborted"
 
 
+@pytest.mark.redis_cluster
 async def test_stop_during_a_map_cancels_its_tasks(
     app: Running, redis: aioredis.Redis, eventually: Any
 ) -> None:

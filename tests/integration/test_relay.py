@@ -11,6 +11,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 import msgspec
+import pytest
 import redis.asyncio as aioredis
 
 from engine import messages
@@ -18,6 +19,9 @@ from engine.adapters.bus import Bus
 from engine.adapters.store import EventStore, GlobalPosition, NewEvent, StoredEvent
 from engine.core import events as ev
 from engine.loops.relay import Relay
+
+# On a Redis Cluster too: a relay batch spreads over streams of several slots.
+pytestmark = pytest.mark.redis_cluster
 
 T0 = datetime(2024, 1, 1, 12, tzinfo=UTC)
 

@@ -12,14 +12,23 @@ from uuid import UUID
 
 import asyncpg
 import pytest
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from engine.adapters.outbound import Outbound, OutboundPolicy, parse_allow
 from engine.adapters.store import EventStore
 from engine.errors import InvalidRequest
 from engine.loops.webhooks import WebhookSender
 from engine.service import EngineService
-from engine.webhooks import DeliveryPolicy, WebhookNotFound, Webhooks, delivery_id, sign
+from engine.webhooks import (
+    DeliveryPolicy,
+    Subscription,
+    SubscriptionPolicy,
+    WebhookLimitExceeded,
+    WebhookNotFound,
+    Webhooks,
+    delivery_id,
+    sign,
+)
 from tests.api.helpers import PASS_DEFINITION
 from tests.webhook_receiver import Receiver, serving_receiver
 
@@ -358,3 +367,116 @@ async def test_a_binary_answer_is_recorded_as_an_excerpt(
     (row,) = await webhooks.deliveries(NS, sub.webhook_id)
     excerpt = row.history[0].response_excerpt
     assert excerpt.startswith("\ufffd\ufffd ok") and len(excerpt.encode()) <= 1024 + 4
+
+
+async def _latest_request(
+    receiver: Receiver, n: int, eventually: Any
+) -> tuple[bytes, dict[str, str]]:
+    """The request that brought the ``n``-th accepted delivery."""
+    await eventually(lambda: _count(receiver, n), timeout_s=10)
+    assert len(receiver.requests) == n and not receiver.bad, receiver.bad
+    return receiver.requests[-1]
+
+
+def _verifies(secret: str, request: tuple[bytes, dict[str, str]]) -> bool:
+    """Whether a verifier holding only ``secret`` accepts ``request``."""
+    try:
+        Webhook(secret).verify(*request)
+    except WebhookVerificationError:
+        return False
+    return True
+
+
+async def test_a_rotated_secret_signs_alongside_the_new_one_until_the_overlap_ends(
+    service: EngineService, pool: asyncpg.Pool, receiver: Receiver, run_sender: Any, eventually: Any
+) -> None:
+    await service.register(NS, "wf", PASS_DEFINITION)
+    day = Webhooks.over(pool, LOCAL, SubscriptionPolicy(secret_overlap_s=86400))
+    brief = Webhooks.over(pool, LOCAL, SubscriptionPolicy(secret_overlap_s=0.2))
+    sub = await day.create(NS, url=receiver.url, statuses=["RUNNING"])
+    first = sub.secret
+    second = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # given (24 bytes)
+    rotated = await day.rotate_secret(NS, sub.webhook_id, second)
+    assert rotated.secret == second and rotated.previous_secret_until is not None
+    assert rotated.previous_secret_until > rotated.updated_at + dt.timedelta(hours=23)
+    receiver.secret = second
+    await run_sender()
+
+    # During the overlap: two signatures, the new one first; each verifier accepts alone.
+    await _start(service)
+    request = await _latest_request(receiver, 1, eventually)
+    assert request[1]["webhook-signature"].count("v1,") == 2
+    assert _verifies(first, request) and _verifies(second, request)
+
+    # Rotating again during the overlap drops the oldest secret.
+    third = (await day.rotate_secret(NS, sub.webhook_id)).secret  # generated
+    assert third.startswith("whsec_") and third not in (first, second)
+    receiver.secret = third
+    await _start(service)
+    request = await _latest_request(receiver, 2, eventually)
+    assert _verifies(third, request) and _verifies(second, request)
+    assert not _verifies(first, request)
+
+    # After the overlap (0.2 s by PostgreSQL's clock): only the new secret signs.
+    fourth = (await brief.rotate_secret(NS, sub.webhook_id)).secret
+    receiver.secret = fourth
+
+    async def overlap_over() -> bool:
+        return (await brief.get(NS, sub.webhook_id)).previous_secret_until is None
+
+    await eventually(overlap_over, timeout_s=10)
+    await _start(service)
+    request = await _latest_request(receiver, 3, eventually)
+    assert request[1]["webhook-signature"].count("v1,") == 1
+    assert _verifies(fourth, request) and not _verifies(third, request)
+    listed = await day.list_webhooks(NS)
+    assert [w.secret for w in listed] == [fourth]
+
+
+async def test_rotating_refuses_a_bad_secret_and_an_unknown_or_foreign_subscription(
+    webhooks: Webhooks,
+) -> None:
+    sub = await webhooks.create(NS, url="http://127.0.0.1:9/x")
+    for bad in ("nope", "whsec_!!!", "whsec_" + "QUFB"):
+        with pytest.raises(InvalidRequest, match="secret"):
+            await webhooks.rotate_secret(NS, sub.webhook_id, bad)
+    for namespace, webhook_id in ((NS, UUID(int=1)), ("other", sub.webhook_id)):
+        with pytest.raises(WebhookNotFound):
+            await webhooks.rotate_secret(namespace, webhook_id)
+    unchanged = await webhooks.get(NS, sub.webhook_id)
+    assert unchanged.secret == sub.secret and unchanged.previous_secret_until is None
+
+
+async def test_concurrent_creates_never_go_past_the_cap_of_their_namespace(
+    pool: asyncpg.Pool,
+) -> None:
+    capped = Webhooks.over(pool, LOCAL, SubscriptionPolicy(max_per_namespace=3))
+    barrier = asyncio.Barrier(12)
+
+    async def create(n: int) -> Subscription | BaseException:
+        await barrier.wait()  # all twelve go at once, on as many pooled connections
+        try:
+            return await capped.create(NS, url=f"http://127.0.0.1:9/{n}", enabled=n % 2 == 0)
+        except WebhookLimitExceeded as exc:
+            return exc
+
+    results = await asyncio.gather(*(create(n) for n in range(12)))
+    made = [r for r in results if isinstance(r, Subscription)]
+    refused = [r for r in results if isinstance(r, WebhookLimitExceeded)]
+    assert (len(made), len(refused)) == (3, 9)
+    assert "STEPLOG_WEBHOOK_MAX_PER_NAMESPACE=3" in refused[0].message
+    assert refused[0].status == 409 and refused[0].code == "webhook_limit_exceeded"
+    assert (
+        await pool.fetchval("SELECT count(*) FROM webhook_subscriptions WHERE namespace = $1", NS)
+        == 3
+    )
+    # Per namespace: another one has its own three; a delete makes room again.
+    await capped.create("other", url="http://127.0.0.1:9/o")
+    await capped.delete(NS, made[0].webhook_id)
+    await capped.create(NS, url="http://127.0.0.1:9/again")
+    with pytest.raises(WebhookLimitExceeded):
+        await capped.create(NS, url="http://127.0.0.1:9/over")
+    # 0: no cap.
+    unlimited = Webhooks.over(pool, LOCAL, SubscriptionPolicy(max_per_namespace=0))
+    await unlimited.create(NS, url="http://127.0.0.1:9/beyond")
+    assert len(await unlimited.list_webhooks(NS)) == 4

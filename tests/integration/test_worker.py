@@ -12,11 +12,15 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import msgspec
+import pytest
 import redis.asyncio as aioredis
 
 from engine.adapters.bus import Bus
 from engine.loops.worker import DELIVERY_EXCEEDED, HandlerRegistry, TaskContext, Worker
 from engine.messages import WORKER_GROUP, TaskMessage, TaskResult, decode_trigger
+
+# On a Redis Cluster too: tasks, claims, renewals and dead letters each on one slot.
+pytestmark = pytest.mark.redis_cluster
 
 
 def task(execution_id: UUID, resource: str, input: Any = None, seq: int = 3) -> TaskMessage:

@@ -15,13 +15,16 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from engine.adapters.webhooks_store import LoggedEvent, Subscription
 from engine.webhooks import (
     DeliveryPolicy,
+    SubscriptionPolicy,
     delivery_id,
     matches,
     new_secret,
     payload,
     secret_key,
     sign,
+    signatures,
 )
+from steplog.settings import Settings
 
 NOW = dt.datetime(2026, 11, 30, 16, 0, tzinfo=dt.UTC)
 
@@ -129,3 +132,42 @@ def test_signatures_verify_with_the_reference_library_and_forgeries_do_not() -> 
         Webhook(new_secret()).verify(body, headers)
     with pytest.raises(WebhookVerificationError):
         Webhook(secret).verify(body.replace(b'"seq":3', b'"seq":4'), headers)
+
+
+def test_during_an_overlap_both_secrets_sign_and_each_verifies_alone() -> None:
+    new, old, stranger = new_secret(), new_secret(), new_secret()
+    body = payload(_event())
+    now = int(time.time())
+    header = signatures([new, old], "msg_x", now, body)
+    assert header == f"{sign(new, 'msg_x', now, body)} {sign(old, 'msg_x', now, body)}"
+    headers = {"webhook-id": "msg_x", "webhook-timestamp": str(now), "webhook-signature": header}
+    assert Webhook(new).verify(body, headers)["data"]["seq"] == 3
+    assert Webhook(old).verify(body, headers)["data"]["seq"] == 3
+    with pytest.raises(WebhookVerificationError):
+        Webhook(stranger).verify(body, headers)
+
+
+def test_a_secret_given_twice_signs_once() -> None:
+    secret = new_secret()
+    assert signatures([secret, secret], "msg_x", 1, b"{}") == sign(secret, "msg_x", 1, b"{}")
+
+
+def test_rotation_overlap_and_cap_settings_are_read_and_bounded() -> None:
+    settings = Settings.from_env(
+        {"STEPLOG_WEBHOOK_SECRET_OVERLAP_S": "60", "STEPLOG_WEBHOOK_MAX_PER_NAMESPACE": "3"}
+    )
+    assert settings.subscription_policy() == SubscriptionPolicy(
+        secret_overlap_s=60, max_per_namespace=3
+    )
+    assert Settings.from_env({}).subscription_policy() == SubscriptionPolicy(
+        secret_overlap_s=86400, max_per_namespace=100
+    )
+    for name, bad in (
+        ("STEPLOG_WEBHOOK_SECRET_OVERLAP_S", "-1"),
+        ("STEPLOG_WEBHOOK_MAX_PER_NAMESPACE", "-1"),
+        ("STEPLOG_WEBHOOK_SECRET_OVERLAP_S", "1e300"),
+        ("STEPLOG_WEBHOOK_MAX_PER_NAMESPACE", "10000000000"),
+        ("STEPLOG_WEBHOOK_MAX_PER_NAMESPACE", "many"),
+    ):
+        with pytest.raises(ValueError, match=r"STEPLOG_WEBHOOK|webhook"):
+            Settings.from_env({name: bad})

@@ -1,0 +1,163 @@
+"""steplog.otlp.encode_spans writes the message the OTLP exporters' own encoder builds,
+and steplog.tracing.LeanTracer records what the SDK's tracer records."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace.span import TraceState
+
+from engine.loops.tracing import parent_context, traceparent_of
+from steplog.otlp import encode_spans, lean_grpc_exporter
+from steplog.tracing import LeanTracer
+
+REMOTE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def _workload(tracer: trace.Tracer) -> None:
+    """Spans of every shape steplog makes, and some a handler could."""
+    with tracer.start_as_current_span(
+        "POST /v1/workflows/{name}/executions",
+        context=parent_context(REMOTE),
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": "POST", "url.path": "/v1/x"},
+    ) as request:
+        request.set_attribute("http.response.status_code", 201)
+        parent = traceparent_of(request)
+    with tracer.start_as_current_span(
+        "steplog.decide", context=parent_context(parent), kind=SpanKind.CONSUMER
+    ) as decision:
+        decision.add_event("steplog.append", {"steplog.append.events": 2})
+        decision.set_attributes(
+            {
+                "steplog.decision.states": ["A", "B"],
+                "ratio": 0.5,
+                "ok": True,
+                "negative": -7,
+                "big": 2**62,
+                "unicode": "déjà vu",
+                "ints": (1, 2, 3),
+            }
+        )
+        tracer.start_span("steplog.execution.ExecutionFailed", attributes={"e": "x"}).end()
+    span = tracer.start_span(
+        "steplog.task",
+        kind=SpanKind.PRODUCER,
+        links=[Link(request.get_span_context(), {"why": "retry"})],
+    )
+    span.set_status(Status(StatusCode.ERROR, "boom"))
+    span.record_exception(ValueError("bad input"))
+    span.update_name("steplog.task.attempt")
+    span.end()
+    ok = tracer.start_span("ok", kind=SpanKind.CLIENT)
+    ok.set_status(StatusCode.OK)
+    ok.set_status(Status(StatusCode.ERROR))  # OK is final
+    ok.end()
+    with pytest.raises(RuntimeError), tracer.start_as_current_span("raises"):
+        raise RuntimeError("inside")
+
+
+def _spans(lean: bool, sampler: Sampler = ALWAYS_ON) -> Sequence[ReadableSpan]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(
+        sampler=sampler, resource=Resource({"service.name": "steplog", "n": 1})
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    _workload(LeanTracer(provider) if lean else provider.get_tracer("steplog"))
+    provider.shutdown()
+    return exporter.get_finished_spans()
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["sdk spans", "lean spans"])
+def test_the_encoding_is_the_sdk_encoders_message(lean: bool) -> None:
+    spans = _spans(lean)
+    assert len(spans) == 6
+    ours = ExportTraceServiceRequest.FromString(encode_spans(spans))
+    assert ours == sdk_encode(spans)
+    assert (
+        ours.resource_spans[0].scope_spans[0].spans[1].name == "steplog.execution.ExecutionFailed"
+    )
+
+
+def test_trace_state_and_empty_batches_encode_alike() -> None:
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = LeanTracer(provider)
+    context = parent_context(REMOTE)
+    assert context is not None
+    with tracer.start_as_current_span("a", context=context):
+        pass
+    spans = exporter.get_finished_spans()
+    stated = [
+        ReadableSpan(
+            "b",
+            context=SpanContext(1, 2, is_remote=False, trace_state=TraceState([("k", "v")])),
+            resource=spans[0].resource,
+        )
+    ]
+    for batch in (spans, stated, []):
+        assert ExportTraceServiceRequest.FromString(encode_spans(batch)) == sdk_encode(batch)
+
+
+def _shape(span: ReadableSpan) -> tuple[object, ...]:
+    ctx = span.get_span_context()
+    assert ctx is not None
+    return (
+        span.name,
+        span.kind,
+        dict(span.attributes or {}),
+        [
+            (e.name, {k: v for k, v in (e.attributes or {}).items() if k != "exception.stacktrace"})
+            for e in span.events
+        ],
+        [(link.context.trace_id, dict(link.attributes or {})) for link in span.links],
+        span.status.status_code,
+        span.status.description,
+        span.parent.span_id if span.parent else None,
+        ctx.trace_flags,
+        ctx.trace_id == int(REMOTE[3:35], 16),
+    )
+
+
+def test_lean_spans_record_what_the_sdks_spans_record() -> None:
+    sdk, lean = _spans(lean=False), _spans(lean=True)
+    # Ids differ from run to run: compare what each span recorded, and its tree.
+    assert [_shape(s)[:7] for s in lean] == [_shape(s)[:7] for s in sdk]
+    assert [_shape(s)[8:] for s in lean] == [_shape(s)[8:] for s in sdk]
+    ids = {s.get_span_context().span_id for s in lean}  # type: ignore[union-attr]
+    assert [s.parent is not None and s.parent.span_id in ids for s in lean] == [
+        s.parent is not None and s.parent.span_id in {x.get_span_context().span_id for x in sdk}  # type: ignore[union-attr]
+        for s in sdk
+    ]
+
+
+def test_lean_spans_follow_the_sampler() -> None:
+    # Parent-based, off for new traces: the spans under the remote parent are recorded.
+    lean = _spans(lean=True, sampler=ParentBased(ALWAYS_OFF))
+    sdk = _spans(lean=False, sampler=ParentBased(ALWAYS_OFF))
+    assert [s.name for s in lean] == [s.name for s in sdk]
+    assert [s.name for s in lean] == [
+        "POST /v1/workflows/{name}/executions",
+        "steplog.execution.ExecutionFailed",
+        "steplog.decide",
+    ]
+
+
+def test_the_grpc_exporter_sends_the_same_request() -> None:
+    spans = _spans(lean=True)
+    exporter = lean_grpc_exporter()
+    try:
+        assert exporter._translate_data(spans) == sdk_encode(spans)  # type: ignore[attr-defined]
+    finally:
+        exporter.shutdown()
