@@ -20,6 +20,7 @@ from uuid import UUID
 import msgspec
 from opentelemetry.trace import Tracer, get_current_span
 
+from engine.adapters.group_commit import GroupCommit
 from engine.adapters.store import (
     EventStore,
     ExecutionRecord,
@@ -105,6 +106,9 @@ class EngineService:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.store = store
+        # Every decision's append goes through it: concurrent decisions (the engine's batch
+        # of triggers, concurrent stops) share one statement and one commit.
+        self.appends = GroupCommit(store)
         # The clock of durable time: PostgreSQL's (engine.adapters.clock.DbClock.now),
         # read for the starts and stops that do not say their time.
         self.clock = clock
@@ -266,6 +270,26 @@ class EngineService:
             raise ExecutionNotFound(f"execution {execution_id} not found")
         return fold(execution_id, events, cached)
 
+    async def load_states(
+        self, cached: dict[UUID, ExecutionState | None]
+    ) -> dict[UUID, ExecutionState]:
+        """The states of many executions by one query, each continuing from its cached
+        state when given. An execution without events, or whose events do not fold, is
+        left out (`load_state` says what is wrong with it)."""
+        loaded = await self.store.load_many(
+            {eid: (0 if state is None else state.seq) for eid, state in cached.items()}
+        )
+        states: dict[UUID, ExecutionState] = {}
+        for eid, events in loaded.items():
+            base = cached[eid]
+            if base is None and not events:
+                continue
+            try:
+                states[eid] = fold(eid, events, base)
+            except Exception:  # load_state raises it again, for this execution alone
+                continue
+        return states
+
     async def state_at(self, execution_id: UUID, seq: int | None = None) -> ExecutionState:
         """Replay with the cache off: the audit view of an execution at ``seq``."""
         return await self.load_state(execution_id, upto_seq=seq)
@@ -293,7 +317,7 @@ class EngineService:
             NewEvent(type=ev.event_type(e), data=data, timestamp=trigger.now)
             for e, data in zip(decision.events, decision.encoded, strict=True)
         ]
-        append = self.store.append(
+        append = self.appends.append(
             UUID(state.execution_id),
             state.seq,
             new,

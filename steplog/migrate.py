@@ -17,6 +17,7 @@ from pathlib import Path
 import asyncpg
 import msgspec
 
+from engine.adapters.postgres import session
 from engine.errors import SteplogError
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ async def migrate(
     """
     migrations = load_migrations(directory or default_migrations_dir())
     if isinstance(target, asyncpg.Pool):
-        async with target.acquire() as conn:
+        async with session(target) as conn:
             return await _migrate(conn, migrations)
     return await _migrate(target, migrations)
 
@@ -101,7 +102,7 @@ async def migrate(
 async def _migrate(conn: asyncpg.Connection, migrations: list[Migration]) -> list[str]:
     # No statement timeout for migrations (the pool's bounds requests and loops): a
     # migration may rewrite a large table, and waiting for another process's migrations
-    # is expected. A pool resets the setting when the connection goes back to it.
+    # is expected. `session` resets the setting before the connection goes back to the pool.
     await conn.execute("SET statement_timeout = 0")
     # A session lock (not a transaction lock) so it spans every file's transaction.
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)

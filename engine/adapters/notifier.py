@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
+from engine.adapters.postgres import session
 from engine.adapters.store import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class EventNotifier:
         """Hold one pooled connection with a listener; reconnect after failures."""
         while not self._closing.is_set():
             try:
-                async with self._pool.acquire() as conn:
+                async with session(self._pool) as conn:
                     await conn.add_listener(NOTIFY_CHANNEL, self._notify)
                     try:
                         # Wake now and then to notice a connection that died quietly.

@@ -31,7 +31,13 @@ import msgspec
 
 from engine.adapters.postgres import PoolQueries, translate_errors
 from engine.core.events import TERMINAL_EVENT_TYPES
-from engine.errors import ConcurrencyError, ExecutionNameConflict, InvalidRequest, Unavailable
+from engine.errors import (
+    ConcurrencyError,
+    ExecutionNameConflict,
+    InvalidRequest,
+    SteplogError,
+    Unavailable,
+)
 
 NOTIFY_CHANNEL = "steplog_events"
 STANDARD = "STANDARD"
@@ -137,6 +143,50 @@ WITH appended AS (
 SELECT appended.seq, appended.position, appended.tx_id
 FROM appended LEFT JOIN notified ON true
 ORDER BY appended.seq"""
+# Group commit: the appends of many executions in one statement (so one transaction, one
+# round trip and one WAL flush). Each request (an execution, its expected seq) is checked on
+# its own: only the requests whose execution has an event at expected_seq and none after it
+# are inserted, the others are left out (their callers get a ConcurrencyError) without
+# failing the rest. A writer that commits the same seq between this statement's snapshot
+# and its insert still collides on the primary key and fails the whole statement: the store
+# then appends each request on its own (`EventStore.append_batch`). Rows are inserted in
+# (execution_id, seq) order, so two batches inserting the same keys wait for each other in
+# one order (no deadlock), and positions follow seq per execution. Timer changes apply to
+# the executions whose events were inserted.
+APPEND_BATCH = f"""
+WITH request AS (
+    SELECT r.execution_id, r.expected FROM unnest($1::uuid[], $2::int[]) AS r(execution_id, expected)
+), ready AS (
+    SELECT r.execution_id FROM request r
+    WHERE (r.expected = 0
+           OR EXISTS (SELECT 1 FROM events e WHERE e.execution_id = r.execution_id AND e.seq = r.expected))
+      AND NOT EXISTS (
+          SELECT 1 FROM events e WHERE e.execution_id = r.execution_id AND e.seq = r.expected + 1)
+), appended AS (
+    INSERT INTO events (execution_id, seq, type, data, recorded_at)
+    SELECT u.execution_id, u.seq, u.type, u.data::json, u.recorded_at
+    FROM unnest($3::uuid[], $4::int[], $5::text[], $6::text[], $7::timestamptz[])
+         AS u(execution_id, seq, type, data, recorded_at)
+    WHERE u.execution_id IN (SELECT execution_id FROM ready)
+    ORDER BY u.execution_id, u.seq
+    RETURNING execution_id, seq, position, tx_id
+), cancelled AS (
+    DELETE FROM timers t USING unnest($8::uuid[], $9::text[]) AS c(execution_id, timer_id)
+    WHERE t.timer_id = c.timer_id AND c.timer_id <> ALL($11::text[])
+      AND c.execution_id IN (SELECT execution_id FROM appended)
+), set_timers AS (
+    INSERT INTO timers (timer_id, execution_id, due_at)
+    SELECT t.timer_id, t.execution_id, t.due_at
+    FROM unnest($10::uuid[], $11::text[], $12::timestamptz[]) AS t(execution_id, timer_id, due_at)
+    WHERE t.execution_id IN (SELECT execution_id FROM appended)
+    ON CONFLICT (timer_id) DO UPDATE SET execution_id = EXCLUDED.execution_id,
+                                         due_at = EXCLUDED.due_at
+), notified AS (
+    SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM (SELECT 1 FROM appended LIMIT 1) one
+)
+SELECT appended.execution_id, appended.seq, appended.position, appended.tx_id
+FROM appended LEFT JOIN notified ON true
+ORDER BY appended.execution_id, appended.seq"""
 # Timer changes without events (an append of nothing still honours them).
 CANCEL_TIMERS = "DELETE FROM timers WHERE timer_id = ANY($1::text[])"
 UPSERT_TIMERS = """
@@ -147,6 +197,12 @@ LOAD_FORWARD = f"""
 SELECT {_EVENT_COLUMNS} FROM events
 WHERE execution_id = $1 AND seq > $2 AND seq <= $3
 ORDER BY seq LIMIT $4"""
+# The events of many executions, each after its own seq (the engine's batch of triggers).
+LOAD_MANY = """
+SELECT e.execution_id, e.seq, e.position, e.type, e.data::text AS data, e.recorded_at, e.tx_id
+FROM unnest($1::uuid[], $2::int[]) AS a(execution_id, after_seq)
+JOIN events e ON e.execution_id = a.execution_id AND e.seq > a.after_seq
+ORDER BY e.execution_id, e.seq"""
 LOAD_BACKWARD = f"""
 SELECT {_EVENT_COLUMNS} FROM events
 WHERE execution_id = $1 AND seq > $2 AND seq <= $3
@@ -293,6 +349,16 @@ class TimerSpec(msgspec.Struct, frozen=True):
     due: datetime
 
 
+class AppendRequest(msgspec.Struct, frozen=True):
+    """One execution's part of `EventStore.append_batch`: what `EventStore.append` takes."""
+
+    execution_id: UUID
+    expected_seq: int
+    events: Sequence[NewEvent]
+    set_timers: Sequence[TimerLike] = ()
+    cancel_timers: Sequence[str] = ()
+
+
 class TimerLike(Protocol):
     """Anything with a ``timer_id`` and a ``due`` (e.g. decide's TimerRequest, `TimerSpec`)."""
 
@@ -426,6 +492,35 @@ def _stored(row: asyncpg.Record) -> StoredEvent:
         data=row["data"].encode(),
         timestamp=row["recorded_at"],
         tx_id=row["tx_id"],
+    )
+
+
+def _batch_arguments(requests: Sequence[AppendRequest]) -> tuple[list[Any], ...]:
+    """APPEND_BATCH's arrays: requests, their events (with seq), cancelled and set timers.
+    `InvalidRequest` when an event is not UTF-8 text."""
+    events: tuple[list[Any], ...] = ([], [], [], [], [])
+    cancels: tuple[list[Any], list[Any]] = ([], [])
+    sets: tuple[list[Any], ...] = ([], [], [])
+    for r in requests:
+        for offset, e in enumerate(r.events, 1):
+            for column, value in zip(
+                events,
+                (r.execution_id, r.expected_seq + offset, e.type, _text(e.data), e.timestamp),
+                strict=True,
+            ):
+                column.append(value)
+        for timer_id in r.cancel_timers:
+            cancels[0].append(r.execution_id)
+            cancels[1].append(timer_id)
+        for t in r.set_timers:
+            for column, value in zip(sets, (r.execution_id, t.timer_id, t.due), strict=True):
+                column.append(value)
+    return (
+        [r.execution_id for r in requests],
+        [r.expected_seq for r in requests],
+        *events,
+        *cancels,
+        *sets,
     )
 
 
@@ -687,6 +782,74 @@ class EventStore(PoolQueries):
             )
             for row, event in zip(rows, events, strict=True)
         ]
+
+    async def append_batch(
+        self, requests: Sequence[AppendRequest]
+    ) -> list[list[StoredEvent] | SteplogError]:
+        """Append every request as `append` would, in one statement (one transaction):
+        the result of each, in order, is its stored events or the error `append` would
+        have raised for it (`ConcurrencyError`: its execution is not at its expected
+        seq, which fails no other request; `InvalidRequest`: data refused). The
+        executions must be distinct and every request must carry events. When the
+        statement fails for one request's sake (a concurrent writer took a seq after the
+        check, data the database refuses), each request is appended on its own, so only
+        that one fails. Raises `Unavailable` (for all of them) when PostgreSQL does not
+        answer."""
+        if len({r.execution_id for r in requests}) != len(requests):
+            raise ValueError("append_batch takes one request per execution")
+        if any(not r.events for r in requests):
+            raise ValueError("append_batch takes requests with events")
+        try:
+            rows = await self._fetch(APPEND_BATCH, *_batch_arguments(requests))
+        except Unavailable:
+            raise
+        except (asyncpg.UniqueViolationError, InvalidRequest, *_JSON_ERRORS):
+            return [await self._append_alone(r) for r in requests]
+        by_execution: dict[UUID, list[asyncpg.Record]] = {}
+        for row in rows:
+            by_execution.setdefault(row["execution_id"], []).append(row)
+        results: list[list[StoredEvent] | SteplogError] = []
+        for r in requests:
+            appended = by_execution.get(r.execution_id)
+            if appended is None:
+                results.append(
+                    ConcurrencyError(f"execution {r.execution_id} is not at seq {r.expected_seq}")
+                )
+                continue
+            results.append(
+                [
+                    StoredEvent(
+                        execution_id=r.execution_id,
+                        seq=row["seq"],
+                        position=row["position"],
+                        type=event.type,
+                        data=event.data,
+                        timestamp=event.timestamp,
+                        tx_id=row["tx_id"],
+                    )
+                    for row, event in zip(appended, r.events, strict=True)
+                ]
+            )
+        return results
+
+    async def _append_alone(self, r: AppendRequest) -> list[StoredEvent] | SteplogError:
+        try:
+            return await self.append(
+                r.execution_id, r.expected_seq, r.events, r.set_timers, r.cancel_timers
+            )
+        except (ConcurrencyError, InvalidRequest) as exc:
+            return exc
+
+    async def load_many(self, after: dict[UUID, int]) -> dict[UUID, list[StoredEvent]]:
+        """The events of each execution of ``after`` with seq above its value, by seq (an
+        execution with none: an empty list)."""
+        loaded: dict[UUID, list[StoredEvent]] = {eid: [] for eid in after}
+        if not after:
+            return loaded
+        rows = await self._fetch(LOAD_MANY, list(after), list(after.values()))
+        for row in rows:
+            loaded[row["execution_id"]].append(_stored(row))
+        return loaded
 
     async def load(
         self,

@@ -7,7 +7,12 @@ seq, else by replay from PostgreSQL), decides, appends with the expected seq
 and acknowledges the entry only after the append committed. A conflict means
 another engine appended first: reload and decide again (decide drops
 triggers that became obsolete). Triggers of one execution are handled in
-stream order; different executions run concurrently.
+stream order; different executions run concurrently. Per batch of entries
+the work is batched too: the executions' states are loaded by one query read
+after the entries (`_load_states`), their decisions are appended together
+(group commit: engine.adapters.group_commit, each still checked by its
+expected seq) and the entries recorded are acknowledged with one XACK per
+stream at the batch's end.
 
 Entries left unacknowledged by a dead engine are claimed after a visibility
 timeout (XAUTOCLAIM). A live engine keeps the entries it holds (the batch it is
@@ -266,33 +271,82 @@ class Engine:
                     by_execution.setdefault(execution_id, []).append(delivery)
                 case _:
                     assert_never(delivery)
+        # Deciding from here on (the monitor's view, and what the claim keeper holds).
+        since = time.monotonic()
+        for eid in by_execution:
+            self.deciding[eid] = since
+        try:
+            fresh = await self._load_states(list(by_execution))
+        except BaseException:
+            for eid in by_execution:
+                self.deciding.pop(eid, None)
+            raise
         # Every execution's handling runs to its end before the next batch (so no two
-        # handle one execution at once); the first failure (e.g. Redis away for an
-        # acknowledgement) is raised for the loop's back-off, the others logged.
+        # handle one execution at once); their appends meet in one statement
+        # (EngineService.appends, group commit) and the entries recorded are acknowledged
+        # together at the end, one XACK per stream. The first failure (e.g. Redis away
+        # for the acknowledgement) is raised for the loop's back-off, the others logged.
+        recorded: list[TriggerDelivery] = []
         results = await asyncio.gather(
             *(
-                self._deciding(eid, self._handle_execution(eid, items))
+                self._deciding(eid, self._handle_execution(eid, items, fresh.get(eid), recorded))
                 for eid, items in by_execution.items()
             ),
             return_exceptions=True,
         )
         errors = [r for r in results if isinstance(r, BaseException)]
+        by_stream: dict[str, list[str]] = {}
+        for delivery in recorded:
+            by_stream.setdefault(delivery.entry.stream, []).append(delivery.entry.id)
+        try:
+            for stream, ids in by_stream.items():
+                await self.bus.ack(stream, ENGINE_GROUP, ids)
+        except Exception as exc:  # left pending: redelivered, and decide ignores them
+            errors.insert(0, exc)
+        else:
+            for delivery in recorded:
+                self._failures.pop((delivery.entry.stream, delivery.entry.id), None)
+            self.handled += len(recorded)
         for error in errors[1:]:
             log.warning("engine: handling triggers failed: %r", error)
         if errors:
             raise errors[0]
 
+    async def _load_states(self, execution_ids: list[UUID]) -> dict[UUID, ExecutionState]:
+        """The batch's executions' states by one query, read after their triggers: every
+        event a trigger follows from was committed before it was sent, so each state is
+        recent enough to decide the execution's first trigger of the batch on (an
+        append made on it still checks the expected seq), and the states those
+        decisions return are for the next ones. Empty when PostgreSQL does not answer:
+        each execution then loads its own (and handles the failure as its own)."""
+        try:
+            return await self.service.load_states(
+                {eid: self.cache.get(eid) for eid in execution_ids}
+            )
+        except Exception as exc:
+            log.warning("engine: cannot load the batch's states (%r)", exc)
+            return {}
+
     async def _handle_execution(
-        self, execution_id: UUID, deliveries: list[TriggerDelivery]
+        self,
+        execution_id: UUID,
+        deliveries: list[TriggerDelivery],
+        fresh: ExecutionState | None,
+        recorded: list[TriggerDelivery],
     ) -> None:
+        """Decide ``deliveries`` in order, the first on ``fresh`` (a state read after
+        them, see `_load_states`; None: loaded here) and each next one on the state the
+        previous decision left; add each recorded (or dropped) trigger to ``recorded``
+        for the batch's acknowledgement."""
         # Runs as its own task (gather), so this tags only this execution's log lines.
         execution_id_var.set(str(execution_id))
         for index, delivery in enumerate(deliveries):
             entry = delivery.entry
             key = (entry.stream, entry.id)
             trigger = messages.to_trigger(delivery.message, self.clock())
+            current, fresh = fresh, None
             try:
-                await self._decide(execution_id, trigger, delivery.message)
+                fresh = await self._decide(execution_id, trigger, delivery.message, current)
             except NotFound:
                 log.warning("trigger %s for unknown execution %s", entry.id, execution_id)
             except (InvalidRequest, InvalidDefinition) as exc:
@@ -323,13 +377,11 @@ class Engine:
                     return
                 self._failures.pop(key, None)
                 continue  # dead-lettered (and acknowledged) by _give_up
-            await self.bus.ack(entry.stream, ENGINE_GROUP, [entry.id])
-            self._failures.pop(key, None)
-            self.handled += 1
+            recorded.append(delivery)
 
     async def _deciding(self, execution_id: UUID, handling: Awaitable[None]) -> None:
         """Await ``handling`` with ``execution_id`` in ``deciding`` (the monitor's view)."""
-        self.deciding[execution_id] = time.monotonic()
+        self.deciding.setdefault(execution_id, time.monotonic())
         try:
             await handling
         finally:
@@ -380,13 +432,16 @@ class Engine:
         return True
 
     async def _decide(
-        self, execution_id: UUID, trigger: Trigger, message: messages.TriggerMessage
-    ) -> None:
+        self,
+        execution_id: UUID,
+        trigger: Trigger,
+        message: messages.TriggerMessage,
+        fresh: ExecutionState | None = None,
+    ) -> ExecutionState:
         """`apply` inside a decision span, the child of the message's sender's span (or of
         the execution's recorded context, for a message sent without one)."""
         if self.tracer is None:
-            await self.apply(execution_id, trigger)
-            return
+            return await self.apply(execution_id, trigger, fresh)
         parent = message.traceparent or await self.traces.get(execution_id)
         with self.tracer.start_as_current_span(
             "steplog.decide",
@@ -394,14 +449,20 @@ class Engine:
             kind=SpanKind.CONSUMER,
             attributes={EXECUTION_ID: str(execution_id), "steplog.trigger": type(message).__name__},
         ):
-            await self.apply(execution_id, trigger)
+            return await self.apply(execution_id, trigger, fresh)
 
-    async def apply(self, execution_id: UUID, trigger: Trigger) -> ExecutionState:
-        """Load, decide, append; on a conflict reload and decide again."""
+    async def apply(
+        self, execution_id: UUID, trigger: Trigger, fresh: ExecutionState | None = None
+    ) -> ExecutionState:
+        """Load (unless given a ``fresh`` state, read after the trigger), decide, append;
+        on a conflict reload and decide again."""
         began = time.perf_counter()
         for _ in range(50):
-            cached = self.cache.get(execution_id)
-            state = await self.service.load_state(execution_id, cached=cached)
+            if fresh is not None:
+                state, fresh = fresh, None
+            else:
+                cached = self.cache.get(execution_id)
+                state = await self.service.load_state(execution_id, cached=cached)
             try:
                 with metrics.APPEND_SECONDS.time():
                     decision, _stored = await self.service.apply(state, trigger)

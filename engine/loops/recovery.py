@@ -44,7 +44,7 @@ from uuid import UUID
 import asyncpg
 
 from engine.adapters.bus import Bus, PartlyPublished
-from engine.adapters.postgres import translate_errors
+from engine.adapters.postgres import session, translate_errors
 from engine.adapters.store import StoredEvent
 from engine.core import events as ev
 from engine.loops.tracing import recorded_trace_context
@@ -137,7 +137,7 @@ class Recovery:
             return await self._recover_locked()
 
     async def _recover_locked(self) -> bool:
-        async with self.pool.acquire() as conn:
+        async with session(self.pool) as conn:
             if not await conn.fetchval(TRY_LOCK, RECOVERY_LOCK_CLASS, self.bus.prefix):
                 return False
             try:

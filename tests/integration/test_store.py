@@ -11,8 +11,16 @@ import asyncpg
 import msgspec
 import pytest
 
-from engine.adapters.postgres import open_pool, translate_errors
-from engine.adapters.store import EventStore, GlobalPosition, NewEvent, StoredEvent, TimerSpec
+from engine.adapters.group_commit import GroupCommit
+from engine.adapters.postgres import open_pool, session, translate_errors
+from engine.adapters.store import (
+    AppendRequest,
+    EventStore,
+    GlobalPosition,
+    NewEvent,
+    StoredEvent,
+    TimerSpec,
+)
 from engine.errors import (
     ConcurrencyError,
     ExecutionNameConflict,
@@ -289,6 +297,95 @@ async def test_append_writes_timer_changes_in_the_same_transaction(store: EventS
     assert await store.due_timers(due, 10) == []
 
 
+async def test_append_batch_checks_each_execution_alone(store: EventStore) -> None:
+    a, b, c = [await start(store, f"run-{i}") for i in range(3)]
+    await store.append(b, 1, [event()])  # b moved on: its request is stale
+    due = T0 + timedelta(seconds=5)
+    results = await store.append_batch(
+        [
+            AppendRequest(a, 1, [event(n=2), event(n=3)], set_timers=[TimerSpec("a:t", due)]),
+            AppendRequest(b, 1, [event()], set_timers=[TimerSpec("b:t", due)]),
+            AppendRequest(c, 3, [event()]),  # c has not reached seq 3
+        ]
+    )
+    stored_a, conflict_b, conflict_c = results
+    assert isinstance(stored_a, list) and [e.seq for e in stored_a] == [2, 3]
+    assert isinstance(conflict_b, ConcurrencyError) and isinstance(conflict_c, ConcurrencyError)
+    assert [e.seq for e in await store.load(a)] == [1, 2, 3]
+    assert [e.seq for e in await store.load(b)] == [1, 2]
+    assert [e.seq for e in await store.load(c)] == [1]
+    # Only the appended execution's timer changes were applied.
+    assert [t.timer_id for t in await store.due_timers(due, 10)] == ["a:t"]
+    results = await store.append_batch(
+        [AppendRequest(a, 3, [event()], cancel_timers=["a:t"]), AppendRequest(b, 2, [event()])]
+    )
+    assert [[e.seq for e in r] for r in results if isinstance(r, list)] == [[4], [3]]
+    assert await store.due_timers(due, 10) == []
+
+
+async def test_append_batch_refused_data_fails_only_its_request(store: EventStore) -> None:
+    a, b = [await start(store, f"run-{i}") for i in range(2)]
+    bad = NewEvent("PassStateEntered", b"\xff", T0)  # not UTF-8
+    good, refused = await store.append_batch(
+        [AppendRequest(a, 1, [event()]), AppendRequest(b, 1, [bad])]
+    )
+    assert isinstance(good, list) and [e.seq for e in good] == [2]
+    assert isinstance(refused, InvalidRequest)
+    assert [e.seq for e in await store.load(b)] == [1]
+
+
+async def test_group_commit_racing_single_appends_exactly_one_wins_per_seq(
+    store: EventStore,
+) -> None:
+    executions = [await start(store, f"run-{i}") for i in range(10)]
+    group = GroupCommit(store)
+    barrier = asyncio.Barrier(20)
+
+    async def append_one(execution_id: UUID, grouped: bool) -> bool:
+        await barrier.wait()
+        append = group.append if grouped else store.append
+        try:
+            await append(execution_id, 1, [event(), event()])
+        except ConcurrencyError:
+            return False
+        return True
+
+    wins = await asyncio.gather(
+        *(append_one(eid, grouped) for eid in executions for grouped in (True, False))
+    )
+    assert [wins[i] + wins[i + 1] for i in range(0, 20, 2)] == [1] * 10
+    for eid in executions:
+        assert [e.seq for e in await store.load(eid)] == [1, 2, 3]
+
+
+async def test_group_commit_batches_concurrent_appends_into_one_transaction(
+    store: EventStore,
+) -> None:
+    executions = [await start(store, f"run-{i}") for i in range(5)]
+    group = GroupCommit(store)
+    stored = await asyncio.gather(*(group.append(eid, 1, [event()]) for eid in executions))
+    assert len({s[0].tx_id for s in stored}) == 1
+    # Two appends of one execution go in order, in two batches.
+    first, second = await asyncio.gather(
+        group.append(executions[0], 2, [event()]), group.append(executions[0], 3, [event()])
+    )
+    assert (first[0].seq, second[0].seq) == (3, 4)
+    with pytest.raises(ConcurrencyError):
+        await group.append(executions[1], 1, [event()])
+
+
+async def test_load_many_reads_each_execution_after_its_own_seq(store: EventStore) -> None:
+    a, b = [await start(store, f"run-{i}") for i in range(2)]
+    await store.append(a, 1, [event(), event()])
+    unknown = uuid4()
+    loaded = await store.load_many({a: 1, b: 0, unknown: 0})
+    assert {eid: [e.seq for e in events] for eid, events in loaded.items()} == {
+        a: [2, 3],
+        b: [1],
+        unknown: [],
+    }
+
+
 async def test_append_notifies_the_channel(
     store: EventStore, pool: asyncpg.Pool, eventually
 ) -> None:  # type: ignore[no-untyped-def]
@@ -433,6 +530,27 @@ async def test_opening_a_pool_to_nothing_is_unavailable() -> None:
         await open_pool("postgresql://steplog@127.0.0.1:1/steplog", min_size=1, max_size=1)
 
     assert isinstance(raised.value.__cause__, OSError)
+
+
+async def test_session_state_never_outlives_a_session_connection(database_url: str) -> None:
+    # One connection, so whatever the session left behind would be seen by the next user.
+    pool = await open_pool(database_url, min_size=1, max_size=1)
+    try:
+        async with session(pool) as conn:
+            await conn.execute("SET statement_timeout = 1234")
+            await conn.execute("SELECT pg_advisory_lock(4242)")
+            await conn.execute("LISTEN steplog_session_test")
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW statement_timeout") == "0"
+            locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            assert await conn.fetchval(locks) == 0
+            assert await conn.fetchval("SELECT count(*) FROM pg_listening_channels()") == 0
+        # A plain pooled call that changes settings only for its transaction leaves none.
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL statement_timeout = 4321")
+        assert await pool.fetchval("SHOW statement_timeout") == "0"
+    finally:
+        await pool.close()
 
 
 async def test_a_value_postgresql_cannot_take_is_invalid_data_not_unavailable(
