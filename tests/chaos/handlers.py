@@ -181,8 +181,14 @@ def tick(value: Any, ctx: TaskContext) -> Any:
     return value
 
 
-def die(value: Any, ctx: TaskContext) -> Any:
-    """A poison task: the process running it dies at once (as from a segfault or OOM)."""
+async def die(value: Any, ctx: TaskContext) -> Any:
+    """A poison task: the process running it dies (as from a segfault or OOM), half a
+    second in. Dying at once could beat the relay of the same process to recording its
+    checkpoint after publishing the task; the relay would then publish the task again
+    after the restart (the documented at-most-twice bound of a crash between publish and
+    checkpoint), and the second entry would kill one more worker than max_deliveries
+    says, which is what the test counts."""
+    await asyncio.sleep(0.5)
     os._exit(17)
 
 
