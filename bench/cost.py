@@ -26,6 +26,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import goal  # bench/goal.py
 import transitions  # bench/transitions.py, a sibling script
 
 ROLES = ("steplog", "postgres", "redis")
@@ -152,6 +153,7 @@ def main() -> None:
             "STEPLOG_PORT": str(port),
             "STEPLOG_LOG_LEVEL": "WARNING",
             "STEPLOG_MONITOR_PORT": "0",
+            **goal.UNLIMITED,
         }
         env.pop("STEPLOG_DATABASE_URL", None)
         env.pop("STEPLOG_REDIS_URL", None)

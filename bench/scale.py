@@ -53,6 +53,7 @@ import redis.asyncio as aioredis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import goal  # bench/goal.py
 import procstat  # bench/procstat.py
 
 from engine.core.events import TERMINAL_EVENT_TYPES
@@ -160,7 +161,7 @@ async def measure(
                 data_dir / "logs",
                 len(roles_of),
                 roles_of=roles_of,
-                env={"STEPLOG_TASK_VISIBILITY_TIMEOUT_S": "60"},
+                env={"STEPLOG_TASK_VISIBILITY_TIMEOUT_S": "60", **goal.UNLIMITED},
                 env_of=env_of,
             )
             apis = [i for i, r in enumerate(roles_of) if "api" in r]

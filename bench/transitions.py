@@ -327,6 +327,7 @@ def main() -> None:
             "STEPLOG_DATA_DIR": data,
             "STEPLOG_PORT": str(port),
             "STEPLOG_LOG_LEVEL": "WARNING",
+            **goal.UNLIMITED,
         }
         env.pop("STEPLOG_DATABASE_URL", None)
         env.pop("STEPLOG_REDIS_URL", None)

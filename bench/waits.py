@@ -160,7 +160,9 @@ async def run(args: argparse.Namespace) -> None:
     (data_dir / "logs").mkdir()
     try:
         async with servers(data_dir) as (database_url, redis_url, pgdata):
-            cluster = Cluster(database_url, redis_url, pgdata, data_dir / "logs", 1)
+            cluster = Cluster(
+                database_url, redis_url, pgdata, data_dir / "logs", 1, env=goal.UNLIMITED
+            )
             pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
             redis = aioredis.Redis.from_url(redis_url)
             try:
