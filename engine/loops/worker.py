@@ -231,6 +231,7 @@ TOUCH_RETRY_S = 0.5
 # handler is cancelled before another worker can claim the entry, even with the event
 # loop a little late; the leases are checked every LEASE_CHECK_PART of it.
 LEASE_MARGIN_PART = 0.25
+RENEWALS_PER_TIMEOUT = 6
 LEASE_CHECK_PART = 1 / 12
 
 EndedCheck = Callable[[Sequence[UUID]], Awaitable[set[UUID]]]
@@ -324,12 +325,14 @@ class Worker:
             await asyncio.gather(keeper, watcher, fence, return_exceptions=True)
 
     async def _keep_claims(self) -> None:
-        """Every ``visibility_timeout_s / 3``, renew the claims on the tasks this worker
+        """Every ``visibility_timeout_s / 6``, renew the claims on the tasks this worker
         runs or is about to start, so that no other worker claims them (until
         cancelled). Only Redis is called: a slow PostgreSQL or a blocked read loop does
         not let a claim lapse. A claim another worker has taken is given up."""
         loop = asyncio.get_running_loop()
-        every = self.visibility_timeout_s / 3
+        # Often enough that a renewal may take most of the lease's margin of safety (a
+        # Redis busy after an outage) without its handler being cancelled by the fence.
+        every = self.visibility_timeout_s / RENEWALS_PER_TIMEOUT
         failing = False
         while True:
             await asyncio.sleep(min(TOUCH_RETRY_S, every) if failing else every)
@@ -500,6 +503,7 @@ class Worker:
         # Renewed by the claim keeper until they run: the check may wait for a lock.
         for t in tasks:
             self._held[t.entry.id] = read_at + self.visibility_timeout_s
+        await self._confirm_stale(tasks)
         try:
             ended: set[UUID] = set()
             if self._ended is not None and tasks:
@@ -530,6 +534,33 @@ class Worker:
             for t in tasks:
                 if t.entry.id not in self._running:
                     self._held.pop(t.entry.id, None)
+
+    async def _confirm_stale(self, tasks: Sequence[TaskDelivery]) -> None:
+        """Renew at once the claims of ``tasks`` whose read was sent more than half a
+        visibility timeout ago (a read or claim queued in a paused Redis: Redis gave the
+        entry a fresh idle time when it ran the command, but this worker cannot know
+        when): without this, the fence would cancel such a handler just after it began,
+        and the attempt would run once more for nothing. Those Redis does not confirm as
+        this worker's are not started."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        stale = [
+            t.entry.id
+            for t in tasks
+            if self._held.get(t.entry.id, now) - now < self.visibility_timeout_s / 2
+        ]
+        if not stale:
+            return
+        try:
+            kept = await self.bus.renew(self.stream, WORKER_GROUP, self.consumer, stale)
+        except Exception as exc:  # Redis away again: not started, claimed again later
+            log.warning("worker: cannot confirm the claims just read (%r)", exc)
+            kept = set()
+        for entry_id in stale:
+            if entry_id in kept and entry_id in self._held:
+                self._held[entry_id] = now + self.visibility_timeout_s
+            else:
+                self._held.pop(entry_id, None)
 
     def _forget(self, entry_id: str) -> Callable[[asyncio.Task[None]], None]:
         def forget(task: asyncio.Task[None]) -> None:
