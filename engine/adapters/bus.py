@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import secrets
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -94,6 +95,12 @@ class Keys:
     @staticmethod
     def dead_letters(stream: str) -> str:
         return f"{stream}:dead"
+
+    @staticmethod
+    def publish_token(stream: str, publisher: str) -> str:
+        """The token of ``publisher``'s last publish to ``stream`` (a cluster's `Bus.publish`),
+        in the stream's slot."""
+        return f"{stream}:published:{publisher}"
 
     def sentinel(self) -> str:
         return f"{{{self.prefix}}}:intact"
@@ -476,6 +483,8 @@ class Bus:
         self._work_maxlen = work_maxlen
         self._renew = redis.register_script(RENEW_LUA)
         self._add = redis.register_script(ADD_LUA)
+        # This bus's name in the keys of its last publish tokens (ADD_LUA).
+        self._publisher = secrets.token_hex(6)
         self._dead_letter = redis.register_script(DEAD_LETTER_LUA)
         self._release = redis.register_script(RELEASE_LUA)
 
@@ -508,6 +517,8 @@ class Bus:
         events: Sequence[CommittedEvent] = (),
         triggers: Sequence[tuple[UUID, TriggerMessage]] = (),
         tasks: Sequence[TaskMessage] = (),
+        *,
+        token: str | None = None,
     ) -> None:
         """XADD all of it in one pipelined round trip: events, triggers (each with its
         execution's id) and tasks (to their queues), each stream's entries in the order
@@ -517,10 +528,17 @@ class Bus:
         (a command refused at queue time, e.g. OOM at the edge of maxmemory, aborts its
         stream's EXEC; a stream is one slot, so this holds on Redis Cluster too). When
         Redis refuses some streams and accepts others, `PartlyPublished` carries what
-        was not published, for the caller to publish (only that) again; when it refuses
-        everything, the refusal is raised as usual. A reply lost to a dropped connection
-        leaves unknown what passed: the caller's retry (and the client's own) may then
-        add again what had passed."""
+        was not published, for the caller to publish (only that) again, whatever the
+        refusal; when it refuses everything, the refusal is raised as usual.
+
+        A reply lost to a dropped connection leaves unknown what passed. On a cluster,
+        whose client resends a command after any connection error (also one caused by
+        another command's failure, which closes the connections in use), each stream's
+        part is added once per ``token``: a publish sent again with the same token adds
+        nothing to a stream that has it already. Give the same token to the retries of
+        one publish (the relay does, per batch); by default each call has its own, which
+        covers the client's resends. On a single Redis the caller's retry (and the
+        client's own) may add again what had passed."""
         plan: dict[str, list[tuple[XaddFields, int | None]]] = {}
         for event in events:
             plan.setdefault(self._event_stream(event), []).append(
@@ -536,26 +554,30 @@ class Bus:
             )
         if not plan:
             return
-        refused = await (self._add_per_stream(plan) if self.cluster else self._add_pipelined(plan))
+        if self.cluster:
+            refused = await self._add_per_stream(plan, token or secrets.token_hex(8))
+        else:
+            refused = await self._add_pipelined(plan)
         if not refused:
             return
         errors = list(refused.values())
         translated = [translate(e) for e in errors]
         for error in translated:
             REDIS_ERRORS.labels(_ERROR_KINDS.get(type(error), "refused")).inc()
-        # Not an outage (a bug, a key of another type): raised as it is; whatever passed
-        # may then be published again by the caller's retry (at least once).
+        if len(refused) < len(plan):
+            # Whatever the refusal (an outage, or not: a bug, a key of another type), what
+            # passed must not be published again: the caller retries only the rest.
+            raise PartlyPublished(
+                f"Redis accepted {len(plan) - len(refused)} of {len(plan)} streams: "
+                f"{translated[0]}",
+                [e for e in events if self._event_stream(e) in refused],
+                [t for t in triggers if self._trigger_stream(t[0]) in refused],
+                [t for t in tasks if self.keys.tasks(t.queue) in refused],
+            ) from errors[0]
         for error, cause in zip(translated, errors, strict=True):
             if not isinstance(error, Unavailable):
                 raise error from cause
-        if len(refused) == len(plan):
-            raise translated[0] from errors[0]
-        raise PartlyPublished(
-            f"Redis accepted {len(plan) - len(refused)} of {len(plan)} streams: {translated[0]}",
-            [e for e in events if self._event_stream(e) in refused],
-            [t for t in triggers if self._trigger_stream(t[0]) in refused],
-            [t for t in tasks if self.keys.tasks(t.queue) in refused],
-        ) from errors[0]
+        raise translated[0] from errors[0]
 
     async def _add_pipelined(
         self, plan: dict[str, list[tuple[XaddFields, int | None]]]
@@ -580,29 +602,33 @@ class Bus:
         return refused
 
     async def _add_per_stream(
-        self, plan: dict[str, list[tuple[XaddFields, int | None]]]
+        self, plan: dict[str, list[tuple[XaddFields, int | None]]], token: str
     ) -> dict[str, Exception]:
         """On a cluster: each stream's XADDs in one script of its own (atomic like a
-        MULTI: a script is refused at its first write or not at all), the streams
-        concurrently (one round trip per stream, in parallel); the refusal of each
-        stream refused. A cluster pipeline takes no MULTI across slots, and redis-py's
-        transactional cluster pipeline queues each command on a thread of its own."""
+        MULTI: a script is refused at its first write or not at all; once per ``token``,
+        ADD_LUA), the streams concurrently (one round trip per stream, in parallel); the
+        refusal of each stream refused, whatever its kind (a stream that failed is the
+        caller's to publish again, one that passed is not). A cluster pipeline takes no
+        MULTI across slots, and redis-py's transactional cluster pipeline queues each
+        command on a thread of its own."""
 
         async def add(stream: str, entries: list[tuple[XaddFields, int | None]]) -> None:
             maxlen = entries[0][1]  # one per stream: its kind's
-            args: list[EncodableT] = ["" if maxlen is None else maxlen]
+            args: list[EncodableT] = [token, "" if maxlen is None else maxlen]
             for fields, _ in entries:
                 args.append(2 * len(fields))
                 for name, value in fields.items():
                     args.extend((name, value))
-            await self._add(keys=[stream], args=args)
+            await self._add(
+                keys=[stream, self.keys.publish_token(stream, self._publisher)], args=args
+            )
 
         outcomes = await asyncio.gather(
             *(add(stream, entries) for stream, entries in plan.items()), return_exceptions=True
         )
         refused: dict[str, Exception] = {}
         for stream, outcome in zip(plan, outcomes, strict=True):
-            if isinstance(outcome, redis.exceptions.RedisError | OSError):
+            if isinstance(outcome, Exception):
                 refused[stream] = outcome
             elif isinstance(outcome, BaseException):
                 raise outcome
@@ -1093,25 +1119,35 @@ end
 return kept
 """
 
+# How long a publisher's last publish token is kept per stream (it need only outlast the
+# retries of that publish; a publisher that stopped leaves its key to expire).
+PUBLISH_TOKEN_TTL_MS = 600_000
+
 # Bus.publish on a cluster: XADD every entry to KEYS[1] (a stream), all or none (a script
-# is refused at its first write, e.g. OOM, or runs to its end). ARGV[1]: MAXLEN ~ ('' for
-# none); then per entry the count of its field and value items, then those items.
+# is refused at its first write, e.g. OOM, or runs to its end), once per publish token:
+# KEYS[2] holds the token of the publisher's last publish to the stream, ARGV[1], and a
+# run that finds its own token there adds nothing (a publish sent again, by the client's
+# retry after a reply lost or by the caller's retry, returns 0). ARGV[2]: MAXLEN ~ (''
+# for none); then per entry the count of its field and value items, then those items.
 ADD_LUA = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 0 end
 local args = {}
-if ARGV[1] ~= '' then args = {'MAXLEN', '~', ARGV[1]} end
+if ARGV[2] ~= '' then args = {'MAXLEN', '~', ARGV[2]} end
 args[#args + 1] = '*'
 local fixed = #args
-local ids = {}
-local i = 2
+local i = 3
+local added = 0
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   for j = 1, n do args[fixed + j] = ARGV[i + j] end
   for j = fixed + n + 1, #args do args[j] = nil end
-  ids[#ids + 1] = redis.call('XADD', KEYS[1], unpack(args))
+  redis.call('XADD', KEYS[1], unpack(args))
+  added = added + 1
   i = i + n + 1
 end
-return ids
-"""
+redis.call('SET', KEYS[2], ARGV[1], 'PX', TOKEN_TTL_MS)
+return added
+""".replace("TOKEN_TTL_MS", str(PUBLISH_TOKEN_TTL_MS))
 
 # Bus.dead_letter: XADD the entry's fields (ARGV[3..]) to KEYS[1] (the dead-letter stream)
 # and XACK ARGV[2] of group ARGV[1] on KEYS[2] (the stream); the dead letter's id.

@@ -22,7 +22,8 @@ event reaches the stream at most twice through one outage: once by the leader be
 it, once more by the next leader if the outage outlasted the lease (docs/internals.md).
 A batch Redis took in part (each stream takes its part whole or not at all:
 `Bus.publish`) is kept and only its refused part is published again; only a reply
-lost with its connection can make Redis receive a part twice.
+lost with its connection can make a single Redis receive a part twice (a cluster
+takes each try of a batch once: the batch's publish token).
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ class _Batch:
         self.events = events
         self.rest = rest
         self.spans = spans
+        # The same for every try of this batch: a stream that has it adds nothing again
+        # (on a cluster, `Bus.publish`).
+        self.token = secrets.token_hex(8)
 
 
 class Deposed(Exception):
@@ -304,7 +308,7 @@ class Relay:
         if batch is None or batch.events is not events:
             batch = self._batch = await self._prepare(events)
         try:
-            await self._bus.publish(*batch.rest)
+            await self._bus.publish(*batch.rest, token=batch.token)
         except PartlyPublished as exc:
             batch.rest = (exc.events, exc.triggers, exc.tasks)
             raise

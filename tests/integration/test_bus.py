@@ -19,9 +19,11 @@ from redis.retry import Retry
 
 from engine import messages
 from engine.adapters.bus import (
+    PUBLISH_TOKEN_TTL_MS,
     Bus,
     Keys,
     Malformed,
+    PartlyPublished,
     StreamEntry,
     TaskDelivery,
     TriggerDelivery,
@@ -82,6 +84,58 @@ async def test_ensure_group_is_idempotent_and_only_ignores_busygroup(
     with pytest.raises(BusError, match="WRONGTYPE") as raised:
         await bus.ensure_group(wrong_type, "g")
     assert isinstance(raised.value.__cause__, redis_errors.ResponseError)
+
+
+async def test_a_publish_refused_in_part_for_any_reason_is_retried_for_the_rest_only(
+    bus: Bus, redis: aioredis.Redis
+) -> None:
+    """A stream refused by a reply that is no outage (WRONGTYPE here) while another
+    passed: `PartlyPublished` carries only the refused part, so the caller's retry never
+    adds again what passed (before, the refusal was raised as it is and the retry
+    published the whole batch again)."""
+    execution_id = uuid4()
+    partition = bus.partition_of(execution_id)
+    await redis.set(bus.triggers_stream(partition), "not a stream")
+    event = stored(execution_id, 1)
+    with pytest.raises(PartlyPublished, match="WRONGTYPE") as raised:
+        await bus.publish([event], [(execution_id, messages.Begin())])
+    rest = raised.value
+    assert (list(rest.events), list(rest.triggers), list(rest.tasks)) == (
+        [],
+        [(execution_id, messages.Begin())],
+        [],
+    )
+    await redis.delete(bus.triggers_stream(partition))
+    await bus.publish(rest.events, rest.triggers, rest.tasks)
+    assert await redis.xlen(bus.events_stream(partition)) == 1
+    assert await redis.xlen(bus.triggers_stream(partition)) == 1
+
+
+async def test_a_publish_sent_again_with_its_token_adds_nothing_on_a_cluster(
+    bus: Bus, redis: aioredis.Redis, redis_kind: str
+) -> None:
+    """What redis-py's cluster client does after a reply lost with its connection (it
+    sends the command again) and what the relay does after a failed publish (the same
+    batch again): on a cluster each stream's part is added once per publish token. A
+    single Redis takes MULTI/EXEC blocks, which cannot look for a token: there the
+    publish is added again (at least once, docs/internals.md)."""
+    execution_id = uuid4()
+    partition = bus.partition_of(execution_id)
+    batch = ([stored(execution_id, 1), stored(execution_id, 2)], [(execution_id, messages.Begin())])
+    for _ in range(3):
+        await bus.publish(*batch, token="batch-1")
+    times = 1 if redis_kind == "cluster" else 3
+    assert await redis.xlen(bus.events_stream(partition)) == 2 * times
+    assert await redis.xlen(bus.triggers_stream(partition)) == times
+    await bus.publish(*batch, token="batch-2")  # another publish is added
+    await bus.publish(*batch)  # and so is one with a token of its own
+    assert await redis.xlen(bus.events_stream(partition)) == 2 * (times + 2)
+    if redis_kind == "cluster":  # the token is kept per stream and publisher, expiring
+        keys = [
+            k async for k in redis.scan_iter(match=f"*{bus.events_stream(partition)}:published:*")
+        ]
+        assert len(keys) == 1
+        assert 0 < await redis.pttl(keys[0]) <= PUBLISH_TOKEN_TTL_MS
 
 
 async def test_publish_read_group_and_ack(bus: Bus, redis: aioredis.Redis) -> None:

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from engine import messages
-from engine.adapters.bus import Bus
+from engine.adapters.bus import REDIS_ERRORS, Bus
 from engine.adapters.store import EventStore, GlobalPosition, NewEvent, StoredEvent
 from engine.core import events as ev
 from engine.loops.relay import Relay
@@ -67,6 +67,21 @@ async def published(redis: aioredis.Redis, bus: Bus) -> list[tuple[UUID, int, st
                 )
             )
     return out
+
+
+async def described(redis: aioredis.Redis, bus: Bus) -> str:
+    """Every events-stream entry with its stream and id (when a count is off: the ids'
+    milliseconds tell how far apart two copies were added), and Redis errors counted."""
+    lines = [
+        f"{stream} {entry_id.decode()} {fields[b'execution_id'].decode()} {int(fields[b'seq'])}"
+        for stream in bus.events_streams()
+        for entry_id, fields in await redis.xrange(stream)
+    ]
+    errors = {
+        kind: REDIS_ERRORS.labels(kind)._value.get()
+        for kind in ("unavailable", "missing_group", "refused")
+    }
+    return "\n".join([*lines, f"redis errors counted in this process: {errors}"])
 
 
 async def streams_of(redis: aioredis.Redis, bus: Bus) -> list[tuple[str, UUID]]:
@@ -212,7 +227,7 @@ async def test_one_leader_publishes_and_a_standby_takes_over(
         await eventually(counter(redis, bus, 5))
         await asyncio.sleep(0.2)  # time for a second leader to double-publish, if there were one
         assert not second.is_leader
-        assert len(await published(redis, bus)) == 5
+        assert len(await published(redis, bus)) == 5, await described(redis, bus)
 
         stop_first.set()
         await asyncio.wait_for(first_task, 5)

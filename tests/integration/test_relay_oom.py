@@ -101,9 +101,11 @@ class ObservedBus(Bus):
         events: Sequence[CommittedEvent] = (),
         triggers: Sequence[tuple[UUID, TriggerMessage]] = (),
         tasks: Sequence[TaskMessage] = (),
+        *,
+        token: str | None = None,
     ) -> None:
         try:
-            await super().publish(events, triggers, tasks)
+            await super().publish(events, triggers, tasks, token=token)
         except PartlyPublished:
             self.partly += 1
             raise
