@@ -645,6 +645,17 @@ def _check_mixed(execution_id: UUID, input: dict[str, Any], events: list[Any]) -
     terminal = [t for t in types if t in TERMINAL_EVENT_TYPES]
     if terminal != ["ExecutionSucceeded"] or types[-1] != "ExecutionSucceeded":
         problems.append(f"ends {types[-3:]} with terminal events {terminal}")
+        # What happened to its tasks, by the log's clock (to tell a late result, a lost
+        # task message or an early timer apart when this fails).
+        problems.append(
+            "tasks: "
+            + "; ".join(
+                f"{e.seq} {e.type} {e.timestamp.strftime('%H:%M:%S.%f')[:-3]}"
+                for e in events
+                if e.type.startswith("Task") and e.type != "TaskHeartbeatRecorded"
+            )
+            + f"; heartbeats {types.count('TaskHeartbeatRecorded')}"
+        )
     state = fold(execution_id, events)
     if state.output != expected_output(input):
         problems.append(f"output {state.output} != {expected_output(input)}")
