@@ -36,7 +36,7 @@ from engine.core.asl.compile import compile_definition
 from engine.core.asl.model import Definition, Machine
 from engine.core.decide import Decision, decide
 from engine.core.decide.decider import printable
-from engine.core.state import ExecutionState, evolve, initial_state
+from engine.core.state import ExecutionState, evolve, evolve_all, initial_state
 from engine.core.timestamps import iso_millis, parse_iso
 from engine.core.triggers import FailRequested, StopRequested, TimerFired, Trigger
 from engine.errors import (
@@ -62,9 +62,10 @@ def fold(
 ) -> ExecutionState:
     """Replay stored events onto ``state`` (or from the beginning)."""
     s = state if state is not None else initial_state(execution_id)
-    for stored in events:
-        s = evolve(s, ev.decode_event(stored.data), iso_millis(stored.timestamp))
-    return s
+    if len(events) == 1:  # the usual case after a decision: no private copy to make
+        return evolve(s, ev.decode_event(events[0].data), iso_millis(events[0].timestamp))
+    decode = ev.decode_event
+    return evolve_all(s, ((decode(stored.data), stored.timestamp) for stored in events))
 
 
 def no_earlier(state: ExecutionState, trigger: Trigger) -> Trigger:

@@ -27,7 +27,7 @@ from engine.core.asl.compile import compile_definition
 from engine.core.asl.model import Definition
 from engine.core.decide import decide, timer_key
 from engine.core.inmemory import TaskError, echo, run_in_memory
-from engine.core.state import ExecutionState, evolve, initial_state
+from engine.core.state import ExecutionState, evolve, evolve_all, initial_state
 from engine.core.triggers import (
     Begin,
     StopRequested,
@@ -145,6 +145,8 @@ def test_replaying_the_events_gives_the_state_decide_returned(
     assert run.state.ended
     assert run.state.seq == len(run.events)
     assert fold(run.events, run.timestamps) == run.state
+    replayed = evolve_all(initial_state(EXECUTION_ID), zip(run.events, run.timestamps, strict=True))
+    assert replayed == run.state
 
 
 # --- random triggers against blocking definitions ------------------------------------
