@@ -461,6 +461,7 @@ async def run_roles(
             r.bus,
             visibility_timeout_s=settings.task_visibility_timeout_s,
             max_deliveries=settings.max_deliveries,
+            cache_bytes=int(settings.state_cache_mb * 1024 * 1024),
             clock=r.clock.now,
             tracer=r.tracer,
         )

@@ -78,6 +78,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # A trigger or task delivered more often than this is dead-lettered (a task's
     # attempt then fails with Steplog.TaskDeliveryExceeded); activity tasks too.
     max_deliveries: int = 10
+    # The engine's cache of execution states, in MiB of their JSON (engine_loop.StateCache):
+    # a state not cached is replayed from its events at its next decision.
+    state_cache_mb: float = 64.0
     # SIGTERM: running task handlers get this long to finish before they are cancelled.
     shutdown_grace_s: float = 10.0
     # Extra task handlers: "module:attribute" (a HandlerRegistry or a callable taking
@@ -214,6 +217,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"log_level must be one of {LOG_LEVELS}")
         if self.max_definition_bytes < 1:
             raise ValueError("max_definition_bytes must be positive")
+        if self.state_cache_mb < 0:
+            raise ValueError("state_cache_mb must be >= 0")
         if self.max_payload_bytes < 1 or self.task_visibility_timeout_s <= 0:
             raise ValueError("max_payload_bytes and task_visibility_timeout_s must be positive")
         if self.max_deliveries < 1 or self.shutdown_grace_s < 0:
@@ -396,6 +401,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("max_definition_bytes", int),
             ("task_visibility_timeout_s", float),
             ("max_deliveries", int),
+            ("state_cache_mb", float),
             ("shutdown_grace_s", float),
             ("http_max_connections", int),
             ("http_header_timeout_s", float),

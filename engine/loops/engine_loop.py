@@ -47,6 +47,7 @@ from collections.abc import Awaitable, Callable
 from typing import assert_never
 from uuid import UUID
 
+import msgspec
 from opentelemetry.trace import SpanKind, Tracer, get_current_span
 
 from engine import messages
@@ -78,29 +79,49 @@ log = logging.getLogger("steplog.engine")
 
 
 class StateCache:
-    """Recently used execution states, newest last. A state is only a starting point:
-    events after its seq are always loaded before deciding."""
+    """Recently used states of running executions, newest last, bounded both in states
+    (``size``) and in bytes (``max_bytes``, measured as each state's JSON length: the
+    data an execution carries is what makes one state large; in memory a state takes a
+    few times that). A state is only a starting point: events after its seq are always
+    loaded before deciding. A state larger than a tenth of the budget is not kept (it
+    would evict many others; it is loaded again at each decision)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_bytes: int = 64 * 1024 * 1024) -> None:
         self._size = size
-        self._states: OrderedDict[UUID, ExecutionState] = OrderedDict()
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._states: OrderedDict[UUID, tuple[ExecutionState, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._states)
 
     def get(self, execution_id: UUID) -> ExecutionState | None:
-        state = self._states.get(execution_id)
-        if state is not None:
-            self._states.move_to_end(execution_id)
-        return state
+        held = self._states.get(execution_id)
+        if held is None:
+            return None
+        self._states.move_to_end(execution_id)
+        return held[0]
 
     def put(self, execution_id: UUID, state: ExecutionState) -> None:
+        self.drop(execution_id)
         if self._size <= 0:
             return
-        self._states[execution_id] = state
-        self._states.move_to_end(execution_id)
-        while len(self._states) > self._size:
-            self._states.popitem(last=False)
+        cost = len(_json(state))
+        if cost > self.max_bytes // 10:
+            return
+        self._states[execution_id] = (state, cost)
+        self.bytes += cost
+        while len(self._states) > self._size or self.bytes > self.max_bytes:
+            _, (_, freed) = self._states.popitem(last=False)
+            self.bytes -= freed
 
     def drop(self, execution_id: UUID) -> None:
-        self._states.pop(execution_id, None)
+        held = self._states.pop(execution_id, None)
+        if held is not None:
+            self.bytes -= held[1]
+
+
+_json = msgspec.json.Encoder().encode
 
 
 class Engine:
@@ -111,6 +132,7 @@ class Engine:
         *,
         consumer: str | None = None,
         cache_size: int = 10_000,
+        cache_bytes: int = 64 * 1024 * 1024,
         batch_size: int = 200,
         block_ms: int = 1000,
         visibility_timeout_s: float = 30.0,
@@ -124,7 +146,9 @@ class Engine:
         self.traces = ExecutionTraces(service.store, cache_size)
         self.bus = bus
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self.cache = StateCache(cache_size)
+        self.cache = StateCache(cache_size, cache_bytes)
+        metrics.STATE_CACHE_STATES.set_function(lambda: len(self.cache))
+        metrics.STATE_CACHE_BYTES.set_function(lambda: self.cache.bytes)
         self.batch_size = batch_size
         self.block_ms = block_ms
         self.visibility_timeout_s = visibility_timeout_s

@@ -148,6 +148,13 @@ TIMER_DELAY_SECONDS = Histogram(
     "From a timer's due time to its firing.",
     buckets=_SLOW,
 )
+STATE_CACHE_STATES = Gauge(
+    "steplog_engine_state_cache_states", "Execution states the engine holds in its cache."
+)
+STATE_CACHE_BYTES = Gauge(
+    "steplog_engine_state_cache_bytes",
+    "The engine's cached states' size, as their JSON length (STEPLOG_STATE_CACHE_MB bounds it).",
+)
 TIMERS_PENDING = Gauge("steplog_timers_pending", "Timers recorded and not yet consumed (sampled).")
 TIMERS_OVERDUE = Gauge(
     "steplog_timers_overdue_seconds",
