@@ -33,6 +33,7 @@ from engine.core.triggers import (
     StopRequested,
     TaskCompleted,
     TaskErrored,
+    TaskHeartbeat,
     TimerFired,
     Trigger,
 )
@@ -176,7 +177,13 @@ BLOCKING: list[dict[str, Any]] = [
                         "StartAt": "W",
                         "States": {
                             "W": {"Type": "Wait", "Seconds": 3, "Next": "B"},
-                            "B": {"Type": "Task", "Resource": "test:echo", "End": True},
+                            "B": {
+                                "Type": "Task",
+                                "Resource": "test:echo",
+                                "HeartbeatSeconds": 2,
+                                "TimeoutSeconds": 10,
+                                "End": True,
+                            },
                         },
                     },
                 ],
@@ -294,6 +301,12 @@ class Execution(RuleBasedStateMachine):
         self.apply(TimerFired(timer_id=timer_key(EXECUTION_ID, local), now=self.tick(1)))
         assert len(self.events) == before
 
+    @precondition(lambda self: self.state.tasks)
+    @rule(data=st.data(), seconds=st.integers(0, 2))
+    def heartbeat(self, data: st.DataObject, seconds: int) -> None:
+        task_id = data.draw(st.sampled_from(sorted(self.state.tasks)))
+        self.apply(TaskHeartbeat(task_id=task_id, now=self.tick(seconds)))
+
     @rule()
     def stop(self) -> None:
         self.apply(StopRequested(error="Stopped", now=self.tick(1)))
@@ -301,6 +314,14 @@ class Execution(RuleBasedStateMachine):
     @invariant()
     def fold_is_the_state(self) -> None:
         assert fold(self.events, self.stamps) == self.state
+
+    @invariant()
+    def folding_at_once_is_the_state(self) -> None:
+        """evolve_all (the replay's fold), from the start and from a state part way."""
+        pairs = list(zip(self.events, self.stamps, strict=True))
+        assert evolve_all(initial_state(EXECUTION_ID), pairs) == self.state
+        half = len(pairs) // 2
+        assert evolve_all(fold(self.events[:half], self.stamps[:half]), pairs[half:]) == self.state
 
     @invariant()
     def seq_counts_events_without_gaps(self) -> None:
