@@ -72,7 +72,7 @@ async def start_execution(request: web.Request) -> web.Response:
     if size > limit:
         raise PayloadTooLarge(f"execution input is {size} bytes; the limit is {limit}")
     decode_input(bytes(req.input))  # refuses what no JSON parser takes (1e400, surrogates)
-    record, created = await request.app[COMMANDS].start(
+    record, created, status = await request.app[COMMANDS].start(
         namespace_of(request),
         workflow,
         req.input,  # kept as sent (engine.adapters.store.json_as_sent)
@@ -81,9 +81,11 @@ async def start_execution(request: web.Request) -> web.Response:
         trace_context=request_traceparent(),
     )
     execution_id_var.set(str(record.execution_id))
+    # A start answers what it committed: an execution its first decision already ended
+    # (EngineService.start) is read back with its output, as a repeated start is.
     out = (
         started_out(record)
-        if created
+        if created and status == "RUNNING"
         else execution_out(
             await request.app[QUERIES].execution(namespace_of(request), record.execution_id)
         )

@@ -189,7 +189,8 @@ OPERATIONS: tuple[Op, ...] = (
         method="post",
         path="/v1/workflows/{name}/executions",
         id="startExecution",
-        summary="Start an execution: 201 once ExecutionStarted is committed, 200 for the same "
+        summary="Start an execution: 201 once ExecutionStarted is committed (with the first "
+        "states that do not wait, so the status may already be an end), 200 for the same "
         "name and input again, 409 for the same name with another input",
         tag="executions",
         body=StartExecution,

@@ -196,15 +196,23 @@ def follow_ups(
     events: Iterable[ev.CommittedEvent], traceparents: Mapping[UUID, str] | None = None
 ) -> tuple[list[tuple[UUID, TriggerMessage]], list[TaskMessage]]:
     """The triggers (with their execution ids) and tasks a batch of committed events
-    calls for, in event order: a Begin for each ExecutionStarted, a TaskMessage for each
-    TaskScheduled, each with its execution's entry of ``traceparents`` (the relay's
-    publish span) when given. A TaskScheduled that does not decode (never written by
-    decide) is logged and left out: no worker could run it."""
+    calls for, in event order: a Begin for each ExecutionStarted whose first decision is
+    not in the batch too, a TaskMessage for each TaskScheduled, each with its execution's
+    entry of ``traceparents`` (the relay's publish span) when given. A TaskScheduled
+    that does not decode (never written by decide) is logged and left out: no worker
+    could run it.
+
+    A start whose first decision was made with it (engine.service) commits that
+    decision's events (seq 2 ...) with its ExecutionStarted, so they come in the same
+    batch (unless the batch ends between them: the Begin is then sent, and the engine
+    finds the execution begun and ignores it)."""
+    events = list(events)
+    begun = {event.execution_id for event in events if event.seq == 2}
     begins: list[tuple[UUID, TriggerMessage]] = []
     tasks: list[TaskMessage] = []
     parents = traceparents or {}
     for event in events:
-        if event.type == "ExecutionStarted":
+        if event.type == "ExecutionStarted" and event.execution_id not in begun:
             begins.append(
                 (event.execution_id, Begin(traceparent=parents.get(event.execution_id, "")))
             )

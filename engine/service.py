@@ -13,12 +13,12 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import msgspec
-from opentelemetry.trace import Tracer, get_current_span
+from opentelemetry.trace import Span, Tracer, get_current_span
 
 from engine.adapters.group_commit import GroupCommit
 from engine.adapters.store import (
@@ -38,7 +38,7 @@ from engine.core.decide import Decision, decide
 from engine.core.decide.decider import printable
 from engine.core.state import ExecutionState, evolve, evolve_all, initial_state
 from engine.core.timestamps import iso_millis, parse_iso
-from engine.core.triggers import FailRequested, StopRequested, TimerFired, Trigger
+from engine.core.triggers import Begin, FailRequested, StopRequested, TimerFired, Trigger
 from engine.errors import (
     ConcurrencyError,
     ExecutionNotFound,
@@ -51,6 +51,20 @@ from engine.errors import (
 from engine.limits import Limits
 
 _json = msgspec.json.Encoder()
+
+
+class Started(NamedTuple):
+    """What `EngineService.start` did: the execution's record, whether this call created
+    it (False: the name existed with the same input), and the status its first
+    decision left it in when that was made with the start (RUNNING otherwise)."""
+
+    record: ExecutionRecord
+    created: bool
+    status: str = "RUNNING"
+
+
+# A first decision with more events is left to the engine (see EngineService._first_decision).
+FIRST_DECISION_MAX_EVENTS = 64
 # The longest cause the engine records when it fails an execution itself.
 MAX_CAUSE_CHARS = 4096
 # Stands in for a definition that no longer compiles when failing its execution.
@@ -105,8 +119,16 @@ class EngineService:
         limits: Limits | None = None,
         tracer: Tracer | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        on_decision: Callable[[Sequence[ev.Event], float], None] | None = None,
+        decide_at_start: bool = False,
     ) -> None:
         self.store = store
+        # Make each start's first decision and commit it with the start (`start`): what a
+        # running steplog does (steplog.app); off, a start records ExecutionStarted alone
+        # and the engine makes the first decision on the Begin trigger.
+        self.decide_at_start = decide_at_start
+        # Told of each decision made here (its events, its seconds): the engine's metrics.
+        self.on_decision = on_decision
         # Every decision's append goes through it: concurrent decisions (the engine's batch
         # of triggers, concurrent stops) share one statement and one commit.
         self.appends = GroupCommit(store)
@@ -174,9 +196,7 @@ class EngineService:
         wf = await self.store.get_workflow(namespace, workflow, version)
         if wf is None:
             raise WorkflowNotFound(f"workflow {workflow!r} version {version} not found")
-        compiled = compile_definition(wf.definition)
-        self._remember(key, compiled)
-        return compiled
+        return self._compiled(wf)
 
     def _remember(self, key: tuple[str, str, int], definition: Definition) -> None:
         self._definitions[key] = definition
@@ -193,9 +213,11 @@ class EngineService:
         name: str | None,
         now: dt.datetime | None = None,
         trace_context: str = "",
-    ) -> tuple[ExecutionRecord, bool]:
+    ) -> Started:
         """Start an execution of the latest version of ``workflow`` at ``now`` (None:
-        the service's clock).
+        the service's clock). The execution's first decision (on Begin) is made here and
+        committed with the start when it can be (`_first_decision`): ``Started.status``
+        is the status it left the execution in (RUNNING, or an end already).
         ``trace_context``: the W3C traceparent the execution's spans join (recorded in
         ExecutionStarted; "" with tracing off).
 
@@ -247,19 +269,101 @@ class EngineService:
             # tokens from it (engine.core.tasktokens).
             task_token_key=secrets.token_hex(16),
         )
-        return await self.store.start_execution(
-            namespace,
-            workflow,
-            wf.version,
-            execution_id,
-            name,
-            input_json,
-            NewEvent(
-                type="ExecutionStarted",
-                data=ev.encode_event(started),
-                timestamp=self.clock() if now is None else now,
-            ),
-        )
+        at = self.clock() if now is None else now
+        data = ev.encode_event(started)
+        first = self._first_decision(wf, execution_id, data, at) if self.decide_at_start else None
+        if first is None:
+            record, created = await self.store.start_execution(
+                namespace, workflow, wf.version, execution_id, name, input_json,
+                NewEvent("ExecutionStarted", data, at),
+            )  # fmt: skip
+            return Started(record, created)
+        if self.tracer is None:
+            return await self._start_decided(
+                wf, execution_id, name, input_json, NewEvent("ExecutionStarted", data, at), first
+            )
+        # The first decision's span, as the engine makes one per decision: the child of
+        # the request that started the execution.
+        with self.tracer.start_as_current_span(
+            "steplog.decide",
+            attributes={"steplog.execution.id": str(execution_id), "steplog.trigger": "Begin"},
+        ) as span:
+            started_record = await self._start_decided(
+                wf, execution_id, name, input_json, NewEvent("ExecutionStarted", data, at), first
+            )
+            if started_record.created:
+                describe_decision(self.tracer, span, first.events, None, first.state.status)
+            else:  # the name existed: this decision was not recorded
+                span.set_attribute("steplog.decision.events", 0)
+                span.set_attribute("steplog.decision.ignored", "the execution exists")
+            return started_record
+
+    def _first_decision(
+        self, wf: WorkflowVersion, execution_id: UUID, started: bytes, at: dt.datetime
+    ) -> Decision | None:
+        """The execution's first decision (on Begin), made here so that it is recorded in
+        the start's own commit (one commit instead of two, and no round through the relay
+        and the engine before the first states run); None when it is not made here: the
+        definition does not compile, deciding fails, or the decision is large (a Map
+        over a long list: it is the engine's work, not the request's), in which case the
+        engine makes it on the Begin trigger as for any start."""
+        try:
+            definition = self._compiled(wf)
+            # On the state the log will give (the event as stored, decoded), as the
+            # engine would decide it: the input a plain value, not the text kept.
+            state = evolve(initial_state(execution_id), ev.decode_event(started), iso_millis(at))
+            decision = decide(definition, state, Begin(now=at))
+        except Exception:  # the engine decides it, and fails the execution if it must
+            return None
+        if not decision.events or len(decision.events) > FIRST_DECISION_MAX_EVENTS:
+            return None
+        if sum(len(data) for data in decision.encoded) > self.max_payload_bytes:
+            return None
+        return decision
+
+    async def _start_decided(
+        self,
+        wf: WorkflowVersion,
+        execution_id: UUID,
+        name: str,
+        input_json: bytes,
+        started: NewEvent,
+        first: Decision,
+    ) -> Started:
+        then = [
+            NewEvent(ev.event_type(e), data, started.timestamp)
+            for e, data in zip(first.events, first.encoded, strict=True)
+        ]
+        began = time.perf_counter()
+        record = await self.store.start_execution(
+            wf.namespace, wf.name, wf.version, execution_id, name, input_json, started,
+            then=then, set_timers=first.timers_to_set,
+        )  # fmt: skip
+        if not record[1]:  # the name existed: this decision was not recorded
+            return Started(*record)
+        seconds = time.perf_counter() - began
+        if self.on_decision is not None:
+            self.on_decision(first.events, seconds)
+        if self.tracer is not None:  # the append, as `_record` shows one: at seq 1
+            get_current_span().add_event(
+                "steplog.append",
+                {
+                    "steplog.append.expected_seq": 1,
+                    "steplog.append.events": len(then),
+                    "steplog.append.duration_ms": seconds * 1000,
+                },
+            )
+        return Started(*record, first.state.status)
+
+    def _compiled(self, wf: WorkflowVersion) -> Definition:
+        key = (wf.namespace, wf.name, wf.version)
+        cached = self._definitions.get(key)
+        if cached is not None:
+            self._definitions.move_to_end(key)
+            return cached
+        compiled = compile_definition(wf.definition)
+        self._remember(key, compiled)
+        return compiled
 
     async def load_state(
         self, execution_id: UUID, upto_seq: int | None = None, cached: ExecutionState | None = None
@@ -410,3 +514,34 @@ class EngineService:
                 continue
             return decision.state
         raise ConcurrencyError(f"execution {execution_id} kept changing while stopping")
+
+
+def describe_decision(
+    tracer: Tracer, span: Span, events: Sequence[ev.Event], ignored: str | None, status: str
+) -> None:
+    """Set a decision's attributes on ``span`` (its events, the states they name, why
+    it changed nothing) and, when it ended the execution, add the terminal event's span
+    as its child. A decision whose trace is not sampled describes nothing (its child
+    would not be recorded either)."""
+    if not span.is_recording():
+        return
+    described: dict[str, str | int | list[str]] = {
+        "steplog.decision.events": len(events),
+        "steplog.execution.status": status,
+    }
+    if ignored:
+        described["steplog.decision.ignored"] = ignored
+    if events:
+        states = list(dict.fromkeys(e.name for e in events if isinstance(e, ev.StateEvent)))
+        if states:
+            described["steplog.decision.states"] = states
+    span.set_attributes(described)
+    for event in events:
+        if isinstance(event, ev.TERMINAL):
+            attributes: dict[str, str] = {"steplog.execution.status": status}
+            error = getattr(event, "error", None)
+            if error:
+                attributes["steplog.execution.error"] = error
+            tracer.start_span(
+                f"steplog.execution.{ev.event_type(event)}", attributes=attributes
+            ).end()

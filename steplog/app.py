@@ -41,7 +41,7 @@ from engine.limits import Limits
 from engine.loops.clock import ClockWatch
 from engine.loops.engine_loop import Engine
 from engine.loops.http_task import HTTP_INVOKE, register_http_task
-from engine.loops.metrics import ROLE_RESTARTS, ROLE_UP, StreamSampler
+from engine.loops.metrics import ROLE_RESTARTS, ROLE_UP, StreamSampler, count_start_decision
 from engine.loops.recovery import Recovery
 from engine.loops.relay import Relay
 from engine.loops.timers import TimerService
@@ -275,6 +275,10 @@ def _facades(
         limits=limits,
         tracer=tracer,
         clock=clock.now,
+        # The first decision of a start is made by the API (EngineService.start): counted
+        # with the engine's.
+        on_decision=count_start_decision,
+        decide_at_start=True,
     )
     return service, Queries(store, pool, bus.ready_probe, clock.now), Access.over(pool), limits
 

@@ -74,6 +74,9 @@ ORDER BY name, version DESC"""
 # executions row and, only when that insert happened, event seq 1 and the notification.
 # ON CONFLICT DO NOTHING waits for a concurrent inserter of the same name to finish, so
 # the follow-up SELECT sees its committed row.
+# The execution, its ExecutionStarted (seq 1) and, when the caller decided them already,
+# the events after it (seq 2 ...: the first decision, engine.service) with its timers, in
+# one statement: one commit. Nothing when the name exists (ON CONFLICT DO NOTHING).
 START_EXECUTION = f"""
 WITH started AS (
     INSERT INTO executions
@@ -81,14 +84,23 @@ WITH started AS (
     VALUES ($1, $2, $3, $4, $5, $6::text::json, $7, $8)
     ON CONFLICT (namespace, workflow, name) DO NOTHING
     RETURNING execution_id, started_at
-), first_event AS (
+), first_events AS (
     INSERT INTO events (execution_id, seq, type, data, recorded_at)
-    SELECT execution_id, 1, $9, $10::text::json, started_at FROM started
-    RETURNING position
+    SELECT s.execution_id, u.ord::int, u.type, u.data::json, s.started_at
+    FROM started s
+    CROSS JOIN unnest($9::text[], $10::text[]) WITH ORDINALITY AS u(type, data, ord)
+    ORDER BY u.ord
+    RETURNING seq, position
+), set_timers AS (
+    INSERT INTO timers (timer_id, execution_id, due_at)
+    SELECT t.timer_id, s.execution_id, t.due_at
+    FROM started s CROSS JOIN unnest($11::text[], $12::timestamptz[]) AS t(timer_id, due_at)
+    ON CONFLICT (timer_id) DO UPDATE SET execution_id = EXCLUDED.execution_id,
+                                         due_at = EXCLUDED.due_at
 ), notified AS (
-    SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM first_event
+    SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM (SELECT 1 FROM first_events LIMIT 1) one
 )
-SELECT position FROM first_event CROSS JOIN notified"""
+SELECT position FROM first_events LEFT JOIN notified ON true WHERE seq = 1"""
 SELECT_EXECUTION_BY_NAME = """
 SELECT execution_id, namespace, workflow, version, name, input::text AS input, input_hash,
        started_at
@@ -638,8 +650,12 @@ class EventStore(PoolQueries):
         name: str,
         input_json: bytes,
         started: NewEvent,
+        then: Sequence[NewEvent] = (),
+        set_timers: Sequence[TimerLike] = (),
     ) -> tuple[ExecutionRecord, bool]:
-        """Create the execution and its event seq 1 (``started``) atomically.
+        """Create the execution and its event seq 1 (``started``) atomically, with
+        ``then`` (seq 2 ..., stamped ``started.timestamp``: a first decision already
+        made) and ``set_timers`` in the same commit when given.
 
         ``input_json`` is stored as given (see `json_as_sent`) without its
         insignificant whitespace; `InvalidRequest` when it is not JSON. The same
@@ -661,8 +677,10 @@ class EventStore(PoolQueries):
                 _text(input_json),
                 digest,
                 started.timestamp,
-                started.type,
-                _text(started.data),
+                [started.type, *(e.type for e in then)],
+                [_text(started.data), *(_text(e.data) for e in then)],
+                [t.timer_id for t in set_timers],
+                [t.due for t in set_timers],
             )
         except _JSON_ERRORS as exc:
             raise _bad_json(exc) from None

@@ -65,14 +65,9 @@ from engine.errors import (
 from engine.logcontext import execution_id_var
 from engine.loops import metrics
 from engine.loops.metrics import EXECUTIONS_FAILED_BY_ENGINE, TRIGGERS_DEAD_LETTERED
-from engine.loops.tracing import (
-    EXECUTION_ID,
-    ExecutionTraces,
-    describe_decision,
-    parent_context,
-)
+from engine.loops.tracing import EXECUTION_ID, ExecutionTraces, parent_context
 from engine.messages import ENGINE_GROUP
-from engine.service import EngineService
+from engine.service import EngineService, describe_decision
 from engine.stopping import log_failure, sleep_or_stop
 
 log = logging.getLogger("steplog.engine")

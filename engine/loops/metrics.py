@@ -215,6 +215,13 @@ def count_decision(events: Sequence[ev.Event], seconds: float) -> None:
             HEARTBEATS_MISSED.inc()
 
 
+def count_start_decision(events: Sequence[ev.Event], seconds: float) -> None:
+    """Observe a first decision the API made and committed with its start
+    (engine.service.EngineService.start): a decision, and its commit an append."""
+    count_decision(events, seconds)
+    APPEND_SECONDS.observe(seconds)
+
+
 def observe_published(events: Sequence[StoredEvent], now: dt.datetime) -> None:
     """The relay published ``events`` at ``now``: count them, observe each one's lag."""
     RELAY_EVENTS.inc(len(events))

@@ -35,7 +35,6 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from engine.adapters.store import DueTimer, EventStore, StoredEvent
-from engine.core import events as ev
 
 _propagator = TraceContextTextMapPropagator()
 
@@ -112,37 +111,6 @@ class ExecutionTraces:
         context = recorded_trace_context(first[0].data) if first else ""
         self.remember(execution_id, context)
         return context
-
-
-def describe_decision(
-    tracer: Tracer, span: Span, events: Sequence[ev.Event], ignored: str | None, status: str
-) -> None:
-    """Set a decision's attributes on ``span`` (its events, the states they name, why
-    it changed nothing) and, when it ended the execution, add the terminal event's span
-    as its child. A decision whose trace is not sampled describes nothing (its child
-    would not be recorded either)."""
-    if not span.is_recording():
-        return
-    described: dict[str, str | int | list[str]] = {
-        "steplog.decision.events": len(events),
-        "steplog.execution.status": status,
-    }
-    if ignored:
-        described["steplog.decision.ignored"] = ignored
-    if events:
-        states = list(dict.fromkeys(e.name for e in events if isinstance(e, ev.StateEvent)))
-        if states:
-            described["steplog.decision.states"] = states
-    span.set_attributes(described)
-    for event in events:
-        if isinstance(event, ev.TERMINAL):
-            attributes: dict[str, str] = {"steplog.execution.status": status}
-            error = getattr(event, "error", None)
-            if error:
-                attributes["steplog.execution.error"] = error
-            tracer.start_span(
-                f"steplog.execution.{ev.event_type(event)}", attributes=attributes
-            ).end()
 
 
 async def publish_spans(

@@ -116,7 +116,7 @@ async def world(
     victim_key_id, _ = await key(OWN, "reader")
     # A workflow and an ended execution in the own namespace (ended, so its live feed ends).
     await service.register(OWN, "wf", PASS_DEFINITION)
-    record, _ = await service.start(OWN, "wf", b"{}", None, dt.datetime.now(dt.UTC))
+    record, *_ = await service.start(OWN, "wf", b"{}", None, dt.datetime.now(dt.UTC))
     await service.stop(record.execution_id, None, None, dt.datetime.now(dt.UTC))
     await catch_up(pool, store)  # the listing reads the read model
     # Queue the webhook's deliveries of those events (nothing is sent: no sender runs).

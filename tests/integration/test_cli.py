@@ -35,7 +35,7 @@ async def _steplog(settings: Settings, *args: str) -> tuple[int, str, str]:
 async def test_replay_prints_the_state_at_a_seq(store: EventStore, settings: Settings) -> None:
     service = EngineService(store)
     await service.register("default", "p", PASS)
-    record, _ = await service.start("default", "p", {"x": 1}, "run-1", dt.datetime.now(dt.UTC))
+    record, *_ = await service.start("default", "p", {"x": 1}, "run-1", dt.datetime.now(dt.UTC))
     code, out, err = await _steplog(settings, "replay", str(record.execution_id), "--seq", "1")
     assert code == 0, err
     state = json.loads(out)

@@ -143,7 +143,7 @@ async def test_a_decision_is_never_stamped_before_the_last_event(store: EventSto
     service = EngineService(store, clock=lambda: T0 + dt.timedelta(seconds=60))
     await service.register("default", "pass", PASS)
     # Started by a process whose clock read 60 s later than the engine's below.
-    record, _ = await service.start("default", "pass", {}, None)
+    record, *_ = await service.start("default", "pass", {}, None)
     assert record.started_at == T0 + dt.timedelta(seconds=60)
     state = await service.load_state(record.execution_id)
     assert state.last_event_time == iso_millis(record.started_at)

@@ -23,7 +23,7 @@ async def test_engine_state_equals_replay_after_every_trigger(store: EventStore,
     service = EngineService(store)
     engine = Engine(service, bus)
     await service.register("default", "order", ORDER)
-    record, _ = await service.start(
+    record, *_ = await service.start(
         "default", "order", {"order_id": "o", "amount": 5, "hold_seconds": 30}, None, T0
     )
     eid: UUID = record.execution_id

@@ -139,14 +139,14 @@ async def test_the_running_quota_refuses_the_start_past_it(
     service = EngineService(store, limits=limits)
     now = dt.datetime.now(dt.UTC)
     await service.register("default", "wait", WAIT)
-    first, _ = await service.start("default", "wait", {}, "one", now)
+    first, *_ = await service.start("default", "wait", {}, "one", now)
     await service.start("default", "wait", {}, "two", now)
     assert await limits.store.running("default") == 2
     with pytest.raises(RunningQuotaExceeded) as refused:
         await service.start("default", "wait", {}, "three", now)
     assert refused.value.code == "running_quota_exceeded" and refused.value.status == 429
     # The same name again is the same execution, quota or not (idempotency).
-    again, created = await service.start("default", "wait", {}, "two", now)
+    again, created, *_ = await service.start("default", "wait", {}, "two", now)
     assert not created and again.name == "two"
     # Another namespace has its own count.
     await service.register("other", "wait", WAIT)

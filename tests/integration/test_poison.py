@@ -212,7 +212,7 @@ async def test_a_trigger_failing_max_deliveries_times_is_dead_lettered_with_its_
 ) -> None:
     service = FailingFor(store, "cursed")
     await service.register("default", "cursed", wait_on("Seconds", 1))
-    record, _ = await service.start("default", "cursed", {}, None, T0)
+    record, *_ = await service.start("default", "cursed", {}, None, T0)
     execution_id = record.execution_id
     await bus.add_trigger(execution_id, Begin())
     dead_before = metric("steplog_triggers_dead_lettered_total", "repeated_failure")
@@ -241,7 +241,7 @@ async def test_a_trigger_delivered_too_often_is_dead_lettered_with_its_execution
 ) -> None:
     service = EngineService(store)
     await service.register("default", "wf", wait_on("Seconds", 1))
-    record, _ = await service.start("default", "wf", {}, None, T0)
+    record, *_ = await service.start("default", "wf", {}, None, T0)
     execution_id = record.execution_id
     stream = bus.triggers_stream(bus.partition_of(execution_id))
     await bus.ensure_group(stream, ENGINE_GROUP)

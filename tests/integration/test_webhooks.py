@@ -76,7 +76,7 @@ async def run_sender(
 
 
 async def _start(service: EngineService, workflow: str = "wf") -> UUID:
-    record, _ = await service.start(NS, workflow, b"{}", None, dt.datetime.now(dt.UTC))
+    record, *_ = await service.start(NS, workflow, b"{}", None, dt.datetime.now(dt.UTC))
     return record.execution_id
 
 

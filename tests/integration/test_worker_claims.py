@@ -100,7 +100,7 @@ async def test_an_engine_stuck_on_a_locked_table_keeps_its_trigger(
     the other engine does not claim the trigger and decide it a second time."""
     service = EngineService(store)
     await service.register("default", "wf", PASS)
-    record, _ = await service.start("default", "wf", {}, None, T0)
+    record, *_ = await service.start("default", "wf", {}, None, T0)
     execution_id = record.execution_id
 
     def engine(name: str) -> Engine:

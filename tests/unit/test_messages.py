@@ -69,9 +69,8 @@ def test_each_trigger_message_stands_for_its_decide_trigger() -> None:
 def test_committed_events_call_for_a_begin_and_their_tasks_in_order() -> None:
     a, b = uuid4(), uuid4()
     started = Committed(a, 1, "ExecutionStarted", ev.encode_event(ev.ExecutionStarted()))
-    passed = Committed(a, 2, "PassStateEntered", b"{}")
     begins, tasks = messages.follow_ups(
-        [started, passed, scheduled(a, 3, queue="q1", attempt=1, input={"x": 1}), scheduled(b, 7)]
+        [started, scheduled(a, 3, queue="q1", attempt=1, input={"x": 1}), scheduled(b, 7)]
     )
     assert begins == [(a, messages.Begin())]
     assert tasks == [
@@ -89,6 +88,22 @@ def test_committed_events_call_for_a_begin_and_their_tasks_in_order() -> None:
             execution_id=b, seq=7, queue="default", task_id="t7", state="Work", resource="test:echo"
         ),
     ]
+
+
+def test_a_start_committed_with_its_first_decision_calls_for_no_begin() -> None:
+    """The API made the first decision in the start's commit (engine.service): its events
+    follow the ExecutionStarted in the batch, and the engine has nothing to begin."""
+    a, b = uuid4(), uuid4()
+    started = [
+        Committed(x, 1, "ExecutionStarted", ev.encode_event(ev.ExecutionStarted())) for x in (a, b)
+    ]
+    decided = Committed(a, 2, "TaskStateEntered", b"{}")
+    begins, tasks = messages.follow_ups([started[0], decided, scheduled(a, 3), started[1]])
+    assert begins == [(b, messages.Begin())]
+    assert [(t.execution_id, t.seq) for t in tasks] == [(a, 3)]
+    # A batch that ends between the start and its decision sends the Begin (ignored then).
+    begins, _ = messages.follow_ups([started[0]])
+    assert begins == [(a, messages.Begin())]
 
 
 def test_a_task_scheduled_that_does_not_decode_sends_no_task() -> None:
