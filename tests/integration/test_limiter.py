@@ -167,7 +167,7 @@ async def test_the_running_count_follows_the_event_log(
     await service.register("default", "wait", WAIT)
     passes = [await service.start("default", "pass", {}, f"p{i}", now) for i in range(5)]
     waits = [await service.start("default", "wait", {}, f"w{i}", now) for i in range(3)]
-    for record, _ in passes:  # run each Pass execution to its end
+    for record, *_ in passes:  # run each Pass execution to its end
         state = await service.load_state(record.execution_id)
         await service.apply(state, Begin(now=now))
     await service.stop(waits[0][0].execution_id, None, None, now)

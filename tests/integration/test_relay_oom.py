@@ -149,10 +149,19 @@ async def test_a_publish_refused_in_part_publishes_nothing_twice_and_keeps_order
     bus = ObservedBus(redis, prefix="oom", partitions=4)
     relay = Relay(store, bus, pool, batch_size=60, poll_interval_s=0.1, retry_delay_s=0.1)
     executions = [await start(store, f"x-{i}") for i in range(EXECUTIONS)]
+    last_start = (await store.read_all(GlobalPosition(), 100_000))[-1].global_position
+
+    async def started_out() -> bool:
+        return relay.position >= last_start
+
     stop_edge = asyncio.Event()
     refused_before = _unavailable_count()
     try:
         async with running(relay):
+            # The engine decides an execution's first steps only once its Begin is out,
+            # so the starts go out first: a start whose seq 2 came in the same batch would
+            # have had its first decision made with it, and get no Begin (follow_ups).
+            await eventually(started_out)
             mover = asyncio.create_task(edge(admin, stop_edge))
             try:
                 steps = 0
