@@ -924,6 +924,7 @@ async def test_faults_answer_503_repeat_nothing_and_lose_nothing() -> None:
     runs_file = data_dir / "runs.jsonl"
     began = time.monotonic()
     log: list[str] = []
+    passed = False
     try:
         async with servers(data_dir) as (database_url, redis_url, pgdata):
             cluster = Cluster(
@@ -986,6 +987,11 @@ async def test_faults_answer_503_repeat_nothing_and_lose_nothing() -> None:
             assert codes == [0] * len(ROLES), f"exit codes {codes}\n{cluster.tails()}"
             wrong = judge(timeline, figures, problems)
             assert not wrong, "\n".join(wrong)
+            passed = True
     finally:
         print(f"fault test took {time.monotonic() - began:.0f}s")
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if passed:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        else:  # the processes' logs and the task runs, to tell what went wrong
+            shutil.rmtree(data_dir / "pg", ignore_errors=True)
+            print(f"logs and task runs kept in {data_dir}")
