@@ -674,6 +674,30 @@ def _check_mixed(execution_id: UUID, input: dict[str, Any], events: list[Any]) -
     return problems
 
 
+def _evidence(execution_id: str, runs_file: Path) -> list[str]:
+    """What the processes did with an execution gone wrong (CI keeps no data folder):
+    its handler runs from CHAOS_RUNS_FILE and every log line that names it."""
+    found = []
+    if runs_file.exists():
+        for line in runs_file.read_bytes().splitlines():
+            run = msgspec.json.decode(line)
+            if run["execution_id"] == execution_id:
+                found.append(
+                    f"run {run['state']} task {run['task_id']} attempt {run['attempt']} "
+                    f"{_clock(run['began'])}..{_clock(run['ended'])} pid {run['pid']} "
+                    f"{run['outcome']}"
+                )
+    for log_file in sorted((runs_file.parent / "logs").glob("*.log")):
+        for line in log_file.read_text(errors="replace").splitlines():
+            if execution_id in line:
+                found.append(f"{log_file.stem}: {line[:300]}")
+    return found
+
+
+def _clock(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
 def _failure(events: list[Any]) -> str:
     for e in reversed(events):
         if e.type in TERMINAL_EVENT_TYPES:
@@ -744,6 +768,8 @@ async def _verify(
             if name.startswith("m-"):
                 inputs_by_id[str(execution_id)] = input
                 found += _check_mixed(execution_id, input, events)
+                if found:
+                    found += _evidence(str(execution_id), runs_file)
                 if events[-1].type != "ExecutionSucceeded":
                     window = timeline.at(workload.started_at.get(name, 0.0)).name
                     figures.failed[window].append(f"{name}: {_failure(events)}")
