@@ -36,7 +36,13 @@ from engine.core.asl.compile import compile_definition
 from engine.core.asl.model import Definition, Machine
 from engine.core.decide import Decision, decide
 from engine.core.decide.decider import printable
-from engine.core.state import ExecutionState, evolve, evolve_all, initial_state
+from engine.core.state import (
+    ExecutionState,
+    evolve,
+    evolve_all,
+    initial_state,
+    settle_payloads,
+)
 from engine.core.timestamps import iso_millis, parse_iso
 from engine.core.triggers import Begin, FailRequested, StopRequested, TimerFired, Trigger
 from engine.errors import (
@@ -69,6 +75,8 @@ FIRST_DECISION_MAX_EVENTS = 64
 MAX_CAUSE_CHARS = 4096
 # Stands in for a definition that no longer compiles when failing its execution.
 _NO_DEFINITION = Definition(machine=Machine(start_at="", states={}), timeout_seconds=1)
+# From this many events on, `fold` leaves payloads undecoded until the end.
+LAZY_FOLD_MIN = 32
 
 
 def fold(
@@ -78,8 +86,16 @@ def fold(
     s = state if state is not None else initial_state(execution_id)
     if len(events) == 1:  # the usual case after a decision: no private copy to make
         return evolve(s, ev.decode_event(events[0].data), iso_millis(events[0].timestamp))
-    decode = ev.decode_event
-    return evolve_all(s, ((decode(stored.data), stored.timestamp) for stored in events))
+    if len(events) < LAZY_FOLD_MIN:
+        decode = ev.decode_event
+        return evolve_all(s, ((decode(stored.data), stored.timestamp) for stored in events))
+    # A long replay: the payloads stay JSON text until the end, where only those the
+    # state keeps are decoded (settle_payloads scans every frame: worth it past a few
+    # dozen events).
+    lazy = ev.decode_event_lazy
+    folded = evolve_all(s, ((lazy(stored.data), stored.timestamp) for stored in events))
+    settle_payloads(folded)
+    return folded
 
 
 def no_earlier(state: ExecutionState, trigger: Trigger) -> Trigger:

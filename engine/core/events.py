@@ -22,6 +22,7 @@ changed meaning is a new event type.
 from __future__ import annotations
 
 import datetime as dt
+import typing
 from collections.abc import Callable
 from typing import Any, Protocol
 from uuid import UUID
@@ -369,6 +370,44 @@ def encode_event(event: Event) -> bytes:
 
 def decode_event(data: bytes | str) -> Event:
     return _decoder.decode(data)
+
+
+def _with_raw_payloads(cls: type[_Event]) -> type[_Event]:
+    """``cls`` with each payload field (typed ``Any``: an input, an output) read as
+    ``msgspec.Raw``, the JSON text it holds (``null`` when absent): a subclass of the
+    same tag, so it decodes from the same bytes and matches ``cls`` in a class pattern."""
+    hints = typing.get_type_hints(cls)
+    raw = [
+        (f.name, msgspec.Raw, msgspec.field(default=_RAW_NULL, name=f.encode_name))
+        for f in msgspec.structs.fields(cls)
+        if hints[f.name] is Any
+    ]
+    if not raw:
+        return cls
+    return msgspec.defstruct(  # type: ignore[return-value]
+        cls.__name__,
+        raw,
+        bases=(cls,),
+        module=__name__,
+        frozen=True,
+        kw_only=True,
+        tag=cls.__struct_config__.tag,
+    )
+
+
+_RAW_NULL = msgspec.Raw(b"null")
+_lazy_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(
+    typing.Union[tuple(_with_raw_payloads(c) for c in typing.get_args(Event))]  # noqa: UP007
+)
+
+
+def decode_event_lazy(data: bytes | str) -> Event:
+    """The event with its payloads (inputs, outputs: the fields typed ``Any``) left as
+    ``msgspec.Raw`` JSON text, not decoded: a replay folds thousands of events whose
+    payloads are all replaced by later ones, and decoding them is most of its cost.
+    Only for `engine.core.state.evolve_all` followed by `settle_payloads`, which decodes
+    the few the state keeps."""
+    return _lazy_decoder.decode(data)
 
 
 def event_type(event: Event) -> str:

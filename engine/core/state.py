@@ -175,6 +175,29 @@ def evolve_all(
     return s
 
 
+def settle_payloads(s: ExecutionState) -> None:
+    """Decode in place the payloads ``s`` holds as ``msgspec.Raw`` (events decoded by
+    `ev.decode_event_lazy`), in a state `evolve_all` returned (its own copy): the
+    execution's input and output, and each frame's state input, data and results (a
+    Map's results, and the data its success makes of them, hold its iterations' data)."""
+    decode = msgspec.json.decode
+    raw = msgspec.Raw
+    if type(s.input) is raw:
+        s.input = decode(s.input)
+    if type(s.output) is raw:
+        s.output = decode(s.output)
+    for f in s.frames.values():
+        if type(f.state_input) is raw:
+            f.state_input = decode(f.state_input)
+        data = f.data
+        if type(data) is raw:
+            f.data = decode(data)
+        elif type(data) is list and any(type(v) is raw for v in data):
+            f.data = [decode(v) if type(v) is raw else v for v in data]
+        if any(type(v) is raw for v in f.results):
+            f.results = tuple(decode(v) if type(v) is raw else v for v in f.results)
+
+
 def _apply(
     s: ExecutionState,
     event: ev.Event,

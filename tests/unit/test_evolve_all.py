@@ -9,7 +9,13 @@ import pytest
 from engine.core import events as ev
 from engine.core.asl.compile import compile_definition
 from engine.core.inmemory import run_in_memory
-from engine.core.state import ExecutionState, evolve, evolve_all, initial_state
+from engine.core.state import (
+    ExecutionState,
+    evolve,
+    evolve_all,
+    initial_state,
+    settle_payloads,
+)
 from engine.core.timestamps import parse_iso
 from tests.conformance.cases import load_cases
 
@@ -45,6 +51,16 @@ def test_evolve_all_gives_the_state_evolve_gives(case: dict) -> None:
     rest = zip(events[half:], times[half:], strict=True)
     assert evolve_all(middle, rest) == expected
     assert msgspec.json.encode(middle) == snapshot
+    # Payloads left as JSON text (the long replay's decoding), then settled: the same.
+    lazy = [ev.decode_event_lazy(ev.encode_event(e)) for e in events]
+    folded = evolve_all(start, zip(lazy, stamps, strict=True))
+    settle_payloads(folded)
+    assert folded == expected
+    assert msgspec.json.encode(folded) == msgspec.json.encode(expected)
+    folded = evolve_all(middle, zip(lazy[half:], times[half:], strict=True))
+    settle_payloads(folded)
+    assert folded == expected
+    assert msgspec.json.encode(middle) == snapshot
 
 
 def test_an_event_without_a_time_keeps_the_last_time() -> None:
@@ -54,3 +70,32 @@ def test_an_event_without_a_time_keeps_the_last_time() -> None:
     state = evolve_all(initial_state("e"), [(events[0], stamp), (events[1], "")])
     assert state == one_by_one(initial_state("e"), events, [stamp, ""])
     assert state.last_event_time == stamp and state.seq == 2
+
+
+def test_lazy_payloads_decode_to_what_the_events_held() -> None:
+    """A payload absent from the JSON (None, omitted) and present ones of every JSON kind
+    come out of `settle_payloads` as `decode_event` gives them, also through a Map's
+    results (kept per iteration, then made the Map's data)."""
+    stamp = "2026-01-01T00:00:00.000Z"
+    items = [{"a": 1}, [1, "x"], "s", 2.5, None, True]
+    events: list[ev.Event] = [
+        ev.ExecutionStarted(input=None, workflow="wf", version=1, name="n"),
+        ev.MapStateEntered(name="M", input=items),
+        ev.MapStateStarted(name="M", items=items, max_concurrency=0),
+    ]
+    for i, item in enumerate(items):
+        frame = f"M/{i}"
+        events += [
+            ev.MapIterationStarted(name="M", index=i),
+            ev.PassStateEntered(frame=frame, name="P", input=item),
+            ev.PassStateExited(frame=frame, name="P", output=item, end=True),
+            ev.MapIterationSucceeded(name="M", index=i),
+        ]
+    events.append(ev.MapStateSucceeded(name="M"))
+    stamps = [stamp] * len(events)
+    expected = one_by_one(initial_state("e"), events, stamps)
+    lazy = [ev.decode_event_lazy(ev.encode_event(e)) for e in events]
+    folded = evolve_all(initial_state("e"), zip(lazy, stamps, strict=True))
+    settle_payloads(folded)
+    assert folded == expected
+    assert folded.frames[""].data == items

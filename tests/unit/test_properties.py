@@ -27,7 +27,13 @@ from engine.core.asl.compile import compile_definition
 from engine.core.asl.model import Definition
 from engine.core.decide import decide, timer_key
 from engine.core.inmemory import TaskError, echo, run_in_memory
-from engine.core.state import ExecutionState, evolve, evolve_all, initial_state
+from engine.core.state import (
+    ExecutionState,
+    evolve,
+    evolve_all,
+    initial_state,
+    settle_payloads,
+)
 from engine.core.triggers import (
     Begin,
     StopRequested,
@@ -322,6 +328,11 @@ class Execution(RuleBasedStateMachine):
         assert evolve_all(initial_state(EXECUTION_ID), pairs) == self.state
         half = len(pairs) // 2
         assert evolve_all(fold(self.events[:half], self.stamps[:half]), pairs[half:]) == self.state
+        # With the payloads left as JSON text until the end (a long replay's decoding).
+        lazy = [ev.decode_event_lazy(ev.encode_event(e)) for e in self.events]
+        folded = evolve_all(initial_state(EXECUTION_ID), zip(lazy, self.stamps, strict=True))
+        settle_payloads(folded)
+        assert folded == self.state
 
     @invariant()
     def seq_counts_events_without_gaps(self) -> None:
