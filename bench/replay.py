@@ -7,7 +7,9 @@ appended through `EventStore.append` in decisions of ``--chunk`` events, as the 
 appends them. Then, in alternating rounds in the same run:
 
 - **replay**: `EngineService.state_at` (the engine's replay path with the cache off:
-  `EventStore.load` through the pool, then `fold`, i.e. decode + `evolve` per event);
+  `EventStore.load_for_fold` through the pool, each event's data and time, then
+  `fold_data`: decode and `evolve_all`, the payloads decoded only where the state keeps
+  them);
 - **ceiling**: a bare asyncpg ``fetch`` of the same rows (the store's own statement, on a
   connection held open) and ``msgspec`` decoding of each row's data into the event union
   (the decoder the engine uses); no fold.
@@ -50,7 +52,7 @@ from engine.adapters.store import LOAD_FORWARD, EventStore, NewEvent
 from engine.core import events as ev
 from engine.core.asl.compile import compile_definition
 from engine.core.inmemory import run_in_memory
-from engine.service import EngineService, fold
+from engine.service import EngineService, fold_data
 from steplog.migrate import migrate
 
 # A loop through the common state kinds: a Task, a Pass that counts, a Choice.
@@ -146,9 +148,9 @@ async def run(url: str, count: int, chunk: int, rounds: int) -> dict[str, float]
                     times[which].append(time.perf_counter() - t)
                 # Where the replay's time goes: the store's load, then the fold.
                 t = time.perf_counter()
-                events = await store.load(eid)
+                data, stamps = await store.load_for_fold(eid)
                 t1 = time.perf_counter()
-                fold(eid, events)
+                fold_data(eid, data, stamps)
                 times["load"].append(t1 - t)
                 times["fold"].append(time.perf_counter() - t1)
         return {name: _ms(v) for name, v in times.items()}
@@ -161,8 +163,8 @@ def report(count: int, rounds: int, ms: dict[str, float]) -> float:
     print(f"replay of one {count:,}-event execution, medians of {rounds} alternating rounds")
     print(f"  ceiling: bare fetch + decode        {ms['ceiling']:8.1f} ms")
     print(f"  replay: EngineService.state_at      {ms['replay']:8.1f} ms")
-    print(f"    of which EventStore.load          {ms['load']:8.1f} ms")
-    print(f"    of which fold (decode + evolve)   {ms['fold']:8.1f} ms")
+    print(f"    of which EventStore.load_for_fold  {ms['load']:8.1f} ms")
+    print(f"    of which fold_data (decode, fold)  {ms['fold']:8.1f} ms")
     print(f"ratio replay / fetch + decode ceiling: {ratio:.2f} (goal <= 1.3)")
     goal.report(
         f"replay of {count:,} events / fetch + decode", f"{ratio:.2f}", "<= 1.3", ratio <= 1.3

@@ -41,7 +41,6 @@ from engine.core.state import (
     evolve,
     evolve_all,
     initial_state,
-    settle_payloads,
 )
 from engine.core.timestamps import iso_millis, parse_iso
 from engine.core.triggers import Begin, FailRequested, StopRequested, TimerFired, Trigger
@@ -83,19 +82,31 @@ def fold(
     execution_id: UUID, events: list[StoredEvent], state: ExecutionState | None = None
 ) -> ExecutionState:
     """Replay stored events onto ``state`` (or from the beginning)."""
+    return fold_data(
+        execution_id,
+        [stored.data for stored in events],
+        [stored.timestamp for stored in events],
+        state,
+    )
+
+
+def fold_data(
+    execution_id: UUID,
+    data: Sequence[bytes | str],
+    times: Sequence[dt.datetime],
+    state: ExecutionState | None = None,
+) -> ExecutionState:
+    """Replay events given as their encoded data and recorded times (in seq order) onto
+    ``state`` (or from the beginning)."""
     s = state if state is not None else initial_state(execution_id)
-    if len(events) == 1:  # the usual case after a decision: no private copy to make
-        return evolve(s, ev.decode_event(events[0].data), iso_millis(events[0].timestamp))
-    if len(events) < LAZY_FOLD_MIN:
-        decode = ev.decode_event
-        return evolve_all(s, ((decode(stored.data), stored.timestamp) for stored in events))
-    # A long replay: the payloads stay JSON text until the end, where only those the
-    # state keeps are decoded (settle_payloads scans every frame: worth it past a few
-    # dozen events).
-    lazy = ev.decode_event_lazy
-    folded = evolve_all(s, ((lazy(stored.data), stored.timestamp) for stored in events))
-    settle_payloads(folded)
-    return folded
+    if len(data) == 1:  # the usual case after a decision: no private copy to make
+        return evolve(s, ev.decode_event(data[0]), iso_millis(times[0]))
+    if len(data) < LAZY_FOLD_MIN:
+        return evolve_all(s, zip(map(ev.decode_event, data), times, strict=True))
+    # A long replay: payloads stay JSON text and entered times datetimes until the end,
+    # where only those the state keeps are decoded (one pass over every frame: worth it
+    # past a few dozen events).
+    return evolve_all(s, zip(map(ev.decode_event_lazy, data), times, strict=True), lazy=True)
 
 
 def no_earlier(state: ExecutionState, trigger: Trigger) -> Trigger:
@@ -386,10 +397,10 @@ class EngineService:
     ) -> ExecutionState:
         """The state rebuilt from events (continuing from ``cached`` when given)."""
         after = cached.seq if cached is not None else 0
-        events = await self.store.load(execution_id, after_seq=after, upto_seq=upto_seq)
-        if cached is None and not events:
+        data, times = await self.store.load_for_fold(execution_id, after, upto_seq)
+        if cached is None and not data:
             raise ExecutionNotFound(f"execution {execution_id} not found")
-        return fold(execution_id, events, cached)
+        return fold_data(execution_id, data, times, cached)
 
     async def load_states(
         self, cached: dict[UUID, ExecutionState | None]

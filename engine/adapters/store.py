@@ -209,6 +209,11 @@ LOAD_FORWARD = f"""
 SELECT {_EVENT_COLUMNS} FROM events
 WHERE execution_id = $1 AND seq > $2 AND seq <= $3
 ORDER BY seq LIMIT $4"""
+# What a replay folds: each event's data and time only (no StoredEvent per row).
+LOAD_FOR_FOLD = """
+SELECT data::text, recorded_at FROM events
+WHERE execution_id = $1 AND seq > $2 AND seq <= $3
+ORDER BY seq"""
 # The events of many executions, each after its own seq (the engine's batch of triggers).
 LOAD_MANY = """
 SELECT e.execution_id, e.seq, e.position, e.type, e.data::text AS data, e.recorded_at, e.tx_id
@@ -879,6 +884,16 @@ class EventStore(PoolQueries):
         upper = _MAX_SEQ if upto_seq is None else upto_seq
         rows = await self._fetch(query, execution_id, after_seq, upper, limit)
         return [_stored(r) for r in rows]
+
+    async def load_for_fold(
+        self, execution_id: UUID, after_seq: int = 0, upto_seq: int | None = None
+    ) -> tuple[list[str], list[datetime]]:
+        """The data (JSON text) and recorded times of the events with ``after_seq < seq <=
+        upto_seq``, by seq: what rebuilding a state needs, without a StoredEvent per
+        event (engine.service.fold_data)."""
+        upper = _MAX_SEQ if upto_seq is None else upto_seq
+        rows = await self._fetch(LOAD_FOR_FOLD, execution_id, after_seq, upper)
+        return [r[0] for r in rows], [r[1] for r in rows]
 
     async def read_all(self, after: GlobalPosition, limit: int) -> list[StoredEvent]:
         """Up to ``limit`` events after ``after`` in commit-safe global order: ordered by

@@ -405,7 +405,7 @@ def decode_event_lazy(data: bytes | str) -> Event:
     """The event with its payloads (inputs, outputs: the fields typed ``Any``) left as
     ``msgspec.Raw`` JSON text, not decoded: a replay folds thousands of events whose
     payloads are all replaced by later ones, and decoding them is most of its cost.
-    Only for `engine.core.state.evolve_all` followed by `settle_payloads`, which decodes
+    Only for `engine.core.state.evolve_all` with ``lazy=True``, which decodes
     the few the state keeps."""
     return _lazy_decoder.decode(data)
 

@@ -136,7 +136,10 @@ _STAMPED = (
 
 
 def evolve_all(
-    state: ExecutionState, events: Iterable[tuple[ev.Event, str | dt.datetime]]
+    state: ExecutionState,
+    events: Iterable[tuple[ev.Event, str | dt.datetime]],
+    *,
+    lazy: bool = False,
 ) -> ExecutionState:
     """The state after ``events`` (each with its recorded time, RFC 3339 text or an aware
     datetime), exactly as evolving ``state`` by one event after the other gives, in time
@@ -145,7 +148,12 @@ def evolve_all(
     them once and changes that private copy in place (a replay of 10,000 events spent
     most of its time copying). ``state`` itself is left as it was. A time is turned
     into text only where the state keeps it (an entered state, the start, the end, and
-    the last event's)."""
+    the last event's).
+
+    ``lazy`` (a long replay: engine.service.fold): the events may carry their payloads
+    as ``msgspec.Raw`` (`ev.decode_event_lazy`), and an entered state's time given as a
+    datetime is kept as it is until the end; then the payloads and times the state
+    keeps are decoded and turned into text (one pass over its frames)."""
     s = msgspec.structs.replace(
         state, frames={k: msgspec.structs.replace(f) for k, f in state.frames.items()}
     )
@@ -155,15 +163,17 @@ def evolve_all(
     def complete(s: ExecutionState, task_id: str) -> None:
         done.add(task_id)
 
+    stamp: str | dt.datetime
     for event, when in events:
         s.seq += 1
         if when:
             last = when
-            stamp = (
-                (when if isinstance(when, str) else iso_millis(when))
-                if isinstance(event, _STAMPED)
-                else ""
-            )
+            if not isinstance(event, _STAMPED):
+                stamp = ""
+            elif isinstance(when, str) or lazy:
+                stamp = when
+            else:
+                stamp = iso_millis(when)
         else:
             stamp = ""
         _apply(s, event, stamp, _own_frame, complete)
@@ -172,14 +182,16 @@ def evolve_all(
         s.last_event_time = last if isinstance(last, str) else iso_millis(last)
         if len(s.last_event_time) != 24:
             s.last_event_time = _millis(s.last_event_time)
+    if lazy:
+        _settle(s)
     return s
 
 
-def settle_payloads(s: ExecutionState) -> None:
-    """Decode in place the payloads ``s`` holds as ``msgspec.Raw`` (events decoded by
-    `ev.decode_event_lazy`), in a state `evolve_all` returned (its own copy): the
-    execution's input and output, and each frame's state input, data and results (a
-    Map's results, and the data its success makes of them, hold its iterations' data)."""
+def _settle(s: ExecutionState) -> None:
+    """Decode in place what a lazy `evolve_all` left in ``s`` (its own copy) as JSON text
+    or a datetime: the execution's input and output, each frame's state input, data and
+    results (a Map's results, and the data its success makes of them, hold its
+    iterations' data), and each frame's entered time."""
     decode = msgspec.json.decode
     raw = msgspec.Raw
     if type(s.input) is raw:
@@ -196,18 +208,21 @@ def settle_payloads(s: ExecutionState) -> None:
             f.data = [decode(v) if type(v) is raw else v for v in data]
         if any(type(v) is raw for v in f.results):
             f.results = tuple(decode(v) if type(v) is raw else v for v in f.results)
+        entered: str | dt.datetime = f.entered_time
+        if not isinstance(entered, str):
+            f.entered_time = iso_millis(entered)
 
 
 def _apply(
     s: ExecutionState,
     event: ev.Event,
-    timestamp: str,
+    timestamp: str | dt.datetime,
     _frame: Callable[[ExecutionState, str], Frame],
     complete: Callable[[ExecutionState, str], None],
 ) -> None:
     """Change ``s`` (a copy the caller owns) by ``event``: `_frame` gives a frame of it
     to change (copied, or owned already), ``complete`` records a task's result seen."""
-    if timestamp:
+    if timestamp and isinstance(timestamp, str):
         s.last_event_time = timestamp if len(timestamp) == 24 else _millis(timestamp)
     match event:
         # Most frequent first: a class pattern is an isinstance test, tried in order;
@@ -279,7 +294,7 @@ def _apply(
             s.state_machine_arn = event.state_machine_arn
             s.execution_arn = event.execution_arn
             s.task_token_key = event.task_token_key
-            s.started_at = _millis(timestamp)
+            s.started_at = _millis(_text(timestamp))
             s.frames = {"": Frame(id="", data=event.input)}
         case ev.ExecutionSucceeded():
             _end(s, "SUCCEEDED", timestamp)
@@ -386,9 +401,9 @@ def _apply(
             assert_never(event)
 
 
-def _end(s: ExecutionState, status: Status, timestamp: str) -> None:
+def _end(s: ExecutionState, status: Status, timestamp: str | dt.datetime) -> None:
     s.status = status
-    s.stopped_at = timestamp
+    s.stopped_at = _text(timestamp)
     s.tasks = {}
     s.timers = {}
 
@@ -409,6 +424,10 @@ def _complete(s: ExecutionState, task_id: str) -> None:
     s.completed_tasks = s.completed_tasks | {task_id}
 
 
+def _text(timestamp: str | dt.datetime) -> str:
+    return timestamp if isinstance(timestamp, str) else iso_millis(timestamp)
+
+
 def _millis(timestamp: str) -> str:
     """RFC 3339 with milliseconds and "Z", as AWS writes context-object times."""
     if not timestamp:
@@ -425,14 +444,17 @@ def _millis(timestamp: str) -> str:
 def _enter(
     s: ExecutionState,
     event: ev._Entered,
-    timestamp: str,
+    timestamp: str | dt.datetime,
     _frame: Callable[[ExecutionState, str], Frame],
 ) -> Frame:
     f = _frame(s, event.frame)
     f.current = event.name
     f.state_input = event.input
     f.entered_seq = s.seq
-    f.entered_time = timestamp if len(timestamp) == 24 else _millis(timestamp)
+    if isinstance(timestamp, str):
+        f.entered_time = timestamp if len(timestamp) == 24 else _millis(timestamp)
+    else:  # a lazy evolve_all's: made text at its end, for the frames' last states only
+        f.entered_time = timestamp  # type: ignore[assignment]
     f.retry_attempts = ()
     f.task_id = None
     f.timer_id = None
@@ -444,7 +466,8 @@ def _exit(
     s: ExecutionState, event: ev._Exited, _frame: Callable[[ExecutionState, str], Frame]
 ) -> None:
     f = _frame(s, event.frame)
-    _drop_children(s, f)
+    if f.launched:  # a Parallel or Map state's children (none launched: nothing to drop)
+        _drop_children(s, f)
     f.current = None
     f.data = event.output
     f.retry_attempts = ()

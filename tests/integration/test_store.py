@@ -237,6 +237,17 @@ async def test_append_continues_seq_and_load_reads_ranges(store: EventStore) -> 
     assert loaded[0].position == stored[0].position and loaded[0].type == "PassStateEntered"
 
 
+async def test_load_for_fold_reads_the_data_and_times_load_reads(store: EventStore) -> None:
+    execution_id = await start(store)
+    await store.append(execution_id, 1, [event(n=i) for i in range(2, 6)])
+    for after, upto in ((0, None), (2, None), (1, 3), (5, None)):
+        events = await store.load(execution_id, after_seq=after, upto_seq=upto)
+        data, times = await store.load_for_fold(execution_id, after, upto)
+        assert [d.encode() for d in data] == [e.data for e in events]
+        assert times == [e.timestamp for e in events]
+    assert await store.load_for_fold(uuid4()) == ([], [])
+
+
 async def test_append_at_a_taken_seq_raises_concurrency_error(store: EventStore) -> None:
     execution_id = await start(store)
     await store.append(execution_id, 1, [event()])

@@ -14,7 +14,6 @@ from engine.core.state import (
     evolve,
     evolve_all,
     initial_state,
-    settle_payloads,
 )
 from engine.core.timestamps import parse_iso
 from tests.conformance.cases import load_cases
@@ -51,15 +50,16 @@ def test_evolve_all_gives_the_state_evolve_gives(case: dict) -> None:
     rest = zip(events[half:], times[half:], strict=True)
     assert evolve_all(middle, rest) == expected
     assert msgspec.json.encode(middle) == snapshot
-    # Payloads left as JSON text (the long replay's decoding), then settled: the same.
+    # Payloads left as JSON text and times as datetimes until the end (a long replay).
     lazy = [ev.decode_event_lazy(ev.encode_event(e)) for e in events]
-    folded = evolve_all(start, zip(lazy, stamps, strict=True))
-    settle_payloads(folded)
+    folded = evolve_all(start, zip(lazy, stamps, strict=True), lazy=True)
     assert folded == expected
     assert msgspec.json.encode(folded) == msgspec.json.encode(expected)
-    folded = evolve_all(middle, zip(lazy[half:], times[half:], strict=True))
-    settle_payloads(folded)
+    folded = evolve_all(middle, zip(lazy[half:], times[half:], strict=True), lazy=True)
     assert folded == expected
+    assert msgspec.json.encode(folded) == msgspec.json.encode(expected)
+    folded = evolve_all(start, zip(lazy, times, strict=True), lazy=True)
+    assert msgspec.json.encode(folded) == msgspec.json.encode(expected)
     assert msgspec.json.encode(middle) == snapshot
 
 
@@ -74,7 +74,7 @@ def test_an_event_without_a_time_keeps_the_last_time() -> None:
 
 def test_lazy_payloads_decode_to_what_the_events_held() -> None:
     """A payload absent from the JSON (None, omitted) and present ones of every JSON kind
-    come out of `settle_payloads` as `decode_event` gives them, also through a Map's
+    come out of a lazy `evolve_all` as `decode_event` gives them, also through a Map's
     results (kept per iteration, then made the Map's data)."""
     stamp = "2026-01-01T00:00:00.000Z"
     items = [{"a": 1}, [1, "x"], "s", 2.5, None, True]
@@ -95,7 +95,6 @@ def test_lazy_payloads_decode_to_what_the_events_held() -> None:
     stamps = [stamp] * len(events)
     expected = one_by_one(initial_state("e"), events, stamps)
     lazy = [ev.decode_event_lazy(ev.encode_event(e)) for e in events]
-    folded = evolve_all(initial_state("e"), zip(lazy, stamps, strict=True))
-    settle_payloads(folded)
+    folded = evolve_all(initial_state("e"), zip(lazy, stamps, strict=True), lazy=True)
     assert folded == expected
     assert folded.frames[""].data == items

@@ -32,8 +32,8 @@ from engine.core.state import (
     evolve,
     evolve_all,
     initial_state,
-    settle_payloads,
 )
+from engine.core.timestamps import parse_iso
 from engine.core.triggers import (
     Begin,
     StopRequested,
@@ -328,11 +328,11 @@ class Execution(RuleBasedStateMachine):
         assert evolve_all(initial_state(EXECUTION_ID), pairs) == self.state
         half = len(pairs) // 2
         assert evolve_all(fold(self.events[:half], self.stamps[:half]), pairs[half:]) == self.state
-        # With the payloads left as JSON text until the end (a long replay's decoding).
+        # With payloads left as JSON text and times as datetimes until the end (a long replay).
         lazy = [ev.decode_event_lazy(ev.encode_event(e)) for e in self.events]
-        folded = evolve_all(initial_state(EXECUTION_ID), zip(lazy, self.stamps, strict=True))
-        settle_payloads(folded)
-        assert folded == self.state
+        times = [parse_iso(t) if t else t for t in self.stamps]
+        lazily = zip(lazy, times, strict=True)
+        assert evolve_all(initial_state(EXECUTION_ID), lazily, lazy=True) == self.state
 
     @invariant()
     def seq_counts_events_without_gaps(self) -> None:
