@@ -345,12 +345,25 @@ class Worker:
                 log.log(level, "worker: cannot renew the claims on running tasks (%r)", exc)
                 failing = True
                 continue
-            for entry_id in ids:
-                if entry_id in kept:
-                    if entry_id in self._held:
-                        self._held[entry_id] = sent + self.visibility_timeout_s
-                else:
-                    self._lapse(entry_id, "another worker has claimed it")
+            self._renewed(ids, kept, sent)
+
+    def _renewed(self, ids: Sequence[str], kept: set[str], sent: float) -> None:
+        """Record what a renewal of ``ids`` sent at loop time ``sent`` found: those
+        ``kept`` are held until ``sent`` plus the visibility timeout, the others have
+        another owner. The answer may come late (queued in a paused Redis) and be older
+        than what a read, claim or confirmation has told since, which it never undoes: a
+        lease is never shortened, and an entry confirmed as this worker's after
+        ``sent`` is not given up for an answer about the time before."""
+        confirmed = sent + self.visibility_timeout_s
+        for entry_id in ids:
+            held = self._held.get(entry_id)
+            if held is None:  # finished or given up meanwhile
+                continue
+            if entry_id in kept:
+                if confirmed > held:
+                    self._held[entry_id] = confirmed
+            elif held <= confirmed:
+                self._lapse(entry_id, "another worker has claimed it")
 
     async def _fence(self) -> None:
         """Cancel the handlers whose claims could lapse soon (Redis has not confirmed
@@ -557,8 +570,9 @@ class Worker:
             log.warning("worker: cannot confirm the claims just read (%r)", exc)
             kept = set()
         for entry_id in stale:
-            if entry_id in kept and entry_id in self._held:
-                self._held[entry_id] = now + self.visibility_timeout_s
+            held = self._held.get(entry_id)
+            if entry_id in kept and held is not None:
+                self._held[entry_id] = max(held, now + self.visibility_timeout_s)
             else:
                 self._held.pop(entry_id, None)
 

@@ -208,3 +208,27 @@ async def test_a_redis_pause_longer_than_the_visibility_timeout_never_runs_an_at
     assert name == "first" and first_ended < again_began
     assert [r.output for r in await results(redis, bus)] == [{"n": 1}]
     assert (await redis.xpending(bus.tasks_stream("default"), WORKER_GROUP))["pending"] == 0
+
+
+async def test_a_late_renewal_answer_never_shortens_a_claim_nor_gives_a_newer_one_up(
+    bus: Bus,
+) -> None:
+    """A renewal queued in a paused Redis answers after the pause, when the worker may have
+    read, claimed or confirmed the same entries again: its answer is about the time it
+    was sent. Taking it as the truth of now (the lease set back to the send time plus the
+    visibility timeout, or an entry "claimed by another worker") cancelled handlers that
+    had just started on a fresh claim, and an attempt ran three times (test_faults, the
+    Redis pause window)."""
+    worker = Worker(bus, HandlerRegistry(), queue="late", visibility_timeout_s=3.0)
+    now = asyncio.get_running_loop().time()
+    worker._held = {"1-0": now + 3.0, "2-0": now + 3.0, "3-0": now - 1.0}
+    # The answer to a renewal sent 2 s ago: 1-0 and 3-0 kept, 2-0 not this worker's then.
+    worker._renewed(["1-0", "2-0", "3-0"], {"1-0", "3-0"}, now - 2.0)
+    assert worker._held["1-0"] == now + 3.0  # confirmed since: not set back to now + 1
+    assert worker._held["2-0"] == now + 3.0  # confirmed since: not given up
+    assert worker._held["3-0"] == now + 1.0  # extended
+    # An answer to a renewal sent after those confirmations is the newest word.
+    worker._renewed(["1-0", "2-0"], {"1-0"}, now + 0.5)
+    assert worker._held["1-0"] == now + 3.5
+    assert "2-0" not in worker._held
+    assert worker.lapsed == 0  # (no handler was running to cancel)
