@@ -297,18 +297,19 @@ class EngineService:
             task_token_key=secrets.token_hex(16),
         )
         at = self.clock() if now is None else now
-        data = ev.encode_event(started)
-        first = self._first_decision(wf, execution_id, data, at) if self.decide_at_start else None
+        stored = NewEvent("ExecutionStarted", ev.encode_event(started), at)
+        first = (
+            self._first_decision(wf, execution_id, stored.data, at)
+            if self.decide_at_start
+            else None
+        )
         if first is None:
             record, created = await self.store.start_execution(
-                namespace, workflow, wf.version, execution_id, name, input_json,
-                NewEvent("ExecutionStarted", data, at),
-            )  # fmt: skip
+                namespace, workflow, wf.version, execution_id, name, input_json, stored
+            )
             return Started(record, created)
         if self.tracer is None:
-            return await self._start_decided(
-                wf, execution_id, name, input_json, NewEvent("ExecutionStarted", data, at), first
-            )
+            return await self._start_decided(wf, execution_id, name, input_json, stored, first)
         # The first decision's span, as the engine makes one per decision: the child of
         # the request that started the execution.
         with self.tracer.start_as_current_span(
@@ -316,7 +317,7 @@ class EngineService:
             attributes={"steplog.execution.id": str(execution_id), "steplog.trigger": "Begin"},
         ) as span:
             started_record = await self._start_decided(
-                wf, execution_id, name, input_json, NewEvent("ExecutionStarted", data, at), first
+                wf, execution_id, name, input_json, stored, first
             )
             if started_record.created:
                 describe_decision(self.tracer, span, first.events, None, first.state.status)
