@@ -53,13 +53,14 @@ def trace_middleware(tracer: Tracer) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         parent = _propagator.extract(request.headers)
+        route = route_label(request)
         with tracer.start_as_current_span(
-            f"{request.method} {route_label(request)}",
+            f"{request.method} {route}",
             context=parent,
             kind=SpanKind.SERVER,
             attributes={
                 "http.request.method": request.method,
-                "http.route": route_label(request),
+                "http.route": route,
                 "url.path": request.path,
             },
         ) as span:

@@ -559,17 +559,22 @@ def describe_decision(
     }
     if ignored:
         described["steplog.decision.ignored"] = ignored
+    terminal = None
     if events:
-        states = list(dict.fromkeys(e.name for e in events if isinstance(e, ev.StateEvent)))
+        states: dict[str, None] = {}
+        for event in events:
+            if isinstance(event, ev.StateEvent):
+                states[event.name] = None
+            elif isinstance(event, ev.TERMINAL):
+                terminal = event
         if states:
-            described["steplog.decision.states"] = states
+            described["steplog.decision.states"] = list(states)
     span.set_attributes(described)
-    for event in events:
-        if isinstance(event, ev.TERMINAL):
-            attributes: dict[str, str] = {"steplog.execution.status": status}
-            error = getattr(event, "error", None)
-            if error:
-                attributes["steplog.execution.error"] = error
-            tracer.start_span(
-                f"steplog.execution.{ev.event_type(event)}", attributes=attributes
-            ).end()
+    if terminal is not None:
+        attributes: dict[str, str] = {"steplog.execution.status": status}
+        error = getattr(terminal, "error", None)
+        if error:
+            attributes["steplog.execution.error"] = error
+        tracer.start_span(
+            f"steplog.execution.{ev.event_type(terminal)}", attributes=attributes
+        ).end()

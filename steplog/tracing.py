@@ -29,14 +29,28 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from contextvars import Token
+from contextvars import ContextVar, Token
+from random import getrandbits
 from types import TracebackType
 
 from opentelemetry import context as context_api
 from opentelemetry.context import Context
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace import (
+    Event,
+    ReadableSpan,
+    SpanLimits,
+    SpanProcessor,
+    TracerProvider,
+)
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -59,6 +73,7 @@ from opentelemetry.trace import (
     get_current_span,
     set_span_in_context,
 )
+from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes, AttributeValue
 
@@ -161,6 +176,10 @@ class LeanSpan(ReadableSpan, Span):
     are valid by construction (str, bool, int, float, lists of str); any other value
     (a handler's own span) is checked as the SDK checks it (`_valid`)."""
 
+    # steplog.otlp encodes a span whose class says this from its fields (_name, ...,
+    # _dropped_events), not through the SDK's properties, which copy and count.
+    plain_fields = True
+
     def __init__(
         self,
         tracer: LeanTracer,
@@ -183,10 +202,24 @@ class LeanSpan(ReadableSpan, Span):
         self._end_time: int | None = None
         self._attributes = self._recorded = attributes
         self._events: list[Event] = []
+        self._dropped_attributes = 0
+        self._dropped_events = 0
         self._links = links
         self._resource = tracer.resource
         self._status = _UNSET
         self._tracer = tracer
+
+    @property
+    def dropped_attributes(self) -> int:
+        return self._dropped_attributes
+
+    @property
+    def dropped_events(self) -> int:
+        return self._dropped_events
+
+    @property
+    def dropped_links(self) -> int:
+        return 0
 
     # The Span API.
 
@@ -199,7 +232,15 @@ class LeanSpan(ReadableSpan, Span):
     def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
         if self._end_time is None:
             for key, value in attributes.items():
-                self._set(key, value)
+                recorded = self._recorded
+                if (
+                    type(value) in _PLAIN
+                    and len(recorded) < self._tracer.max_attributes
+                    and key not in recorded
+                ):
+                    recorded[key] = value
+                else:
+                    self._set(key, value)
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
         if self._end_time is None:
@@ -211,17 +252,29 @@ class LeanSpan(ReadableSpan, Span):
             if checked is None:
                 return
             value = checked
+        # As the SDK's BoundedAttributes: a key set again moves to the end; when the
+        # span holds its limit, the oldest key gives way (and counts as dropped).
         attributes = self._recorded
-        if key in attributes or len(attributes) < self._tracer.max_attributes:
-            attributes[key] = value
+        if key in attributes:
+            del attributes[key]
+        elif len(attributes) >= self._tracer.max_attributes:
+            if not attributes:  # a limit of 0
+                self._dropped_attributes += 1
+                return
+            del attributes[next(iter(attributes))]
+            self._dropped_attributes += 1
+        attributes[key] = value
 
     def add_event(
         self, name: str, attributes: Attributes = None, timestamp: int | None = None
     ) -> None:
         if self._end_time is not None:
             return
-        if len(self._events) >= self._tracer.max_events:
-            return
+        if len(self._events) >= self._tracer.max_events:  # the oldest gives way, as in the SDK
+            self._dropped_events += 1
+            if not self._events:  # a limit of 0
+                return
+            del self._events[0]
         checked: dict[str, AttributeValue] = {}
         for key, value in (attributes or {}).items():
             if type(value) not in _PLAIN and (value := _valid(key, value)) is None:
@@ -271,7 +324,12 @@ class LeanSpan(ReadableSpan, Span):
         if self._end_time is not None:
             return
         self._end_time = end_time or time.time_ns()
-        self._tracer.processor.on_end(self)
+        tracer = self._tracer
+        if self._context[3] & TraceFlags.SAMPLED:  # type: ignore[index]  # (a SpanContext: a tuple)
+            for emit in tracer.emits:
+                emit(self)
+        for on_end in tracer.ends:
+            on_end(self)
 
     def __exit__(
         self,
@@ -286,18 +344,36 @@ class LeanSpan(ReadableSpan, Span):
 
 
 _PLAIN = frozenset((str, bool, int, float))
+_LISTS = frozenset((list, tuple))
 _UNSET = Status(StatusCode.UNSET)
 
 
 def _valid(key: str, value: object) -> AttributeValue | None:
     """``value`` as the SDK would store it (a sequence of one plain type as a tuple),
     None (logged, dropped) when it is not a valid attribute value."""
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+    if type(value) in _LISTS or (
+        isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+    ):
+        assert isinstance(value, Sequence)  # (for mypy: the first test is a faster isinstance)
         kinds = {type(v) for v in value if v is not None}
         if len(kinds) <= 1 and kinds <= _PLAIN:
             return tuple(value)
     _logger.warning("Invalid type %s for attribute %r value dropped", type(value).__name__, key)
     return None
+
+
+def _context_var() -> ContextVar[Context] | None:
+    """The contextvar that holds OpenTelemetry's current context, when it is the
+    default runtime context (OTEL_PYTHON_CONTEXT unset or "contextvars_context"):
+    spans are made current through it directly. None for another runtime context."""
+    runtime = getattr(context_api, "_RUNTIME_CONTEXT", None)
+    if type(runtime) is not ContextVarsRuntimeContext:
+        return None
+    current = getattr(runtime, "_current_context", None)
+    return current if isinstance(current, ContextVar) else None
+
+
+_CURRENT = _context_var()
 
 
 class _CurrentSpan:
@@ -312,7 +388,12 @@ class _CurrentSpan:
         self._token: Token[Context] | None = None
 
     def __enter__(self) -> Span:
-        self._token = context_api.attach(set_span_in_context(self._span))
+        if _CURRENT is None:
+            self._token = context_api.attach(set_span_in_context(self._span))
+        else:  # what set_span_in_context and attach do, without their calls
+            values = _CURRENT.get().copy()
+            values[_SPAN_KEY] = self._span
+            self._token = _CURRENT.set(Context(values))
         return self._span
 
     def __exit__(
@@ -323,7 +404,13 @@ class _CurrentSpan:
     ) -> None:
         span = self._span
         if self._token is not None:
-            context_api.detach(self._token)
+            if _CURRENT is None:
+                context_api.detach(self._token)
+            else:
+                try:
+                    _CURRENT.reset(self._token)
+                except Exception:  # as context_api.detach: logged, not raised
+                    _logger.exception("Failed to detach context")
         if isinstance(exc_val, Exception) and self._record and span.is_recording():
             span.record_exception(exc_val)
             span.set_status(Status(StatusCode.ERROR, f"{type(exc_val).__name__}: {exc_val}"))
@@ -358,17 +445,54 @@ class LeanTracer(Tracer):
     def __init__(self, provider: TracerProvider, scope: str = INSTRUMENTATION_SCOPE) -> None:
         self.sampler = provider.sampler
         self.ids = provider.id_generator
+        self.random_span_ids = type(self.ids) is RandomIdGenerator
         is_random = getattr(self.ids, "is_trace_id_random", None)
         self.random_ids = _RANDOM_TRACE_ID if is_random is not None and is_random() else 0
         self.resource = provider.resource
         self.follows_parent = _follows_parent(self.sampler)
-        # The provider's span processors (all of them, as the SDK's tracer uses them).
+        # The provider's span processors (all of them, as the SDK's tracer uses them),
+        # called as `_hooks` says.
         self.processor = provider._active_span_processor
+        self._processors: object = None
+        self.starts: tuple[Callable[..., None], ...] = ()
+        self.emits: tuple[Callable[[ReadableSpan], None], ...] = ()
+        self.ends: tuple[Callable[[ReadableSpan], None], ...] = ()
+        self._hooks()
         self.scope = InstrumentationScope(scope)
         # The span limits of the OTEL_SPAN_*_LIMIT variables, as the SDK's spans have them.
         limits = SpanLimits()
         self.max_attributes = limits.max_span_attributes or sys.maxsize
         self.max_events = limits.max_events or sys.maxsize
+
+    def _hooks(self) -> None:
+        """What a span's start and end call, for the processors the provider has now:
+        each ``on_start`` that does something (the batch and simple processors' do
+        nothing), a batch processor's queue (``emit``: what its ``on_end`` calls for a
+        sampled span), any other processor's ``on_end``. A processor the provider
+        gains later is picked up at the next span's start."""
+        processors = getattr(self.processor, "_span_processors", None)
+        self._processors = processors
+        if processors is None:  # a multi-processor of another kind: call it as it is
+            self.starts, self.emits, self.ends = (
+                (self.processor.on_start,),
+                (),
+                (self.processor.on_end,),
+            )
+            return
+        starts, emits, ends = [], [], []
+        for processor in processors:
+            if type(processor).on_start not in _NO_OP_STARTS:
+                starts.append(processor.on_start)
+            queue = getattr(processor, "_batch_processor", None)
+            if (
+                type(processor) is BatchSpanProcessor
+                and queue is not None
+                and hasattr(queue, "emit")
+            ):
+                emits.append(queue.emit)
+            else:
+                ends.append(processor.on_end)
+        self.starts, self.emits, self.ends = tuple(starts), tuple(emits), tuple(ends)
 
     def start_span(
         self,
@@ -381,10 +505,18 @@ class LeanTracer(Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> Span:
-        parent: SpanContext | None = get_current_span(context).get_span_context()
-        if parent is not None and parent.is_valid:
-            trace_id = parent.trace_id
-            random = parent.trace_flags & _RANDOM_TRACE_ID
+        if context is None:
+            context = context_api.get_current() if _CURRENT is None else _CURRENT.get()
+        current = context.get(_SPAN_KEY)
+        if type(current) in _SPAN_TYPES:  # (else the API's check: not a Span, no parent)
+            parent: SpanContext | None = current.get_span_context()  # type: ignore[attr-defined]
+        else:
+            parent = get_current_span(context).get_span_context()
+        # A SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state,
+        # is_valid).
+        if parent is not None and parent[5]:
+            trace_id = parent[0]
+            random = parent[3] & _RANDOM_TRACE_ID
         else:
             parent = None
             trace_id = self.ids.generate_trace_id()
@@ -394,19 +526,26 @@ class LeanTracer(Tracer):
         if parent is not None and self.follows_parent:
             # What a parent-based sampler with its default delegates decides (and the
             # trace state it keeps), without its calls: a child is sampled with its parent.
-            sampled = parent.trace_flags & TraceFlags.SAMPLED
+            sampled = parent[3] & TraceFlags.SAMPLED
             record = bool(sampled)
-            trace_state = parent.trace_state
-            extra: Attributes = None
+            trace_state = parent[4]
         else:
             result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
             sampled = TraceFlags.SAMPLED if result.decision in _SAMPLED_DECISIONS else 0
             record = result.decision is not Decision.DROP
             trace_state = result.trace_state
-            extra = result.attributes
+            # As the SDK's tracer: the span has the attributes the sampler returns (the
+            # SDK's samplers return the ones they were given).
+            attributes = result.attributes
+        if self.random_span_ids:  # RandomIdGenerator's generate_span_id, without its call
+            span_id = getrandbits(64)
+            while not span_id:
+                span_id = getrandbits(64)
+        else:
+            span_id = self.ids.generate_span_id()
         span_context = SpanContext(
             trace_id,
-            self.ids.generate_span_id(),
+            span_id,
             is_remote=False,
             trace_flags=_FLAGS[random | sampled],
             trace_state=trace_state,
@@ -418,10 +557,16 @@ class LeanTracer(Tracer):
             self, name, span_context, parent, kind, recorded, links, start_time or time.time_ns()
         )
         if attributes:
-            span.set_attributes(attributes)
-        if extra:
-            span.set_attributes(extra)
-        self.processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
+            if len(attributes) <= self.max_attributes and all(
+                type(v) in _PLAIN for v in attributes.values()
+            ):
+                recorded.update(attributes)  # (valid by construction: steplog's own)
+            else:
+                span.set_attributes(attributes)
+        if self._processors is not getattr(self.processor, "_span_processors", None):
+            self._hooks()
+        for on_start in self.starts:
+            on_start(span, parent_context=context)
         return span
 
     def start_as_current_span(  # type: ignore[override]
@@ -441,6 +586,11 @@ class LeanTracer(Tracer):
 
 
 _SAMPLED_DECISIONS = frozenset((Decision.RECORD_AND_SAMPLE,))
+_SPAN_TYPES = frozenset((LeanSpan, NonRecordingSpan))
+# The on_start of the SDK's processors that do nothing at a span's start.
+_NO_OP_STARTS = frozenset(
+    (SpanProcessor.on_start, BatchSpanProcessor.on_start, SimpleSpanProcessor.on_start)
+)
 # W3C trace context level 2's "random trace id" flag, which the SDK sets (since 1.39)
 # on the traces it begins with random ids, and its children inherit.
 _RANDOM_TRACE_ID: int = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)

@@ -30,13 +30,14 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
     Tracer,
-    set_span_in_context,
 )
+from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from engine.adapters.store import DueTimer, EventStore, StoredEvent
 
 _propagator = TraceContextTextMapPropagator()
+_FLAGS = [TraceFlags(f) for f in range(256)]
 
 # Attribute names (the steplog.* namespace; OpenTelemetry's semantic conventions have
 # none for workflow engines).
@@ -58,18 +59,22 @@ def parent_context(traceparent: str) -> Context | None:
         except ValueError:
             return _propagator.extract({"traceparent": traceparent})
         if trace_id and span_id:
-            remote = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
-            return set_span_in_context(NonRecordingSpan(remote))
+            remote = SpanContext(trace_id, span_id, is_remote=True, trace_flags=_FLAGS[flags])
+            # A context of its own (what the propagator returns too): a message's parent
+            # owes nothing to the receiving loop's current context.
+            return Context({_SPAN_KEY: NonRecordingSpan(remote)})
     return _propagator.extract({"traceparent": traceparent})
 
 
 def traceparent_of(span: Span) -> str:
     """``span``'s W3C traceparent (``00-<trace id>-<span id>-<flags>``), "" for a span
     that is not valid (tracing off)."""
-    ctx = span.get_span_context()
-    if not ctx.is_valid:
+    # A SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state,
+    # is_valid).
+    trace_id, span_id, _, flags, _, valid = span.get_span_context()
+    if not valid:
         return ""
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
 
 
 class _TraceOnly(msgspec.Struct, rename="camel"):
@@ -102,10 +107,16 @@ class ExecutionTraces:
         while len(self._known) > self._size:
             self._known.popitem(last=False)
 
-    async def get(self, execution_id: UUID) -> str:
+    def known(self, execution_id: UUID) -> str | None:
+        """The context when it is cached (None: `get` it)."""
         known = self._known.get(execution_id)
         if known is not None:
             self._known.move_to_end(execution_id)
+        return known
+
+    async def get(self, execution_id: UUID) -> str:
+        known = self.known(execution_id)
+        if known is not None:
             return known
         first = await self._store.load(execution_id, upto_seq=1)
         context = recorded_trace_context(first[0].data) if first else ""
@@ -135,7 +146,9 @@ async def publish_spans(
     for execution_id, own in by_execution.items():
         if execution_id not in sending:
             continue
-        parent = await traces.get(execution_id)
+        parent = traces.known(execution_id)
+        if parent is None:
+            parent = await traces.get(execution_id)
         spans[execution_id] = tracer.start_span(
             "steplog.relay.publish",
             context=parent_context(parent),

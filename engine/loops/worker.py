@@ -664,7 +664,7 @@ class Worker:
             context=parent_context(task.traceparent),
             kind=SpanKind.CONSUMER,
             attributes={
-                EXECUTION_ID: str(task.execution_id),
+                EXECUTION_ID: ctx.execution_id,
                 "steplog.task.state": task.state,
                 "steplog.task.attempt": task.attempt,
                 "steplog.task.resource": task.resource,

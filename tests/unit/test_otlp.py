@@ -161,3 +161,70 @@ def test_the_grpc_exporter_sends_the_same_request() -> None:
         assert exporter._translate_data(spans) == sdk_encode(spans)  # type: ignore[attr-defined]
     finally:
         exporter.shutdown()
+
+
+def test_limits_drop_and_count_as_the_sdks_spans_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "2")
+    monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "1")
+
+    def spans(lean: bool) -> Sequence[ReadableSpan]:
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(sampler=ALWAYS_ON)
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracer = LeanTracer(provider) if lean else provider.get_tracer("steplog")
+        with tracer.start_as_current_span("a", attributes={"x": 1, "y": 2, "z": 3}) as span:
+            span.set_attributes({"w": 4.5, "x": 0})  # x is kept (a key already held)
+            span.add_event("e1", {"k": 1})
+            span.add_event("e2")
+        return exporter.get_finished_spans()
+
+    sdk, lean = spans(lean=False), spans(lean=True)
+    # The newest are kept: a full span's oldest attribute and event give way.
+    for made in (sdk, lean):
+        assert [(s.dropped_attributes, s.dropped_events) for s in made] == [(3, 1)]
+        assert list((made[0].attributes or {}).items()) == [("w", 4.5), ("x", 0)]
+        assert [e.name for e in made[0].events] == ["e2"]
+    ours = ExportTraceServiceRequest.FromString(encode_spans(lean))
+    assert ours == sdk_encode(lean)
+    (encoded,) = ours.resource_spans[0].scope_spans[0].spans
+    assert (encoded.dropped_attributes_count, encoded.dropped_events_count) == (3, 1)
+
+
+def test_cached_attribute_encodings_never_mix_values() -> None:
+    # The encoder keeps the bytes of repeated attributes (and of a float's key): equal
+    # keys of different values, kinds and lists each encode as themselves.
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = LeanTracer(provider)
+    values: list[object] = [1, True, 1.0, 2.5, "1", ["A", "B"], ["A"], ("A", "B"), [1], [True]]
+    for value in values * 2:
+        tracer.start_span("s", attributes={"v": value}).end()  # type: ignore[dict-item]
+    spans = exporter.get_finished_spans()
+    for one in range(0, len(spans), 3):
+        batch = spans[one : one + 3]
+        assert ExportTraceServiceRequest.FromString(encode_spans(batch)) == sdk_encode(batch)
+
+
+class _Starts(SimpleSpanProcessor):
+    def __init__(self, exporter: InMemorySpanExporter) -> None:
+        super().__init__(exporter)
+        self.started: list[str] = []
+
+    def on_start(self, span: trace.Span, parent_context: object = None) -> None:  # type: ignore[override]
+        self.started.append(span.name)  # type: ignore[attr-defined]
+
+
+def test_processors_added_later_and_their_starts_are_called() -> None:
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    tracer = LeanTracer(provider)
+    tracer.start_span("before").end()  # no processor yet: nothing to call
+    first, second = InMemorySpanExporter(), InMemorySpanExporter()
+    starts = _Starts(second)
+    provider.add_span_processor(SimpleSpanProcessor(first))
+    provider.add_span_processor(starts)
+    with tracer.start_as_current_span("after"):
+        tracer.start_span("child").end()
+    assert [s.name for s in first.get_finished_spans()] == ["child", "after"]
+    assert [s.name for s in second.get_finished_spans()] == ["child", "after"]
+    assert starts.started == ["after", "child"]
