@@ -109,8 +109,9 @@ def _key_value(key: str, value: Any) -> bytes:
 
 # Encoded attributes (field, key, value type, value -> the field's bytes) and names:
 # steplog's spans repeat the same few (states, statuses, triggers, routes). A list's
-# key holds its items as a tuple (lists of str only: 1 and True are equal keys). A float (a duration) seldom repeats: only the bytes
-# before its value are kept (`_float_prefix`).
+# key holds its items as a tuple (lists of str only: 1 and True are equal keys). A
+# float (a duration) seldom repeats: only the bytes before its value are kept
+# (`_float_prefix`).
 _CACHED = frozenset((str, bool, int))
 _SEQUENCES = frozenset((list, tuple))
 _CACHE_SIZE = 4096
