@@ -32,7 +32,7 @@ Optionally keeps the callgrind files (``--keep DIR``) for callgrind_annotate.
 
     .venv/bin/python bench/tracing_instructions.py [-n 100] [--concurrency 8]
         [--modes off,sampled,on] [--workloads task3,pass10] [--idle 30] [--keep DIR]
-        [--source DIR] [--cprofile]
+        [--source DIR] [--cprofile] [--repeat 1]
 
 Run by hand (20-30 minutes on a loaded 2-core machine); never part of the test suite.
 """
@@ -45,6 +45,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -256,13 +257,14 @@ async def _bench(
     profile: bool,
     source: Path,
     idle_s: float,
+    repeat: int = 1,
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="steplog-bench-cg-") as folder:
         data = Path(folder) / "data"
         out_dir = keep or Path(folder) / "out"
         out_dir.mkdir(parents=True, exist_ok=True)
-        # (mode, workload) -> (instructions, of the other threads, seconds counted)
-        figures: dict[tuple[str, str], tuple[int, int, float]] = {}
+        # (mode, workload) -> per run: (instructions, of the other threads, seconds counted)
+        figures: dict[tuple[str, str], list[tuple[int, int, float]]] = {}
         async with local_servers(data, own=True) as (db_url, redis_url):
             pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
             try:
@@ -293,7 +295,9 @@ async def _bench(
                             print(f"  {label:7} {mode:8} profiled", flush=True)
                             return
                         total = sum(threads)
-                        figures[mode, label] = (total, total - max(threads), seconds)
+                        figures.setdefault((mode, label), []).append(
+                            (total, total - max(threads), seconds)
+                        )
                         print(
                             f"  {label:7} {mode:8} {total:>15,} instructions in {seconds:.0f} s"
                             f" counted, by thread {threads}"
@@ -307,9 +311,12 @@ async def _bench(
                         # callgrind stretches ~50 times and tracing a little more.
                         await run("off", workloads[0], 0, 5.0)
                         await run("off", workloads[0], 0, 5.0 + idle_s)
-                    for workload in workloads:
-                        for mode in modes:
-                            await run(mode, workload, n, 0.0)
+                    # Rounds of every mode in turn: a run's count moves by a few percent
+                    # with how its work happened to batch; medians tell more than one run.
+                    for _ in range(repeat):
+                        for workload in workloads:
+                            for mode in modes:
+                                await run(mode, workload, n, 0.0)
             finally:
                 await pool.close()
     if profile:
@@ -317,7 +324,7 @@ async def _bench(
         return
     rate = 0.0
     if idle_s:
-        short, long = figures["off", "idle 5 s"], figures["off", f"idle {5 + idle_s:.0f} s"]
+        short, long = figures["off", "idle 5 s"][0], figures["off", f"idle {5 + idle_s:.0f} s"][0]
         rate = (long[0] - short[0]) / (long[2] - short[2])
         print(f"\nidle: {rate:,.0f} instructions per second counted")
     print(f"\n{n} executions per run, concurrency {conc}; instructions per transition")
@@ -327,17 +334,26 @@ async def _bench(
     )
     for workload in workloads:
         states = WORKLOADS[workload][1]
-        off = figures.get(("off", workload))
+        offs = figures.get(("off", workload), [])
         for mode in modes:
-            total, others, seconds = figures[mode, workload]
-            busy = total - rate * seconds
-            ratio = f"{total / off[0]:7.3f}" if off else "      -"
-            busy_ratio = f"{busy / (off[0] - rate * off[2]):7.3f}" if off else "      -"
-            print(
-                f"{workload:8} {mode:8} {total / (n * states):12,.0f} {ratio}"
-                f" {others / (n * states):14,.0f} {seconds:8.0f}"
-                f" {busy / (n * states):12,.0f} {busy_ratio}"
-            )
+            ratios: list[float] = []
+            for i, (total, others, seconds) in enumerate(figures[mode, workload]):
+                off = offs[i] if i < len(offs) else None
+                busy = total - rate * seconds
+                ratio = f"{total / off[0]:7.3f}" if off else "      -"
+                busy_ratio = f"{busy / (off[0] - rate * off[2]):7.3f}" if off else "      -"
+                if off:
+                    ratios.append(busy / (off[0] - rate * off[2]))
+                print(
+                    f"{workload:8} {mode:8} {total / (n * states):12,.0f} {ratio}"
+                    f" {others / (n * states):14,.0f} {seconds:8.0f}"
+                    f" {busy / (n * states):12,.0f} {busy_ratio}"
+                )
+            if repeat > 1 and ratios:
+                print(
+                    f"{workload:8} {mode:8} median of {len(ratios)} rounds, less idle, vs off:"
+                    f" {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+                )
 
 
 def main() -> None:
@@ -363,6 +379,12 @@ def main() -> None:
         " for a before/after table); default: this checkout",
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of every mode in turn; with more than one, also the median ratio",
+    )
+    parser.add_argument(
         "--cprofile",
         action="store_true",
         help="run the server under cProfile instead (no counts; statistics kept in --keep)",
@@ -379,7 +401,15 @@ def main() -> None:
         parser.error(f"--source: no steplog source in {source}")
     asyncio.run(
         _bench(
-            args.n, args.concurrency, modes, workloads, args.keep, args.cprofile, source, args.idle
+            args.n,
+            args.concurrency,
+            modes,
+            workloads,
+            args.keep,
+            args.cprofile,
+            source,
+            args.idle,
+            args.repeat,
         )
     )
 
