@@ -117,17 +117,23 @@ _SEQUENCES = frozenset((list, tuple))
 _CACHE_SIZE = 4096
 _attribute_cache: dict[tuple[int, str, type, Any], bytes] = {}
 _float_prefix_cache: dict[tuple[int, str], bytes] = {}
-_name_cache: dict[tuple[int, str], bytes] = {}
+_name_cache: dict[str, bytes] = {}
+
+
+def _keep(cache: dict[Any, bytes], key: Any, encoded: bytes) -> bytes:
+    """``encoded``, kept in ``cache`` (emptied when full: unique values such as
+    execution ids come and go)."""
+    if len(cache) >= _CACHE_SIZE:
+        cache.clear()
+    cache[key] = encoded
+    return encoded
 
 
 def _float_prefix(field: int, key: str) -> bytes:
     """A float attribute's bytes up to its 8 value bytes (their length is fixed)."""
     known = _float_prefix_cache.get((field, key))
     if known is None:
-        if len(_float_prefix_cache) >= _CACHE_SIZE:
-            _float_prefix_cache.clear()
-        known = _len(field, _key_value(key, 0.0))[:-8]
-        _float_prefix_cache[field, key] = known
+        known = _keep(_float_prefix_cache, (field, key), _len(field, _key_value(key, 0.0))[:-8])
     return known
 
 
@@ -158,20 +164,16 @@ def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
             _logger.exception("Failed to encode key %s", key)
             continue
         if cached:
-            if len(cache) >= _CACHE_SIZE:
-                cache.clear()  # (unique values, execution ids, come and go)
-            cache[field, key, kind, value] = encoded
+            _keep(cache, (field, key, kind, value), encoded)
         out.append(encoded)
     return b"".join(out)
 
 
-def _name(field: int, name: str) -> bytes:
-    """Field 2 (an event's) or 5 (a span's) ``name``."""
-    known = _name_cache.get((field, name))
+def _event_name(name: str) -> bytes:
+    """An event's ``name`` (field 2)."""
+    known = _name_cache.get(name)
     if known is None:
-        if len(_name_cache) >= _CACHE_SIZE:
-            _name_cache.clear()
-        known = _name_cache[field, name] = _string(field, name)
+        known = _keep(_name_cache, name, _string(2, name))
     return known
 
 
@@ -193,9 +195,7 @@ def _name_kind(name: str, kind: SpanKind) -> bytes:
     """A span's fields 5 (name) and 6 (kind), as they repeat."""
     known = _name_kind_cache.get((name, kind))
     if known is None:
-        if len(_name_kind_cache) >= _CACHE_SIZE:
-            _name_kind_cache.clear()
-        known = _name_kind_cache[name, kind] = _string(5, name) + _KIND[kind]
+        known = _keep(_name_kind_cache, (name, kind), _string(5, name) + _KIND[kind])
     return known
 
 
@@ -261,11 +261,11 @@ def _span(span: ReadableSpan) -> bytes:
         parts.append(b"\x50" + _varint(dropped_attributes))
     for event in events:
         if lean:  # (the SDK's Event, read without its properties)
-            body = _event_time(0x09, event._timestamp) + _name(2, event._name)
+            body = _event_time(0x09, event._timestamp) + _event_name(event._name)
             if event._attributes:
                 body += _attributes(3, event._attributes)
         else:
-            body = _event_time(0x09, event.timestamp) + _name(2, event.name)
+            body = _event_time(0x09, event.timestamp) + _event_name(event.name)
             if event.attributes:
                 body += _attributes(3, event.attributes)
             if event.dropped_attributes:
