@@ -62,10 +62,11 @@ from engine.core.events import TERMINAL_EVENT_TYPES
 from steplog.datadir import local_servers
 from tests.serving import free_port
 
-# workload -> (definition, transitions per execution, executions to warm up: with tracing
-# on, a multiple of 512 spans (task3 makes 12 an execution, pass10 4), so that the warm-up
-# exports whole batches and leaves none to be exported, and counted, in the run)
-WORKLOADS = {"task3": (TASK_3, 3, 128), "pass10": (PASS_10, 10, 128)}
+# workload -> (definition, transitions per execution, executions to warm up). With tracing
+# on the warm-up makes a multiple of 512 spans, so that it exports whole batches and leaves
+# none to be exported, and counted, in the run: 512 executions make 512 times the spans of
+# one, however many that is (task3 makes 11, pass10 3).
+WORKLOADS = {"task3": (TASK_3, 3, 512), "pass10": (PASS_10, 10, 512)}
 MODES = ("off", "sampled", "on")
 ROOT = Path(__file__).resolve().parents[1]
 SERVE = "from steplog.cli import main; raise SystemExit(main(['serve']))"

@@ -320,7 +320,7 @@ class EngineService:
                 wf, execution_id, name, input_json, stored, first
             )
             if started_record.created:
-                describe_decision(self.tracer, span, first.events, None, first.state.status)
+                describe_decision(span, first.events, None, first.state.status)
             else:  # the name existed: this decision was not recorded
                 span.set_attribute("steplog.decision.events", 0)
                 span.set_attribute("steplog.decision.ignored", "the execution exists")
@@ -545,12 +545,12 @@ class EngineService:
 
 
 def describe_decision(
-    tracer: Tracer, span: Span, events: Sequence[ev.Event], ignored: str | None, status: str
+    span: Span, events: Sequence[ev.Event], ignored: str | None, status: str
 ) -> None:
     """Set a decision's attributes on ``span`` (its events, the states they name, why
-    it changed nothing) and, when it ended the execution, add the terminal event's span
-    as its child. A decision whose trace is not sampled describes nothing (its child
-    would not be recorded either)."""
+    it changed nothing) and, when it ended the execution, add the terminal event to it
+    (a span event, as the append is: the decision span says all a span of its own
+    would). A decision whose trace is not sampled describes nothing."""
     if not span.is_recording():
         return
     described: dict[str, str | int | list[str]] = {
@@ -575,6 +575,4 @@ def describe_decision(
         error = getattr(terminal, "error", None)
         if error:
             attributes["steplog.execution.error"] = error
-        tracer.start_span(
-            f"steplog.execution.{ev.event_type(terminal)}", attributes=attributes
-        ).end()
+        span.add_event(f"steplog.execution.{ev.event_type(terminal)}", attributes)

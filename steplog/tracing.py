@@ -191,23 +191,26 @@ class LeanSpan(ReadableSpan, Span):
         links: Sequence[Link],
         start_time: int,
     ) -> None:
-        # ReadableSpan's fields, set directly (its __init__ builds defaults we replace).
+        # ReadableSpan's fields, set directly (its __init__ builds defaults we replace);
+        # those every span starts with are the class's (below) until one is set.
         self._name = name
         self._context = context
         self._kind = kind
-        self._instrumentation_info = None
         self._instrumentation_scope = tracer.scope
         self._parent = parent
         self._start_time = start_time
-        self._end_time: int | None = None
         self._attributes = self._recorded = attributes
-        self._events: list[Event] = []
-        self._dropped_attributes = 0
-        self._dropped_events = 0
         self._links = links
         self._resource = tracer.resource
-        self._status = _UNSET
         self._tracer = tracer
+
+    _end_time: int | None = None
+    _instrumentation_info = None
+    # No events until the first is added (then a list of the span's own).
+    _events: list[Event] | tuple[()] = ()
+    _dropped_attributes = 0
+    _dropped_events = 0
+    _status = Status(StatusCode.UNSET)
 
     @property
     def dropped_attributes(self) -> int:
@@ -270,17 +273,31 @@ class LeanSpan(ReadableSpan, Span):
     ) -> None:
         if self._end_time is not None:
             return
-        if len(self._events) >= self._tracer.max_events:  # the oldest gives way, as in the SDK
+        events = self._events
+        if not isinstance(events, list):  # (the class's empty tuple)
+            events = self._events = []
+        if len(events) >= self._tracer.max_events:  # the oldest gives way, as in the SDK
             self._dropped_events += 1
-            if not self._events:  # a limit of 0
+            if not events:  # a limit of 0
                 return
-            del self._events[0]
-        checked: dict[str, AttributeValue] = {}
-        for key, value in (attributes or {}).items():
-            if type(value) not in _PLAIN and (value := _valid(key, value)) is None:
-                continue
-            checked[key] = value
-        self._events.append(Event(name, checked, timestamp or time.time_ns()))
+            del events[0]
+        checked: dict[str, AttributeValue]
+        if not attributes:
+            checked = {}
+        elif _PLAIN.issuperset(map(type, attributes.values())):
+            checked = dict(attributes)  # (a copy, as the SDK's: the caller may reuse its own)
+        else:
+            checked = {}
+            for key, value in attributes.items():
+                if type(value) not in _PLAIN and (value := _valid(key, value)) is None:
+                    continue
+                checked[key] = value
+        # The SDK's Event, as its __init__ sets it up (without the two calls).
+        event = _new_event(Event)
+        event._name = name
+        event._timestamp = timestamp or time.time_ns()
+        event._attributes = checked
+        events.append(event)
 
     def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
         if self._end_time is None and context.is_valid:
@@ -325,7 +342,7 @@ class LeanSpan(ReadableSpan, Span):
             return
         self._end_time = end_time or time.time_ns()
         tracer = self._tracer
-        if self._context[3] & TraceFlags.SAMPLED:  # type: ignore[index]  # (a SpanContext: a tuple)
+        if self._context[3] & _SAMPLED:  # type: ignore[index]  # (a SpanContext: a tuple)
             for emit in tracer.emits:
                 emit(self)
         for on_end in tracer.ends:
@@ -344,8 +361,9 @@ class LeanSpan(ReadableSpan, Span):
 
 
 _PLAIN = frozenset((str, bool, int, float))
+_SAMPLED = int(TraceFlags.SAMPLED)
+_new_event = Event.__new__
 _LISTS = frozenset((list, tuple))
-_UNSET = Status(StatusCode.UNSET)
 
 
 def _valid(key: str, value: object) -> AttributeValue | None:
@@ -355,7 +373,8 @@ def _valid(key: str, value: object) -> AttributeValue | None:
         isinstance(value, Sequence) and not isinstance(value, (str, bytes))
     ):
         assert isinstance(value, Sequence)  # (for mypy: the first test is a faster isinstance)
-        kinds = {type(v) for v in value if v is not None}
+        kinds = set(map(type, value))
+        kinds.discard(type(None))
         if len(kinds) <= 1 and kinds <= _PLAIN:
             return tuple(value)
     _logger.warning("Invalid type %s for attribute %r value dropped", type(value).__name__, key)
@@ -391,9 +410,9 @@ class _CurrentSpan:
         if _CURRENT is None:
             self._token = context_api.attach(set_span_in_context(self._span))
         else:  # what set_span_in_context and attach do, without their calls
-            values = _CURRENT.get().copy()
-            values[_SPAN_KEY] = self._span
-            self._token = _CURRENT.set(Context(values))
+            context = Context(_CURRENT.get())
+            dict.__setitem__(context, _SPAN_KEY, self._span)  # (a Context refuses it)
+            self._token = _CURRENT.set(context)
         return self._span
 
     def __exit__(
@@ -543,12 +562,17 @@ class LeanTracer(Tracer):
                 span_id = getrandbits(64)
         else:
             span_id = self.ids.generate_span_id()
-        span_context = SpanContext(
-            trace_id,
-            span_id,
-            is_remote=False,
-            trace_flags=_FLAGS[random | sampled],
-            trace_state=trace_state,
+        # The SpanContext its __new__ builds, without the call.
+        span_context = tuple.__new__(
+            SpanContext,
+            (
+                trace_id,
+                span_id,
+                False,
+                _FLAGS[random | sampled],
+                _NO_TRACE_STATE if trace_state is None else trace_state,
+                0 < trace_id <= _MAX_TRACE_ID and 0 < span_id <= _MAX_SPAN_ID,
+            ),
         )
         if not record:
             return NonRecordingSpan(span_context)
@@ -557,8 +581,8 @@ class LeanTracer(Tracer):
             self, name, span_context, parent, kind, recorded, links, start_time or time.time_ns()
         )
         if attributes:
-            if len(attributes) <= self.max_attributes and all(
-                type(v) in _PLAIN for v in attributes.values()
+            if len(attributes) <= self.max_attributes and _PLAIN.issuperset(
+                map(type, attributes.values())
             ):
                 recorded.update(attributes)  # (valid by construction: steplog's own)
             else:
@@ -595,3 +619,6 @@ _NO_OP_STARTS = frozenset(
 # on the traces it begins with random ids, and its children inherit.
 _RANDOM_TRACE_ID: int = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
 _FLAGS = {f: TraceFlags(f) for f in range(4)}
+_NO_TRACE_STATE = TraceState.get_default()
+_MAX_TRACE_ID = (1 << 128) - 1
+_MAX_SPAN_ID = (1 << 64) - 1

@@ -494,7 +494,6 @@ class Engine:
                 log.debug("execution %s: trigger ignored: %s", execution_id, decision.ignored)
             if self.tracer is not None:
                 describe_decision(
-                    self.tracer,
                     get_current_span(),
                     decision.events,
                     decision.ignored,

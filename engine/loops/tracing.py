@@ -15,6 +15,7 @@ all of this: no span objects, no lookups.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from uuid import UUID
@@ -33,11 +34,16 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.span import TraceState
 
 from engine.adapters.store import DueTimer, EventStore, StoredEvent
 
 _propagator = TraceContextTextMapPropagator()
-_FLAGS = [TraceFlags(f) for f in range(256)]
+_OWN_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})").fullmatch
+_FLAGS = {f"{f:02x}": TraceFlags(f) for f in range(256)}
+_NO_TRACE_STATE = TraceState.get_default()
+_PARSED_SIZE = 1024
+_parsed: dict[str, Context] = {}
 
 # Attribute names (the steplog.* namespace; OpenTelemetry's semantic conventions have
 # none for workflow engines).
@@ -49,21 +55,31 @@ def parent_context(traceparent: str) -> Context | None:
     (a new trace) when it is empty or not a valid W3C traceparent."""
     if not traceparent:
         return None
-    # What steplog itself wrote (00-<32 hex>-<16 hex>-<2 hex>) is read without the
-    # propagator's regular expression; anything else goes through the propagator.
-    if len(traceparent) == 55 and traceparent.startswith("00-"):
-        try:
-            trace_id = int(traceparent[3:35], 16)
-            span_id = int(traceparent[36:52], 16)
-            flags = int(traceparent[53:55], 16)
-        except ValueError:
-            return _propagator.extract({"traceparent": traceparent})
-        if trace_id and span_id:
-            remote = SpanContext(trace_id, span_id, is_remote=True, trace_flags=_FLAGS[flags])
-            # A context of its own (what the propagator returns too): a message's parent
-            # owes nothing to the receiving loop's current context.
-            return Context({_SPAN_KEY: NonRecordingSpan(remote)})
-    return _propagator.extract({"traceparent": traceparent})
+    known = _parsed.get(traceparent)
+    if known is not None:
+        return known
+    # What steplog itself writes (version 00, lower-case hex) is read without the
+    # propagator's calls; anything else goes through the propagator.
+    match = _OWN_TRACEPARENT(traceparent)
+    if match is None:
+        return _propagator.extract({"traceparent": traceparent})
+    trace_id, span_id = int(match[1], 16), int(match[2], 16)
+    if not (trace_id and span_id):  # (an all-zero id is invalid)
+        return _propagator.extract({"traceparent": traceparent})
+    # The SpanContext its __new__ would build (remote, default trace state, valid), less
+    # its checks: the ids are in range by their length.
+    remote = tuple.__new__(
+        SpanContext, (trace_id, span_id, True, _FLAGS[match[3]], _NO_TRACE_STATE, True)
+    )
+    # A context of its own (what the propagator returns too): a message's parent owes
+    # nothing to the receiving loop's current context.
+    context = Context({_SPAN_KEY: NonRecordingSpan(remote)})
+    # The same context is parsed again for every span that a recorded one parents (the
+    # relay's publish spans of one execution): kept, until many have been.
+    if len(_parsed) >= _PARSED_SIZE:
+        _parsed.clear()
+    _parsed[traceparent] = context
+    return context
 
 
 def traceparent_of(span: Span) -> str:

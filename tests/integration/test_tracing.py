@@ -126,9 +126,9 @@ async def test_one_execution_is_one_trace_across_every_role(
             response_traceparent = resp.headers["traceparent"]
 
             async def finished() -> list[ReadableSpan]:
+                # The decision that ended the execution has ended (with its terminal event).
                 spans = list(exporter.get_finished_spans())
-                names = [s.name for s in spans]
-                return spans if "steplog.execution.ExecutionSucceeded" in names else []
+                return spans if any(_ended(s) for s in spans) else []
 
             await eventually(finished, timeout_s=30)
 
@@ -137,8 +137,6 @@ async def test_one_execution_is_one_trace_across_every_role(
                 return body if status_ == 200 else None
 
             history = await eventually(history_started)
-            # Let the last decision's span end (it closes right after its terminal child).
-            await eventually(lambda: _decisions_closed(exporter), timeout_s=10)
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
@@ -240,10 +238,13 @@ async def test_one_execution_is_one_trace_across_every_role(
         seq += int(attr(decision, "steplog.decision.events"))
     assert seq == len(history["events"])
     assert not any(e.name == "steplog.append" for d in ignored for e in d.events)
-    # The terminal event closes the trace, under the last decision.
-    (end,) = named("steplog.execution.ExecutionSucceeded")
-    assert parent(end) is decisions[-1]
-    assert attr(end, "steplog.execution.status") == "SUCCEEDED"
+    # The terminal event closes the trace: an event of the last decision.
+    assert [d for d in decisions if _ended(d)] == [decisions[-1]]
+    (end,) = [e for e in decisions[-1].events if e.name.startswith("steplog.execution.")]
+    assert end.name == "steplog.execution.ExecutionSucceeded"
+    assert end.attributes is not None
+    assert end.attributes["steplog.execution.status"] == "SUCCEEDED"
+    assert attr(decisions[-1], "steplog.execution.status") == "SUCCEEDED"
 
     # The logs of the request and of the worker's failed attempt carry the ids.
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
@@ -304,11 +305,9 @@ def _tree(spans: list[ReadableSpan], root: ReadableSpan) -> str:
     return "\n".join(lines)
 
 
-async def _decisions_closed(exporter: InMemorySpanExporter) -> bool:
-    spans = exporter.get_finished_spans()
-    ends = [s for s in spans if s.name == "steplog.execution.ExecutionSucceeded"]
-    ids = {s.context.span_id for s in spans}
-    return all(e.parent is not None and e.parent.span_id in ids for e in ends)
+def _ended(span: ReadableSpan) -> bool:
+    """Whether ``span`` is the decision that ended its execution successfully."""
+    return any(e.name == "steplog.execution.ExecutionSucceeded" for e in span.events)
 
 
 async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import TraceState
 
 from engine.loops.tracing import parent_context, traceparent_of
@@ -228,3 +229,30 @@ def test_processors_added_later_and_their_starts_are_called() -> None:
     assert [s.name for s in first.get_finished_spans()] == ["child", "after"]
     assert [s.name for s in second.get_finished_spans()] == ["child", "after"]
     assert starts.started == ["after", "child"]
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        REMOTE,
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",  # not sampled
+        REMOTE.upper(),  # W3C hex is lower case: ignored
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",  # invalid ids
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+        "00-0af7651916cd43dd8448eb211c8031_c-b7ad6b7169203331-01",  # int() would take "_"
+        "00-+af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",  # a later version
+        "garbage",
+    ],
+)
+def test_a_messages_parent_is_what_the_w3c_propagator_reads(traceparent: str) -> None:
+    """`parent_context` reads steplog's own traceparents without the propagator, and
+    must read every string as the propagator does (a message is data from Redis)."""
+    ours = parent_context(traceparent)
+    again = parent_context(traceparent)  # (from its cache, for a valid one)
+    theirs = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+    assert ours is not None
+    for context in (ours, again):
+        assert trace.get_current_span(context).get_span_context() == (
+            trace.get_current_span(theirs).get_span_context()
+        )
