@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 import uuid as _uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -26,30 +25,45 @@ def _seeded_uuid_factory(rng: random.Random) -> Callable[[], str]:
     return make
 
 
-@dataclass(frozen=True, slots=True)
 class EvalEnv:
     """Variables plus deterministic randomness for one evaluation.
 
     ``variables`` maps variable names (without ``$``) to JSON values. The
-    dict itself is never mutated by engine/asl.
+    dict itself is never mutated by engine/asl. ``rng`` is ``random.Random(seed)``
+    unless one is given, and ``uuid`` draws UUIDs from ``rng`` unless given; both
+    are made at their first use: the engine builds an env for every state it
+    evaluates, seeding a Random costs more than evaluating most states, and few
+    states draw anything.
     """
 
-    variables: dict[str, Any] = field(default_factory=dict)
-    rng: random.Random = field(default_factory=lambda: random.Random(0))
-    # None (the default) means "UUIDs drawn from rng"; __post_init__ replaces
-    # it, so after construction ``uuid`` is always a callable.
-    uuid: Callable[[], str] = field(default=None)  # type: ignore[assignment]
+    __slots__ = ("_rng", "_seed", "_uuid", "variables")
 
-    def __post_init__(self) -> None:
-        if self.uuid is None:
-            object.__setattr__(self, "uuid", _seeded_uuid_factory(self.rng))
+    def __init__(
+        self,
+        variables: dict[str, Any] | None = None,
+        rng: random.Random | None = None,
+        uuid: Callable[[], str] | None = None,
+        *,
+        seed: int | str = 0,
+    ) -> None:
+        self.variables: dict[str, Any] = variables if variables is not None else {}
+        self._rng = rng
+        self._uuid = uuid
+        self._seed = seed
+
+    @property
+    def rng(self) -> random.Random:
+        if self._rng is None:
+            self._rng = random.Random(self._seed)
+        return self._rng
+
+    @property
+    def uuid(self) -> Callable[[], str]:
+        if self._uuid is None:
+            self._uuid = _seeded_uuid_factory(self.rng)
+        return self._uuid
 
     @classmethod
     def seeded(cls, seed: int | str, variables: dict[str, Any] | None = None) -> EvalEnv:
         """An env whose rng and uuids are fully determined by ``seed``."""
-        rng = random.Random(seed)
-        return cls(
-            variables=variables if variables is not None else {},
-            rng=rng,
-            uuid=_seeded_uuid_factory(rng),
-        )
+        return cls(variables, seed=seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import uuid
 from typing import Any
 
 import pytest
@@ -286,6 +287,21 @@ def test_math_random_uses_env_only() -> None:
 def test_uuid_comes_from_env() -> None:
     env = EvalEnv(uuid=lambda: "00000000-0000-4000-8000-000000000000")
     assert run("States.UUID()", env=env) == "00000000-0000-4000-8000-000000000000"
+
+
+def test_a_seeded_env_draws_what_random_seeded_alike_draws() -> None:
+    """The engine's env (seeded with the execution id and seq) makes its Random at the
+    first draw: the values are those of Random(seed), uuids and numbers from one
+    sequence, as recorded histories replayed must see them."""
+    seed = "7b0e7e1c-8f55-4a5e-9d8e-2b5f0c2f9a11:12"
+    env = EvalEnv.seeded(seed, {"v": 1})
+    assert env.variables == {"v": 1}
+    drawn = [run("States.UUID()", env=env), run("States.MathRandom(0, 999)", env=env)]
+    rng = random.Random(seed)
+    expected_uuid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    assert drawn == [expected_uuid, rng.randrange(0, 999)]
+    untouched = EvalEnv.seeded(seed)
+    assert untouched._rng is None  # nothing drawn, nothing seeded
 
 
 @pytest.mark.parametrize(
