@@ -335,7 +335,7 @@ def _pack_command(self: Any, *args: EncodableT) -> list[bytes]:
         args = (*command.encode().split(), *args[1:])
     elif isinstance(command, bytes) and b" " in command:
         args = (*command.split(), *args[1:])
-    if not all(type(arg) in _PACKED_AS_IS for arg in args):
+    if not _PACKED_AS_IS.issuperset(map(type, args)):
         # Anything else (a float, a memoryview, ...) as redis-py encodes it (or refuses).
         args = tuple(map(self.encoder.encode, args))
     # hiredis's stub types its argument as a 1-tuple; it takes a tuple of any length.
@@ -368,12 +368,32 @@ def _bytes(value: Any) -> bytes:
 
 
 def _entry(stream: str, entry_id: Any, fields: Any, deliveries: int = 1) -> StreamEntry:
-    return StreamEntry(
-        stream=stream,
-        id=_str(entry_id),
-        fields={_str(k): _bytes(v) for k, v in _pairs(fields)},
-        deliveries=deliveries,
-    )
+    """A stream entry as the consumers read it. A field name that is not UTF-8 (no entry
+    steplog writes has one) is read with U+FFFD in place of its bad bytes: the entry
+    then lacks the fields its reader needs and is malformed, never an error of the
+    read that would fail every later read of the same pending entry."""
+    decoded: dict[str, bytes] | None = None
+    if (
+        type(fields) is dict
+        and _BYTES.issuperset(map(type, fields))
+        and _BYTES.issuperset(map(type, fields.values()))
+    ):
+        # What the client parses every entry into (bytes to bytes): decoded in C, as
+        # below per field (every consumer reads every entry through here).
+        try:
+            decoded = dict(zip(map(bytes.decode, fields), fields.values(), strict=True))
+        except UnicodeDecodeError:
+            pass
+    if decoded is None:
+        decoded = {_name(k): _bytes(v) for k, v in _pairs(fields)}
+    return StreamEntry(stream=stream, id=_str(entry_id), fields=decoded, deliveries=deliveries)
+
+
+def _name(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+_BYTES = frozenset((bytes,))
 
 
 def _pairs(fields: Any) -> Iterator[tuple[Any, Any]]:

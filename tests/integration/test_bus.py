@@ -325,14 +325,28 @@ async def test_entries_that_carry_no_message_are_malformed(bus: Bus, redis: aior
     assert len(got) == len(bad) and all(isinstance(d, Malformed) for d in got)
     assert all(isinstance(d, Malformed) and d.reason for d in got)
 
+    # A field name that is not UTF-8: malformed too, not an error of the read (which would
+    # fail every later read and claim of the same pending entry).
+    await redis.xadd(stream, {b"\xff": b"x", "v": "2", "message": b'{"kind":"begin"}'})
+    (odd,) = await bus.read_triggers("engine", "e", [stream])
+    assert isinstance(odd, Malformed) and odd.reason
+    claimed = await bus.claim_triggers(stream, "engine", "e2", min_idle_ms=0)
+    assert odd.entry.id in [c.entry.id for c in claimed]  # (with the others still pending)
+    assert all(isinstance(c, Malformed) for c in claimed)
+
     tasks = bus.tasks_stream("default")
     await bus.ensure_group(tasks, "workers")
+    await redis.xadd(
+        tasks, {b"\xfe\xff": b"y", "v": "2", "message": messages.encode(task(uuid4(), 1))}
+    )
     await redis.xadd(tasks, {"v": "2", "message": b'{"kind":"begin"}'})
     await redis.xadd(tasks, {"v": "1", "execution_id": good_id, "seq": 3, "data": b"{}"})
-    [a, b] = await bus.read_tasks("workers", "w", [tasks])
+    [odd_task, a, b] = await bus.read_tasks("workers", "w", [tasks])
     assert isinstance(a, Malformed) and isinstance(b, Malformed)
+    # (an unknown field, whatever its name, is ignored: the task is read)
+    assert not isinstance(odd_task, Malformed) and odd_task.message.state == "Work"
     await bus.dead_letter(a.entry, "workers", "malformed")
-    assert (await redis.xpending(tasks, "workers"))["pending"] == 1
+    assert (await redis.xpending(tasks, "workers"))["pending"] == 2  # odd_task and b
 
 
 def test_entries_of_version_1_are_read_as_messages() -> None:
