@@ -29,8 +29,8 @@ partitions and deployments spread over slots:
 Redis Cluster (`connect` with ``cluster=True``, setting STEPLOG_REDIS_CLUSTER): every
 command and every MULTI or script touches the keys of one hash tag, so one slot. Streams
 of different partitions live in different slots: on a cluster `read_group` reads each
-slot with its own XREADGROUP (concurrently) and `publish` adds each stream's entries
-with a script of its own, concurrently (a cluster takes no MULTI across slots).
+slot with its own XREADGROUP (concurrently) and `publish` runs each stream's script on
+its own, concurrently (one Redis takes them all in one pipeline).
 
 Trigger and task entries carry one engine.messages message each; `read_triggers`,
 `read_tasks` and the `claim_*` methods return them decoded, an entry that does not
@@ -242,20 +242,15 @@ for _kind in _ERROR_KINDS.values():
     REDIS_ERRORS.labels(_kind)  # every kind shown from the start, at 0
 
 
-def _transaction_error(replies: Sequence[Any]) -> Exception | None:
-    """The refusal in the replies of one MULTI, its commands and EXEC (None when EXEC
-    ran them all): a command refused at queue time (its EXEC is then aborted), an EXEC
-    refused, or a command that failed inside EXEC."""
-    *queued, executed = replies
-    for reply in queued:
-        if isinstance(reply, Exception):
-            return reply
-    if isinstance(executed, Exception):
-        return executed
-    for reply in executed or ():
-        if isinstance(reply, Exception):
-            return reply
-    return None
+def _add_arguments(token: str, entries: list[tuple[XaddFields, int | None]]) -> list[EncodableT]:
+    """ADD_LUA's ARGV for one stream's ``entries``."""
+    maxlen = entries[0][1]  # one per stream: its kind's
+    args: list[EncodableT] = [token, "" if maxlen is None else maxlen]
+    for fields, _ in entries:
+        args.append(2 * len(fields))
+        for item in fields.items():
+            args.extend(item)
+    return args
 
 
 @contextlib.contextmanager
@@ -544,21 +539,21 @@ class Bus:
         execution's id) and tasks (to their queues), each stream's entries in the order
         given (so per-execution order is kept per stream).
 
-        Each stream's entries go in one MULTI/EXEC, so Redis adds all of them or none
-        (a command refused at queue time, e.g. OOM at the edge of maxmemory, aborts its
-        stream's EXEC; a stream is one slot, so this holds on Redis Cluster too). When
-        Redis refuses some streams and accepts others, `PartlyPublished` carries what
-        was not published, for the caller to publish (only that) again, whatever the
-        refusal; when it refuses everything, the refusal is raised as usual.
+        Each stream's entries go in one script run (ADD_LUA), so Redis adds all of them
+        or none (a script is refused at its first write, e.g. OOM at the edge of
+        maxmemory, or runs to its end; a stream is one slot, so this holds on Redis
+        Cluster too). When Redis refuses some streams and accepts others,
+        `PartlyPublished` carries what was not published, for the caller to publish
+        (only that) again, whatever the refusal; when it refuses everything, the refusal
+        is raised as usual.
 
-        A reply lost to a dropped connection leaves unknown what passed. On a cluster,
-        whose client resends a command after any connection error (also one caused by
-        another command's failure, which closes the connections in use), each stream's
-        part is added once per ``token``: a publish sent again with the same token adds
-        nothing to a stream that has it already. Give the same token to the retries of
-        one publish (the relay does, per batch); by default each call has its own, which
-        covers the client's resends. On a single Redis the caller's retry (and the
-        client's own) may add again what had passed."""
+        A reply lost to a dropped connection leaves unknown what passed. The client
+        resends after a connection error (a cluster's after any, also one caused by
+        another command's failure, which closes the connections in use), and the caller
+        retries: each stream's part is added once per ``token``, so a publish sent again
+        with the same token adds nothing to a stream that has it already. Give the same
+        token to the retries of one publish (the relay does, per batch); by default each
+        call has its own, which covers the client's resends."""
         plan: dict[str, list[tuple[XaddFields, int | None]]] = {}
         for event in events:
             plan.setdefault(self._event_stream(event), []).append(
@@ -574,10 +569,11 @@ class Bus:
             )
         if not plan:
             return
+        token = token or secrets.token_hex(8)
         if self.cluster:
-            refused = await self._add_per_stream(plan, token or secrets.token_hex(8))
+            refused = await self._add_per_stream(plan, token)
         else:
-            refused = await self._add_pipelined(plan)
+            refused = await self._add_pipelined(plan, token)
         if not refused:
             return
         errors = list(refused.values())
@@ -600,25 +596,41 @@ class Bus:
         raise translated[0] from errors[0]
 
     async def _add_pipelined(
-        self, plan: dict[str, list[tuple[XaddFields, int | None]]]
+        self, plan: dict[str, list[tuple[XaddFields, int | None]]], token: str
     ) -> dict[str, Exception]:
-        """Each stream's XADDs in a MULTI of its own, all in one pipelined round trip;
-        the refusal of each stream refused."""
-        pipe = self.redis.pipeline(transaction=False)
-        for stream, entries in plan.items():
-            pipe.execute_command("MULTI")
-            for fields, maxlen in entries:
-                pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
-            pipe.execute_command("EXEC")
-        with _redis_errors():
-            replies = await pipe.execute(raise_on_error=False)
+        """Each stream's XADDs in one run of ADD_LUA of its own (all or none, once per
+        ``token``), all the streams in one pipelined round trip; the refusal of each
+        stream refused. One command and one reply per stream: with a MULTI/EXEC per
+        stream (before), the client's cost per command (arguments, packing, reply
+        parsing) was most of what the relay spent publishing, and a reply lost after
+        the EXEC ran left the relay's retry to add the stream's part again."""
         refused: dict[str, Exception] = {}
-        at = 0
-        for stream, entries in plan.items():
-            block = replies[at : at + len(entries) + 2]
-            at += len(entries) + 2
-            if (error := _transaction_error(block)) is not None:
-                refused[stream] = error
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            for stream, entries in plan.items():
+                pipe.execute_command(
+                    "EVALSHA",
+                    self._add.sha,
+                    2,
+                    stream,
+                    self.keys.publish_token(stream, self._publisher),
+                    *_add_arguments(token, entries),
+                )
+            with _redis_errors():
+                replies = await pipe.execute(raise_on_error=False)
+            unloaded: dict[str, list[tuple[XaddFields, int | None]]] = {}
+            for (stream, entries), reply in zip(plan.items(), replies, strict=True):
+                if isinstance(reply, redis.exceptions.NoScriptError) and not attempt:
+                    unloaded[stream] = entries
+                elif isinstance(reply, Exception):
+                    refused[stream] = reply
+            if not unloaded:
+                break
+            # Redis lost its scripts (a restart, SCRIPT FLUSH): nothing ran for those
+            # streams; load the script and add them (only them) again.
+            with _redis_errors():
+                await self.redis.script_load(ADD_LUA)
+            plan = unloaded
         return refused
 
     async def _add_per_stream(
@@ -633,14 +645,9 @@ class Bus:
         command on a thread of its own."""
 
         async def add(stream: str, entries: list[tuple[XaddFields, int | None]]) -> None:
-            maxlen = entries[0][1]  # one per stream: its kind's
-            args: list[EncodableT] = [token, "" if maxlen is None else maxlen]
-            for fields, _ in entries:
-                args.append(2 * len(fields))
-                for name, value in fields.items():
-                    args.extend((name, value))
             await self._add(
-                keys=[stream, self.keys.publish_token(stream, self._publisher)], args=args
+                keys=[stream, self.keys.publish_token(stream, self._publisher)],
+                args=_add_arguments(token, entries),
             )
 
         outcomes = await asyncio.gather(
@@ -1143,12 +1150,12 @@ return kept
 # retries of that publish; a publisher that stopped leaves its key to expire).
 PUBLISH_TOKEN_TTL_MS = 600_000
 
-# Bus.publish on a cluster: XADD every entry to KEYS[1] (a stream), all or none (a script
-# is refused at its first write, e.g. OOM, or runs to its end), once per publish token:
-# KEYS[2] holds the token of the publisher's last publish to the stream, ARGV[1], and a
-# run that finds its own token there adds nothing (a publish sent again, by the client's
-# retry after a reply lost or by the caller's retry, returns 0). ARGV[2]: MAXLEN ~ (''
-# for none); then per entry the count of its field and value items, then those items.
+# Bus.publish: XADD every entry to KEYS[1] (a stream), all or none (a script is refused
+# at its first write, e.g. OOM, or runs to its end), once per publish token: KEYS[2]
+# holds the token of the publisher's last publish to the stream, ARGV[1], and a run that
+# finds its own token there adds nothing (a publish sent again, by the client's retry
+# after a reply lost or by the caller's retry, returns 0). ARGV[2]: MAXLEN ~ ('' for
+# none); then per entry the count of its field and value items, then those items.
 ADD_LUA = """
 if redis.call('GET', KEYS[2]) == ARGV[1] then return 0 end
 local args = {}

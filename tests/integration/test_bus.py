@@ -111,31 +111,38 @@ async def test_a_publish_refused_in_part_for_any_reason_is_retried_for_the_rest_
     assert await redis.xlen(bus.triggers_stream(partition)) == 1
 
 
-async def test_a_publish_sent_again_with_its_token_adds_nothing_on_a_cluster(
-    bus: Bus, redis: aioredis.Redis, redis_kind: str
+async def test_a_publish_sent_again_with_its_token_adds_nothing(
+    bus: Bus, redis: aioredis.Redis
 ) -> None:
-    """What redis-py's cluster client does after a reply lost with its connection (it
-    sends the command again) and what the relay does after a failed publish (the same
-    batch again): on a cluster each stream's part is added once per publish token. A
-    single Redis takes MULTI/EXEC blocks, which cannot look for a token: there the
-    publish is added again (at least once, docs/internals.md)."""
+    """What the client does after a reply lost with its connection (it sends the command
+    again) and what the relay does after a failed publish (the same batch again): each
+    stream's part is added once per publish token, on a single Redis as on a cluster."""
     execution_id = uuid4()
     partition = bus.partition_of(execution_id)
     batch = ([stored(execution_id, 1), stored(execution_id, 2)], [(execution_id, messages.Begin())])
     for _ in range(3):
         await bus.publish(*batch, token="batch-1")
-    times = 1 if redis_kind == "cluster" else 3
-    assert await redis.xlen(bus.events_stream(partition)) == 2 * times
-    assert await redis.xlen(bus.triggers_stream(partition)) == times
+    assert await redis.xlen(bus.events_stream(partition)) == 2
+    assert await redis.xlen(bus.triggers_stream(partition)) == 1
     await bus.publish(*batch, token="batch-2")  # another publish is added
     await bus.publish(*batch)  # and so is one with a token of its own
-    assert await redis.xlen(bus.events_stream(partition)) == 2 * (times + 2)
-    if redis_kind == "cluster":  # the token is kept per stream and publisher, expiring
-        keys = [
-            k async for k in redis.scan_iter(match=f"*{bus.events_stream(partition)}:published:*")
-        ]
-        assert len(keys) == 1
-        assert 0 < await redis.pttl(keys[0]) <= PUBLISH_TOKEN_TTL_MS
+    assert await redis.xlen(bus.events_stream(partition)) == 2 * 3
+    # The token is kept per stream and publisher, expiring.
+    keys = [k async for k in redis.scan_iter(match=f"*{bus.events_stream(partition)}:published:*")]
+    assert len(keys) == 1
+    assert 0 < await redis.pttl(keys[0]) <= PUBLISH_TOKEN_TTL_MS
+
+
+async def test_a_publish_after_redis_lost_its_scripts_loads_them_again(
+    bus: Bus, redis: aioredis.Redis
+) -> None:
+    execution_id = uuid4()
+    partition = bus.partition_of(execution_id)
+    await bus.publish([stored(execution_id, 1)], [(execution_id, messages.Begin())])
+    await redis.script_flush()  # as a restart without persistence does
+    await bus.publish([stored(execution_id, 2)], [(execution_id, messages.Begin())])
+    assert await redis.xlen(bus.events_stream(partition)) == 2
+    assert await redis.xlen(bus.triggers_stream(partition)) == 2
 
 
 async def test_publish_read_group_and_ack(bus: Bus, redis: aioredis.Redis) -> None:
