@@ -106,11 +106,16 @@ def _select_open(visits: str) -> str:
     WHERE execution_id = ANY($1::uuid[]) AND outcome = 'running' FOR UPDATE"""
 
 
-# Both upserts take a whole batch as arrays (unnest): one statement per batch.
+# Both upserts take a whole batch as one JSON array of rows (the structs, encoded by
+# msgspec): one statement per batch. As arrays (unnest), the driver checked and encoded
+# each value of each row in Python's reach: 0.6-0.7 us a value, 13 a visit, more than
+# PostgreSQL's parsing of the same rows as JSON costs the two of them together.
 def _upsert_progress(progress: str) -> str:
     return f"""
     INSERT INTO {progress} (execution_id, namespace, workflow, version, last_seq)
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[])
+    SELECT execution_id, namespace, workflow, version, last_seq
+    FROM jsonb_to_recordset($1::jsonb)
+         AS r(execution_id uuid, namespace text, workflow text, version int, last_seq int)
     ON CONFLICT (execution_id) DO UPDATE SET last_seq = EXCLUDED.last_seq
     WHERE {progress}.last_seq < EXCLUDED.last_seq"""
 
@@ -118,9 +123,11 @@ def _upsert_progress(progress: str) -> str:
 def _upsert_visit(visits: str) -> str:
     return f"""
     INSERT INTO {visits} ({_VISIT_COLUMNS})
-    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[],
-                         $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[],
-                         $11::int[], $12::int[], $13::bool[])
+    SELECT {_VISIT_COLUMNS}
+    FROM jsonb_to_recordset($1::jsonb)
+         AS r(execution_id uuid, entered_seq int, namespace text, workflow text, version int,
+              frame text, state text, entered_at timestamptz, ended_at timestamptz,
+              outcome text, failed_attempts int, retries int, pending_failure bool)
     ON CONFLICT (execution_id, entered_seq) DO UPDATE SET
         ended_at = EXCLUDED.ended_at, outcome = EXCLUDED.outcome,
         failed_attempts = EXCLUDED.failed_attempts, retries = EXCLUDED.retries,
@@ -271,32 +278,19 @@ async def apply_events(
     for event in events:
         fold.step(event)
     if fold.dirty:
-        visit_rows = [
-            (
-                v.execution_id,
-                v.entered_seq,
-                v.namespace,
-                v.workflow,
-                v.version,
-                v.frame,
-                v.state,
-                v.entered_at,
-                v.ended_at,
-                v.outcome,
-                v.failed_attempts,
-                v.retries,
-                v.pending_failure,
-            )
-            for v in fold.dirty.values()
-        ]
-        await conn.execute(_upsert_visit(visits), *zip(*visit_rows, strict=True))
+        await conn.execute(_upsert_visit(visits), _rows(list(fold.dirty.values())))
     if fold.dirty_progress:
-        progress_rows = [
-            (p.execution_id, p.namespace, p.workflow, p.version, p.last_seq)
-            for p in (fold.progress[i] for i in fold.dirty_progress)
-        ]
-        await conn.execute(_upsert_progress(progress_table), *zip(*progress_rows, strict=True))
+        rows = [fold.progress[i] for i in fold.dirty_progress]
+        await conn.execute(_upsert_progress(progress_table), _rows(rows))
     return fold.applied
+
+
+def _rows(rows: list[Visit] | list[Progress]) -> str:
+    """``rows`` as the JSON array of objects the upserts read (jsonb_to_recordset)."""
+    return _encode(rows).decode()
+
+
+_encode = msgspec.json.Encoder().encode
 
 
 PROJECTION = Projection(

@@ -169,3 +169,51 @@ async def test_status_reports_position_and_lag(pool: asyncpg.Pool, store: EventS
     assert (after["executions"].lag_events, after["executions"].behind_seconds) == (0, 0.0)
     assert after["executions"].position > 0 and after["executions"].updated_at is not None
     assert after["state_stats"].lag_events == count  # each projection has its own checkpoint
+
+
+async def test_visits_keep_every_name_and_instant_exactly(pool: asyncpg.Pool) -> None:
+    """The upserts send a batch's rows as one JSON document: names with quotes,
+    backslashes, other scripts and U+FFFD (a NUL, as this model spells it), and instants
+    to the microsecond, come back as they went in."""
+    eid = uuid4()
+    at = dt.datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=dt.UTC)
+    odd = ['say "hi"', "back\\slash", "日本語 ✓ 🙂", "nul\ufffdhere", "", "ends\n"]
+    visits = [
+        stats.Visit(
+            execution_id=eid,
+            entered_seq=seq,
+            namespace="default",
+            workflow="wf",
+            version=1,
+            frame=name,
+            state=name,
+            entered_at=at,
+            ended_at=None if seq % 2 else at + dt.timedelta(microseconds=seq),
+            outcome="running" if seq % 2 else "succeeded",
+            failed_attempts=seq,
+            retries=seq + 1,
+            pending_failure=bool(seq % 2),
+        )
+        for seq, name in enumerate(odd, start=2)
+    ]
+    progress = stats.Progress(
+        execution_id=eid, namespace="default", workflow='w"f', version=3, last_seq=7
+    )
+    async with pool.acquire() as conn:
+        await conn.execute(stats._upsert_visit(stats.VISITS), stats._rows(visits))
+        await conn.execute(stats._upsert_progress(stats.PROGRESS), stats._rows([progress]))
+    got = [
+        stats._visit(r)
+        for r in await pool.fetch(
+            f"SELECT {stats._VISIT_COLUMNS} FROM {stats.VISITS} WHERE execution_id = $1"
+            " ORDER BY entered_seq",
+            eid,
+        )
+    ]
+    assert got == visits
+    (row,) = await pool.fetch(
+        f"SELECT execution_id, namespace, workflow, version, last_seq FROM {stats.PROGRESS}"
+        " WHERE execution_id = $1",
+        eid,
+    )
+    assert stats.Progress(**dict(row.items())) == progress
