@@ -1,10 +1,10 @@
 """The relay with Redis at the edge of its memory (issue 14): maxmemory just above what
 Redis uses, noeviction, memory freed now and then, so that some XADDs of one publish
 pass and others are refused with OOM. `Bus.publish` gives each stream its part whole or
-not at all (MULTI/EXEC per stream) and the relay retries only the streams refused, so
-every event, Begin trigger and task reaches its stream exactly once (no connection is
-lost here, the one way left to publish something twice: docs/internals.md, "Relay"),
-in per-execution order.
+not at all (one script run per stream) and the relay retries only the streams refused, so
+every event, Begin trigger and task reaches its stream exactly once, in per-execution
+order (a lost connection, not tested here, repeats nothing either: each stream's part is
+added once per publish token, docs/internals.md, "Faults").
 
 The edge changes server-wide state, so this module runs a Redis of its own (its folder
 outside tmp_path); PostgreSQL is the suite's.
