@@ -293,6 +293,11 @@ class Worker:
         # visibility timeout (Redis counts the idle time from when it runs the command).
         self._held: dict[str, float] = {}
         self._reports: set[asyncio.Task[None]] = set()  # results being reported
+        # The entries of those results: a handler cancelled while its result was being
+        # reported (its claim lapsed in a Redis outage) leaves its entry pending, and the
+        # claim of stale entries must not run the attempt again while this worker still
+        # holds its result (the report acknowledges the entry once Redis answers).
+        self._reporting: set[str] = set()
         self._abandon = asyncio.Event()  # set at shutdown: reports stop retrying
         self.started = 0  # handlers started (observability, readiness)
         self.completed = 0
@@ -458,7 +463,7 @@ class Worker:
         )
         live: list[TaskDelivery | Malformed] = []
         for delivery in claimed:
-            if delivery.entry.id in self._running:
+            if delivery.entry.id in self._running or delivery.entry.id in self._reporting:
                 continue
             if delivery.entry.deliveries > self.max_deliveries:
                 await self._give_up(delivery)
@@ -503,7 +508,7 @@ class Worker:
             read_at = asyncio.get_running_loop().time()
         tasks: list[TaskDelivery] = []
         for delivery in deliveries:
-            if delivery.entry.id in self._running:
+            if delivery.entry.id in self._running or delivery.entry.id in self._reporting:
                 continue
             match delivery:
                 case Malformed(entry=entry, reason=reason):
@@ -651,7 +656,9 @@ class Worker:
         # Recording the outcome is shielded: a shutdown must not lose a finished result.
         report = asyncio.create_task(self._report(delivery, result))
         self._reports.add(report)
+        self._reporting.add(delivery.entry.id)
         report.add_done_callback(self._reports.discard)
+        report.add_done_callback(lambda _: self._reporting.discard(delivery.entry.id))
         report.add_done_callback(lambda done: log_failure(done, f"report of task {task.task_id}"))
         await asyncio.shield(report)
 
