@@ -15,7 +15,7 @@ import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, get_current_span
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, get_current_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from api.keys import METRICS
@@ -37,10 +37,16 @@ def request_traceparent() -> str:
     """The W3C traceparent of the current request's span ("" with tracing off): what
     a start records in ExecutionStarted, so the execution's spans join the request's
     trace."""
-    ctx = get_current_span().get_span_context()
-    if not ctx.is_valid:
+    return _traceparent(get_current_span())
+
+
+def _traceparent(span: Span) -> str:
+    # A SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state,
+    # is_valid); read as one, without its properties' calls.
+    trace_id, span_id, _, flags, _, valid = span.get_span_context()
+    if not valid:
         return ""
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
 
 
 def trace_middleware(tracer: Tracer) -> Middleware:
@@ -69,7 +75,7 @@ def trace_middleware(tracer: Tracer) -> Middleware:
             if response.status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
             if not response.prepared:
-                response.headers[TRACEPARENT_HEADER] = request_traceparent()
+                response.headers[TRACEPARENT_HEADER] = _traceparent(span)
             return response
 
     return middleware

@@ -58,6 +58,7 @@ from opentelemetry.sdk.trace.sampling import (
     ParentBased,
     Sampler,
     SamplingResult,
+    StaticSampler,
 )
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
@@ -454,6 +455,26 @@ def _follows_parent(sampler: Sampler) -> bool:
     return all(getattr(sampler, name, None) is value for name, value in defaults.items())
 
 
+def _fixed_decisions(sampler: Sampler) -> tuple[Decision | None, bool, bool]:
+    """What ``sampler`` decides without looking at a span's trace id, name or
+    attributes, when it is built of the SDK's samplers that do (every ``always_*`` and
+    ``parentbased_always_*`` value of OTEL_TRACES_SAMPLER, InsideTraces around it):
+    the decision for a span with no valid parent (None: ask the sampler); whether a
+    span with one gets that decision too (a static sampler; a parent-based one
+    follows its parent, `_follows_parent`); and whether a client span with no parent
+    is dropped whatever the rest says (InsideTraces)."""
+    drops_client_roots = isinstance(sampler, InsideTraces)
+    if isinstance(sampler, InsideTraces):
+        sampler = sampler.inner
+    if type(sampler) is StaticSampler:
+        return sampler._decision, True, drops_client_roots
+    if _follows_parent(sampler):
+        root = getattr(sampler, "_root", None)
+        if type(root) is StaticSampler:
+            return root._decision, False, drops_client_roots
+    return None, False, drops_client_roots
+
+
 class LeanTracer(Tracer):
     """The tracer the roles span with: a provider's sampler, id generator, resource and
     span processors (so every OTEL_* setting and exporter applies as with the SDK's
@@ -469,6 +490,7 @@ class LeanTracer(Tracer):
         self.random_ids = _RANDOM_TRACE_ID if is_random is not None and is_random() else 0
         self.resource = provider.resource
         self.follows_parent = _follows_parent(self.sampler)
+        self.fixed, self.fixed_children, self.drops_client_roots = _fixed_decisions(self.sampler)
         # The provider's span processors (all of them, as the SDK's tracer uses them),
         # called as `_hooks` says.
         self.processor = provider._active_span_processor
@@ -548,6 +570,21 @@ class LeanTracer(Tracer):
             sampled = parent[3] & TraceFlags.SAMPLED
             record = bool(sampled)
             trace_state = parent[4]
+        elif self.fixed is not None and (parent is None or self.fixed_children):
+            # What a static sampler decides (with InsideTraces around it), without its
+            # calls: the same for every span, the parent's trace state kept.
+            if parent is None:
+                trace_state = None
+                decision = (
+                    Decision.DROP
+                    if kind is SpanKind.CLIENT and self.drops_client_roots
+                    else self.fixed
+                )
+            else:
+                trace_state = parent[4]
+                decision = self.fixed
+            sampled = TraceFlags.SAMPLED if decision is Decision.RECORD_AND_SAMPLE else 0
+            record = decision is not Decision.DROP
         else:
             result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
             sampled = TraceFlags.SAMPLED if result.decision in _SAMPLED_DECISIONS else 0

@@ -13,14 +13,22 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    StaticSampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import TraceState
 
 from engine.loops.tracing import parent_context, traceparent_of
 from steplog.otlp import encode_spans, lean_grpc_exporter
-from steplog.tracing import LeanTracer
+from steplog.tracing import InsideTraces, LeanTracer
 
 REMOTE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -153,6 +161,58 @@ def test_lean_spans_follow_the_sampler() -> None:
         "steplog.execution.ExecutionFailed",
         "steplog.decide",
     ]
+
+
+STATED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        ALWAYS_ON,
+        ALWAYS_OFF,
+        StaticSampler(Decision.RECORD_ONLY),
+        ParentBased(ALWAYS_ON),
+        ParentBased(ALWAYS_OFF),
+        InsideTraces(ALWAYS_ON),
+        InsideTraces(ParentBased(ALWAYS_ON)),
+        InsideTraces(ParentBased(ALWAYS_OFF)),
+        ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON),
+        TraceIdRatioBased(1.0),
+    ],
+    ids=lambda s: s.get_description(),
+)
+def test_lean_spans_decide_as_the_sdks_tracer(sampler: Sampler) -> None:
+    # Roots of every kind, children of sampled and unsampled parents, local and remote,
+    # with a trace state: each span recorded (or not), flagged and stated alike.
+    def spans(lean: bool) -> list[tuple[object, ...]]:
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(sampler=sampler)
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracer = LeanTracer(provider) if lean else provider.get_tracer("steplog")
+        stated = TraceContextTextMapPropagator().extract(
+            {"traceparent": STATED, "tracestate": "k=v"}
+        )
+        made = []
+        for parent in (None, parent_context(REMOTE), stated):
+            for kind in (SpanKind.CLIENT, SpanKind.SERVER, SpanKind.INTERNAL):
+                with tracer.start_as_current_span("p", context=parent, kind=kind) as span:
+                    made.append(span)
+                    made.append(tracer.start_span("c", kind=SpanKind.CLIENT))
+                    made[-1].end()
+        provider.shutdown()
+        exported = {s.get_span_context().span_id for s in exporter.get_finished_spans()}  # type: ignore[union-attr]
+        return [
+            (
+                type(s).__name__ != "NonRecordingSpan",
+                s.get_span_context().trace_flags,
+                s.get_span_context().trace_state,
+                s.get_span_context().span_id in exported,
+            )
+            for s in made
+        ]
+
+    assert spans(lean=True) == spans(lean=False)
 
 
 def test_the_grpc_exporter_sends_the_same_request() -> None:
