@@ -29,6 +29,8 @@ Prints, per mode and workload, the median over rounds of:
 - transitions/s (wall clock) and its ratio to "off" (on a saturated machine the two
   ratios agree; on a shared one the wall clock swings with the neighbours' load);
 - spans exported per execution;
+- per mode, the ratios to "off" within each cycle (every mode runs once per cycle,
+  next to the others): their median and spread;
 - what tracing off still does per transition, timed alone (`_off_path`): the
   `tracer is None` tests of the roles and the API's look-up of the request's trace
   context, as an upper bound, against the CPU per transition of "off".
@@ -380,6 +382,18 @@ async def _bench(n: int, rounds: int, conc: int, modes: Sequence[str]) -> None:
                 f"{cpu / cpu_off:7.3f} {own:9.3f} {own / own_off:7.3f} {wall:8.1f} "
                 f"{wall / wall_off:7.3f} {statistics.median(f.get(f'{name}/spans', [0.0])):10.1f}"
             )
+    # Each cycle ran every mode once, next to each other: a ratio within a cycle leaves
+    # out most of the drift between cycles, and its spread says how far to trust the
+    # median's margin to a budget.
+    print("\nper cycle, mode / off of that cycle (median, min-max):")
+    for mode in modes[1:]:
+        for name, _, _ in WORKLOADS:
+            f, off = figures[mode], figures["off"]
+            parts = []
+            for figure, label in ((f"{name}/own-ms", "own CPU/tr"), (name, "tr/s")):
+                ratios = [a / b for a, b in zip(f[figure], off[figure], strict=True)]
+                parts.append(f"{label} {statistics.median(ratios):.3f} ({_spread(ratios)})")
+            print(f"  {mode:8} {name:8} " + ", ".join(parts))
     check, lookup = _off_path()
     per_transition = CHECKS_PER_TRANSITION * check + lookup
     print(
