@@ -68,6 +68,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRati
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api.middleware import request_traceparent
+from bench import goal
 from bench.transitions import PASS_10, TASK_3
 from engine.core.events import TERMINAL_EVENT_TYPES
 from steplog.app import freeze_heap, open_resources, run_roles
@@ -269,6 +270,9 @@ async def _round(
         redis_prefix=f"bench{index}",
         log_level="WARNING",
         auth=False,  # the loopback bench's client is the anonymous admin
+        # Capacity, not the rate limits that protect a deployment (bench/goal.py).
+        rate_limits=goal.UNLIMITED["STEPLOG_RATE_LIMITS"],
+        key_rate_limits=goal.UNLIMITED["STEPLOG_KEY_RATE_LIMITS"],
     )
     exporter: CountingOtlpExporter | None = None
     provider: TracerProvider | None = None
