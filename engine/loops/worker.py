@@ -367,6 +367,11 @@ class Worker:
             if entry_id in kept:
                 if confirmed > held:
                     self._held[entry_id] = confirmed
+            elif entry_id in self._reporting:
+                # Its result is being reported: the acknowledgement that ends the report
+                # also takes the entry off the pending list, which is what this answer
+                # may have seen. There is no handler left to cancel either way.
+                continue
             elif held <= confirmed:
                 self._lapse(entry_id, "another worker has claimed it")
 

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from engine.adapters.bus import Bus
 from engine.adapters.store import EventStore, NewEvent
 from engine.loops.engine_loop import Engine
-from engine.loops.worker import HandlerRegistry, TaskContext, Worker
+from engine.loops.worker import HandlerRegistry, TaskContext, Worker, _Running
 from engine.messages import WORKER_GROUP, Begin
 from engine.service import EngineService
 from tests.conftest import Eventually
@@ -232,3 +232,29 @@ async def test_a_late_renewal_answer_never_shortens_a_claim_nor_gives_a_newer_on
     assert worker._held["1-0"] == now + 3.5
     assert "2-0" not in worker._held
     assert worker.lapsed == 0  # (no handler was running to cancel)
+
+
+async def test_a_renewal_that_misses_an_entry_being_reported_cancels_nothing(bus: Bus) -> None:
+    """An attempt whose result is being reported is acknowledged at the report's end;
+    a renewal that reached Redis after the acknowledgement and answered before the
+    runner ended found the entry gone from the pending list. Taken as "another worker
+    has claimed it", it cancelled the finished runner and counted a lapsed claim: a
+    warning per task and a false alarm on steplog_task_claims_lapsed_total under load
+    (10,000 task3 executions in one process: 11 of them)."""
+    worker = Worker(bus, HandlerRegistry(), queue="reported", visibility_timeout_s=3.0)
+    now = asyncio.get_running_loop().time()
+    runners = {entry_id: asyncio.create_task(asyncio.sleep(60)) for entry_id in ("1-0", "2-0")}
+    try:
+        for entry_id, runner in runners.items():
+            worker._held[entry_id] = now + 3.0
+            worker._running[entry_id] = _Running(uuid4(), runner, "test:echo", 1, 0.0)
+        worker._reporting.add("1-0")
+        worker._renewed(["1-0", "2-0"], set(), now + 0.5)
+        assert "1-0" in worker._held and not runners["1-0"].cancelling()
+        # 2-0, not being reported, was given up and its handler cancelled.
+        assert "2-0" not in worker._held and runners["2-0"].cancelling()
+        assert worker.lapsed == 1
+    finally:
+        for runner in runners.values():
+            runner.cancel()
+        await asyncio.gather(*runners.values(), return_exceptions=True)
