@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from engine.adapters.group_commit import GroupCommit
-from engine.adapters.postgres import open_pool, session, translate_errors
+from engine.adapters.postgres import LeanPool, open_pool, session, translate_errors
 from engine.adapters.store import (
     AppendRequest,
     EventStore,
@@ -560,6 +560,60 @@ async def test_session_state_never_outlives_a_session_connection(database_url: s
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SET LOCAL statement_timeout = 4321")
         assert await pool.fetchval("SHOW statement_timeout") == "0"
+    finally:
+        await pool.close()
+
+
+async def test_the_pool_gives_connections_back_at_once_and_cleans_up_what_needs_it(
+    database_url: str,
+) -> None:
+    # LeanPool: an idle connection goes back within release itself (no Task, nothing
+    # awaited); one left in a transaction, or closed, goes through asyncpg's release.
+    pool = await open_pool(database_url, min_size=1, max_size=1)
+    try:
+        assert isinstance(pool, LeanPool) and pool._lean
+        for _ in range(3):
+            async with pool.acquire() as conn:
+                backend = await conn.fetchval("SELECT pg_backend_pid()")
+                proxy = conn
+            assert pool.get_idle_size() == 1
+            with pytest.raises(asyncpg.InterfaceError):  # the caller's handle is detached
+                await proxy.fetchval("SELECT 1")
+        assert await pool.fetchval("SELECT pg_backend_pid()") == backend  # the same one
+        # The release of an idle connection completes without suspending once.
+        conn = await pool.acquire()
+        release = pool.release(conn)
+        with pytest.raises(StopIteration):
+            release.send(None)
+        assert pool.get_idle_size() == 1
+        # Given back inside a transaction it began without asyncpg's manager: asyncpg's
+        # release rolls it back, and the next user starts outside any transaction.
+        conn = await pool.acquire()
+        await conn.execute("BEGIN; CREATE TEMP TABLE lean_pool_probe (x int)")
+        await pool.release(conn)
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT to_regclass('lean_pool_probe')") is None
+        # A caller cancelled while it holds a connection still gives it back.
+        holding = asyncio.Event()
+
+        async def hold() -> None:
+            async with pool.acquire() as held:
+                await held.fetchval("SELECT 1")
+                holding.set()
+                await asyncio.sleep(60)
+
+        task = asyncio.create_task(hold())
+        await holding.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert pool.get_idle_size() == 1
+        # A connection closed under the pool is replaced, not handed out again.
+        conn = await pool.acquire()
+        conn.terminate()
+        await pool.release(conn)
+        assert await pool.fetchval("SELECT 1") == 1
     finally:
         await pool.close()
 
