@@ -25,6 +25,7 @@ from engine.adapters.store import (
     EventStore,
     ExecutionRecord,
     NewEvent,
+    NotLatestVersion,
     StoredEvent,
     WorkflowVersion,
     json_as_sent,
@@ -68,6 +69,8 @@ class Started(NamedTuple):
     status: str = "RUNNING"
 
 
+# Tries of a start whose workflow gets a new version meanwhile (each one reads it again).
+START_ATTEMPTS = 5
 # A first decision with more events is left to the engine (see EngineService._first_decision).
 FIRST_DECISION_MAX_EVENTS = 64
 # The longest cause the engine records when it fails an execution itself.
@@ -170,6 +173,11 @@ class EngineService:
         self.arns = arns if arns is not None else ArnScope()
         self.max_payload_bytes = max_payload_bytes
         self._definitions: OrderedDict[tuple[str, str, int], Definition] = OrderedDict()
+        # The latest version of each workflow started lately, as last read: a start
+        # commits only if it still is the latest (`start`), so a copy made old by a
+        # newer version (registered by any process) costs one retry, never a start of
+        # the old version.
+        self._latest: OrderedDict[tuple[str, str], WorkflowVersion] = OrderedDict()
         self._cache_size = cache_size
 
     # -- workflows ------------------------------------------------------------------
@@ -186,6 +194,8 @@ class EngineService:
         compiled = compile_definition(definition)
         version, created = await self.store.put_workflow(namespace, name, definition, type)
         self._remember((namespace, name, version.version), compiled)
+        if created:
+            self._remember_latest(version)
         return version, created
 
     def validate(self, definition: Any) -> list[tuple[str, str]]:
@@ -230,6 +240,31 @@ class EngineService:
         while len(self._definitions) > self._cache_size:
             self._definitions.popitem(last=False)
 
+    async def _latest_workflow(self, namespace: str, name: str, fresh: bool) -> WorkflowVersion:
+        """The latest version of the workflow as last read (``fresh``: read now);
+        `WorkflowNotFound` when it has none."""
+        key = (namespace, name)
+        known = None if fresh else self._latest.get(key)
+        if known is not None:
+            self._latest.move_to_end(key)
+            return known
+        wf = await self.store.get_workflow(namespace, name)
+        if wf is None:
+            self._latest.pop(key, None)
+            raise WorkflowNotFound(f"workflow {name!r} not found")
+        self._remember_latest(wf)
+        return wf
+
+    def _remember_latest(self, wf: WorkflowVersion) -> None:
+        key = (wf.namespace, wf.name)
+        known = self._latest.get(key)
+        if known is not None and known.version > wf.version:
+            return  # (a read that began before a newer version was remembered)
+        self._latest[key] = wf
+        self._latest.move_to_end(key)
+        while len(self._latest) > self._cache_size:
+            self._latest.popitem(last=False)
+
     # -- executions -----------------------------------------------------------------
 
     async def start(
@@ -252,10 +287,34 @@ class EngineService:
         number spelling, see `json_as_sent`) or a value. The size limit counts the
         bytes as stored; `InvalidRequest` for input that is not JSON.
         `RunningQuotaExceeded` when the namespace runs its quota of executions already
-        (a repeated start of an existing name still answers as before)."""
-        wf = await self.store.get_workflow(namespace, workflow)
-        if wf is None:
-            raise WorkflowNotFound(f"workflow {workflow!r} not found")
+        (a repeated start of an existing name still answers as before).
+
+        The version started is the latest when the start commits: one read of it
+        remembered (`_latest_workflow`) serves the next starts, and the start's
+        statement checks that it still is the latest (else it reads it again and
+        starts over, up to START_ATTEMPTS times)."""
+        for attempt in range(START_ATTEMPTS):
+            wf = await self._latest_workflow(namespace, workflow, fresh=attempt > 0)
+            try:
+                return await self._start_version(wf, input, name, now, trace_context)
+            except NotLatestVersion:
+                continue
+        raise ConcurrencyError(
+            f"workflow {workflow!r} got a new version during each of {START_ATTEMPTS} tries to "
+            "start it"
+        )
+
+    async def _start_version(
+        self,
+        wf: WorkflowVersion,
+        input: Any,
+        name: str | None,
+        now: dt.datetime | None,
+        trace_context: str,
+    ) -> Started:
+        """`start` of version ``wf``; `NotLatestVersion` (nothing written) when it is not
+        the workflow's latest any more."""
+        namespace, workflow = wf.namespace, wf.name
         if self.limits is not None:
             try:
                 await self.limits.admit_start(namespace)
@@ -305,8 +364,9 @@ class EngineService:
         )
         if first is None:
             record, created = await self.store.start_execution(
-                namespace, workflow, wf.version, execution_id, name, input_json, stored
-            )
+                namespace, workflow, wf.version, execution_id, name, input_json, stored,
+                latest_only=True,
+            )  # fmt: skip
             return Started(record, created)
         if self.tracer is None:
             return await self._start_decided(wf, execution_id, name, input_json, stored, first)
@@ -365,7 +425,7 @@ class EngineService:
         began = time.perf_counter()
         record = await self.store.start_execution(
             wf.namespace, wf.name, wf.version, execution_id, name, input_json, started,
-            then=then, set_timers=first.timers_to_set,
+            then=then, set_timers=first.timers_to_set, latest_only=True,
         )  # fmt: skip
         if not record[1]:  # the name existed: this decision was not recorded
             return Started(*record)

@@ -77,11 +77,17 @@ ORDER BY name, version DESC"""
 # The execution, its ExecutionStarted (seq 1) and, when the caller decided them already,
 # the events after it (seq 2 ...: the first decision, engine.service) with its timers, in
 # one statement: one commit. Nothing when the name exists (ON CONFLICT DO NOTHING).
+# With $13 (the caller's version must be the workflow's latest), nothing either when a
+# newer version exists (or none does); the second column says which is latest.
 START_EXECUTION = f"""
-WITH started AS (
+WITH latest AS (
+    SELECT max(version) AS version FROM workflow_versions WHERE namespace = $2 AND name = $3
+), started AS (
     INSERT INTO executions
         (execution_id, namespace, workflow, version, name, input, input_hash, started_at)
-    VALUES ($1, $2, $3, $4, $5, $6::text::json, $7, $8)
+    SELECT $1::uuid, $2::text, $3::text, $4::int, $5::text, $6::text::json, $7::text,
+           $8::timestamptz
+    FROM latest WHERE NOT $13::bool OR latest.version = $4::int
     ON CONFLICT (namespace, workflow, name) DO NOTHING
     RETURNING execution_id, started_at
 ), first_events AS (
@@ -100,7 +106,8 @@ WITH started AS (
 ), notified AS (
     SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM (SELECT 1 FROM first_events LIMIT 1) one
 )
-SELECT position FROM first_events LEFT JOIN notified ON true WHERE seq = 1"""
+SELECT (SELECT position FROM first_events LEFT JOIN notified ON true WHERE seq = 1),
+       (SELECT version FROM latest) AS latest"""
 SELECT_EXECUTION_BY_NAME = """
 SELECT execution_id, namespace, workflow, version, name, input::text AS input, input_hash,
        started_at
@@ -413,6 +420,15 @@ def definition_json(definition: dict[str, Any]) -> bytes:
     return _encode.encode(definition)
 
 
+class NotLatestVersion(Exception):
+    """`EventStore.start_execution` with ``latest_only``: the version given is no longer
+    (or not) the workflow's latest; nothing was written."""
+
+    def __init__(self, latest: int | None) -> None:
+        super().__init__(f"the workflow's latest version is {latest}")
+        self.latest = latest
+
+
 class _DuplicateKey(Exception):
     pass
 
@@ -657,10 +673,15 @@ class EventStore(PoolQueries):
         started: NewEvent,
         then: Sequence[NewEvent] = (),
         set_timers: Sequence[TimerLike] = (),
+        *,
+        latest_only: bool = False,
     ) -> tuple[ExecutionRecord, bool]:
         """Create the execution and its event seq 1 (``started``) atomically, with
         ``then`` (seq 2 ..., stamped ``started.timestamp``: a first decision already
-        made) and ``set_timers`` in the same commit when given.
+        made) and ``set_timers`` in the same commit when given. With ``latest_only``,
+        only if ``version`` is the workflow's latest when the statement runs, else
+        `NotLatestVersion` (a caller that remembers workflows learns that its copy is
+        old without asking first).
 
         ``input_json`` is stored as given (see `json_as_sent`) without its
         insignificant whitespace; `InvalidRequest` when it is not JSON. The same
@@ -672,7 +693,7 @@ class EventStore(PoolQueries):
         input_json = _compact_document(input_json)
         digest = input_hash(input_json)
         try:
-            position = await self._fetchval(
+            started_row = await self._fetchrow(
                 START_EXECUTION,
                 execution_id,
                 namespace,
@@ -686,7 +707,10 @@ class EventStore(PoolQueries):
                 [_text(started.data), *(_text(e.data) for e in then)],
                 [t.timer_id for t in set_timers],
                 [t.due for t in set_timers],
+                latest_only,
             )
+            assert started_row is not None  # (one row, whatever was inserted)
+            position, latest = started_row
         except _JSON_ERRORS as exc:
             raise _bad_json(exc) from None
         except asyncpg.UniqueViolationError as exc:
@@ -703,6 +727,8 @@ class EventStore(PoolQueries):
                 started_at=started.timestamp,
             )
             return record, True
+        if latest_only and latest != version:
+            raise NotLatestVersion(latest)
         row = await self._fetchrow(SELECT_EXECUTION_BY_NAME, namespace, workflow, name)
         if row is None:  # pragma: no cover - rows are never deleted
             raise ConcurrencyError(f"execution {name!r} vanished while starting")

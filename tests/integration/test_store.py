@@ -18,6 +18,7 @@ from engine.adapters.store import (
     EventStore,
     GlobalPosition,
     NewEvent,
+    NotLatestVersion,
     StoredEvent,
     TimerSpec,
 )
@@ -47,6 +48,34 @@ async def start(store: EventStore, name: str = "run", input_json: bytes = b"{}")
 
 
 # -- workflows ----------------------------------------------------------------------------
+
+
+async def test_a_start_of_a_version_that_is_not_the_latest_writes_nothing(
+    store: EventStore,
+) -> None:
+    started = event("ExecutionStarted")
+    with pytest.raises(NotLatestVersion) as none:  # no workflow at all
+        await store.start_execution(
+            "default", "wf", 1, uuid4(), "a", b"{}", started, latest_only=True
+        )
+    assert none.value.latest is None
+    await store.put_workflow("default", "wf", DEFINITION)
+    await store.put_workflow("default", "wf", {**DEFINITION, "Comment": "v2"})
+    with pytest.raises(NotLatestVersion) as old:
+        await store.start_execution(
+            "default", "wf", 1, uuid4(), "a", b"{}", started, latest_only=True
+        )
+    assert old.value.latest == 2
+    assert await store.find_execution("default", "wf", "a") is None
+    record, created = await store.start_execution(
+        "default", "wf", 2, uuid4(), "a", b"{}", started, latest_only=True
+    )
+    assert created and record.version == 2
+    # The name exists: the same start again answers with it, as without latest_only.
+    again, created = await store.start_execution(
+        "default", "wf", 2, uuid4(), "a", b"{}", started, latest_only=True
+    )
+    assert (again.execution_id, created) == (record.execution_id, False)
 
 
 async def test_put_workflow_versions_only_on_change(store: EventStore) -> None:
