@@ -3,8 +3,9 @@
 Three budgets: ``starts`` (POST /v1/workflows/{name}/executions), ``writes`` (every
 other PUT, POST, PATCH or DELETE) and ``reads`` (GET, HEAD). Each has a token bucket per
 namespace and one per API key inside it; a request passes only when both hold a token
-(engine.adapters.bus.TokenBuckets: one Lua script, one round trip, Redis's clock). A
-request without a key id (authentication off) takes from the namespace bucket only.
+(engine.adapters.bus.TokenBuckets: one Lua script, one round trip, Redis's clock; the
+takes of a namespace asked for at once share a run). A request without a key id
+(authentication off) takes from the namespace bucket only.
 
 Limits of a namespace: the defaults of the settings, overridden per namespace, budget and
 scope in PostgreSQL (migration 0007). Each process caches a namespace's overrides for

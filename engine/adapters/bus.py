@@ -115,6 +115,15 @@ class Keys:
         return tag if key_id is None else f"{tag}:k:{_tag_safe(key_id)}"
 
 
+def _hash_tag(key: str) -> str:
+    """The part of ``key`` Redis Cluster hashes: its ``{...}`` tag, else all of it."""
+    if key.startswith("{"):
+        end = key.find("}")
+        if end > 1:
+            return key[: end + 1]
+    return key
+
+
 def _tag_safe(name: str) -> str:
     return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
@@ -1253,52 +1262,65 @@ return 1
 """
 
 TAKE_TOKENS_LUA = """
+-- Takes, in the order given, each of one token from each of its buckets, all or none.
+-- ARGV, per take: its number of buckets, then per bucket the index of its key in KEYS,
+-- its rate and its size. A take sees what the takes before it in the same run took.
+-- Returns five values per take.
 local now_t = redis.call('TIME')
 local now = tonumber(now_t[1]) + tonumber(now_t[2]) / 1000000
-local n = #KEYS
-local tokens = {}
-local allowed = 1
-local retry = 0
-for i = 1, n do
-  local rate = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
-  local v = redis.call('HMGET', KEYS[i], 't', 'ts')
-  local t = tonumber(v[1])
-  local ts = tonumber(v[2])
-  if t == nil or ts == nil then
-    t = burst
-    ts = now
+local out = {}
+local a = 1
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  local keys, rates, bursts, tokens = {}, {}, {}, {}
+  local allowed = 1
+  local retry = 0
+  for i = 1, n do
+    keys[i] = KEYS[tonumber(ARGV[a])]
+    rates[i] = tonumber(ARGV[a + 1])
+    bursts[i] = tonumber(ARGV[a + 2])
+    a = a + 3
+    local v = redis.call('HMGET', keys[i], 't', 'ts')
+    local t = tonumber(v[1])
+    local ts = tonumber(v[2])
+    if t == nil or ts == nil then
+      t = bursts[i]
+      ts = now
+    end
+    local elapsed = now - ts
+    if elapsed < 0 then elapsed = 0 end
+    t = math.min(bursts[i], t + elapsed * rates[i])
+    tokens[i] = t
+    if t < 1 then
+      allowed = 0
+      local wait = (1 - t) / rates[i]
+      if wait > retry then retry = wait end
+    end
   end
-  local elapsed = now - ts
-  if elapsed < 0 then elapsed = 0 end
-  t = math.min(burst, t + elapsed * rate)
-  tokens[i] = t
-  if t < 1 then
-    allowed = 0
-    local wait = (1 - t) / rate
-    if wait > retry then retry = wait end
+  local remaining = nil
+  local limit = 0
+  local reset = 0
+  for i = 1, n do
+    local t = tokens[i]
+    if allowed == 1 then
+      t = t - 1
+      redis.call('HSET', keys[i], 't', string.format('%.17g', t), 'ts', string.format('%.6f', now))
+      redis.call('PEXPIRE', keys[i], math.ceil((bursts[i] - t) / rates[i] * 1000) + 1000)
+    end
+    if remaining == nil or t < remaining then
+      remaining = t
+      limit = bursts[i]
+      reset = (bursts[i] - t) / rates[i]
+    end
   end
+  out[#out + 1] = allowed
+  out[#out + 1] = math.floor(remaining)
+  out[#out + 1] = limit
+  out[#out + 1] = string.format('%.6f', reset)
+  out[#out + 1] = string.format('%.6f', retry)
 end
-local remaining = nil
-local limit = 0
-local reset = 0
-for i = 1, n do
-  local rate = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
-  local t = tokens[i]
-  if allowed == 1 then
-    t = t - 1
-    redis.call('HSET', KEYS[i], 't', string.format('%.17g', t), 'ts', string.format('%.6f', now))
-    redis.call('PEXPIRE', KEYS[i], math.ceil((burst - t) / rate * 1000) + 1000)
-  end
-  if remaining == nil or t < remaining then
-    remaining = t
-    limit = burst
-    reset = (burst - t) / rate
-  end
-end
-return {allowed, math.floor(remaining), limit, string.format('%.6f', reset),
-        string.format('%.6f', retry)}
+return out
 """
 
 
@@ -1324,31 +1346,81 @@ class TakeResult(msgspec.Struct, frozen=True):
 class TokenBuckets:
     """Token buckets in Redis shared by every process on it, over a client it does not
     own. The script is sent by EVALSHA, loaded again when Redis answers NOSCRIPT (after
-    a restart or SCRIPT FLUSH)."""
+    a restart or SCRIPT FLUSH).
+
+    The takes of one namespace (one hash slot) asked for in the same turn of the event
+    loop go to Redis together, in one run of the script that takes them one after the
+    other: under load, many requests share one round trip (and one command's client
+    overhead), each still all or nothing over its own buckets, in the order asked."""
 
     def __init__(self, redis: RedisClient, prefix: str = "steplog") -> None:
         self.redis = redis
         self.keys = Keys(prefix)
         self._script = redis.register_script(TAKE_TOKENS_LUA)
+        # Per hash slot, the takes asked for since its run was scheduled.
+        self._asked: dict[
+            str, list[tuple[Sequence[tuple[str, BucketLimit]], asyncio.Future[TakeResult]]]
+        ] = {}
+        self._runs: set[asyncio.Task[None]] = set()
 
     async def take(self, buckets: Sequence[tuple[str, BucketLimit]]) -> TakeResult:
         """Take one token from each of ``buckets`` (key, limit), atomically: all or none.
         The keys must share a hash slot (`Keys.rate_bucket` of one namespace do).
         Unavailable when Redis does not answer."""
-        keys = [key for key, _ in buckets]
+        loop = asyncio.get_running_loop()
+        taken: asyncio.Future[TakeResult] = loop.create_future()
+        slot = _hash_tag(buckets[0][0])
+        asked = self._asked.get(slot)
+        if asked is None:
+            self._asked[slot] = asked = []
+            loop.call_soon(self._run_soon, slot)
+        asked.append((buckets, taken))
+        return await taken
+
+    def _run_soon(self, slot: str) -> None:
+        run = asyncio.ensure_future(self._run(self._asked.pop(slot)))
+        self._runs.add(run)
+        run.add_done_callback(self._runs.discard)
+
+    async def _run(
+        self, asked: list[tuple[Sequence[tuple[str, BucketLimit]], asyncio.Future[TakeResult]]]
+    ) -> None:
+        index: dict[str, int] = {}
         args: list[EncodableT] = []
-        for _, limit in buckets:
-            args.extend((repr(float(limit.rate_per_s)), limit.burst))
-        with _redis_errors():
-            reply = await self._script(keys=keys, args=args)
-        allowed, remaining, limit_, reset_s, retry_s = reply
-        return TakeResult(
-            allowed=bool(int(allowed)),
-            remaining=max(0, int(remaining)),
-            limit=int(limit_),
-            reset_s=float(reset_s),
-            retry_after_s=float(retry_s),
-        )
+        for buckets, _ in asked:
+            args.append(len(buckets))
+            for key, limit in buckets:
+                args.extend(
+                    (
+                        index.setdefault(key, len(index) + 1),
+                        repr(float(limit.rate_per_s)),
+                        limit.burst,
+                    )
+                )
+        try:
+            with _redis_errors():
+                reply = await self._script(keys=list(index), args=args)
+        except Exception as exc:
+            for _, taken in asked:
+                if not taken.done():
+                    taken.set_exception(exc)
+            return
+        except BaseException:  # (cancelled: the loop is closing) so are the takes
+            for _, taken in asked:
+                taken.cancel()
+            raise
+        for i, (_, taken) in enumerate(asked):
+            allowed, remaining, limit_, reset_s, retry_s = reply[5 * i : 5 * i + 5]
+            if not taken.done():  # (a caller that stopped waiting)
+                taken.set_result(
+                    TakeResult(
+                        allowed=bool(int(allowed)),
+                        remaining=max(0, int(remaining)),
+                        limit=int(limit_),
+                        reset_s=float(reset_s),
+                        retry_after_s=float(retry_s),
+                    )
+                )
 
     async def ping(self) -> None:
         """One PING round trip (the ceiling bench/limiter.py measures against)."""

@@ -65,6 +65,38 @@ async def test_a_full_bucket_gives_its_burst_then_refuses_with_the_wait(
     assert 5.0 < refused.reset_s <= 6.0  # three tokens at 0.5/s
 
 
+async def test_takes_asked_together_share_one_script_run_and_each_counts(
+    redis: Redis, redis_prefix: str
+) -> None:
+    buckets = TokenBuckets(redis, redis_prefix)
+    limit = BucketLimit(rate_per_s=0.01, burst=5)
+    first, second = (buckets.keys.rate_bucket(ns, "starts") for ns in ("one", "two"))
+    await buckets.take([(buckets.keys.rate_bucket("warm", "starts"), limit)])  # (the script loaded)
+    runs = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"]
+    # 20 takes of one namespace, 3 of another and 2 of a key inside the first, asked in
+    # one turn of the loop: one run per namespace (hash slot), each take in order.
+    key = buckets.keys.rate_bucket("one", "starts", "k1")
+    results = await asyncio.gather(
+        *(buckets.take([(first, limit)]) for _ in range(20)),
+        *(buckets.take([(second, limit)]) for _ in range(3)),
+        *(buckets.take([(first, limit), (key, limit)]) for _ in range(2)),
+    )
+    assert (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"] - runs == 2
+    assert [r.allowed for r in results[:20]] == [True] * 5 + [False] * 15
+    assert [r.remaining for r in results[:5]] == [4, 3, 2, 1, 0]
+    assert all(r.retry_after_s > 0 for r in results[5:20])
+    assert [r.allowed for r in results[20:23]] == [True] * 3
+    # The namespace's bucket was empty by then: all or nothing, the key's bucket is full.
+    assert [r.allowed for r in results[23:]] == [False, False]
+    assert (await buckets.take([(key, limit)])).remaining == 4
+    # A caller that stops waiting leaves the others' takes alone.
+    waiting = asyncio.ensure_future(buckets.take([(second, limit)]))
+    kept = asyncio.ensure_future(buckets.take([(second, limit)]))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    assert (await kept).allowed
+
+
 async def test_a_take_is_all_or_nothing_over_the_key_and_namespace_buckets(
     redis: Redis, redis_prefix: str
 ) -> None:
