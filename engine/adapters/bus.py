@@ -569,6 +569,7 @@ class Bus:
         self._publisher = secrets.token_hex(6)
         self._dead_letter = redis.register_script(DEAD_LETTER_LUA)
         self._release = redis.register_script(RELEASE_LUA)
+        self._report = redis.register_script(REPORT_LUA)
 
     # -- names ----------------------------------------------------------------------------
 
@@ -761,6 +762,33 @@ class Bus:
         with _redis_errors():
             (entry_id,) = await pipe.execute()
         return _str(entry_id)
+
+    async def report(
+        self,
+        execution_id: UUID,
+        message: TriggerMessage,
+        stream: str,
+        group: str,
+        entry_id: str,
+    ) -> str:
+        """Add ``message`` (a task's result) to its execution's triggers, then
+        acknowledge ``entry_id`` (the task's entry) of ``group`` on ``stream``; returns
+        the trigger's entry id. One script run (REPORT_LUA), so one round trip, on a
+        single Redis; two commands on a cluster, where the two streams are in slots of
+        their own. The acknowledgement is made only once the result is added. A call
+        that fails may have added the result (a reply lost; on a cluster, an
+        acknowledgement that failed after it): its retry adds it again, and the engine
+        records nothing for a result of an attempt already completed."""
+        if self.cluster:
+            added = await self.add_trigger(execution_id, message)
+            await self.ack(stream, group, [entry_id])
+            return added
+        args: list[EncodableT] = [group, entry_id, self._work_maxlen or ""]
+        for field, value in trigger_fields(execution_id, message).items():
+            args.extend((field, value))
+        with _redis_errors():
+            added = await self._report(keys=[self._trigger_stream(execution_id), stream], args=args)
+        return _str(added)
 
     async def add_task(self, task: TaskMessage) -> str:
         """Add one task to the stream of its queue; returns the entry id."""
@@ -1249,6 +1277,19 @@ DEAD_LETTER_LUA = """
 local fields = {}
 for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', KEYS[1], '*', unpack(fields))
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+return id
+"""
+
+# Bus.report: XADD a task's result to KEYS[1] (its execution's triggers stream; ARGV[3]:
+# MAXLEN ~, '' for none; ARGV[4..]: the entry's fields and values), then XACK ARGV[2] of
+# group ARGV[1] on KEYS[2] (the task stream). Returns the trigger's id.
+REPORT_LUA = """
+local args = {}
+if ARGV[3] ~= '' then args = {'MAXLEN', '~', ARGV[3]} end
+args[#args + 1] = '*'
+for i = 4, #ARGV do args[#args + 1] = ARGV[i] end
+local id = redis.call('XADD', KEYS[1], unpack(args))
 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 return id
 """

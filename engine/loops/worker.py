@@ -735,17 +735,21 @@ class Worker:
         # A task waiting for its token: the handler's success only hands the token on
         # (the callback brings the result); its failure fails the attempt as usual.
         waits = bool(task.task_token) and result.ok
-        if not waits and not await self._retrying(
+        if waits:
+            await self._retrying(
+                f"acknowledge task {task.task_id}",
+                lambda: self.bus.ack(self.stream, WORKER_GROUP, [delivery.entry.id]),
+                deadline,
+            )
+        elif not await self._retrying(
             f"report the result of task {task.task_id}",
-            lambda: self.bus.add_trigger(task.execution_id, result),
+            # The result, then the acknowledgement, in one round trip (Bus.report).
+            lambda: self.bus.report(
+                task.execution_id, result, self.stream, WORKER_GROUP, delivery.entry.id
+            ),
             deadline,
         ):
             return
-        await self._retrying(
-            f"acknowledge task {task.task_id}",
-            lambda: self.bus.ack(self.stream, WORKER_GROUP, [delivery.entry.id]),
-            deadline,
-        )
         self.completed += 1  # reported (a failed ack only means it may run again)
 
     def report_budget_s(self, task: TaskMessage) -> float:

@@ -170,6 +170,29 @@ async def test_publish_read_group_and_ack(bus: Bus, redis: aioredis.Redis) -> No
     assert (await redis.xpending(stream, "g"))["pending"] == 0
 
 
+async def test_a_report_adds_the_result_then_acknowledges_the_task(
+    bus: Bus, redis: aioredis.Redis
+) -> None:
+    execution_id = uuid4()
+    tasks = bus.tasks_stream("default")
+    triggers = bus.triggers_stream(bus.partition_of(execution_id))
+    await bus.ensure_group(tasks, messages.WORKER_GROUP)
+    await bus.ensure_group(triggers, "engine-test")
+    await bus.add_task(task(execution_id, 2))
+    await bus.add_task(task(execution_id, 3))
+    first, second = await bus.read_tasks(messages.WORKER_GROUP, "w", [tasks], count=10)
+    assert isinstance(first, TaskDelivery) and isinstance(second, TaskDelivery)
+    result = messages.TaskResult(task_id=first.message.task_id, ok=True, output={"x": 1})
+
+    added = await bus.report(execution_id, result, tasks, messages.WORKER_GROUP, first.entry.id)
+    (delivered,) = await bus.read_triggers("engine-test", "e", [triggers], count=10)
+    assert isinstance(delivered, TriggerDelivery) and delivered.entry.id == added
+    assert (delivered.execution_id, delivered.message) == (execution_id, result)
+    # Only the reported task's entry was acknowledged.
+    pending = await redis.xpending_range(tasks, messages.WORKER_GROUP, "-", "+", 10)
+    assert [p["message_id"].decode() for p in pending] == [second.entry.id]
+
+
 async def test_read_group_blocks_then_returns_nothing(bus: Bus) -> None:
     stream = bus.triggers_stream(1)
     await bus.ensure_group(stream, "g")
