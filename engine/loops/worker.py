@@ -292,7 +292,7 @@ class Worker:
         # holds its claim: when the read or renewal that confirmed it was sent, plus the
         # visibility timeout (Redis counts the idle time from when it runs the command).
         self._held: dict[str, float] = {}
-        self._reports: set[asyncio.Task[None]] = set()  # results being reported
+        self._reports: set[asyncio.Task[bool]] = set()  # results being reported
         # The entries of those results: a handler cancelled while its result was being
         # reported (its claim lapsed in a Redis outage) leaves its entry pending, and the
         # claim of stale entries must not run the attempt again while this worker still
@@ -659,13 +659,29 @@ class Worker:
         else:
             result = await self._traced_call(self.tracer, task, ctx)
         # Recording the outcome is shielded: a shutdown must not lose a finished result.
+        await asyncio.shield(self._start_report(delivery, result))
+
+    def _start_report(self, delivery: TaskDelivery, result: TaskResult) -> asyncio.Task[bool]:
+        """`_report` on a task of its own, its entry known to be reporting meanwhile;
+        once the report has acknowledged the entry, the entry is no longer held: the
+        claim has ended, and a renewal that no longer finds it pending must not take
+        that for another worker's claim (the runner may end a loop turn later)."""
+        entry_id = delivery.entry.id
         report = asyncio.create_task(self._report(delivery, result))
         self._reports.add(report)
-        self._reporting.add(delivery.entry.id)
-        report.add_done_callback(self._reports.discard)
-        report.add_done_callback(lambda _: self._reporting.discard(delivery.entry.id))
-        report.add_done_callback(lambda done: log_failure(done, f"report of task {task.task_id}"))
-        await asyncio.shield(report)
+        self._reporting.add(entry_id)
+
+        def settled(done: asyncio.Task[bool]) -> None:
+            self._reports.discard(done)
+            self._reporting.discard(entry_id)
+            if not done.cancelled() and done.exception() is None and done.result():
+                self._held.pop(entry_id, None)
+
+        report.add_done_callback(settled)
+        report.add_done_callback(
+            lambda done: log_failure(done, f"report of task {delivery.message.task_id}")
+        )
+        return report
 
     async def _traced_call(self, tracer: Tracer, task: TaskMessage, ctx: TaskContext) -> TaskResult:
         """`_call` inside the attempt's span (a child of the relay's publish span); the
@@ -725,18 +741,20 @@ class Worker:
                 task_id=task.task_id, ok=False, error=type(exc).__name__, cause=str(exc)
             )
 
-    async def _report(self, delivery: TaskDelivery, result: TaskResult) -> None:
+    async def _report(self, delivery: TaskDelivery, result: TaskResult) -> bool:
         """Add the result to the execution's triggers, then acknowledge the task. While
         Redis does not answer, both are retried with a back-off until the attempt's
         own deadline (``report_budget_s``); a result given up on is logged and the task,
-        left unacknowledged, runs again after the visibility timeout."""
+        left unacknowledged, runs again after the visibility timeout. Whether the entry
+        was acknowledged."""
         task = delivery.message
         deadline = asyncio.get_running_loop().time() + self.report_budget_s(task)
         # A task waiting for its token: the handler's success only hands the token on
         # (the callback brings the result); its failure fails the attempt as usual.
         waits = bool(task.task_token) and result.ok
+        acked = True
         if waits:
-            await self._retrying(
+            acked = await self._retrying(
                 f"acknowledge task {task.task_id}",
                 lambda: self.bus.ack(self.stream, WORKER_GROUP, [delivery.entry.id]),
                 deadline,
@@ -749,8 +767,9 @@ class Worker:
             ),
             deadline,
         ):
-            return
+            return False
         self.completed += 1  # reported (a failed ack only means it may run again)
+        return acked
 
     def report_budget_s(self, task: TaskMessage) -> float:
         """How long a finished result is kept for reporting: until the attempt times out

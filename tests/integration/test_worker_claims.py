@@ -21,11 +21,11 @@ import asyncpg
 import msgspec
 import redis.asyncio as aioredis
 
-from engine.adapters.bus import Bus
+from engine.adapters.bus import Bus, Malformed
 from engine.adapters.store import EventStore, NewEvent
 from engine.loops.engine_loop import Engine
 from engine.loops.worker import HandlerRegistry, TaskContext, Worker, _Running
-from engine.messages import WORKER_GROUP, Begin
+from engine.messages import WORKER_GROUP, Begin, TaskResult
 from engine.service import EngineService
 from tests.conftest import Eventually
 from tests.integration.test_relay import T0
@@ -258,3 +258,30 @@ async def test_a_renewal_that_misses_an_entry_being_reported_cancels_nothing(bus
         for runner in runners.values():
             runner.cancel()
         await asyncio.gather(*runners.values(), return_exceptions=True)
+
+
+async def test_an_entry_whose_report_acknowledged_it_is_no_longer_held(
+    bus: Bus, redis: aioredis.Redis
+) -> None:
+    """The other half of the window above: the report done (the entry acknowledged),
+    the runner not ended yet. A renewal answered then missed the entry too, and no
+    longer found it being reported (seen under load, after the first fix)."""
+    worker = Worker(bus, HandlerRegistry(), queue="settled", visibility_timeout_s=3.0)
+    await bus.ensure_group(worker.stream, WORKER_GROUP)
+    message = msgspec.structs.replace(task(uuid4(), "work"), queue="settled")
+    await bus.add_task(message)
+    (delivery,) = await bus.read_tasks(WORKER_GROUP, worker.consumer, [worker.stream])
+    assert not isinstance(delivery, Malformed)
+    now = asyncio.get_running_loop().time()
+    worker._held[delivery.entry.id] = now + 3.0
+    result = TaskResult(task_id=message.task_id, ok=True, output=1)
+    report = worker._start_report(delivery, result)
+    assert delivery.entry.id in worker._reporting
+    assert await report is True
+    await asyncio.sleep(0)  # (its done callbacks)
+    assert delivery.entry.id not in worker._held
+    assert delivery.entry.id not in worker._reporting
+    worker._renewed([delivery.entry.id], set(), now + 0.5)
+    assert worker.lapsed == 0
+    assert [r.task_id for r in await results(redis, bus)] == [message.task_id]
+    assert (await redis.xpending(worker.stream, WORKER_GROUP))["pending"] == 0
