@@ -121,9 +121,14 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
                     "the request body must be JSON, sent with Content-Type: application/json"
                 )
         try:
-            # The request's deadline waits while the client sends (408 has its own).
-            async with paused(request), asyncio.timeout(request.app[CONFIG].body_timeout_s):
+            if request.content.is_eof():
+                # All of it arrived already (a small body comes with its headers): the
+                # read waits for nothing, so neither deadline needs to move.
                 await request.read()  # cached: the handler's read() returns it
+            else:
+                # The request's deadline waits while the client sends (408 has its own).
+                async with paused(request), asyncio.timeout(request.app[CONFIG].body_timeout_s):
+                    await request.read()
         except TimeoutError:
             timeout = RequestTimeout(
                 f"the request body did not arrive within {request.app[CONFIG].body_timeout_s:g} s"
