@@ -20,12 +20,13 @@ from uuid import UUID
 import msgspec
 from opentelemetry.trace import Span, Tracer, get_current_span
 
-from engine.adapters.group_commit import GroupCommit
+from engine.adapters.group_commit import GroupCommit, StartCommit
 from engine.adapters.store import (
     EventStore,
     ExecutionRecord,
     NewEvent,
     NotLatestVersion,
+    StartRequest,
     StoredEvent,
     WorkflowVersion,
     json_as_sent,
@@ -162,6 +163,8 @@ class EngineService:
         # Every decision's append goes through it: concurrent decisions (the engine's batch
         # of triggers, concurrent stops) share one statement and one commit.
         self.appends = GroupCommit(store)
+        # Every start's statement too (StartCommit): concurrent starts share one.
+        self.starts = StartCommit(store)
         # The clock of durable time: PostgreSQL's (engine.adapters.clock.DbClock.now),
         # read for the starts and stops that do not say their time.
         self.clock = clock
@@ -363,10 +366,11 @@ class EngineService:
             else None
         )
         if first is None:
-            record, created = await self.store.start_execution(
-                namespace, workflow, wf.version, execution_id, name, input_json, stored,
-                latest_only=True,
-            )  # fmt: skip
+            record, created = await self.starts.start(
+                StartRequest(
+                    namespace, workflow, wf.version, execution_id, name, input_json, stored
+                )
+            )
             return Started(record, created)
         if self.tracer is None:
             return await self._start_decided(wf, execution_id, name, input_json, stored, first)
@@ -423,9 +427,11 @@ class EngineService:
             for e, data in zip(first.events, first.encoded, strict=True)
         ]
         began = time.perf_counter()
-        record = await self.store.start_execution(
-            wf.namespace, wf.name, wf.version, execution_id, name, input_json, started,
-            then=then, set_timers=first.timers_to_set, latest_only=True,
+        record = await self.starts.start(
+            StartRequest(
+                wf.namespace, wf.name, wf.version, execution_id, name, input_json, started,
+                then=then, set_timers=first.timers_to_set,
+            )
         )  # fmt: skip
         if not record[1]:  # the name existed: this decision was not recorded
             return Started(*record)

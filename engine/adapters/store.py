@@ -34,6 +34,7 @@ from engine.core.events import TERMINAL_EVENT_TYPES
 from engine.errors import (
     ConcurrencyError,
     ExecutionNameConflict,
+    InvalidData,
     InvalidRequest,
     SteplogError,
     Unavailable,
@@ -108,6 +109,46 @@ WITH latest AS (
 )
 SELECT (SELECT position FROM first_events LEFT JOIN notified ON true WHERE seq = 1),
        (SELECT version FROM latest) AS latest"""
+# Many starts of the latest versions (StartCommit) in one statement: each execution, its
+# events (seq 1 ...) and timers, for those whose version is the latest and whose name is
+# new; the ids started and their seq 1's position. Executions go in in name order (two
+# batches of two processes never wait for each other's names in opposite orders).
+START_EXECUTIONS = f"""
+WITH req AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[],
+                         $6::text[], $7::text[], $8::timestamptz[])
+        AS r(execution_id, namespace, workflow, version, name, input, input_hash, started_at)
+), started AS (
+    INSERT INTO executions
+        (execution_id, namespace, workflow, version, name, input, input_hash, started_at)
+    SELECT r.execution_id, r.namespace, r.workflow, r.version, r.name, r.input::json,
+           r.input_hash, r.started_at
+    FROM req r
+    WHERE r.version = (SELECT max(w.version) FROM workflow_versions w
+                       WHERE w.namespace = r.namespace AND w.name = r.workflow)
+    ORDER BY r.namespace, r.workflow, r.name
+    ON CONFLICT (namespace, workflow, name) DO NOTHING
+    RETURNING execution_id, started_at
+), first_events AS (
+    INSERT INTO events (execution_id, seq, type, data, recorded_at)
+    SELECT s.execution_id, e.seq, e.type, e.data::json, s.started_at
+    FROM unnest($9::uuid[], $10::int[], $11::text[], $12::text[])
+        WITH ORDINALITY AS e(execution_id, seq, type, data, ord)
+    JOIN started s USING (execution_id)
+    ORDER BY e.ord
+    RETURNING execution_id, seq, position
+), set_timers AS (
+    INSERT INTO timers (timer_id, execution_id, due_at)
+    SELECT t.timer_id, s.execution_id, t.due_at
+    FROM unnest($13::uuid[], $14::text[], $15::timestamptz[]) AS t(execution_id, timer_id, due_at)
+    JOIN started s USING (execution_id)
+    ON CONFLICT (timer_id) DO UPDATE SET execution_id = EXCLUDED.execution_id,
+                                         due_at = EXCLUDED.due_at
+), notified AS (
+    SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM (SELECT 1 FROM first_events LIMIT 1) one
+)
+SELECT f.execution_id, f.position FROM first_events f LEFT JOIN notified ON true
+WHERE f.seq = 1"""
 SELECT_EXECUTION_BY_NAME = """
 SELECT execution_id, namespace, workflow, version, name, input::text AS input, input_hash,
        started_at
@@ -385,6 +426,21 @@ class AppendRequest(msgspec.Struct, frozen=True):
     cancel_timers: Sequence[str] = ()
 
 
+class StartRequest(msgspec.Struct, frozen=True):
+    """One start of `EventStore.start_batch`: what `EventStore.start_execution` takes
+    (of the workflow's latest version)."""
+
+    namespace: str
+    workflow: str
+    version: int
+    execution_id: UUID
+    name: str
+    input_json: bytes
+    started: NewEvent
+    then: Sequence[NewEvent] = ()
+    set_timers: Sequence[TimerLike] = ()
+
+
 class TimerLike(Protocol):
     """Anything with a ``timer_id`` and a ``due`` (e.g. decide's TimerRequest, `TimerSpec`)."""
 
@@ -582,6 +638,9 @@ def _bad_json(exc: asyncpg.PostgresError) -> InvalidRequest:
 
 
 _JSON_ERRORS = (asyncpg.InvalidTextRepresentationError, asyncpg.UntranslatableCharacterError)
+# A deadlock or serialization failure with another transaction: the batch's requests
+# can each be started on their own.
+_CONFLICT_STATES = frozenset(("40P01", "40001"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -737,6 +796,69 @@ class EventStore(PoolQueries):
                 f"execution {name!r} of {namespace}/{workflow} exists with a different input"
             )
         return _execution(row), False
+
+    async def start_batch(
+        self, requests: Sequence[StartRequest]
+    ) -> list[ExecutionRecord | SteplogError | None]:
+        """The starts of ``requests`` that are new names of the latest versions, in one
+        statement (one commit): per request its record, created, or None when this
+        statement did not start it (its name exists or was taken by an earlier request
+        of the batch, or its version is not the latest: `start_execution` with
+        ``latest_only`` says which), or its own `InvalidRequest` (input not JSON). When
+        the statement fails as a whole (data PostgreSQL refuses, a deadlock), every
+        request is None: nothing was written."""
+        results: list[ExecutionRecord | SteplogError | None] = []
+        columns: list[list[Any]] = [[] for _ in range(8)]
+        events: list[list[Any]] = [[] for _ in range(4)]
+        timers: list[list[Any]] = [[] for _ in range(3)]
+        inputs: dict[UUID, bytes] = {}
+        for r in requests:
+            try:
+                input_json = _compact_document(r.input_json)
+                texts = [_text(r.started.data), *(_text(e.data) for e in r.then)]
+                row = (
+                    r.execution_id, r.namespace, r.workflow, r.version, r.name,
+                    _text(input_json), input_hash(input_json), r.started.timestamp,
+                )  # fmt: skip
+            except InvalidRequest as exc:
+                results.append(exc)
+                continue
+            results.append(None)
+            inputs[r.execution_id] = input_json
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+            for seq, (kind, text) in enumerate(
+                zip([r.started.type, *(e.type for e in r.then)], texts, strict=True), 1
+            ):
+                for column, value in zip(events, (r.execution_id, seq, kind, text), strict=True):
+                    column.append(value)
+            for t in r.set_timers:
+                for column, value in zip(timers, (r.execution_id, t.timer_id, t.due), strict=True):
+                    column.append(value)
+        if not inputs:
+            return results
+        try:
+            rows = await self._fetch(START_EXECUTIONS, *columns, *events, *timers)
+        except Unavailable as exc:
+            if getattr(exc.__cause__, "sqlstate", "") not in _CONFLICT_STATES:
+                raise  # PostgreSQL away: so it is for every request
+            return [r if isinstance(r, SteplogError) else None for r in results]
+        except (InvalidData, asyncpg.PostgresError):
+            # One request's data, or a collision: each is started on its own.
+            return [r if isinstance(r, SteplogError) else None for r in results]
+        started = {row["execution_id"] for row in rows}
+        for i, r in enumerate(requests):
+            if results[i] is None and r.execution_id in started:
+                results[i] = ExecutionRecord(
+                    execution_id=r.execution_id,
+                    namespace=r.namespace,
+                    workflow=r.workflow,
+                    version=r.version,
+                    name=r.name,
+                    input_json=inputs[r.execution_id],
+                    started_at=r.started.timestamp,
+                )
+        return results
 
     async def find_execution(
         self, namespace: str, workflow: str, name: str
