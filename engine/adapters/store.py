@@ -109,10 +109,17 @@ WITH latest AS (
 )
 SELECT (SELECT position FROM first_events LEFT JOIN notified ON true WHERE seq = 1),
        (SELECT version FROM latest) AS latest"""
+# The row of running_executions (migration 0007) an execution's start and end count in,
+# with the namespace: the key every statement that appends to several executions orders
+# its rows by (then execution and seq), so that two such transactions (a batch of starts,
+# a batch of appends, in any processes) lock those counting rows in one order and never
+# wait for each other crosswise (a deadlock).
+RUNNING_SHARD = "abs(hashtext({}::text)) % 16"
 # Many starts of the latest versions (StartCommit) in one statement: each execution, its
 # events (seq 1 ...) and timers, for those whose version is the latest and whose name is
-# new; the ids started and their seq 1's position. Executions go in in name order (two
-# batches of two processes never wait for each other's names in opposite orders).
+# new; the ids started and their seq 1's position. Executions go in in name order and
+# events in counting-row order (RUNNING_SHARD), so two batches never wait for each
+# other's names or counting rows crosswise.
 START_EXECUTIONS = f"""
 WITH req AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[],
@@ -135,7 +142,8 @@ WITH req AS (
     FROM unnest($9::uuid[], $10::int[], $11::text[], $12::text[])
         WITH ORDINALITY AS e(execution_id, seq, type, data, ord)
     JOIN started s USING (execution_id)
-    ORDER BY e.ord
+    JOIN req r USING (execution_id)
+    ORDER BY r.namespace, {RUNNING_SHARD.format("e.execution_id")}, e.execution_id, e.ord
     RETURNING execution_id, seq, position
 ), set_timers AS (
     INSERT INTO timers (timer_id, execution_id, due_at)
@@ -210,8 +218,9 @@ ORDER BY appended.seq"""
 # failing the rest. A writer that commits the same seq between this statement's snapshot
 # and its insert still collides on the primary key and fails the whole statement: the store
 # then appends each request on its own (`EventStore.append_batch`). Rows are inserted in
-# (execution_id, seq) order, so two batches inserting the same keys wait for each other in
-# one order (no deadlock), and positions follow seq per execution. Timer changes apply to
+# (namespace, counting row, execution_id, seq) order (RUNNING_SHARD), so two batches
+# inserting the same keys or counting in the same rows wait for each other in one order
+# (no deadlock), and positions follow seq per execution. Timer changes apply to
 # the executions whose events were inserted.
 APPEND_BATCH = f"""
 WITH request AS (
@@ -227,8 +236,9 @@ WITH request AS (
     SELECT u.execution_id, u.seq, u.type, u.data::json, u.recorded_at
     FROM unnest($3::uuid[], $4::int[], $5::text[], $6::text[], $7::timestamptz[])
          AS u(execution_id, seq, type, data, recorded_at)
+    LEFT JOIN executions x USING (execution_id)  -- (its namespace: the order only)
     WHERE u.execution_id IN (SELECT execution_id FROM ready)
-    ORDER BY u.execution_id, u.seq
+    ORDER BY x.namespace, {RUNNING_SHARD.format("u.execution_id")}, u.execution_id, u.seq
     RETURNING execution_id, seq, position, tx_id
 ), cancelled AS (
     DELETE FROM timers t USING unnest($8::uuid[], $9::text[]) AS c(execution_id, timer_id)
