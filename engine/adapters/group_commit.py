@@ -1,4 +1,4 @@
-"""Group commit: the appends of concurrent callers in one statement.
+"""Group commit: the appends (and the starts) of concurrent callers in one statement.
 
 Every decision of the engine ends in an append with its expected seq; one
 transaction per decision is one round trip and one WAL flush each. `GroupCommit`
@@ -9,13 +9,16 @@ batches fill by themselves, and a lone caller waits for nothing but its own
 statement. Each caller gets exactly what `EventStore.append` would have given it:
 its stored events, or its own `ConcurrencyError` (its execution moved on) or
 `InvalidRequest`, without failing the other callers of the batch; `Unavailable`
-for all of them when PostgreSQL does not answer.
+for all of them when PostgreSQL does not answer. `StartCommit` does the same for
+starts (`EventStore.start_batch`). Both queue and flush through `_Batches`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Generic, TypeVar
 from uuid import UUID
 
 from engine.adapters.store import (
@@ -27,18 +30,76 @@ from engine.adapters.store import (
     StoredEvent,
     TimerLike,
 )
+from engine.errors import SteplogError
 
-_Waiting = tuple[AppendRequest, "asyncio.Future[list[StoredEvent]]"]
+Request = TypeVar("Request")
+Outcome = TypeVar("Outcome")
 
 
-class GroupCommit:
-    """`append` as `EventStore.append`, batched with concurrent calls (see the module)."""
+class _Batches(ABC, Generic[Request, Outcome]):
+    """Requests of concurrent callers, queued and written in batches by one flusher
+    task: each batch is what queued while the one before was being written, so under
+    load batches fill by themselves and a lone caller waits for nothing but its own
+    write. A subclass says how a batch is taken (`_take`) and written (`_write`: an
+    outcome per request, an exception being that caller's to raise)."""
 
     def __init__(self, store: EventStore, max_batch: int = 100) -> None:
         self.store = store
         self.max_batch = max_batch
-        self._queue: list[_Waiting] = []
+        self._queue: list[tuple[Request, asyncio.Future[Outcome]]] = []
         self._flusher: asyncio.Task[None] | None = None
+
+    async def _ask(self, request: Request) -> Outcome:
+        """``request``'s outcome, once the batch it goes in is written. A caller
+        cancelled meanwhile cancels its future: left out if not yet written."""
+        done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.append((request, done))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        return await done
+
+    def _take(self) -> list[tuple[Request, asyncio.Future[Outcome]]]:
+        """The next batch: up to ``max_batch`` callers still waiting, in order."""
+        while self._queue:
+            batch = [w for w in self._queue[: self.max_batch] if not w[1].done()]
+            self._queue = self._queue[self.max_batch :]
+            if batch:
+                return batch
+        return []
+
+    @abstractmethod
+    async def _write(self, requests: list[Request]) -> Sequence[Outcome | Exception]:
+        """One statement for ``requests``: an outcome per request, in order."""
+
+    async def _flush(self) -> None:
+        batch: list[tuple[Request, asyncio.Future[Outcome]]] = []
+        try:
+            # Let the callers made ready together with the first one queue too.
+            await asyncio.sleep(0)
+            while batch := self._take():
+                outcomes: Sequence[Outcome | Exception]
+                try:
+                    outcomes = await self._write([request for request, _ in batch])
+                except Exception as exc:  # Unavailable (or a bug): every caller gets it
+                    outcomes = [exc] * len(batch)
+                for (_, done), outcome in zip(batch, outcomes, strict=True):
+                    if done.done():
+                        continue
+                    if isinstance(outcome, Exception):
+                        done.set_exception(outcome)
+                    else:
+                        done.set_result(outcome)
+                batch = []
+        finally:
+            self._flusher = None
+            # Cancelled itself (the loop is closing): nobody is left without an answer.
+            for _, done in [*batch, *self._queue]:
+                done.cancel()
+            self._queue = []
+
+
+class GroupCommit(_Batches[AppendRequest, list[StoredEvent]]):
+    """`append` as `EventStore.append`, batched with concurrent calls (see the module)."""
 
     async def append(
         self,
@@ -48,25 +109,21 @@ class GroupCommit:
         set_timers: Sequence[TimerLike] = (),
         cancel_timers: Sequence[str] = (),
     ) -> list[StoredEvent]:
-        """`EventStore.append`, in a batch with the appends queued meanwhile."""
+        """`EventStore.append`, in a batch with the appends queued meanwhile (an append
+        cut short either commits or not, as a cancelled statement does)."""
         if not events:  # timer changes alone (rare): no seq to check
             return await self.store.append(
                 execution_id, expected_seq, events, set_timers, cancel_timers
             )
-        done: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
-        request = AppendRequest(execution_id, expected_seq, events, set_timers, cancel_timers)
-        self._queue.append((request, done))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
-        # A caller cancelled meanwhile cancels its future: left out if not yet written
-        # (an append cut short either commits or not, as a cancelled statement does).
-        return await done
+        return await self._ask(
+            AppendRequest(execution_id, expected_seq, events, set_timers, cancel_timers)
+        )
 
-    def _take(self) -> list[_Waiting]:
+    def _take(self) -> list[tuple[AppendRequest, asyncio.Future[list[StoredEvent]]]]:
         """The next batch: up to ``max_batch`` waiting callers, one per execution (a
         second append of one execution waits for the next batch, in order)."""
-        batch: list[_Waiting] = []
-        rest: list[_Waiting] = []
+        batch: list[tuple[AppendRequest, asyncio.Future[list[StoredEvent]]]] = []
+        rest: list[tuple[AppendRequest, asyncio.Future[list[StoredEvent]]]] = []
         seen: set[UUID] = set()
         for waiting in self._queue:
             request, done = waiting
@@ -80,37 +137,13 @@ class GroupCommit:
         self._queue = rest
         return batch
 
-    async def _flush(self) -> None:
-        batch: list[_Waiting] = []
-        try:
-            # Let the callers made ready together with the first one queue too.
-            await asyncio.sleep(0)
-            while batch := self._take():
-                results: Sequence[list[StoredEvent] | Exception]
-                try:
-                    results = await self.store.append_batch([request for request, _ in batch])
-                except Exception as exc:  # Unavailable (or a bug): every caller gets it
-                    results = [exc] * len(batch)
-                for (_, done), result in zip(batch, results, strict=True):
-                    if done.done():
-                        continue
-                    if isinstance(result, BaseException):
-                        done.set_exception(result)
-                    else:
-                        done.set_result(result)
-                batch = []
-        finally:
-            self._flusher = None
-            # Cancelled itself (the loop is closing): nobody is left without an answer.
-            for _, done in [*batch, *self._queue]:
-                done.cancel()
-            self._queue = []
+    async def _write(
+        self, requests: list[AppendRequest]
+    ) -> Sequence[list[StoredEvent] | Exception]:
+        return await self.store.append_batch(requests)
 
 
-_StartWaiting = tuple[StartRequest, "asyncio.Future[ExecutionRecord | Exception | None]"]
-
-
-class StartCommit:
+class StartCommit(_Batches[StartRequest, "ExecutionRecord | None"]):
     """Starts of the latest versions of workflows (`EventStore.start_execution` with
     ``latest_only``) from concurrent callers, the new ones in one statement per batch
     (`EventStore.start_batch`), as `GroupCommit` batches appends: under load, a start
@@ -126,72 +159,39 @@ class StartCommit:
     batch are each made alone."""
 
     def __init__(self, store: EventStore, max_batch: int = 100) -> None:
-        self.store = store
-        self.max_batch = max_batch
-        self._queue: list[_StartWaiting] = []
-        self._flusher: asyncio.Task[None] | None = None
-        # The batch being written: its callers' futures, and its statement.
-        self._writing: set[asyncio.Future[ExecutionRecord | Exception | None]] = set()
-        self._statement: asyncio.Task[Sequence[ExecutionRecord | Exception | None]] | None = None
+        super().__init__(store, max_batch)
+        # The batch being written, and its statement.
+        self._writing: list[StartRequest] = []
+        self._statement: asyncio.Task[list[ExecutionRecord | SteplogError | None]] | None = None
 
     async def start(self, request: StartRequest) -> tuple[ExecutionRecord, bool]:
         """`EventStore.start_execution(..., latest_only=True)` of ``request``, in a batch
         with the starts queued meanwhile."""
-        done: asyncio.Future[ExecutionRecord | Exception | None]
-        done = asyncio.get_running_loop().create_future()
-        self._queue.append((request, done))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
         try:
-            outcome = await done
+            record = await self._ask(request)
         except asyncio.CancelledError:
-            if done in self._writing and self._statement is not None:
+            if self._statement is not None and any(r is request for r in self._writing):
                 self._statement.cancel()
             raise
-        if isinstance(outcome, ExecutionRecord):
-            return outcome, True
-        if outcome is not None:
-            raise outcome
+        if record is not None:
+            return record, True
         r = request
         return await self.store.start_execution(
             r.namespace, r.workflow, r.version, r.execution_id, r.name, r.input_json,
             r.started, r.then, r.set_timers, latest_only=True,
         )  # fmt: skip
 
-    async def _flush(self) -> None:
-        batch: list[_StartWaiting] = []
+    async def _write(
+        self, requests: list[StartRequest]
+    ) -> Sequence[ExecutionRecord | Exception | None]:
+        statement = asyncio.create_task(self.store.start_batch(requests))
+        self._writing, self._statement = requests, statement
         try:
-            # Let the callers made ready together with the first one queue too.
-            await asyncio.sleep(0)
-            while self._queue:
-                batch = [w for w in self._queue[: self.max_batch] if not w[1].done()]
-                self._queue = self._queue[self.max_batch :]
-                if not batch:
-                    continue
-                outcomes: Sequence[ExecutionRecord | Exception | None]
-                self._writing = {done for _, done in batch}
-                statement = asyncio.create_task(  # noqa: RUF006 (held below, awaited shielded)
-                    self.store.start_batch([request for request, _ in batch])
-                )
-                self._statement = statement
-                try:
-                    outcomes = await asyncio.shield(statement)
-                except Exception as exc:  # Unavailable (or a bug): every caller gets it
-                    outcomes = [exc] * len(batch)
-                except asyncio.CancelledError:
-                    if not statement.cancelled():
-                        raise  # (the flusher itself: the loop is closing)
-                    # A caller gave up: rolled back; the others start alone.
-                    outcomes = [None] * len(batch)
-                finally:
-                    self._writing, self._statement = set(), None
-                for (_, done), outcome in zip(batch, outcomes, strict=True):
-                    if not done.done():
-                        done.set_result(outcome)
-                batch = []
+            return await asyncio.shield(statement)
+        except asyncio.CancelledError:
+            if not statement.cancelled():
+                raise  # (the flusher itself: the loop is closing)
+            # A caller gave up: rolled back; the others start alone.
+            return [None] * len(requests)
         finally:
-            self._flusher = None
-            # Cancelled itself (the loop is closing): nobody is left without an answer.
-            for _, done in [*batch, *self._queue]:
-                done.cancel()
-            self._queue = []
+            self._writing, self._statement = [], None
