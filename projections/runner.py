@@ -12,9 +12,10 @@ Contracts
   global order, whatever Redis lost, duplicated or reordered. This costs no
   latency: the relay publishes an event only after read_all returned it, so an
   event announced on the stream is already readable there.
-- The runner reads its group, catches up, then XACKs (after the commit); it also
-  catches up at start, after a Redis error (e.g. a flush that dropped the group)
-  and every `catchup_interval` seconds.
+- The runner waits on its group as on a doorbell (`Bus.wait_for_entries`: nothing
+  is delivered or left pending, the group is moved past what rang), then catches
+  up; it also catches up at start, after a Redis error (e.g. a flush that dropped
+  the group) and every `catchup_interval` seconds.
 - `rebuild(pool, name)` refills every table of the projection in global order
   into fresh tables and swaps them in, with the checkpoint, in one transaction.
 
@@ -24,16 +25,14 @@ Lock order, everywhere: checkpoint row, then the read-model tables or their rows
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import os
 import socket
 from collections.abc import Mapping, Sequence
-from uuid import UUID
 
 import asyncpg
 
-from engine.adapters.bus import Bus, StreamEntry
+from engine.adapters.bus import Bus
 from engine.adapters.postgres import translate_errors
 from engine.adapters.store import EventStore, GlobalPosition, StoredEvent
 from engine.errors import BusError, Unavailable
@@ -132,19 +131,6 @@ async def catch_up_all(pool: asyncpg.Pool, store: EventStore) -> int:
     return sum([await catch_up(pool, store, p) for p in PROJECTIONS.values()])
 
 
-def entry_event(entry: StreamEntry) -> StoredEvent:
-    """An events-stream entry (engine.adapters.bus.event_fields) as a StoredEvent (tx_id unknown)."""
-    f = entry.fields
-    return StoredEvent(
-        execution_id=UUID(f["execution_id"].decode()),
-        seq=int(f["seq"]),
-        position=int(f["position"]),
-        type=f["type"].decode(),
-        data=f["data"],
-        timestamp=dt.datetime.fromisoformat(f["timestamp"].decode()),
-    )
-
-
 class Projector:
     """Runs one projection until `stop_event` is set (see module doc)."""
 
@@ -188,24 +174,24 @@ class Projector:
 
     async def run(self, stop_event: asyncio.Event) -> None:
         """Catch up from PostgreSQL, then follow the streams; returns once
-        `stop_event` is set (within about block_ms). A batch being applied when
-        the stop comes is finished (shielded) so its XACK follows its commit."""
+        `stop_event` is set (within about block_ms). A catch-up under way when the
+        stop comes is finished (shielded)."""
         loop = asyncio.get_running_loop()
         next_catch_up = 0.0
-        pending = True  # first read this consumer's own unacknowledged entries
         while not stop_event.is_set():
             try:
                 if loop.time() >= next_catch_up:
                     await self.ensure_groups()
                     await self.catch_up()
                     next_catch_up = loop.time() + self.catchup_interval
-                entries = await self._read(pending, loop.time(), next_catch_up)
-                if pending and not entries:
-                    pending = False
+                block = max(1, min(self.block_ms, int((next_catch_up - loop.time()) * 1000)))
+                if not await self.bus.wait_for_entries(
+                    self.projection.group, self.consumer, self.bus.events_streams(), block
+                ):
                     continue
-                if not entries:
-                    continue
-                applied = await shielded(self._apply(entries), f"projector {self.projection.name}")
+                # What rang is in PostgreSQL (the relay publishes only what read_all
+                # returned), so this catch-up applies it.
+                applied = await shielded(self.catch_up(), f"projector {self.projection.name}")
                 if applied == 0:
                     next_catch_up = min(next_catch_up, loop.time() + self.horizon_retry)
             except asyncio.CancelledError:
@@ -213,32 +199,7 @@ class Projector:
             except (Unavailable, BusError) as exc:
                 log.warning("projector %s: %r; retrying", self.projection.name, exc)
                 next_catch_up = 0.0
-                pending = True
                 await sleep_or_stop(stop_event, self.retry_delay)
-
-    async def _read(self, pending: bool, now: float, next_catch_up: float) -> list[StreamEntry]:
-        streams: Sequence[str] | dict[str, str] = self.bus.events_streams()
-        if pending:
-            streams = dict.fromkeys(streams, "0")
-        block = max(1, min(self.block_ms, int((next_catch_up - now) * 1000)))
-        return await self.bus.read_group(
-            self.projection.group,
-            self.consumer,
-            streams,
-            count=self.batch_size,
-            block_ms=None if pending else block,
-        )
-
-    async def _apply(self, entries: list[StreamEntry]) -> int:
-        """Catch up (the entries announce new events), then XACK them all: what
-        they announce is in PostgreSQL, applied now or by the next catch-up."""
-        count = await self.catch_up()
-        by_stream: dict[str, list[str]] = {}
-        for entry in entries:
-            by_stream.setdefault(entry.stream, []).append(entry.id)
-        for stream, ids in by_stream.items():
-            await self.bus.ack(stream, self.projection.group, ids)
-        return count
 
 
 def projectors(pool: asyncpg.Pool, store: EventStore, bus: Bus) -> list[Projector]:

@@ -819,11 +819,15 @@ class Bus:
         streams: Sequence[str] | Mapping[str, str],
         count: int = 100,
         block_ms: int | None = None,
+        *,
+        noack: bool = False,
     ) -> list[StreamEntry]:
         """XREADGROUP: new entries (id ">") of ``streams``, or from the given ids when
         ``streams`` maps stream -> id (e.g. "0" re-reads this consumer's pending entries).
         Blocks up to ``block_ms`` when given; returns [] on timeout. Raises MissingGroup
-        when a group or stream does not exist (Redis was flushed)."""
+        when a group or stream does not exist (Redis was flushed). ``noack``: the entries
+        read are not kept pending (nothing to acknowledge; a reader that dies with them
+        loses them)."""
         ids = dict(streams) if isinstance(streams, Mapping) else dict.fromkeys(streams, ">")
         if not ids:
             return []
@@ -833,9 +837,30 @@ class Bus:
                 by_slot.setdefault(self.redis.keyslot(stream), {})[stream] = entry_id
             if len(by_slot) > 1:
                 return await self._read_slots(
-                    group, consumer, list(by_slot.values()), count, block_ms
+                    group, consumer, list(by_slot.values()), count, block_ms, noack
                 )
-        return await self._read_one_slot(group, consumer, ids, count, block_ms)
+        return await self._read_one_slot(group, consumer, ids, count, block_ms, noack)
+
+    async def wait_for_entries(
+        self, group: str, consumer: str, streams: Sequence[str], block_ms: int
+    ) -> bool:
+        """A doorbell: waits up to ``block_ms`` for an entry of ``streams`` that ``group``
+        has not been given yet; when one comes, moves the group past every entry of
+        ``streams`` added so far (XGROUP SETID ... $: none of them is delivered or kept
+        pending) and returns True. For a reader that keeps what the entries announce
+        elsewhere (the projectors: PostgreSQL): what it reads there after this returned
+        covers every entry skipped, and an entry added later rings again. False on
+        timeout. Reads one entry per stream, not the entries' data, which such a reader
+        never needs: reading and parsing each event twice (a group per projection) was
+        a tenth of a busy process's CPU. Raises MissingGroup as `read_group`."""
+        if not await self.read_group(group, consumer, streams, 1, block_ms, noack=True):
+            return False
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xgroup_setid(stream, group, "$")
+        with _redis_errors():
+            await pipe.execute()
+        return True
 
     async def _read_slots(
         self,
@@ -844,6 +869,7 @@ class Bus:
         slots: list[dict[str, str]],
         count: int,
         block_ms: int | None,
+        noack: bool = False,
     ) -> list[StreamEntry]:
         """`read_group` over streams of several cluster slots: one XREADGROUP per slot,
         concurrently. First without blocking (what is there already, the busy case);
@@ -851,14 +877,15 @@ class Bus:
         the wait: the other reads are woken (CLIENT UNBLOCK), and what they got, if
         they got something meanwhile, is returned too. Nothing is cancelled, so no
         entry Redis delivered is dropped on the way."""
-        reads = [self._read_one_slot(group, consumer, ids, count, None) for ids in slots]
+        reads = [self._read_one_slot(group, consumer, ids, count, None, noack) for ids in slots]
         entries = [e for part in await asyncio.gather(*reads) for e in part]
         if entries or block_ms is None:
             return entries
         assert isinstance(self.redis, RedisCluster)
         blocked = [_BlockedRead(self.redis, ids) for ids in slots]
         tasks = [
-            asyncio.ensure_future(read.run(group, consumer, count, block_ms)) for read in blocked
+            asyncio.ensure_future(read.run(group, consumer, count, block_ms, noack))
+            for read in blocked
         ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -886,10 +913,11 @@ class Bus:
         ids: dict[str, str],
         count: int,
         block_ms: int | None,
+        noack: bool = False,
     ) -> list[StreamEntry]:
         with _redis_errors():
             reply = await self.redis.xreadgroup(
-                group, consumer, dict[Any, Any](ids), count=count, block=block_ms
+                group, consumer, dict[Any, Any](ids), count=count, block=block_ms, noack=noack
             )
         return _entries(reply)
 
@@ -1148,9 +1176,12 @@ class _BlockedRead:
         self.node = node
         self.client_id: int | None = None
 
-    async def run(self, group: str, consumer: str, count: int, block_ms: int) -> list[StreamEntry]:
+    async def run(
+        self, group: str, consumer: str, count: int, block_ms: int, noack: bool = False
+    ) -> list[StreamEntry]:
         command: list[EncodableT] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
-        command += ["BLOCK", block_ms, "STREAMS", *self.ids, *self.ids.values()]
+        command += ["BLOCK", block_ms, *(["NOACK"] if noack else [])]
+        command += ["STREAMS", *self.ids, *self.ids.values()]
         with _redis_errors():  # MaxConnectionsError: an outage as well
             connection = self.node.acquire_connection()
         try:

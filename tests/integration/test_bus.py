@@ -443,6 +443,41 @@ async def test_autoclaim_redelivers_with_delivery_counts_and_dead_letters(
     assert await bus.delivery_counts(stream, "workers", [a.id, b.id]) == {b.id: 2}
 
 
+async def test_the_doorbell_rings_on_a_new_entry_and_leaves_nothing_to_read(
+    bus: Bus, redis: aioredis.Redis, eventually: Eventually
+) -> None:
+    """wait_for_entries: blocks until an entry comes (any partition), then the group is
+    past every entry added so far, with nothing pending; a later entry rings again."""
+    streams = bus.events_streams()
+    for stream in streams:
+        await bus.ensure_group(stream, "g", start_id="$")
+    assert await bus.wait_for_entries("g", "c", streams, block_ms=20) is False
+    ids = [uuid4() for _ in range(12)]
+    await bus.publish_events([stored(i, seq) for i in ids for seq in (1, 2, 3)])
+    assert len({bus.partition_of(i) for i in ids}) > 1
+    assert await bus.wait_for_entries("g", "c", streams, block_ms=5_000) is True
+    for stream in streams:
+        assert (await redis.xpending(stream, "g"))["pending"] == 0
+    # Skipped, not delivered later: the reader reads what they announced elsewhere.
+    assert await bus.read_group("g", "other", streams, count=100) == []
+    assert await bus.wait_for_entries("g", "c", streams, block_ms=20) is False
+    ringing = asyncio.ensure_future(bus.wait_for_entries("g", "c", streams, block_ms=30_000))
+    slots = bus.partitions if isinstance(bus.redis, RedisCluster) else 1
+
+    async def blocked() -> bool:
+        return await _blocked_reads(bus) >= slots
+
+    await eventually(blocked)
+    await bus.publish_events([stored(ids[0], 4)])
+    assert await ringing is True
+    assert await bus.read_group("g", "other", streams, count=100) == []
+
+
+async def test_the_doorbell_of_a_missing_group_raises_missing_group(bus: Bus) -> None:
+    with pytest.raises(MissingGroup):
+        await bus.wait_for_entries("g", "c", bus.events_streams(), block_ms=20)
+
+
 async def test_a_missing_group_raises_missing_group(bus: Bus) -> None:
     stream = bus.triggers_stream(0)
     with pytest.raises(MissingGroup) as raised:
