@@ -72,7 +72,7 @@ async def start_execution(request: web.Request) -> web.Response:
     if size > limit:
         raise PayloadTooLarge(f"execution input is {size} bytes; the limit is {limit}")
     decode_input(bytes(req.input))  # refuses what no JSON parser takes (1e400, surrogates)
-    record, created, status = await request.app[COMMANDS].start(
+    record, created, status, events = await request.app[COMMANDS].start(
         namespace_of(request),
         workflow,
         req.input,  # kept as sent (engine.adapters.store.json_as_sent)
@@ -82,14 +82,21 @@ async def start_execution(request: web.Request) -> web.Response:
     )
     execution_id_var.set(str(record.execution_id))
     # A start answers what it committed: an execution its first decision already ended
-    # (EngineService.start) is read back with its output, as a repeated start is.
-    out = (
-        started_out(record)
-        if created and status == "RUNNING"
-        else execution_out(
+    # (EngineService.start) with its output, folded from the events it committed; a
+    # repeated start (created nothing) with the execution as it is now.
+    ended = (
+        request.app[QUERIES].started_row(record.execution_id, events)
+        if created and status != "RUNNING"
+        else None
+    )
+    if ended is not None:
+        out = execution_out(ended)
+    elif created and status == "RUNNING":
+        out = started_out(record)
+    else:
+        out = execution_out(
             await request.app[QUERIES].execution(namespace_of(request), record.execution_id)
         )
-    )
     return json_response(
         out,
         status=201 if created else 200,

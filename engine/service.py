@@ -62,12 +62,15 @@ _json = msgspec.json.Encoder()
 
 class Started(NamedTuple):
     """What `EngineService.start` did: the execution's record, whether this call created
-    it (False: the name existed with the same input), and the status its first
-    decision left it in when that was made with the start (RUNNING otherwise)."""
+    it (False: the name existed with the same input), the status its first decision
+    left it in when that was made with the start (RUNNING otherwise), and then the
+    events this call committed (seq 1, 2, ...: the execution's whole history when
+    that status is an end; none when it created nothing)."""
 
     record: ExecutionRecord
     created: bool
     status: str = "RUNNING"
+    events: tuple[NewEvent, ...] = ()
 
 
 # Tries of a start whose workflow gets a new version meanwhile (each one reads it again).
@@ -371,7 +374,7 @@ class EngineService:
                     namespace, workflow, wf.version, execution_id, name, input_json, stored
                 )
             )
-            return Started(record, created)
+            return Started(record, created, events=(stored,) if created else ())
         if self.tracer is None:
             return await self._start_decided(wf, execution_id, name, input_json, stored, first)
         # The first decision's span, as the engine makes one per decision: the child of
@@ -447,7 +450,7 @@ class EngineService:
                     "steplog.append.duration_ms": seconds * 1000,
                 },
             )
-        return Started(*record, first.state.status)
+        return Started(*record, first.state.status, (started, *then))
 
     def _compiled(self, wf: WorkflowVersion) -> Definition:
         key = (wf.namespace, wf.name, wf.version)

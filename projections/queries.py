@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
 import asyncpg
@@ -23,7 +23,7 @@ import msgspec
 
 from engine.adapters.notifier import EventNotifier
 from engine.adapters.postgres import translate_errors
-from engine.adapters.store import EventStore, ExecutionRecord, StoredEvent
+from engine.adapters.store import EventStore, ExecutionRecord, NewEvent, StoredEvent
 from engine.core import jsondiff
 from engine.core.state import ExecutionState
 from engine.errors import ExecutionNotFound, WorkflowNotFound
@@ -114,6 +114,18 @@ class Queries:
         if row is None:
             raise ExecutionNotFound(f"execution {execution_id} not found")
         return row
+
+    def started_row(
+        self, execution_id: UUID, events: Sequence[NewEvent]
+    ) -> view.ExecutionRow | None:
+        """The row of an execution whose whole history is ``events`` (seq 1, 2, ...),
+        as its start has just committed them (`engine.service.Started`): what
+        `execution` would read back, folded from them without the reads. None when
+        they do not begin with ExecutionStarted."""
+        return view.fold(
+            _Committed(execution_id, seq, 0, e.type, e.data, e.timestamp)
+            for seq, e in enumerate(events, 1)
+        )
 
     async def replayed_execution(
         self, namespace: str | None, execution_id: UUID
@@ -269,3 +281,14 @@ class Queries:
         """Await the Redis probe the composition root gave (`Bus.ready_probe`: a tiny
         write, so a Redis that answers PING but refuses writes is not ready)."""
         await self._redis_ping()
+
+
+class _Committed(NamedTuple):
+    """An event of a start's commit, as the read side folds a committed one."""
+
+    execution_id: UUID
+    seq: int
+    position: int  # (not known before it is read back; folding does not use it)
+    type: str
+    data: bytes
+    timestamp: dt.datetime

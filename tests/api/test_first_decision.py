@@ -150,5 +150,8 @@ async def test_a_first_decision_that_fails_the_execution_is_answered(app: Runnin
     status, started = await app.start("fails", {"present": 1})
     assert status == 201
     assert (started["status"], started["error"]) == ("FAILED", "States.Runtime")
+    # Answered from the events it committed, as a read of it answers.
+    status, read = await app.call("GET", f"/v1/executions/{started['execution_id']}")
+    assert (status, read) == (200, started)
     events = await history(app, started["execution_id"])
     assert events[-1]["type"] == "ExecutionFailed"
