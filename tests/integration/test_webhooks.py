@@ -480,3 +480,50 @@ async def test_concurrent_creates_never_go_past_the_cap_of_their_namespace(
     unlimited = Webhooks.over(pool, LOCAL, SubscriptionPolicy(max_per_namespace=0))
     await unlimited.create(NS, url="http://127.0.0.1:9/beyond")
     assert len(await unlimited.list_webhooks(NS)) == 4
+
+
+async def test_with_no_subscription_appends_wake_nothing_and_a_new_one_is_found_by_polling(
+    pool: asyncpg.Pool,
+    service: EngineService,
+    webhooks: Webhooks,
+    receiver: Receiver,
+    eventually: Any,
+) -> None:
+    """A sender listening for appends (as in `steplog dev`) looks for work only at its
+    poll while no subscription is enabled; one created then gets every later event."""
+    from engine.adapters.notifier import EventNotifier
+
+    class Counting(type(webhooks.store)):  # type: ignore[misc]
+        looks = 0
+
+        async def enabled(self) -> Any:
+            Counting.looks += 1
+            return await super().enabled()
+
+    store = Counting(pool)
+    sender = WebhookSender(
+        store,
+        Outbound(LOCAL),
+        notifier=EventNotifier(pool),
+        policy=DeliveryPolicy(retry_base_s=0.05, retry_max_s=0.2, poll_s=1.0),
+    )
+    await service.register(NS, "wf", PASS_DEFINITION)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        await asyncio.sleep(0.2)
+        before = Counting.looks
+        began = time.monotonic()
+        for _ in range(20):
+            execution_id = await _start(service)
+            await _abort(service, execution_id)
+        polls = int((time.monotonic() - began) / 1.0) + 1
+        assert Counting.looks - before <= polls  # 40 appends, no look for any of them
+        sub = await webhooks.create(NS, url=receiver.url)
+        receiver.secret = sub.secret
+        after = await _start(service)
+        await eventually(lambda: _count(receiver, 1), timeout_s=10)
+        assert {r.body["data"]["execution_id"] for r in receiver.received} == {str(after)}
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
