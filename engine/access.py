@@ -10,10 +10,21 @@ and an unknown key id costs the same hash and comparison as a wrong secret.
 
 ``last_used_at`` is written at most once per TOUCH_EVERY_S per key and process (an
 in-process memory of the last write), never once per request.
+
+A key read is remembered for ``cache_s`` seconds (STEPLOG_KEY_CACHE_S), only while
+`follow_revocations` runs and listens: a revocation committed by any process (the API,
+`steplog keys revoke`) announces the key, and every listening process forgets it at
+once; a process that is not listening (the listener's connection lost, or none
+started) reads every key from PostgreSQL. So a revoked key is refused as soon as the
+announcement arrives, milliseconds after the commit, never ``cache_s`` later. An
+expiry is checked against PostgreSQL's clock as read with the key, moved on by the
+time since. The cache holds found keys only (an unknown key id is read every time,
+so guessing ids fills nothing).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import hmac
@@ -30,7 +41,9 @@ from engine.adapters.access import (
     AccessStore,
     AuditEntry,
     AuditRecord,
+    KeyChanges,
     KeyRecord,
+    KeySecret,
     NamespaceRecord,
 )
 from engine.errors import (
@@ -46,6 +59,7 @@ ROLES = ("reader", "operator", "admin")
 log = logging.getLogger(__name__)
 
 TOUCH_EVERY_S = 60.0
+KEY_CACHE_SIZE = 10_000  # keys remembered at most (the oldest forgotten first)
 NAMESPACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _KEY = re.compile(r"slk_([0-9a-f]{16})_([0-9a-f]{64})")
 _DUMMY_HASH = hashlib.sha256(b"steplog: no such key").digest()
@@ -94,13 +108,64 @@ class Access:
     """Keys, namespaces and the audit trail; every administrative write is audited in
     its own transaction."""
 
-    def __init__(self, store: AccessStore) -> None:
+    def __init__(self, store: AccessStore, *, cache_s: float = 0.0) -> None:
         self.store = store
+        self.cache_s = cache_s
         self._touched: dict[str, float] = {}
+        # key_id -> (the key as read, time.monotonic() when read); see the module doc.
+        self._keys: dict[str, tuple[KeySecret, float]] = {}
+        self._generation = 0  # moves at every forgetting: a read older than it is stale
+        self._changes: KeyChanges | None = None
 
     @classmethod
-    def over(cls, pool: asyncpg.Pool) -> Access:
-        return cls(AccessStore(pool))
+    def over(cls, pool: asyncpg.Pool, *, cache_s: float = 0.0) -> Access:
+        return cls(AccessStore(pool), cache_s=cache_s)
+
+    async def follow_revocations(self, stop: asyncio.Event) -> None:
+        """Listen for revoked keys until ``stop`` is set, remembering keys read
+        meanwhile for ``cache_s`` seconds (the API role runs this)."""
+        self._changes = self.store.key_changes(self._forget, self._forget_all)
+        try:
+            await self._changes.run(stop)
+        finally:
+            self._changes = None
+            self._forget_all()
+
+    def _forget(self, key_id: str) -> None:
+        self._generation += 1
+        self._keys.pop(key_id, None)
+
+    def _forget_all(self) -> None:
+        self._generation += 1
+        self._keys.clear()
+
+    def _remembered(self, key_id: str) -> tuple[KeySecret, float] | None:
+        known = self._keys.get(key_id)
+        if known is None or self._changes is None or not self._changes.live:
+            return None
+        if time.monotonic() - known[1] >= self.cache_s:
+            del self._keys[key_id]
+            return None
+        return known
+
+    async def _read_key(self, key_id: str) -> tuple[KeySecret, float] | None:
+        generation = self._generation
+        row = await self.store.key_secret(key_id)
+        if row is None:
+            return None
+        read = (row, time.monotonic())
+        # Not when a key was forgotten during the read (it may be this one, revoked
+        # after the row was read), nor while no revocation would be heard of.
+        if (
+            self.cache_s > 0
+            and generation == self._generation
+            and self._changes is not None
+            and self._changes.live
+        ):
+            if len(self._keys) >= KEY_CACHE_SIZE:
+                del self._keys[next(iter(self._keys))]
+            self._keys[key_id] = read
+        return read
 
     # -- authentication -------------------------------------------------------------------
 
@@ -111,15 +176,18 @@ class Access:
         if match is None:
             raise Unauthenticated("the API key is malformed (expected slk_<id>_<secret>)")
         key_id, secret = match.groups()
-        row = await self.store.key_secret(key_id)
-        expected = row.secret_hash if row is not None else _DUMMY_HASH
-        if not hmac.compare_digest(_hash(secret), expected) or row is None:
+        read = self._remembered(key_id) or await self._read_key(key_id)
+        expected = read[0].secret_hash if read is not None else _DUMMY_HASH
+        if not hmac.compare_digest(_hash(secret), expected) or read is None:
             raise Unauthenticated("unknown API key")
+        row, read_at = read
         if row.revoked_at is not None:
             raise Unauthenticated("the API key is revoked")
-        if row.expires_at is not None and row.expires_at <= row.now:
+        # PostgreSQL's clock as read with the key, moved on by the time since.
+        now = row.now + dt.timedelta(seconds=time.monotonic() - read_at)
+        if row.expires_at is not None and row.expires_at <= now:
             raise Unauthenticated("the API key has expired")
-        await self._touch(key_id, row.now)
+        await self._touch(key_id, now)
         return Principal(key_id=key_id, namespace=row.namespace, role=row.role)
 
     async def _touch(self, key_id: str, now: dt.datetime) -> None:
@@ -200,6 +268,7 @@ class Access:
         record = await self.store.revoke_key(key_id, namespace, _entry(actor, "key.revoke", key_id))
         if record is None:
             raise KeyNotFound(f"no API key {key_id!r}")
+        self._forget(key_id)  # at once here; the announcement tells the other processes
         return record
 
     # -- the audit trail ------------------------------------------------------------------

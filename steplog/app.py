@@ -280,7 +280,8 @@ def _facades(
         on_decision=count_start_decision,
         decide_at_start=True,
     )
-    return service, Queries(store, pool, bus.ready_probe, clock.now), Access.over(pool), limits
+    queries = Queries(store, pool, bus.ready_probe, clock.now)
+    return service, queries, Access.over(pool, cache_s=settings.key_cache_s), limits
 
 
 def _tasks(settings: Settings, service: EngineService, pool: asyncpg.Pool, bus: Bus) -> Tasks:
@@ -509,6 +510,8 @@ async def run_roles(
     if "webhooks" in roles:
         supervise("webhooks", _webhook_sender(r).run)
     runners: list[web.AppRunner] = []
+    if "api" in roles and settings.auth and settings.key_cache_s > 0:
+        supervise("api:keys", r.api.access.follow_revocations)
     if "api" in roles:
         from api.app import create_app
         from api.config import ApiConfig

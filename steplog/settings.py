@@ -153,6 +153,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limits: str = "starts=500/1000,writes=1000/2000,reads=5000/10000"
     key_rate_limits: str = "starts=250/500,writes=500/1000,reads=2500/5000"
     limits_cache_s: float = 5.0
+    # How long an API process remembers an API key it read (engine/access.py): only while
+    # it listens for revocations, which make every process forget the key at once.
+    # 0: every request reads its key from PostgreSQL.
+    key_cache_s: float = 10.0
     # At most this many RUNNING executions per namespace (a start beyond is 429
     # running_quota_exceeded); 0: no quota. Overridden per namespace like the rates.
     running_quota: int = 0
@@ -270,6 +274,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(f"{field}: {exc}") from None
         if self.running_quota < 0 or not 0 < self.limits_cache_s <= 3600:
             raise ValueError("running_quota must be >= 0 and limits_cache_s in (0, 3600]")
+        if not 0 <= self.key_cache_s <= 3600:
+            raise ValueError("key_cache_s must be in [0, 3600]")
         self.http_task_connections()  # ValueError naming the variable, never a secret
         if not 0 < self.clock_sample_interval_s <= 3600 or self.clock_offset_warn_s <= 0:
             raise ValueError(
@@ -414,6 +420,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("statement_timeout_ms", int),
             ("redis_timeout_s", float),
             ("limits_cache_s", float),
+            ("key_cache_s", float),
             ("running_quota", int),
             ("outbound_connect_timeout_s", float),
             ("outbound_timeout_s", float),

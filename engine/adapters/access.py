@@ -7,15 +7,24 @@ did not. The audit table refuses UPDATE and DELETE itself, like the event log.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
 import msgspec
 
-from engine.adapters.postgres import translate_errors
+from engine.adapters.postgres import session, translate_errors
+
+log = logging.getLogger(__name__)
+
+# A key revoked is announced here (its key_id) by the revoking transaction, so that
+# every process drops what it remembers of the key at the commit (`KeyChanges`).
+KEYS_CHANNEL = "steplog_keys"
+NOTIFY_KEY = f"SELECT pg_notify('{KEYS_CHANNEL}', $1)"
 
 INSERT_NAMESPACE = """
 INSERT INTO namespaces (name) VALUES ($1) ON CONFLICT DO NOTHING
@@ -179,6 +188,10 @@ class AccessStore:
         assert row is not None
         return _key(row)
 
+    def key_changes(self, changed: Callable[[str], None], reset: Callable[[], None]) -> KeyChanges:
+        """A listener for revoked keys on this store's pool (see `KeyChanges`)."""
+        return KeyChanges(self._pool, changed, reset)
+
     async def key_secret(self, key_id: str) -> KeySecret | None:
         with translate_errors():
             row = await self._pool.fetchrow(SELECT_KEY_SECRET, key_id)
@@ -199,6 +212,7 @@ class AccessStore:
             row = await conn.fetchrow(REVOKE_KEY, key_id, namespace)
             if row is not None:
                 await self._audit(conn, audit)
+                await conn.execute(NOTIFY_KEY, key_id)
         return None if row is None else _key(row)
 
     async def touch_key(self, key_id: str, at: dt.datetime) -> None:
@@ -219,3 +233,58 @@ class AccessStore:
         with translate_errors():
             rows = await self._pool.fetch(LIST_AUDIT, namespace, before, limit)
         return [AuditRecord(**dict(r)) for r in rows]
+
+
+class KeyChanges:
+    """Listens for keys revoked by any process (LISTEN steplog_keys) on a pooled
+    connection of its own while `run` runs: ``changed(key_id)`` at each, ``reset()``
+    whenever listening starts or stops (what was announced meanwhile is unknown).
+    ``live`` is true only while listening, so a cache of keys built on it is used only
+    while it would hear of a revocation."""
+
+    POLL_S = 1.0
+
+    def __init__(
+        self, pool: asyncpg.Pool, changed: Callable[[str], None], reset: Callable[[], None]
+    ) -> None:
+        self._pool = pool
+        self._changed = changed
+        self._reset = reset
+        self.live = False
+
+    def _notified(self, _conn: object, _pid: int, _channel: str, key_id: object) -> None:
+        self._changed(str(key_id))
+
+    def _lost(self, _conn: object = None) -> None:
+        self.live = False
+        self._reset()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Listen until ``stop`` is set; reconnect after a failure (not live meanwhile)."""
+        while not stop.is_set():
+            try:
+                async with session(self._pool) as conn:
+                    await conn.add_listener(KEYS_CHANNEL, self._notified)
+                    # A connection that dies stops the cache at once, not at the next poll.
+                    conn.add_termination_listener(self._lost)
+                    self._reset()
+                    self.live = True
+                    try:
+                        # Wake now and then to notice a connection that died quietly.
+                        while not conn.is_closed() and not stop.is_set():
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(stop.wait(), self.POLL_S)
+                    finally:
+                        self._lost()
+                        if not conn.is_closed():
+                            conn.remove_termination_listener(self._lost)
+                            await conn.remove_listener(KEYS_CHANNEL, self._notified)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keys are read from PostgreSQL meanwhile
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc
+                log.warning("key revocation listener lost: %r; reconnecting", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.POLL_S)
