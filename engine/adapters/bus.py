@@ -68,6 +68,9 @@ WORK_VERSION = "2"  # of trigger and task entries: internal (docs/internals.md "
 DEFAULT_EVENTS_MAXLEN = 1_000_000
 
 XaddFields = dict[FieldT, EncodableT]
+# A report asked of `Bus.report`: its keys (trigger stream, task stream), its part of
+# REPORT_LUA's arguments, and the future of its trigger's entry id.
+_AskedReport = tuple[tuple[str, str], list[EncodableT], "asyncio.Future[str]"]
 # A single Redis (or a primary behind Sentinel) or a Redis Cluster: the bus speaks both.
 RedisClient = Redis | RedisCluster
 
@@ -570,6 +573,8 @@ class Bus:
         self._dead_letter = redis.register_script(DEAD_LETTER_LUA)
         self._release = redis.register_script(RELEASE_LUA)
         self._report = redis.register_script(REPORT_LUA)
+        self._reports_asked: list[_AskedReport] | None = None  # (see `report`)
+        self._runs: set[asyncio.Future[None]] = set()
 
     # -- names ----------------------------------------------------------------------------
 
@@ -783,12 +788,52 @@ class Bus:
             added = await self.add_trigger(execution_id, message)
             await self.ack(stream, group, [entry_id])
             return added
-        args: list[EncodableT] = [group, entry_id, self._work_maxlen or ""]
-        for field, value in trigger_fields(execution_id, message).items():
-            args.extend((field, value))
-        with _redis_errors():
-            added = await self._report(keys=[self._trigger_stream(execution_id), stream], args=args)
-        return _str(added)
+        # The reports asked for in one turn of the event loop (the results of tasks
+        # that ended together) go in one script run: one command for all of them.
+        fields = trigger_fields(execution_id, message)
+        report: list[EncodableT] = [group, entry_id, 2 * len(fields)]
+        for field, value in fields.items():
+            report.extend((field, value))
+        reported: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if self._reports_asked is None:
+            self._reports_asked = []
+            asyncio.get_running_loop().call_soon(self._reports_soon)
+        self._reports_asked.append(((self._trigger_stream(execution_id), stream), report, reported))
+        return await reported
+
+    def _reports_soon(self) -> None:
+        asked, self._reports_asked = self._reports_asked or [], None
+        run = asyncio.ensure_future(self._run_reports(asked))
+        self._runs.add(run)
+        run.add_done_callback(self._runs.discard)
+
+    async def _run_reports(self, asked: list[_AskedReport]) -> None:
+        keys: list[str] = []
+        args: list[EncodableT] = [self._work_maxlen or ""]
+        for report_keys, report, _ in asked:
+            keys.extend(report_keys)
+            args.extend(report)
+        try:
+            with _redis_errors():
+                replies = await self._report(keys=keys, args=args)
+        except Exception as exc:
+            for _, _, added in asked:
+                if not added.done():
+                    added.set_exception(exc)
+            return
+        except BaseException:  # (cancelled: the loop is closing) so are the reports
+            for _, _, added in asked:
+                added.cancel()
+            raise
+        for (_, _, added), (ok, value) in zip(asked, replies, strict=True):
+            if added.done():  # (a caller that stopped waiting)
+                continue
+            if int(ok):
+                added.set_result(_str(value))
+            else:
+                error = translate(redis.exceptions.ResponseError(_str(value)))
+                REDIS_ERRORS.labels(_ERROR_KINDS.get(type(error), "refused")).inc()
+                added.set_exception(error)
 
     async def add_task(self, task: TaskMessage) -> str:
         """Add one task to the stream of its queue; returns the entry id."""
@@ -1316,13 +1361,33 @@ return id
 # MAXLEN ~, '' for none; ARGV[4..]: the entry's fields and values), then XACK ARGV[2] of
 # group ARGV[1] on KEYS[2] (the task stream). Returns the trigger's id.
 REPORT_LUA = """
-local args = {}
-if ARGV[3] ~= '' then args = {'MAXLEN', '~', ARGV[3]} end
-args[#args + 1] = '*'
-for i = 4, #ARGV do args[#args + 1] = ARGV[i] end
-local id = redis.call('XADD', KEYS[1], unpack(args))
-redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
-return id
+-- Reports, each its result's XADD to a trigger stream, then (only once it is added)
+-- the XACK of its task's entry. ARGV[1]: MAXLEN of the trigger streams ('' none);
+-- then per report: its group, its entry id, its number of field/value items, those
+-- items; KEYS per report: the trigger stream, the task stream. Returns per report
+-- {1, the trigger's entry id} or {0, the error} (each report fails alone).
+local out = {}
+local a = 2
+for k = 1, #KEYS, 2 do
+  local group, entry, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local args = {}
+  if ARGV[1] ~= '' then args = {'MAXLEN', '~', ARGV[1]} end
+  args[#args + 1] = '*'
+  for i = a + 3, a + 2 + n do args[#args + 1] = ARGV[i] end
+  a = a + 3 + n
+  local id = redis.pcall('XADD', KEYS[k], unpack(args))
+  if type(id) == 'table' and id.err then
+    out[#out + 1] = {0, id.err}
+  else
+    local acked = redis.pcall('XACK', KEYS[k + 1], group, entry)
+    if type(acked) == 'table' and acked.err then
+      out[#out + 1] = {0, acked.err}
+    else
+      out[#out + 1] = {1, id}
+    end
+  end
+end
+return out
 """
 
 # Bus.release: XACK ARGV[2] of group ARGV[1] on KEYS[1] (a task stream), HDEL ARGV[3]

@@ -193,6 +193,61 @@ async def test_a_report_adds_the_result_then_acknowledges_the_task(
     assert [p["message_id"].decode() for p in pending] == [second.entry.id]
 
 
+async def test_reports_asked_together_share_one_script_run_and_fail_alone(
+    bus: Bus, redis: aioredis.Redis
+) -> None:
+    """On a single Redis the reports asked for in one turn of the loop are one EVALSHA;
+    each gets its own trigger entry, or its own error (a task group that is gone)."""
+    tasks = bus.tasks_stream("default")
+    await bus.ensure_group(tasks, messages.WORKER_GROUP)
+    ids = [uuid4() for _ in range(12)]
+    for stream in bus.triggers_streams():
+        await bus.ensure_group(stream, "engine-test")
+    for n, execution_id in enumerate(ids):
+        await bus.add_task(task(execution_id, n + 2))
+    deliveries = await bus.read_tasks(messages.WORKER_GROUP, "w", [tasks], count=100)
+    assert len(deliveries) == len(ids)
+    results = [
+        messages.TaskResult(task_id=d.message.task_id, ok=True, output={"n": n})
+        for n, d in enumerate(deliveries)
+        if isinstance(d, TaskDelivery)
+    ]
+    # In the slot of the streams of ids[0]'s partition (a cluster refuses a script's
+    # keys of several slots; there, each report is two commands of its own).
+    not_a_stream = bus.triggers_stream(bus.partition_of(ids[0])) + ":not-a-stream"
+    await redis.set(not_a_stream, "x")
+    single = not isinstance(bus.redis, RedisCluster)
+    if single:
+        runs = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"]
+    outcomes = await asyncio.gather(
+        *(
+            bus.report(d.message.execution_id, r, tasks, messages.WORKER_GROUP, d.entry.id)
+            for d, r in zip(deliveries, results, strict=True)
+            if isinstance(d, TaskDelivery)
+        ),
+        # Its task "stream" is not one (a key of another type): its XACK is refused.
+        bus.report(ids[0], results[0], not_a_stream, messages.WORKER_GROUP, "1-1"),
+        return_exceptions=True,
+    )
+    if single:
+        assert (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"] - runs == 1
+    *added, refused = outcomes
+    assert isinstance(refused, BusError) and "WRONGTYPE" in str(refused)
+    assert all(isinstance(a, str) for a in added)
+    got = await bus.read_triggers("engine-test", "e", bus.triggers_streams(), count=100)
+    by_entry = {(g.entry.stream, g.entry.id): g for g in got if isinstance(g, TriggerDelivery)}
+    # The refused report added its result (the XACK came after): as a retried report may.
+    assert len(by_entry) == len(ids) + 1
+    for entry_id, d, r in zip(added, deliveries, results, strict=True):
+        assert isinstance(d, TaskDelivery)
+        stream = bus.triggers_stream(bus.partition_of(d.message.execution_id))
+        trigger = by_entry[(stream, str(entry_id))]
+        assert (trigger.execution_id, trigger.message) == (d.message.execution_id, r)
+    assert await redis.xpending(tasks, messages.WORKER_GROUP) == {
+        "pending": 0, "min": None, "max": None, "consumers": []
+    }  # fmt: skip
+
+
 async def test_read_group_blocks_then_returns_nothing(bus: Bus) -> None:
     stream = bus.triggers_stream(1)
     await bus.ensure_group(stream, "g")
