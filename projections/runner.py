@@ -76,8 +76,11 @@ async def get_checkpoint(conn: asyncpg.Pool | asyncpg.Connection, name: str) -> 
 
 
 async def _lock_checkpoint(conn: asyncpg.Connection, name: str) -> GlobalPosition:
-    await conn.execute(INIT_CHECKPOINT, name)
-    return _position(await conn.fetchrow(LOCK_CHECKPOINT, name))
+    row = await conn.fetchrow(LOCK_CHECKPOINT, name)
+    if row is None:  # the projection's first run: one round trip more, once
+        await conn.execute(INIT_CHECKPOINT, name)
+        row = await conn.fetchrow(LOCK_CHECKPOINT, name)
+    return _position(row)
 
 
 async def _set_checkpoint(conn: asyncpg.Connection, name: str, pos: GlobalPosition) -> None:
@@ -109,20 +112,42 @@ async def catch_up(
     meanwhile (another projector, a rebuild) the batch is dropped and re-read.
     `Unavailable` when PostgreSQL does not answer.
     """
+    return (await _catch_up(pool, store, projection, batch_size, None))[0]
+
+
+async def _catch_up(
+    pool: asyncpg.Pool,
+    store: EventStore,
+    projection: Projection,
+    batch_size: int,
+    start: GlobalPosition | None,
+) -> tuple[int, GlobalPosition]:
+    """`catch_up` from ``start`` (None: the checkpoint as read now), which a projector
+    passes as the checkpoint it last wrote: a query fewer per catch-up, and no risk,
+    as each batch's transaction checks the checkpoint it locks. Returns how many
+    events were read and the checkpoint they leave."""
     total = 0
     name, tables = projection.name, projection.identity()
-    while True:
+    if start is None:
         with translate_errors():
             start = await get_checkpoint(pool, name)
+    while True:
         batch = await store.read_all(start, batch_size)
         if not batch:
-            return total
+            return total, start
         with translate_errors():
             async with pool.acquire() as conn, conn.transaction():
-                if await _lock_checkpoint(conn, name) != start:
-                    continue
-                await _apply(conn, projection, batch, tables)
-                await _set_checkpoint(conn, name, batch[-1].global_position)
+                locked = await _lock_checkpoint(conn, name)
+                if locked != start:
+                    moved = True
+                else:
+                    moved = False
+                    await _apply(conn, projection, batch, tables)
+                    await _set_checkpoint(conn, name, batch[-1].global_position)
+        if moved:  # another projector or a rebuild moved it: go on from there
+            start = locked
+            continue
+        start = batch[-1].global_position
         total += len(batch)
 
 
@@ -161,6 +186,8 @@ class Projector:
         # or the read horizon lags a moment), look again this soon.
         self.horizon_retry = horizon_retry
         self.applied = 0  # events read and applied (observability, tests)
+        # The checkpoint this projector last read or wrote (None: read it first).
+        self._checkpoint: GlobalPosition | None = None
 
     async def ensure_groups(self) -> None:
         for stream in self.bus.events_streams():
@@ -168,7 +195,13 @@ class Projector:
             await self.bus.ensure_group(stream, self.projection.group, start_id="$")
 
     async def catch_up(self) -> int:
-        count = await catch_up(self.pool, self.store, self.projection, batch_size=self.batch_size)
+        try:
+            count, self._checkpoint = await _catch_up(
+                self.pool, self.store, self.projection, self.batch_size, self._checkpoint
+            )
+        except BaseException:
+            self._checkpoint = None  # (read again: a commit may or may not have happened)
+            raise
         self.applied += count
         return count
 

@@ -217,3 +217,42 @@ async def test_visits_keep_every_name_and_instant_exactly(pool: asyncpg.Pool) ->
         eid,
     )
     assert stats.Progress(**dict(row.items())) == progress
+
+
+async def test_two_projectors_of_each_projection_apply_every_event_once(
+    pool: asyncpg.Pool, store: EventStore, bus: Bus, eventually: Any
+) -> None:
+    """As two processes run them: both follow the streams and each starts from the
+    checkpoint it last wrote, often stale as the other moves it; every event is still
+    applied once (the read models equal a catch-up from nothing)."""
+    runners = [
+        Projector(pool, store, bus, projection=p, consumer=c, block_ms=50, catchup_interval=3600)
+        for p in PROJECTIONS.values()
+        for c in ("one", "two")
+    ]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(r.run(stop)) for r in runners]
+    try:
+        for p in PROJECTIONS.values():
+            await eventually(lambda p=p: _groups_exist(bus, p.group))
+        ids = []
+        for n in range(12):  # published one by one: many small catch-ups, interleaved
+            ids.append(await record(store, {"items": list(range(n % 4))}))
+            await bus.publish_events(await store.load(ids[-1]))
+        total = sum([len(await store.load(eid)) for eid in ids])
+
+        async def all_applied() -> bool:
+            by_projection = [
+                sum(r.applied for r in runners if r.projection is p) for p in PROJECTIONS.values()
+            ]
+            return by_projection == [total] * len(PROJECTIONS)
+
+        await eventually(all_applied, timeout_s=10)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    live = await snapshot(pool)
+    assert len(live["executions"]) == 12
+    for name in PROJECTIONS:
+        assert await rebuild(pool, name) == total
+    assert await snapshot(pool) == live
