@@ -4,10 +4,13 @@ Runs, one after the other (each on servers of its own, started and stopped by it
 printing their reports as they come, then one table of every goal line they printed
 (bench/goal.py), the time taken and the load average:
 
-1. bench/transitions.py --ceiling: the write-path and POST + INSERT ceilings, then
-   pass1, pass10 and task3 through the API, and pass1 starts offered open-loop at half
-   of the closed-loop rate (arguments not known here are passed to it, e.g. ``-n 800``
-   or ``--rounds 3``);
+1. bench/transitions.py --ceiling -n 2000: the write-path and POST + INSERT ceilings,
+   then pass1, pass10 and task3 through the API, and pass1 starts offered open-loop at
+   half of the closed-loop rate (arguments not known here are passed to it, e.g.
+   ``-n 4000`` or ``--rounds 3``); 2,000 executions of each, as 400 (a quarter of a second
+   of pass1) swung by a third between runs; then the same with ``--split`` (steplog as
+   two processes: api and engine, then worker, projector and webhooks), without the
+   open loop;
 2. bench/replay.py: one 10,000-event execution replayed / bare fetch + decode;
 3. bench/projection_lag.py: commit -> read model visible at 5,000 events/s;
 4. bench/waits.py: RSS under load, idle CPU of executions waiting in a Wait state, and
@@ -68,7 +71,12 @@ def main() -> None:
     waits = args.waits or (100_000 if args.full else 10_000)
     idle = "60" if args.full else "30"
     began = time.monotonic()
-    goals = run("transitions.py", "--ceiling", "-n", "400", *transitions_args)
+    goals = run("transitions.py", "--ceiling", "-n", "2000", *transitions_args)
+    # The same in the two-process layout (bench/transitions.py --split), beside it.
+    goals += run(
+        "transitions.py", "--ceiling", "-n", "2000", "--split", "--open-seconds", "0",
+        *transitions_args,
+    )  # fmt: skip
     goals += run("replay.py")
     goals += run("projection_lag.py")
     goals += run("waits.py", "--executions", str(waits), "--idle-seconds", idle)
