@@ -15,6 +15,7 @@ import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, get_current_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -31,6 +32,7 @@ TRACEPARENT_HEADER = "traceparent"
 
 access_log = logging.getLogger("steplog.api.access")
 _propagator = TraceContextTextMapPropagator()
+_NEW_TRACE = Context()  # (empty: what extract gives when no traceparent came)
 
 
 def request_traceparent() -> str:
@@ -58,7 +60,13 @@ def trace_middleware(tracer: Tracer) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        parent = _propagator.extract(request.headers)
+        # No traceparent (most requests): a new trace, as the propagator would say after
+        # its look-ups.
+        parent = (
+            _propagator.extract(request.headers)
+            if TRACEPARENT_HEADER in request.headers
+            else _NEW_TRACE
+        )
         route = route_label(request)
         with tracer.start_as_current_span(
             f"{request.method} {route}",
