@@ -213,3 +213,82 @@ async def test_serve_refuses_auth_off_on_a_non_loopback_address(tmp_path: Path) 
     assert err.count("\n") == 1
     assert "STEPLOG_AUTH=off is allowed only on a loopback address" in err
     assert not (tmp_path / ".steplog").exists()
+
+
+ECHO = {"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "test:echo", "End": True}}}
+
+
+@pytest.mark.timeout(360)
+async def test_the_background_roles_run_in_a_second_process_beside_dev() -> None:
+    """docs/scaling.md, "Two processes on one machine": `STEPLOG_ROLES=api,engine make
+    run`, then `steplog serve --roles worker,projector,webhooks` in the project. The
+    second process finds the running servers through the data folder; a Task started
+    before it came waits for it, then both ends show in the read model it keeps."""
+    project = Path(tempfile.mkdtemp(prefix="steplog-dev-"))
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        with open(project / "dev.log", "wb") as sink:  # noqa: ASYNC230 - the child's
+            procs.append(
+                await asyncio.create_subprocess_exec(
+                    STEPLOG,
+                    "dev",
+                    cwd=project,
+                    env=_env(STEPLOG_PORT=str(port), STEPLOG_ROLES="api,engine"),
+                    stdout=sink,
+                    stderr=sink,
+                )
+            )
+        async with aiohttp.ClientSession() as http:
+            await _eventually_ready(http, base, procs[0], project / "dev.log")
+        key = (project / ".steplog" / "admin.key").read_text().strip()
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http:
+            async with http.put(f"{base}/v1/workflows/echo", json={"definition": ECHO}) as resp:
+                assert resp.status in (200, 201), await resp.text()
+
+            async def start(n: int) -> str:
+                async with http.post(
+                    f"{base}/v1/workflows/echo/executions", json={"input": {"n": n}}
+                ) as resp:
+                    assert resp.status == 201, await resp.text()
+                    return str((await resp.json())["execution_id"])
+
+            early = await start(1)
+            await asyncio.sleep(1.0)
+            async with http.get(f"{base}/v1/executions/{early}") as resp:
+                assert (await resp.json())["status"] == "RUNNING"  # no worker yet
+            with open(project / "serve.log", "wb") as sink:  # noqa: ASYNC230 - the child's
+                procs.append(
+                    await asyncio.create_subprocess_exec(
+                        STEPLOG,
+                        "serve",
+                        "--roles",
+                        "worker,projector,webhooks",
+                        cwd=project / ".steplog",  # (any folder of the project)
+                        env=_env(STEPLOG_PORT=str(_free_port())),
+                        stdout=sink,
+                        stderr=sink,
+                    )
+                )
+            later = await start(2)
+            deadline = asyncio.get_running_loop().time() + 60
+            while True:
+                async with http.get(
+                    f"{base}/v1/executions", params={"workflow": "echo", "status": "SUCCEEDED"}
+                ) as resp:
+                    listed = {e["execution_id"]: e for e in (await resp.json())["executions"]}
+                if {early, later} <= set(listed):
+                    break
+                assert procs[1].returncode is None, _text(project / "serve.log")
+                assert asyncio.get_running_loop().time() < deadline, _text(project / "serve.log")
+                await asyncio.sleep(0.2)
+            async with http.get(f"{base}/v1/executions/{later}") as resp:
+                assert (await resp.json())["output"] == {"n": 2}
+    finally:
+        for proc in reversed(procs):
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        codes = [await asyncio.wait_for(proc.wait(), 60) for proc in reversed(procs)]
+        await asyncio.to_thread(shutil.rmtree, project, ignore_errors=True)
+    assert codes == [0] * len(procs)
