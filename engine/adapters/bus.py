@@ -203,7 +203,8 @@ _OUTAGE_TYPES = (
 
 
 # A command refused inside a Lua script comes back wrapped: "Error running script (call
-# to f_...): @user_script:37: @user_script: 37: -OOM command not allowed ...".
+# to f_...): @user_script:37: @user_script: 37: -OOM command not allowed ..."; through
+# redis.pcall (REPORT_LUA), as "@user_script: 16: -OOM command not allowed ...".
 _SCRIPT_REPLY = re.compile(r": -([A-Z]+) ")
 
 
@@ -214,7 +215,9 @@ def _reply_code(exc: BaseException) -> str:
     _, marker, rest = text.partition("caused error: ")
     # redis-py 8 writes the wrapped error's args there: "caused error: ('BUSY ...',)".
     text = rest.lstrip("('\"") if marker else text
-    if text.startswith("Error running script") and (found := _SCRIPT_REPLY.search(text)):
+    if text.startswith(("Error running script", "@user_script")) and (
+        found := _SCRIPT_REPLY.search(text)
+    ):
         return found.group(1)
     # An EXEC refused (EXECABORT) names the refusal: "Transaction discarded because of:
     # OOM command not allowed ..." (redis-py drops the EXECABORT code).
@@ -923,7 +926,14 @@ class Bus:
         they got something meanwhile, is returned too. Nothing is cancelled, so no
         entry Redis delivered is dropped on the way."""
         reads = [self._read_one_slot(group, consumer, ids, count, None, noack) for ids in slots]
-        entries = [e for part in await asyncio.gather(*reads) for e in part]
+        # Every read ends before this returns or raises (a failed one, e.g. MissingGroup,
+        # would otherwise leave the others running on, unawaited); the first error is
+        # raised, as from one read.
+        done = await asyncio.gather(*reads, return_exceptions=True)
+        for part in done:
+            if isinstance(part, BaseException):
+                raise part
+        entries = [e for part in done if not isinstance(part, BaseException) for e in part]
         if entries or block_ms is None:
             return entries
         assert isinstance(self.redis, RedisCluster)

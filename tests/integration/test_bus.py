@@ -579,6 +579,10 @@ def test_translate_sorts_redis_errors_into_steplog_errors() -> None:
             "Transaction discarded because of: OOM command not allowed when used memory"
         ),
         ConnectionResetError("reset by peer"),
+        # A report's command refused inside REPORT_LUA (its redis.pcall's error).
+        redis_errors.ResponseError(
+            "@user_script: 16: -OOM command not allowed when used memory > 'maxmemory'."
+        ),
     ]
     assert all(type(translate(exc)) is Unavailable for exc in outages)
     nogroup = "NOGROUP No such key 's' or consumer group 'g'"

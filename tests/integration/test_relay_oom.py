@@ -17,6 +17,7 @@ import contextlib
 import random
 import shutil
 import tempfile
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
@@ -36,7 +37,15 @@ from engine.core.events import CommittedEvent
 from engine.errors import Unavailable
 from engine.loops.relay import Relay
 from engine.loops.timers import TimerService
-from engine.messages import Begin, TaskMessage, TriggerMessage, decode_task, decode_trigger
+from engine.messages import (
+    WORKER_GROUP,
+    Begin,
+    TaskMessage,
+    TaskResult,
+    TriggerMessage,
+    decode_task,
+    decode_trigger,
+)
 from tests.conftest import Eventually
 from tests.integration.test_relay import T0, event, running, scheduled, start
 from tests.integration.test_timers import Clock, fired
@@ -295,3 +304,36 @@ async def test_timers_fired_at_the_edge_fire_once(
         await redis.aclose()
     print(f"\n{len(timers)} timers fired at the edge: {bus.partly} publishes taken in part")
     assert Counter(published) == Counter(dict.fromkeys(timers, 1))
+
+
+async def test_a_task_report_refused_for_memory_is_an_outage_and_goes_through_after(
+    own_redis: str, admin: aioredis.Redis
+) -> None:
+    """A report's XADD refused with OOM inside REPORT_LUA (redis.pcall) is Unavailable,
+    which the worker retries, not a refusal it would give up on; with room again, the
+    same report goes through."""
+    client = aioredis.Redis.from_url(own_redis)
+    try:
+        bus = Bus(client, prefix="report-oom")
+        tasks = bus.tasks_stream("default")
+        await bus.ensure_group(tasks, WORKER_GROUP)
+        execution_id = uuid.uuid4()
+        await bus.add_task(
+            TaskMessage(
+                execution_id=execution_id, seq=2, queue="default", task_id=f"{execution_id}:2",
+                state="Work", resource="test:echo", input={},
+            )
+        )  # fmt: skip
+        (delivery,) = await bus.read_tasks(WORKER_GROUP, "w", [tasks], count=10)
+        entry = delivery.entry.id
+        result = TaskResult(task_id=f"{execution_id}:2", ok=True, output={})
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.config_set("maxmemory", 1)  # every write refused
+        with pytest.raises(Unavailable, match="OOM"):
+            await bus.report(execution_id, result, tasks, WORKER_GROUP, entry)
+        assert (await client.xpending(tasks, WORKER_GROUP))["pending"] == 1  # not acked
+        await admin.config_set("maxmemory", 0)
+        assert await bus.report(execution_id, result, tasks, WORKER_GROUP, entry)
+        assert (await client.xpending(tasks, WORKER_GROUP))["pending"] == 0
+    finally:
+        await client.aclose()
