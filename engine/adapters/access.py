@@ -10,16 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
 import msgspec
 
-from engine.adapters.postgres import session, translate_errors
-
-log = logging.getLogger(__name__)
+from engine.adapters.postgres import listen, translate_errors
 
 # A key revoked is announced here (its key_id) by the revoking transaction, so that
 # every process drops what it remembers of the key at the commit (`KeyChanges`).
@@ -252,39 +249,24 @@ class KeyChanges:
         self._reset = reset
         self.live = False
 
-    def _notified(self, _conn: object, _pid: int, _channel: str, key_id: object) -> None:
-        self._changed(str(key_id))
+    def _listening(self) -> None:
+        self._reset()
+        self.live = True
 
-    def _lost(self, _conn: object = None) -> None:
+    def _lost(self) -> None:
         self.live = False
         self._reset()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Listen until ``stop`` is set; reconnect after a failure (not live meanwhile)."""
-        while not stop.is_set():
-            try:
-                async with session(self._pool) as conn:
-                    await conn.add_listener(KEYS_CHANNEL, self._notified)
-                    # A connection that dies stops the cache at once, not at the next poll.
-                    conn.add_termination_listener(self._lost)
-                    self._reset()
-                    self.live = True
-                    try:
-                        # Wake now and then to notice a connection that died quietly.
-                        while not conn.is_closed() and not stop.is_set():
-                            with contextlib.suppress(TimeoutError):
-                                await asyncio.wait_for(stop.wait(), self.POLL_S)
-                    finally:
-                        self._lost()
-                        if not conn.is_closed():
-                            conn.remove_termination_listener(self._lost)
-                            await conn.remove_listener(KEYS_CHANNEL, self._notified)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keys are read from PostgreSQL meanwhile
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError from exc
-                log.warning("key revocation listener lost: %r; reconnecting", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.POLL_S)
+        """Listen until ``stop`` is set; reconnect after a failure (not live meanwhile;
+        a connection that dies stops the cache at once, not at the next poll)."""
+        await listen(
+            self._pool,
+            KEYS_CHANNEL,
+            self._changed,
+            stop,
+            poll_s=self.POLL_S,
+            what="key revocation listener",
+            listening=self._listening,
+            lost=self._lost,
+        )

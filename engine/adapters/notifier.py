@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
 import asyncpg
 
-from engine.adapters.postgres import session
+from engine.adapters.postgres import listen
 from engine.adapters.store import NOTIFY_CHANNEL
-
-log = logging.getLogger(__name__)
 
 POLL_S = 1.0
 
@@ -84,26 +81,13 @@ class EventNotifier:
             woken.cancel()
 
     async def _listen(self) -> None:
-        """Hold one pooled connection with a listener; reconnect after failures."""
-        while not self._closing.is_set():
-            try:
-                async with session(self._pool) as conn:
-                    await conn.add_listener(NOTIFY_CHANNEL, self._notify)
-                    try:
-                        # Wake now and then to notice a connection that died quietly.
-                        while not conn.is_closed() and not self._closing.is_set():
-                            with contextlib.suppress(TimeoutError):
-                                await asyncio.wait_for(self._closing.wait(), POLL_S)
-                    finally:
-                        if not conn.is_closed():
-                            await conn.remove_listener(NOTIFY_CHANNEL, self._notify)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # waiters fall back to polling meanwhile
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # Cancelled, and a dropped connection's error raised while unwinding
-                    # (e.g. "released back to the pool") replaced the CancelledError.
-                    raise asyncio.CancelledError from exc
-                log.warning("event listener lost: %r; reconnecting", exc)
-                await asyncio.sleep(POLL_S)
+        """Hold one pooled connection with a listener; reconnect after failures (waiters
+        fall back to polling meanwhile)."""
+        await listen(
+            self._pool,
+            NOTIFY_CHANNEL,
+            lambda _: self._notify(),
+            self._closing,
+            poll_s=POLL_S,
+            what="event listener",
+        )

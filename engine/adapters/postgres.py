@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -244,6 +245,59 @@ async def session(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
                     raise
                 except Exception:  # its state dies with it; the caller's error stands
                     conn.terminate()
+
+
+async def listen(
+    pool: asyncpg.Pool,
+    channel: str,
+    notified: Callable[[str], None],
+    stop: asyncio.Event,
+    *,
+    poll_s: float,
+    what: str,
+    listening: Callable[[], None] = lambda: None,
+    lost: Callable[[], None] = lambda: None,
+) -> None:
+    """Until ``stop`` is set: hold a pooled connection (`session`) that LISTENs on
+    ``channel``, calling ``notified(payload)`` at each notification; reconnect
+    ``poll_s`` after a failure (logged, naming ``what``). ``listening()`` runs once each
+    connection listens, ``lost()`` as soon as it stops (its end reaching the client,
+    an error, the stop): what was notified in between is unknown."""
+    log = logging.getLogger(__name__)
+
+    def on_notify(_conn: object, _pid: int, _channel: str, payload: object) -> None:
+        notified(str(payload))
+
+    def on_end(_conn: object) -> None:
+        lost()
+
+    while not stop.is_set():
+        try:
+            async with session(pool) as conn:
+                await conn.add_listener(channel, on_notify)
+                conn.add_termination_listener(on_end)
+                listening()
+                try:
+                    # Wake now and then to notice a connection that died quietly.
+                    while not conn.is_closed() and not stop.is_set():
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), poll_s)
+                finally:
+                    lost()
+                    if not conn.is_closed():
+                        conn.remove_termination_listener(on_end)
+                        await conn.remove_listener(channel, on_notify)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Cancelled, and a dropped connection's error raised while unwinding
+                # (e.g. "released back to the pool") replaced the CancelledError.
+                raise asyncio.CancelledError from exc
+            log.warning("%s lost: %r; reconnecting", what, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), poll_s)
 
 
 async def open_pool(
