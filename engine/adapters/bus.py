@@ -108,6 +108,11 @@ class Keys:
     def sentinel(self) -> str:
         return f"{{{self.prefix}}}:intact"
 
+    def engines(self) -> str:
+        """The live engines: a sorted set of consumer names, each scored with the time
+        (Redis's clock, ms) its membership lapses (`Bus.engine_members`)."""
+        return f"{{{self.prefix}}}:engines"
+
     def ready_probe(self) -> str:
         return f"{{{self.prefix}}}:ready"
 
@@ -570,6 +575,7 @@ class Bus:
         self._events_maxlen = events_maxlen
         self._work_maxlen = work_maxlen
         self._renew = redis.register_script(RENEW_LUA)
+        self._members = redis.register_script(MEMBERS_LUA)
         self._add = redis.register_script(ADD_LUA)
         # This bus's name in the keys of its last publish tokens (ADD_LUA).
         self._publisher = secrets.token_hex(6)
@@ -1192,6 +1198,18 @@ class Bus:
             dead_letters=int(dead),
         )
 
+    async def engine_members(
+        self, consumer: str, ttl_s: float, *, leave: bool = False
+    ) -> list[str]:
+        """Keep ``consumer`` a live engine for ``ttl_s`` from now (or, with ``leave``, take
+        it out at once); the live engines' names, sorted."""
+        with _redis_errors():
+            names = await self._members(
+                keys=[self.keys.engines()],
+                args=[consumer, max(int(ttl_s * 1000), 1), "0" if leave else "1"],
+            )
+        return sorted(_str(name) for name in names)
+
     async def is_intact(self) -> bool:
         """True while the sentinel key is present (see `Keys.sentinel`)."""
         with _redis_errors():
@@ -1315,6 +1333,24 @@ def _stream_items(reply: Any) -> list[tuple[str, list[Any]]]:
 # (effects replication).
 # Bus.renew: XCLAIM JUSTID (idle time reset, no delivery counted) of each entry still
 # pending for the consumer (XPENDING with a consumer filters by owner).
+# Bus.engine_members: KEYS[1] the engines' sorted set; ARGV[1] the consumer, ARGV[2] its
+# time to live (ms), ARGV[3] "1" to stay a member, "0" to leave. Members past their time
+# are dropped first; the set itself lapses when no engine renews it. By Redis's clock,
+# so the engines' own clocks do not matter.
+MEMBERS_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+redis.call('PEXPIRE', KEYS[1], 2 * ttl)
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
 RENEW_LUA = """
 local kept = {}
 for i = 3, #ARGV do

@@ -1,7 +1,9 @@
 """The engine loop: trigger streams -> decide -> append.
 
-An ``Engine`` reads every partition's trigger stream through the consumer
-group "engine" (engines share the work), turns each entry into a decide
+An ``Engine`` reads its share of the partitions' trigger streams through the
+consumer group "engine" (each partition is read by one live engine at a time:
+engine.loops.partition_owners; so one engine decides each execution and
+engines do not conflict), turns each entry into a decide
 trigger, loads the execution's state (from its in-memory cache, checked by
 seq, else by replay from PostgreSQL), decides, appends with the expected seq
 and acknowledges the entry only after the append committed. A conflict means
@@ -65,6 +67,7 @@ from engine.errors import (
 from engine.logcontext import execution_id_var
 from engine.loops import metrics
 from engine.loops.metrics import EXECUTIONS_FAILED_BY_ENGINE, TRIGGERS_DEAD_LETTERED
+from engine.loops.partition_owners import PartitionOwners
 from engine.loops.tracing import EXECUTION_ID, ExecutionTraces, parent_context
 from engine.messages import ENGINE_GROUP
 from engine.service import EngineService, describe_decision
@@ -134,6 +137,8 @@ class Engine:
         max_deliveries: int = 10,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         tracer: Tracer | None = None,
+        membership_s: float = 1.0,
+        membership_ttl_s: float = 5.0,
     ) -> None:
         self.service = service
         # A span per decision (engine.loops.tracing); None: tracing off.
@@ -141,6 +146,9 @@ class Engine:
         self.traces = ExecutionTraces(service.store, cache_size)
         self.bus = bus
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        # The trigger partitions this engine reads (engine.loops.partition_owners).
+        self.owners = PartitionOwners(bus, self.consumer, membership_s, membership_ttl_s)
+        metrics.PARTITIONS_OWNED.set_function(lambda: len(self.owners.owned))
         self.cache = StateCache(cache_size, cache_bytes)
         metrics.STATE_CACHE_STATES.set_function(lambda: len(self.cache))
         metrics.STATE_CACHE_BYTES.set_function(lambda: self.cache.bytes)
@@ -166,13 +174,39 @@ class Engine:
         """Consume triggers until ``stop`` is set; never returns early on errors of
         PostgreSQL or Redis (they are logged and retried with a back-off). The entries it
         holds are kept alive meanwhile (`_keep_claims`)."""
-        keeper = asyncio.create_task(self._keep_claims())
-        keeper.add_done_callback(lambda done: log_failure(done, "engine claim keeper"))
+        keepers = [
+            asyncio.create_task(self._keep_claims()),
+            asyncio.create_task(self._keep_membership()),
+        ]
+        keepers[0].add_done_callback(lambda done: log_failure(done, "engine claim keeper"))
+        keepers[1].add_done_callback(lambda done: log_failure(done, "engine membership keeper"))
         try:
             await self._consume(stop)
         finally:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
+            for keeper in keepers:
+                keeper.cancel()
+            await asyncio.gather(*keepers, return_exceptions=True)
+            try:  # the other engines take this one's partitions at their next renewal
+                async with asyncio.timeout(2):
+                    await self.owners.leave()
+            except Exception as exc:  # (its membership lapses by itself)
+                log.warning("engine: cannot leave the membership (%r)", exc)
+
+    async def _keep_membership(self) -> None:
+        """Every ``membership_s``, renew this engine's membership and take its share of
+        the partitions (until cancelled). While Redis does not answer, the last share is
+        kept (reads fail meanwhile anyway)."""
+        failing = False
+        while True:
+            await asyncio.sleep(self.owners.every_s)
+            try:
+                await self.owners.renew()
+            except Exception as exc:
+                if not failing:
+                    log.warning("engine: cannot renew its membership (%r)", exc)
+                failing = True
+            else:
+                failing = False
 
     async def _keep_claims(self) -> None:
         """Every ``visibility_timeout_s / 3``, touch the entries this engine holds (until
@@ -192,7 +226,7 @@ class Engine:
 
     async def _consume(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        streams = self.bus.triggers_streams()
+        every_stream = self.bus.triggers_streams()
         groups_ready = False
         own_pending = True  # first this consumer's pending entries (a restart, same name)
         last_claim = -1e18
@@ -201,11 +235,15 @@ class Engine:
             try:
                 if not groups_ready:
                     await self.ensure_groups()
+                    await self.owners.renew()
                     groups_ready = True
                 entries: list[TriggerDelivery | Malformed] = []
-                if own_pending:
+                if own_pending:  # (whichever partitions they are on)
                     entries = await self.bus.read_triggers(
-                        ENGINE_GROUP, self.consumer, dict.fromkeys(streams, "0"), self.batch_size
+                        ENGINE_GROUP,
+                        self.consumer,
+                        dict.fromkeys(every_stream, "0"),
+                        self.batch_size,
                     )
                     own_pending = len(entries) >= self.batch_size
                 if loop.time() - last_claim > self.visibility_timeout_s / 2:
@@ -214,9 +252,12 @@ class Engine:
                 if not entries:
                     # Do not block while failed triggers wait for their retry.
                     block = self.block_ms if not self._retry else min(self.block_ms, 100)
-                    entries = await self.bus.read_triggers(
-                        ENGINE_GROUP, self.consumer, streams, self.batch_size, block
-                    )
+                    if streams := self.owners.streams():
+                        entries = await self.bus.read_triggers(
+                            ENGINE_GROUP, self.consumer, streams, self.batch_size, block
+                        )
+                    else:  # (more engines than partitions: this one stands by)
+                        await sleep_or_stop(stop, block / 1000)
                 batch = _unique([*self._retry, *entries])
                 self._handling = batch
                 self._retry = []

@@ -148,6 +148,10 @@ TIMER_DELAY_SECONDS = Histogram(
     "From a timer's due time to its firing.",
     buckets=_SLOW,
 )
+PARTITIONS_OWNED = Gauge(
+    "steplog_engine_partitions_owned",
+    "Trigger partitions this engine reads (engine.loops.partition_owners).",
+)
 STATE_CACHE_STATES = Gauge(
     "steplog_engine_state_cache_states", "Execution states the engine holds in its cache."
 )
