@@ -7,6 +7,8 @@ goal of issue 13 a benchmark measures, printed after its own report, so that
 
 from __future__ import annotations
 
+import statistics
+import time
 from dataclasses import dataclass
 
 PREFIX = "goal | "
@@ -39,6 +41,21 @@ def parse(text: str) -> Goal | None:
     if len(parts) != 4 or parts[3] not in ("met", "NOT met"):
         return None
     return Goal(parts[0], parts[1], parts[2], parts[3] == "met")
+
+
+def python_speed() -> float:
+    """Millions of iterations/s of a plain Python loop (median of 5): how fast this
+    machine runs Python now. The ratios of a run hold across machines; its absolute
+    figures (task round trips/s) move with this."""
+
+    def once() -> float:
+        began = time.perf_counter()
+        total = 0
+        for i in range(2_000_000):
+            total += i
+        return 2.0 / (time.perf_counter() - began)
+
+    return statistics.median(once() for _ in range(5))
 
 
 def table(goals: list[Goal]) -> str:

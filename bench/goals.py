@@ -71,6 +71,7 @@ def main() -> None:
     waits = args.waits or (100_000 if args.full else 10_000)
     idle = "60" if args.full else "30"
     began = time.monotonic()
+    speed_before = goal.python_speed()
     goals = run("transitions.py", "--ceiling", "-n", "2000", *transitions_args)
     # The same in the two-process layout (bench/transitions.py --split), beside it.
     goals += run(
@@ -87,6 +88,10 @@ def main() -> None:
     print(f"\n=== issue 13 goals, one run ({minutes:.0f} min)")
     print(goal.table(goals))
     print(f"met: {sum(g.met for g in goals)} of {len(goals)}")
+    print(
+        f"Python speed (a plain loop, M iterations/s): {speed_before:.1f} before, "
+        f"{goal.python_speed():.1f} after (absolute figures move with it between machines)"
+    )
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

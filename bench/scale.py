@@ -25,13 +25,23 @@ Layouts: ``--layout all`` (default) runs N processes with every role (api, engin
 worker, projector) each; ``--layout split`` runs N processes per role, 4 x N in all (the
 CPU is then also shown per role).
 
-    .venv/bin/python bench/scale.py [--executions 600] [--processes 1,2,3] [--layout all]
+    .venv/bin/python bench/scale.py [--executions 600] [--rate 20] [--processes 1,2,3]
+        [--layout all]
 
-Executions/s = executions / (first start sent .. last execution ended), with every start
-sent at once (at most --concurrency requests in flight, spread over the processes' APIs).
-Waits and retry intervals (0-2 s per execution) are part of each execution's latency, not
-of the machine's capacity; enough executions run at once to hide them. The figures are
-read after the last execution ended (PostgreSQL's statistics are given 1.5 s to settle).
+The load grows with the processes (the default, ``--rate 20``): each process is offered
+the same load, ``--executions`` starts at ``--rate`` starts/s, so N processes get N times
+the executions at N times the rate, open loop (each start sent at its time, spread over
+the processes' APIs; at most --concurrency in flight). This is what processes on
+machines of their own would each see; here they share two cores, so the rate must stay
+well below what the machine serves with 3 (the run says when the starts fell behind).
+With ``--rate 0`` the load is the same for every N: ``--executions`` starts sent at once
+(closed loop, at most --concurrency in flight), which splits one load into N smaller
+shares, each batched less (session 10's table in docs/scaling.md).
+
+Executions/s = executions / (first start sent .. last execution ended). Waits and retry
+intervals (0-2 s per execution) are part of each execution's latency, not of the
+machine's capacity. The figures are read after the last execution ended (PostgreSQL's
+statistics are given 1.5 s to settle).
 """
 
 from __future__ import annotations
@@ -145,9 +155,10 @@ def layout(processes: int, split: bool) -> tuple[list[str], dict[int, dict[str, 
 
 
 async def measure(
-    processes: int, executions: int, concurrency: int, split: bool, idle_s: float
+    processes: int, executions: int, concurrency: int, split: bool, idle_s: float, rate: float
 ) -> tuple[float, dict[str, float]]:
-    """(executions/s, the figures' differences over the run) of one run."""
+    """(executions/s, the figures' differences over the run) of one run: ``executions``
+    started at once, or (``rate`` > 0) offered at ``rate`` starts/s."""
     data_dir = Path(tempfile.mkdtemp(prefix="slb-"))
     (data_dir / "logs").mkdir()
     roles_of, env_of = layout(processes, split)
@@ -190,6 +201,8 @@ async def measure(
                     gate = asyncio.Semaphore(concurrency)
 
                     async def start(i: int) -> None:
+                        if rate:  # open loop: sent at its time, however the others fare
+                            await asyncio.sleep(t0 + i / rate - time.perf_counter())
                         async with gate:
                             api = apis[i % len(apis)]
                             url = cluster.url(api) + "/v1/workflows/chaos/executions"
@@ -203,8 +216,10 @@ async def measure(
                     idle_after = await counters.read(http)
                     idle = {k: (idle_after[k] - idle_before[k]) / idle_s for k in idle_after}
                     before = await counters.read(http)
-                    t0 = time.perf_counter()
+                    t0 = time.perf_counter()  # (the open loop's start times count from it)
                     await asyncio.gather(*(start(i) for i in range(executions)))
+                    if rate and (late := time.perf_counter() - t0 - executions / rate) > 1:
+                        print(f"note: the starts ended {late:.1f} s behind their offered rate")
                     terminal = list(TERMINAL_EVENT_TYPES)
                     # Polling PostgreSQL: the end is a fact there, not an event here.
                     while await pool.fetchval(ENDED, terminal) < executions:  # noqa: ASYNC110
@@ -290,9 +305,17 @@ def report(
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--executions", type=int, default=600)
+    parser.add_argument(
+        "--executions", type=int, default=600, help="per process when --rate is set, else in all"
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=20.0,
+        help="starts/s offered per process, open loop (0: every start at once, closed loop)",
+    )
     parser.add_argument("--processes", default="1,2,3")
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--layout", choices=("all", "split"), default="all")
     parser.add_argument(
         "--idle-seconds", type=float, default=10, help="idle reading before each load"
@@ -302,8 +325,16 @@ async def main() -> None:
     rates: dict[int, float] = {}
     figures: dict[int, dict[str, float]] = {}
     for n in counts:
+        # With --rate, each process is offered the same load: N times the executions at N
+        # times the rate.
+        executions = args.executions * n if args.rate else args.executions
         rates[n], delta = await measure(
-            n, args.executions, args.concurrency, args.layout == "split", args.idle_seconds
+            n,
+            executions,
+            args.concurrency,
+            args.layout == "split",
+            args.idle_seconds,
+            args.rate * n,
         )
         figures[n] = per_1000(delta)
         for k, v in delta.items():
@@ -315,6 +346,24 @@ async def main() -> None:
             flush=True,
         )
     report(counts, rates, figures)
+    # Issue 13, item 3: linear scaling keeps what a transition costs flat as processes are
+    # added (max / min within 15%), and adds no conflicts or duplicate work.
+    for name in ("steplog CPU-s", "PostgreSQL CPU-s", "Redis CPU-s"):
+        values = [figures[n][name] for n in counts]
+        goal.report(
+            f"scale: {name} per 1,000 transitions, {args.processes} processes",
+            " / ".join(f"{v:.3f}" for v in values),
+            "flat (max/min <= 1.15)",
+            flatness(values).startswith("flat"),
+        )
+    for name in ("conflicts", "duplicate task runs"):
+        values = [figures[n][name] for n in counts]
+        goal.report(
+            f"scale: {name} per 1,000 transitions, {args.processes} processes",
+            " / ".join(f"{v:.2f}" for v in values),
+            "0",
+            max(values) == 0,
+        )
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
