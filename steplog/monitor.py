@@ -8,7 +8,8 @@ is off (it would run any code in the process). Besides aiomonitor's own commands
 
     roles        each role loop: state (running, restarting, stopped), restarts, last
                  error, and what readiness says of it
-    executions   the executions the engine of this process is deciding right now
+    executions   the executions the engine of this process is deciding right now, and
+                 the trigger partitions it reads (engine.loops.partition_owners)
     tasks        the task handlers running in this process: resource, attempt, age
     lag          each consumer group: pending entries, oldest pending age, not yet
                  delivered, dead letters (measured now)
@@ -138,7 +139,13 @@ async def _executions(watched: dict[str, Any]) -> str:
     now = time.monotonic()
     rows = [(str(eid), f"{now - began:.3f}s") for eid, began in engine.deciding.items()]
     text = _table(("execution", "for"), rows)
-    return f"{text}\n{len(rows)} being decided; {engine.handled} triggers handled"
+    owners = engine.owners
+    partitions = ", ".join(map(str, owners.owned)) or "none (standing by)"
+    return (
+        f"{text}\n{len(rows)} being decided; {engine.handled} triggers handled\n"
+        f"reads trigger partitions {partitions} of {owners.bus.partitions} "
+        f"({len(owners.members)} live engine{'' if len(owners.members) == 1 else 's'})"
+    )
 
 
 @_command("tasks", "The task handlers running in this process: resource, attempt, age.")

@@ -94,6 +94,8 @@ async def test_monitor_runs_steplogs_commands(settings: Settings, eventually: An
     assert "projector:executions" in roles
     assert "being decided" in executions and "triggers handled" in executions
     assert re.search(r"\d+ triggers handled", executions)
+    # The one engine reads every partition.
+    assert "reads trigger partitions 0, 1, 2, 3 of 4 (1 live engine)" in executions
     # The sleeping task is pending on its queue; the trigger streams have nothing waiting.
     assert re.search(r":tasks\s+workers\s+1\s+\d+\.\ds\s+0\s+0", lag), lag
     assert re.search(r":triggers\s+engine\s+0\s+0\.0s\s+0\s+0", lag), lag
