@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from typing import Any
+from uuid import UUID
 
 import prometheus_client
 import pytest
@@ -97,3 +98,36 @@ async def _handled(engines: list[Engine], count: int) -> bool:
 
 def _conflicts() -> float:
     return prometheus_client.REGISTRY.get_sample_value("steplog_append_conflicts_total") or 0.0
+
+
+@pytest.mark.redis_cluster
+async def test_the_partitions_of_an_engine_that_died_are_read_once_its_membership_lapses(
+    store: EventStore, bus: Bus, eventually: Any
+) -> None:
+    service = EngineService(store)
+    await service.register("default", "waits", WAIT)
+    # An engine that joined, then died: it never renews, and never leaves.
+    assert await bus.engine_members("e-0-dead", 1.0) == ["e-0-dead"]
+    engine = Engine(service, bus, consumer="e-1", block_ms=50, membership_s=0.2)
+    stop = asyncio.Event()
+    task = asyncio.create_task(engine.run(stop))
+    try:
+        # Alive beside the dead one, it reads only its share (partitions 1 and 3).
+        assert await eventually(lambda: _owns(engine, [1, 3]), timeout_s=5)
+        ids: list[UUID] = []
+        while len(ids) < 8 or {bus.partition_of(i) for i in ids} != {0, 1, 2, 3}:
+            record, *_ = await service.start("default", "waits", {"i": len(ids)}, None, T0)
+            ids.append(record.execution_id)
+            await bus.add_trigger(record.execution_id, Begin())
+        # Once the dead one's membership lapsed, every partition is read: all handled.
+        assert await eventually(lambda: _handled([engine], len(ids)), timeout_s=10)
+        assert engine.owners.owned == [0, 1, 2, 3] and engine.owners.members == ["e-1"]
+        for execution_id in ids:
+            assert (await service.state_at(execution_id)).seq == 2
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def _owns(engine: Engine, partitions: list[int]) -> bool:
+    return engine.owners.owned == partitions
