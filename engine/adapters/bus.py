@@ -1333,24 +1333,6 @@ def _stream_items(reply: Any) -> list[tuple[str, list[Any]]]:
 # (effects replication).
 # Bus.renew: XCLAIM JUSTID (idle time reset, no delivery counted) of each entry still
 # pending for the consumer (XPENDING with a consumer filters by owner).
-# Bus.engine_members: KEYS[1] the engines' sorted set; ARGV[1] the consumer, ARGV[2] its
-# time to live (ms), ARGV[3] "1" to stay a member, "0" to leave. Members past their time
-# are dropped first; the set itself lapses when no engine renews it. By Redis's clock,
-# so the engines' own clocks do not matter.
-MEMBERS_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if ARGV[3] == '1' then
-  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-else
-  redis.call('ZREM', KEYS[1], ARGV[1])
-end
-redis.call('PEXPIRE', KEYS[1], 2 * ttl)
-return redis.call('ZRANGE', KEYS[1], 0, -1)
-"""
-
 RENEW_LUA = """
 local kept = {}
 for i = 3, #ARGV do
@@ -1361,6 +1343,25 @@ for i = 3, #ARGV do
   end
 end
 return kept
+"""
+
+# Bus.engine_members: KEYS[1] the engines' sorted set; ARGV[1] the consumer, ARGV[2] its
+# time to live (ms), ARGV[3] "1" to stay a member, "0" to leave. Members past their time
+# are dropped first; the set itself lapses with its last member. By Redis's clock, so the
+# engines' own clocks do not matter.
+MEMBERS_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if #last > 0 then redis.call('PEXPIREAT', KEYS[1], tonumber(last[2]) + 1) end
+return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 
 # How long a publisher's last publish token is kept per stream (it need only outlast the
