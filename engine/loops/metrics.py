@@ -13,6 +13,7 @@ for the readiness check of the roles (steplog.app.RoleHealth).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import datetime as dt
 import logging
 import time
@@ -212,11 +213,39 @@ def count_decision(events: Sequence[ev.Event], seconds: float) -> None:
     heartbeats it found missing."""
     DECISION_SECONDS.observe(seconds)
     DECISION_EVENTS.observe(len(events))
+    # One increment per state type, not per state (a decision enters many at once).
+    entered: dict[str, int] = {}
     for event in events:
         if (state := state_type(ev.event_type(event))) is not None:
-            STATE_TRANSITIONS.labels(state).inc()
+            entered[state] = entered.get(state, 0) + 1
         elif isinstance(event, ev.TaskTimedOut) and event.error == "States.HeartbeatTimeout":
             HEARTBEATS_MISSED.inc()
+    for state, count in entered.items():
+        child = _TRANSITIONS_OF.get(state)
+        if child is None:  # (labels() takes a lock and builds its key each time)
+            child = _TRANSITIONS_OF[state] = STATE_TRANSITIONS.labels(state)
+        child.inc(count)
+
+
+_TRANSITIONS_OF: dict[str, Counter] = {}
+
+
+def observe_many(histogram: Histogram, amount: float, count: int) -> None:
+    """``histogram.observe(amount)`` ``count`` times over, in one step: its sum moves by
+    ``amount * count`` and the one bucket ``amount`` falls in by ``count`` (the
+    histogram of a metric without labels, or a labelled one's child). Through the
+    client's fields; a client without them observes ``count`` times."""
+    buckets = getattr(histogram, "_buckets", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    total = getattr(histogram, "_sum", None)
+    if count == 1 or buckets is None or bounds is None or total is None:
+        for _ in range(count):
+            histogram.observe(amount)
+        return
+    total.inc(amount * count)
+    # The first bucket whose bound holds it (the client's own rule; they are cumulated
+    # when collected).
+    buckets[bisect.bisect_left(bounds, amount)].inc(count)
 
 
 def count_start_decision(events: Sequence[ev.Event], seconds: float) -> None:
@@ -229,8 +258,19 @@ def count_start_decision(events: Sequence[ev.Event], seconds: float) -> None:
 def observe_published(events: Sequence[StoredEvent], now: dt.datetime) -> None:
     """The relay published ``events`` at ``now``: count them, observe each one's lag."""
     RELAY_EVENTS.inc(len(events))
+    # The events of one decision share its timestamp and come together: one lag for
+    # each run of them.
+    since: dt.datetime | None = None
+    run = 0
     for event in events:
-        RELAY_LAG_SECONDS.observe(max(0.0, (now - event.timestamp).total_seconds()))
+        if event.timestamp == since:
+            run += 1
+            continue
+        if since is not None:
+            observe_many(RELAY_LAG_SECONDS, max(0.0, (now - since).total_seconds()), run)
+        since, run = event.timestamp, 1
+    if since is not None:
+        observe_many(RELAY_LAG_SECONDS, max(0.0, (now - since).total_seconds()), run)
 
 
 def observe_fired(due: Sequence[dt.datetime], now: dt.datetime) -> None:
