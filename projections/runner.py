@@ -16,6 +16,8 @@ Contracts
   is delivered or left pending, the group is moved past what rang), then catches
   up; it also catches up at start, after a Redis error (e.g. a flush that dropped
   the group) and every `catchup_interval` seconds.
+- The projectors of one process read the log through one `SharedReads`: caught up
+  alike, they ask for the same events after each doorbell, and one read serves both.
 - `rebuild(pool, name)` refills every table of the projection in global order
   into fresh tables and swaps them in, with the checkpoint, in one transaction.
 
@@ -29,6 +31,7 @@ import logging
 import os
 import socket
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import asyncpg
 
@@ -99,7 +102,7 @@ async def _apply(
 
 async def catch_up(
     pool: asyncpg.Pool,
-    store: EventStore,
+    store: ReadsLog,
     projection: Projection = executions.PROJECTION,
     *,
     batch_size: int = 500,
@@ -117,7 +120,7 @@ async def catch_up(
 
 async def _catch_up(
     pool: asyncpg.Pool,
-    store: EventStore,
+    store: ReadsLog,
     projection: Projection,
     batch_size: int,
     start: GlobalPosition | None,
@@ -162,7 +165,7 @@ class Projector:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        store: EventStore,
+        store: ReadsLog,
         bus: Bus,
         *,
         projection: Projection = executions.PROJECTION,
@@ -235,9 +238,59 @@ class Projector:
                 await sleep_or_stop(stop_event, self.retry_delay)
 
 
+class ReadsLog(Protocol):
+    """What a projector reads the log through: `EventStore`, or `SharedReads`."""
+
+    async def read_all(self, after: GlobalPosition, limit: int) -> list[StoredEvent]: ...
+
+
+class SharedReads:
+    """`EventStore.read_all` for the projectors of one process: they follow the same log
+    and, caught up alike, ask for the same events after the same checkpoint, each after
+    the same doorbell. A read asked for while the same one (same position, same limit)
+    is under way waits for it, and the last read's events are given again to the next
+    asking from that position. A read given again may have been made a moment earlier
+    than a fresh one: the events after a position in read_all's order only ever grow at
+    their end (read_all returns nothing a transaction still in flight could precede), so
+    it is a prefix of what a fresh read would return, and the projector goes on from its
+    end. An empty read is never given again (it would hold a projector back)."""
+
+    def __init__(self, store: ReadsLog) -> None:
+        self._store = store
+        self._reading: dict[tuple[GlobalPosition, int], asyncio.Future[list[StoredEvent]]] = {}
+        self._last: tuple[tuple[GlobalPosition, int], list[StoredEvent]] | None = None
+        self.asked = self.reads = 0  # reads asked for, and made (tests)
+
+    async def read_all(self, after: GlobalPosition, limit: int) -> list[StoredEvent]:
+        self.asked += 1
+        key = (after, limit)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        under_way = self._reading.get(key)
+        if under_way is not None:
+            return await asyncio.shield(under_way)
+        reading = asyncio.ensure_future(self._read(key))
+        self._reading[key] = reading
+        # A failure is this caller's (and its joiners') to raise, never left unretrieved.
+        reading.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return await asyncio.shield(reading)
+
+    async def _read(self, key: tuple[GlobalPosition, int]) -> list[StoredEvent]:
+        try:
+            self.reads += 1
+            events = await self._store.read_all(*key)
+        finally:
+            del self._reading[key]
+        if events:
+            self._last = (key, events)
+        return events
+
+
 def projectors(pool: asyncpg.Pool, store: EventStore, bus: Bus) -> list[Projector]:
-    """One Projector per registered projection (the projector role runs them all)."""
-    return [Projector(pool, store, bus, projection=p) for p in PROJECTIONS.values()]
+    """One Projector per registered projection (the projector role runs them all), all
+    reading the log through one `SharedReads`."""
+    reads = SharedReads(store)
+    return [Projector(pool, reads, bus, projection=p) for p in PROJECTIONS.values()]
 
 
 # --- rebuild ---------------------------------------------------------------------------

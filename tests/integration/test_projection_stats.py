@@ -17,7 +17,15 @@ from engine.adapters.bus import Bus
 from engine.adapters.store import EventStore, NewEvent
 from engine.core import events as ev
 from projections import stats
-from projections.runner import PROJECTIONS, Projector, catch_up, catch_up_all, rebuild
+from projections.runner import (
+    PROJECTIONS,
+    Projector,
+    SharedReads,
+    catch_up,
+    catch_up_all,
+    projectors,
+    rebuild,
+)
 from projections.status import projection_status
 from tests.unit.test_replay import EID, WORKFLOW, run
 
@@ -251,6 +259,71 @@ async def test_two_projectors_of_each_projection_apply_every_event_once(
     finally:
         stop.set()
         await asyncio.gather(*tasks)
+    live = await snapshot(pool)
+    assert len(live["executions"]) == 12
+    for name in PROJECTIONS:
+        assert await rebuild(pool, name) == total
+    assert await snapshot(pool) == live
+
+
+async def test_projectors_at_one_checkpoint_read_each_batch_once_between_them(
+    pool: asyncpg.Pool, store: EventStore
+) -> None:
+    """Caught up alike, a process's projectors ask for the same events: one read, and
+    each projection applies all of it (its read model equals a catch-up of its own)."""
+    shared = SharedReads(store)
+    for round_ in range(3):
+        ids = [await record(store, {"items": list(range(n % 4))}) for n in range(5)]
+        events = sum([len(await store.load(eid)) for eid in ids])
+        asked, reads = shared.asked, shared.reads
+        applied = await asyncio.gather(
+            *(catch_up(pool, shared, p, batch_size=1000) for p in PROJECTIONS.values())
+        )
+        assert applied == [events] * len(PROJECTIONS), round_
+        # Each asked for the batch, then for what follows it (nothing yet): the batch
+        # was read once (an empty read is given again only to a projector asking while
+        # it is under way).
+        assert shared.asked - asked == 2 * len(PROJECTIONS)
+        assert 2 <= shared.reads - reads <= 1 + len(PROJECTIONS), round_
+    live = await snapshot(pool)
+    for name in PROJECTIONS:
+        await rebuild(pool, name)
+    assert await snapshot(pool) == live
+
+
+async def test_the_projectors_of_one_process_share_their_reads_and_miss_nothing(
+    pool: asyncpg.Pool, store: EventStore, bus: Bus, eventually: Any
+) -> None:
+    """`projectors()` gives a process's projectors one `SharedReads`: following the same
+    doorbells they read each batch of the log once between them, and the read models
+    still equal a catch-up from nothing."""
+    runners = projectors(pool, store, bus)
+    shared = runners[0].store
+    assert isinstance(shared, SharedReads) and all(r.store is shared for r in runners)
+    for r in runners:
+        r.block_ms, r.catchup_interval = 50, 3600
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(r.run(stop)) for r in runners]
+    try:
+        for p in PROJECTIONS.values():
+            await eventually(lambda p=p: _groups_exist(bus, p.group))
+        reads_before, asked_before = shared.reads, shared.asked
+        ids = []
+        for n in range(12):
+            ids.append(await record(store, {"items": list(range(n % 4))}))
+            await bus.publish_events(await store.load(ids[-1]))
+        total = sum([len(await store.load(eid)) for eid in ids])
+
+        async def all_applied() -> bool:
+            return [r.applied for r in runners] == [total] * len(runners)
+
+        await eventually(all_applied, timeout_s=10)
+        reads, asked = shared.reads - reads_before, shared.asked - asked_before
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    # Following the same doorbells, the projectors often asked for the same batch.
+    assert reads < asked, (reads, asked)
     live = await snapshot(pool)
     assert len(live["executions"]) == 12
     for name in PROJECTIONS:
