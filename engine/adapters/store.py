@@ -273,11 +273,18 @@ SELECT data::text, recorded_at FROM events
 WHERE execution_id = $1 AND seq > $2 AND seq <= $3
 ORDER BY seq"""
 # The events of many executions, each after its own seq (the engine's batch of triggers).
+# A lateral subquery with an OFFSET is never flattened into a join, so each
+# execution is one range scan of events' primary key whatever the planner's statistics
+# say: as a plain join, a table that autovacuum has not analyzed yet (a new database's
+# first minute, a burst of new executions) was read whole by a hash join for every batch.
 LOAD_MANY = """
-SELECT e.execution_id, e.seq, e.position, e.type, e.data::text AS data, e.recorded_at, e.tx_id
+SELECT a.execution_id, e.seq, e.position, e.type, e.data, e.recorded_at, e.tx_id
 FROM unnest($1::uuid[], $2::int[]) AS a(execution_id, after_seq)
-JOIN events e ON e.execution_id = a.execution_id AND e.seq > a.after_seq
-ORDER BY e.execution_id, e.seq"""
+CROSS JOIN LATERAL (
+    SELECT seq, position, type, data::text AS data, recorded_at, tx_id FROM events
+    WHERE execution_id = a.execution_id AND seq > a.after_seq OFFSET 0
+) e
+ORDER BY a.execution_id, e.seq"""
 LOAD_BACKWARD = f"""
 SELECT {_EVENT_COLUMNS} FROM events
 WHERE execution_id = $1 AND seq > $2 AND seq <= $3
