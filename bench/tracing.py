@@ -83,10 +83,13 @@ MODES = ("off", "on", "discard", "sampled", "drivers")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 # A local OTLP/HTTP receiver: answers every POST with an empty 200 (a valid
-# ExportTraceServiceResponse) and discards the body.
+# ExportTraceServiceResponse) and discards the body. HTTP/1.1, keeping the connection
+# open as a collector does (the exporter's session reuses it: an HTTP/1.0 receiver had
+# it connect again for every batch).
 RECEIVER = """
 import http.server, sys
 class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.send_response(200)
