@@ -301,6 +301,9 @@ def projectors(pool: asyncpg.Pool, store: EventStore, bus: Bus) -> list[Projecto
 # a rebuild would slow down quadratically. Every lookup there has an index.
 _INDEX_LOOKUPS = "SET LOCAL enable_seqscan = off"
 
+# A table's storage parameters (fillfactor: migrations/0016), which LIKE ... INCLUDING
+# ALL does not copy.
+_STORAGE_PARAMETERS = "SELECT reloptions FROM pg_class WHERE oid = $1::regclass"
 _INDEXES = """
 SELECT indexname, indexdef FROM pg_indexes
 WHERE schemaname = current_schema() AND tablename = $1"""
@@ -328,7 +331,8 @@ async def _swap(conn: asyncpg.Connection, table: str, new: str) -> None:
 async def rebuild(pool: asyncpg.Pool, name: str, *, batch_size: int = 2000) -> int:
     """Rebuild projection `name` from PostgreSQL without stopping the service.
 
-    Fills `<table>_new` (LIKE <table> INCLUDING ALL) for each of its tables from
+    Fills `<table>_new` (LIKE <table> INCLUDING ALL, and its storage parameters) for
+    each of its tables from
     the whole log in global order, then in one transaction: lock the checkpoint
     row and the live tables, apply what was committed meanwhile, swap the tables
     (index names kept) and set the checkpoint to the last event applied. Live
@@ -347,6 +351,8 @@ async def _rebuild(pool: asyncpg.Pool, projection: Projection, name: str, batch_
         for table, new in fresh.items():
             await conn.execute(f"DROP TABLE IF EXISTS {new}")
             await conn.execute(f"CREATE TABLE {new} (LIKE {table} INCLUDING ALL)")
+            if parameters := await conn.fetchval(_STORAGE_PARAMETERS, table):
+                await conn.execute(f"ALTER TABLE {new} SET ({', '.join(parameters)})")
     pos, total = GlobalPosition(), 0
     while batch := await store.read_all(pos, batch_size):
         async with pool.acquire() as conn, conn.transaction():

@@ -271,6 +271,9 @@ async def test_rebuild_equals_live(pool: asyncpg.Pool, store: EventStore) -> Non
     assert await _index_names(pool) == indexes
     assert await get_checkpoint(pool, "executions") == checkpoint
     assert await pool.fetchval("SELECT to_regclass('executions_view_new')") is None
+    # Its storage parameters too (the room for HOT updates, migrations/0016).
+    options = "SELECT reloptions FROM pg_class WHERE oid = 'executions_view'::regclass"
+    assert await pool.fetchval(options) == ["fillfactor=70"]
 
 
 async def test_rebuild_while_events_arrive(pool: asyncpg.Pool, store: EventStore) -> None:
