@@ -1,13 +1,14 @@
 """Waiting that a stop request cuts short: every loop of the process pauses this way,
 so that setting its stop event ends a back-off or a poll interval at once. Also work
-that a stop must not interrupt (`shielded`)."""
+that a stop must not interrupt (`shielded`), and helper tasks that a stop ends
+(`cancel_and_wait`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -30,6 +31,25 @@ async def shielded(work: Awaitable[T], what: str) -> T:
     except asyncio.CancelledError:
         task.add_done_callback(lambda done: log_failure(done, what))
         raise
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], resend_s: float = 1.0) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, cancelling again every
+    ``resend_s`` a task that is still running. One cancellation is not always enough:
+    on Python 3.11, ``asyncio.wait_for`` (which redis-py's cluster client awaits every
+    write with) swallows the cancellation that arrives as its inner await completes,
+    and a loop that goes on then sleeps until its next round, forever if nothing else
+    ends it (an engine once never returned from its stop this way). What the tasks
+    ended with is not raised here: log it where it matters (`log_failure`)."""
+    tasks = list(tasks)
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=resend_s)
+    for task in tasks:  # (retrieved, as gather(return_exceptions=True) would)
+        if not task.cancelled():
+            task.exception()
 
 
 def log_failure(task: asyncio.Future[Any], what: str) -> None:

@@ -71,7 +71,7 @@ from engine.loops.partition_owners import PartitionOwners
 from engine.loops.tracing import EXECUTION_ID, ExecutionTraces, parent_context
 from engine.messages import ENGINE_GROUP
 from engine.service import EngineService, describe_decision
-from engine.stopping import log_failure, sleep_or_stop
+from engine.stopping import cancel_and_wait, log_failure, sleep_or_stop
 
 log = logging.getLogger("steplog.engine")
 
@@ -183,9 +183,7 @@ class Engine:
         try:
             await self._consume(stop)
         finally:
-            for keeper in keepers:
-                keeper.cancel()
-            await asyncio.gather(*keepers, return_exceptions=True)
+            await cancel_and_wait(keepers)
             try:  # the other engines take this one's partitions at their next renewal
                 async with asyncio.timeout(2):
                     await self.owners.leave()

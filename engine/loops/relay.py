@@ -49,6 +49,7 @@ from engine.errors import Unavailable
 from engine.loops import metrics
 from engine.loops.tracing import ExecutionTraces, end_spans, publish_spans, traceparent_of
 from engine.messages import TaskMessage, TriggerMessage, follow_ups
+from engine.stopping import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +188,7 @@ class Relay:
                 log.warning("relay %s: another relay took the lead", self.name)
             finally:
                 self._lease = None
-                keeper.cancel()
-                await asyncio.gather(keeper, return_exceptions=True)
+                await cancel_and_wait([keeper])
                 if stop.is_set():
                     await self._give_up()
 

@@ -80,7 +80,7 @@ from engine.messages import (
     TaskMessage,
     TaskResult,
 )
-from engine.stopping import log_failure, sleep_or_stop
+from engine.stopping import cancel_and_wait, log_failure, sleep_or_stop
 
 log = logging.getLogger("steplog.worker")
 
@@ -325,9 +325,7 @@ class Worker:
             await self._read_loop(stop)
             await self._drain()
         finally:
-            for helper in (keeper, watcher, fence):
-                helper.cancel()
-            await asyncio.gather(keeper, watcher, fence, return_exceptions=True)
+            await cancel_and_wait([keeper, watcher, fence])
 
     async def _keep_claims(self) -> None:
         """Every ``visibility_timeout_s / 6``, renew the claims on the tasks this worker
