@@ -16,6 +16,7 @@ import asyncpg
 
 from engine.adapters.postgres import listen
 from engine.adapters.store import NOTIFY_CHANNEL
+from engine.stopping import cancel_and_wait
 
 POLL_S = 1.0
 
@@ -59,10 +60,8 @@ class EventNotifier:
 
     async def _stop_listening(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is not None:  # (asyncpg's connect waits with wait_for: see cancel_and_wait)
+            await cancel_and_wait([task])
 
     async def close(self) -> None:
         """Wake every waiter for good (`closing` turns true) and stop listening."""
