@@ -301,8 +301,8 @@ def projectors(pool: asyncpg.Pool, store: EventStore, bus: Bus) -> list[Projecto
 # a rebuild would slow down quadratically. Every lookup there has an index.
 _INDEX_LOOKUPS = "SET LOCAL enable_seqscan = off"
 
-# A table's storage parameters (fillfactor: migrations/0016), which LIKE ... INCLUDING
-# ALL does not copy.
+# A table's storage parameters (an operator's fillfactor or autovacuum settings), which
+# LIKE ... INCLUDING ALL does not copy.
 _STORAGE_PARAMETERS = "SELECT reloptions FROM pg_class WHERE oid = $1::regclass"
 _INDEXES = """
 SELECT indexname, indexdef FROM pg_indexes
