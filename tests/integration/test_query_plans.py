@@ -23,7 +23,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
-from engine.adapters.store import APPEND_BATCH, LOAD_MANY
+from engine.adapters.store import APPEND_BATCH, ENDED_EXECUTIONS, LOAD_MANY, START_EXECUTIONS
 from engine.adapters.webhooks_store import READ_EVENTS
 from projections import executions, stats
 
@@ -117,7 +117,33 @@ def _append_arguments(ids: list[UUID]) -> tuple[Any, ...]:
     )
 
 
+def _start_arguments(ids: list[UUID]) -> tuple[Any, ...]:
+    new = [uuid4() for _ in range(30)]
+    return (
+        new,
+        ["default"] * 30,
+        ["w"] * 30,
+        [1] * 30,
+        [str(i) for i in new],
+        ["{}"] * 30,
+        [""] * 30,
+        [T0] * 30,
+        new,
+        [1] * 30,
+        ["ExecutionStarted"] * 30,
+        ["{}"] * 30,
+        [],
+        [],
+        [],
+    )
+
+
 QUERIES: dict[str, Any] = {
+    "the API's starts of a batch (START_EXECUTIONS)": (START_EXECUTIONS, _start_arguments),
+    "the check of which executions of a batch ended (ENDED_EXECUTIONS)": (
+        ENDED_EXECUTIONS,
+        lambda ids: (_batch(ids), ["ExecutionSucceeded", "ExecutionFailed"]),
+    ),
     "the engine's load of a batch (LOAD_MANY)": (
         LOAD_MANY,
         lambda ids: (_batch(ids), [EVENTS_EACH - 2] * 30),
