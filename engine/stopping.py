@@ -37,7 +37,7 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], resend_s: float = 
     """Cancel ``tasks`` and wait until every one has ended, cancelling again every
     ``resend_s`` a task that is still running. One cancellation is not always enough:
     on Python 3.11, ``asyncio.wait_for`` (which redis-py's cluster client awaits every
-    write with, and asyncpg its connects) returns its result, swallowing the
+    write with; asyncpg carries its own, fixed one) returns its result, swallowing the
     cancellation, when the cancellation arrives as its inner await completes
     (CPython gh-86296, fixed in 3.12); a keeper's loop then goes on to its next sleep,
     and a single cancel-and-gather waits for it forever (the likely cause of an engine

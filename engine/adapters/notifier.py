@@ -60,7 +60,7 @@ class EventNotifier:
 
     async def _stop_listening(self) -> None:
         task, self._task = self._task, None
-        if task is not None:  # (asyncpg's connect waits with wait_for: see cancel_and_wait)
+        if task is not None:  # (a loop that reconnects after failures: see cancel_and_wait)
             await cancel_and_wait([task])
 
     async def close(self) -> None:
