@@ -146,6 +146,11 @@ def select_sql(table: str = TABLE) -> str:
     return f"SELECT {_COLUMNS} FROM {table}"
 
 
+def select_batch_sql(table: str = TABLE) -> str:
+    """The rows of a batch's executions (``$1``: their ids), locked for the batch."""
+    return f"{select_sql(table)} WHERE execution_id = ANY($1::uuid[]) FOR UPDATE"
+
+
 def _upsert_sql(table: str) -> str:
     """One statement for a whole batch of rows (arrays in, unnest): a rebuild writes
     thousands of rows per batch, several times faster than a statement per row."""
@@ -251,9 +256,7 @@ async def apply_events(
     if not events:
         return result
     ids = list({e.execution_id for e in events})
-    records = await conn.fetch(
-        f"{select_sql(table)} WHERE execution_id = ANY($1::uuid[]) FOR UPDATE", ids
-    )
+    records = await conn.fetch(select_batch_sql(table), ids)
     rows: dict[UUID, ExecutionRow] = {r[0]: row_from_record(r) for r in records}
     before: dict[UUID, str] = {i: row.status for i, row in rows.items()}
     dirty: set[UUID] = set()

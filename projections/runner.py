@@ -332,10 +332,9 @@ async def rebuild(pool: asyncpg.Pool, name: str, *, batch_size: int = 2000) -> i
     """Rebuild projection `name` from PostgreSQL without stopping the service.
 
     Fills `<table>_new` (LIKE <table> INCLUDING ALL, and its storage parameters) for
-    each of its tables from
-    the whole log in global order, then in one transaction: lock the checkpoint
-    row and the live tables, apply what was committed meanwhile, swap the tables
-    (index names kept) and set the checkpoint to the last event applied. Live
+    each of its tables from the whole log in global order, then in one transaction:
+    lock the checkpoint row and the live tables, apply what was committed meanwhile,
+    swap the tables (index names kept) and set the checkpoint to the last event applied. Live
     projectors go on from that checkpoint; readers wait only for the swap.
     Returns the number of events read.
     """

@@ -150,7 +150,7 @@ QUERIES: dict[str, Any] = {
     ),
     "the engine's append of a batch (APPEND_BATCH)": (APPEND_BATCH, _append_arguments),
     "the executions projection's rows of a batch": (
-        f"{executions.select_sql()} WHERE execution_id = ANY($1::uuid[]) FOR UPDATE",
+        executions.select_batch_sql(),
         lambda ids: (_batch(ids),),
     ),
     "the state statistics' progress of a batch": (
