@@ -16,13 +16,14 @@ import uuid
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, get_current_span
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from api.keys import METRICS
 from api.metrics import route_label
 from api.problems import Handler
 from engine.logcontext import execution_id_var, request_id_var
+from engine.tracecontext import current_span
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A caller's id is echoed only when it is short and plain (it goes into logs and headers).
@@ -39,7 +40,7 @@ def request_traceparent() -> str:
     """The W3C traceparent of the current request's span ("" with tracing off): what
     a start records in ExecutionStarted, so the execution's spans join the request's
     trace."""
-    return _traceparent(get_current_span())
+    return _traceparent(current_span())
 
 
 def _traceparent(span: Span) -> str:

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 import msgspec
-from opentelemetry.trace import Span, Tracer, get_current_span
+from opentelemetry.trace import Span, Tracer
 
 from engine.adapters.group_commit import GroupCommit, StartCommit
 from engine.adapters.store import (
@@ -56,6 +56,7 @@ from engine.errors import (
     WorkflowNotFound,
 )
 from engine.limits import Limits
+from engine.tracecontext import current_span
 
 _json = msgspec.json.Encoder()
 
@@ -442,7 +443,7 @@ class EngineService:
         if self.on_decision is not None:
             self.on_decision(first.events, seconds)
         if self.tracer is not None:  # the append, as `_record` shows one: at seq 1
-            get_current_span().add_event(
+            current_span().add_event(
                 "steplog.append",
                 {
                     "steplog.append.expected_seq": 1,
@@ -531,7 +532,7 @@ class EngineService:
         # The append is an event of the current span (the engine's decision, the API's
         # request to stop), at its commit, not a span of its own: a span costs several
         # times what an event does, and an append is one call inside its decision.
-        span = get_current_span()
+        span = current_span()
         began = time.perf_counter()
         try:
             stored = await append
@@ -622,7 +623,7 @@ def describe_decision(
     would). A decision whose trace is not sampled describes nothing."""
     if not span.is_recording():
         return
-    described: dict[str, str | int | list[str]] = {
+    described: dict[str, str | int | tuple[str, ...]] = {
         "steplog.decision.events": len(events),
         "steplog.execution.status": status,
     }
@@ -637,7 +638,7 @@ def describe_decision(
             elif isinstance(event, ev.TERMINAL):
                 terminal = event
         if states:
-            described["steplog.decision.states"] = list(states)
+            described["steplog.decision.states"] = tuple(states)
     span.set_attributes(described)
     if terminal is not None:
         attributes: dict[str, str] = {"steplog.execution.status": status}

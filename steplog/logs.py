@@ -17,10 +17,10 @@ import sys
 from typing import Any
 
 import msgspec
-from opentelemetry.trace import get_current_span
 
 # Defined in the engine so that engine code can set them; re-exported here.
 from engine.logcontext import execution_id_var, request_id_var
+from engine.tracecontext import current_span
 
 # What a line says of its context, in this order, when known.
 _CONTEXT = ("request_id", "execution_id", "trace_id", "span_id")
@@ -41,7 +41,7 @@ class ContextFilter(logging.Filter):
         if not hasattr(record, "execution_id"):
             record.execution_id = execution_id_var.get()
         if not hasattr(record, "trace_id"):
-            span = get_current_span().get_span_context()
+            span = current_span().get_span_context()
             record.trace_id = f"{span.trace_id:032x}" if span.is_valid else None
             record.span_id = f"{span.span_id:016x}" if span.is_valid else None
         return True

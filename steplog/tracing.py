@@ -29,13 +29,13 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from contextvars import ContextVar, Token
+from contextvars import Token
 from random import getrandbits
 from types import TracebackType
+from typing import cast
 
 from opentelemetry import context as context_api
 from opentelemetry.context import Context
-from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import (
     Event,
@@ -78,6 +78,7 @@ from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes, AttributeValue
 
+from engine.tracecontext import CURRENT
 from steplog.settings import Settings
 
 _logger = logging.getLogger(__name__)
@@ -238,7 +239,11 @@ class LeanSpan(ReadableSpan, Span):
             for key, value in attributes.items():
                 recorded = self._recorded
                 if (
-                    type(value) in _PLAIN
+                    (
+                        type(value) in _PLAIN
+                        # a tuple of str (a decision's states), as the SDK would store it
+                        or (type(value) is tuple and _STR.issuperset(map(type, value)))
+                    )
                     and len(recorded) < self._tracer.max_attributes
                     and key not in recorded
                 ):
@@ -362,6 +367,7 @@ class LeanSpan(ReadableSpan, Span):
 
 
 _PLAIN = frozenset((str, bool, int, float))
+_STR = frozenset((str,))
 _SAMPLED = int(TraceFlags.SAMPLED)
 _new_event = Event.__new__
 _LISTS = frozenset((list, tuple))
@@ -373,27 +379,17 @@ def _valid(key: str, value: object) -> AttributeValue | None:
     if type(value) in _LISTS or (
         isinstance(value, Sequence) and not isinstance(value, (str, bytes))
     ):
-        assert isinstance(value, Sequence)  # (for mypy: the first test is a faster isinstance)
-        kinds = set(map(type, value))
+        # (cast, not assert: an isinstance of an ABC costs a call)
+        items = cast(Sequence[str | bool | int | float | None], value)
+        kinds = set(map(type, items))
         kinds.discard(type(None))
         if len(kinds) <= 1 and kinds <= _PLAIN:
-            return tuple(value)
+            return tuple(items)
     _logger.warning("Invalid type %s for attribute %r value dropped", type(value).__name__, key)
     return None
 
 
-def _context_var() -> ContextVar[Context] | None:
-    """The contextvar that holds OpenTelemetry's current context, when it is the
-    default runtime context (OTEL_PYTHON_CONTEXT unset or "contextvars_context"):
-    spans are made current through it directly. None for another runtime context."""
-    runtime = getattr(context_api, "_RUNTIME_CONTEXT", None)
-    if type(runtime) is not ContextVarsRuntimeContext:
-        return None
-    current = getattr(runtime, "_current_context", None)
-    return current if isinstance(current, ContextVar) else None
-
-
-_CURRENT = _context_var()
+_CURRENT = CURRENT
 
 
 class _CurrentSpan:

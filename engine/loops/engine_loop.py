@@ -50,7 +50,7 @@ from typing import assert_never
 from uuid import UUID
 
 import msgspec
-from opentelemetry.trace import SpanKind, Tracer, get_current_span
+from opentelemetry.trace import SpanKind, Tracer
 
 from engine import messages
 from engine.adapters.bus import Bus, Malformed, TriggerDelivery
@@ -72,6 +72,7 @@ from engine.loops.tracing import EXECUTION_ID, ExecutionTraces, parent_context
 from engine.messages import ENGINE_GROUP
 from engine.service import EngineService, describe_decision
 from engine.stopping import cancel_and_wait, log_failure, sleep_or_stop
+from engine.tracecontext import current_span
 
 log = logging.getLogger("steplog.engine")
 
@@ -533,7 +534,7 @@ class Engine:
                 log.debug("execution %s: trigger ignored: %s", execution_id, decision.ignored)
             if self.tracer is not None:
                 describe_decision(
-                    get_current_span(),
+                    current_span(),
                     decision.events,
                     decision.ignored,
                     decision.state.status,

@@ -61,7 +61,6 @@ from opentelemetry.trace import (
     Status,
     StatusCode,
     Tracer,
-    get_current_span,
 )
 from opentelemetry.util.types import AttributeValue
 
@@ -81,6 +80,7 @@ from engine.messages import (
     TaskResult,
 )
 from engine.stopping import cancel_and_wait, log_failure, sleep_or_stop
+from engine.tracecontext import current_span
 
 log = logging.getLogger("steplog.worker")
 
@@ -638,7 +638,7 @@ class Worker:
         execution_id_var.set(str(task.execution_id))  # each task runs in its own asyncio task
 
         async def heartbeat() -> None:
-            traceparent = traceparent_of(get_current_span()) if self.tracer else ""
+            traceparent = traceparent_of(current_span()) if self.tracer else ""
             message = Heartbeat(task_id=task.task_id, traceparent=traceparent)
             await self.bus.add_trigger(task.execution_id, message)
             metrics.TASK_HEARTBEATS.inc()
