@@ -155,18 +155,17 @@ def _upsert_sql(table: str) -> str:
     """One statement for a whole batch of rows, given as one JSON document (the rows
     encoded by msgspec; a rebuild writes thousands of rows per batch, several times
     faster than a statement per row). Not an array per column: the driver checks and
-    encodes each value of an array in Python, 13 a row. `error` and `cause` are JSON
-    strings in the row as in the table."""
+    encodes each value of an array in Python, 13 a row."""
     return f"""
         INSERT INTO {table} (execution_id, namespace, workflow, version, name, status, input,
                              output, error, cause, started_at, stopped_at, last_seq)
         SELECT u.execution_id, u.namespace, u.workflow, u.version, u.name, u.status,
-               u.input::json, u.output::json, u.error, u.cause, u.started_at,
+               u.input::json, u.output::json, u.error::json, u.cause::json, u.started_at,
                u.stopped_at,
                u.last_seq
         FROM json_to_recordset($1::json)
              AS u(execution_id uuid, namespace text, workflow text, version int, name text,
-                  status text, input text, output text, error json, cause json,
+                  status text, input text, output text, error text, cause text,
                   started_at timestamptz, stopped_at timestamptz, last_seq int)
         ON CONFLICT (execution_id) DO UPDATE SET
             status = EXCLUDED.status, output = EXCLUDED.output, error = EXCLUDED.error,
@@ -202,9 +201,42 @@ _decode_str = msgspec.json.Decoder(str)
 _rows_encoder = msgspec.json.Encoder()
 
 
+class _UpsertRow(msgspec.Struct):
+    """A row of `_upsert_sql`'s JSON document: an ExecutionRow with ``error`` and
+    ``cause`` as the JSON text the table holds. As text, not JSON values of the
+    document: PostgreSQL reads a JSON value of a record as text first, and refuses a
+    NUL character (\\u0000) there, which an error or cause may hold."""
+
+    execution_id: UUID
+    namespace: str
+    workflow: str
+    version: int
+    name: str
+    status: str
+    input: str
+    output: str | None
+    error: str | None
+    cause: str | None
+    started_at: dt.datetime
+    stopped_at: dt.datetime | None
+    last_seq: int
+
+
 def _rows_json(rows: Iterable[ExecutionRow]) -> str:
-    """Rows as `_upsert_sql`'s one parameter (each row's fields by name)."""
-    return _rows_encoder.encode(list(rows)).decode()
+    """Rows as `_upsert_sql`'s one parameter."""
+    return _rows_encoder.encode([_upsert_row(r) for r in rows]).decode()
+
+
+def _upsert_row(r: ExecutionRow) -> _UpsertRow:
+    return _UpsertRow(
+        r.execution_id, r.namespace, r.workflow, r.version, r.name, r.status,
+        r.input, r.output, _string_json(r.error), _string_json(r.cause),
+        r.started_at, r.stopped_at, r.last_seq,
+    )  # fmt: skip
+
+
+def _string_json(value: str | None) -> str | None:
+    return None if value is None else msgspec.json.encode(value).decode()
 
 
 # (execution_id, after_seq, upto_seq) -> that execution's events after_seq < seq <= upto_seq.
