@@ -22,7 +22,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -122,9 +122,9 @@ RUNNING_SHARD = "abs(hashtext({}::text)) % 16"
 # other's names or counting rows crosswise.
 START_EXECUTIONS = f"""
 WITH req AS (
-    SELECT * FROM json_to_recordset($1::json)
-        AS r(execution_id uuid, namespace text, workflow text, version int, name text,
-             input text, input_hash text, started_at timestamptz)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[],
+                         $6::text[], $7::text[], $8::timestamptz[])
+        AS r(execution_id, namespace, workflow, version, name, input, input_hash, started_at)
 ), started AS (
     INSERT INTO executions
         (execution_id, namespace, workflow, version, name, input, input_hash, started_at)
@@ -139,15 +139,16 @@ WITH req AS (
 ), first_events AS (
     INSERT INTO events (execution_id, seq, type, data, recorded_at)
     SELECT s.execution_id, e.seq, e.type, e.data::json, s.started_at
-    FROM json_to_recordset($2::json) AS e(execution_id uuid, seq int, type text, data text)
+    FROM unnest($9::uuid[], $10::int[], $11::text[], $12::text[])
+        WITH ORDINALITY AS e(execution_id, seq, type, data, ord)
     JOIN started s USING (execution_id)
     JOIN req r USING (execution_id)
-    ORDER BY r.namespace, {RUNNING_SHARD.format("e.execution_id")}, e.execution_id, e.seq
+    ORDER BY r.namespace, {RUNNING_SHARD.format("e.execution_id")}, e.execution_id, e.ord
     RETURNING execution_id, seq, position
 ), set_timers AS (
     INSERT INTO timers (timer_id, execution_id, due_at)
     SELECT t.timer_id, s.execution_id, t.due_at
-    FROM unnest($3::uuid[], $4::text[], $5::timestamptz[]) AS t(execution_id, timer_id, due_at)
+    FROM unnest($13::uuid[], $14::text[], $15::timestamptz[]) AS t(execution_id, timer_id, due_at)
     JOIN started s USING (execution_id)
     ON CONFLICT (timer_id) DO UPDATE SET execution_id = EXCLUDED.execution_id,
                                          due_at = EXCLUDED.due_at
@@ -233,20 +234,20 @@ WITH request AS (
 ), appended AS (
     INSERT INTO events (execution_id, seq, type, data, recorded_at)
     SELECT u.execution_id, u.seq, u.type, u.data::json, u.recorded_at
-    FROM json_to_recordset($3::json)
-         AS u(execution_id uuid, seq int, type text, data text, recorded_at timestamptz)
+    FROM unnest($3::uuid[], $4::int[], $5::text[], $6::text[], $7::timestamptz[])
+         AS u(execution_id, seq, type, data, recorded_at)
     LEFT JOIN executions x USING (execution_id)  -- (its namespace: the order only)
     WHERE u.execution_id IN (SELECT execution_id FROM ready)
     ORDER BY x.namespace, {RUNNING_SHARD.format("u.execution_id")}, u.execution_id, u.seq
     RETURNING execution_id, seq, position, tx_id
 ), cancelled AS (
-    DELETE FROM timers t USING unnest($4::uuid[], $5::text[]) AS c(execution_id, timer_id)
-    WHERE t.timer_id = c.timer_id AND c.timer_id <> ALL($7::text[])
+    DELETE FROM timers t USING unnest($8::uuid[], $9::text[]) AS c(execution_id, timer_id)
+    WHERE t.timer_id = c.timer_id AND c.timer_id <> ALL($11::text[])
       AND c.execution_id IN (SELECT execution_id FROM appended)
 ), set_timers AS (
     INSERT INTO timers (timer_id, execution_id, due_at)
     SELECT t.timer_id, t.execution_id, t.due_at
-    FROM unnest($6::uuid[], $7::text[], $8::timestamptz[]) AS t(execution_id, timer_id, due_at)
+    FROM unnest($10::uuid[], $11::text[], $12::timestamptz[]) AS t(execution_id, timer_id, due_at)
     WHERE t.execution_id IN (SELECT execution_id FROM appended)
     ON CONFLICT (timer_id) DO UPDATE SET execution_id = EXCLUDED.execution_id,
                                          due_at = EXCLUDED.due_at
@@ -596,62 +597,20 @@ def _stored(row: asyncpg.Record) -> StoredEvent:
     return StoredEvent(row[0], row[1], row[2], row[3], row[4].encode(), row[5], row[6])
 
 
-class _EventRow(msgspec.Struct):
-    """An event of the JSON rows of APPEND_BATCH and START_EXECUTIONS
-    (``json_to_recordset``). Its data is a JSON string in the document, parsed as JSON
-    on its own by the statement (as the arrays' text was), never spliced in: data that
-    were not JSON could not reach the other fields of its row."""
-
-    execution_id: UUID
-    seq: int
-    type: str
-    data: str
-    recorded_at: datetime
-
-
-class _StartRow(msgspec.Struct):
-    """A start of START_EXECUTIONS's JSON rows: its input a JSON string, as an event's
-    data is."""
-
-    execution_id: UUID
-    namespace: str
-    workflow: str
-    version: int
-    name: str
-    input: str
-    input_hash: str
-    started_at: datetime
-
-
-_rows_encoder = msgspec.json.Encoder()
-
-
-def _json_rows(rows: Sequence[_EventRow | _StartRow]) -> str:
-    """Rows as one JSON parameter of a statement (``json_to_recordset``): one document
-    for a batch's events or starts, encoded by msgspec, not an array per column: the
-    driver checks and encodes each value of an array in Python (0.6-0.7 us a value,
-    5 an event; docs/scaling.md)."""
-    return _rows_encoder.encode(rows).decode()
-
-
-def _aware(timestamp: datetime) -> datetime:
-    # A naive time is UTC, as asyncpg takes it for a timestamptz (a JSON text without
-    # an offset would be read in the session's time zone).
-    return timestamp if timestamp.tzinfo is not None else timestamp.replace(tzinfo=UTC)
-
-
-def _batch_arguments(requests: Sequence[AppendRequest]) -> tuple[Any, ...]:
-    """APPEND_BATCH's parameters: requests, their events (with seq, as JSON rows),
-    cancelled and set timers. `InvalidRequest` when an event is not UTF-8 text."""
-    events: list[_EventRow] = []
+def _batch_arguments(requests: Sequence[AppendRequest]) -> tuple[list[Any], ...]:
+    """APPEND_BATCH's arrays: requests, their events (with seq), cancelled and set timers.
+    `InvalidRequest` when an event is not UTF-8 text."""
+    events: tuple[list[Any], ...] = ([], [], [], [], [])
     cancels: tuple[list[Any], list[Any]] = ([], [])
     sets: tuple[list[Any], ...] = ([], [], [])
     for r in requests:
-        execution_id, seq = r.execution_id, r.expected_seq
         for offset, e in enumerate(r.events, 1):
-            events.append(
-                _EventRow(execution_id, seq + offset, e.type, _text(e.data), _aware(e.timestamp))
-            )
+            for column, value in zip(
+                events,
+                (r.execution_id, r.expected_seq + offset, e.type, _text(e.data), e.timestamp),
+                strict=True,
+            ):
+                column.append(value)
         for timer_id in r.cancel_timers:
             cancels[0].append(r.execution_id)
             cancels[1].append(timer_id)
@@ -661,7 +620,7 @@ def _batch_arguments(requests: Sequence[AppendRequest]) -> tuple[Any, ...]:
     return (
         [r.execution_id for r in requests],
         [r.expected_seq for r in requests],
-        _json_rows(events),
+        *events,
         *cancels,
         *sets,
     )
@@ -866,37 +825,37 @@ class EventStore(PoolQueries):
         the statement fails as a whole (data PostgreSQL refuses, a deadlock), every
         request is None: nothing was written."""
         results: list[ExecutionRecord | SteplogError | None] = []
-        starts: list[_StartRow] = []
-        events: list[_EventRow] = []
+        columns: list[list[Any]] = [[] for _ in range(8)]
+        events: list[list[Any]] = [[] for _ in range(4)]
         timers: list[list[Any]] = [[] for _ in range(3)]
         inputs: dict[UUID, bytes] = {}
         for r in requests:
             try:
                 input_json = _compact_document(r.input_json)
                 texts = [_text(r.started.data), *(_text(e.data) for e in r.then)]
-                start = _StartRow(
+                row = (
                     r.execution_id, r.namespace, r.workflow, r.version, r.name,
-                    _text(input_json), input_hash(input_json), _aware(r.started.timestamp),
+                    _text(input_json), input_hash(input_json), r.started.timestamp,
                 )  # fmt: skip
             except InvalidRequest as exc:
                 results.append(exc)
                 continue
             results.append(None)
             inputs[r.execution_id] = input_json
-            starts.append(start)
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
             for seq, (kind, text) in enumerate(
                 zip([r.started.type, *(e.type for e in r.then)], texts, strict=True), 1
             ):
-                events.append(_EventRow(r.execution_id, seq, kind, text, start.started_at))
+                for column, value in zip(events, (r.execution_id, seq, kind, text), strict=True):
+                    column.append(value)
             for t in r.set_timers:
                 for column, value in zip(timers, (r.execution_id, t.timer_id, t.due), strict=True):
                     column.append(value)
         if not inputs:
             return results
         try:
-            rows = await self._fetch(
-                START_EXECUTIONS, _json_rows(starts), _json_rows(events), *timers
-            )
+            rows = await self._fetch(START_EXECUTIONS, *columns, *events, *timers)
         except Unavailable as exc:
             if getattr(exc.__cause__, "sqlstate", "") not in _CONFLICT_STATES:
                 raise  # PostgreSQL away: so it is for every request

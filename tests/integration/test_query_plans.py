@@ -23,18 +23,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
-from engine.adapters.store import (
-    APPEND_BATCH,
-    ENDED_EXECUTIONS,
-    LOAD_MANY,
-    START_EXECUTIONS,
-    AppendRequest,
-    NewEvent,
-    _batch_arguments,
-    _EventRow,
-    _json_rows,
-    _StartRow,
-)
+from engine.adapters.store import APPEND_BATCH, ENDED_EXECUTIONS, LOAD_MANY, START_EXECUTIONS
 from engine.adapters.webhooks_store import READ_EVENTS
 from projections import executions, stats
 
@@ -114,20 +103,35 @@ def _batch(ids: list[UUID]) -> list[UUID]:
 
 
 def _append_arguments(ids: list[UUID]) -> tuple[Any, ...]:
-    # As the store builds them (the events go in as one JSON document).
-    return _batch_arguments(
-        [
-            AppendRequest(i, EVENTS_EACH, [NewEvent("PassStateExited", b"{}", T0)])
-            for i in _batch(ids)
-        ]
+    batch = _batch(ids)
+    events = [(i, EVENTS_EACH + 1, "PassStateExited", "{}", T0) for i in batch]
+    return (
+        batch,
+        [EVENTS_EACH] * len(batch),
+        *(list(column) for column in zip(*events, strict=True)),
+        [],
+        [],
+        [],
+        [],
+        [],
     )
 
 
 def _start_arguments(ids: list[UUID]) -> tuple[Any, ...]:
     new = [uuid4() for _ in range(30)]
     return (
-        _json_rows([_StartRow(i, "default", "w", 1, str(i), "{}", "", T0) for i in new]),
-        _json_rows([_EventRow(i, 1, "ExecutionStarted", "{}", T0) for i in new]),
+        new,
+        ["default"] * 30,
+        ["w"] * 30,
+        [1] * 30,
+        [str(i) for i in new],
+        ["{}"] * 30,
+        [""] * 30,
+        [T0] * 30,
+        new,
+        [1] * 30,
+        ["ExecutionStarted"] * 30,
+        ["{}"] * 30,
         [],
         [],
         [],
