@@ -316,3 +316,34 @@ def test_a_messages_parent_is_what_the_w3c_propagator_reads(traceparent: str) ->
         assert trace.get_current_span(context).get_span_context() == (
             trace.get_current_span(theirs).get_span_context()
         )
+
+
+def test_the_current_span_is_what_the_api_says_it_is() -> None:
+    # engine.tracecontext.current_span reads OpenTelemetry's contextvar directly: it
+    # must agree with get_current_span for steplog's spans, the SDK's, a remote
+    # parent's and none at all, and must not take a value that is not a Span for one.
+    from opentelemetry import context as context_api
+    from opentelemetry.trace.propagation import _SPAN_KEY
+
+    from engine.tracecontext import current_span
+
+    provider = TracerProvider()
+    assert current_span() is trace.get_current_span() is trace.INVALID_SPAN
+    with LeanTracer(provider).start_as_current_span("lean") as lean:
+        assert current_span() is trace.get_current_span() is lean
+        with provider.get_tracer("sdk").start_as_current_span("sdk") as sdk:
+            assert current_span() is trace.get_current_span() is sdk
+        assert current_span() is lean
+    remote = parent_context("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    assert remote is not None
+    token = context_api.attach(remote)
+    try:
+        assert current_span() is trace.get_current_span()
+        assert traceparent_of(current_span()).startswith("00-0af7651916cd43dd8448eb211c80319c")
+    finally:
+        context_api.detach(token)
+    token = context_api.attach(context_api.set_value(_SPAN_KEY, "not a span"))
+    try:
+        assert current_span() is trace.get_current_span() is trace.INVALID_SPAN
+    finally:
+        context_api.detach(token)
