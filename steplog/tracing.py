@@ -175,7 +175,7 @@ class LeanSpan(ReadableSpan, Span):
     processors as it is (the SDK's span copies itself into a ReadableSpan at its end),
     and what it records goes into plain dicts and lists (the SDK's goes through a
     locked, validating BoundedAttributes per span and per event). Values steplog sets
-    are valid by construction (str, bool, int, float, lists of str); any other value
+    are valid by construction (str, bool, int, float, tuples of str); any other value
     (a handler's own span) is checked as the SDK checks it (`_valid`)."""
 
     # steplog.otlp encodes a span whose class says this from its fields (_name, ...,
