@@ -114,6 +114,7 @@ def _key_value(key: str, value: Any) -> bytes:
 # (`_float_prefix`).
 _CACHED = frozenset((str, bool, int))
 _SEQUENCES = frozenset((list, tuple))
+_STR = frozenset((str,))
 _CACHE_SIZE = 4096
 _attribute_cache: dict[tuple[int, str, type, Any], bytes] = {}
 _float_prefix_cache: dict[tuple[int, str], bytes] = {}
@@ -150,7 +151,7 @@ def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
         cached = kind in _CACHED
         if cached:
             known = cache.get((field, key, kind, value))
-        elif kind in _SEQUENCES and all(type(v) is str for v in value):
+        elif kind in _SEQUENCES and _STR.issuperset(map(type, value)):
             cached, value = True, tuple(value)
             known = cache.get((field, key, kind, value))
         else:
