@@ -22,7 +22,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, get_current_span
 from opentelemetry.trace.propagation import _SPAN_KEY
 
 
-def context_var() -> ContextVar[Context] | None:
+def _context_var() -> ContextVar[Context] | None:
     """The contextvar that holds OpenTelemetry's current context, when it is the
     default runtime context (OTEL_PYTHON_CONTEXT unset or "contextvars_context"):
     spans are made current and read through it directly. None for another runtime
@@ -34,7 +34,7 @@ def context_var() -> ContextVar[Context] | None:
     return current if isinstance(current, ContextVar) else None
 
 
-CURRENT = context_var()
+CURRENT = _context_var()
 # The classes of the values found current that are Spans (checked once each).
 _SPAN_CLASSES: set[type] = set()
 

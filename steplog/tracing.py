@@ -78,7 +78,7 @@ from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes, AttributeValue
 
-from engine.tracecontext import CURRENT
+from engine.tracecontext import CURRENT as _CURRENT
 from steplog.settings import Settings
 
 _logger = logging.getLogger(__name__)
@@ -387,9 +387,6 @@ def _valid(key: str, value: object) -> AttributeValue | None:
             return tuple(items)
     _logger.warning("Invalid type %s for attribute %r value dropped", type(value).__name__, key)
     return None
-
-
-_CURRENT = CURRENT
 
 
 class _CurrentSpan:
