@@ -68,7 +68,7 @@ from engine.logcontext import execution_id_var
 from engine.loops import metrics
 from engine.loops.metrics import EXECUTIONS_FAILED_BY_ENGINE, TRIGGERS_DEAD_LETTERED
 from engine.loops.partition_owners import PartitionOwners
-from engine.loops.tracing import EXECUTION_ID, ExecutionTraces, parent_context
+from engine.loops.tracing import EXECUTION_ID, ExecutionTraces, parent_context, record_publish
 from engine.messages import ENGINE_GROUP
 from engine.service import EngineService, describe_decision
 from engine.stopping import cancel_and_wait, log_failure, sleep_or_stop
@@ -405,7 +405,7 @@ class Engine:
             trigger = messages.to_trigger(delivery.message, self.clock())
             current, fresh = fresh, None
             try:
-                fresh = await self._decide(execution_id, trigger, delivery.message, current)
+                fresh = await self._decide(execution_id, trigger, delivery, current)
             except NotFound:
                 log.warning("trigger %s for unknown execution %s", entry.id, execution_id)
             except (InvalidRequest, InvalidDefinition) as exc:
@@ -494,20 +494,24 @@ class Engine:
         self,
         execution_id: UUID,
         trigger: Trigger,
-        message: messages.TriggerMessage,
+        delivery: TriggerDelivery,
         fresh: ExecutionState | None = None,
     ) -> ExecutionState:
         """`apply` inside a decision span, the child of the message's sender's span (or of
-        the execution's recorded context, for a message sent without one)."""
+        the execution's recorded context, for a message sent without one). A Begin's
+        publish is an event of it."""
         if self.tracer is None:
             return await self.apply(execution_id, trigger, fresh)
+        message = delivery.message
         parent = message.traceparent or await self.traces.get(execution_id)
         with self.tracer.start_as_current_span(
             "steplog.decide",
             context=parent_context(parent),
             kind=SpanKind.CONSUMER,
             attributes={EXECUTION_ID: str(execution_id), "steplog.trigger": type(message).__name__},
-        ):
+        ) as span:
+            if type(message) is messages.Begin:
+                record_publish(span, delivery.entry.id)
             return await self.apply(execution_id, trigger, fresh)
 
     async def apply(

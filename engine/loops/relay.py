@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from uuid import UUID
 
 import asyncpg
-from opentelemetry.trace import Span, Tracer
+from opentelemetry.trace import Tracer
 
 from engine.adapters.bus import Bus, PartlyPublished
 from engine.adapters.notifier import EventNotifier
@@ -47,7 +47,7 @@ from engine.adapters.store import EventStore, GlobalPosition, StoredEvent
 from engine.core.events import CommittedEvent
 from engine.errors import Unavailable
 from engine.loops import metrics
-from engine.loops.tracing import ExecutionTraces, end_spans, publish_spans, traceparent_of
+from engine.loops.tracing import ExecutionTraces, message_parents
 from engine.messages import TaskMessage, TriggerMessage, follow_ups
 from engine.stopping import cancel_and_wait
 
@@ -77,11 +77,9 @@ class _Batch:
         rest: tuple[
             Sequence[CommittedEvent], Sequence[tuple[UUID, TriggerMessage]], Sequence[TaskMessage]
         ],
-        spans: list[Span],
     ) -> None:
         self.events = events
         self.rest = rest
-        self.spans = spans
         # The same for every try of this batch: a stream that has it adds nothing again
         # (on a cluster, `Bus.publish`).
         self.token = secrets.token_hex(8)
@@ -134,7 +132,7 @@ class Relay:
         self._store = store
         # The clock the lag metric reads (the one events are stamped by: engine.adapters.clock).
         self._clock = clock
-        # A publish span per execution and batch (engine.loops.tracing); None: off.
+        # Tracing on: messages carry their execution's trace context; None: off.
         self._tracer = tracer
         self._traces = ExecutionTraces(store)
         self._bus = bus
@@ -228,9 +226,7 @@ class Relay:
             async with self._notifier.subscribed():
                 await self._follow(lease, stop)
         finally:
-            if self._batch is not None:  # not all published: the next leader does it
-                end_spans(self._batch.spans, Deposed("the relay stopped leading"))
-                self._batch = None
+            self._batch = None  # what it held not all published: the next leader publishes it
 
     async def _follow(self, lease: _Lease, stop: asyncio.Event) -> None:
         # After a notification, a commit can stay hidden from read_all for a moment
@@ -313,19 +309,14 @@ class Relay:
             batch.rest = (exc.events, exc.triggers, exc.tasks)
             raise
         self._batch = None
-        end_spans(batch.spans)
         metrics.observe_published(events, self._clock())
 
     async def _prepare(self, events: Sequence[StoredEvent]) -> _Batch:
-        if self._tracer is None:
-            triggers, tasks = follow_ups(events)
-            return _Batch(events, (events, triggers, tasks), [])
-        # The messages carry their execution's publish span: the engine's decision and
-        # the worker's attempt become its children. The spans end once all is published.
-        spans = await publish_spans(self._tracer, self._traces, events)
-        parents = {execution_id: traceparent_of(span) for execution_id, span in spans.items()}
+        # With tracing on, the messages carry their execution's recorded trace context:
+        # the engine's decision and the worker's attempt join the execution's trace.
+        parents = None if self._tracer is None else await message_parents(self._traces, events)
         triggers, tasks = follow_ups(events, parents)
-        return _Batch(events, (events, triggers, tasks), list(spans.values()))
+        return _Batch(events, (events, triggers, tasks))
 
 
 def _log_failure(what: str, exc: Exception, first: bool) -> None:

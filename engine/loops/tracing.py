@@ -48,6 +48,9 @@ _parsed: dict[str, Context] = {}
 # Attribute names (the steplog.* namespace; OpenTelemetry's semantic conventions have
 # none for workflow engines).
 EXECUTION_ID = "steplog.execution.id"
+PUBLISH_EVENT = "steplog.relay.publish"
+# OpenTelemetry's messaging convention for a message's id (here its stream entry id).
+MESSAGE_ID = "messaging.message.id"
 
 
 def parent_context(traceparent: str) -> Context | None:
@@ -140,39 +143,41 @@ class ExecutionTraces:
         return context
 
 
-async def publish_spans(
-    tracer: Tracer, traces: ExecutionTraces, events: Sequence[StoredEvent]
-) -> dict[UUID, Span]:
-    """One started "steplog.relay.publish" span per execution in a relay batch that
-    sends a message for it (a Begin trigger, a task), each the child of its execution's
-    recorded context (an ExecutionStarted in the batch tells it at once); the messages
-    carry it. A batch that only publishes an execution's events to the events stream
-    makes no span for it: nothing in the trace follows from it, and spans cost. The
-    caller ends them once the batch is published."""
-    by_execution: dict[UUID, list[StoredEvent]] = {}
+async def message_parents(
+    traces: ExecutionTraces, events: Sequence[StoredEvent]
+) -> dict[UUID, str]:
+    """The traceparent each message of a relay batch carries (a Begin trigger, a task):
+    its execution's recorded context (an ExecutionStarted in the batch tells it at
+    once), so the decision or task attempt that receives it is a child of the request
+    that started the execution. The relay makes no span of its own: the receiving span
+    records the publish as an event (`record_publish`). A batch that only publishes an
+    execution's events to the events stream needs none for it."""
     sending: set[UUID] = set()
     for event in events:
-        by_execution.setdefault(event.execution_id, []).append(event)
         if event.type == "ExecutionStarted":
             traces.remember(event.execution_id, recorded_trace_context(event.data))
             sending.add(event.execution_id)
         elif event.type == "TaskScheduled":
             sending.add(event.execution_id)
-    spans: dict[UUID, Span] = {}
-    for execution_id, own in by_execution.items():
-        if execution_id not in sending:
-            continue
+    parents: dict[UUID, str] = {}
+    for execution_id in sending:
         parent = traces.known(execution_id)
-        if parent is None:
-            parent = await traces.get(execution_id)
-        spans[execution_id] = tracer.start_span(
-            "steplog.relay.publish",
-            context=parent_context(parent),
-            kind=SpanKind.PRODUCER,
-            # No execution id: the decision or attempt under it has one.
-            attributes={"steplog.relay.events": len(own)},
-        )
-    return spans
+        parents[execution_id] = parent if parent is not None else await traces.get(execution_id)
+    return parents
+
+
+def record_publish(span: Span, entry_id: str) -> None:
+    """The publish of the message ``span`` receives (a Begin trigger, a task), as an
+    event of it named "steplog.relay.publish" at the time its stream entry was added
+    (the milliseconds of the entry id Redis gave it), with that id. An event, not a span
+    of the relay's: a span per execution and batch cost more than a tenth of what
+    tracing adds (docs/observability.md, "What it costs"), and the event still shows
+    when the message left and how long it waited to be read."""
+    try:
+        millis = int(entry_id.partition("-")[0])
+    except ValueError:  # (not an id Redis gave)
+        return
+    span.add_event(PUBLISH_EVENT, {MESSAGE_ID: entry_id}, millis * 1_000_000)
 
 
 def end_spans(spans: Iterable[Span], error: BaseException | None = None) -> None:

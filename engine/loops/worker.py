@@ -70,7 +70,7 @@ from engine.core.timestamps import parse_iso
 from engine.errors import BusError, MissingGroup, Unavailable
 from engine.logcontext import execution_id_var
 from engine.loops import metrics
-from engine.loops.tracing import EXECUTION_ID, parent_context, traceparent_of
+from engine.loops.tracing import EXECUTION_ID, parent_context, record_publish, traceparent_of
 from engine.messages import (
     DEFAULT_QUEUE,
     DELIVERY_EXCEEDED,
@@ -655,7 +655,7 @@ class Worker:
         if self.tracer is None:
             result = await self._call(task, ctx)
         else:
-            result = await self._traced_call(self.tracer, task, ctx)
+            result = await self._traced_call(self.tracer, delivery, ctx)
         # Recording the outcome is shielded: a shutdown must not lose a finished result.
         await asyncio.shield(self._start_report(delivery, result))
 
@@ -681,10 +681,13 @@ class Worker:
         )
         return report
 
-    async def _traced_call(self, tracer: Tracer, task: TaskMessage, ctx: TaskContext) -> TaskResult:
-        """`_call` inside the attempt's span (a child of the relay's publish span); the
-        result carries it, so the decision on it is its child. A retry is another
-        attempt, hence another span."""
+    async def _traced_call(
+        self, tracer: Tracer, delivery: TaskDelivery, ctx: TaskContext
+    ) -> TaskResult:
+        """`_call` inside the attempt's span (a child of the execution's recorded context,
+        which the task carries; its publish an event of it); the result carries it, so
+        the decision on it is its child. A retry is another attempt, hence another span."""
+        task = delivery.message
         with tracer.start_as_current_span(
             "steplog.task",
             context=parent_context(task.traceparent),
@@ -696,6 +699,7 @@ class Worker:
                 "steplog.task.resource": task.resource,
             },
         ) as span:
+            record_publish(span, delivery.entry.id)
             result = await self._call(task, ctx)
             span.set_attribute("steplog.task.ok", result.ok)
             if not result.ok:

@@ -1,10 +1,10 @@
 """One trace per execution (issue 11): a whole steplog (every role) with the SDK's
 in-memory exporter runs an execution with a task that fails once and is retried, and a
 Wait; every span it makes belongs to the trace of the request that started it, in one
-tree: request -> relay publish -> decision (its append an event of it) -> task attempt
--> decision ..., timers firing, and the terminal event. Also: the start's response names the trace
-(traceparent), ExecutionStarted records it, logs carry trace and span ids, and the
-settings read the standard OTEL_* variables."""
+tree: request -> decision (its append an event of it) -> task attempt (its publish an
+event of it) -> decision ..., timers firing, and the terminal event. Also: the start's
+response names the trace (traceparent), ExecutionStarted records it, logs carry trace
+and span ids, and the settings read the standard OTEL_* variables."""
 
 from __future__ import annotations
 
@@ -180,14 +180,22 @@ async def test_one_execution_is_one_trace_across_every_role(
         assert span.attributes is not None
         return span.attributes.get(key)
 
-    # The relay publishes each batch in a span under the execution's recorded context.
-    publishes = named("steplog.relay.publish")
-    assert publishes and all(parent(p) is request for p in publishes)
-    # Two task attempts (the retry is a span of its own), each under a publish span; the
-    # first failed, the second holds the handler's own span.
+    # The relay makes no span: the messages it publishes carry the execution's recorded
+    # context, and each span that receives one records its publish as an event.
+    assert not named("steplog.relay.publish")
+    # Two task attempts (the retry is a span of its own), each under the request, its
+    # publish an event of it; the first failed, the second holds the handler's own span.
     attempts = named("steplog.task")
     assert [attr(a, "steplog.task.attempt") for a in attempts] == [0, 1]
-    assert all(parent(a).name == "steplog.relay.publish" for a in attempts)
+    assert all(parent(a) is request for a in attempts)
+    for attempt in attempts:
+        (published,) = [e for e in attempt.events if e.name == "steplog.relay.publish"]
+        assert published.attributes is not None
+        entry_id = str(published.attributes["messaging.message.id"])
+        assert published.timestamp == int(entry_id.split("-")[0]) * 1_000_000
+        # (Redis's clock and this one are the same; the entry id has milliseconds)
+        assert attempt.start_time is not None
+        assert published.timestamp <= attempt.start_time + 1_000_000
     assert attempts[0].status.status_code == StatusCode.ERROR
     assert attr(attempts[0], "steplog.task.error") == "Flaky"
     assert attr(attempts[1], "steplog.task.ok") is True
@@ -196,8 +204,8 @@ async def test_one_execution_is_one_trace_across_every_role(
     # Two timers fired (the retry's back-off and the Wait), under the recorded context.
     timers = named("steplog.timer.fire")
     assert len(timers) == 2 and all(parent(t) is request for t in timers)
-    # Each decision is the child of what caused it: the Begin's publish, an attempt, a
-    # timer; it says which states it moved through and how many events it made.
+    # Each decision is the child of what caused it: the request (for a Begin), an
+    # attempt, a timer; it says which states it moved through and how many events it made.
     # A trigger delivered twice (recovery re-adding a Begin beside the relay's, as the
     # test's fresh Redis makes recovery run at start) is an ignored decision of its own:
     # in the tree, with no events.
@@ -205,9 +213,21 @@ async def test_one_execution_is_one_trace_across_every_role(
     assert all(attr(d, "steplog.decision.events") == 0 for d in ignored)
     decisions = [d for d in named("steplog.decide") if d not in ignored]
     triggers = [(attr(d, "steplog.trigger"), parent(d).name) for d in decisions]
-    # The Begin that recorded the first steps came from the relay (under its publish) or,
-    # when recovery's copy won, under the execution's recorded context (the request).
-    assert triggers[0] in {("Begin", "steplog.relay.publish"), ("Begin", request.name)}
+    # The first steps were decided with the start, inside the request, or on a Begin the
+    # relay (or recovery) published: under the request either way, a Begin's publish an
+    # event of its decision.
+    assert triggers[0] == ("Begin", request.name)
+    first_events = [e.name for e in decisions[0].events]
+    if decisions[0].kind == SpanKind.CONSUMER:
+        assert first_events[0] == "steplog.relay.publish"
+    else:
+        assert "steplog.relay.publish" not in first_events
+    begun = [d for d in named("steplog.decide") if d.kind == SpanKind.CONSUMER]
+    assert all(
+        [e.name for e in d.events][:1] == ["steplog.relay.publish"]
+        for d in begun
+        if attr(d, "steplog.trigger") == "Begin"
+    )
     assert triggers[1:] == [
         ("TaskResult", "steplog.task"),
         ("TimerFired", "steplog.timer.fire"),
@@ -265,7 +285,6 @@ _SHOWN = (
     "steplog.task.attempt",
     "steplog.task.ok",
     "steplog.task.error",
-    "steplog.relay.events",
     "steplog.timer.id",
     "steplog.execution.status",
 )
