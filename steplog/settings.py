@@ -171,6 +171,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # redis instrumentations): detailed, but it costs far more than steplog's own spans
     # (docs/observability.md), so it is off unless asked for (STEPLOG_TRACE_DRIVERS=true).
     trace_drivers: bool = False
+    # OTLP export from the process itself (the span processor's thread encodes and sends)
+    # instead of from a child process it starts (steplog/span_export.py), which takes
+    # the encoding and the requests off this process's GIL (STEPLOG_TRACE_EXPORT_IN_PROCESS).
+    trace_export_in_process: bool = False
     # Outbound HTTP (webhooks, HTTP tasks; engine/adapters/outbound.py): connect and total
     # timeouts, the most of a response body read, and the allow-list of the address
     # guard. By default no call reaches a loopback, private, link-local, unique-local,
@@ -445,10 +449,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             if raw.lower() not in ("true", "false", "1", "0"):
                 raise ValueError(f"STEPLOG_REDIS_CLUSTER: not true or false: {raw!r}")
             values["redis_cluster"] = raw.lower() in ("true", "1")
-        if (raw := get("trace_drivers")) is not None:
-            if raw.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"STEPLOG_TRACE_DRIVERS: not true or false: {raw!r}")
-            values["trace_drivers"] = raw.lower() in ("true", "1")
+        for flag in ("trace_drivers", "trace_export_in_process"):
+            if (raw := get(flag)) is not None:
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(f"STEPLOG_{flag.upper()}: not true or false: {raw!r}")
+                values[flag] = raw.lower() in ("true", "1")
         values.update(_otel_values(environ))
         try:
             return cls(**values)  # type: ignore[arg-type]

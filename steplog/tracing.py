@@ -9,7 +9,8 @@ other standard variable is read by the OpenTelemetry SDK itself when the provide
 built: the endpoint, headers, timeout and compression (``OTEL_EXPORTER_OTLP_*``), the
 sampler (``OTEL_TRACES_SAMPLER`` / ``_ARG``, parent-based always-on by default), the
 resource (``OTEL_SERVICE_NAME``, "steplog" when unset; ``OTEL_RESOURCE_ATTRIBUTES``)
-and the batch processor (``OTEL_BSP_*``).
+and the batch processor (``OTEL_BSP_*``). OTLP batches are encoded and sent by a child
+process (steplog.span_export) unless ``STEPLOG_TRACE_EXPORT_IN_PROCESS=true``.
 
 The provider is passed to whoever spans (the loops, the service, the API) as a
 `LeanTracer` over it (its sampler, resource and span processors, with spans that cost
@@ -120,9 +121,14 @@ class InsideTraces(Sampler):
         return f"InsideTraces{{{self.inner.get_description()}}}"
 
 
-def _exporter(name: str, protocol: str) -> SpanExporter:
+def _exporter(name: str, protocol: str, in_process: bool) -> SpanExporter:
     if name == "console":
         return ConsoleSpanExporter()
+    if not in_process:
+        # Encoded and sent by a child process (steplog.span_export), off this one's GIL.
+        from steplog.span_export import ChildProcessExporter
+
+        return ChildProcessExporter(protocol)
     # The SDK's OTLP exporters with a faster encoding of the same bytes (steplog.otlp).
     from steplog.otlp import LeanOtlpHttpExporter, lean_grpc_exporter
 
@@ -146,7 +152,9 @@ def tracer_provider(settings: Settings) -> TracerProvider | None:
         resource=resource, sampler=InsideTraces(configured), shutdown_on_exit=False
     )
     for name in exporters:
-        exporter = _exporter(name, settings.otel_exporter_otlp_protocol)
+        exporter = _exporter(
+            name, settings.otel_exporter_otlp_protocol, settings.trace_export_in_process
+        )
         provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
 

@@ -1,0 +1,349 @@
+"""OTLP export from a child process: `ChildProcessExporter` hands each batch of spans
+to a child process (``python -m steplog.span_export PROTOCOL``) as one msgpack
+message on a pipe; the child turns them back into spans and sends them with the
+OTLP exporter (steplog.otlp's encoding, the SDK's client, its retries).
+
+Why: in the process that makes the spans, the export thread's protobuf encoding and
+HTTP client run under the GIL, beside the event loop: with every span sampled they
+were about 45% of what tracing cost a 3-Task chain (docs/observability.md, "What it
+costs"). Handing a batch over is a tuple per span and one msgpack encoding in C; the
+encoding and the requests run in the child, on another core where there is one.
+
+The child inherits the environment (every ``OTEL_EXPORTER_OTLP_*`` variable applies
+there as it would here), stderr and stdout. It runs in a session of its own, out of
+reach of what a terminal or a supervisor sends the process group, and ignores SIGINT
+and SIGTERM sent to it: it stops when its pipe closes,
+which happens at this process's `shutdown` (the tracer provider's, at exit) or at
+its death however it died, after exporting what it has read. A batch the child has
+not read yet when the pipe is full waits (the span processor's thread blocks; spans
+beyond its queue are dropped, as when any exporter is slow). A child that died is
+started again at the next batch (the batch in flight is lost, and logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from typing import IO, Any
+
+import msgspec
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
+
+_logger = logging.getLogger(__name__)
+
+_LENGTH = struct.Struct(">I")
+_UINT64 = (1 << 64) - 1
+_encoder = msgspec.msgpack.Encoder()
+# How many batches the child holds read but not yet sent; beyond, the pipe fills.
+_CHILD_QUEUE = 4
+_STOP_TIMEOUT_S = 30.0
+
+# A span as it crosses the pipe: see `_record`.
+_Record = tuple[Any, ...]
+
+
+def _context(context: SpanContext) -> tuple[int, int, int, int, str]:
+    """A span context as (trace id high, low 64 bits, span id, flags, trace state)."""
+    trace_id, span_id, _, flags, state = context[:5]
+    # (flags & 0xFF: a plain int of the TraceFlags, which msgpack cannot encode; the
+    # trace state's dict tested directly: its __len__ is a Python call)
+    header = state.to_header() if getattr(state, "_dict", state) else ""
+    return trace_id >> 64, trace_id & _UINT64, span_id, flags & 0xFF, header
+
+
+def _record(span: ReadableSpan) -> _Record:
+    """``span``'s fields, plain values only (trace ids split: msgpack has no 128-bit
+    integer). A LeanSpan (steplog.tracing) is read from its fields, as steplog.otlp
+    reads it; any other span through its properties."""
+    if getattr(type(span), "plain_fields", False):
+        context, parent, attributes = span._context, span._parent, span._attributes
+        links, status = span._links, span._status
+        dropped = (span._dropped_attributes, span._dropped_events, 0)  # type: ignore[attr-defined]
+        events: Sequence[tuple[str, int, Any]] = (
+            [(e._name, e._timestamp, e._attributes) for e in span._events] if span._events else ()
+        )
+    else:
+        context, parent = span.get_span_context(), span.parent
+        links, status = span.links, span.status
+        dropped = (span.dropped_attributes, span.dropped_events, span.dropped_links)
+        events = [(e.name, e.timestamp, dict(e.attributes or {})) for e in span.events]
+        attributes = dict(span.attributes or {})
+    assert context is not None
+    return (
+        span._name,
+        span._kind._value_,  # (`.value` is a descriptor call)
+        _context(context),
+        None if parent is None else (parent[1], parent[2]),
+        span._start_time,
+        span._end_time,
+        attributes,
+        events,
+        [
+            (_context(link.context), link.context.is_remote, dict(link.attributes or {}))
+            for link in links
+        ]
+        if links
+        else (),
+        status.status_code._value_,
+        status.description or "",
+        dropped,
+    )
+
+
+def encode_batch(spans: Sequence[ReadableSpan]) -> bytes:
+    """The message a batch of spans crosses the pipe as: groups of spans that share a
+    resource and an instrumentation scope, each (resource attributes, resource schema
+    url, scope name, version, schema url, attributes, span records)."""
+    groups: dict[tuple[int, int], tuple[Any, ...]] = {}
+    for span in spans:
+        # (the fields behind the properties `resource` and `instrumentation_scope`)
+        resource, scope = span._resource, span._instrumentation_scope
+        group = groups.get((id(resource), id(scope)))
+        if group is None:
+            group = groups[id(resource), id(scope)] = (
+                dict(resource.attributes),
+                resource.schema_url,
+                None if scope is None else scope.name,
+                None if scope is None else scope.version,
+                None if scope is None else scope.schema_url,
+                None if scope is None else dict(scope.attributes or {}),
+                [],
+            )
+        group[6].append(_record(span))
+    return _encoder.encode(list(groups.values()))
+
+
+class _ReceivedSpan(ReadableSpan):
+    """A span read from the pipe: a ReadableSpan with the counts of what its maker
+    dropped (the SDK's counts them only on its own bounded collections)."""
+
+    def __init__(self, dropped: Sequence[int], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._counts = tuple(dropped)
+
+    @property
+    def dropped_attributes(self) -> int:
+        return self._counts[0]
+
+    @property
+    def dropped_events(self) -> int:
+        return self._counts[1]
+
+    @property
+    def dropped_links(self) -> int:
+        return self._counts[2]
+
+
+def _span_context(fields: Sequence[Any], remote: bool = False) -> SpanContext:
+    high, low, span_id, flags, trace_state = fields
+    return SpanContext(
+        (high << 64) | low,
+        span_id,
+        is_remote=remote,
+        trace_flags=TraceFlags(flags),
+        trace_state=TraceState.from_header([trace_state]) if trace_state else None,
+    )
+
+
+def decode_batch(message: bytes) -> list[ReadableSpan]:
+    """The spans of a message `encode_batch` made."""
+    spans: list[ReadableSpan] = []
+    for (
+        r_attributes,
+        r_schema,
+        s_name,
+        s_version,
+        s_schema,
+        s_attributes,
+        records,
+    ) in msgspec.msgpack.decode(message):
+        resource = Resource(r_attributes, r_schema)
+        scope = (
+            None
+            if s_name is None
+            else InstrumentationScope(s_name, s_version, s_schema, s_attributes or None)
+        )
+        for (
+            name,
+            kind,
+            context,
+            parent,
+            start,
+            end,
+            attributes,
+            events,
+            links,
+            code,
+            description,
+            dropped,
+        ) in records:
+            own = _span_context(context)
+            spans.append(
+                _ReceivedSpan(
+                    dropped,
+                    name=name,
+                    context=own,
+                    parent=None
+                    if parent is None
+                    else SpanContext(
+                        own.trace_id,
+                        parent[0],
+                        is_remote=parent[1],
+                        trace_flags=own.trace_flags,
+                        trace_state=own.trace_state,
+                    ),
+                    resource=resource,
+                    attributes=_tuples(attributes),
+                    events=[Event(n, _tuples(a), t) for n, t, a in events],
+                    links=[Link(_span_context(c, remote), _tuples(a)) for c, remote, a in links],
+                    kind=SpanKind(kind),
+                    status=Status(StatusCode(code), description or None),
+                    start_time=start,
+                    end_time=end,
+                    instrumentation_scope=scope,
+                )
+            )
+    return spans
+
+
+def _tuples(attributes: dict[str, Any]) -> dict[str, Any]:
+    """Attributes as the span had them: msgpack reads a tuple back as a list."""
+    for key, value in attributes.items():
+        if type(value) is list:
+            attributes[key] = tuple(value)
+    return attributes
+
+
+class ChildProcessExporter(SpanExporter):
+    """Sends each batch to the child process that exports it (see the module
+    docstring), starting the child at the first batch."""
+
+    def __init__(self, protocol: str) -> None:
+        self._protocol = protocol
+        self._child: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._shut_down = False
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "steplog.span_export", self._protocol],
+            stdin=subprocess.PIPE,
+            # Its own session: a terminal's Ctrl-C or a supervisor's signal to the group
+            # stops this process, whose pipe then closes, not the child first.
+            start_new_session=True,
+        )
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._shut_down:
+            return SpanExportResult.FAILURE
+        try:
+            message = encode_batch(spans)
+        except Exception:
+            _logger.exception("Failed to encode span batch")
+            return SpanExportResult.FAILURE
+        with self._lock:
+            child = self._child
+            if child is None or child.poll() is not None:
+                if child is not None:
+                    _logger.warning(
+                        "span export process exited (%s): starting another", child.returncode
+                    )
+                    _close(child)
+                try:
+                    child = self._child = self._start()
+                except OSError as exc:
+                    _logger.warning("span export process cannot start: %r", exc)
+                    return SpanExportResult.FAILURE
+            pipe = child.stdin
+            assert pipe is not None
+            try:
+                pipe.write(_LENGTH.pack(len(message)))
+                pipe.write(message)
+                pipe.flush()
+            except OSError as exc:  # (the child died while this was written)
+                _logger.warning("span export process: batch of %d spans lost: %r", len(spans), exc)
+                return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Close the pipe and wait for the child to export what it read."""
+        with self._lock:
+            self._shut_down = True
+            child, self._child = self._child, None
+        if child is None:
+            return
+        _close(child)
+        try:
+            child.wait(_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            _logger.warning("span export process did not stop in %s s: killed", _STOP_TIMEOUT_S)
+            child.kill()
+            child.wait()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        # Every batch is in the pipe once `export` returned; the child sends it.
+        return True
+
+
+def _close(child: subprocess.Popen[bytes]) -> None:
+    """Close the pipe to ``child`` (the end of its input)."""
+    try:
+        if child.stdin is not None:
+            child.stdin.close()
+    except OSError:  # (what a dead child left unread is lost, and was logged)
+        pass
+
+
+def _read(pipe: IO[bytes], n: int) -> bytes | None:
+    data = pipe.read(n)
+    return data if len(data) == n else None
+
+
+def _reader(pipe: IO[bytes], batches: queue.Queue[bytes | None]) -> None:
+    """Reads messages off the pipe into ``batches`` (None at its end), so the parent
+    is not held up while a batch is sent."""
+    try:
+        while (head := _read(pipe, _LENGTH.size)) is not None:
+            message = _read(pipe, _LENGTH.unpack(head)[0])
+            if message is None:
+                break
+            batches.put(message)
+    finally:
+        batches.put(None)
+
+
+def main(argv: Sequence[str]) -> int:
+    """The child: export every batch read from stdin until it closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(format="span export: %(levelname)s %(name)s: %(message)s")
+    from steplog.otlp import LeanOtlpHttpExporter, lean_grpc_exporter
+
+    protocol = argv[0] if argv else "http/protobuf"
+    exporter = lean_grpc_exporter() if protocol == "grpc" else LeanOtlpHttpExporter()
+    batches: queue.Queue[bytes | None] = queue.Queue(_CHILD_QUEUE)
+    threading.Thread(target=_reader, args=(sys.stdin.buffer, batches), daemon=True).start()
+    while (message := batches.get()) is not None:
+        try:
+            spans = decode_batch(message)
+        except Exception:
+            _logger.exception("Failed to decode a span batch")
+            continue
+        exporter.export(spans)
+    exporter.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,132 @@
+"""OTLP export from a child process (steplog.span_export), against a real OTLP/HTTP
+receiver: every span of every batch arrives, the child stops when its pipe closes (the
+provider's shutdown) after sending what it read, shrugs off the SIGTERM a supervisor
+sends the process group, and a child that died is replaced at the next batch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from steplog.settings import Settings
+from steplog.span_export import ChildProcessExporter
+from steplog.tracing import LeanTracer, tracer_provider
+
+
+@contextmanager
+def otlp_receiver() -> Iterator[tuple[str, list[str]]]:
+    """An OTLP/HTTP receiver on loopback: its endpoint, and the names of the spans it
+    received so far."""
+    names: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            request = ExportTraceServiceRequest.FromString(body)
+            names.extend(
+                span.name
+                for resource in request.resource_spans
+                for scope in resource.scope_spans
+                for span in scope.spans
+            )
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1/traces", names
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _exporter(provider: object) -> ChildProcessExporter:
+    (processor,) = provider._active_span_processor._span_processors  # type: ignore[attr-defined]
+    assert isinstance(processor, BatchSpanProcessor)
+    exporter = processor.span_exporter
+    assert isinstance(exporter, ChildProcessExporter)
+    return exporter
+
+
+def test_every_span_reaches_the_receiver_through_the_child(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with otlp_receiver() as (endpoint, names):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint)
+        provider = tracer_provider(Settings.from_env({"OTEL_TRACES_EXPORTER": "otlp"}))
+        assert provider is not None
+        exporter = _exporter(provider)
+        tracer = LeanTracer(provider)
+        for i in range(1200):  # two batches of 512 and the rest at shutdown
+            with tracer.start_as_current_span(f"span {i}", attributes={"i": i}):
+                pass
+        provider.shutdown()
+        assert sorted(names) == sorted(f"span {i}" for i in range(1200))
+        assert exporter._child is None  # stopped, and waited for
+
+
+def test_the_child_outlives_sigterm_and_is_replaced_when_it_dies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with otlp_receiver() as (endpoint, names):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint)
+        provider = tracer_provider(Settings.from_env({"OTEL_TRACES_EXPORTER": "otlp"}))
+        assert provider is not None
+        exporter = _exporter(provider)
+        tracer = LeanTracer(provider)
+
+        def batch(name: str) -> None:
+            with tracer.start_as_current_span(name):
+                pass
+            assert provider.force_flush()
+
+        def arrived(expected: list[str]) -> None:
+            deadline = time.monotonic() + 30
+            while names != expected and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert names == expected
+
+        batch("first")
+        child = exporter._child
+        assert child is not None
+        arrived(["first"])  # (the child is up: it ignores SIGTERM from then on)
+        os.kill(child.pid, signal.SIGTERM)  # ignored: it stops when its pipe closes
+        batch("second")
+        assert exporter._child is child and child.poll() is None
+        arrived(["first", "second"])
+        child.kill()  # (what a killed child had read and not sent is lost)
+        child.wait()
+        batch("third")  # another child
+        assert exporter._child is not None and exporter._child is not child
+        provider.shutdown()
+        assert names == ["first", "second", "third"]
+
+
+def test_the_setting_keeps_export_in_the_process() -> None:
+    settings = Settings.from_env(
+        {"OTEL_TRACES_EXPORTER": "otlp", "STEPLOG_TRACE_EXPORT_IN_PROCESS": "true"}
+    )
+    assert settings.trace_export_in_process
+    provider = tracer_provider(settings)
+    assert provider is not None
+    (processor,) = provider._active_span_processor._span_processors  # type: ignore[attr-defined]
+    assert not isinstance(processor.span_exporter, ChildProcessExporter)
+    provider.shutdown()
+    with pytest.raises(ValueError, match="STEPLOG_TRACE_EXPORT_IN_PROCESS"):
+        Settings.from_env({"STEPLOG_TRACE_EXPORT_IN_PROCESS": "sometimes"})

@@ -1,0 +1,79 @@
+"""A batch of spans crosses the pipe to the export process (steplog.span_export) and
+comes back as spans that encode to the same OTLP message, for every shape of span
+steplog and a handler make, SDK spans and lean ones, limits' drop counts included."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace.span import TraceState
+
+from steplog.span_export import decode_batch, encode_batch
+from steplog.tracing import LeanTracer
+from tests.unit.test_otlp import _spans
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["sdk spans", "lean spans"])
+def test_a_batch_crosses_the_pipe_unchanged(lean: bool) -> None:
+    spans = _spans(lean)
+    received = decode_batch(encode_batch(spans))
+    assert sdk_encode(received) == sdk_encode(spans)
+    # (a tuple attribute is a tuple again: msgpack reads arrays back as lists)
+    decision = next(s for s in received if s.name == "steplog.decide")
+    assert decision.attributes is not None
+    assert decision.attributes["steplog.decision.states"] == ("A", "B")
+
+
+def test_trace_state_scopes_resources_and_empty_batches() -> None:
+    one, other = Resource({"service.name": "a"}), Resource({"service.name": "b"}, "url")
+    scope = InstrumentationScope("handler", "1.0", "schema", {"k": "v"})
+    spans = [
+        ReadableSpan(
+            "stated",
+            context=SpanContext(
+                2**127 + 5,
+                2**63 + 7,
+                is_remote=False,
+                trace_flags=TraceFlags(1),
+                trace_state=TraceState([("k", "v"), ("x", "y")]),
+            ),
+            parent=SpanContext(2**127 + 5, 9, is_remote=True),
+            resource=one,
+            kind=SpanKind.SERVER,
+            start_time=1,
+            end_time=2,
+        ),
+        ReadableSpan(
+            "scoped", context=SpanContext(3, 4, False), resource=other, instrumentation_scope=scope
+        ),
+        ReadableSpan("unscoped", context=SpanContext(5, 6, False), resource=one),
+    ]
+    received = decode_batch(encode_batch(spans))
+    assert sdk_encode(received) == sdk_encode(spans)
+    assert received[0].get_span_context().trace_state.to_header() == "k=v,x=y"
+    assert received[0].parent is not None and received[0].parent.is_remote
+    assert decode_batch(encode_batch([])) == []
+
+
+def test_what_a_span_dropped_is_counted_on_the_other_side(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "2")
+    monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "1")
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with LeanTracer(provider).start_as_current_span("s", attributes={"a": 1}) as span:
+        span.set_attributes({"b": 2, "c": 3})
+        span.add_event("one")
+        span.add_event("two")
+    spans = exporter.get_finished_spans()
+    (received,) = decode_batch(encode_batch(spans))
+    assert (received.dropped_attributes, received.dropped_events) == (1, 1)
+    assert sdk_encode([received]) == sdk_encode(spans)
