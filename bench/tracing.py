@@ -9,11 +9,14 @@ that the machine's load and the run's own drift (growing tables) fall on all of
 them alike:
 
     off        tracing off (the default: no tracer anywhere)
-    on         tracing on, sampled at 100%: steplog's own spans, batched
-               (BatchSpanProcessor, the SDK's defaults) to the OTLP/HTTP protobuf
-               exporter, which encodes each batch and POSTs it to a
-               local receiver that discards it (a subprocess; its CPU, like a
-               collector's, is not counted)
+    on         tracing on, sampled at 100%, as steplog ships it: steplog's own
+               spans, batched (BatchSpanProcessor, the SDK's defaults) and handed
+               to the export process (steplog.span_export), which encodes each
+               batch as OTLP/HTTP protobuf and POSTs it to a local receiver that
+               discards it (a subprocess; its CPU, like a collector's, is not
+               counted; the export process's is, in "all", not in "own")
+    in-process as "on", the exporter in this process (STEPLOG_TRACE_EXPORT_IN_PROCESS=true):
+               its thread encodes each batch and POSTs it
     discard    the same spans, batched to an exporter that discards them unencoded:
                what making the spans costs, without the export
     sampled    as "on", sampling 10% of the traces (parentbased_traceidratio 0.1)
@@ -75,11 +78,12 @@ from steplog.app import freeze_heap, open_resources, run_roles
 from steplog.datadir import local_servers
 from steplog.otlp import LeanOtlpHttpExporter
 from steplog.settings import Settings
+from steplog.span_export import ChildProcessExporter
 from steplog.tracing import InsideTraces, instrument_drivers
 from tests.serving import free_port
 
 WORKLOADS = [("task3", TASK_3, 3), ("pass10", PASS_10, 10)]
-MODES = ("off", "on", "discard", "sampled", "drivers")
+MODES = ("off", "on", "in-process", "discard", "sampled", "drivers")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 # A local OTLP/HTTP receiver: answers every POST with an empty 200 (a valid
@@ -107,6 +111,21 @@ class CountingOtlpExporter(LeanOtlpHttpExporter):
 
     def __init__(self, endpoint: str) -> None:
         super().__init__(endpoint=endpoint)
+        self.spans = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = super().export(spans)
+        assert result is SpanExportResult.SUCCESS, result
+        self.spans += len(spans)
+        return result
+
+
+class CountingChildExporter(ChildProcessExporter):
+    """The export process's exporter (what steplog uses by default), counting spans; the
+    child sends to the endpoint the environment names (set by `_bench`)."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__("http/protobuf")
         self.spans = 0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -193,7 +212,9 @@ class CpuMeter:
         me = os.getpid()
         own = time.process_time()  # this process's threads, not its children (the receiver)
         total = own
-        todo = [r for r in self._roots if r != me]
+        # The servers, and the span export process (a child of this one, as of steplog's).
+        exporters = [pid for pid in children.get(me, []) if "steplog.span_export" in _cmdline(pid)]
+        todo = [r for r in self._roots if r != me] + exporters
         while todo:
             pid = todo.pop()
             if pid in stats:
@@ -277,11 +298,13 @@ async def _round(
         rate_limits=goal.UNLIMITED["STEPLOG_RATE_LIMITS"],
         key_rate_limits=goal.UNLIMITED["STEPLOG_KEY_RATE_LIMITS"],
     )
-    exporter: CountingOtlpExporter | None = None
+    exporter: CountingOtlpExporter | CountingChildExporter | None = None
     provider: TracerProvider | None = None
     undo: Callable[[], None] = lambda: None  # noqa: E731
     if mode != "off":
-        kind = DiscardingExporter if mode == "discard" else CountingOtlpExporter
+        kind = {"discard": DiscardingExporter, "in-process": CountingOtlpExporter}.get(
+            mode, CountingChildExporter
+        )
         exporter = kind(endpoint)
         sampler = ParentBased(TraceIdRatioBased(0.1)) if mode == "sampled" else ALWAYS_ON
         provider = TracerProvider(sampler=InsideTraces(sampler), shutdown_on_exit=False)
@@ -348,6 +371,8 @@ async def _bench(n: int, rounds: int, conc: int, modes: Sequence[str]) -> None:
         meter = CpuMeter(data)
         async with local_servers(data, own=True) as (db_url, redis_url):
             with otlp_receiver() as endpoint:
+                # (read by the span export process, which inherits the environment)
+                os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = endpoint
                 figures: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
                 index = 0
                 for cycle in range(rounds):
