@@ -214,7 +214,8 @@ def _span(span: ReadableSpan) -> bytes:
         dropped_attributes, dropped_events, dropped_links = (
             span._dropped_attributes,  # type: ignore[attr-defined]
             span._dropped_events,  # type: ignore[attr-defined]
-            0,
+            # (a LeanSpan drops no link; a span read by steplog.span_export may have)
+            getattr(span, "_dropped_links", 0),
         )
         lean = True
     else:

@@ -34,7 +34,7 @@ from typing import IO, Any
 
 import msgspec
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
@@ -124,25 +124,60 @@ def encode_batch(spans: Sequence[ReadableSpan]) -> bytes:
     return _encoder.encode(list(groups.values()))
 
 
-class _ReceivedSpan(ReadableSpan):
-    """A span read from the pipe: a ReadableSpan with the counts of what its maker
-    dropped (the SDK's counts them only on its own bounded collections)."""
+class _ReceivedSpan:
+    """A span read from the pipe, in the fields steplog.otlp encodes a LeanSpan from
+    (``plain_fields``): building the SDK's ReadableSpan, its SpanContext, Events and
+    Status for each span cost the child three times what encoding it does."""
 
-    def __init__(self, dropped: Sequence[int], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._counts = tuple(dropped)
+    plain_fields = True
+    __slots__ = (
+        "_attributes",
+        "_context",
+        "_dropped_attributes",
+        "_dropped_events",
+        "_dropped_links",
+        "_end_time",
+        "_events",
+        "_kind",
+        "_links",
+        "_name",
+        "_parent",
+        "_start_time",
+        "_status",
+        "instrumentation_scope",
+        "resource",
+    )
+    _name: str
+    _kind: SpanKind
+    _context: tuple[int, int, bool, int, TraceState | str]
+    _parent: tuple[int, int, bool] | None
+    _start_time: int | None
+    _end_time: int | None
+    _attributes: dict[str, Any]
+    _events: list[_ReceivedEvent] | tuple[()]
+    _links: list[Link] | tuple[()]
+    _status: Status
+    _dropped_attributes: int
+    _dropped_events: int
+    _dropped_links: int
+    resource: Resource
+    instrumentation_scope: InstrumentationScope | None
 
-    @property
-    def dropped_attributes(self) -> int:
-        return self._counts[0]
 
-    @property
-    def dropped_events(self) -> int:
-        return self._counts[1]
+class _ReceivedEvent:
+    """A span event, in the fields steplog.otlp encodes it from."""
 
-    @property
-    def dropped_links(self) -> int:
-        return self._counts[2]
+    __slots__ = ("_attributes", "_name", "_timestamp")
+
+    def __init__(self, name: str, timestamp: int, attributes: dict[str, Any]) -> None:
+        self._name = name
+        self._timestamp = timestamp
+        self._attributes = attributes
+
+
+_KINDS = {kind.value: kind for kind in SpanKind}
+_CODES = {code.value: code for code in StatusCode}
+_UNSET = Status(StatusCode.UNSET)
 
 
 def _span_context(fields: Sequence[Any], remote: bool = False) -> SpanContext:
@@ -157,8 +192,10 @@ def _span_context(fields: Sequence[Any], remote: bool = False) -> SpanContext:
 
 
 def decode_batch(message: bytes) -> list[ReadableSpan]:
-    """The spans of a message `encode_batch` made."""
-    spans: list[ReadableSpan] = []
+    """The spans of a message `encode_batch` made, as steplog.otlp's `encode_spans`
+    reads them (not the SDK's encoder: they are not ReadableSpans, only typed so)."""
+    spans: list[Any] = []
+    new = _ReceivedSpan.__new__
     for (
         r_attributes,
         r_schema,
@@ -188,41 +225,38 @@ def decode_batch(message: bytes) -> list[ReadableSpan]:
             description,
             dropped,
         ) in records:
-            own = _span_context(context)
-            spans.append(
-                _ReceivedSpan(
-                    dropped,
-                    name=name,
-                    context=own,
-                    parent=None
-                    if parent is None
-                    else SpanContext(
-                        own.trace_id,
-                        parent[0],
-                        is_remote=parent[1],
-                        trace_flags=own.trace_flags,
-                        trace_state=own.trace_state,
-                    ),
-                    resource=resource,
-                    attributes=_tuples(attributes),
-                    events=[Event(n, _tuples(a), t) for n, t, a in events],
-                    links=[Link(_span_context(c, remote), _tuples(a)) for c, remote, a in links],
-                    kind=SpanKind(kind),
-                    status=Status(StatusCode(code), description or None),
-                    start_time=start,
-                    end_time=end,
-                    instrumentation_scope=scope,
-                )
+            high, low, span_id, flags, state = context
+            trace_id = (high << 64) | low
+            span = new(_ReceivedSpan)
+            span._name = name
+            span._kind = _KINDS[kind]
+            # (what steplog.otlp reads of a span context: a tuple's first five fields;
+            # a trace state only when there is one)
+            span._context = (
+                trace_id,
+                span_id,
+                False,
+                flags,
+                TraceState.from_header([state]) if state else "",
             )
+            span._parent = None if parent is None else (trace_id, parent[0], parent[1])
+            span._start_time = start
+            span._end_time = end
+            span._attributes = attributes
+            span._events = [_ReceivedEvent(n, t, a) for n, t, a in events] if events else ()
+            span._links = (
+                [Link(_span_context(c, remote), a) for c, remote, a in links] if links else ()
+            )
+            span._status = (
+                _UNSET
+                if code == 0 and not description
+                else Status(_CODES[code], description or None)
+            )
+            span._dropped_attributes, span._dropped_events, span._dropped_links = dropped
+            span.resource = resource
+            span.instrumentation_scope = scope
+            spans.append(span)
     return spans
-
-
-def _tuples(attributes: dict[str, Any]) -> dict[str, Any]:
-    """Attributes as the span had them: msgpack reads a tuple back as a list."""
-    for key, value in attributes.items():
-        if type(value) is list:
-            attributes[key] = tuple(value)
-    return attributes
 
 
 class ChildProcessExporter(SpanExporter):
