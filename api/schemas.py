@@ -309,6 +309,18 @@ def refuse_nul(value: Any, path: str) -> None:
         raise InvalidBody(f"{message} at {at}", [(at, message)])
 
 
+_FIELDS: dict[type, tuple[msgspec.structs.FieldInfo, ...]] = {}
+
+
+def _fields(kind: type) -> tuple[msgspec.structs.FieldInfo, ...]:
+    """A query struct's fields, once per struct: `msgspec.structs.fields` evaluates the
+    class's annotations again at every call."""
+    known = _FIELDS.get(kind)
+    if known is None:
+        known = _FIELDS[kind] = msgspec.structs.fields(kind)
+    return known
+
+
 def decode_query(query: Any, kind: type[T]) -> T:
     """Convert query parameters (strings) into `kind`; paths name the parameter.
     Timestamps come back in UTC (one that has none, e.g. year 1 at +01:00, is refused)."""
@@ -324,7 +336,7 @@ def decode_query(query: Any, kind: type[T]) -> T:
         name = path.removeprefix("$.") if path != "$" else "query"
         raise InvalidQuery(f"query parameter {name}: {message}", [(name, message)]) from None
     changes = {}
-    for field in msgspec.structs.fields(kind):  # type: ignore[arg-type]
+    for field in _fields(kind):
         value = getattr(decoded, field.name)
         if value is None and field.encode_name in params:
             # Lax conversion reads "null" as None: a parameter is absent or a value.
