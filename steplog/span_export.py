@@ -1,6 +1,6 @@
 """OTLP export from a child process: `ChildProcessExporter` hands each batch of spans
 to a child process (``python -m steplog.span_export PROTOCOL``) as one msgpack
-message on a pipe; the child turns them back into spans and sends them with the
+message on a pipe; the child reads them back as plain records and sends them with the
 OTLP exporter (steplog.otlp's encoding, the SDK's client, its retries).
 
 Why: in the process that makes the spans, the export thread's protobuf encoding and
@@ -12,12 +12,12 @@ encoding and the requests run in the child, on another core where there is one.
 The child inherits the environment (every ``OTEL_EXPORTER_OTLP_*`` variable applies
 there as it would here), stderr and stdout. It runs in a session of its own, out of
 reach of what a terminal or a supervisor sends the process group, and ignores SIGINT
-and SIGTERM sent to it: it stops when its pipe closes,
-which happens at this process's `shutdown` (the tracer provider's, at exit) or at
-its death however it died, after exporting what it has read. A batch the child has
-not read yet when the pipe is full waits (the span processor's thread blocks; spans
-beyond its queue are dropped, as when any exporter is slow). A child that died is
-started again at the next batch (the batch in flight is lost, and logged).
+and SIGTERM sent to it: it stops when its pipe closes, which happens at this process's
+`shutdown` (the tracer provider's, at exit) or at its death however it died, after
+exporting what it has read. A batch the child has not read yet when the pipe is full
+waits (the span processor's thread blocks; spans beyond its queue are dropped, as when
+any exporter is slow). A child that died is started again at the next batch (the
+batch in flight is lost, and logged).
 """
 
 from __future__ import annotations
