@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -42,6 +43,7 @@ import tempfile
 import time
 import uuid
 import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -252,8 +254,10 @@ def serve(database_url: str, port: int) -> None:
 WARM_UP = 500  # untimed requests before the POST + INSERT ceiling is timed (at least)
 
 
-async def post_insert(database_url: str, n: int, concurrency: int) -> dict[str, float]:
-    """Requests/s and latency of the bare POST + INSERT server (started here, stopped after)."""
+@contextlib.asynccontextmanager
+async def bare_server(database_url: str) -> AsyncIterator[str]:
+    """The bare POST + INSERT server, started (its table made) and answering: its URL
+    (POST a JSON body with an ``input``). Stopped, its table dropped, on exit."""
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute(_SETUP)
@@ -273,26 +277,7 @@ async def post_insert(database_url: str, n: int, concurrency: int) -> dict[str, 
                             break
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.1)
-            latencies: list[float] = []
-            sem = asyncio.Semaphore(concurrency)
-
-            async def one(i: int) -> None:
-                async with sem:
-                    t0 = time.perf_counter()
-                    async with http.post(url, json={"input": input_document(i)}) as resp:
-                        assert resp.status == 201, await resp.text()
-                        await resp.read()
-                    latencies.append(time.perf_counter() - t0)
-
-            # Warmed up first, untimed (its connections, statements and client pool): a
-            # fresh server's first few hundred requests ran at about two thirds of its
-            # speed, and 400 timed requests last a tenth of a second, so the ceiling was
-            # under-measured (and steplog, long warm, flattered) by a third at times.
-            await asyncio.gather(*(one(-1 - i) for i in range(max(WARM_UP, n // 2))))
-            latencies.clear()
-            began = time.perf_counter()
-            await asyncio.gather(*(one(i) for i in range(n)))
-            elapsed = time.perf_counter() - began
+        yield url
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
@@ -301,6 +286,31 @@ async def post_insert(database_url: str, n: int, concurrency: int) -> dict[str, 
             await conn.execute(_DROP)
         finally:
             await conn.close()
+
+
+async def post_insert(database_url: str, n: int, concurrency: int) -> dict[str, float]:
+    """Requests/s and latency of the bare POST + INSERT server (started here, stopped after)."""
+    async with bare_server(database_url) as url, aiohttp.ClientSession() as http:
+        latencies: list[float] = []
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            async with sem:
+                t0 = time.perf_counter()
+                async with http.post(url, json={"input": input_document(i)}) as resp:
+                    assert resp.status == 201, await resp.text()
+                    await resp.read()
+                latencies.append(time.perf_counter() - t0)
+
+        # Warmed up first, untimed (its connections, statements and client pool): a
+        # fresh server's first few hundred requests ran at about two thirds of its
+        # speed, and 400 timed requests last a tenth of a second, so the ceiling was
+        # under-measured (and steplog, long warm, flattered) by a third at times.
+        await asyncio.gather(*(one(-1 - i) for i in range(max(WARM_UP, n // 2))))
+        latencies.clear()
+        began = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        elapsed = time.perf_counter() - began
     latencies.sort()
     return {
         "executions_per_s": n / elapsed,

@@ -20,7 +20,9 @@ With ``--ceiling`` (what `make bench` runs) each round first measures the bare-c
 ceilings of bench/ceiling.py on the same PostgreSQL and Redis, then the workloads, and
 prints each workload's ratio to its ceiling of the same round: pass10 transitions/s to
 the write-path ceiling, pass1 executions/s to the POST + one INSERT ceiling (and to the
-pass1 write path). ``--rounds`` alternates them for longer runs.
+pass1 write path). After the open loop, the bare POST + INSERT server is offered the same
+rate by the same client, and its p50/p99 printed beside: what the machine itself allows
+at that rate (the goal stays absolute). ``--rounds`` alternates them for longer runs.
 
 Authentication is on by default, so every request carries an API key:
 ``STEPLOG_API_KEY`` when set, else the admin key `steplog dev` keeps in its data folder
@@ -136,11 +138,12 @@ async def _run_workload(
 
 
 async def _open_loop(
-    http: aiohttp.ClientSession, url: str, name: str, rate: float, seconds: float
+    http: aiohttp.ClientSession, target: str, rate: float, seconds: float
 ) -> dict[str, float]:
-    """Starts of ``name`` offered at a fixed arrival rate (open loop): start ``i`` is sent
-    at ``i / rate`` seconds whatever the earlier ones are doing, and its latency counts
-    from that scheduled moment (so a client-side queue is not hidden)."""
+    """Starts POSTed to ``target`` (a workflow's executions, or the bare POST + INSERT
+    server) at a fixed arrival rate (open loop): start ``i`` is sent at ``i / rate``
+    seconds whatever the earlier ones are doing, and its latency counts from that
+    scheduled moment (so a client-side queue is not hidden)."""
     total = max(1, int(rate * seconds))
     latencies: list[float] = []
     failures = 0
@@ -148,9 +151,7 @@ async def _open_loop(
 
     async def start(i: int, due: float) -> None:
         nonlocal failures
-        async with http.post(
-            f"{url}/v1/workflows/{name}/executions", json={"input": {"open": i}}
-        ) as resp:
+        async with http.post(target, json={"input": {"open": i}}) as resp:
             await resp.read()
             if resp.status != 201:
                 failures += 1
@@ -215,7 +216,8 @@ async def _workloads(
             results[name] = r
         if args.open_seconds > 0:
             rate = args.open_rate or results["pass1"]["executions_per_s"] / 2
-            results["open"] = await _open_loop(http, url, "pass1", rate, args.open_seconds)
+            target = f"{url}/v1/workflows/pass1/executions"
+            results["open"] = await _open_loop(http, target, rate, args.open_seconds)
     return results
 
 
@@ -275,6 +277,21 @@ async def _bench(url: str, data_dir: Path | None, args: argparse.Namespace) -> N
         ceiling.print_ceilings(ceil)
         work = await _workloads(url, data_dir, n, conc, args)
         _print_workloads(work, n, conc)
+        if (open_loop := work.get("open")) is not None:
+            # The latency goal's ceiling: the bare POST + INSERT server offered the same
+            # rate by the same client, on the same machine (not a ratio: the goal is
+            # absolute; what the machine itself allows at that rate).
+            async with (
+                ceiling.bare_server(database_url) as bare,
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512)) as http,
+            ):
+                bare_open = await _open_loop(
+                    http, bare, open_loop["offered_per_s"], args.open_seconds
+                )
+            print(
+                f"ceiling POST + INSERT open loop: {bare_open['offered_per_s']:.1f}/s offered, "
+                f"p50 {bare_open['p50_ms']:.1f}ms p99 {bare_open['p99_ms']:.1f}ms"
+            )
         ratios = _ratios(work, ceil)
         for name, value in ratios.items():
             if "/" in name and "round trips" not in name:
