@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from steplog.settings import Settings
@@ -56,23 +57,28 @@ def otlp_receiver() -> Iterator[tuple[str, list[str]]]:
         server.server_close()
 
 
-def _exporter(provider: object) -> ChildProcessExporter:
-    (processor,) = provider._active_span_processor._span_processors  # type: ignore[attr-defined]
-    assert isinstance(processor, BatchSpanProcessor)
-    exporter = processor.span_exporter
-    assert isinstance(exporter, ChildProcessExporter)
-    return exporter
+@contextmanager
+def exporting_through_a_child(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[TracerProvider, ChildProcessExporter, LeanTracer, list[str]]]:
+    """A tracer provider as `OTEL_TRACES_EXPORTER=otlp` builds it, exporting (through its
+    child process) to a receiver: the provider, its exporter, a tracer over it and the
+    names of the spans received so far."""
+    with otlp_receiver() as (endpoint, names):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint)
+        provider = tracer_provider(Settings.from_env({"OTEL_TRACES_EXPORTER": "otlp"}))
+        assert provider is not None
+        (processor,) = provider._active_span_processor._span_processors
+        assert isinstance(processor, BatchSpanProcessor)
+        exporter = processor.span_exporter
+        assert isinstance(exporter, ChildProcessExporter)
+        yield provider, exporter, LeanTracer(provider), names
 
 
 def test_every_span_reaches_the_receiver_through_the_child(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with otlp_receiver() as (endpoint, names):
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint)
-        provider = tracer_provider(Settings.from_env({"OTEL_TRACES_EXPORTER": "otlp"}))
-        assert provider is not None
-        exporter = _exporter(provider)
-        tracer = LeanTracer(provider)
+    with exporting_through_a_child(monkeypatch) as (provider, exporter, tracer, names):
         for i in range(1200):  # two batches of 512 and the rest at shutdown
             with tracer.start_as_current_span(f"span {i}", attributes={"i": i}):
                 pass
@@ -84,12 +90,7 @@ def test_every_span_reaches_the_receiver_through_the_child(
 def test_the_child_outlives_sigterm_and_is_replaced_when_it_dies(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with otlp_receiver() as (endpoint, names):
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint)
-        provider = tracer_provider(Settings.from_env({"OTEL_TRACES_EXPORTER": "otlp"}))
-        assert provider is not None
-        exporter = _exporter(provider)
-        tracer = LeanTracer(provider)
+    with exporting_through_a_child(monkeypatch) as (provider, exporter, tracer, names):
 
         def batch(name: str) -> None:
             with tracer.start_as_current_span(name):
