@@ -299,6 +299,13 @@ class Tasks:
             await self.bus.ack(stream, WORKER_GROUP, [entry.id])
             await self.bus.forget_lease(queue, task.task_id)
             return None
+        if await self._handed_out_elsewhere(queue, stream, task.task_id, entry.id):
+            # A second entry of the same attempt (delivery is at least once: recovery
+            # re-adding a task the relay published too): the first one stays the
+            # attempt's, so it is not handed out twice at once and its deliveries count
+            # toward max_deliveries instead of starting again from one.
+            await self.bus.ack(stream, WORKER_GROUP, [entry.id])
+            return None
         await self.bus.lease(queue, task.task_id, entry.id)
         log.info(
             "activity task %s of %s handed to %r (delivery %d)",
@@ -316,6 +323,17 @@ class Tasks:
             attempt=task.attempt,
             deliveries=entry.deliveries,
         )
+
+    async def _handed_out_elsewhere(
+        self, queue: str, stream: str, task_id: str, entry_id: str
+    ) -> bool:
+        """Whether the attempt ``task_id`` was handed out through another entry that is
+        still pending (a lease naming an entry no longer pending, e.g. one trimmed or
+        acknowledged before its lease was forgotten, does not count)."""
+        leased = await self.bus.leased_entry(queue, task_id)
+        if leased is None or leased == entry_id:
+            return False
+        return bool(await self.bus.delivery_counts(stream, WORKER_GROUP, [leased]))
 
     async def _give_up(self, queue: str, delivery: TaskDelivery) -> None:
         """Fail the attempt with DELIVERY_EXCEEDED, then dead-letter the entry (this order:

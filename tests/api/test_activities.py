@@ -21,6 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from engine.errors import ActivityNotFound
+from engine.messages import WORKER_GROUP
 from steplog.settings import Settings
 from tests.serving import Running, running_steplog
 
@@ -157,6 +158,32 @@ async def test_a_task_handed_out_too_often_fails_with_delivery_exceeded(
     assert (await poll(app, "lossy", wait=4))[0] == 204  # the 4th delivery is refused
     done = await app.ended(eventually, execution_id)
     assert done["status"] == "FAILED" and done["error"] == "Steplog.TaskDeliveryExceeded", done
+
+
+async def test_a_task_added_twice_is_still_handed_out_at_most_max_deliveries_times(
+    app: Running, redis: aioredis.Redis, eventually: Any
+) -> None:
+    """Delivery is at least once: recovery can re-add a task the relay published too
+    (it did in `make test`, the fresh Redis making recovery run beside the first
+    start). The copy is not a new attempt: it is not handed out while the first entry
+    is pending, and the deliveries of the attempt count toward max_deliveries."""
+    await make_activity(app, "twice")
+    execution_id = await app.start_id("twice", {})
+    stream = app.resources.bus.tasks_stream("activity:default:twice")
+    status, first = await poll(app, "twice", wait=10)
+    assert status == 200
+    ((_, fields),) = await redis.xrange(stream)
+    await redis.xadd(stream, fields)  # the same task again, as a new entry
+    handed = [first]
+    while (got := await poll(app, "twice", wait=4))[0] == 200:
+        handed.append(got[1])
+        assert len(handed) <= 3, handed
+    assert len(handed) == 3  # max_deliveries, all of the first entry
+    assert {t["idempotencyKey"] for t in handed} == {first["idempotencyKey"]}
+    done = await app.ended(eventually, execution_id)
+    assert done["status"] == "FAILED" and done["error"] == "Steplog.TaskDeliveryExceeded", done
+    # Both entries are done with: the first dead-lettered, the copy acknowledged.
+    assert (await redis.xpending(stream, WORKER_GROUP))["pending"] == 0
 
 
 _WORKER = """
