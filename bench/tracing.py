@@ -171,6 +171,20 @@ def _stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), sum(int(x) for x in fields[11:15]) / TICKS
 
 
+def _settled(exporter: ChildProcessExporter) -> None:
+    """Wait for the span export process, started with the exporter, to be done with its
+    imports (its CPU time still for a while): start-up, paid once per process, is not
+    what a workload's spans cost."""
+    child = exporter._child
+    assert child is not None
+    last, deadline = -1.0, time.monotonic() + 30
+    while time.monotonic() < deadline and (st := _stat(child.pid)) is not None:
+        if st[1] == last:
+            return
+        last = st[1]
+        time.sleep(0.2)
+
+
 def _cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -197,8 +211,9 @@ class CpuMeter:
                 roots.add(int(entry))
         return roots
 
-    def read(self) -> tuple[float, float]:
-        """(this process, this process + servers), in CPU seconds."""
+    def read(self) -> tuple[float, float, float]:
+        """(this process, this process + servers + span export process, the span export
+        process alone), in CPU seconds."""
         if len(self._roots) < 3:  # this process, the postmaster, redis
             self._roots = self._find_roots()
         stats: dict[int, tuple[int, float]] = {}
@@ -213,13 +228,14 @@ class CpuMeter:
         total = own
         # The servers, and the span export process (a child of this one, as of steplog's).
         exporters = [pid for pid in children.get(me, []) if "steplog.span_export" in _cmdline(pid)]
+        export = sum(stats[pid][1] for pid in exporters)
         todo = [r for r in self._roots if r != me] + exporters
         while todo:
             pid = todo.pop()
             if pid in stats:
                 total += stats[pid][1]
                 todo.extend(children.get(pid, []))
-        return own, total
+        return own, total, export
 
 
 # Executions of a workflow that have ended, read from the event store itself (the read
@@ -238,9 +254,10 @@ async def _workload(
     definition: Any,
     n: int,
     conc: int,
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, float]:
     """Seconds from the first start to the last execution's end, and the CPU seconds
-    this process and this process with the servers spent meanwhile."""
+    this process, this process with the servers and the span export process alone spent
+    meanwhile."""
     async with http.put(f"{url}/v1/workflows/{name}", json={"definition": definition}) as resp:
         assert resp.status in (200, 201), await resp.text()
     sem = asyncio.Semaphore(conc)
@@ -261,7 +278,7 @@ async def _workload(
                     await asyncio.sleep(0.1)
             raise RuntimeError(f"could not start execution {i}")
 
-    own0, all0 = meter.read()
+    own0, all0, export0 = meter.read()
     began = time.perf_counter()
     await asyncio.gather(*(start(i) for i in range(n)))
     while True:
@@ -269,8 +286,8 @@ async def _workload(
             break
         await asyncio.sleep(0.02)
     elapsed = time.perf_counter() - began
-    own1, all1 = meter.read()
-    return elapsed, own1 - own0, all1 - all0
+    own1, all1, export1 = meter.read()
+    return elapsed, own1 - own0, all1 - all0, export1 - export0
 
 
 async def _round(
@@ -317,17 +334,21 @@ async def _round(
             task = asyncio.create_task(run_roles(r, stop, ready=ready))
             await asyncio.wait_for(ready.wait(), 30)
             freeze_heap()  # as `steplog serve` does once its roles run
+            if isinstance(exporter, CountingChildExporter):
+                _settled(exporter)
             url = f"http://{settings.host}:{settings.port}"
             try:
                 async with aiohttp.ClientSession() as http:
                     for name, definition, states in WORKLOADS:
                         before = exporter.spans if exporter is not None else 0
-                        elapsed, own, total = await _workload(
+                        elapsed, own, total, export = await _workload(
                             http, r.pool, meter, url, f"{name}-{index}", definition, n, conc
                         )
                         results[name] = n * states / elapsed
                         results[f"{name}/own-ms"] = own * 1000 / (n * states)
                         results[f"{name}/all-ms"] = total * 1000 / (n * states)
+                        if mode != "off":
+                            results[f"{name}/export-ms"] = export * 1000 / (n * states)
                         if provider is not None and exporter is not None:
                             provider.force_flush()  # (the registration's request span in)
                             results[f"{name}/spans"] = (exporter.spans - before) / n
@@ -389,12 +410,14 @@ async def _bench(n: int, rounds: int, conc: int, modes: Sequence[str]) -> None:
                         print(f"  round {index}: {mode:8} {shown}", flush=True)
     print(f"\n{n} executions per workload and round, {rounds} rounds, concurrency {conc}")
     print(
-        "CPU ms per transition: this process + PostgreSQL + Redis (median, min-max, vs off);"
-        " this process alone; transitions/s (wall clock, vs off)"
+        "CPU ms per transition: this process + PostgreSQL + Redis + the span export process"
+        " (median, min-max, vs off); this process alone; the span export process alone;"
+        " transitions/s (wall clock, vs off)"
     )
     print(
         f"{'mode':8} {'workload':8} {'cpu-ms/tr':>9} {'spread':>12} {'vs off':>7} "
-        f"{'own-ms/tr':>9} {'vs off':>7} {'tr/s':>8} {'vs off':>7} {'spans/exec':>10}"
+        f"{'own-ms/tr':>9} {'vs off':>7} {'export-ms':>9} {'tr/s':>8} {'vs off':>7} "
+        f"{'spans/exec':>10}"
     )
     for mode in modes:
         for name, _, _ in WORKLOADS:
@@ -410,7 +433,8 @@ async def _bench(n: int, rounds: int, conc: int, modes: Sequence[str]) -> None:
             wall, wall_off = statistics.median(f[name]), statistics.median(off[name])
             print(
                 f"{mode:8} {name:8} {cpu:9.3f} {_spread(f[f'{name}/all-ms']):>12} "
-                f"{cpu / cpu_off:7.3f} {own:9.3f} {own / own_off:7.3f} {wall:8.1f} "
+                f"{cpu / cpu_off:7.3f} {own:9.3f} {own / own_off:7.3f} "
+                f"{statistics.median(f.get(f'{name}/export-ms', [0.0])):9.3f} {wall:8.1f} "
                 f"{wall / wall_off:7.3f} {statistics.median(f.get(f'{name}/spans', [0.0])):10.1f}"
             )
     # Each cycle ran every mode once, next to each other: a ratio within a cycle leaves
@@ -421,7 +445,11 @@ async def _bench(n: int, rounds: int, conc: int, modes: Sequence[str]) -> None:
         for name, _, _ in WORKLOADS:
             f, off = figures[mode], figures["off"]
             parts = []
-            for figure, label in ((f"{name}/own-ms", "own CPU/tr"), (name, "tr/s")):
+            for figure, label in (
+                (f"{name}/all-ms", "all CPU/tr"),
+                (f"{name}/own-ms", "own CPU/tr"),
+                (name, "tr/s"),
+            ):
                 ratios = [a / b for a, b in zip(f[figure], off[figure], strict=True)]
                 parts.append(f"{label} {statistics.median(ratios):.3f} ({_spread(ratios)})")
             print(f"  {mode:8} {name:8} " + ", ".join(parts))

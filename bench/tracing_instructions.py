@@ -12,6 +12,8 @@ until the process has exited after SIGTERM, so the spans still batched at the en
 exported and counted too. Every thread of the steplog process counts (the span
 processor's export thread included); PostgreSQL and Redis do the same work in every
 mode and are not counted; neither is the local OTLP/HTTP receiver (as a collector's).
+The span export process steplog starts (steplog.span_export) runs under callgrind too
+and is counted from the same moment: its instructions are in each total, and shown.
 
 Modes (the standard OTEL_* variables, as an operator would set them):
 
@@ -214,10 +216,11 @@ async def _run(
     profile: bool,
     source: Path,
     idle_s: float = 0.0,
-) -> tuple[list[int], float]:
+) -> tuple[list[int], int, float]:
     """Instructions of each thread of one steplog process running ``n`` executions of
     ``workload``, then idle ``idle_s`` seconds, then stopping (with ``profile``: its
-    cProfile statistics in a file instead, and none), and the seconds counted."""
+    cProfile statistics in a file instead, and none), those of its span export process
+    (0 without one) and the seconds counted."""
     port = free_port()
     out_file = out_dir / f"callgrind.{mode}.{workload}.{index}"
     if profile:
@@ -228,7 +231,9 @@ async def _run(
             "--tool=callgrind",
             "--instr-atstart=no",
             "--separate-threads=yes",
-            f"--callgrind-out-file={out_file}",
+            # (and the span export process steplog starts: what tracing costs it counts)
+            "--trace-children=yes",
+            f"--callgrind-out-file={out_file}.%p",
             sys.executable,
             "-c",
             SERVE,
@@ -254,10 +259,13 @@ async def _run(
             # Warm up uncounted: what runs once per process (the first export's set-up,
             # caches filled on first use) is not a cost per transition.
             await _execute(http, pool, url, name, "warm", WORKLOADS[workload][2], conc)
+            exporter = _export_process(proc.pid)
             if profile:
                 proc.send_signal(signal.SIGUSR1)
             else:
                 await _control(proc.pid, "--instr=on")
+                if exporter is not None:
+                    await _control(exporter, "--instr=on")
             counting = time.monotonic()
             await _execute(http, pool, url, name, "e", n, conc)
             await asyncio.sleep(idle_s)
@@ -268,7 +276,27 @@ async def _run(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    return ([] if profile else _totals(out_file)), seconds
+    if profile:
+        return [], 0, seconds
+    exported = 0 if exporter is None else sum(_totals(Path(f"{out_file}.{exporter}")))
+    return _totals(Path(f"{out_file}.{proc.pid}")), exported, seconds
+
+
+def _export_process(pid: int) -> int | None:
+    """The span export process (steplog.span_export) that process ``pid`` started."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read()
+        except OSError:
+            continue
+        if parent == pid and b"steplog.span_export" in command:
+            return int(entry)
+    return None
 
 
 async def _bench(
@@ -286,8 +314,9 @@ async def _bench(
         data = Path(folder) / "data"
         out_dir = keep or Path(folder) / "out"
         out_dir.mkdir(parents=True, exist_ok=True)
-        # (mode, workload) -> per run: (instructions, of the other threads, seconds counted)
-        figures: dict[tuple[str, str], list[tuple[int, int, float]]] = {}
+        # (mode, workload) -> per run: (instructions, of the other threads, of the span
+        # export process, seconds counted)
+        figures: dict[tuple[str, str], list[tuple[int, int, int, float]]] = {}
         async with local_servers(data, own=True) as (db_url, redis_url):
             pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
             try:
@@ -298,7 +327,7 @@ async def _bench(
                         nonlocal index
                         index += 1
                         began = time.monotonic()
-                        threads, seconds = await _run(
+                        threads, exported, seconds = await _run(
                             mode,
                             workload,
                             db_url,
@@ -317,13 +346,13 @@ async def _bench(
                         if profile:
                             print(f"  {label:7} {mode:8} profiled", flush=True)
                             return
-                        total = sum(threads)
+                        total = sum(threads) + exported
                         figures.setdefault((mode, label), []).append(
-                            (total, total - max(threads), seconds)
+                            (total, total - max(threads) - exported, exported, seconds)
                         )
                         print(
                             f"  {label:7} {mode:8} {total:>15,} instructions in {seconds:.0f} s"
-                            f" counted, by thread {threads}"
+                            f" counted, by thread {threads}, export process {exported:,}"
                             f" ({time.monotonic() - began:.0f} s)",
                             flush=True,
                         )
@@ -348,28 +377,29 @@ async def _bench(
     rate = 0.0
     if idle_s:
         short, long = figures["off", "idle 5 s"][0], figures["off", f"idle {5 + idle_s:.0f} s"][0]
-        rate = (long[0] - short[0]) / (long[2] - short[2])
+        rate = (long[0] - short[0]) / (long[3] - short[3])
         print(f"\nidle: {rate:,.0f} instructions per second counted")
     print(f"\n{n} executions per run, concurrency {conc}; instructions per transition")
     print(
         f"{'workload':8} {'mode':8} {'instr/tr':>12} {'vs off':>7} {'other threads':>14}"
-        f" {'seconds':>8} {'less idle':>12} {'vs off':>7}"
+        f" {'export proc':>12} {'seconds':>8} {'less idle':>12} {'vs off':>7}"
     )
     for workload in workloads:
         states = WORKLOADS[workload][1]
         offs = figures.get(("off", workload), [])
         for mode in modes:
             ratios: list[float] = []
-            for i, (total, others, seconds) in enumerate(figures[mode, workload]):
+            for i, (total, others, exported, seconds) in enumerate(figures[mode, workload]):
                 off = offs[i] if i < len(offs) else None
                 busy = total - rate * seconds
                 ratio = f"{total / off[0]:7.3f}" if off else "      -"
-                busy_ratio = f"{busy / (off[0] - rate * off[2]):7.3f}" if off else "      -"
+                busy_ratio = f"{busy / (off[0] - rate * off[3]):7.3f}" if off else "      -"
                 if off:
-                    ratios.append(busy / (off[0] - rate * off[2]))
+                    ratios.append(busy / (off[0] - rate * off[3]))
                 print(
                     f"{workload:8} {mode:8} {total / (n * states):12,.0f} {ratio}"
-                    f" {others / (n * states):14,.0f} {seconds:8.0f}"
+                    f" {others / (n * states):14,.0f} {exported / (n * states):12,.0f}"
+                    f" {seconds:8.0f}"
                     f" {busy / (n * states):12,.0f} {busy_ratio}"
                 )
             if repeat > 1 and ratios:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpSpanExporter,
@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.span import TraceState
 
 _logger = logging.getLogger(__name__)
 
@@ -229,26 +230,26 @@ def _span(span: ReadableSpan) -> bytes:
         )
         lean = False
     assert context is not None
-    # A SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state, ...).
-    trace_id, span_id, _, _, trace_state = context[:5]
-    if parent is None:
-        head = _ids(b"\x0a\x10", trace_id >> 64, trace_id & _UINT64, b"\x12\x08", span_id)
-        remote = False
+    if lean and getattr(type(span), "split_ids", False):
+        # A span read by steplog.span_export: its context as (trace id high, low 64
+        # bits, span id, flags, trace state header), its parent as (span id, is remote).
+        trace_state: TraceState | str
+        high, low, span_id, _, trace_state = cast(tuple[int, int, int, int, str], context)
+        parent_id, remote = (None, False) if parent is None else cast(tuple[int, bool], parent)
     else:
-        head = _ids_parent(
-            b"\x0a\x10",
-            trace_id >> 64,
-            trace_id & _UINT64,
-            b"\x12\x08",
-            span_id,
-            b"\x22\x08",
-            parent[1],
-        )
-        remote = parent[2]
+        # A SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state, ...).
+        trace_id, span_id, _, _, trace_state = context[:5]
+        high, low = trace_id >> 64, trace_id & _UINT64
+        parent_id, remote = (None, False) if parent is None else (parent[1], parent[2])
+    if parent_id is None:
+        head = _ids(b"\x0a\x10", high, low, b"\x12\x08", span_id)
+    else:
+        head = _ids_parent(b"\x0a\x10", high, low, b"\x12\x08", span_id, b"\x22\x08", parent_id)
     parts = [head]
     if trace_state:
         # (field 3 comes before field 4, the parent: re-order as the fields are numbered)
-        parts = [head[:28], _string(3, trace_state.to_header()), head[28:]]
+        header = trace_state if isinstance(trace_state, str) else trace_state.to_header()
+        parts = [head[:28], _string(3, header), head[28:]]
     parts.append(_name_kind(name, kind))
     if start and end:
         parts.append(_times(0x39, start, 0x41, end))

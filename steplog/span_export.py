@@ -30,14 +30,14 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 import msgspec
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
 _logger = logging.getLogger(__name__)
@@ -64,19 +64,27 @@ def _context(context: SpanContext) -> tuple[int, int, int, int, str]:
 
 def _record(span: ReadableSpan) -> _Record:
     """``span``'s fields, plain values only (trace ids split: msgpack has no 128-bit
-    integer). A LeanSpan (steplog.tracing) is read from its fields, as steplog.otlp
-    reads it; any other span through its properties."""
+    integer), in the order of `_ReceivedSpan`'s. A LeanSpan (steplog.tracing) is read
+    from its fields, as steplog.otlp reads it; any other span through its properties."""
     if getattr(type(span), "plain_fields", False):
         context, parent, attributes = span._context, span._parent, span._attributes
         links, status = span._links, span._status
-        dropped = (span._dropped_attributes, span._dropped_events, 0)  # type: ignore[attr-defined]
+        dropped_attributes, dropped_events, dropped_links = (
+            span._dropped_attributes,  # type: ignore[attr-defined]
+            span._dropped_events,  # type: ignore[attr-defined]
+            0,
+        )
         events: Sequence[tuple[str, int, Any]] = (
             [(e._name, e._timestamp, e._attributes) for e in span._events] if span._events else ()
         )
     else:
         context, parent = span.get_span_context(), span.parent
         links, status = span.links, span.status
-        dropped = (span.dropped_attributes, span.dropped_events, span.dropped_links)
+        dropped_attributes, dropped_events, dropped_links = (
+            span.dropped_attributes,
+            span.dropped_events,
+            span.dropped_links,
+        )
         events = [(e.name, e.timestamp, dict(e.attributes or {})) for e in span.events]
         attributes = dict(span.attributes or {})
     assert context is not None
@@ -95,16 +103,17 @@ def _record(span: ReadableSpan) -> _Record:
         ]
         if links
         else (),
-        status.status_code._value_,
-        status.description or "",
-        dropped,
+        (status.status_code._value_, status.description),
+        dropped_attributes,
+        dropped_events,
+        dropped_links,
     )
 
 
 def encode_batch(spans: Sequence[ReadableSpan]) -> bytes:
     """The message a batch of spans crosses the pipe as: groups of spans that share a
     resource and an instrumentation scope, each (resource attributes, resource schema
-    url, scope name, version, schema url, attributes, span records)."""
+    url, scope as (name, version, schema url, attributes) or None, span records)."""
     groups: dict[tuple[int, int], tuple[Any, ...]] = {}
     for span in spans:
         # (the fields behind the properties `resource` and `instrumentation_scope`)
@@ -114,70 +123,68 @@ def encode_batch(spans: Sequence[ReadableSpan]) -> bytes:
             group = groups[id(resource), id(scope)] = (
                 dict(resource.attributes),
                 resource.schema_url,
-                None if scope is None else scope.name,
-                None if scope is None else scope.version,
-                None if scope is None else scope.schema_url,
-                None if scope is None else dict(scope.attributes or {}),
+                None
+                if scope is None
+                else (scope.name, scope.version, scope.schema_url, dict(scope.attributes or {})),
                 [],
             )
-        group[6].append(_record(span))
+        group[3].append(_record(span))
     return _encoder.encode(list(groups.values()))
 
 
-class _ReceivedSpan:
-    """A span read from the pipe, in the fields steplog.otlp encodes a LeanSpan from
-    (``plain_fields``): building the SDK's ReadableSpan, its SpanContext, Events and
-    Status for each span cost the child three times what encoding it does."""
+# The message decoded (`decode_batch`) by msgspec in C, straight into these records
+# (array_like: from the arrays `encode_batch` writes; gc=False: they hold no cycles):
+# building them field by field in Python cost the child more than their encoding did.
 
-    plain_fields = True
-    __slots__ = (
-        "_attributes",
-        "_context",
-        "_dropped_attributes",
-        "_dropped_events",
-        "_dropped_links",
-        "_end_time",
-        "_events",
-        "_kind",
-        "_links",
-        "_name",
-        "_parent",
-        "_start_time",
-        "_status",
-        "instrumentation_scope",
-        "resource",
-    )
+
+class _ReceivedEvent(msgspec.Struct, array_like=True, gc=False):
+    """A span event, in the fields steplog.otlp encodes it from."""
+
+    _name: str
+    _timestamp: int
+    _attributes: dict[str, Any]
+
+
+class _ReceivedStatus(msgspec.Struct, array_like=True, gc=False):
+    status_code: StatusCode
+    description: str | None
+
+
+class _ReceivedSpan(msgspec.Struct, array_like=True, gc=False):
+    """A span read from the pipe, in the fields steplog.otlp encodes a LeanSpan from
+    (``plain_fields``), its context and parent in the pipe's layout (``split_ids``):
+    (trace id high, low 64 bits, span id, flags, trace state header) and (span id,
+    is remote)."""
+
+    plain_fields: ClassVar[bool] = True
+    split_ids: ClassVar[bool] = True
+
     _name: str
     _kind: SpanKind
-    _context: tuple[int, int, bool, int, TraceState | str]
-    _parent: tuple[int, int, bool] | None
+    _context: tuple[int, int, int, int, str]
+    _parent: tuple[int, bool] | None
     _start_time: int | None
     _end_time: int | None
     _attributes: dict[str, Any]
-    _events: list[_ReceivedEvent] | tuple[()]
-    _links: list[Link] | tuple[()]
-    _status: Status
+    _events: list[_ReceivedEvent]
+    _links: list[Any]  # as sent, then Links (`decode_batch`)
+    _status: _ReceivedStatus
     _dropped_attributes: int
     _dropped_events: int
     _dropped_links: int
-    resource: Resource
-    instrumentation_scope: InstrumentationScope | None
+    # Not sent: set from the span's group.
+    resource: Any = None
+    instrumentation_scope: Any = None
 
 
-class _ReceivedEvent:
-    """A span event, in the fields steplog.otlp encodes it from."""
-
-    __slots__ = ("_attributes", "_name", "_timestamp")
-
-    def __init__(self, name: str, timestamp: int, attributes: dict[str, Any]) -> None:
-        self._name = name
-        self._timestamp = timestamp
-        self._attributes = attributes
+class _Group(msgspec.Struct, array_like=True, gc=False):
+    resource_attributes: dict[str, Any]
+    resource_schema_url: str
+    scope: tuple[str, str | None, str | None, dict[str, Any]] | None
+    spans: list[_ReceivedSpan]
 
 
-_KINDS = {kind.value: kind for kind in SpanKind}
-_CODES = {code.value: code for code in StatusCode}
-_UNSET = Status(StatusCode.UNSET)
+_decoder = msgspec.msgpack.Decoder(list[_Group])
 
 
 def _span_context(fields: Sequence[Any], remote: bool = False) -> SpanContext:
@@ -195,79 +202,39 @@ def decode_batch(message: bytes) -> list[ReadableSpan]:
     """The spans of a message `encode_batch` made, as steplog.otlp's `encode_spans`
     reads them (not the SDK's encoder: they are not ReadableSpans, only typed so)."""
     spans: list[Any] = []
-    new = _ReceivedSpan.__new__
-    for (
-        r_attributes,
-        r_schema,
-        s_name,
-        s_version,
-        s_schema,
-        s_attributes,
-        records,
-    ) in msgspec.msgpack.decode(message):
-        resource = Resource(r_attributes, r_schema)
+    for group in _decoder.decode(message):
+        resource = Resource(group.resource_attributes, group.resource_schema_url)
         scope = (
             None
-            if s_name is None
-            else InstrumentationScope(s_name, s_version, s_schema, s_attributes or None)
+            if group.scope is None
+            else InstrumentationScope(
+                group.scope[0], group.scope[1], group.scope[2], group.scope[3] or None
+            )
         )
-        for (
-            name,
-            kind,
-            context,
-            parent,
-            start,
-            end,
-            attributes,
-            events,
-            links,
-            code,
-            description,
-            dropped,
-        ) in records:
-            high, low, span_id, flags, state = context
-            trace_id = (high << 64) | low
-            span = new(_ReceivedSpan)
-            span._name = name
-            span._kind = _KINDS[kind]
-            # (what steplog.otlp reads of a span context: a tuple's first five fields;
-            # a trace state only when there is one)
-            span._context = (
-                trace_id,
-                span_id,
-                False,
-                flags,
-                TraceState.from_header([state]) if state else "",
-            )
-            span._parent = None if parent is None else (trace_id, parent[0], parent[1])
-            span._start_time = start
-            span._end_time = end
-            span._attributes = attributes
-            span._events = [_ReceivedEvent(n, t, a) for n, t, a in events] if events else ()
-            span._links = (
-                [Link(_span_context(c, remote), a) for c, remote, a in links] if links else ()
-            )
-            span._status = (
-                _UNSET
-                if code == 0 and not description
-                else Status(_CODES[code], description or None)
-            )
-            span._dropped_attributes, span._dropped_events, span._dropped_links = dropped
+        for span in group.spans:
             span.resource = resource
             span.instrumentation_scope = scope
-            spans.append(span)
+            if span._links:
+                span._links = [Link(_span_context(c, remote), a) for c, remote, a in span._links]
+        spans.extend(group.spans)
     return spans
 
 
 class ChildProcessExporter(SpanExporter):
     """Sends each batch to the child process that exports it (see the module
-    docstring), starting the child at the first batch."""
+    docstring). The child starts with the exporter, when the process starts: its
+    imports (the OTLP exporter, its HTTP or gRPC client, protobuf) cost it a few
+    tenths of a second of CPU, which the first traffic would otherwise pay for."""
 
     def __init__(self, protocol: str) -> None:
         self._protocol = protocol
         self._child: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._shut_down = False
+        try:
+            self._child = self._start()
+        except OSError as exc:  # (tried again at the first batch)
+            _logger.warning("span export process cannot start: %r", exc)
 
     def _start(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(

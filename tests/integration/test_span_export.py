@@ -1,7 +1,8 @@
 """OTLP export from a child process (steplog.span_export), against a real OTLP/HTTP
-receiver: every span of every batch arrives, the child stops when its pipe closes (the
-provider's shutdown) after sending what it read, shrugs off the SIGTERM a supervisor
-sends the process group, and a child that died is replaced at the next batch."""
+receiver: the child runs from the start, every span of every batch arrives, the child
+stops when its pipe closes (the provider's shutdown) after sending what it read,
+shrugs off the SIGTERM a supervisor sends the process group, and a child that died is
+replaced at the next batch."""
 
 from __future__ import annotations
 
@@ -79,6 +80,9 @@ def test_every_span_reaches_the_receiver_through_the_child(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with exporting_through_a_child(monkeypatch) as (provider, exporter, tracer, names):
+        # Started with the exporter (its imports paid at start-up, not by the first spans).
+        child = exporter._child
+        assert child is not None and child.poll() is None
         for i in range(1200):  # two batches of 512 and the rest at shutdown
             with tracer.start_as_current_span(f"span {i}", attributes={"i": i}):
                 pass
