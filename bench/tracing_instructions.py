@@ -58,7 +58,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.tracing import ENDED, otlp_receiver
+from bench.tracing import ENDED, _stat, otlp_receiver
 from bench.transitions import PASS_10, TASK_3
 from engine.core.events import TERMINAL_EVENT_TYPES
 from steplog.datadir import local_servers
@@ -260,6 +260,9 @@ async def _run(
             # caches filled on first use) is not a cost per transition.
             await _execute(http, pool, url, name, "warm", WORKLOADS[workload][2], conc)
             exporter = _export_process(proc.pid)
+            if exporter is not None:
+                # Until it has sent the warm-up's spans (under callgrind it lags behind).
+                await _idle(exporter)
             if profile:
                 proc.send_signal(signal.SIGUSR1)
             else:
@@ -280,6 +283,19 @@ async def _run(
         return [], 0, seconds
     exported = 0 if exporter is None else sum(_totals(Path(f"{out_file}.{exporter}")))
     return _totals(Path(f"{out_file}.{proc.pid}")), exported, seconds
+
+
+async def _idle(pid: int) -> None:
+    """Until process ``pid`` has used no CPU for a second (or 5 minutes have passed)."""
+    last, deadline = -1.0, time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if (stat := _stat(pid)) is None:
+            return
+        used = stat[1]
+        if used == last:
+            return
+        last = used
+        await asyncio.sleep(1)
 
 
 def _export_process(pid: int) -> int | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpSpanExporter,
@@ -50,6 +50,7 @@ _KIND = {
     )
 }
 _STATUS = {StatusCode.UNSET: 0, StatusCode.OK: 1, StatusCode.ERROR: 2}
+_UNSET = StatusCode.UNSET
 # Span.flags: SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK (0x100), | IS_REMOTE (0x200).
 _HAS_IS_REMOTE = 0x100
 _IS_REMOTE = 0x200
@@ -190,14 +191,15 @@ _ids_parent = struct.Struct(">2sQQ2sQ2sQ").pack
 # start_time_unix_nano (field 7), end_time_unix_nano (field 8): fixed64, little-endian.
 _times = struct.Struct("<BQBQ").pack
 _event_time = struct.Struct("<BQ").pack  # an event's time_unix_nano (field 1)
-_name_kind_cache: dict[tuple[str, SpanKind], bytes] = {}
+# (keyed by the kind's value: a SpanKind hashes in Python, a call per span)
+_name_kind_cache: dict[tuple[str, int], bytes] = {}
 
 
 def _name_kind(name: str, kind: SpanKind) -> bytes:
     """A span's fields 5 (name) and 6 (kind), as they repeat."""
-    known = _name_kind_cache.get((name, kind))
+    known = _name_kind_cache.get((name, kind._value_))
     if known is None:
-        known = _keep(_name_kind_cache, (name, kind), _string(5, name) + _KIND[kind])
+        known = _keep(_name_kind_cache, (name, kind._value_), _string(5, name) + _KIND[kind])
     return known
 
 
@@ -233,9 +235,10 @@ def _span(span: ReadableSpan) -> bytes:
     if lean and getattr(type(span), "split_ids", False):
         # A span read by steplog.span_export: its context as (trace id high, low 64
         # bits, span id, flags, trace state header), its parent as (span id, is remote).
+        # (no typing.cast: it is a call, per span)
         trace_state: TraceState | str
-        high, low, span_id, _, trace_state = cast(tuple[int, int, int, int, str], context)
-        parent_id, remote = (None, False) if parent is None else cast(tuple[int, bool], parent)
+        high, low, span_id, _, trace_state = context  # type: ignore[misc]
+        parent_id, remote = (None, False) if parent is None else parent  # type: ignore[misc]
     else:
         # A SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state, ...).
         trace_id, span_id, _, _, trace_state = context[:5]
@@ -290,7 +293,7 @@ def _span(span: ReadableSpan) -> bytes:
         parts.append(_len(13, body))
     if dropped_links:
         parts.append(b"\x70" + _varint(dropped_links))
-    if status.status_code is StatusCode.UNSET and not status.description:
+    if status.status_code is _UNSET and not status.description:
         parts.append(_STATUS_UNSET)
     else:
         code = _STATUS[status.status_code]

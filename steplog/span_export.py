@@ -23,6 +23,7 @@ batch in flight is lost, and logged).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import signal
 import struct
@@ -347,4 +348,11 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    # Everything read was sent: exit without the interpreter's finalization (tearing
+    # down the modules and objects of the exporter, its client and protobuf), which
+    # holds nothing to keep and cost more than a thousand spans' export.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
