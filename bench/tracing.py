@@ -74,8 +74,9 @@ from api.middleware import request_traceparent
 from bench import goal
 from bench.transitions import PASS_10, TASK_3
 from engine.core.events import TERMINAL_EVENT_TYPES
-from steplog.app import freeze_heap, open_resources, run_roles
+from steplog.app import open_resources, run_roles
 from steplog.datadir import local_servers
+from steplog.heap import freeze_heap
 from steplog.otlp import LeanOtlpHttpExporter
 from steplog.settings import Settings
 from steplog.span_export import ChildProcessExporter

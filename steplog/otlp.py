@@ -21,6 +21,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import requests
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpSpanExporter,
 )
@@ -356,6 +357,12 @@ class LeanOtlpHttpExporter(HttpSpanExporter):
         self._lean = all(
             hasattr(self, name) for name in ("_client", "_metrics", "_max_request_size")
         )
+        session = getattr(
+            getattr(getattr(self, "_client", None), "_transport", None), "_session", None
+        )
+        endpoint = getattr(self, "_endpoint", None)
+        if isinstance(session, requests.Session) and isinstance(endpoint, str):
+            pin_environment(session, endpoint)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not self._lean or self._shutdown:
@@ -391,6 +398,25 @@ class LeanOtlpHttpExporter(HttpSpanExporter):
                     result.error_attrs = {"http.response.status_code": sent.status_code}
                 return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
+
+
+def pin_environment(session: requests.Session, url: str) -> None:
+    """Read once what ``session`` reads of the environment at every request to ``url``
+    (its only address: the exporter follows no redirect), and stop it reading again:
+    the proxies (``HTTP(S)_PROXY``, ``NO_PROXY``), the CA bundle (``REQUESTS_CA_BUNDLE``,
+    ``CURL_CA_BUNDLE``) and ~/.netrc's credentials. Each request then sends exactly what
+    it sent before; reading them went through every environment variable twice per
+    batch, about a third of the CPU a batch's POST costs."""
+    if not session.trust_env:
+        return
+    settings = session.merge_environment_settings(url, {}, None, None, None)
+    netrc = None if session.auth else requests.utils.get_netrc_auth(url)
+    session.trust_env = False
+    session.proxies = settings["proxies"]
+    session.verify = settings["verify"]
+    session.cert = settings["cert"]
+    if netrc:
+        session.auth = netrc
 
 
 def lean_grpc_exporter() -> SpanExporter:

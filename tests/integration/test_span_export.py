@@ -135,3 +135,22 @@ def test_the_setting_keeps_export_in_the_process() -> None:
     provider.shutdown()
     with pytest.raises(ValueError, match="STEPLOG_TRACE_EXPORT_IN_PROCESS"):
         Settings.from_env({"STEPLOG_TRACE_EXPORT_IN_PROCESS": "sometimes"})
+
+
+def test_the_proxy_the_environment_names_still_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exporter reads the environment's proxy settings once, not at every batch
+    (steplog.otlp.pin_environment): a collector behind a proxy is still reached through
+    it. The receiver is the proxy here; the endpoint's host does not resolve."""
+    with otlp_receiver() as (receiver, names):
+        for name in ("HTTP_PROXY", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("http_proxy", receiver.removesuffix("/v1/traces"))
+        monkeypatch.setenv(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://collector.invalid:4318/v1/traces"
+        )
+        provider = tracer_provider(Settings.from_env({"OTEL_TRACES_EXPORTER": "otlp"}))
+        assert provider is not None
+        with LeanTracer(provider).start_as_current_span("proxied"):
+            pass
+        provider.shutdown()
+        assert names == ["proxied"]

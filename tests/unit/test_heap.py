@@ -1,4 +1,4 @@
-"""steplog.app.freeze_heap: what a serving process does to its heap once roles run."""
+"""steplog.heap.freeze_heap: what a serving process does to its heap once roles run."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from steplog.app import YOUNG_COLLECTION_AT, freeze_heap
+from steplog.heap import YOUNG_COLLECTION_AT, freeze_heap
 
 
 @pytest.fixture
