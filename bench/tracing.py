@@ -172,18 +172,30 @@ def _stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), sum(int(x) for x in fields[11:15]) / TICKS
 
 
-def _settled(exporter: ChildProcessExporter) -> None:
-    """Wait for the span export process, started with the exporter, to be done with its
-    imports (its CPU time still for a while): start-up, paid once per process, is not
-    what a workload's spans cost."""
-    child = exporter._child
-    assert child is not None
-    last, deadline = -1.0, time.monotonic() + 30
-    while time.monotonic() < deadline and (st := _stat(child.pid)) is not None:
+def wait_idle(pid: int, interval: float = 0.2, timeout: float = 30.0) -> None:
+    """Until process ``pid`` has used no CPU for ``interval`` seconds (or ``timeout``
+    has passed, or it is gone): e.g. the span export process done with its imports, or
+    with the batches it was sent. Start-up, paid once per process, is not what a
+    workload's spans cost."""
+    last, deadline = -1.0, time.monotonic() + timeout
+    while time.monotonic() < deadline and (st := _stat(pid)) is not None:
         if st[1] == last:
             return
         last = st[1]
-        time.sleep(0.2)
+        time.sleep(interval)
+
+
+def export_process(pid: int) -> int | None:
+    """The span export process (steplog.span_export) that process ``pid`` started."""
+    for entry in os.listdir("/proc"):
+        if (
+            entry.isdigit()
+            and (st := _stat(int(entry))) is not None
+            and st[0] == pid
+            and "steplog.span_export" in _cmdline(int(entry))
+        ):
+            return int(entry)
+    return None
 
 
 def _cmdline(pid: int) -> str:
@@ -335,8 +347,8 @@ async def _round(
             task = asyncio.create_task(run_roles(r, stop, ready=ready))
             await asyncio.wait_for(ready.wait(), 30)
             freeze_heap()  # as `steplog serve` does once its roles run
-            if isinstance(exporter, CountingChildExporter):
-                _settled(exporter)
+            if isinstance(exporter, CountingChildExporter) and exporter._child is not None:
+                wait_idle(exporter._child.pid)
             url = f"http://{settings.host}:{settings.port}"
             try:
                 async with aiohttp.ClientSession() as http:

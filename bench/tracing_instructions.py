@@ -58,7 +58,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.tracing import ENDED, _stat, otlp_receiver
+from bench.tracing import ENDED, export_process, otlp_receiver, wait_idle
 from bench.transitions import PASS_10, TASK_3
 from engine.core.events import TERMINAL_EVENT_TYPES
 from steplog.datadir import local_servers
@@ -259,10 +259,10 @@ async def _run(
             # Warm up uncounted: what runs once per process (the first export's set-up,
             # caches filled on first use) is not a cost per transition.
             await _execute(http, pool, url, name, "warm", WORKLOADS[workload][2], conc)
-            exporter = _export_process(proc.pid)
+            exporter = export_process(proc.pid)
             if exporter is not None:
                 # Until it has sent the warm-up's spans (under callgrind it lags behind).
-                await _idle(exporter)
+                await asyncio.to_thread(wait_idle, exporter, 1.0, 300.0)
             if profile:
                 proc.send_signal(signal.SIGUSR1)
             else:
@@ -283,36 +283,6 @@ async def _run(
         return [], 0, seconds
     exported = 0 if exporter is None else sum(_totals(Path(f"{out_file}.{exporter}")))
     return _totals(Path(f"{out_file}.{proc.pid}")), exported, seconds
-
-
-async def _idle(pid: int) -> None:
-    """Until process ``pid`` has used no CPU for a second (or 5 minutes have passed)."""
-    last, deadline = -1.0, time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if (stat := _stat(pid)) is None:
-            return
-        used = stat[1]
-        if used == last:
-            return
-        last = used
-        await asyncio.sleep(1)
-
-
-def _export_process(pid: int) -> int | None:
-    """The span export process (steplog.span_export) that process ``pid`` started."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                parent = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                command = f.read()
-        except OSError:
-            continue
-        if parent == pid and b"steplog.span_export" in command:
-            return int(entry)
-    return None
 
 
 async def _bench(
