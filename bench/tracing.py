@@ -39,7 +39,15 @@ Prints, per mode and workload, the median over rounds of:
   context, as an upper bound, against the CPU per transition of "off".
 
     .venv/bin/python bench/tracing.py [-n 300] [--rounds 3] [--concurrency 32]
-        [--modes off,on,discard,sampled,drivers]
+        [--modes off,on,discard,sampled,drivers] [--rate TRANSITIONS_PER_S]
+
+With ``--rate`` each workload's starts are offered open-loop at that many transitions/s
+(of its states: task3 at 1,000 is 333 starts/s) instead of as fast as the clients can
+send them: every mode then does the same work at the same pace, so its CPU per
+transition is what tracing adds at equal load (its transitions/s is the rate). At
+full speed a mode that slows the process also changes how the roles batch their
+work (fewer triggers per append, fewer events per publish), which moves the CPU per
+transition as well.
 
 Run by hand; never part of the test suite.
 """
@@ -267,10 +275,13 @@ async def _workload(
     definition: Any,
     n: int,
     conc: int,
+    rate: float = 0.0,
 ) -> tuple[float, float, float, float]:
     """Seconds from the first start to the last execution's end, and the CPU seconds
     this process, this process with the servers and the span export process alone spent
-    meanwhile."""
+    meanwhile. With ``rate`` the starts are offered open-loop at that many per second
+    (start i sent at i / rate, at most ``conc`` in flight), else as fast as ``conc``
+    clients can send them."""
     async with http.put(f"{url}/v1/workflows/{name}", json={"definition": definition}) as resp:
         assert resp.status in (200, 201), await resp.text()
     sem = asyncio.Semaphore(conc)
@@ -279,6 +290,8 @@ async def _workload(
         # Named, so that a start sent again after a connection reset (a loaded machine)
         # starts nothing twice.
         body = {"name": f"e{i}", "input": {"i": i}}
+        if rate and (due := began + i / rate - time.perf_counter()) > 0:
+            await asyncio.sleep(due)
         async with sem:
             for _ in range(5):
                 try:
@@ -313,6 +326,7 @@ async def _round(
     n: int,
     conc: int,
     index: int,
+    rate: float = 0.0,
 ) -> dict[str, float]:
     """Figures per workload in one mode."""
     settings = Settings(
@@ -355,7 +369,15 @@ async def _round(
                     for name, definition, states in WORKLOADS:
                         before = exporter.spans if exporter is not None else 0
                         elapsed, own, total, export = await _workload(
-                            http, r.pool, meter, url, f"{name}-{index}", definition, n, conc
+                            http,
+                            r.pool,
+                            meter,
+                            url,
+                            f"{name}-{index}",
+                            definition,
+                            n,
+                            conc,
+                            rate / states,
                         )
                         results[name] = n * states / elapsed
                         results[f"{name}/own-ms"] = own * 1000 / (n * states)
@@ -398,7 +420,7 @@ def _spread(values: list[float]) -> str:
     return f"{min(values):.3f}-{max(values):.3f}"
 
 
-async def _bench(n: int, rounds: int, conc: int, modes: Sequence[str]) -> None:
+async def _bench(n: int, rounds: int, conc: int, modes: Sequence[str], rate: float = 0.0) -> None:
     with tempfile.TemporaryDirectory(prefix="steplog-bench-trace-") as folder:
         data = Path(folder)
         meter = CpuMeter(data)
@@ -415,13 +437,14 @@ async def _bench(n: int, rounds: int, conc: int, modes: Sequence[str]) -> None:
                     for mode in [*modes[shift:], *modes[:shift]]:
                         index += 1
                         results = await _round(
-                            mode, db_url, redis_url, data, meter, endpoint, n, conc, index
+                            mode, db_url, redis_url, data, meter, endpoint, n, conc, index, rate
                         )
                         for name, value in results.items():
                             figures[mode].setdefault(name, []).append(value)
                         shown = {k: round(v, 3) for k, v in results.items()}
                         print(f"  round {index}: {mode:8} {shown}", flush=True)
-    print(f"\n{n} executions per workload and round, {rounds} rounds, concurrency {conc}")
+    offered = f", offered open-loop at {rate:,.0f} transitions/s" if rate else ""
+    print(f"\n{n} executions per workload and round, {rounds} rounds, concurrency {conc}{offered}")
     print(
         "CPU ms per transition: this process + PostgreSQL + Redis + the span export process"
         " (median, min-max, vs off); this process alone; the span export process alone;"
@@ -489,11 +512,21 @@ def main() -> None:
     parser.add_argument(
         "--modes", default=",".join(MODES), help=f"comma separated, of {MODES}; off first"
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="offer each workload's starts open-loop at this many transitions/s (0: as "
+        "fast as the clients can; a rate below what tracing on sustains compares the CPU "
+        "per transition at equal load)",
+    )
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or modes[0] != "off" or any(m not in MODES for m in modes):
         parser.error(f"--modes: off first, then any of {MODES}")
-    asyncio.run(_bench(args.n, args.rounds, args.concurrency, modes))
+    if args.rate < 0:
+        parser.error("--rate: not negative")
+    asyncio.run(_bench(args.n, args.rounds, args.concurrency, modes, args.rate))
 
 
 if __name__ == "__main__":
