@@ -18,10 +18,11 @@ printing their reports as they come, then one table of every goal line they prin
    with 30 s idle readings; ``--full``: 100,000 and 60 s, as the issue states it).
 
 With ``--full`` (`make bench-all`) it also runs bench/scale.py (1, 2, 3 processes of
-each role: CPU, conflicts, duplicates and idle waits per 1,000 transitions) and
+each role: CPU, conflicts, duplicates and idle waits per 1,000 transitions; 2 rounds in
+alternating order, medians) and
 bench/partitioning.py (the events table hash-partitioned against the plain table).
 
-Durations on the 2-core machine: about 6 minutes (measured at load 4-8); with ``--full`` about 40.
+Durations on the 2-core machine: about 6 minutes (measured at load 4-8); with ``--full`` about 20-40.
 
     .venv/bin/python bench/goals.py [--full] [--waits N] [transitions.py options]
 """
@@ -82,7 +83,7 @@ def main() -> None:
     goals += run("projection_lag.py")
     goals += run("waits.py", "--executions", str(waits), "--idle-seconds", idle)
     if args.full:
-        goals += run("scale.py")
+        goals += run("scale.py", "--rounds", "2")
         goals += run("partitioning.py")
     minutes = (time.monotonic() - began) / 60
     print(f"\n=== issue 13 goals, one run ({minutes:.0f} min)")

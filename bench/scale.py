@@ -26,7 +26,12 @@ worker, projector) each; ``--layout split`` runs N processes per role, 4 x N in 
 CPU is then also shown per role).
 
     .venv/bin/python bench/scale.py [--executions 600] [--rate 20] [--processes 1,2,3]
-        [--layout all]
+        [--layout all] [--rounds 1]
+
+With ``--rounds N`` every process count is measured N times, in alternating order (1, 2,
+3, then 3, 2, 1, ...), and each figure is the median of its N readings: the machine's
+speed drifts during a run, and one order would charge a slowdown to the counts measured
+last (`make bench-all` runs 2 rounds).
 
 The load grows with the processes (the default, ``--rate 20``): each process is offered
 the same load, ``--executions`` starts at ``--rate`` starts/s, so N processes get N times
@@ -51,6 +56,7 @@ import asyncio
 import os
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -333,31 +339,52 @@ async def main() -> None:
     parser.add_argument(
         "--idle-seconds", type=float, default=10, help="idle reading before each load"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every process count this many times, in alternating order "
+        "(1,2,3 then 3,2,1, ...), and report the median of each figure",
+    )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
     counts = [int(n) for n in args.processes.split(",")]
-    rates: dict[int, float] = {}
-    figures: dict[int, dict[str, float]] = {}
-    for n in counts:
-        # With --rate, each process is offered the same load: N times the executions at N
-        # times the rate.
-        executions = args.executions * n if args.rate else args.executions
-        rates[n], delta = await measure(
-            n,
-            executions,
-            args.concurrency,
-            args.layout == "split",
-            args.idle_seconds,
-            args.rate * n,
-        )
-        figures[n] = per_1000(delta)
-        for k, v in delta.items():
-            if k.startswith("idle "):
-                figures[n][k] = v
-        print(
-            f"{n} of each role: {rates[n]:7.1f} executions/s, "
-            f"{delta['transitions']:.0f} transitions",
-            flush=True,
-        )
+    runs: dict[int, list[tuple[float, dict[str, float]]]] = {n: [] for n in counts}
+    for round_ in range(args.rounds):
+        # The machine's speed drifts during a run (by a third within minutes here): in
+        # alternating order a drift falls on the first and the last count alike, where
+        # one order would charge it all to the counts measured last.
+        for n in counts if round_ % 2 == 0 else counts[::-1]:
+            # With --rate, each process is offered the same load: N times the executions
+            # at N times the rate.
+            executions = args.executions * n if args.rate else args.executions
+            rate, delta = await measure(
+                n,
+                executions,
+                args.concurrency,
+                args.layout == "split",
+                args.idle_seconds,
+                args.rate * n,
+            )
+            figure = per_1000(delta)
+            for k, v in delta.items():
+                if k.startswith("idle "):
+                    figure[k] = v
+            runs[n].append((rate, figure))
+            print(
+                f"{n} of each role: {rate:7.1f} executions/s, "
+                f"{delta['transitions']:.0f} transitions"
+                + (f" (round {round_ + 1} of {args.rounds})" if args.rounds > 1 else ""),
+                flush=True,
+            )
+    rates = {n: statistics.median(rate for rate, _ in runs[n]) for n in counts}
+    figures = {
+        n: {k: statistics.median(f.get(k, 0.0) for _, f in runs[n]) for k in runs[n][0][1]}
+        for n in counts
+    }
+    if args.rounds > 1:
+        print(f"-- medians of {args.rounds} rounds")
     report(counts, rates, figures)
     # Issue 13, item 3: linear scaling keeps what a transition costs flat as processes are
     # added (max / min within 15%), and adds no conflicts or duplicate work.
