@@ -40,7 +40,7 @@ lint: $(STAMP)
 
 # Every goal of issue 13 from one run (bench/goals.py, about 6 min on 2 cores); BENCH_ARGS
 # go to bench/transitions.py (e.g. -n 800 --rounds 3). bench-all: 100,000 waits, scale and
-# partitioning too (about 40 min).
+# partitioning too (about 20-40 min).
 bench: $(STAMP)
 	$(BIN)/python bench/goals.py $(BENCH_ARGS)
 
