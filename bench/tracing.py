@@ -1,12 +1,15 @@
 """Benchmark: what tracing costs, in CPU per state transition and transitions per second.
 
-Runs every role in this process (steplog.app.open_resources + run_roles) on embedded
-PostgreSQL and Redis under a temporary folder, and drives it through the API: N
-executions of a 3-Task workflow (test:echo) and of a 10-state Pass chain per round,
-bounded client concurrency, until every one has ended (its terminal event is in
-PostgreSQL). Modes, interleaved round by round in an order rotated each cycle, so
-that the machine's load and the run's own drift (growing tables) fall on all of
-them alike:
+Each round runs in a new interpreter (this file with ``--one-round``) on embedded
+PostgreSQL and Redis of its own under a new temporary folder, so that every round
+starts as the first did: no heap, caches or tables left by the rounds before (in one
+process on one database, the same mode slowed by a tenth from the first round to the
+fourth, and the mode run later in a cycle paid for it). The round runs every role in
+its process (steplog.app.open_resources + run_roles) and drives it through the API: N
+executions of a 3-Task workflow (test:echo) and of a 10-state Pass chain, bounded
+client concurrency, until every one has ended (its terminal event is in PostgreSQL).
+Modes, interleaved round by round in an order rotated each cycle, so that the
+machine's drift falls on all of them alike:
 
     off        tracing off (the default: no tracer anywhere)
     on         tracing on, sampled at 100%, as steplog ships it: steplog's own
@@ -57,6 +60,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import os
 import socket
 import statistics
@@ -420,7 +424,10 @@ def _spread(values: list[float]) -> str:
     return f"{min(values):.3f}-{max(values):.3f}"
 
 
-async def _bench(n: int, rounds: int, conc: int, modes: Sequence[str], rate: float = 0.0) -> None:
+async def _one_round(mode: str, n: int, conc: int, index: int, rate: float) -> dict[str, float]:
+    """One round of ``mode`` on servers of its own (embedded PostgreSQL and Redis in a
+    new temporary folder) and a receiver of its own: the round `_bench` runs in a child
+    interpreter (``--one-round``)."""
     with tempfile.TemporaryDirectory(prefix="steplog-bench-trace-") as folder:
         data = Path(folder)
         meter = CpuMeter(data)
@@ -428,21 +435,39 @@ async def _bench(n: int, rounds: int, conc: int, modes: Sequence[str], rate: flo
             with otlp_receiver() as endpoint:
                 # (read by the span export process, which inherits the environment)
                 os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = endpoint
-                figures: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
-                index = 0
-                for cycle in range(rounds):
-                    # Each cycle in another order: the run drifts (tables grow, the
-                    # neighbours' load changes), and a mode always first would gain.
-                    shift = cycle % len(modes)
-                    for mode in [*modes[shift:], *modes[:shift]]:
-                        index += 1
-                        results = await _round(
-                            mode, db_url, redis_url, data, meter, endpoint, n, conc, index, rate
-                        )
-                        for name, value in results.items():
-                            figures[mode].setdefault(name, []).append(value)
-                        shown = {k: round(v, 3) for k, v in results.items()}
-                        print(f"  round {index}: {mode:8} {shown}", flush=True)
+                return await _round(
+                    mode, db_url, redis_url, data, meter, endpoint, n, conc, index, rate
+                )
+
+
+def _round_in_child(mode: str, n: int, conc: int, index: int, rate: float) -> dict[str, float]:
+    """`_one_round` in a new interpreter, its figures read from its last line of output.
+    Every round starts as the first did: a fresh process (no heap, caches or imports
+    left by the rounds before) on empty tables. Rounds in one process on one database
+    drifted: the same mode slowed by a tenth from the first round to the fourth (the
+    tables grow, the bench's own polls of them cost more, the process's heap grows),
+    which the mode run later in a cycle paid for."""
+    argv = [sys.executable, __file__, "--one-round", mode, "-n", str(n)]
+    argv += ["--concurrency", str(conc), "--index", str(index), "--rate", str(rate)]
+    done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True)
+    results: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return results
+
+
+async def _bench(n: int, rounds: int, conc: int, modes: Sequence[str], rate: float = 0.0) -> None:
+    figures: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
+    index = 0
+    for cycle in range(rounds):
+        # Each cycle in another order: the machine's speed drifts, and a mode always
+        # first would gain.
+        shift = cycle % len(modes)
+        for mode in [*modes[shift:], *modes[:shift]]:
+            index += 1
+            results = await asyncio.to_thread(_round_in_child, mode, n, conc, index, rate)
+            for name, value in results.items():
+                figures[mode].setdefault(name, []).append(value)
+            shown = {k: round(v, 3) for k, v in results.items()}
+            print(f"  round {index}: {mode:8} {shown}", flush=True)
     offered = f", offered open-loop at {rate:,.0f} transitions/s" if rate else ""
     print(f"\n{n} executions per workload and round, {rounds} rounds, concurrency {conc}{offered}")
     print(
@@ -520,7 +545,15 @@ def main() -> None:
         "fast as the clients can; a rate below what tracing on sustains compares the CPU "
         "per transition at equal load)",
     )
+    parser.add_argument("--one-round", metavar="MODE", help=argparse.SUPPRESS)
+    parser.add_argument("--index", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one_round:  # (a round in a child interpreter: `_round_in_child`)
+        results = asyncio.run(
+            _one_round(args.one_round, args.n, args.concurrency, args.index, args.rate)
+        )
+        print(json.dumps(results), flush=True)
+        return
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or modes[0] != "off" or any(m not in MODES for m in modes):
         parser.error(f"--modes: off first, then any of {MODES}")
