@@ -441,12 +441,8 @@ async def _one_round(mode: str, n: int, conc: int, index: int, rate: float) -> d
 
 
 def _round_in_child(mode: str, n: int, conc: int, index: int, rate: float) -> dict[str, float]:
-    """`_one_round` in a new interpreter, its figures read from its last line of output.
-    Every round starts as the first did: a fresh process (no heap, caches or imports
-    left by the rounds before) on empty tables. Rounds in one process on one database
-    drifted: the same mode slowed by a tenth from the first round to the fourth (the
-    tables grow, the bench's own polls of them cost more, the process's heap grows),
-    which the mode run later in a cycle paid for."""
+    """`_one_round` in a new interpreter (why: the module's docstring), its figures read
+    from the last line it prints."""
     argv = [sys.executable, __file__, "--one-round", mode, "-n", str(n)]
     argv += ["--concurrency", str(conc), "--index", str(index), "--rate", str(rate)]
     done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True)
