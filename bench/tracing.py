@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import socket
@@ -394,7 +393,6 @@ async def _round(
             finally:
                 stop.set()
                 await asyncio.wait_for(task, 60)
-                gc.unfreeze()  # the next round starts from a heap like this one's
     finally:
         undo()
         if provider is not None:
@@ -450,7 +448,7 @@ def _round_in_child(mode: str, n: int, conc: int, index: int, rate: float) -> di
     return results
 
 
-async def _bench(n: int, rounds: int, conc: int, modes: Sequence[str], rate: float = 0.0) -> None:
+def _bench(n: int, rounds: int, conc: int, modes: Sequence[str], rate: float = 0.0) -> None:
     figures: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
     index = 0
     for cycle in range(rounds):
@@ -459,7 +457,7 @@ async def _bench(n: int, rounds: int, conc: int, modes: Sequence[str], rate: flo
         shift = cycle % len(modes)
         for mode in [*modes[shift:], *modes[:shift]]:
             index += 1
-            results = await asyncio.to_thread(_round_in_child, mode, n, conc, index, rate)
+            results = _round_in_child(mode, n, conc, index, rate)
             for name, value in results.items():
                 figures[mode].setdefault(name, []).append(value)
             shown = {k: round(v, 3) for k, v in results.items()}
@@ -555,7 +553,7 @@ def main() -> None:
         parser.error(f"--modes: off first, then any of {MODES}")
     if args.rate < 0:
         parser.error("--rate: not negative")
-    asyncio.run(_bench(args.n, args.rounds, args.concurrency, modes, args.rate))
+    _bench(args.n, args.rounds, args.concurrency, modes, args.rate)
 
 
 if __name__ == "__main__":
