@@ -207,20 +207,26 @@ def _name_kind(name: str, kind: SpanKind) -> bytes:
 def _span(span: ReadableSpan) -> bytes:
     """The span as field 2 of its ScopeSpans (the field's key and length included).
     Written for speed: it runs for every span in the export thread."""
+    # A SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state, ...).
+    trace_state: TraceState | str
     if getattr(type(span), "plain_fields", False):
-        # A LeanSpan (steplog.tracing, which imports this module), read from its fields:
-        # the SDK's properties copy (attributes, events, links) and count (an isinstance
-        # check of an abstract class each). A LeanSpan's events and links drop nothing.
-        context, parent, name, kind = span._context, span._parent, span._name, span._kind
-        start, end, attributes = span._start_time, span._end_time, span._attributes
+        # A span read by steplog.span_export (its record), read from its fields: the
+        # SDK's properties copy (attributes, events, links) and count (an isinstance
+        # check of an abstract class each). Its trace id is hex, its parent (span id or
+        # its hex, is remote).
+        name, kind, start, end = span._name, span._kind, span._start_time, span._end_time
+        attributes, links, status = span._attributes, span._links, span._status
         events: Sequence[Event] = span._events
-        links, status = span._links, span._status
         dropped_attributes, dropped_events, dropped_links = (
             span._dropped_attributes,  # type: ignore[attr-defined]
             span._dropped_events,  # type: ignore[attr-defined]
-            # (a LeanSpan drops no link; a span read by steplog.span_export may have)
-            getattr(span, "_dropped_links", 0),
+            span._dropped_links,  # type: ignore[attr-defined]
         )
+        trace_id = int(span._trace, 16)  # type: ignore[attr-defined]
+        span_id, trace_state = span._span_id, span._trace_state  # type: ignore[attr-defined]
+        parent_id, remote = (None, False) if span._parent is None else span._parent  # type: ignore[misc]
+        if type(parent_id) is str:
+            parent_id = int(parent_id, 16)
         lean = True
     else:
         context, parent, name, kind = span.get_span_context(), span.parent, span.name, span.kind
@@ -231,20 +237,11 @@ def _span(span: ReadableSpan) -> bytes:
             span.dropped_events,
             span.dropped_links,
         )
-        lean = False
-    assert context is not None
-    if lean and getattr(type(span), "split_ids", False):
-        # A span read by steplog.span_export: its context as (trace id high, low 64
-        # bits, span id, flags, trace state header), its parent as (span id, is remote).
-        # (no typing.cast: it is a call, per span)
-        trace_state: TraceState | str
-        high, low, span_id, _, trace_state = context  # type: ignore[misc]
-        parent_id, remote = (None, False) if parent is None else parent  # type: ignore[misc]
-    else:
-        # A SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state, ...).
+        assert context is not None
         trace_id, span_id, _, _, trace_state = context[:5]
-        high, low = trace_id >> 64, trace_id & _UINT64
         parent_id, remote = (None, False) if parent is None else (parent[1], parent[2])
+        lean = False
+    high, low = trace_id >> 64, trace_id & _UINT64
     if parent_id is None:
         head = _ids(b"\x0a\x10", high, low, b"\x12\x08", span_id)
     else:

@@ -50,8 +50,39 @@ _encoder = msgspec.msgpack.Encoder()
 _CHILD_QUEUE = 4
 _STOP_TIMEOUT_S = 30.0
 
-# A span as it crosses the pipe: see `_record`.
-_Record = tuple[Any, ...]
+# A span as it crosses the pipe (what a LeanSpan ends as, steplog.tracing; `_record`
+# makes one of any other span), plain values only, in the order of `_ReceivedSpan`'s
+# fields: (group, name, kind, trace id as 32 hex digits, span id, flags, trace state
+# header, parent as (span id or its 16 hex digits, is remote) or None, start time, end
+# time, attributes, events as (name, time, attributes), links as (context as
+# `_context` writes it, is remote, attributes), status as (code, description), dropped
+# attributes, events, links). The group numbers the span's resource and
+# instrumentation scope (`group_of`).
+SpanRecord = tuple[Any, ...]
+
+# The (resource, scope) groups numbered so far: their number by the ids of the two
+# (kept, so that no id is reused), and what a message tells of each.
+_groups: dict[tuple[int, int], int] = {}
+_group_specs: dict[int, tuple[Any, ...]] = {}
+_grouped: list[object] = []
+
+
+def group_of(resource: Resource, scope: InstrumentationScope | None) -> int:
+    """The number of the group of spans of ``resource`` and ``scope``."""
+    key = (id(resource), id(scope))
+    number = _groups.get(key)
+    if number is None:
+        _grouped.append((resource, scope))
+        number = len(_group_specs)
+        _group_specs[number] = (
+            dict(resource.attributes),
+            resource.schema_url,
+            None
+            if scope is None
+            else (scope.name, scope.version, scope.schema_url, dict(scope.attributes or {})),
+        )
+        _groups[key] = number
+    return number
 
 
 def _context(context: SpanContext) -> tuple[int, int, int, int, str]:
@@ -63,74 +94,44 @@ def _context(context: SpanContext) -> tuple[int, int, int, int, str]:
     return trace_id >> 64, trace_id & _UINT64, span_id, flags & 0xFF, header
 
 
-def _record(span: ReadableSpan) -> _Record:
-    """``span``'s fields, plain values only (trace ids split: msgpack has no 128-bit
-    integer), in the order of `_ReceivedSpan`'s. A LeanSpan (steplog.tracing) is read
-    from its fields, as steplog.otlp reads it; any other span through its properties."""
-    if getattr(type(span), "plain_fields", False):
-        context, parent, attributes = span._context, span._parent, span._attributes
-        links, status = span._links, span._status
-        dropped_attributes, dropped_events, dropped_links = (
-            span._dropped_attributes,  # type: ignore[attr-defined]
-            span._dropped_events,  # type: ignore[attr-defined]
-            0,
-        )
-        events: Sequence[tuple[str, int, Any]] = (
-            [(e._name, e._timestamp, e._attributes) for e in span._events] if span._events else ()
-        )
-    else:
-        context, parent = span.get_span_context(), span.parent
-        links, status = span.links, span.status
-        dropped_attributes, dropped_events, dropped_links = (
-            span.dropped_attributes,
-            span.dropped_events,
-            span.dropped_links,
-        )
-        events = [(e.name, e.timestamp, dict(e.attributes or {})) for e in span.events]
-        attributes = dict(span.attributes or {})
+def link_record(link: Link) -> tuple[Any, ...]:
+    """A link as a record holds it."""
+    return (_context(link.context), link.context.is_remote, dict(link.attributes or {}))
+
+
+def _record(span: ReadableSpan) -> SpanRecord:
+    """The record of a span that is not a LeanSpan (the SDK's: a driver's query)."""
+    context, parent, status = span.get_span_context(), span.parent, span.status
     assert context is not None
+    trace_id, span_id, _, flags, state = context[:5]
     return (
-        span._name,
-        span._kind._value_,  # (`.value` is a descriptor call)
-        _context(context),
+        group_of(span.resource, span.instrumentation_scope),
+        span.name,
+        span.kind._value_,
+        f"{trace_id:032x}",
+        span_id,
+        flags & 0xFF,
+        state.to_header() if getattr(state, "_dict", state) else "",
         None if parent is None else (parent[1], parent[2]),
-        span._start_time,
-        span._end_time,
-        attributes,
-        events,
-        [
-            (_context(link.context), link.context.is_remote, dict(link.attributes or {}))
-            for link in links
-        ]
-        if links
-        else (),
+        span.start_time,
+        span.end_time,
+        dict(span.attributes or {}),
+        [(e.name, e.timestamp, dict(e.attributes or {})) for e in span.events],
+        [link_record(link) for link in span.links],
         (status.status_code._value_, status.description),
-        dropped_attributes,
-        dropped_events,
-        dropped_links,
+        span.dropped_attributes,
+        span.dropped_events,
+        span.dropped_links,
     )
 
 
-def encode_batch(spans: Sequence[ReadableSpan]) -> bytes:
-    """The message a batch of spans crosses the pipe as: groups of spans that share a
-    resource and an instrumentation scope, each (resource attributes, resource schema
-    url, scope as (name, version, schema url, attributes) or None, span records)."""
-    groups: dict[tuple[int, int], tuple[Any, ...]] = {}
-    for span in spans:
-        # (the fields behind the properties `resource` and `instrumentation_scope`)
-        resource, scope = span._resource, span._instrumentation_scope
-        group = groups.get((id(resource), id(scope)))
-        if group is None:
-            group = groups[id(resource), id(scope)] = (
-                dict(resource.attributes),
-                resource.schema_url,
-                None
-                if scope is None
-                else (scope.name, scope.version, scope.schema_url, dict(scope.attributes or {})),
-                [],
-            )
-        group[3].append(_record(span))
-    return _encoder.encode(list(groups.values()))
+def encode_batch(spans: Sequence[SpanRecord | ReadableSpan]) -> bytes:
+    """The message a batch crosses the pipe as: (the groups of its records, by number;
+    the records). A record is written as it is (by msgpack, in C); any other span is
+    made one first."""
+    records = [span if type(span) is tuple else _record(span) for span in spans]  # type: ignore[arg-type]
+    groups = {number: _group_specs[number] for number in {record[0] for record in records}}
+    return _encoder.encode((groups, records))
 
 
 # The message decoded (`decode_batch`) by msgspec in C, straight into these records
@@ -152,18 +153,19 @@ class _ReceivedStatus(msgspec.Struct, array_like=True, gc=False):
 
 
 class _ReceivedSpan(msgspec.Struct, array_like=True, gc=False):
-    """A span read from the pipe, in the fields steplog.otlp encodes a LeanSpan from
-    (``plain_fields``), its context and parent in the pipe's layout (``split_ids``):
-    (trace id high, low 64 bits, span id, flags, trace state header) and (span id,
-    is remote)."""
+    """A span read from the pipe (a `SpanRecord`), in the fields steplog.otlp encodes
+    it from (``plain_fields``)."""
 
     plain_fields: ClassVar[bool] = True
-    split_ids: ClassVar[bool] = True
 
+    _group: int
     _name: str
     _kind: SpanKind
-    _context: tuple[int, int, int, int, str]
-    _parent: tuple[int, bool] | None
+    _trace: str
+    _span_id: int
+    _flags: int
+    _trace_state: str
+    _parent: tuple[int | str, bool] | None
     _start_time: int | None
     _end_time: int | None
     _attributes: dict[str, Any]
@@ -182,10 +184,14 @@ class _Group(msgspec.Struct, array_like=True, gc=False):
     resource_attributes: dict[str, Any]
     resource_schema_url: str
     scope: tuple[str, str | None, str | None, dict[str, Any]] | None
+
+
+class _Message(msgspec.Struct, array_like=True, gc=False):
+    groups: dict[int, _Group]
     spans: list[_ReceivedSpan]
 
 
-_decoder = msgspec.msgpack.Decoder(list[_Group])
+_decoder = msgspec.msgpack.Decoder(_Message)
 
 
 def _span_context(fields: Sequence[Any], remote: bool = False) -> SpanContext:
@@ -202,22 +208,36 @@ def _span_context(fields: Sequence[Any], remote: bool = False) -> SpanContext:
 def decode_batch(message: bytes) -> list[ReadableSpan]:
     """The spans of a message `encode_batch` made, as steplog.otlp's `encode_spans`
     reads them (not the SDK's encoder: they are not ReadableSpans, only typed so)."""
-    spans: list[Any] = []
-    for group in _decoder.decode(message):
-        resource = Resource(group.resource_attributes, group.resource_schema_url)
-        scope = (
+    decoded = _decoder.decode(message)
+    groups: dict[int, tuple[Resource, InstrumentationScope | None]] = {}
+    resources: list[tuple[dict[str, Any], str, Resource]] = []
+    for number, group in decoded.groups.items():
+        # One Resource for the groups of one (their spans are encoded together).
+        resource = next(
+            (
+                known
+                for attributes, schema_url, known in resources
+                if (attributes, schema_url)
+                == (group.resource_attributes, group.resource_schema_url)
+            ),
+            None,
+        )
+        if resource is None:
+            resource = Resource(group.resource_attributes, group.resource_schema_url)
+            resources.append((group.resource_attributes, group.resource_schema_url, resource))
+        groups[number] = (
+            resource,
             None
             if group.scope is None
             else InstrumentationScope(
                 group.scope[0], group.scope[1], group.scope[2], group.scope[3] or None
-            )
+            ),
         )
-        for span in group.spans:
-            span.resource = resource
-            span.instrumentation_scope = scope
-            if span._links:
-                span._links = [Link(_span_context(c, remote), a) for c, remote, a in span._links]
-        spans.extend(group.spans)
+    spans: list[Any] = decoded.spans
+    for span in spans:
+        span.resource, span.instrumentation_scope = groups[span._group]
+        if span._links:
+            span._links = [Link(_span_context(c, remote), a) for c, remote, a in span._links]
     return spans
 
 
@@ -226,6 +246,9 @@ class ChildProcessExporter(SpanExporter):
     docstring). The child starts with the exporter, when the process starts: its
     imports (the OTLP exporter, its HTTP or gRPC client, protobuf) cost it a few
     tenths of a second of CPU, which the first traffic would otherwise pay for."""
+
+    # It takes a LeanSpan's record as it ends (steplog.tracing), not a ReadableSpan.
+    takes_records = True
 
     def __init__(self, protocol: str) -> None:
         self._protocol = protocol
@@ -246,7 +269,7 @@ class ChildProcessExporter(SpanExporter):
             start_new_session=True,
         )
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+    def export(self, spans: Sequence[SpanRecord | ReadableSpan]) -> SpanExportResult:
         if self._shut_down:
             return SpanExportResult.FAILURE
         try:

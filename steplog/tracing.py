@@ -32,7 +32,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import Token
 from random import getrandbits
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import cast
 
 from opentelemetry import context as context_api
@@ -79,8 +79,11 @@ from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes, AttributeValue
 
+from engine.loops.tracing import OWN_TRACEPARENT
+from engine.loops.tracing import parent_context as _parent_context
 from engine.tracecontext import CURRENT as _CURRENT
 from steplog.settings import Settings
+from steplog.span_export import SpanRecord, group_of, link_record
 
 _logger = logging.getLogger(__name__)
 
@@ -178,66 +181,97 @@ def instrument_drivers(provider: TracerProvider) -> Callable[[], None]:
     return undo
 
 
-class LeanSpan(ReadableSpan, Span):
-    """A recording span that is its own finished record: ended, it goes to the span
-    processors as it is (the SDK's span copies itself into a ReadableSpan at its end),
-    and what it records goes into plain dicts and lists (the SDK's goes through a
-    locked, validating BoundedAttributes per span and per event). Values steplog sets
-    are valid by construction (str, bool, int, float, tuples of str); any other value
-    (a handler's own span) is checked as the SDK checks it (`_valid`)."""
+class LeanSpan(Span):
+    """A recording span that ends as a record. Its fields are what an export needs, in
+    plain values: the trace id as the hex of a traceparent, a remote parent as the
+    traceparent it was started from (`LeanTracer.start_child` does not parse it),
+    attributes in a dict, events as (name, time, attributes) tuples. Ended, it goes to
+    a batch processor whose exporter takes records (steplog.span_export's) as one tuple
+    (`record`), and to any other processor as the SDK's ReadableSpan (`readable`). The
+    SDK's span records through a locked, validating BoundedAttributes per span and per
+    event and copies itself into a ReadableSpan at its end; its context is parsed and
+    built whether or not anything reads it. Values steplog sets are valid by
+    construction (str, bool, int, float, tuples of str); any other value (a handler's
+    own span) is checked as the SDK checks it (`_valid`)."""
 
-    # steplog.otlp encodes a span whose class says this from its fields (_name, ...,
-    # _dropped_events), not through the SDK's properties, which copy and count.
-    plain_fields = True
+    __slots__ = (
+        "_attributes",
+        "_context",
+        "_dropped_attributes",
+        "_dropped_events",
+        "_end_time",
+        "_events",
+        "_flags",
+        "_kind",
+        "_links",
+        "_name",
+        "_parent",
+        "_span_id",
+        "_start_time",
+        "_status",
+        "_trace",
+        "_trace_state",
+        "_tracer",
+    )
 
     def __init__(
         self,
         tracer: LeanTracer,
         name: str,
-        context: SpanContext,
-        parent: SpanContext | None,
         kind: SpanKind,
+        trace: str,
+        span_id: int,
+        flags: int,
+        trace_state: TraceState,
+        parent: SpanContext | str | None,
         attributes: dict[str, AttributeValue],
         links: Sequence[Link],
         start_time: int,
+        context: SpanContext | None = None,
     ) -> None:
-        # ReadableSpan's fields, set directly (its __init__ builds defaults we replace);
-        # those every span starts with are the class's (below) until one is set.
-        self._name = name
-        self._context = context
-        self._kind = kind
-        self._instrumentation_scope = tracer.scope
-        self._parent = parent
-        self._start_time = start_time
-        self._attributes = self._recorded = attributes
-        self._links = links
-        self._resource = tracer.resource
         self._tracer = tracer
-
-    _end_time: int | None = None
-    _instrumentation_info = None
-    # No events until the first is added (then a list of the span's own).
-    _events: list[Event] | tuple[()] = ()
-    _dropped_attributes = 0
-    _dropped_events = 0
-    _status = Status(StatusCode.UNSET)
-
-    @property
-    def dropped_attributes(self) -> int:
-        return self._dropped_attributes
-
-    @property
-    def dropped_events(self) -> int:
-        return self._dropped_events
-
-    @property
-    def dropped_links(self) -> int:
-        return 0
+        self._name = name
+        self._kind = kind
+        self._trace = trace  # (32 lower-case hex digits)
+        self._span_id = span_id
+        self._flags = flags
+        self._trace_state = trace_state
+        # None (a root span), the parent's SpanContext, or the traceparent of a remote
+        # parent (start_child's).
+        self._parent = parent
+        self._attributes = attributes
+        self._links = links
+        self._start_time = start_time
+        self._context = context  # (built when first asked for: `get_span_context`)
+        self._end_time: int | None = None
+        self._events: list[tuple[str, int, dict[str, AttributeValue]]] | tuple[()] = ()
+        self._status = _UNSET
+        self._dropped_attributes = 0
+        self._dropped_events = 0
 
     # The Span API.
 
     def get_span_context(self) -> SpanContext:
-        return self._context  # type: ignore[return-value]
+        context = self._context
+        if context is None:
+            # The SpanContext its __new__ would build (local, valid), without the call.
+            context = self._context = tuple.__new__(
+                SpanContext,
+                (
+                    int(self._trace, 16),
+                    self._span_id,
+                    False,
+                    _FLAGS[self._flags],
+                    self._trace_state,
+                    True,
+                ),
+            )
+        return context
+
+    @property
+    def traceparent(self) -> str:
+        """The span's W3C traceparent, without its context built."""
+        return f"00-{self._trace}-{self._span_id:016x}-{self._flags:02x}"
 
     def is_recording(self) -> bool:
         return self._end_time is None
@@ -245,7 +279,7 @@ class LeanSpan(ReadableSpan, Span):
     def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
         if self._end_time is None:
             for key, value in attributes.items():
-                recorded = self._recorded
+                recorded = self._attributes
                 if (
                     (
                         type(value) in _PLAIN
@@ -271,7 +305,7 @@ class LeanSpan(ReadableSpan, Span):
             value = checked
         # As the SDK's BoundedAttributes: a key set again moves to the end; when the
         # span holds its limit, the oldest key gives way (and counts as dropped).
-        attributes = self._recorded
+        attributes = self._attributes
         if key in attributes:
             del attributes[key]
         elif len(attributes) >= self._tracer.max_attributes:
@@ -288,7 +322,7 @@ class LeanSpan(ReadableSpan, Span):
         if self._end_time is not None:
             return
         events = self._events
-        if not isinstance(events, list):  # (the class's empty tuple)
+        if not events:  # (the empty tuple it starts with)
             events = self._events = []
         if len(events) >= self._tracer.max_events:  # the oldest gives way, as in the SDK
             self._dropped_events += 1
@@ -306,12 +340,7 @@ class LeanSpan(ReadableSpan, Span):
                 if type(value) not in _PLAIN and (value := _valid(key, value)) is None:
                     continue
                 checked[key] = value
-        # The SDK's Event, as its __init__ sets it up (without the two calls).
-        event = _new_event(Event)
-        event._name = name
-        event._timestamp = timestamp or time.time_ns()
-        event._attributes = checked
-        events.append(event)
+        events.append((name, timestamp or time.time_ns(), checked))
 
     def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
         if self._end_time is None and context.is_valid:
@@ -356,11 +385,20 @@ class LeanSpan(ReadableSpan, Span):
             return
         self._end_time = end_time or time.time_ns()
         tracer = self._tracer
-        if self._context[3] & _SAMPLED:  # type: ignore[index]  # (a SpanContext: a tuple)
-            for emit in tracer.emits:
-                emit(self)
-        for on_end in tracer.ends:
-            on_end(self)
+        readable = None
+        if self._flags & _SAMPLED:
+            if tracer.takes_records:
+                record = self.record()
+                for take in tracer.takes_records:
+                    take(record)
+            if tracer.emits:
+                readable = self.readable()
+                for emit in tracer.emits:
+                    emit(readable)
+        if tracer.ends:
+            readable = readable or self.readable()
+            for on_end in tracer.ends:
+                on_end(readable)
 
     def __exit__(
         self,
@@ -373,11 +411,125 @@ class LeanSpan(ReadableSpan, Span):
             self.set_status(Status(StatusCode.ERROR, f"{type(exc_val).__name__}: {exc_val}"))
         self.end()
 
+    # What a processor's on_start may read of it, as of the SDK's span.
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def kind(self) -> SpanKind:
+        return self._kind
+
+    @property
+    def context(self) -> SpanContext:
+        return self.get_span_context()
+
+    @property
+    def parent(self) -> SpanContext | None:
+        parent = self._parent
+        return _remote_parent(parent) if isinstance(parent, str) else parent
+
+    @property
+    def attributes(self) -> Mapping[str, AttributeValue]:
+        return MappingProxyType(self._attributes)
+
+    @property
+    def start_time(self) -> int:
+        return self._start_time
+
+    @property
+    def resource(self) -> Resource:
+        return self._tracer.resource
+
+    @property
+    def instrumentation_scope(self) -> InstrumentationScope:
+        return self._tracer.scope
+
+    # What it ends as.
+
+    def record(self) -> SpanRecord:
+        """The ended span as steplog.span_export sends it (`span_export.SpanRecord`)."""
+        parent = self._parent
+        state = self._trace_state
+        status = self._status
+        return (
+            self._tracer.group,
+            self._name,
+            self._kind._value_,  # (`.value` is a descriptor call)
+            self._trace,
+            self._span_id,
+            self._flags,
+            # (the trace state's dict tested directly: its __len__ is a Python call)
+            state.to_header() if getattr(state, "_dict", state) else "",
+            None
+            if parent is None
+            else (parent[36:52], True)
+            if type(parent) is str
+            else (parent[1], parent[2]),
+            self._start_time,
+            self._end_time,
+            self._attributes,
+            self._events,
+            [link_record(link) for link in self._links] if self._links else (),
+            (status.status_code._value_, status.description),
+            self._dropped_attributes,
+            self._dropped_events,
+            0,
+        )
+
+    def readable(self) -> ReadableSpan:
+        """The ended span as the SDK's span processors and exporters take it."""
+        readable = _EndedSpan(
+            self._name,
+            context=self.get_span_context(),
+            parent=self.parent,
+            resource=self._tracer.resource,
+            attributes=dict(self._attributes),
+            events=[Event(name, attrs, timestamp) for name, timestamp, attrs in self._events],
+            links=tuple(self._links),
+            kind=self._kind,
+            status=self._status,
+            start_time=self._start_time,
+            end_time=self._end_time,
+            instrumentation_scope=self._tracer.scope,
+        )
+        readable.dropped = (self._dropped_attributes, self._dropped_events)
+        return readable
+
+
+def _remote_parent(traceparent: str) -> SpanContext:
+    """The context of the remote parent a span was started from (a traceparent steplog
+    wrote: valid, version 00)."""
+    return SpanContext(
+        int(traceparent[3:35], 16),
+        int(traceparent[36:52], 16),
+        is_remote=True,
+        trace_flags=TraceFlags(int(traceparent[53:55], 16)),
+    )
+
+
+class _EndedSpan(ReadableSpan):
+    """A LeanSpan as a ReadableSpan, with what it dropped counted (the SDK's counts
+    what its own bounded containers dropped)."""
+
+    dropped = (0, 0)
+
+    @property
+    def dropped_attributes(self) -> int:
+        return self.dropped[0]
+
+    @property
+    def dropped_events(self) -> int:
+        return self.dropped[1]
+
+
+_UNSET = Status(StatusCode.UNSET)
+
 
 _PLAIN = frozenset((str, bool, int, float))
 _STR = frozenset((str,))
 _SAMPLED = int(TraceFlags.SAMPLED)
-_new_event = Event.__new__
 _LISTS = frozenset((list, tuple))
 
 
@@ -497,31 +649,44 @@ class LeanTracer(Tracer):
         self.processor = provider._active_span_processor
         self._processors: object = None
         self.starts: tuple[Callable[..., None], ...] = ()
+        self.takes_records: tuple[Callable[[SpanRecord], None], ...] = ()
         self.emits: tuple[Callable[[ReadableSpan], None], ...] = ()
         self.ends: tuple[Callable[[ReadableSpan], None], ...] = ()
         self._hooks()
         self.scope = InstrumentationScope(scope)
+        # The (resource, scope) group of its spans' records (steplog.span_export).
+        self.group = group_of(self.resource, self.scope)
         # The span limits of the OTEL_SPAN_*_LIMIT variables, as the SDK's spans have them.
         limits = SpanLimits()
         self.max_attributes = limits.max_span_attributes or sys.maxsize
         self.max_events = limits.max_events or sys.maxsize
+        # How `start_child` samples a child of a sampled traceparent without the
+        # sampler's calls: sampled with its parent (a parent-based sampler with its
+        # default delegates) or always (a static sampler's RECORD_AND_SAMPLE); None:
+        # the sampler decides (`start_span`).
+        self.samples_children = self.follows_parent or (
+            self.fixed is Decision.RECORD_AND_SAMPLE and self.fixed_children
+        )
 
     def _hooks(self) -> None:
         """What a span's start and end call, for the processors the provider has now:
         each ``on_start`` that does something (the batch and simple processors' do
-        nothing), a batch processor's queue (``emit``: what its ``on_end`` calls for a
-        sampled span), any other processor's ``on_end``. A processor the provider
-        gains later is picked up at the next span's start."""
+        nothing); at a sampled span's end, a batch processor's queue (``emit``: what its
+        ``on_end`` calls for a sampled span), given the span's record when its exporter
+        takes records (``takes_records``: steplog.span_export's), else its ReadableSpan;
+        any other processor's ``on_end``. A processor the provider gains later is picked
+        up at the next span's start."""
         processors = getattr(self.processor, "_span_processors", None)
         self._processors = processors
         if processors is None:  # a multi-processor of another kind: call it as it is
-            self.starts, self.emits, self.ends = (
+            self.starts, self.takes_records, self.emits, self.ends = (
                 (self.processor.on_start,),
+                (),
                 (),
                 (self.processor.on_end,),
             )
             return
-        starts, emits, ends = [], [], []
+        starts, takes_records, emits, ends = [], [], [], []
         for processor in processors:
             if type(processor).on_start not in _NO_OP_STARTS:
                 starts.append(processor.on_start)
@@ -531,10 +696,19 @@ class LeanTracer(Tracer):
                 and queue is not None
                 and hasattr(queue, "emit")
             ):
-                emits.append(queue.emit)
+                exporter = getattr(queue, "_exporter", None)
+                if getattr(exporter, "takes_records", False):
+                    takes_records.append(queue.emit)
+                else:
+                    emits.append(queue.emit)
             else:
                 ends.append(processor.on_end)
-        self.starts, self.emits, self.ends = tuple(starts), tuple(emits), tuple(ends)
+        self.starts, self.takes_records, self.emits, self.ends = (
+            tuple(starts),
+            tuple(takes_records),
+            tuple(emits),
+            tuple(ends),
+        )
 
     def start_span(
         self,
@@ -616,7 +790,18 @@ class LeanTracer(Tracer):
             return NonRecordingSpan(span_context)
         recorded: dict[str, AttributeValue] = {}
         span = LeanSpan(
-            self, name, span_context, parent, kind, recorded, links, start_time or time.time_ns()
+            self,
+            name,
+            kind,
+            f"{trace_id:032x}",
+            span_id,
+            span_context[3] & 0xFF,  # (a plain int: msgpack cannot encode a TraceFlags)
+            span_context[4],
+            parent,
+            recorded,
+            links,
+            start_time or time.time_ns(),
+            span_context,
         )
         if attributes:
             if len(attributes) <= self.max_attributes and _PLAIN.issuperset(
@@ -646,6 +831,62 @@ class LeanTracer(Tracer):
         span = self.start_span(name, context, kind, attributes, links, start_time)
         return _CurrentSpan(span, record_exception and set_status_on_exception)
 
+    def start_child(
+        self,
+        name: str,
+        traceparent: str,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: dict[str, AttributeValue] | None = None,
+    ) -> _CurrentSpan:
+        """`start_as_current_span` of a child of the span ``traceparent`` names (a new
+        trace when it is empty or not a valid W3C traceparent), for a role that reads
+        it from a message (engine.loops.tracing.start_child). A traceparent steplog
+        wrote (version 00, lower-case hex) of a sampled span, under a sampler that
+        samples its children (`samples_children`), is not parsed: its trace id is
+        kept as hex (what the span's record and its own traceparent hold), its span
+        id as the parent's. Anything else goes through `start_span`."""
+        match = OWN_TRACEPARENT(traceparent) if traceparent else None
+        if (
+            match is None
+            or not self.samples_children
+            or self.starts
+            or self._processors is not getattr(self.processor, "_span_processors", None)
+        ):
+            return self.start_as_current_span(name, _parent_context(traceparent), kind, attributes)
+        trace, parent_id, parent_flags = match[1], match[2], _HEX_FLAGS[match[3]]
+        if (
+            not parent_flags & _SAMPLED
+            or trace == _ZERO_TRACE
+            or parent_id == _ZERO_SPAN
+            or (attributes and len(attributes) > self.max_attributes)
+            or (attributes and not _PLAIN.issuperset(map(type, attributes.values())))
+        ):
+            return self.start_as_current_span(name, _parent_context(traceparent), kind, attributes)
+        if self.random_span_ids:  # RandomIdGenerator's generate_span_id, without its call
+            span_id = getrandbits(64)
+            while not span_id:
+                span_id = getrandbits(64)
+        else:
+            span_id = self.ids.generate_span_id()
+            if not 0 < span_id <= _MAX_SPAN_ID:  # (not valid: as `start_span` makes it)
+                return self.start_as_current_span(
+                    name, _parent_context(traceparent), kind, attributes
+                )
+        span = LeanSpan(
+            self,
+            name,
+            kind,
+            trace,
+            span_id,
+            parent_flags & (_SAMPLED | _RANDOM_TRACE_ID),
+            _NO_TRACE_STATE,
+            traceparent,
+            dict(attributes) if attributes else {},
+            (),
+            time.time_ns(),
+        )
+        return _CurrentSpan(span, True)
+
 
 _SAMPLED_DECISIONS = frozenset((Decision.RECORD_AND_SAMPLE,))
 _SPAN_TYPES = frozenset((LeanSpan, NonRecordingSpan))
@@ -660,3 +901,6 @@ _FLAGS = {f: TraceFlags(f) for f in range(4)}
 _NO_TRACE_STATE = TraceState.get_default()
 _MAX_TRACE_ID = (1 << 128) - 1
 _MAX_SPAN_ID = (1 << 64) - 1
+_HEX_FLAGS = {f"{f:02x}": f for f in range(256)}
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16

@@ -68,7 +68,7 @@ from engine.logcontext import execution_id_var
 from engine.loops import metrics
 from engine.loops.metrics import EXECUTIONS_FAILED_BY_ENGINE, TRIGGERS_DEAD_LETTERED
 from engine.loops.partition_owners import PartitionOwners
-from engine.loops.tracing import EXECUTION_ID, ExecutionTraces, parent_context, record_publish
+from engine.loops.tracing import EXECUTION_ID, ExecutionTraces, record_publish, start_child
 from engine.messages import ENGINE_GROUP
 from engine.service import EngineService, describe_decision
 from engine.stopping import cancel_and_wait, log_failure, sleep_or_stop
@@ -504,11 +504,12 @@ class Engine:
             return await self.apply(execution_id, trigger, fresh)
         message = delivery.message
         parent = message.traceparent or await self.traces.get(execution_id)
-        with self.tracer.start_as_current_span(
+        with start_child(
+            self.tracer,
             "steplog.decide",
-            context=parent_context(parent),
-            kind=SpanKind.CONSUMER,
-            attributes={EXECUTION_ID: str(execution_id), "steplog.trigger": type(message).__name__},
+            parent,
+            SpanKind.CONSUMER,
+            {EXECUTION_ID: str(execution_id), "steplog.trigger": type(message).__name__},
         ) as span:
             if type(message) is messages.Begin:
                 record_publish(span, delivery.entry.id)

@@ -18,6 +18,7 @@ import datetime as dt
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from uuid import UUID
 
 import msgspec
@@ -35,11 +36,13 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import AttributeValue
 
 from engine.adapters.store import DueTimer, EventStore, StoredEvent
 
 _propagator = TraceContextTextMapPropagator()
-_OWN_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})").fullmatch
+# What steplog itself writes as a traceparent (version 00, lower-case hex).
+OWN_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})").fullmatch
 _FLAGS = {f"{f:02x}": TraceFlags(f) for f in range(256)}
 _NO_TRACE_STATE = TraceState.get_default()
 _PARSED_SIZE = 1024
@@ -63,7 +66,7 @@ def parent_context(traceparent: str) -> Context | None:
         return known
     # What steplog itself writes (version 00, lower-case hex) is read without the
     # propagator's calls; anything else goes through the propagator.
-    match = _OWN_TRACEPARENT(traceparent)
+    match = OWN_TRACEPARENT(traceparent)
     if match is None:
         return _propagator.extract({"traceparent": traceparent})
     trace_id, span_id = int(match[1], 16), int(match[2], 16)
@@ -85,9 +88,33 @@ def parent_context(traceparent: str) -> Context | None:
     return context
 
 
+def start_child(
+    tracer: Tracer,
+    name: str,
+    traceparent: str,
+    kind: SpanKind,
+    attributes: dict[str, AttributeValue],
+) -> AbstractContextManager[Span]:
+    """A span made current, the child of the span ``traceparent`` names (a message's
+    sender's; "" or not valid: a new trace). steplog's tracer (steplog.tracing) starts
+    it from the traceparent as it is (its ``start_child``: a decision and a task
+    attempt, the spans a workflow makes most, do not parse theirs); any other tracer
+    from its parsed context."""
+    own = getattr(tracer, "start_child", None)
+    if own is not None:
+        started: AbstractContextManager[Span] = own(name, traceparent, kind, attributes)
+        return started
+    return tracer.start_as_current_span(
+        name, context=parent_context(traceparent), kind=kind, attributes=attributes
+    )
+
+
 def traceparent_of(span: Span) -> str:
     """``span``'s W3C traceparent (``00-<trace id>-<span id>-<flags>``), "" for a span
     that is not valid (tracing off)."""
+    own = getattr(span, "traceparent", None)
+    if own is not None:  # (steplog's spans write theirs without building their context)
+        return str(own)
     # A SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state,
     # is_valid).
     trace_id, span_id, _, flags, _, valid = span.get_span_context()

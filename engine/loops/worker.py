@@ -70,7 +70,7 @@ from engine.core.timestamps import parse_iso
 from engine.errors import BusError, MissingGroup, Unavailable
 from engine.logcontext import execution_id_var
 from engine.loops import metrics
-from engine.loops.tracing import EXECUTION_ID, parent_context, record_publish, traceparent_of
+from engine.loops.tracing import EXECUTION_ID, record_publish, start_child, traceparent_of
 from engine.messages import (
     DEFAULT_QUEUE,
     DELIVERY_EXCEEDED,
@@ -688,11 +688,12 @@ class Worker:
         which the task carries; its publish an event of it); the result carries it, so
         the decision on it is its child. A retry is another attempt, hence another span."""
         task = delivery.message
-        with tracer.start_as_current_span(
+        with start_child(
+            tracer,
             "steplog.task",
-            context=parent_context(task.traceparent),
-            kind=SpanKind.CONSUMER,
-            attributes={
+            task.traceparent,
+            SpanKind.CONSUMER,
+            {
                 EXECUTION_ID: ctx.execution_id,
                 "steplog.task.state": task.state,
                 "steplog.task.attempt": task.attempt,

@@ -26,7 +26,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import TraceState
 
-from engine.loops.tracing import parent_context, traceparent_of
+from engine.loops.tracing import parent_context, start_child, traceparent_of
 from steplog.otlp import encode_spans, lean_grpc_exporter
 from steplog.tracing import InsideTraces, LeanTracer
 
@@ -59,6 +59,15 @@ def _workload(tracer: trace.Tracer) -> None:
             }
         )
         tracer.start_span("steplog.execution.ExecutionFailed", attributes={"e": "x"}).end()
+    # A task attempt, as the worker starts it from its message's traceparent, with a
+    # handler's own span under it.
+    with start_child(
+        tracer, "steplog.task", parent, SpanKind.CONSUMER, {"steplog.task.attempt": 1}
+    ) as attempt:
+        attempt.add_event("steplog.relay.publish", {"messaging.message.id": "1-0"}, 5)
+        with tracer.start_as_current_span("charge card", attributes={"amount": 10}):
+            pass
+        attempt.set_attribute("steplog.task.ok", True)
     span = tracer.start_span(
         "steplog.task",
         kind=SpanKind.PRODUCER,
@@ -90,7 +99,7 @@ def _spans(lean: bool, sampler: Sampler = ALWAYS_ON) -> Sequence[ReadableSpan]:
 @pytest.mark.parametrize("lean", [False, True], ids=["sdk spans", "lean spans"])
 def test_the_encoding_is_the_sdk_encoders_message(lean: bool) -> None:
     spans = _spans(lean)
-    assert len(spans) == 6
+    assert len(spans) == 8
     ours = ExportTraceServiceRequest.FromString(encode_spans(spans))
     assert ours == sdk_encode(spans)
     assert (
@@ -160,6 +169,8 @@ def test_lean_spans_follow_the_sampler() -> None:
         "POST /v1/workflows/{name}/executions",
         "steplog.execution.ExecutionFailed",
         "steplog.decide",
+        "charge card",
+        "steplog.task",
     ]
 
 
@@ -197,6 +208,13 @@ def test_lean_spans_decide_as_the_sdks_tracer(sampler: Sampler) -> None:
         for parent in (None, parent_context(REMOTE), stated):
             for kind in (SpanKind.CLIENT, SpanKind.SERVER, SpanKind.INTERNAL):
                 with tracer.start_as_current_span("p", context=parent, kind=kind) as span:
+                    made.append(span)
+                    made.append(tracer.start_span("c", kind=SpanKind.CLIENT))
+                    made[-1].end()
+        # As the engine and the worker start a span from a message's traceparent.
+        for traceparent in (REMOTE, STATED, ""):
+            for kind in (SpanKind.CLIENT, SpanKind.CONSUMER):
+                with start_child(tracer, "m", traceparent, kind, {"a": 1}) as span:
                     made.append(span)
                     made.append(tracer.start_span("c", kind=SpanKind.CLIENT))
                     made[-1].end()
@@ -316,6 +334,25 @@ def test_a_messages_parent_is_what_the_w3c_propagator_reads(traceparent: str) ->
         assert trace.get_current_span(context).get_span_context() == (
             trace.get_current_span(theirs).get_span_context()
         )
+    # A span the engine starts from it (steplog's tracer does not parse what it
+    # writes) has the parent, trace and flags the SDK's tracer gives it.
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with start_child(LeanTracer(provider), "lean", traceparent, SpanKind.CONSUMER, {}) as lean:
+        pass
+    with provider.get_tracer("sdk").start_as_current_span("sdk", context=theirs) as sdk:
+        pass
+    parent = trace.get_current_span(theirs).get_span_context()
+    if parent.is_valid:  # (else each begins a trace of its own)
+        assert lean.get_span_context().trace_id == sdk.get_span_context().trace_id
+    assert lean.get_span_context().trace_flags == sdk.get_span_context().trace_flags
+    exported = exporter.get_finished_spans()
+    # (the default sampler: a new trace is sampled, a child when its parent is)
+    sampled = not parent.is_valid or parent.trace_flags.sampled
+    assert [s.name for s in exported] == (["lean", "sdk"] if sampled else [])
+    if exported:
+        assert exported[0].parent == exported[1].parent
 
 
 def test_the_current_span_is_what_the_api_says_it_is() -> None:
