@@ -6,8 +6,12 @@ OTLP exporter (steplog.otlp's encoding, the SDK's client, its retries).
 Why: in the process that makes the spans, the export thread's protobuf encoding and
 HTTP client run under the GIL, beside the event loop: with every span sampled they
 were about 45% of what tracing cost a 3-Task chain (docs/observability.md, "What it
-costs"). Handing a batch over is a tuple per span and one msgpack encoding in C; the
-encoding and the requests run in the child, on another core where there is one.
+costs"). steplog's spans (steplog.tracing's LeanSpan) end as the tuple that crosses
+the pipe (`SpanRecord`), which the batch processor queues as it is (the exporter
+``takes_records``); a batch is one msgpack encoding in C. Any other span (a driver's,
+the SDK's) is made a record when its batch is sent. The child parses what the span's
+process did not (trace and parent ids kept as hex), encodes and sends, on another
+core where there is one.
 
 The child inherits the environment (every ``OTEL_EXPORTER_OTLP_*`` variable applies
 there as it would here), stderr and stdout. It runs in a session of its own, out of

@@ -14,7 +14,8 @@ process (steplog.span_export) unless ``STEPLOG_TRACE_EXPORT_IN_PROCESS=true``.
 
 The provider is passed to whoever spans (the loops, the service, the API) as a
 `LeanTracer` over it (its sampler, resource and span processors, with spans that cost
-a fraction of the SDK's: docs/observability.md, "What it costs"); it is never
+a fraction of the SDK's and end as the records the export process takes:
+docs/observability.md, "What it costs"); it is never
 installed as OpenTelemetry's global provider, so tests can give each running steplog
 its own (e.g. with an in-memory exporter). The OTLP exporters are the SDK's with
 steplog.otlp's encoding.
@@ -842,9 +843,10 @@ class LeanTracer(Tracer):
         trace when it is empty or not a valid W3C traceparent), for a role that reads
         it from a message (engine.loops.tracing.start_child). A traceparent steplog
         wrote (version 00, lower-case hex) of a sampled span, under a sampler that
-        samples its children (`samples_children`), is not parsed: its trace id is
-        kept as hex (what the span's record and its own traceparent hold), its span
-        id as the parent's. Anything else goes through `start_span`."""
+        samples its children (`samples_children`), is not parsed into a context: the
+        span keeps its trace id as hex and the traceparent itself as its parent (what
+        its record, its own traceparent and the export process read). Anything else
+        goes through `start_span`."""
         match = OWN_TRACEPARENT(traceparent) if traceparent else None
         if (
             match is None
