@@ -33,6 +33,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.span import TraceState
 
+from steplog.span_export import Received, decode_batch, encode_batch
+
 _logger = logging.getLogger(__name__)
 
 _pack_fixed64 = struct.Struct("<Q").pack
@@ -342,6 +344,15 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     return b"".join(out)
 
 
+def as_received(spans: Sequence[Any]) -> list[ReadableSpan]:
+    """A batch as the export process receives it (steplog.span_export: spans and span
+    records through msgpack and back, in C), for `encode_spans`: the exporters in the
+    process take the records steplog's spans end as, as the export process does."""
+    if type(spans) is Received:  # (the export process's: read from its pipe)
+        return spans
+    return decode_batch(encode_batch(spans))
+
+
 class LeanOtlpHttpExporter(HttpSpanExporter):
     """The SDK's OTLP/HTTP (protobuf) span exporter, encoding with `encode_spans`: its
     ``export`` as in opentelemetry-exporter-otlp-proto-http 1.45 (metrics, the size
@@ -354,6 +365,9 @@ class LeanOtlpHttpExporter(HttpSpanExporter):
         self._lean = all(
             hasattr(self, name) for name in ("_client", "_metrics", "_max_request_size")
         )
+        # With its own encoding, it takes the records steplog's spans end as, as the
+        # export process does (steplog.span_export).
+        self.takes_records = self._lean
         session = getattr(
             getattr(getattr(self, "_client", None), "_transport", None), "_session", None
         )
@@ -371,7 +385,7 @@ class LeanOtlpHttpExporter(HttpSpanExporter):
 
         with self._metrics.export_operation(len(spans)) as result:
             try:
-                data = encode_spans(spans)
+                data = encode_spans(as_received(spans))
             except Exception as error:
                 _logger.exception("Failed to encode span batch")
                 result.error = error
@@ -423,9 +437,12 @@ def lean_grpc_exporter() -> SpanExporter:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
     class LeanOtlpGrpcExporter(OTLPSpanExporter):
+        # It takes the records steplog's spans end as (steplog.span_export).
+        takes_records = True
+
         def _translate_data(self, data: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
             request: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(
-                encode_spans(data)
+                encode_spans(as_received(data))
             )
             return request
 

@@ -209,7 +209,11 @@ def _span_context(fields: Sequence[Any], remote: bool = False) -> SpanContext:
     )
 
 
-def decode_batch(message: bytes) -> list[ReadableSpan]:
+class Received(list[ReadableSpan]):
+    """A batch `decode_batch` read (steplog.otlp's exporters encode it as it is)."""
+
+
+def decode_batch(message: bytes) -> Received:
     """The spans of a message `encode_batch` made, as steplog.otlp's `encode_spans`
     reads them (not the SDK's encoder: they are not ReadableSpans, only typed so)."""
     decoded = _decoder.decode(message)
@@ -237,12 +241,12 @@ def decode_batch(message: bytes) -> list[ReadableSpan]:
                 group.scope[0], group.scope[1], group.scope[2], group.scope[3] or None
             ),
         )
-    spans: list[Any] = decoded.spans
-    for span in spans:
+    for span in decoded.spans:
         span.resource, span.instrumentation_scope = groups[span._group]
         if span._links:
             span._links = [Link(_span_context(c, remote), a) for c, remote, a in span._links]
-    return spans
+    received: Any = decoded.spans  # (typed as ReadableSpans: see above)
+    return Received(received)
 
 
 class ChildProcessExporter(SpanExporter):
@@ -359,6 +363,10 @@ def main(argv: Sequence[str]) -> int:
     logging.basicConfig(format="span export: %(levelname)s %(name)s: %(message)s")
     from steplog.heap import freeze_heap
     from steplog.otlp import LeanOtlpHttpExporter, lean_grpc_exporter
+
+    # This file runs as __main__: decode with the module steplog.otlp imports, whose
+    # batches (`Received`) its exporters encode as they are.
+    from steplog.span_export import decode_batch
 
     protocol = argv[0] if argv else "http/protobuf"
     exporter = lean_grpc_exporter() if protocol == "grpc" else LeanOtlpHttpExporter()

@@ -137,6 +137,27 @@ def test_the_setting_keeps_export_in_the_process() -> None:
         Settings.from_env({"STEPLOG_TRACE_EXPORT_IN_PROCESS": "sometimes"})
 
 
+def test_in_the_process_the_exporter_takes_the_records_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The exporter in the process is given the records steplog's spans end as, as the
+    # export process is, and sends every span of them.
+    with otlp_receiver() as (endpoint, names):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint)
+        settings = Settings.from_env(
+            {"OTEL_TRACES_EXPORTER": "otlp", "STEPLOG_TRACE_EXPORT_IN_PROCESS": "true"}
+        )
+        provider = tracer_provider(settings)
+        assert provider is not None
+        tracer = LeanTracer(provider)
+        assert len(tracer.takes_records) == 1 and not tracer.emits
+        for i in range(600):  # a batch of 512 and the rest at shutdown
+            with tracer.start_as_current_span(f"span {i}", attributes={"i": i}):
+                pass
+        provider.shutdown()
+        assert sorted(names) == sorted(f"span {i}" for i in range(600))
+
+
 def test_the_proxy_the_environment_names_still_applies(monkeypatch: pytest.MonkeyPatch) -> None:
     """The exporter reads the environment's proxy settings once, not at every batch
     (steplog.otlp.pin_environment): a collector behind a proxy is still reached through

@@ -23,7 +23,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from steplog.otlp import encode_spans
+from steplog.otlp import encode_spans, lean_grpc_exporter
 from steplog.span_export import decode_batch, encode_batch
 from steplog.tracing import LeanTracer
 from tests.unit.test_otlp import _spans, _workload
@@ -70,6 +70,12 @@ def test_lean_spans_cross_the_pipe_as_the_records_they_end_as() -> None:
     assert sent == sdk_encode(spans)
     # Two groups of spans: steplog's scope and the driver's.
     assert [s.scope.name for s in sent.resource_spans[0].scope_spans] == ["steplog", "driver"]
+    # The exporters in the process take them too.
+    grpc = lean_grpc_exporter()
+    try:
+        assert grpc._translate_data(records) == sdk_encode(spans)  # type: ignore[attr-defined]
+    finally:
+        grpc.shutdown()
 
 
 def test_trace_state_scopes_resources_and_empty_batches() -> None:
