@@ -14,7 +14,7 @@ machine's drift falls on all of them alike:
     off        tracing off (the default: no tracer anywhere)
     on         tracing on, sampled at 100%, as steplog ships it: steplog's own
                spans, batched (BatchSpanProcessor, the SDK's defaults) and handed
-               to the export process (steplog.span_export), which encodes each
+               to the export process (steplog.export_process), which encodes each
                batch as OTLP/HTTP protobuf and POSTs it to a local receiver that
                discards it (a subprocess; its CPU, like a collector's, is not
                counted; the export process's is, in "all", not in "own")
@@ -199,14 +199,18 @@ def wait_idle(pid: int, interval: float = 0.2, timeout: float = 30.0) -> None:
         time.sleep(interval)
 
 
+_EXPORT_PROCESS_MODULES = ("steplog.export_process", "steplog.span_export")
+
+
 def export_process(pid: int) -> int | None:
-    """The span export process (steplog.span_export) that process ``pid`` started."""
+    """The span export process (steplog.export_process; steplog.span_export before
+    session 18, for `--source` of an older commit) that process ``pid`` started."""
     for entry in os.listdir("/proc"):
         if (
             entry.isdigit()
             and (st := _stat(int(entry))) is not None
             and st[0] == pid
-            and "steplog.span_export" in _cmdline(int(entry))
+            and any(m in _cmdline(int(entry)) for m in _EXPORT_PROCESS_MODULES)
         ):
             return int(entry)
     return None

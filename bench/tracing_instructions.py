@@ -12,7 +12,7 @@ until the process has exited after SIGTERM, so the spans still batched at the en
 exported and counted too. Every thread of the steplog process counts (the span
 processor's export thread included); PostgreSQL and Redis do the same work in every
 mode and are not counted; neither is the local OTLP/HTTP receiver (as a collector's).
-The span export process steplog starts (steplog.span_export) runs under callgrind too
+The span export process steplog starts (steplog.export_process) runs under callgrind too
 and is counted from the same moment: its instructions are in each total, and shown.
 
 Modes (the standard OTEL_* variables, as an operator would set them):

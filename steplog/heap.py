@@ -1,5 +1,5 @@
 """The garbage collector's settings for a long-running steplog process (`freeze_heap`):
-a serving process's, and the span export process's (steplog.span_export)."""
+a serving process's, and the span export process's (steplog.export_process)."""
 
 from __future__ import annotations
 

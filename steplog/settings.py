@@ -172,7 +172,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # (docs/observability.md), so it is off unless asked for (STEPLOG_TRACE_DRIVERS=true).
     trace_drivers: bool = False
     # OTLP export from the process itself (the span processor's thread encodes and sends)
-    # instead of from a child process it starts (steplog/span_export.py), which takes
+    # instead of from a child process it starts (steplog/export_process.py), which takes
     # the encoding and the requests off this process's GIL (STEPLOG_TRACE_EXPORT_IN_PROCESS).
     trace_export_in_process: bool = False
     # Outbound HTTP (webhooks, HTTP tasks; engine/adapters/outbound.py): connect and total

@@ -1,7 +1,8 @@
 """OTLP export from a child process: `ChildProcessExporter` hands each batch of spans
-to a child process (``python -m steplog.span_export PROTOCOL``) as one msgpack
-message on a pipe; the child reads them back as plain records and sends them with the
-OTLP exporter (steplog.otlp's encoding, the SDK's client, its retries).
+to a child process (steplog.export_process) as one msgpack message on a pipe; the
+child reads them back as plain records and sends them with the OTLP exporter
+(steplog.otlp's encoding, the SDK's client, its retries). This module is the pipe's
+format (`encode_batch`, `decode_batch`) and the exporter that writes to it.
 
 Why: in the process that makes the spans, the export thread's protobuf encoding and
 HTTP client run under the GIL, beside the event loop: with every span sampled they
@@ -27,15 +28,12 @@ batch in flight is lost, and logged).
 from __future__ import annotations
 
 import logging
-import os
-import queue
-import signal
 import struct
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from typing import IO, Any, ClassVar
+from typing import Any, ClassVar
 
 import msgspec
 from opentelemetry.sdk.resources import Resource
@@ -47,11 +45,10 @@ from opentelemetry.trace.span import TraceState
 
 _logger = logging.getLogger(__name__)
 
-_LENGTH = struct.Struct(">I")
+# A message on the pipe: its length (4 bytes, big-endian), then its bytes.
+LENGTH = struct.Struct(">I")
 _UINT64 = (1 << 64) - 1
 _encoder = msgspec.msgpack.Encoder()
-# How many batches the child holds read but not yet sent; beyond, the pipe fills.
-_CHILD_QUEUE = 4
 _STOP_TIMEOUT_S = 30.0
 
 # A span as it crosses the pipe (what a LeanSpan ends as, steplog.tracing; `_record`
@@ -270,7 +267,7 @@ class ChildProcessExporter(SpanExporter):
 
     def _start(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "steplog.span_export", self._protocol],
+            [sys.executable, "-m", "steplog.export_process", self._protocol],
             stdin=subprocess.PIPE,
             # Its own session: a terminal's Ctrl-C or a supervisor's signal to the group
             # stops this process, whose pipe then closes, not the child first.
@@ -301,7 +298,7 @@ class ChildProcessExporter(SpanExporter):
             pipe = child.stdin
             assert pipe is not None
             try:
-                pipe.write(_LENGTH.pack(len(message)))
+                pipe.write(LENGTH.pack(len(message)))
                 pipe.write(message)
                 pipe.flush()
             except OSError as exc:  # (the child died while this was written)
@@ -336,63 +333,3 @@ def _close(child: subprocess.Popen[bytes]) -> None:
             child.stdin.close()
     except OSError:  # (what a dead child left unread is lost, and was logged)
         pass
-
-
-def _read(pipe: IO[bytes], n: int) -> bytes | None:
-    data = pipe.read(n)
-    return data if len(data) == n else None
-
-
-def _reader(pipe: IO[bytes], batches: queue.Queue[bytes | None]) -> None:
-    """Reads messages off the pipe into ``batches`` (None at its end), so the parent
-    is not held up while a batch is sent."""
-    try:
-        while (head := _read(pipe, _LENGTH.size)) is not None:
-            message = _read(pipe, _LENGTH.unpack(head)[0])
-            if message is None:
-                break
-            batches.put(message)
-    finally:
-        batches.put(None)
-
-
-def main(argv: Sequence[str]) -> int:
-    """The child: export every batch read from stdin until it closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(format="span export: %(levelname)s %(name)s: %(message)s")
-    from steplog.heap import freeze_heap
-    from steplog.otlp import LeanOtlpHttpExporter, lean_grpc_exporter
-
-    # This file runs as __main__: decode with the module steplog.otlp imports, whose
-    # batches (`Received`) its exporters encode as they are.
-    from steplog.span_export import decode_batch
-
-    protocol = argv[0] if argv else "http/protobuf"
-    exporter = lean_grpc_exporter() if protocol == "grpc" else LeanOtlpHttpExporter()
-    # As a serving process does: its imports are never scanned again by the garbage
-    # collector, and each batch's thousands of short-lived (acyclic) objects do not set
-    # off a young collection every 700 allocations.
-    freeze_heap()
-    batches: queue.Queue[bytes | None] = queue.Queue(_CHILD_QUEUE)
-    threading.Thread(target=_reader, args=(sys.stdin.buffer, batches), daemon=True).start()
-    while (message := batches.get()) is not None:
-        try:
-            spans = decode_batch(message)
-        except Exception:
-            _logger.exception("Failed to decode a span batch")
-            continue
-        exporter.export(spans)
-    exporter.shutdown()
-    return 0
-
-
-if __name__ == "__main__":
-    code = main(sys.argv[1:])
-    # Everything read was sent: exit without the interpreter's finalization (tearing
-    # down the modules and objects of the exporter, its client and protobuf), which
-    # holds nothing to keep and cost more than a thousand spans' export.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
