@@ -258,7 +258,11 @@ class CpuMeter:
         own = time.process_time()  # this process's threads, not its children (the receiver)
         total = own
         # The servers, and the span export process (a child of this one, as of steplog's).
-        exporters = [pid for pid in children.get(me, []) if "steplog.span_export" in _cmdline(pid)]
+        exporters = [
+            pid
+            for pid in children.get(me, [])
+            if any(m in _cmdline(pid) for m in _EXPORT_PROCESS_MODULES)
+        ]
         export = sum(stats[pid][1] for pid in exporters)
         todo = [r for r in self._roots if r != me] + exporters
         while todo:

@@ -271,7 +271,11 @@ class LeanSpan(Span):
 
     @property
     def traceparent(self) -> str:
-        """The span's W3C traceparent, without its context built."""
+        """The span's W3C traceparent, without its context built ("" for a span whose
+        ids are not valid: an id generator's zero, as `traceparent_of` says of one)."""
+        context = self._context
+        if context is not None and not context[5]:  # (a SpanContext: is_valid)
+            return ""
         return f"00-{self._trace}-{self._span_id:016x}-{self._flags:02x}"
 
     def is_recording(self) -> bool:

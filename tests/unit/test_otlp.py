@@ -384,3 +384,23 @@ def test_the_current_span_is_what_the_api_says_it_is() -> None:
         assert current_span() is trace.get_current_span() is trace.INVALID_SPAN
     finally:
         context_api.detach(token)
+
+
+def test_a_span_of_invalid_ids_has_no_traceparent() -> None:
+    # An id generator's zero makes a span that is not valid: no traceparent to send
+    # on (as `traceparent_of` says of the SDK's span), however it was started.
+    from opentelemetry.sdk.trace.id_generator import IdGenerator
+
+    class Zeros(IdGenerator):
+        def generate_span_id(self) -> int:
+            return 0
+
+        def generate_trace_id(self) -> int:
+            return 0
+
+    provider = TracerProvider(id_generator=Zeros())
+    for tracer in (LeanTracer(provider), provider.get_tracer("sdk")):
+        with tracer.start_as_current_span("root") as span:
+            assert traceparent_of(span) == ""
+        with start_child(tracer, "child", REMOTE, SpanKind.CONSUMER, {}) as span:
+            assert traceparent_of(span) == ""
