@@ -10,7 +10,7 @@ built: the endpoint, headers, timeout and compression (``OTEL_EXPORTER_OTLP_*``)
 sampler (``OTEL_TRACES_SAMPLER`` / ``_ARG``, parent-based always-on by default), the
 resource (``OTEL_SERVICE_NAME``, "steplog" when unset; ``OTEL_RESOURCE_ATTRIBUTES``)
 and the batch processor (``OTEL_BSP_*``). OTLP batches are encoded and sent by a child
-process (steplog.span_export) unless ``STEPLOG_TRACE_EXPORT_IN_PROCESS=true``.
+process (steplog.export_process) unless ``STEPLOG_TRACE_EXPORT_IN_PROCESS=true``.
 
 The provider is passed to whoever spans (the loops, the service, the API) as a
 `LeanTracer` over it (its sampler, resource and span processors, with spans that cost
@@ -129,7 +129,7 @@ def _exporter(name: str, protocol: str, in_process: bool) -> SpanExporter:
     if name == "console":
         return ConsoleSpanExporter()
     if not in_process:
-        # Encoded and sent by a child process (steplog.span_export), off this one's GIL.
+        # Encoded and sent by a child process (steplog.export_process), off this one's GIL.
         from steplog.span_export import ChildProcessExporter
 
         return ChildProcessExporter(protocol)

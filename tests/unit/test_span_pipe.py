@@ -1,4 +1,4 @@
-"""A batch of spans crosses the pipe to the export process (steplog.span_export) and
+"""A batch of spans crosses the pipe to the export process (steplog.export_process) and
 comes back as spans that steplog.otlp encodes to the message the SDK's encoder makes of
 the spans sent, for every shape of span steplog and a handler make, SDK spans and lean
 ones (as the records they end as, and as ReadableSpans), limits' drop counts included."""
