@@ -773,12 +773,7 @@ class LeanTracer(Tracer):
             # As the SDK's tracer: the span has the attributes the sampler returns (the
             # SDK's samplers return the ones they were given).
             attributes = result.attributes
-        if self.random_span_ids:  # RandomIdGenerator's generate_span_id, without its call
-            span_id = getrandbits(64)
-            while not span_id:
-                span_id = getrandbits(64)
-        else:
-            span_id = self.ids.generate_span_id()
+        span_id = self._span_id()
         # The SpanContext its __new__ builds, without the call.
         span_context = tuple.__new__(
             SpanContext,
@@ -851,6 +846,19 @@ class LeanTracer(Tracer):
         span keeps its trace id as hex and the traceparent itself as its parent (what
         its record, its own traceparent and the export process read). Anything else
         goes through `start_span`."""
+        span = self._unparsed_child(name, traceparent, kind, attributes)
+        if span is None:
+            return self.start_as_current_span(name, _parent_context(traceparent), kind, attributes)
+        return _CurrentSpan(span, True)
+
+    def _unparsed_child(
+        self,
+        name: str,
+        traceparent: str,
+        kind: SpanKind,
+        attributes: dict[str, AttributeValue] | None,
+    ) -> LeanSpan | None:
+        """`start_child`'s span when its traceparent need not be parsed, else None."""
         match = OWN_TRACEPARENT(traceparent) if traceparent else None
         if (
             match is None
@@ -858,7 +866,7 @@ class LeanTracer(Tracer):
             or self.starts
             or self._processors is not getattr(self.processor, "_span_processors", None)
         ):
-            return self.start_as_current_span(name, _parent_context(traceparent), kind, attributes)
+            return None
         trace, parent_id, parent_flags = match[1], match[2], _HEX_FLAGS[match[3]]
         if (
             not parent_flags & _SAMPLED
@@ -867,18 +875,11 @@ class LeanTracer(Tracer):
             or (attributes and len(attributes) > self.max_attributes)
             or (attributes and not _PLAIN.issuperset(map(type, attributes.values())))
         ):
-            return self.start_as_current_span(name, _parent_context(traceparent), kind, attributes)
-        if self.random_span_ids:  # RandomIdGenerator's generate_span_id, without its call
-            span_id = getrandbits(64)
-            while not span_id:
-                span_id = getrandbits(64)
-        else:
-            span_id = self.ids.generate_span_id()
-            if not 0 < span_id <= _MAX_SPAN_ID:  # (not valid: as `start_span` makes it)
-                return self.start_as_current_span(
-                    name, _parent_context(traceparent), kind, attributes
-                )
-        span = LeanSpan(
+            return None
+        span_id = self._span_id()
+        if not 0 < span_id <= _MAX_SPAN_ID:  # (not valid: as `start_span` makes it)
+            return None
+        return LeanSpan(
             self,
             name,
             kind,
@@ -891,7 +892,16 @@ class LeanTracer(Tracer):
             (),
             time.time_ns(),
         )
-        return _CurrentSpan(span, True)
+
+    def _span_id(self) -> int:
+        """A new span's id, from the provider's id generator (RandomIdGenerator's
+        generate_span_id done here, without its call)."""
+        if not self.random_span_ids:
+            return self.ids.generate_span_id()
+        span_id = getrandbits(64)
+        while not span_id:
+            span_id = getrandbits(64)
+        return span_id
 
 
 _SAMPLED_DECISIONS = frozenset((Decision.RECORD_AND_SAMPLE,))
