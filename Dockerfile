@@ -17,9 +17,16 @@ COPY engine ./engine
 COPY api ./api
 COPY projections ./projections
 COPY steplog ./steplog
+# setup.py builds steplog's optional C extension (the span export process's OTLP
+# encoding; without it steplog encodes in Python): gcc only for the build.
+COPY setup.py ./
 # migrate.py finds ./migrations through the working directory when installed as a wheel.
 COPY migrations ./migrations
-RUN pip install --no-deps . \
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install --no-deps . \
+    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 steplog \
     && mkdir -p /app/.steplog && chown steplog /app/.steplog
 USER steplog

@@ -14,7 +14,9 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import IO
+from typing import IO, cast
+
+from opentelemetry.sdk.trace import ReadableSpan
 
 from steplog.heap import freeze_heap
 from steplog.otlp import LeanOtlpHttpExporter, lean_grpc_exporter
@@ -64,7 +66,8 @@ def main(argv: Sequence[str]) -> int:
         except Exception:
             _logger.exception("Failed to decode a span batch")
             continue
-        exporter.export(spans)
+        # (records, not ReadableSpans: steplog.otlp's exporters encode them as they are)
+        exporter.export(cast(Sequence[ReadableSpan], spans))
     exporter.shutdown()
     return 0
 

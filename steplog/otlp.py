@@ -27,7 +27,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
@@ -35,24 +35,22 @@ from opentelemetry.trace.span import TraceState
 
 from steplog.span_export import Received, decode_batch, encode_batch
 
+try:  # (optional: built where a C compiler is, setup.py)
+    from steplog import _otlp_speedups as _speedups
+except ImportError:  # pragma: no cover (where it is not built)
+    _speedups = None  # type: ignore[assignment]
+
 _logger = logging.getLogger(__name__)
 
 _pack_fixed64 = struct.Struct("<Q").pack
 _pack_double = struct.Struct("<d").pack
 _pack_fixed32 = struct.Struct("<I").pack
 
-# SpanKind -> the OTLP enum (SPAN_KIND_INTERNAL = 1, ...).
-_KIND = {
-    kind: b"\x30" + bytes((number,))  # field 6, a varint
-    for kind, number in (
-        (SpanKind.INTERNAL, 1),
-        (SpanKind.SERVER, 2),
-        (SpanKind.CLIENT, 3),
-        (SpanKind.PRODUCER, 4),
-        (SpanKind.CONSUMER, 5),
-    )
-}
+# A SpanKind's value -> the OTLP enum (SPAN_KIND_INTERNAL = 1, ...), as field 6 (a varint).
+_KIND = {kind._value_: b"\x30" + bytes((kind._value_ + 1,)) for kind in SpanKind}
 _STATUS = {StatusCode.UNSET: 0, StatusCode.OK: 1, StatusCode.ERROR: 2}
+# A record's status code (a StatusCode's value) -> the OTLP enum: the same numbers.
+_STATUS_CODES = {code._value_: number for code, number in _STATUS.items()}
 _UNSET = StatusCode.UNSET
 # Span.flags: SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK (0x100), | IS_REMOTE (0x200).
 _HAS_IS_REMOTE = 0x100
@@ -194,15 +192,14 @@ _ids_parent = struct.Struct(">2sQQ2sQ2sQ").pack
 # start_time_unix_nano (field 7), end_time_unix_nano (field 8): fixed64, little-endian.
 _times = struct.Struct("<BQBQ").pack
 _event_time = struct.Struct("<BQ").pack  # an event's time_unix_nano (field 1)
-# (keyed by the kind's value: a SpanKind hashes in Python, a call per span)
 _name_kind_cache: dict[tuple[str, int], bytes] = {}
 
 
-def _name_kind(name: str, kind: SpanKind) -> bytes:
-    """A span's fields 5 (name) and 6 (kind), as they repeat."""
-    known = _name_kind_cache.get((name, kind._value_))
+def _name_kind(name: str, kind: int) -> bytes:
+    """A span's fields 5 (name) and 6 (kind: a SpanKind's value), as they repeat."""
+    known = _name_kind_cache.get((name, kind))
     if known is None:
-        known = _keep(_name_kind_cache, (name, kind._value_), _string(5, name) + _KIND[kind])
+        known = _keep(_name_kind_cache, (name, kind), _string(5, name) + _KIND[kind])
     return known
 
 
@@ -210,50 +207,116 @@ def _span(span: ReadableSpan) -> bytes:
     """The span as field 2 of its ScopeSpans (the field's key and length included).
     Written for speed: it runs for every span in the export thread."""
     # A SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state, ...).
-    trace_state: TraceState | str
-    if getattr(type(span), "plain_fields", False):
-        # A span read by steplog.span_export (its record), read from its fields: the
-        # SDK's properties copy (attributes, events, links) and count (an isinstance
-        # check of an abstract class each). Its trace id is hex, its parent (span id or
-        # its hex, is remote).
-        name, kind, start, end = span._name, span._kind, span._start_time, span._end_time
-        attributes, links, status = span._attributes, span._links, span._status
-        events: Sequence[Event] = span._events
-        dropped_attributes, dropped_events, dropped_links = (
-            span._dropped_attributes,  # type: ignore[attr-defined]
-            span._dropped_events,  # type: ignore[attr-defined]
-            span._dropped_links,  # type: ignore[attr-defined]
+    context, parent = span.get_span_context(), span.parent
+    assert context is not None
+    trace_id, span_id, _, _, trace_state = context[:5]
+    parent_id, remote = (None, False) if parent is None else (parent[1], parent[2])
+    parts = _head(trace_id, span_id, trace_state.to_header() if trace_state else "", parent_id)
+    parts.append(_name_kind(span.name, span.kind._value_))
+    _times_of(parts, span.start_time, span.end_time)
+    attributes = span.attributes
+    if attributes:
+        parts.append(_attributes(9, attributes))
+    if span.dropped_attributes:
+        parts.append(b"\x50" + _varint(span.dropped_attributes))
+    for event in span.events:
+        body = _event_time(0x09, event.timestamp) + _event_name(event.name)
+        if event.attributes:
+            body += _attributes(3, event.attributes)
+        if event.dropped_attributes:
+            body += b"\x20" + _varint(event.dropped_attributes)
+        parts.append(_len(11, body))
+    if span.dropped_events:
+        parts.append(b"\x60" + _varint(span.dropped_events))
+    for link in span.links:
+        link_context = link.context
+        parts.append(
+            _link(
+                link_context.trace_id,
+                link_context.span_id,
+                link_context.trace_state.to_header() if link_context.trace_state else "",
+                link.attributes,
+                link.dropped_attributes,
+                link_context.is_remote,
+            )
         )
-        trace_id = int(span._trace, 16)  # type: ignore[attr-defined]
-        span_id, trace_state = span._span_id, span._trace_state  # type: ignore[attr-defined]
-        parent_id, remote = (None, False) if span._parent is None else span._parent  # type: ignore[misc]
-        if type(parent_id) is str:
-            parent_id = int(parent_id, 16)
-        lean = True
-    else:
-        context, parent, name, kind = span.get_span_context(), span.parent, span.name, span.kind
-        start, end, attributes = span.start_time, span.end_time, span.attributes
-        events, links, status = span.events, span.links, span.status
-        dropped_attributes, dropped_events, dropped_links = (
-            span.dropped_attributes,
-            span.dropped_events,
-            span.dropped_links,
+    if span.dropped_links:
+        parts.append(b"\x70" + _varint(span.dropped_links))
+    status = span.status
+    parts.append(_status(_STATUS[status.status_code], status.description))
+    parts.append(_FLAGS_REMOTE if remote else _FLAGS_LOCAL)
+    return _scope_span(parts)
+
+
+def _record_span(record: Sequence[Any]) -> bytes:
+    """`_span` of a span record as `span_export.decode_batch` reads it (a list, in the
+    order of `span_export.SpanRecord`): what `_speedups.encode_spans` writes in C, and
+    the encoding of the records it leaves to Python."""
+    (
+        _,
+        name,
+        kind,
+        trace,
+        span_id,
+        _,
+        trace_state,
+        parent,
+        start,
+        end,
+        attributes,
+        events,
+        links,
+        status,
+        dropped_attributes,
+        dropped_events,
+        dropped_links,
+    ) = record
+    parent_id, remote = (None, False) if parent is None else parent
+    if type(parent_id) is str:
+        parent_id = int(parent_id, 16)
+    parts = _head(int(trace, 16), span_id, trace_state, parent_id)
+    parts.append(_name_kind(name, kind))
+    _times_of(parts, start, end)
+    if attributes:
+        parts.append(_attributes(9, attributes))
+    if dropped_attributes:
+        parts.append(b"\x50" + _varint(dropped_attributes))
+    for event_name, timestamp, event_attributes in events:
+        body = _event_time(0x09, timestamp) + _event_name(event_name)
+        if event_attributes:
+            body += _attributes(3, event_attributes)
+        parts.append(_len(11, body))
+    if dropped_events:
+        parts.append(b"\x60" + _varint(dropped_events))
+    for (high, low, link_span_id, _, link_state), link_remote, link_attributes in links:
+        # (a trace state as its parsed header: what the SDK's TraceState keeps of it)
+        header = TraceState.from_header([link_state]).to_header() if link_state else ""
+        parts.append(
+            _link((high << 64) | low, link_span_id, header, link_attributes, 0, link_remote)
         )
-        assert context is not None
-        trace_id, span_id, _, _, trace_state = context[:5]
-        parent_id, remote = (None, False) if parent is None else (parent[1], parent[2])
-        lean = False
+    if dropped_links:
+        parts.append(b"\x70" + _varint(dropped_links))
+    code, description = status
+    parts.append(_status(_STATUS_CODES[code], description))
+    parts.append(_FLAGS_REMOTE if remote else _FLAGS_LOCAL)
+    return _scope_span(parts)
+
+
+def _head(trace_id: int, span_id: int, trace_state: str, parent_id: int | None) -> list[bytes]:
+    """A span's fields 1 to 4: its trace and span ids, trace state, parent's id."""
     high, low = trace_id >> 64, trace_id & _UINT64
     if parent_id is None:
         head = _ids(b"\x0a\x10", high, low, b"\x12\x08", span_id)
     else:
         head = _ids_parent(b"\x0a\x10", high, low, b"\x12\x08", span_id, b"\x22\x08", parent_id)
-    parts = [head]
     if trace_state:
         # (field 3 comes before field 4, the parent: re-order as the fields are numbered)
-        header = trace_state if isinstance(trace_state, str) else trace_state.to_header()
-        parts = [head[:28], _string(3, header), head[28:]]
-    parts.append(_name_kind(name, kind))
+        return [head[:28], _string(3, trace_state), head[28:]]
+    return [head]
+
+
+def _times_of(parts: list[bytes], start: int | None, end: int | None) -> None:
+    """A span's start_time_unix_nano (field 7), end_time_unix_nano (field 8)."""
     if start and end:
         parts.append(_times(0x39, start, 0x41, end))
     else:
@@ -261,50 +324,56 @@ def _span(span: ReadableSpan) -> bytes:
             parts.append(b"\x39" + _pack_fixed64(start))
         if end:
             parts.append(b"\x41" + _pack_fixed64(end))
-    if attributes:
-        parts.append(_attributes(9, attributes))
+
+
+def _link(
+    trace_id: int,
+    span_id: int,
+    trace_state: str,
+    attributes: Mapping[str, Any] | None,
+    dropped_attributes: int,
+    remote: bool,
+) -> bytes:
+    """A span's link (field 13)."""
+    body = b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08" + span_id.to_bytes(8, "big")
+    if trace_state:
+        body += _string(3, trace_state)
+    body += _attributes(4, attributes)
     if dropped_attributes:
-        parts.append(b"\x50" + _varint(dropped_attributes))
-    for event in events:
-        if lean:  # (the SDK's Event, read without its properties)
-            body = _event_time(0x09, event._timestamp) + _event_name(event._name)
-            if event._attributes:
-                body += _attributes(3, event._attributes)
-        else:
-            body = _event_time(0x09, event.timestamp) + _event_name(event.name)
-            if event.attributes:
-                body += _attributes(3, event.attributes)
-            if event.dropped_attributes:
-                body += b"\x20" + _varint(event.dropped_attributes)
-        parts.append(_len(11, body))
-    if dropped_events:
-        parts.append(b"\x60" + _varint(dropped_events))
-    for link in links:
-        body = b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big")
-        body += b"\x12\x08" + link.context.span_id.to_bytes(8, "big")
-        if link.context.trace_state:
-            body += _string(3, link.context.trace_state.to_header())
-        body += _attributes(4, link.attributes)
-        if link.dropped_attributes:
-            body += b"\x28" + _varint(link.dropped_attributes)
-        body += b"\x35" + _pack_fixed32(
-            _HAS_IS_REMOTE | (_IS_REMOTE if link.context.is_remote else 0)
-        )  # field 6, fixed32
-        parts.append(_len(13, body))
-    if dropped_links:
-        parts.append(b"\x70" + _varint(dropped_links))
-    if status.status_code is _UNSET and not status.description:
-        parts.append(_STATUS_UNSET)
-    else:
-        code = _STATUS[status.status_code]
-        body = _string(2, status.description or "") + (b"\x18" + _varint(code) if code else b"")
-        parts.append(_len(15, body))
-    parts.append(_FLAGS_REMOTE if remote else _FLAGS_LOCAL)
+        body += b"\x28" + _varint(dropped_attributes)
+    body += b"\x35" + _pack_fixed32(_HAS_IS_REMOTE | (_IS_REMOTE if remote else 0))  # field 6
+    return _len(13, body)
+
+
+def _status(code: int, description: str | None) -> bytes:
+    """A span's status (field 15)."""
+    if not code and not description:
+        return _STATUS_UNSET
+    body = _string(2, description or "") + (b"\x18" + _varint(code) if code else b"")
+    return _len(15, body)
+
+
+def _scope_span(parts: list[bytes]) -> bytes:
+    """A span's fields as field 2 of its ScopeSpans."""
     body = b"".join(parts)
     size = len(body)
     if size < 0x80:
         return b"\x12" + _ONE_BYTE[size] + body
     return b"\x12" + _varint(size) + body
+
+
+def _records(records: list[list[Any]]) -> bytes:
+    """The spans of ScopeSpans of ``records``: by `_speedups` (in C) when it is built and
+    takes them, else by `_record_span` (the same bytes; a value the C code does not
+    handle, or a record it finds wrong, is left to it, which encodes, logs or raises
+    as it would have alone)."""
+    if _speedups is not None:
+        try:
+            encoded: bytes = _speedups.encode_spans(records)
+            return encoded
+        except Exception:  # (what Python makes of the records is the answer)
+            pass
+    return b"".join([_record_span(record) for record in records])
 
 
 def _scope(scope: InstrumentationScope | None) -> bytes:
@@ -315,22 +384,32 @@ def _scope(scope: InstrumentationScope | None) -> bytes:
     )
 
 
-def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
+def encode_spans(spans: Sequence[ReadableSpan] | Received) -> bytes:
     """The serialized ExportTraceServiceRequest of ``spans`` (grouped by resource, then
-    by instrumentation scope, in the order each first appears, as the SDK groups them)."""
+    by instrumentation scope, in the order each first appears, as the SDK groups them):
+    the SDK's spans, or the records of a batch `span_export.decode_batch` read."""
+    # id(resource) -> (resource, id(scope) -> (scope, its spans' encodings))
     groups: dict[int, tuple[Resource, dict[int, tuple[InstrumentationScope | None, list[bytes]]]]]
     groups = {}
-    if spans:
+    if isinstance(spans, Received):
+        received = spans
+        numbers = {record[0] for record in received}
+        by_number = {numbers.pop(): received} if len(numbers) == 1 else _by_number(received)
+        for number, records in by_number.items():
+            resource, scope = received.groups[number]
+            by_scope = groups.setdefault(id(resource), (resource, {}))[1]
+            by_scope.setdefault(id(scope), (scope, []))[1].append(_records(records))
+    elif spans:
         # steplog's spans share one resource and one scope: group them at once.
         resource, scope = spans[0].resource, spans[0].instrumentation_scope or None
         if all(s.resource is resource and s.instrumentation_scope is scope for s in spans):
             groups[id(resource)] = (resource, {id(scope): (scope, [_span(s) for s in spans])})
-    if not groups:
-        for span in spans:
-            resource = span.resource
-            scope = span.instrumentation_scope or None
-            by_scope = groups.setdefault(id(resource), (resource, {}))[1]
-            by_scope.setdefault(id(scope), (scope, []))[1].append(_span(span))
+        else:
+            for span in spans:
+                resource = span.resource
+                scope = span.instrumentation_scope or None
+                by_scope = groups.setdefault(id(resource), (resource, {}))[1]
+                by_scope.setdefault(id(scope), (scope, []))[1].append(_span(span))
     out = []
     for resource, by_scope in groups.values():
         body = _len(1, _attributes(1, resource.attributes))
@@ -344,11 +423,19 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     return b"".join(out)
 
 
-def as_received(spans: Sequence[Any]) -> list[ReadableSpan]:
+def _by_number(records: list[list[Any]]) -> dict[int, list[list[Any]]]:
+    """``records`` by their group's number, in the order each first appears."""
+    by_number: dict[int, list[list[Any]]] = {}
+    for record in records:
+        by_number.setdefault(record[0], []).append(record)
+    return by_number
+
+
+def as_received(spans: Sequence[Any]) -> Received:
     """A batch as the export process receives it (steplog.span_export: spans and span
     records through msgpack and back, in C), for `encode_spans`: the exporters in the
     process take the records steplog's spans end as, as the export process does."""
-    if type(spans) is Received:  # (the export process's: read from its pipe)
+    if isinstance(spans, Received):  # (the export process's: read from its pipe)
         return spans
     return decode_batch(encode_batch(spans))
 

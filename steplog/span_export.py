@@ -33,15 +33,14 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import msgspec
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode, TraceFlags
-from opentelemetry.trace.span import TraceState
+from opentelemetry.trace import Link, SpanContext
 
 _logger = logging.getLogger(__name__)
 
@@ -135,50 +134,8 @@ def encode_batch(spans: Sequence[SpanRecord | ReadableSpan]) -> bytes:
     return _encoder.encode((groups, records))
 
 
-# The message decoded (`decode_batch`) by msgspec in C, straight into these records
-# (array_like: from the arrays `encode_batch` writes; gc=False: they hold no cycles):
-# building them field by field in Python cost the child more than their encoding did.
-
-
-class _ReceivedEvent(msgspec.Struct, array_like=True, gc=False):
-    """A span event, in the fields steplog.otlp encodes it from."""
-
-    _name: str
-    _timestamp: int
-    _attributes: dict[str, Any]
-
-
-class _ReceivedStatus(msgspec.Struct, array_like=True, gc=False):
-    status_code: StatusCode
-    description: str | None
-
-
-class _ReceivedSpan(msgspec.Struct, array_like=True, gc=False):
-    """A span read from the pipe (a `SpanRecord`), in the fields steplog.otlp encodes
-    it from (``plain_fields``)."""
-
-    plain_fields: ClassVar[bool] = True
-
-    _group: int
-    _name: str
-    _kind: SpanKind
-    _trace: str
-    _span_id: int
-    _flags: int
-    _trace_state: str
-    _parent: tuple[int | str, bool] | None
-    _start_time: int | None
-    _end_time: int | None
-    _attributes: dict[str, Any]
-    _events: list[_ReceivedEvent]
-    _links: list[Any]  # as sent, then Links (`decode_batch`)
-    _status: _ReceivedStatus
-    _dropped_attributes: int
-    _dropped_events: int
-    _dropped_links: int
-    # Not sent: set from the span's group.
-    resource: Any = None
-    instrumentation_scope: Any = None
+# The message decoded (`decode_batch`) by msgspec in C: the groups into these, the
+# records as plain lists (steplog.otlp encodes them as they are; gc=False: no cycles).
 
 
 class _Group(msgspec.Struct, array_like=True, gc=False):
@@ -189,32 +146,25 @@ class _Group(msgspec.Struct, array_like=True, gc=False):
 
 class _Message(msgspec.Struct, array_like=True, gc=False):
     groups: dict[int, _Group]
-    spans: list[_ReceivedSpan]
+    spans: list[list[Any]]
 
 
 _decoder = msgspec.msgpack.Decoder(_Message)
 
 
-def _span_context(fields: Sequence[Any], remote: bool = False) -> SpanContext:
-    high, low, span_id, flags, trace_state = fields
-    return SpanContext(
-        (high << 64) | low,
-        span_id,
-        is_remote=remote,
-        trace_flags=TraceFlags(flags),
-        trace_state=TraceState.from_header([trace_state]) if trace_state else None,
-    )
+class Received(list[list[Any]]):
+    """A batch `decode_batch` read: its span records (as msgpack decodes a `SpanRecord`:
+    lists for tuples), which steplog.otlp's `encode_spans` encodes as they are, and
+    ``groups``, the resource and instrumentation scope of each group number."""
 
-
-class Received(list[ReadableSpan]):
-    """A batch `decode_batch` read (steplog.otlp's exporters encode it as it is)."""
+    groups: dict[int, tuple[Resource, InstrumentationScope | None]]
 
 
 def decode_batch(message: bytes) -> Received:
-    """The spans of a message `encode_batch` made, as steplog.otlp's `encode_spans`
-    reads them (not the SDK's encoder: they are not ReadableSpans, only typed so)."""
+    """The span records of a message `encode_batch` made, with their groups."""
     decoded = _decoder.decode(message)
-    groups: dict[int, tuple[Resource, InstrumentationScope | None]] = {}
+    received = Received(decoded.spans)
+    received.groups = {}
     resources: list[tuple[dict[str, Any], str, Resource]] = []
     for number, group in decoded.groups.items():
         # One Resource for the groups of one (their spans are encoded together).
@@ -230,7 +180,7 @@ def decode_batch(message: bytes) -> Received:
         if resource is None:
             resource = Resource(group.resource_attributes, group.resource_schema_url)
             resources.append((group.resource_attributes, group.resource_schema_url, resource))
-        groups[number] = (
+        received.groups[number] = (
             resource,
             None
             if group.scope is None
@@ -238,12 +188,7 @@ def decode_batch(message: bytes) -> Received:
                 group.scope[0], group.scope[1], group.scope[2], group.scope[3] or None
             ),
         )
-    for span in decoded.spans:
-        span.resource, span.instrumentation_scope = groups[span._group]
-        if span._links:
-            span._links = [Link(_span_context(c, remote), a) for c, remote, a in span._links]
-    received: Any = decoded.spans  # (typed as ReadableSpans: see above)
-    return Received(received)
+    return received
 
 
 class ChildProcessExporter(SpanExporter):

@@ -1,7 +1,8 @@
 """A batch of spans crosses the pipe to the export process (steplog.export_process) and
-comes back as spans that steplog.otlp encodes to the message the SDK's encoder makes of
-the spans sent, for every shape of span steplog and a handler make, SDK spans and lean
-ones (as the records they end as, and as ReadableSpans), limits' drop counts included."""
+comes back as records that steplog.otlp encodes (in C and in Python) to the message the
+SDK's encoder makes of the spans sent, for every shape of span steplog and a handler
+make, SDK spans and lean ones (as the records they end as, and as ReadableSpans),
+limits' drop counts included."""
 
 from __future__ import annotations
 
@@ -23,10 +24,20 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.span import TraceState
 
+from steplog import otlp
 from steplog.otlp import encode_spans, lean_grpc_exporter
 from steplog.span_export import decode_batch, encode_batch
 from steplog.tracing import LeanTracer
 from tests.unit.test_otlp import _spans, _workload
+
+
+@pytest.fixture(autouse=True, params=["C", "Python"])
+def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test with the records encoded by steplog._otlp_speedups (where it is built:
+    tests/unit/test_otlp_speedups.py checks it is wherever a C compiler is) and by
+    steplog.otlp's Python encoding."""
+    if request.param == "Python":
+        monkeypatch.setattr(otlp, "_speedups", None)
 
 
 @pytest.mark.parametrize("lean", [False, True], ids=["sdk spans", "lean spans"])
