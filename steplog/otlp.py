@@ -3,10 +3,11 @@
 The OTLP exporters encode a batch by building the protobuf message objects of every
 span, attribute and value (`opentelemetry.exporter.otlp.proto.common`): each nested
 message is copied into its parent when given to it, and each span hashes its
-resource (a JSON dump). That is most of what tracing costs steplog per span (in the
-span processor's export thread). `encode_spans` writes the same bytes (the same
-message: `tests/unit/test_otlp.py` parses both and compares) straight from the
-spans, with the resource and the instrumentation scope encoded once per batch.
+resource (a JSON dump). `encode_spans` writes the same message
+(`tests/unit/test_otlp.py` parses both and compares) from the records spans cross the
+export process's pipe as (steplog.span_export), with the resource and the
+instrumentation scope encoded once per batch: each record by `_speedups`
+(steplog/_otlp_speedups.c) where it is built, else by `_record_span`, the same bytes.
 `LeanOtlpHttpExporter` and `lean_grpc_exporter` are the SDK's exporters with it.
 
 The wire format (https://protobuf.dev/programming-guides/encoding/): a field is a
@@ -48,9 +49,12 @@ _pack_fixed32 = struct.Struct("<I").pack
 
 # A SpanKind's value -> the OTLP enum (SPAN_KIND_INTERNAL = 1, ...), as field 6 (a varint).
 _KIND = {kind._value_: b"\x30" + bytes((kind._value_ + 1,)) for kind in SpanKind}
-_STATUS = {StatusCode.UNSET: 0, StatusCode.OK: 1, StatusCode.ERROR: 2}
-# A record's status code (a StatusCode's value) -> the OTLP enum: the same numbers.
-_STATUS_CODES = {code._value_: number for code, number in _STATUS.items()}
+# A record's status code (a StatusCode's value) -> the OTLP enum (STATUS_CODE_UNSET = 0,
+# OK = 1, ERROR = 2).
+_STATUS_CODES = {
+    code._value_: number
+    for code, number in ((StatusCode.UNSET, 0), (StatusCode.OK, 1), (StatusCode.ERROR, 2))
+}
 _UNSET = StatusCode.UNSET
 # Span.flags: SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK (0x100), | IS_REMOTE (0x200).
 _HAS_IS_REMOTE = 0x100
@@ -203,55 +207,11 @@ def _name_kind(name: str, kind: int) -> bytes:
     return known
 
 
-def _span(span: ReadableSpan) -> bytes:
-    """The span as field 2 of its ScopeSpans (the field's key and length included).
-    Written for speed: it runs for every span in the export thread."""
-    # A SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state, ...).
-    context, parent = span.get_span_context(), span.parent
-    assert context is not None
-    trace_id, span_id, _, _, trace_state = context[:5]
-    parent_id, remote = (None, False) if parent is None else (parent[1], parent[2])
-    parts = _head(trace_id, span_id, trace_state.to_header() if trace_state else "", parent_id)
-    parts.append(_name_kind(span.name, span.kind._value_))
-    _times_of(parts, span.start_time, span.end_time)
-    attributes = span.attributes
-    if attributes:
-        parts.append(_attributes(9, attributes))
-    if span.dropped_attributes:
-        parts.append(b"\x50" + _varint(span.dropped_attributes))
-    for event in span.events:
-        body = _event_time(0x09, event.timestamp) + _event_name(event.name)
-        if event.attributes:
-            body += _attributes(3, event.attributes)
-        if event.dropped_attributes:
-            body += b"\x20" + _varint(event.dropped_attributes)
-        parts.append(_len(11, body))
-    if span.dropped_events:
-        parts.append(b"\x60" + _varint(span.dropped_events))
-    for link in span.links:
-        link_context = link.context
-        parts.append(
-            _link(
-                link_context.trace_id,
-                link_context.span_id,
-                link_context.trace_state.to_header() if link_context.trace_state else "",
-                link.attributes,
-                link.dropped_attributes,
-                link_context.is_remote,
-            )
-        )
-    if span.dropped_links:
-        parts.append(b"\x70" + _varint(span.dropped_links))
-    status = span.status
-    parts.append(_status(_STATUS[status.status_code], status.description))
-    parts.append(_FLAGS_REMOTE if remote else _FLAGS_LOCAL)
-    return _scope_span(parts)
-
-
 def _record_span(record: Sequence[Any]) -> bytes:
-    """`_span` of a span record as `span_export.decode_batch` reads it (a list, in the
-    order of `span_export.SpanRecord`): what `_speedups.encode_spans` writes in C, and
-    the encoding of the records it leaves to Python."""
+    """A span record as `span_export.decode_batch` reads it (a list, in the order of
+    `span_export.SpanRecord`), as field 2 of its ScopeSpans (the field's key and length
+    included): what `_speedups.encode_spans` writes in C, and the encoding of the
+    records it leaves to Python."""
     (
         _,
         name,
@@ -291,9 +251,7 @@ def _record_span(record: Sequence[Any]) -> bytes:
     for (high, low, link_span_id, _, link_state), link_remote, link_attributes in links:
         # (a trace state as its parsed header: what the SDK's TraceState keeps of it)
         header = TraceState.from_header([link_state]).to_header() if link_state else ""
-        parts.append(
-            _link((high << 64) | low, link_span_id, header, link_attributes, 0, link_remote)
-        )
+        parts.append(_link((high << 64) | low, link_span_id, header, link_attributes, link_remote))
     if dropped_links:
         parts.append(b"\x70" + _varint(dropped_links))
     code, description = status
@@ -331,7 +289,6 @@ def _link(
     span_id: int,
     trace_state: str,
     attributes: Mapping[str, Any] | None,
-    dropped_attributes: int,
     remote: bool,
 ) -> bytes:
     """A span's link (field 13)."""
@@ -339,8 +296,6 @@ def _link(
     if trace_state:
         body += _string(3, trace_state)
     body += _attributes(4, attributes)
-    if dropped_attributes:
-        body += b"\x28" + _varint(dropped_attributes)
     body += b"\x35" + _pack_fixed32(_HAS_IS_REMOTE | (_IS_REMOTE if remote else 0))  # field 6
     return _len(13, body)
 
@@ -387,29 +342,18 @@ def _scope(scope: InstrumentationScope | None) -> bytes:
 def encode_spans(spans: Sequence[ReadableSpan] | Received) -> bytes:
     """The serialized ExportTraceServiceRequest of ``spans`` (grouped by resource, then
     by instrumentation scope, in the order each first appears, as the SDK groups them):
-    the SDK's spans, or the records of a batch `span_export.decode_batch` read."""
+    the records of a batch `span_export.decode_batch` read, or any spans, made such a
+    batch first (`as_received`)."""
+    received = as_received(spans)
+    numbers = {record[0] for record in received}
+    by_number = {numbers.pop(): received} if len(numbers) == 1 else _by_number(received)
     # id(resource) -> (resource, id(scope) -> (scope, its spans' encodings))
     groups: dict[int, tuple[Resource, dict[int, tuple[InstrumentationScope | None, list[bytes]]]]]
     groups = {}
-    if isinstance(spans, Received):
-        received = spans
-        numbers = {record[0] for record in received}
-        by_number = {numbers.pop(): received} if len(numbers) == 1 else _by_number(received)
-        for number, records in by_number.items():
-            resource, scope = received.groups[number]
-            by_scope = groups.setdefault(id(resource), (resource, {}))[1]
-            by_scope.setdefault(id(scope), (scope, []))[1].append(_records(records))
-    elif spans:
-        # steplog's spans share one resource and one scope: group them at once.
-        resource, scope = spans[0].resource, spans[0].instrumentation_scope or None
-        if all(s.resource is resource and s.instrumentation_scope is scope for s in spans):
-            groups[id(resource)] = (resource, {id(scope): (scope, [_span(s) for s in spans])})
-        else:
-            for span in spans:
-                resource = span.resource
-                scope = span.instrumentation_scope or None
-                by_scope = groups.setdefault(id(resource), (resource, {}))[1]
-                by_scope.setdefault(id(scope), (scope, []))[1].append(_span(span))
+    for number, records in by_number.items():
+        resource, scope = received.groups[number]
+        by_scope = groups.setdefault(id(resource), (resource, {}))[1]
+        by_scope.setdefault(id(scope), (scope, []))[1].append(_records(records))
     # ResourceSpans (field 1) of ScopeSpans (field 2) of the spans, each message's bytes
     # put together once, at the end (a batch is a few hundred kB: nesting by copying
     # cost more than a microsecond a span).
@@ -475,7 +419,7 @@ class LeanOtlpHttpExporter(HttpSpanExporter):
 
         with self._metrics.export_operation(len(spans)) as result:
             try:
-                data = encode_spans(as_received(spans))
+                data = encode_spans(spans)
             except Exception as error:
                 _logger.exception("Failed to encode span batch")
                 result.error = error
@@ -532,7 +476,7 @@ def lean_grpc_exporter() -> SpanExporter:
 
         def _translate_data(self, data: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
             request: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(
-                encode_spans(as_received(data))
+                encode_spans(data)
             )
             return request
 
