@@ -17,7 +17,10 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Nesting of attribute values (lists and maps in lists and maps) beyond this is left to
+/* Every value is checked for its exact built-in type before it is read, so no Python
+ * code runs while a batch is encoded (the items of the lists read stay as they are).
+ *
+ * Nesting of attribute values (lists and maps in lists and maps) beyond this is left to
  * the Python encoder. */
 #define MAX_DEPTH 16
 
@@ -261,8 +264,8 @@ static int put_link(Buf *b, PyObject *link) {
     if (as_u64(context[0], &high) < 0 || as_u64(context[1], &low) < 0 ||
         as_u64(context[2], &span_id) < 0)
         return -1;
-    int remote = PyObject_IsTrue(fields[1]);
-    if (remote < 0) return -1;
+    if (!PyBool_Check(fields[1])) return unsupported("a link's is remote that is not a bool");
+    int remote = fields[1] == Py_True;
     if (fields[2] != Py_None && !PyDict_CheckExact(fields[2]))
         return unsupported("a link's attributes");
     Py_ssize_t start = open_len(b, 13);
@@ -307,8 +310,8 @@ static int put_span(Buf *b, PyObject *record) {
             uint64_t parent_id;
             if (as_u64(parent[0], &parent_id) < 0 || put_big64(b, parent_id) < 0) return -1;
         }
-        remote = PyObject_IsTrue(parent[1]);
-        if (remote < 0) return -1;
+        if (!PyBool_Check(parent[1])) return unsupported("is remote that is not a bool");
+        remote = parent[1] == Py_True;
     }
     if (!PyUnicode_CheckExact(f[1])) return unsupported("a name that is not a str");
     if (put_string(b, 5, f[1]) < 0) return -1;

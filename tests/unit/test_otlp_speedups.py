@@ -128,6 +128,7 @@ def test_what_c_refuses_python_answers() -> None:
         [*record[:10], {"big": 2**70}, *record[11:]],  # an int beyond 64 bits
         [*record[:10], {"nested": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}, *record[11:]],
         [*record[:3], "0x" + "a" * 30, *record[4:]],  # a trace id int() reads, not hex
+        [*record[:7], [5, 1], *record[8:]],  # is remote not a bool (Python: its truth)
         # a link with a trace state (Python parses it, as the SDK's TraceState would)
         [*record[:12], [[[1, 2, 3, 1, "k=v,bad key=x"], True, {}]], *record[13:]],
     ]
