@@ -1,4 +1,4 @@
-/* The OTLP/protobuf encoding of span records, in C: steplog.otlp's `_span`, for the
+/* The OTLP/protobuf encoding of span records, in C: steplog.otlp's `_record_span`, for the
  * records the span export process reads off its pipe (steplog.span_export.SpanRecord,
  * decoded by msgpack as plain lists). Optional: steplog.otlp encodes in Python when this
  * module is not built (no C compiler), and whenever it raises (a value it does not
@@ -232,7 +232,7 @@ static int put_key_values(Buf *b, unsigned field, PyObject *mapping, int depth) 
     return 0;
 }
 
-/* Item `i` of a list or tuple of exactly `n` items, else an error. */
+/* The items of a list or tuple of exactly `n` items, else an error. */
 static PyObject **fields_of(PyObject *record, Py_ssize_t n, const char *what) {
     if (!(PyList_CheckExact(record) || PyTuple_CheckExact(record)) ||
         PySequence_Fast_GET_SIZE(record) != n) {
@@ -283,7 +283,7 @@ static int put_count(Buf *b, unsigned char key, PyObject *value) {
     return n ? (put_byte(b, key) < 0 ? -1 : put_varint(b, n)) : 0;
 }
 
-/* One record as field 2 of its ScopeSpans (steplog.otlp's `_span`, same bytes). */
+/* One record as field 2 of its ScopeSpans (steplog.otlp's `_record_span`, same bytes). */
 static int put_span(Buf *b, PyObject *record) {
     PyObject **f = fields_of(record, 17, "a span record");
     if (f == NULL) return -1;

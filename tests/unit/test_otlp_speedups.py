@@ -48,15 +48,6 @@ _VALUES = st.recursive(
     max_leaves=6,
 )
 _ATTRIBUTES = st.dictionaries(_TEXT, _VALUES, max_size=5)
-_PLAIN_ATTRIBUTES = st.dictionaries(
-    _TEXT,
-    st.booleans()
-    | _TEXT
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False)
-    | st.lists(_TEXT, max_size=3),
-    max_size=5,
-)
 
 
 def _hex(digits: int) -> st.SearchStrategy[str]:
@@ -99,27 +90,15 @@ def _python(records: list[list[Any]]) -> bytes:
 
 
 @needs_speedups
-@settings(max_examples=300, deadline=None)
-@given(st.lists(_records(_PLAIN_ATTRIBUTES), max_size=4))
-def test_c_encodes_every_record_steplog_makes_as_python_does(records: list[list[Any]]) -> None:
-    # Every value a lean span holds (str, bool, int, float, tuples of str) and any id:
-    # C takes them all.
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_records(_ATTRIBUTES), max_size=4))
+def test_c_encodes_every_record_as_python_does(records: list[list[Any]]) -> None:
+    # Any id, and any attribute value: what a lean span holds (str, bool, int, float,
+    # tuples of str) and lists, maps, bytes and None (a handler's own span, through an
+    # SDK span's record), nested less deep than C's limit, ints within 64 bits: C
+    # encodes them all.
     assert speedups is not None
     assert speedups.encode_spans(records) == _python(records)
-
-
-@needs_speedups
-@settings(max_examples=300, deadline=None)
-@given(st.lists(_records(_ATTRIBUTES), max_size=4))
-def test_c_encodes_any_attribute_value_as_python_does(records: list[list[Any]]) -> None:
-    # Lists, maps, bytes and None as values too (a handler's own span, through an SDK
-    # span's record): C encodes them, or leaves the batch to Python.
-    assert speedups is not None
-    try:
-        ours = speedups.encode_spans(records)
-    except Exception:
-        return
-    assert ours == _python(records)
 
 
 def test_what_c_refuses_python_answers() -> None:
