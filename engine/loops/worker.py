@@ -384,7 +384,9 @@ class Worker:
             now = loop.time()
             for entry_id, until in list(self._held.items()):
                 if now >= until - margin:
-                    self._lapse(entry_id, "Redis has not confirmed the claim in time")
+                    unconfirmed = now - (until - self.visibility_timeout_s)
+                    why = f"Redis has not confirmed the claim for {unconfirmed:.1f}s"
+                    self._lapse(entry_id, why)
 
     def _lapse(self, entry_id: str, why: str) -> None:
         """Give up the claim on ``entry_id``: its handler is cancelled (a task being
