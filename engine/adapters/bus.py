@@ -575,6 +575,7 @@ class Bus:
         self._events_maxlen = events_maxlen
         self._work_maxlen = work_maxlen
         self._renew = redis.register_script(RENEW_LUA)
+        self._reclaim = redis.register_script(RECLAIM_LUA)
         self._members = redis.register_script(MEMBERS_LUA)
         self._add = redis.register_script(ADD_LUA)
         # This bus's name in the keys of its last publish tokens (ADD_LUA).
@@ -1126,6 +1127,23 @@ class Bus:
             kept = await self._renew(keys=[stream], args=[group, consumer, *ids])
         return {_str(entry_id) for entry_id in kept}
 
+    async def reclaim_tasks(
+        self, stream: str, group: str, consumer: str, ids: Sequence[str]
+    ) -> list[TaskDelivery | Malformed]:
+        """Claim again, as a new delivery (counted), those of ``ids`` still pending for
+        ``consumer``, whatever their idle time, each with its decoded task; an entry
+        another consumer has claimed meanwhile is left to it (one script, as `renew`).
+        For entries whose claim ``consumer`` gave up without knowing whether anyone else
+        took them (Redis did not confirm it in time)."""
+        if not ids:
+            return []
+        with _redis_errors():
+            rows = await self._reclaim(keys=[stream], args=[group, consumer, *ids])
+        return [
+            read_task(_entry(stream, entry_id, fields, int(count)))
+            for entry_id, fields, count in rows
+        ]
+
     # -- activity leases (engine.tasks) -----------------------------------------------------
 
     async def lease(self, queue: str, task_id: str, entry_id: str) -> None:
@@ -1343,6 +1361,25 @@ for i = 3, #ARGV do
   end
 end
 return kept
+"""
+
+# Bus.reclaim_tasks: XCLAIM (a delivery counted) of each entry still pending for the
+# consumer, as RENEW_LUA checks it; per entry claimed {id, fields, times delivered}. An
+# entry trimmed from the stream meanwhile is left out (XCLAIM answers nothing for it; the
+# next XAUTOCLAIM takes it off the pending list).
+RECLAIM_LUA = """
+local claimed = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1, ARGV[2])
+  if #pending > 0 then
+    local entry = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id)[1]
+    if entry and entry[2] then
+      claimed[#claimed + 1] = {entry[1], entry[2], pending[1][4] + 1}
+    end
+  end
+end
+return claimed
 """
 
 # Bus.engine_members: KEYS[1] the engines' sorted set; ARGV[1] the consumer, ARGV[2] its

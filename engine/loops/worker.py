@@ -22,7 +22,9 @@ database stall longer than the visibility timeout does not hand a running task t
 another worker). A claim is a lease: when Redis has not confirmed it for most of a
 visibility timeout (Redis paused or away longer than that), or another worker has
 claimed the entry meanwhile, the worker cancels that handler rather than run it
-beside the other worker's, and leaves the entry to be claimed. A task delivered more than ``max_deliveries`` times is dead-lettered
+beside the other worker's, and leaves the entry to be claimed; an entry it gave up
+unconfirmed it claims again itself as soon as Redis answers, if no other worker has
+(a new delivery), and runs it again. A task delivered more than ``max_deliveries`` times is dead-lettered
 and reported as failed with ``Steplog.TaskDeliveryExceeded`` (a Retry or Catch
 can handle it, States.TaskFailed and States.ALL match it). Given ``ended``, a
 worker skips tasks of executions that have ended and cancels running handlers
@@ -298,6 +300,13 @@ class Worker:
         # claim of stale entries must not run the attempt again while this worker still
         # holds its result (the report acknowledges the entry once Redis answers).
         self._reporting: set[str] = set()
+        # Entries whose claim this worker gave up because Redis did not confirm it in
+        # time (Redis paused or slow): still this worker's in Redis unless another
+        # worker has claimed them since. Claimed again and run as soon as Redis answers
+        # and their cancelled handler has ended (`_reclaim`); otherwise a renewal queued
+        # in a paused Redis, run after the pause, would leave them idle for another
+        # visibility timeout before any worker claimed them.
+        self._lapsed: set[str] = set()
         self._abandon = asyncio.Event()  # set at shutdown: reports stop retrying
         self.started = 0  # handlers started (observability, readiness)
         self.completed = 0
@@ -386,19 +395,22 @@ class Worker:
                 if now >= until - margin:
                     unconfirmed = now - (until - self.visibility_timeout_s)
                     why = f"Redis has not confirmed the claim for {unconfirmed:.1f}s"
-                    self._lapse(entry_id, why)
+                    if self._lapse(entry_id, why):
+                        self._lapsed.add(entry_id)
 
-    def _lapse(self, entry_id: str, why: str) -> None:
+    def _lapse(self, entry_id: str, why: str) -> bool:
         """Give up the claim on ``entry_id``: its handler is cancelled (a task being
-        started is not started), unacknowledged, for another worker to claim."""
+        started is not started), unacknowledged, for another worker to claim. False when
+        it was not held."""
         if self._held.pop(entry_id, None) is None:
-            return
+            return False
         running = self._running.get(entry_id)
         if running is not None:
             log.warning("worker: cancelling task %s of %s: %s", entry_id, running.execution_id, why)
             running.task.cancel()
             self.lapsed += 1
             metrics.TASK_CLAIMS_LAPSED.inc()
+        return True
 
     async def _watch_ended(self) -> None:
         """Every ``ended_check_interval_s``, cancel the handlers of executions that ended
@@ -433,7 +445,9 @@ class Worker:
                     continue
                 entries: list[TaskDelivery | Malformed] = []
                 read_at = loop.time()  # a claim's lease runs from before its read
-                if own_pending:
+                if reclaimable := self._reclaimable(free):
+                    entries = await self._reclaim(reclaimable)
+                elif own_pending:
                     own_pending = False
                     entries = await self.bus.read_tasks(
                         WORKER_GROUP, self.consumer, {self.stream: "0"}, count=free
@@ -466,6 +480,34 @@ class Worker:
             int(self.visibility_timeout_s * 1000),
             count,
         )
+        return await self._deliverable(claimed)
+
+    def _reclaimable(self, count: int) -> list[str]:
+        """Up to ``count`` lapsed entries whose handler has ended and whose result (if
+        it had one) is not being reported."""
+        if not self._lapsed:
+            return []
+        busy = self._running.keys() | self._reporting
+        return list(self._lapsed - busy)[:count]
+
+    async def _reclaim(self, ids: list[str]) -> list[TaskDelivery | Malformed]:
+        """Claim ``ids`` (lapsed entries) again where they are still this worker's: no
+        other worker has claimed them, so none runs them; give up on those delivered too
+        often. The others (claimed by another worker, acknowledged) are forgotten."""
+        claimed = await self.bus.reclaim_tasks(self.stream, WORKER_GROUP, self.consumer, ids)
+        self._lapsed.difference_update(ids)
+        for delivery in claimed:
+            log.info(
+                "worker: running task %s again: Redis holds it for this worker still",
+                delivery.entry.id,
+            )
+        return await self._deliverable(claimed)
+
+    async def _deliverable(
+        self, claimed: list[TaskDelivery | Malformed]
+    ) -> list[TaskDelivery | Malformed]:
+        """Those of ``claimed`` to start: not those this worker still runs or reports,
+        and not those delivered too often (given up)."""
         live: list[TaskDelivery | Malformed] = []
         for delivery in claimed:
             if delivery.entry.id in self._running or delivery.entry.id in self._reporting:

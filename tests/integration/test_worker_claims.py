@@ -203,11 +203,86 @@ async def test_a_redis_pause_longer_than_the_visibility_timeout_never_runs_an_at
     assert first.lapsed == 1
     # Run again after the pause by whichever worker claimed the entry: the second (its
     # claim came first), or the first itself (its renewal, queued during the pause, came
-    # first; the entry then waited out another visibility timeout).
+    # first: the entry is still its own, and it claims it again at once).
     (name, _, first_ended), (_, again_began, _) = runs
     assert name == "first" and first_ended < again_began
     assert [r.output for r in await results(redis, bus)] == [{"n": 1}]
     assert (await redis.xpending(bus.tasks_stream("default"), WORKER_GROUP))["pending"] == 0
+
+
+async def test_a_worker_runs_again_at_once_an_attempt_it_gave_up_in_a_pause(
+    store: EventStore, bus: Bus, redis: aioredis.Redis, eventually: Eventually
+) -> None:
+    """A lone worker cancels its handler when Redis, paused, cannot confirm the claim.
+    The renewal it had sent meanwhile runs when the pause ends and makes the entry look
+    busy for another visibility timeout, so that no worker would claim it before then;
+    the entry is still this worker's, though, and it claims it again and runs it as soon
+    as Redis answers (session 20: on CI an attempt waited that long after the pause and
+    its execution timed out)."""
+    visibility_s, pause_s = 4.0, 4.0  # longer than the three quarters the fence allows
+    execution_id = await started_execution(store)
+    runs: list[tuple[float, float]] = []  # began, ended (also when cancelled)
+    registry = HandlerRegistry()
+
+    async def work(value: Any, ctx: TaskContext) -> Any:
+        began = time.monotonic()
+        try:
+            if not runs:
+                await asyncio.sleep(60)  # the first run outlasts the pause: it is cancelled
+            return value
+        finally:
+            runs.append((began, time.monotonic()))
+
+    registry.register("work", work)
+    worker = Worker(bus, registry, consumer="lone", block_ms=100, visibility_timeout_s=visibility_s)
+    await bus.add_task(task(execution_id, "work", {"n": 1}))
+    async with running(worker):
+
+        async def runs_it() -> bool:
+            return worker.started == 1
+
+        await eventually(runs_it)
+        await redis.execute_command("CLIENT", "PAUSE", str(int(pause_s * 1000)))
+        paused_until = time.monotonic() + pause_s
+
+        async def reported() -> bool:
+            return worker.completed == 1
+
+        await eventually(reported, timeout_s=pause_s + 3 * visibility_s + 10)
+    assert worker.lapsed == 1 and worker.started == 2
+    (_, first_ended), (again_began, _) = runs
+    assert first_ended < again_began
+    # Without the claim again, not before the queued renewal's visibility timeout.
+    assert again_began - paused_until < visibility_s / 2
+    assert [r.output for r in await results(redis, bus)] == [{"n": 1}]
+    assert (await redis.xpending(bus.tasks_stream("default"), WORKER_GROUP))["pending"] == 0
+
+
+async def test_reclaim_takes_only_entries_still_pending_for_the_consumer(
+    bus: Bus, redis: aioredis.Redis
+) -> None:
+    """`Bus.reclaim_tasks` claims again (a delivery counted) what is still the consumer's,
+    and leaves what another consumer claimed, what was acknowledged and what was trimmed."""
+    stream = bus.tasks_stream("reclaim")
+    await bus.ensure_group(stream, WORKER_GROUP)
+    messages = [msgspec.structs.replace(task(uuid4(), "work"), queue="reclaim") for _ in range(4)]
+    for message in messages:
+        await bus.add_task(message)
+    read = await bus.read_tasks(WORKER_GROUP, "first", [stream], count=4)
+    mine, taken, acked, trimmed = (d.entry.id for d in read)
+    await redis.xclaim(stream, WORKER_GROUP, "second", 0, [taken])
+    await bus.ack(stream, WORKER_GROUP, [acked])
+    await redis.xdel(stream, trimmed)
+    claimed = await bus.reclaim_tasks(stream, WORKER_GROUP, "first", [mine, taken, acked, trimmed])
+    assert [(d.entry.id, d.entry.deliveries) for d in claimed] == [(mine, 2)]
+    (delivery,) = claimed
+    assert not isinstance(delivery, Malformed) and delivery.message == messages[0]
+    owners = {
+        row["message_id"].decode(): row["consumer"].decode()
+        for row in await redis.xpending_range(stream, WORKER_GROUP, "-", "+", 10)
+    }
+    assert owners[mine] == "first" and owners[taken] == "second" and acked not in owners
+    assert await bus.reclaim_tasks(stream, WORKER_GROUP, "first", []) == []
 
 
 async def test_a_late_renewal_answer_never_shortens_a_claim_nor_gives_a_newer_one_up(
