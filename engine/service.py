@@ -56,7 +56,7 @@ from engine.errors import (
     WorkflowNotFound,
 )
 from engine.limits import Limits
-from engine.tracecontext import current_span
+from engine.tracecontext import add_own_event, current_span, set_own_attributes
 
 _json = msgspec.json.Encoder()
 
@@ -443,7 +443,8 @@ class EngineService:
         if self.on_decision is not None:
             self.on_decision(first.events, seconds)
         if self.tracer is not None:  # the append, as `_record` shows one: at seq 1
-            current_span().add_event(
+            add_own_event(
+                current_span(),
                 "steplog.append",
                 {
                     "steplog.append.expected_seq": 1,
@@ -537,12 +538,14 @@ class EngineService:
         try:
             stored = await append
         except ConcurrencyError:
-            span.add_event(
+            add_own_event(
+                span,
                 "steplog.append",
                 {"steplog.append.expected_seq": state.seq, "steplog.append.conflict": True},
             )
             raise
-        span.add_event(
+        add_own_event(
+            span,
             "steplog.append",
             {
                 "steplog.append.expected_seq": state.seq,
@@ -639,10 +642,10 @@ def describe_decision(
                 terminal = event
         if states:
             described["steplog.decision.states"] = tuple(states)
-    span.set_attributes(described)
+    set_own_attributes(span, described)
     if terminal is not None:
         attributes: dict[str, str] = {"steplog.execution.status": status}
         error = getattr(terminal, "error", None)
         if error:
             attributes["steplog.execution.error"] = error
-        span.add_event(f"steplog.execution.{ev.event_type(terminal)}", attributes)
+        add_own_event(span, f"steplog.execution.{ev.event_type(terminal)}", attributes)

@@ -13,6 +13,7 @@ that use it, like the log context.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextvars import ContextVar
 
 from opentelemetry import context as context_api
@@ -20,6 +21,7 @@ from opentelemetry.context import Context
 from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.trace import INVALID_SPAN, Span, get_current_span
 from opentelemetry.trace.propagation import _SPAN_KEY
+from opentelemetry.util.types import AttributeValue
 
 
 def _context_var() -> ContextVar[Context] | None:
@@ -53,3 +55,28 @@ def current_span() -> Span:
         _SPAN_CLASSES.add(type(span))
         return span
     return INVALID_SPAN
+
+
+def add_own_event(
+    span: Span, name: str, attributes: Mapping[str, AttributeValue], timestamp: int | None = None
+) -> None:
+    """``span.add_event`` for an event of steplog's own: ``attributes`` a new dict of
+    plain values (str, bool, int, float). steplog's spans (steplog.tracing.LeanSpan)
+    keep it as it is, without the copy and the checks that ``add_event`` makes of a
+    caller's attributes; any other span gets ``add_event``."""
+    own = getattr(span, "add_own_event", None)
+    if own is not None:
+        own(name, attributes, timestamp)
+    else:
+        span.add_event(name, attributes, timestamp)
+
+
+def set_own_attributes(span: Span, attributes: Mapping[str, AttributeValue]) -> None:
+    """``span.set_attributes`` for attributes of steplog's own (values valid as the SDK
+    stores them: str, bool, int, float, or tuples of one of them), which steplog's spans
+    add without checking each (see `add_own_event`)."""
+    own = getattr(span, "set_own_attributes", None)
+    if own is not None:
+        own(attributes)
+    else:
+        span.set_attributes(attributes)

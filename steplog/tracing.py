@@ -31,6 +31,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from contextvars import Token
 from random import getrandbits
 from types import MappingProxyType, TracebackType
@@ -321,6 +322,39 @@ class LeanSpan(Span):
             self._dropped_attributes += 1
         attributes[key] = value
 
+    def set_own_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
+        """`set_attributes` of steplog's own (engine.tracecontext.set_own_attributes):
+        ``attributes`` are valid as the SDK stores them (str, bool, int, float, tuples
+        of one of them), so they are added as they are while the span holds none of
+        their keys and stays within its limit; otherwise as `set_attributes` does."""
+        recorded = self._attributes
+        if (
+            self._end_time is None
+            and len(recorded) + len(attributes) <= self._tracer.max_attributes
+            and recorded.keys().isdisjoint(attributes)
+        ):
+            recorded.update(attributes)
+        else:
+            self.set_attributes(attributes)
+
+    def add_own_event(
+        self, name: str, attributes: Mapping[str, AttributeValue], timestamp: int | None = None
+    ) -> None:
+        """`add_event` of steplog's own (engine.tracecontext.add_own_event):
+        ``attributes`` is a dict of its own, of plain values, which the event keeps
+        without the copy and the checks `add_event` makes."""
+        if self._end_time is not None:
+            return
+        events = self._events
+        if len(events) >= self._tracer.max_events:  # (the limit's bookkeeping)
+            self.add_event(name, attributes, timestamp)
+            return
+        if not events:  # (the empty tuple it starts with)
+            events = self._events = []
+        events.append(
+            (name, timestamp or time.time_ns(), cast(dict[str, AttributeValue], attributes))
+        )
+
     def add_event(
         self, name: str, attributes: Attributes = None, timestamp: int | None = None
     ) -> None:
@@ -595,6 +629,42 @@ class _CurrentSpan:
         span.end()
 
 
+class _ChildSpan(LeanSpan):
+    """The span `LeanTracer.start_child` starts from a traceparent it need not parse (a
+    decision's, a task attempt's: the spans a workflow makes most): a LeanSpan that is
+    its own context manager, made current on entering it and ended on leaving it, as
+    `_CurrentSpan` does for any span, less that object and its calls."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> _ChildSpan:
+        if _CURRENT is None:
+            self._token = context_api.attach(set_span_in_context(self))
+        else:  # (as _CurrentSpan.__enter__)
+            context = Context(_CURRENT.get())
+            dict.__setitem__(context, _SPAN_KEY, self)
+            self._token = _CURRENT.set(context)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        if _CURRENT is None:
+            context_api.detach(self._token)
+        else:
+            try:
+                _CURRENT.reset(self._token)
+            except Exception:  # as context_api.detach: logged, not raised
+                _logger.exception("Failed to detach context")
+        if isinstance(exc_val, Exception) and self._end_time is None:
+            self.record_exception(exc_val)
+            self.set_status(Status(StatusCode.ERROR, f"{type(exc_val).__name__}: {exc_val}"))
+        self.end()
+
+
 def _follows_parent(sampler: Sampler) -> bool:
     """Whether ``sampler`` (InsideTraces around it allowed: it defers every span with a
     valid parent) is the SDK's ParentBased with its default delegates, as every
@@ -837,7 +907,8 @@ class LeanTracer(Tracer):
         traceparent: str,
         kind: SpanKind = SpanKind.INTERNAL,
         attributes: dict[str, AttributeValue] | None = None,
-    ) -> _CurrentSpan:
+        own: bool = False,
+    ) -> AbstractContextManager[Span]:
         """`start_as_current_span` of a child of the span ``traceparent`` names (a new
         trace when it is empty or not a valid W3C traceparent), for a role that reads
         it from a message (engine.loops.tracing.start_child). A traceparent steplog
@@ -845,11 +916,12 @@ class LeanTracer(Tracer):
         samples its children (`samples_children`), is not parsed into a context: the
         span keeps its trace id as hex and the traceparent itself as its parent (what
         its record, its own traceparent and the export process read). Anything else
-        goes through `start_span`."""
-        span = self._unparsed_child(name, traceparent, kind, attributes)
+        goes through `start_span`. ``own``: ``attributes`` is steplog's own dict of
+        plain values (str, bool, int, float), which the span takes as it is."""
+        span = self._unparsed_child(name, traceparent, kind, attributes, own)
         if span is None:
             return self.start_as_current_span(name, _parent_context(traceparent), kind, attributes)
-        return _CurrentSpan(span, True)
+        return span
 
     def _unparsed_child(
         self,
@@ -857,7 +929,8 @@ class LeanTracer(Tracer):
         traceparent: str,
         kind: SpanKind,
         attributes: dict[str, AttributeValue] | None,
-    ) -> LeanSpan | None:
+        own: bool = False,
+    ) -> _ChildSpan | None:
         """`start_child`'s span when its traceparent need not be parsed, else None."""
         match = OWN_TRACEPARENT(traceparent) if traceparent else None
         if (
@@ -872,14 +945,19 @@ class LeanTracer(Tracer):
             not parent_flags & _SAMPLED
             or trace == _ZERO_TRACE
             or parent_id == _ZERO_SPAN
-            or (attributes and len(attributes) > self.max_attributes)
-            or (attributes and not _PLAIN.issuperset(map(type, attributes.values())))
+            or (
+                attributes
+                and (
+                    len(attributes) > self.max_attributes
+                    or (not own and not _PLAIN.issuperset(map(type, attributes.values())))
+                )
+            )
         ):
             return None
         span_id = self._span_id()
         if not 0 < span_id <= _MAX_SPAN_ID:  # (not valid: as `start_span` makes it)
             return None
-        return LeanSpan(
+        return _ChildSpan(
             self,
             name,
             kind,
@@ -888,7 +966,8 @@ class LeanTracer(Tracer):
             parent_flags & (_SAMPLED | _RANDOM_TRACE_ID),
             _NO_TRACE_STATE,
             traceparent,
-            dict(attributes) if attributes else {},
+            # (a copy, as the SDK's: the caller may reuse its own; steplog's own is new)
+            (attributes if own else dict(attributes)) if attributes else {},
             (),
             time.time_ns(),
         )
@@ -905,7 +984,7 @@ class LeanTracer(Tracer):
 
 
 _SAMPLED_DECISIONS = frozenset((Decision.RECORD_AND_SAMPLE,))
-_SPAN_TYPES = frozenset((LeanSpan, NonRecordingSpan))
+_SPAN_TYPES = frozenset((LeanSpan, _ChildSpan, NonRecordingSpan))
 # The on_start of the SDK's processors that do nothing at a span's start.
 _NO_OP_STARTS = frozenset(
     (SpanProcessor.on_start, BatchSpanProcessor.on_start, SimpleSpanProcessor.on_start)

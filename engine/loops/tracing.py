@@ -39,6 +39,7 @@ from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import AttributeValue
 
 from engine.adapters.store import DueTimer, EventStore, StoredEvent
+from engine.tracecontext import add_own_event
 
 _propagator = TraceContextTextMapPropagator()
 # What steplog itself writes as a traceparent (version 00, lower-case hex).
@@ -98,11 +99,12 @@ def start_child(
     """A span made current, the child of the span ``traceparent`` names (a message's
     sender's; "" or not valid: a new trace). steplog's tracer (steplog.tracing) starts
     it from the traceparent as it is (its ``start_child``: a decision and a task
-    attempt, the spans a workflow makes most, do not parse theirs); any other tracer
-    from its parsed context."""
+    attempt, the spans a workflow makes most, do not parse theirs), and takes
+    ``attributes`` as they are: a new dict of the role's own, of plain values (str,
+    bool, int, float); any other tracer from its parsed context."""
     own = getattr(tracer, "start_child", None)
     if own is not None:
-        started: AbstractContextManager[Span] = own(name, traceparent, kind, attributes)
+        started: AbstractContextManager[Span] = own(name, traceparent, kind, attributes, True)
         return started
     return tracer.start_as_current_span(
         name, context=parent_context(traceparent), kind=kind, attributes=attributes
@@ -204,7 +206,7 @@ def record_publish(span: Span, entry_id: str) -> None:
         millis = int(entry_id.partition("-")[0])
     except ValueError:  # (not an id Redis gave)
         return
-    span.add_event(PUBLISH_EVENT, {MESSAGE_ID: entry_id}, millis * 1_000_000)
+    add_own_event(span, PUBLISH_EVENT, {MESSAGE_ID: entry_id}, millis * 1_000_000)
 
 
 def end_spans(spans: Iterable[Span], error: BaseException | None = None) -> None:

@@ -27,6 +27,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.trace.span import TraceState
 
 from engine.loops.tracing import parent_context, start_child, traceparent_of
+from engine.tracecontext import add_own_event, current_span, set_own_attributes
 from steplog.otlp import encode_spans, lean_grpc_exporter
 from steplog.tracing import InsideTraces, LeanTracer
 
@@ -59,6 +60,15 @@ def _workload(tracer: trace.Tracer) -> None:
             }
         )
         tracer.start_span("steplog.execution.ExecutionFailed", attributes={"e": "x"}).end()
+    # A decision as the engine records one: its own attributes and events.
+    with start_child(
+        tracer, "steplog.decide", parent, SpanKind.CONSUMER, {"steplog.trigger": "Begin"}
+    ) as decision:
+        add_own_event(current_span(), "steplog.append", {"steplog.append.events": 2})
+        set_own_attributes(
+            current_span(), {"steplog.decision.states": ("A", "B"), "steplog.decision.events": 2}
+        )
+        add_own_event(current_span(), "steplog.execution.ExecutionSucceeded", {"s": "x"}, 7)
     # A task attempt, as the worker starts it from its message's traceparent, with a
     # handler's own span under it.
     with start_child(
@@ -99,7 +109,7 @@ def _spans(lean: bool, sampler: Sampler = ALWAYS_ON) -> Sequence[ReadableSpan]:
 @pytest.mark.parametrize("lean", [False, True], ids=["sdk spans", "lean spans"])
 def test_the_encoding_is_the_sdk_encoders_message(lean: bool) -> None:
     spans = _spans(lean)
-    assert len(spans) == 8
+    assert len(spans) == 9
     ours = ExportTraceServiceRequest.FromString(encode_spans(spans))
     assert ours == sdk_encode(spans)
     assert (
@@ -168,6 +178,7 @@ def test_lean_spans_follow_the_sampler() -> None:
     assert [s.name for s in lean] == [
         "POST /v1/workflows/{name}/executions",
         "steplog.execution.ExecutionFailed",
+        "steplog.decide",
         "steplog.decide",
         "charge card",
         "steplog.task",
@@ -255,18 +266,36 @@ def test_limits_drop_and_count_as_the_sdks_spans_do(monkeypatch: pytest.MonkeyPa
             span.set_attributes({"w": 4.5, "x": 0})  # x is kept (a key already held)
             span.add_event("e1", {"k": 1})
             span.add_event("e2")
+        # steplog's own attributes and events (engine.tracecontext) meet the same limits.
+        with start_child(tracer, "b", REMOTE, SpanKind.CONSUMER, {"x": 1}) as span:
+            set_own_attributes(span, {"y": 2})
+            set_own_attributes(span, {"w": 4.5, "x": 0})
+            add_own_event(span, "e1", {"k": 1})
+            add_own_event(span, "e2", {})
+        with start_child(tracer, "c", REMOTE, SpanKind.CONSUMER, {}) as span:
+            set_own_attributes(span, {"x": 1, "y": 2})
+            set_own_attributes(span, {"x": 0})  # a key already held moves to the end
         return exporter.get_finished_spans()
 
     sdk, lean = spans(lean=False), spans(lean=True)
     # The newest are kept: a full span's oldest attribute and event give way.
     for made in (sdk, lean):
-        assert [(s.dropped_attributes, s.dropped_events) for s in made] == [(3, 1)]
+        assert [(s.dropped_attributes, s.dropped_events) for s in made] == [
+            (3, 1),
+            (2, 1),
+            (0, 0),
+        ]
         assert list((made[0].attributes or {}).items()) == [("w", 4.5), ("x", 0)]
+        assert list((made[1].attributes or {}).items()) == [("w", 4.5), ("x", 0)]
+        assert list((made[2].attributes or {}).items()) == [("y", 2), ("x", 0)]
         assert [e.name for e in made[0].events] == ["e2"]
+        assert [e.name for e in made[1].events] == ["e2"]
     ours = ExportTraceServiceRequest.FromString(encode_spans(lean))
     assert ours == sdk_encode(lean)
-    (encoded,) = ours.resource_spans[0].scope_spans[0].spans
-    assert (encoded.dropped_attributes_count, encoded.dropped_events_count) == (3, 1)
+    assert [
+        (encoded.dropped_attributes_count, encoded.dropped_events_count)
+        for encoded in ours.resource_spans[0].scope_spans[0].spans
+    ] == [(3, 1), (2, 1), (0, 0)]
 
 
 def test_cached_attribute_encodings_never_mix_values() -> None:
@@ -404,3 +433,39 @@ def test_a_span_of_invalid_ids_has_no_traceparent() -> None:
             assert traceparent_of(span) == ""
         with start_child(tracer, "child", REMOTE, SpanKind.CONSUMER, {}) as span:
             assert traceparent_of(span) == ""
+
+
+def test_a_childs_context_and_error_are_as_start_as_current_spans() -> None:
+    # steplog's tracer starts a decision or a task attempt (start_child) as a span that
+    # is its own context manager: current inside, the context before it restored after,
+    # an exception recorded and the span failed (as the SDK's start_as_current_span
+    # does), a cancellation (a BaseException) not recorded.
+    import asyncio
+
+    def spans(lean: bool) -> list[tuple[object, ...]]:
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracer = LeanTracer(provider) if lean else provider.get_tracer("steplog")
+        before = current_span()
+        for error in (None, RuntimeError("boom"), asyncio.CancelledError()):
+            try:
+                with start_child(tracer, "m", REMOTE, SpanKind.CONSUMER, {"a": 1}) as span:
+                    assert current_span() is span
+                    if error is not None:
+                        raise error
+            except BaseException as caught:
+                assert caught is error
+            assert current_span() is before
+        return [
+            (
+                s.name,
+                s.status.status_code,
+                s.status.description,
+                [e.name for e in s.events],
+                [(e.attributes or {}).get("exception.type") for e in s.events],
+            )
+            for s in exporter.get_finished_spans()
+        ]
+
+    assert spans(lean=True) == spans(lean=False)

@@ -76,7 +76,7 @@ def _records_and_spans() -> tuple[list[object], Sequence[ReadableSpan]]:
 
 def test_lean_spans_cross_the_pipe_as_the_records_they_end_as() -> None:
     records, spans = _records_and_spans()
-    assert [type(r).__name__ for r in records] == ["tuple"] * 8 + ["ReadableSpan"]
+    assert [type(r).__name__ for r in records] == ["tuple"] * 9 + ["ReadableSpan"]
     sent = _sent(records)  # type: ignore[arg-type]
     assert sent == sdk_encode(spans)
     # Two groups of spans: steplog's scope and the driver's.
