@@ -31,7 +31,6 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
 from contextvars import Token
 from random import getrandbits
 from types import MappingProxyType, TracebackType
@@ -629,42 +628,6 @@ class _CurrentSpan:
         span.end()
 
 
-class _ChildSpan(LeanSpan):
-    """The span `LeanTracer.start_child` starts from a traceparent it need not parse (a
-    decision's, a task attempt's: the spans a workflow makes most): a LeanSpan that is
-    its own context manager, made current on entering it and ended on leaving it, as
-    `_CurrentSpan` does for any span, less that object and its calls."""
-
-    __slots__ = ("_token",)
-
-    def __enter__(self) -> _ChildSpan:
-        if _CURRENT is None:
-            self._token = context_api.attach(set_span_in_context(self))
-        else:  # (as _CurrentSpan.__enter__)
-            context = Context(_CURRENT.get())
-            dict.__setitem__(context, _SPAN_KEY, self)
-            self._token = _CURRENT.set(context)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        if _CURRENT is None:
-            context_api.detach(self._token)
-        else:
-            try:
-                _CURRENT.reset(self._token)
-            except Exception:  # as context_api.detach: logged, not raised
-                _logger.exception("Failed to detach context")
-        if isinstance(exc_val, Exception) and self._end_time is None:
-            self.record_exception(exc_val)
-            self.set_status(Status(StatusCode.ERROR, f"{type(exc_val).__name__}: {exc_val}"))
-        self.end()
-
-
 def _follows_parent(sampler: Sampler) -> bool:
     """Whether ``sampler`` (InsideTraces around it allowed: it defers every span with a
     valid parent) is the SDK's ParentBased with its default delegates, as every
@@ -908,7 +871,7 @@ class LeanTracer(Tracer):
         kind: SpanKind = SpanKind.INTERNAL,
         attributes: dict[str, AttributeValue] | None = None,
         own: bool = False,
-    ) -> AbstractContextManager[Span]:
+    ) -> _CurrentSpan:
         """`start_as_current_span` of a child of the span ``traceparent`` names (a new
         trace when it is empty or not a valid W3C traceparent), for a role that reads
         it from a message (engine.loops.tracing.start_child). A traceparent steplog
@@ -921,7 +884,7 @@ class LeanTracer(Tracer):
         span = self._unparsed_child(name, traceparent, kind, attributes, own)
         if span is None:
             return self.start_as_current_span(name, _parent_context(traceparent), kind, attributes)
-        return span
+        return _CurrentSpan(span, True)
 
     def _unparsed_child(
         self,
@@ -930,7 +893,7 @@ class LeanTracer(Tracer):
         kind: SpanKind,
         attributes: dict[str, AttributeValue] | None,
         own: bool = False,
-    ) -> _ChildSpan | None:
+    ) -> LeanSpan | None:
         """`start_child`'s span when its traceparent need not be parsed, else None."""
         match = OWN_TRACEPARENT(traceparent) if traceparent else None
         if (
@@ -957,7 +920,7 @@ class LeanTracer(Tracer):
         span_id = self._span_id()
         if not 0 < span_id <= _MAX_SPAN_ID:  # (not valid: as `start_span` makes it)
             return None
-        return _ChildSpan(
+        return LeanSpan(
             self,
             name,
             kind,
@@ -984,7 +947,7 @@ class LeanTracer(Tracer):
 
 
 _SAMPLED_DECISIONS = frozenset((Decision.RECORD_AND_SAMPLE,))
-_SPAN_TYPES = frozenset((LeanSpan, _ChildSpan, NonRecordingSpan))
+_SPAN_TYPES = frozenset((LeanSpan, NonRecordingSpan))
 # The on_start of the SDK's processors that do nothing at a span's start.
 _NO_OP_STARTS = frozenset(
     (SpanProcessor.on_start, BatchSpanProcessor.on_start, SimpleSpanProcessor.on_start)

@@ -436,10 +436,10 @@ def test_a_span_of_invalid_ids_has_no_traceparent() -> None:
 
 
 def test_a_childs_context_and_error_are_as_start_as_current_spans() -> None:
-    # steplog's tracer starts a decision or a task attempt (start_child) as a span that
-    # is its own context manager: current inside, the context before it restored after,
-    # an exception recorded and the span failed (as the SDK's start_as_current_span
-    # does), a cancellation (a BaseException) not recorded.
+    # A decision or a task attempt (start_child) from steplog's tracer, as from the
+    # SDK's start_as_current_span: current inside, the context before it restored
+    # after, an exception recorded and the span failed, a cancellation (a
+    # BaseException) not recorded.
     import asyncio
 
     def spans(lean: bool) -> list[tuple[object, ...]]:
