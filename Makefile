@@ -5,8 +5,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-integration test-cluster lint bench bench-all clean
 
-# (setup.py builds steplog's optional C extension, steplog/_otlp_speedups.c, in place)
-$(STAMP): pyproject.toml setup.py steplog/_otlp_speedups.c
+# (setup.py builds steplog's optional C extensions, steplog/_*_speedups.c, in place)
+$(STAMP): pyproject.toml setup.py steplog/_otlp_speedups.c steplog/_span_speedups.c
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -49,4 +49,4 @@ bench-all: $(STAMP)
 	$(BIN)/python bench/goals.py --full $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .steplog .pytest_cache steplog/_otlp_speedups.*.so
+	rm -rf $(VENV) .steplog .pytest_cache steplog/_otlp_speedups.*.so steplog/_span_speedups.*.so

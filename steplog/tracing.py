@@ -31,10 +31,11 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from contextvars import Token
 from random import getrandbits
 from types import MappingProxyType, TracebackType
-from typing import cast
+from typing import Any, cast
 
 from opentelemetry import context as context_api
 from opentelemetry.context import Context
@@ -85,6 +86,11 @@ from engine.loops.tracing import parent_context as _parent_context
 from engine.tracecontext import CURRENT as _CURRENT
 from steplog.settings import Settings
 from steplog.span_export import SpanRecord, group_of, link_record
+
+try:  # (optional: built where a C compiler is, setup.py)
+    from steplog import _span_speedups as _speedups
+except ImportError:  # pragma: no cover (where it is not built)
+    _speedups = None  # type: ignore[assignment]
 
 _logger = logging.getLogger(__name__)
 
@@ -195,25 +201,9 @@ class LeanSpan(Span):
     construction (str, bool, int, float, tuples of str); any other value (a handler's
     own span) is checked as the SDK checks it (`_valid`)."""
 
-    __slots__ = (
-        "_attributes",
-        "_context",
-        "_dropped_attributes",
-        "_dropped_events",
-        "_end_time",
-        "_events",
-        "_flags",
-        "_kind",
-        "_links",
-        "_name",
-        "_parent",
-        "_span_id",
-        "_start_time",
-        "_status",
-        "_trace",
-        "_trace_state",
-        "_tracer",
-    )
+    # No __slots__: steplog._span_speedups's SpanCore holds these fields for
+    # `_FastLeanSpan`, a subclass of both, and two bases may not both lay out slots
+    # (here they are in the instance's dict, which Span gives it anyway).
 
     def __init__(
         self,
@@ -423,16 +413,24 @@ class LeanSpan(Span):
             return
         self._end_time = end_time or time.time_ns()
         tracer = self._tracer
+        sampled = bool(self._flags & _SAMPLED)
+        if sampled and tracer.takes_records:
+            record = self.record()
+            for take in tracer.takes_records:
+                take(record)
+        if (sampled and tracer.emits) or tracer.ends:
+            self._hand_readable(sampled)
+
+    def _hand_readable(self, sampled: bool) -> None:
+        """The ended span, as the SDK's ReadableSpan, to the processors that take one:
+        a batch processor's queue when it is sampled (`LeanTracer.emits`), any other
+        processor's ``on_end`` (`ends`)."""
+        tracer = self._tracer
         readable = None
-        if self._flags & _SAMPLED:
-            if tracer.takes_records:
-                record = self.record()
-                for take in tracer.takes_records:
-                    take(record)
-            if tracer.emits:
-                readable = self.readable()
-                for emit in tracer.emits:
-                    emit(readable)
+        if sampled and tracer.emits:
+            readable = self.readable()
+            for emit in tracer.emits:
+                emit(readable)
         if tracer.ends:
             readable = readable or self.readable()
             for on_end in tracer.ends:
@@ -509,7 +507,7 @@ class LeanSpan(Span):
             self._end_time,
             self._attributes,
             self._events,
-            [link_record(link) for link in self._links] if self._links else (),
+            _link_records(self._links) if self._links else (),
             (status.status_code._value_, status.description),
             self._dropped_attributes,
             self._dropped_events,
@@ -620,12 +618,26 @@ class _CurrentSpan:
             else:
                 try:
                     _CURRENT.reset(self._token)
-                except Exception:  # as context_api.detach: logged, not raised
-                    _logger.exception("Failed to detach context")
+                except Exception as exc:  # as context_api.detach: logged, not raised
+                    _detach_failed(exc)
         if isinstance(exc_val, Exception) and self._record and span.is_recording():
-            span.record_exception(exc_val)
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc_val).__name__}: {exc_val}"))
+            _fail(span, exc_val)
         span.end()
+
+
+def _fail(span: Span, error: Exception) -> None:
+    """What a span made current records of an exception that left its block (as the
+    SDK's ``use_span``): the exception, and an ERROR status."""
+    span.record_exception(error)
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+
+def _detach_failed(error: BaseException) -> None:
+    _logger.error("Failed to detach context", exc_info=error)
+
+
+def _link_records(links: Sequence[Link]) -> list[tuple[Any, ...]]:
+    return [link_record(link) for link in links]
 
 
 def _follows_parent(sampler: Sampler) -> bool:
@@ -704,6 +716,15 @@ class LeanTracer(Tracer):
         # the sampler decides (`start_span`).
         self.samples_children = self.follows_parent or (
             self.fixed is Decision.RECORD_AND_SAMPLE and self.fixed_children
+        )
+        # Its spans, their `with` blocks and `start_child`'s unparsed children, in C
+        # where steplog._span_speedups is built (the same, for a fraction of the
+        # instructions: docs/observability.md, "Session 22").
+        fast = _speedups is not None
+        self.span_type: type[LeanSpan] = _FastLeanSpan if fast else LeanSpan
+        self._child: Callable[..., LeanSpan | None] | None = _speedups.child if fast else None
+        self._current: Callable[[Span, bool], AbstractContextManager[Span]] = (
+            _speedups.CurrentSpan if fast and _CURRENT is not None else _CurrentSpan
         )
 
     def _hooks(self) -> None:
@@ -822,7 +843,7 @@ class LeanTracer(Tracer):
         if not record:
             return NonRecordingSpan(span_context)
         recorded: dict[str, AttributeValue] = {}
-        span = LeanSpan(
+        span = self.span_type(
             self,
             name,
             kind,
@@ -860,9 +881,9 @@ class LeanTracer(Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
         end_on_exit: bool = True,
-    ) -> _CurrentSpan:
+    ) -> AbstractContextManager[Span]:
         span = self.start_span(name, context, kind, attributes, links, start_time)
-        return _CurrentSpan(span, record_exception and set_status_on_exception)
+        return self._current(span, record_exception and set_status_on_exception)
 
     def start_child(
         self,
@@ -871,7 +892,7 @@ class LeanTracer(Tracer):
         kind: SpanKind = SpanKind.INTERNAL,
         attributes: dict[str, AttributeValue] | None = None,
         own: bool = False,
-    ) -> _CurrentSpan:
+    ) -> AbstractContextManager[Span]:
         """`start_as_current_span` of a child of the span ``traceparent`` names (a new
         trace when it is empty or not a valid W3C traceparent), for a role that reads
         it from a message (engine.loops.tracing.start_child). A traceparent steplog
@@ -881,10 +902,15 @@ class LeanTracer(Tracer):
         its record, its own traceparent and the export process read). Anything else
         goes through `start_span`. ``own``: ``attributes`` is steplog's own dict of
         plain values (str, bool, int, float), which the span takes as it is."""
-        span = self._unparsed_child(name, traceparent, kind, attributes, own)
+        child = self._child
+        span = (
+            child(self, self.span_type, name, traceparent, kind, attributes, own)
+            if child is not None
+            else self._unparsed_child(name, traceparent, kind, attributes, own)
+        )
         if span is None:
             return self.start_as_current_span(name, _parent_context(traceparent), kind, attributes)
-        return _CurrentSpan(span, True)
+        return self._current(span, True)
 
     def _unparsed_child(
         self,
@@ -894,7 +920,8 @@ class LeanTracer(Tracer):
         attributes: dict[str, AttributeValue] | None,
         own: bool = False,
     ) -> LeanSpan | None:
-        """`start_child`'s span when its traceparent need not be parsed, else None."""
+        """`start_child`'s span when its traceparent need not be parsed, else None
+        (steplog._span_speedups's ``child`` where it is built)."""
         match = OWN_TRACEPARENT(traceparent) if traceparent else None
         if (
             match is None
@@ -920,7 +947,7 @@ class LeanTracer(Tracer):
         span_id = self._span_id()
         if not 0 < span_id <= _MAX_SPAN_ID:  # (not valid: as `start_span` makes it)
             return None
-        return LeanSpan(
+        return self.span_type(
             self,
             name,
             kind,
@@ -947,7 +974,6 @@ class LeanTracer(Tracer):
 
 
 _SAMPLED_DECISIONS = frozenset((Decision.RECORD_AND_SAMPLE,))
-_SPAN_TYPES = frozenset((LeanSpan, NonRecordingSpan))
 # The on_start of the SDK's processors that do nothing at a span's start.
 _NO_OP_STARTS = frozenset(
     (SpanProcessor.on_start, BatchSpanProcessor.on_start, SimpleSpanProcessor.on_start)
@@ -962,3 +988,27 @@ _MAX_SPAN_ID = (1 << 64) - 1
 _HEX_FLAGS = {f"{f:02x}": f for f in range(256)}
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
+
+if _speedups is not None:
+
+    class _FastLeanSpan(_speedups.SpanCore, LeanSpan):
+        """A LeanSpan whose fields, and the methods every span calls (`end`, `record`,
+        `add_own_event`, `set_own_attributes`), are steplog._span_speedups's."""
+
+    _speedups.configure(
+        current_var=_CURRENT,
+        span_key=_SPAN_KEY,
+        context_type=Context,
+        unset_status=_UNSET,
+        unset_record=(_UNSET.status_code._value_, _UNSET.description),
+        trace_state=_NO_TRACE_STATE,
+        getrandbits=getrandbits,
+        fail=_fail,
+        detach_failed=_detach_failed,
+        link_records=_link_records,
+        sampled=_SAMPLED,
+        random=_RANDOM_TRACE_ID,
+    )
+    _SPAN_TYPES = frozenset((LeanSpan, _FastLeanSpan, NonRecordingSpan))
+else:  # pragma: no cover (where it is not built)
+    _SPAN_TYPES = frozenset((LeanSpan, NonRecordingSpan))

@@ -1,5 +1,6 @@
 """steplog.otlp.encode_spans writes the message the OTLP exporters' own encoder builds,
-and steplog.tracing.LeanTracer records what the SDK's tracer records."""
+and steplog.tracing.LeanTracer records what the SDK's tracer records, with its spans in
+C (steplog._span_speedups) and in Python."""
 
 from __future__ import annotations
 
@@ -28,10 +29,20 @@ from opentelemetry.trace.span import TraceState
 
 from engine.loops.tracing import parent_context, start_child, traceparent_of
 from engine.tracecontext import add_own_event, current_span, set_own_attributes
+from steplog import tracing
 from steplog.otlp import encode_spans, lean_grpc_exporter
 from steplog.tracing import InsideTraces, LeanTracer
 
 REMOTE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.fixture(autouse=True, params=["C spans", "Python spans"])
+def spans_in(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test with the tracers it makes spanning in C (steplog._span_speedups, where it
+    is built: tests/unit/test_span_speedups.py checks it is wherever a C compiler is) and
+    in Python (steplog.tracing's own LeanSpan and _CurrentSpan)."""
+    if request.param == "Python spans":
+        monkeypatch.setattr(tracing, "_speedups", None)
 
 
 def _workload(tracer: trace.Tracer) -> None:

@@ -24,7 +24,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from steplog import otlp
+from steplog import otlp, tracing
 from steplog.otlp import encode_spans, lean_grpc_exporter
 from steplog.span_export import decode_batch, encode_batch
 from steplog.tracing import LeanTracer
@@ -35,9 +35,11 @@ from tests.unit.test_otlp import _spans, _workload
 def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test with the records encoded by steplog._otlp_speedups (where it is built:
     tests/unit/test_otlp_speedups.py checks it is wherever a C compiler is) and by
-    steplog.otlp's Python encoding."""
+    steplog.otlp's Python encoding, of spans made in C (steplog._span_speedups) and in
+    Python alike."""
     if request.param == "Python":
         monkeypatch.setattr(otlp, "_speedups", None)
+        monkeypatch.setattr(tracing, "_speedups", None)
 
 
 @pytest.mark.parametrize("lean", [False, True], ids=["sdk spans", "lean spans"])

@@ -1,0 +1,838 @@
+/* The life of a steplog span, in C: steplog.tracing's LeanSpan (its `end`, `record`,
+ * `add_own_event` and `set_own_attributes`), `_CurrentSpan` (a span made current for a
+ * `with` block) and `LeanTracer._unparsed_child` (a child span started from a message's
+ * traceparent, as it is). Optional: where this module is not built (no C compiler) the
+ * Python of those names runs, and tests/unit/test_otlp.py runs its tests of spans with
+ * both, against the SDK's spans.
+ *
+ * Why C: a decision's span and a task attempt's cost about 60,000 instructions each in
+ * Python, two of them per transition of a Task chain, and that was most of what tracing
+ * added to the process that decides (docs/observability.md, "Session 22").
+ *
+ * `SpanCore` holds a span's fields (the LeanSpan attributes of the same names, which
+ * its Python methods read and write); steplog.tracing's `_FastLeanSpan` is
+ * `class _FastLeanSpan(SpanCore, LeanSpan)`, so these methods come before LeanSpan's.
+ * Whatever this module does not do itself it hands to the Python it stands for (a
+ * span at its limits: `add_event`, `set_attributes`; a processor that takes the SDK's
+ * ReadableSpan: `_hand_readable`; an exception in a `with` block: `configure`'s `fail`),
+ * so there is one copy of every rule that is not on the path every span takes. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <time.h>
+
+/* What steplog.tracing gives `configure` at import. */
+static PyObject *current_var;    /* the ContextVar of OpenTelemetry's current context */
+static PyObject *span_key;       /* the key of the current span in a Context */
+static PyObject *context_type;   /* opentelemetry.context.Context */
+static PyObject *unset_status;   /* the Status a span starts with (UNSET) */
+static PyObject *unset_record;   /* how a record holds it: (code, description) */
+static PyObject *no_trace_state; /* the empty TraceState */
+static PyObject *getrandbits;    /* random.getrandbits (RandomIdGenerator's) */
+static PyObject *fail_hook;      /* (span, exception): record it, status ERROR */
+static PyObject *detach_failed;  /* (exception): log a context that could not be reset */
+static PyObject *link_records;   /* (links): their records (span_export.link_record) */
+static long sampled_flag;        /* TraceFlags.SAMPLED */
+static long random_flag;         /* W3C level 2's random trace id flag (0: none) */
+
+static PyObject *empty_tuple, *empty_str, *zero, *sixty_four;
+
+/* Whether `configure` was called (0: an error set). */
+static int ready(void) {
+    if (link_records != NULL) return 1;
+    PyErr_SetString(PyExc_RuntimeError, "steplog._span_speedups is not configured");
+    return 0;
+}
+
+/* Attribute names, interned once. */
+static PyObject *s_takes_records, *s_emits, *s_ends, *s_hand_readable, *s_group, *s_value_,
+    *s_dict, *s_to_header, *s_max_events, *s_max_attributes, *s_add_event, *s_set_attributes,
+    *s_status_code, *s_description, *s_end, *s_is_recording, *s_samples_children, *s_starts,
+    *s_processors, *s_processor, *s_span_processors, *s_random_span_ids, *s_span_id;
+
+static PyObject *now_ns(void) {
+    /* What time.time_ns() reads (the system clock). */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return PyLong_FromLongLong((long long)ts.tv_sec * 1000000000LL + (long long)ts.tv_nsec);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* SpanCore */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *tracer;
+    PyObject *name;
+    PyObject *kind;
+    PyObject *trace; /* the trace id, 32 lower-case hex digits */
+    PyObject *span_id;
+    PyObject *flags;
+    PyObject *trace_state;
+    PyObject *parent; /* None, the parent's SpanContext, or a remote parent's traceparent */
+    PyObject *attributes;
+    PyObject *links;
+    PyObject *start_time;
+    PyObject *context;
+    PyObject *end_time;
+    PyObject *events;
+    PyObject *status;
+    PyObject *dropped_attributes;
+    PyObject *dropped_events;
+} SpanCore;
+
+#define SPAN_FIELDS(X)                                                                      \
+    X(tracer) X(name) X(kind) X(trace) X(span_id) X(flags) X(trace_state) X(parent)         \
+    X(attributes) X(links) X(start_time) X(context) X(end_time) X(events) X(status)         \
+    X(dropped_attributes) X(dropped_events)
+
+static int span_traverse(SpanCore *self, visitproc visit, void *arg) {
+#define VISIT(f) Py_VISIT(self->f);
+    SPAN_FIELDS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int span_clear(SpanCore *self) {
+#define CLEAR(f) Py_CLEAR(self->f);
+    SPAN_FIELDS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void span_dealloc(SpanCore *self) {
+    PyObject_GC_UnTrack(self);
+    span_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* A field a method needs, as Python would find it: an AttributeError when it was never
+ * set. */
+static PyObject *field(PyObject *value, const char *name) {
+    if (value == NULL) PyErr_Format(PyExc_AttributeError, "_%s", name);
+    return value;
+}
+#define FIELD(self, f) field((self)->f, #f)
+
+static int is_none(PyObject *value) { return value == NULL || value == Py_None; }
+
+/* An int attribute of the tracer (its limits), as a Py_ssize_t (-1 and an error set when
+ * it is not one). */
+static Py_ssize_t tracer_size(PyObject *tracer, PyObject *name) {
+    PyObject *value = PyObject_GetAttr(tracer, name);
+    if (value == NULL) return -1;
+    Py_ssize_t size = PyLong_AsSsize_t(value);
+    Py_DECREF(value);
+    return size;
+}
+
+/* The span as steplog.span_export sends it (its SpanRecord): LeanSpan.record. */
+static PyObject *span_record(SpanCore *self, PyObject *unused) {
+    if (!ready()) return NULL;
+    PyObject *group = NULL, *kind = NULL, *header = NULL, *parent = NULL, *links = NULL,
+             *status = NULL, *dict = NULL;
+    PyObject *record = NULL;
+    if (!FIELD(self, tracer) || !FIELD(self, kind) || !FIELD(self, trace_state) ||
+        !FIELD(self, parent) || !FIELD(self, links) || !FIELD(self, status) ||
+        !FIELD(self, name) || !FIELD(self, trace) || !FIELD(self, span_id) ||
+        !FIELD(self, flags) || !FIELD(self, start_time) || !FIELD(self, end_time) ||
+        !FIELD(self, attributes) || !FIELD(self, events) || !FIELD(self, dropped_attributes) ||
+        !FIELD(self, dropped_events))
+        return NULL;
+    group = PyObject_GetAttr(self->tracer, s_group);
+    if (group == NULL) goto done;
+    kind = PyObject_GetAttr(self->kind, s_value_);
+    if (kind == NULL) goto done;
+    /* The trace state's header, "" for an empty one (its dict tested, as in Python). */
+    dict = PyObject_GetAttr(self->trace_state, s_dict);
+    int has_state;
+    if (dict == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) goto done;
+        PyErr_Clear();
+        has_state = PyObject_IsTrue(self->trace_state);
+    } else {
+        has_state = PyObject_IsTrue(dict);
+    }
+    if (has_state < 0) goto done;
+    if (has_state) {
+        header = PyObject_CallMethodNoArgs(self->trace_state, s_to_header);
+        if (header == NULL) goto done;
+    } else {
+        header = Py_NewRef(empty_str);
+    }
+    /* The parent: None, a remote parent's (span id as hex, True), or a SpanContext's
+     * (span id, is remote). */
+    PyObject *p = self->parent;
+    if (p == Py_None) {
+        parent = Py_NewRef(Py_None);
+    } else if (PyUnicode_CheckExact(p)) {
+        PyObject *id = PyUnicode_Substring(p, 36, 52);
+        if (id == NULL) goto done;
+        parent = PyTuple_Pack(2, id, Py_True);
+        Py_DECREF(id);
+        if (parent == NULL) goto done;
+    } else {
+        PyObject *id = PySequence_GetItem(p, 1);
+        if (id == NULL) goto done;
+        PyObject *remote = PySequence_GetItem(p, 2);
+        if (remote == NULL) {
+            Py_DECREF(id);
+            goto done;
+        }
+        parent = PyTuple_Pack(2, id, remote);
+        Py_DECREF(id);
+        Py_DECREF(remote);
+        if (parent == NULL) goto done;
+    }
+    int has_links = PyObject_IsTrue(self->links);
+    if (has_links < 0) goto done;
+    links = has_links ? PyObject_CallOneArg(link_records, self->links) : Py_NewRef(empty_tuple);
+    if (links == NULL) goto done;
+    if (self->status == unset_status) {
+        status = Py_NewRef(unset_record);
+    } else {
+        PyObject *code = PyObject_GetAttr(self->status, s_status_code);
+        if (code == NULL) goto done;
+        PyObject *value = PyObject_GetAttr(code, s_value_);
+        Py_DECREF(code);
+        if (value == NULL) goto done;
+        PyObject *description = PyObject_GetAttr(self->status, s_description);
+        if (description == NULL) {
+            Py_DECREF(value);
+            goto done;
+        }
+        status = PyTuple_Pack(2, value, description);
+        Py_DECREF(value);
+        Py_DECREF(description);
+        if (status == NULL) goto done;
+    }
+    record = PyTuple_New(17);
+    if (record == NULL) goto done;
+    /* (PyTuple_SET_ITEM steals: the references made here are handed over, the fields'
+     * are added) */
+    PyTuple_SET_ITEM(record, 0, group);
+    PyTuple_SET_ITEM(record, 1, Py_NewRef(self->name));
+    PyTuple_SET_ITEM(record, 2, kind);
+    PyTuple_SET_ITEM(record, 3, Py_NewRef(self->trace));
+    PyTuple_SET_ITEM(record, 4, Py_NewRef(self->span_id));
+    PyTuple_SET_ITEM(record, 5, Py_NewRef(self->flags));
+    PyTuple_SET_ITEM(record, 6, header);
+    PyTuple_SET_ITEM(record, 7, parent);
+    PyTuple_SET_ITEM(record, 8, Py_NewRef(self->start_time));
+    PyTuple_SET_ITEM(record, 9, Py_NewRef(self->end_time));
+    PyTuple_SET_ITEM(record, 10, Py_NewRef(self->attributes));
+    PyTuple_SET_ITEM(record, 11, Py_NewRef(self->events));
+    PyTuple_SET_ITEM(record, 12, links);
+    PyTuple_SET_ITEM(record, 13, status);
+    PyTuple_SET_ITEM(record, 14, Py_NewRef(self->dropped_attributes));
+    PyTuple_SET_ITEM(record, 15, Py_NewRef(self->dropped_events));
+    PyTuple_SET_ITEM(record, 16, Py_NewRef(zero));
+    Py_XDECREF(dict);
+    return record;
+done:
+    Py_XDECREF(group);
+    Py_XDECREF(kind);
+    Py_XDECREF(header);
+    Py_XDECREF(parent);
+    Py_XDECREF(links);
+    Py_XDECREF(status);
+    Py_XDECREF(dict);
+    return NULL;
+}
+
+/* Whether a tuple attribute of the tracer holds anything (-1: an error). */
+static Py_ssize_t tracer_count(PyObject *tracer, PyObject *name) {
+    PyObject *value = PyObject_GetAttr(tracer, name);
+    if (value == NULL) return -1;
+    Py_ssize_t n = PyObject_Length(value);
+    Py_DECREF(value);
+    return n;
+}
+
+/* LeanSpan.end: the end time set (once), a sampled span's record handed to the
+ * processors that take records, then `_hand_readable` for any that take the SDK's
+ * ReadableSpan. */
+static PyObject *span_end_at(SpanCore *self, PyObject *end_time) {
+    if (!is_none(self->end_time)) Py_RETURN_NONE;
+    if (!ready() || !FIELD(self, tracer) || !FIELD(self, flags)) return NULL;
+    PyObject *at;
+    int given = end_time == NULL ? 0 : PyObject_IsTrue(end_time); /* (`end_time or now`) */
+    if (given < 0) return NULL;
+    at = given ? Py_NewRef(end_time) : now_ns();
+    if (at == NULL) return NULL;
+    Py_XSETREF(self->end_time, at);
+    long flags = PyLong_AsLong(self->flags);
+    if (flags == -1 && PyErr_Occurred()) return NULL;
+    int sampled = (flags & sampled_flag) != 0;
+    if (sampled) {
+        PyObject *takes = PyObject_GetAttr(self->tracer, s_takes_records);
+        if (takes == NULL) return NULL;
+        PyObject *fast = PySequence_Fast(takes, "takes_records");
+        Py_DECREF(takes);
+        if (fast == NULL) return NULL;
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+        if (n > 0) {
+            PyObject *record = span_record(self, NULL);
+            if (record == NULL) {
+                Py_DECREF(fast);
+                return NULL;
+            }
+            for (Py_ssize_t i = 0; i < n; i++) {
+                PyObject *r = PyObject_CallOneArg(PySequence_Fast_GET_ITEM(fast, i), record);
+                if (r == NULL) {
+                    Py_DECREF(record);
+                    Py_DECREF(fast);
+                    return NULL;
+                }
+                Py_DECREF(r);
+            }
+            Py_DECREF(record);
+        }
+        Py_DECREF(fast);
+    }
+    Py_ssize_t emits = sampled ? tracer_count(self->tracer, s_emits) : 0;
+    if (emits < 0) return NULL;
+    Py_ssize_t ends = tracer_count(self->tracer, s_ends);
+    if (ends < 0) return NULL;
+    if (emits || ends)
+        return PyObject_CallMethodOneArg((PyObject *)self, s_hand_readable,
+                                         sampled ? Py_True : Py_False);
+    Py_RETURN_NONE;
+}
+
+static PyObject *span_end(SpanCore *self, PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames) {
+    PyObject *end_time = NULL;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs + nkw > 1) {
+        PyErr_SetString(PyExc_TypeError, "end() takes at most 1 argument");
+        return NULL;
+    }
+    if (nargs == 1) {
+        end_time = args[0];
+    } else if (nkw == 1) {
+        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "end_time") != 0) {
+            PyErr_SetString(PyExc_TypeError, "end() got an unexpected keyword argument");
+            return NULL;
+        }
+        end_time = args[0];
+    }
+    return span_end_at(self, end_time);
+}
+
+/* LeanSpan.add_own_event: (name, time, attributes) appended as it is; at the span's
+ * limit, or for attributes that are not a dict, `add_event` (the same event). */
+static PyObject *span_add_own_event(SpanCore *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 2 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "add_own_event() takes 2 or 3 arguments");
+        return NULL;
+    }
+    if (!is_none(self->end_time)) Py_RETURN_NONE;
+    if (!FIELD(self, events) || !FIELD(self, tracer)) return NULL;
+    PyObject *name = args[0], *attributes = args[1];
+    PyObject *timestamp = nargs == 3 ? args[2] : Py_None;
+    Py_ssize_t limit = tracer_size(self->tracer, s_max_events);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t held = PyObject_Length(self->events);
+    if (held < 0) return NULL;
+    if (held >= limit || !PyDict_CheckExact(attributes))
+        return PyObject_CallMethodObjArgs((PyObject *)self, s_add_event, name, attributes,
+                                          timestamp, NULL);
+    if (!PyList_CheckExact(self->events)) { /* (the empty tuple it starts with) */
+        PyObject *events = PyList_New(0);
+        if (events == NULL) return NULL;
+        Py_SETREF(self->events, events);
+    }
+    int given = timestamp == Py_None ? 0 : PyObject_IsTrue(timestamp);
+    if (given < 0) return NULL;
+    PyObject *at = given ? Py_NewRef(timestamp) : now_ns();
+    if (at == NULL) return NULL;
+    PyObject *event = PyTuple_Pack(3, name, at, attributes);
+    Py_DECREF(at);
+    if (event == NULL) return NULL;
+    int failed = PyList_Append(self->events, event);
+    Py_DECREF(event);
+    if (failed) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* LeanSpan.set_own_attributes: added as they are while the span holds none of their keys
+ * and stays within its limit; otherwise `set_attributes`. */
+static PyObject *span_set_own_attributes(SpanCore *self, PyObject *attributes) {
+    if (!FIELD(self, attributes) || !FIELD(self, tracer)) return NULL;
+    if (is_none(self->end_time) && PyDict_CheckExact(attributes) &&
+        PyDict_CheckExact(self->attributes)) {
+        Py_ssize_t limit = tracer_size(self->tracer, s_max_attributes);
+        if (limit == -1 && PyErr_Occurred()) return NULL;
+        if (PyDict_GET_SIZE(self->attributes) + PyDict_GET_SIZE(attributes) <= limit) {
+            Py_ssize_t pos = 0;
+            PyObject *key, *value;
+            int disjoint = 1;
+            while (PyDict_Next(attributes, &pos, &key, &value)) {
+                int held = PyDict_Contains(self->attributes, key);
+                if (held < 0) return NULL;
+                if (held) {
+                    disjoint = 0;
+                    break;
+                }
+            }
+            if (disjoint) {
+                if (PyDict_Update(self->attributes, attributes) < 0) return NULL;
+                Py_RETURN_NONE;
+            }
+        }
+    }
+    return PyObject_CallMethodOneArg((PyObject *)self, s_set_attributes, attributes);
+}
+
+static PyMethodDef span_methods[] = {
+    {"end", (PyCFunction)(void (*)(void))span_end, METH_FASTCALL | METH_KEYWORDS,
+     "End the span (once): LeanSpan.end."},
+    {"record", (PyCFunction)span_record, METH_NOARGS,
+     "The span as steplog.span_export sends it: LeanSpan.record."},
+    {"add_own_event", (PyCFunction)(void (*)(void))span_add_own_event, METH_FASTCALL,
+     "An event of steplog's own: LeanSpan.add_own_event."},
+    {"set_own_attributes", (PyCFunction)span_set_own_attributes, METH_O,
+     "Attributes of steplog's own: LeanSpan.set_own_attributes."},
+    {NULL},
+};
+
+#define MEMBER(f) {"_" #f, T_OBJECT_EX, offsetof(SpanCore, f), 0, NULL},
+static PyMemberDef span_members[] = {SPAN_FIELDS(MEMBER){NULL}};
+#undef MEMBER
+
+static PyTypeObject SpanCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "steplog._span_speedups.SpanCore",
+    .tp_doc = "The fields of a LeanSpan and its methods on every span's path.",
+    .tp_basicsize = sizeof(SpanCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)span_dealloc,
+    .tp_traverse = (traverseproc)span_traverse,
+    .tp_clear = (inquiry)span_clear,
+    .tp_methods = span_methods,
+    .tp_members = span_members,
+};
+
+/* ------------------------------------------------------------------------------------ */
+/* CurrentSpan: steplog.tracing's _CurrentSpan. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *span;
+    PyObject *token;
+    int record;
+} CurrentSpan;
+
+static int current_traverse(CurrentSpan *self, visitproc visit, void *arg) {
+    Py_VISIT(self->span);
+    Py_VISIT(self->token);
+    return 0;
+}
+
+static int current_clear(CurrentSpan *self) {
+    Py_CLEAR(self->span);
+    Py_CLEAR(self->token);
+    return 0;
+}
+
+static void current_dealloc(CurrentSpan *self) {
+    PyObject_GC_UnTrack(self);
+    current_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *current_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    PyObject *span;
+    int record;
+    if (!ready()) return NULL;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
+        PyErr_SetString(PyExc_TypeError, "CurrentSpan() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "Op:CurrentSpan", &span, &record)) return NULL;
+    CurrentSpan *self = (CurrentSpan *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    self->span = Py_NewRef(span);
+    self->record = record;
+    return (PyObject *)self;
+}
+
+static PyObject *make_current(PyObject *span, PyObject **token) {
+    /* A copy of the current context with ``span`` as its span, set current: what
+     * set_span_in_context and attach do (a Context refuses __setitem__; the dict's own
+     * is used, as in Python). */
+    PyObject *now;
+    if (PyContextVar_Get(current_var, NULL, &now) < 0) return NULL;
+    if (now == NULL) {
+        PyErr_SetString(PyExc_LookupError, "no current context");
+        return NULL;
+    }
+    PyObject *context = PyObject_CallOneArg(context_type, now);
+    Py_DECREF(now);
+    if (context == NULL) return NULL;
+    if (PyDict_SetItem(context, span_key, span) < 0) {
+        Py_DECREF(context);
+        return NULL;
+    }
+    PyObject *set = PyContextVar_Set(current_var, context);
+    Py_DECREF(context);
+    if (set == NULL) return NULL;
+    Py_XSETREF(*token, set);
+    return Py_NewRef(span);
+}
+
+static PyObject *current_enter(CurrentSpan *self, PyObject *unused) {
+    return make_current(self->span, &self->token);
+}
+
+/* The exception being raised, taken (and normalized). */
+static PyObject *take_exception(void) {
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (traceback != NULL && value != NULL) PyException_SetTraceback(value, traceback);
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+    return value;
+#endif
+}
+
+/* The context reset (a failure logged, not raised: as context_api.detach); an Exception
+ * (not a BaseException: a cancellation is no error) recorded on a span that records;
+ * the span ended. */
+static PyObject *exit_span(PyObject *span, PyObject *token, int record, PyObject *error) {
+    if (token != NULL && PyContextVar_Reset(current_var, token) < 0) {
+        PyObject *failure = take_exception();
+        PyObject *r = PyObject_CallOneArg(detach_failed, failure ? failure : Py_None);
+        Py_XDECREF(failure);
+        if (r == NULL) return NULL;
+        Py_DECREF(r);
+    }
+    if (record && !is_none(error)) {
+        int is_exception = PyObject_IsInstance(error, PyExc_Exception);
+        if (is_exception < 0) return NULL;
+        if (is_exception) {
+            PyObject *recording = PyObject_CallMethodNoArgs(span, s_is_recording);
+            if (recording == NULL) return NULL;
+            int yes = PyObject_IsTrue(recording);
+            Py_DECREF(recording);
+            if (yes < 0) return NULL;
+            if (yes) {
+                PyObject *r = PyObject_CallFunctionObjArgs(fail_hook, span, error, NULL);
+                if (r == NULL) return NULL;
+                Py_DECREF(r);
+            }
+        }
+    }
+    if (PyObject_TypeCheck(span, &SpanCoreType)) return span_end_at((SpanCore *)span, NULL);
+    return PyObject_CallMethodNoArgs(span, s_end);
+}
+
+static PyObject *current_exit(CurrentSpan *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "__exit__() takes 3 arguments");
+        return NULL;
+    }
+    PyObject *r = exit_span(self->span, self->token, self->record, args[1]);
+    if (r == NULL) return NULL;
+    Py_DECREF(r);
+    Py_RETURN_NONE; /* (the exception, if any, goes on) */
+}
+
+static PyMethodDef current_methods[] = {
+    {"__enter__", (PyCFunction)current_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))current_exit, METH_FASTCALL, NULL},
+    {NULL},
+};
+
+static PyTypeObject CurrentSpanType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "steplog._span_speedups.CurrentSpan",
+    .tp_doc = "CurrentSpan(span, record): _CurrentSpan, the span made current in a with block.",
+    .tp_basicsize = sizeof(CurrentSpan),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = current_new,
+    .tp_dealloc = (destructor)current_dealloc,
+    .tp_traverse = (traverseproc)current_traverse,
+    .tp_clear = (inquiry)current_clear,
+    .tp_methods = current_methods,
+};
+
+/* ------------------------------------------------------------------------------------ */
+/* child(): LeanTracer._unparsed_child. */
+
+static int hex_digit(Py_UCS1 c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1; /* (upper case is not what steplog writes: the propagator reads it) */
+}
+
+/* Whether ``s[from:to]`` is lower-case hex digits, and whether any is not 0. */
+static int hex_run(const Py_UCS1 *s, int from, int to, int *nonzero) {
+    *nonzero = 0;
+    for (int i = from; i < to; i++) {
+        int d = hex_digit(s[i]);
+        if (d < 0) return 0;
+        if (d) *nonzero = 1;
+    }
+    return 1;
+}
+
+/* A truthy attribute of the tracer (-1: an error). */
+static int tracer_flag(PyObject *tracer, PyObject *name) {
+    PyObject *value = PyObject_GetAttr(tracer, name);
+    if (value == NULL) return -1;
+    int yes = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return yes;
+}
+
+/* Whether the tracer's processors are still the ones its hooks were made for. */
+static int same_processors(PyObject *tracer) {
+    PyObject *known = PyObject_GetAttr(tracer, s_processors);
+    if (known == NULL) return -1;
+    PyObject *processor = PyObject_GetAttr(tracer, s_processor);
+    if (processor == NULL) {
+        Py_DECREF(known);
+        return -1;
+    }
+    PyObject *now = PyObject_GetAttr(processor, s_span_processors);
+    Py_DECREF(processor);
+    if (now == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            Py_DECREF(known);
+            return -1;
+        }
+        PyErr_Clear();
+        now = Py_NewRef(Py_None);
+    }
+    int same = known == now;
+    Py_DECREF(known);
+    Py_DECREF(now);
+    return same;
+}
+
+static PyObject *new_span_id(PyObject *tracer) {
+    int random = tracer_flag(tracer, s_random_span_ids);
+    if (random < 0) return NULL;
+    if (!random) return PyObject_CallMethodNoArgs(tracer, s_span_id);
+    for (;;) { /* (RandomIdGenerator's: getrandbits(64), never 0) */
+        PyObject *id = PyObject_CallOneArg(getrandbits, sixty_four);
+        if (id == NULL) return NULL;
+        int nonzero = PyObject_IsTrue(id);
+        if (nonzero) {
+            if (nonzero < 0) {
+                Py_DECREF(id);
+                return NULL;
+            }
+            return id;
+        }
+        Py_DECREF(id);
+    }
+}
+
+/* Whether 0 < id < 2**64 (a valid span id). */
+static int valid_span_id(PyObject *id) {
+    if (!PyLong_Check(id)) return 0;
+    int overflow;
+    long long small = PyLong_AsLongLongAndOverflow(id, &overflow);
+    if (small == -1 && PyErr_Occurred()) return -1;
+    if (overflow < 0 || (overflow == 0 && small <= 0)) return 0;
+    if (overflow == 0) return 1;
+    unsigned long long big = PyLong_AsUnsignedLongLong(id);
+    if (big == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+static int plain_values(PyObject *attributes) {
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(attributes, &pos, &key, &value)) {
+        PyTypeObject *type = Py_TYPE(value);
+        if (type != &PyUnicode_Type && type != &PyBool_Type && type != &PyLong_Type &&
+            type != &PyFloat_Type)
+            return 0;
+    }
+    return 1;
+}
+
+static PyObject *child(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "child(tracer, span_type, name, traceparent, kind, attributes, own)");
+        return NULL;
+    }
+    if (!ready()) return NULL;
+    PyObject *tracer = args[0], *span_type = args[1], *name = args[2], *traceparent = args[3],
+             *kind = args[4], *attributes = args[5];
+    int own = PyObject_IsTrue(args[6]);
+    if (own < 0) return NULL;
+    if (!PyType_Check(span_type) ||
+        !PyType_IsSubtype((PyTypeObject *)span_type, &SpanCoreType)) {
+        PyErr_SetString(PyExc_TypeError, "span_type is not a SpanCore");
+        return NULL;
+    }
+    /* What steplog writes: "00-" 32 hex "-" 16 hex "-" 2 hex, lower case. */
+    if (!PyUnicode_CheckExact(traceparent) || PyUnicode_GET_LENGTH(traceparent) != 55 ||
+        PyUnicode_KIND(traceparent) != PyUnicode_1BYTE_KIND)
+        Py_RETURN_NONE;
+    const Py_UCS1 *s = PyUnicode_1BYTE_DATA(traceparent);
+    int trace_nonzero, parent_nonzero, flags_nonzero;
+    if (s[0] != '0' || s[1] != '0' || s[2] != '-' || s[35] != '-' || s[52] != '-' ||
+        !hex_run(s, 3, 35, &trace_nonzero) || !hex_run(s, 36, 52, &parent_nonzero) ||
+        !hex_run(s, 53, 55, &flags_nonzero))
+        Py_RETURN_NONE;
+    long parent_flags = hex_digit(s[53]) * 16 + hex_digit(s[54]);
+    /* The tracer samples this child with its parent, calls no on_start, and its hooks
+     * are for the processors it has. */
+    int yes = tracer_flag(tracer, s_samples_children);
+    if (yes <= 0) return yes < 0 ? NULL : Py_NewRef(Py_None);
+    Py_ssize_t starts = tracer_count(tracer, s_starts);
+    if (starts != 0) return starts < 0 ? NULL : Py_NewRef(Py_None);
+    yes = same_processors(tracer);
+    if (yes <= 0) return yes < 0 ? NULL : Py_NewRef(Py_None);
+    if (!(parent_flags & sampled_flag) || !trace_nonzero || !parent_nonzero) Py_RETURN_NONE;
+    int has_attributes = 0;
+    if (attributes != Py_None) {
+        if (!PyDict_Check(attributes)) Py_RETURN_NONE;
+        has_attributes = PyDict_GET_SIZE(attributes) > 0;
+    }
+    if (has_attributes) {
+        Py_ssize_t limit = tracer_size(tracer, s_max_attributes);
+        if (limit == -1 && PyErr_Occurred()) return NULL;
+        if (PyDict_GET_SIZE(attributes) > limit || (!own && !plain_values(attributes)))
+            Py_RETURN_NONE;
+    }
+    PyObject *span_id = new_span_id(tracer);
+    if (span_id == NULL) return NULL;
+    int valid = valid_span_id(span_id);
+    if (valid <= 0) {
+        Py_DECREF(span_id);
+        return valid < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *trace = PyUnicode_Substring(traceparent, 3, 35);
+    PyObject *flags = PyLong_FromLong(parent_flags & (sampled_flag | random_flag));
+    PyObject *recorded = has_attributes ? (own ? Py_NewRef(attributes) : PyDict_Copy(attributes))
+                                        : PyDict_New();
+    PyObject *start = now_ns();
+    PyTypeObject *type = (PyTypeObject *)span_type;
+    SpanCore *span = NULL;
+    if (trace != NULL && flags != NULL && recorded != NULL && start != NULL)
+        span = (SpanCore *)type->tp_alloc(type, 0);
+    if (span == NULL) {
+        Py_DECREF(span_id);
+        Py_XDECREF(trace);
+        Py_XDECREF(flags);
+        Py_XDECREF(recorded);
+        Py_XDECREF(start);
+        return NULL;
+    }
+    span->tracer = Py_NewRef(tracer);
+    span->name = Py_NewRef(name);
+    span->kind = Py_NewRef(kind);
+    span->trace = trace;
+    span->span_id = span_id;
+    span->flags = flags;
+    span->trace_state = Py_NewRef(no_trace_state);
+    span->parent = Py_NewRef(traceparent);
+    span->attributes = recorded;
+    span->links = Py_NewRef(empty_tuple);
+    span->start_time = start;
+    span->context = Py_NewRef(Py_None);
+    span->end_time = Py_NewRef(Py_None);
+    span->events = Py_NewRef(empty_tuple);
+    span->status = Py_NewRef(unset_status);
+    span->dropped_attributes = Py_NewRef(zero);
+    span->dropped_events = Py_NewRef(zero);
+    return (PyObject *)span;
+}
+
+/* ------------------------------------------------------------------------------------ */
+
+static PyObject *configure(PyObject *module, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"current_var",  "span_key",   "context_type", "unset_status",
+                            "unset_record", "trace_state", "getrandbits", "fail",
+                            "detach_failed", "link_records", "sampled", "random", NULL};
+    PyObject *values[10];
+    long sampled, random;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOOOOOOOOOll:configure", names,
+                                     &values[0], &values[1], &values[2], &values[3],
+                                     &values[4], &values[5], &values[6], &values[7],
+                                     &values[8], &values[9], &sampled, &random))
+        return NULL;
+    PyObject **slots[] = {&current_var,  &span_key,     &context_type, &unset_status,
+                          &unset_record, &no_trace_state, &getrandbits, &fail_hook,
+                          &detach_failed, &link_records};
+    for (int i = 0; i < 10; i++) Py_XSETREF(*slots[i], Py_NewRef(values[i]));
+    sampled_flag = sampled;
+    random_flag = random;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS,
+     "What the module needs of OpenTelemetry and steplog.tracing (once, at its import)."},
+    {"child", (PyCFunction)(void (*)(void))child, METH_FASTCALL,
+     "child(tracer, span_type, name, traceparent, kind, attributes, own): "
+     "LeanTracer._unparsed_child, a span of span_type or None."},
+    {NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "steplog._span_speedups",
+    .m_doc = "A LeanSpan's life in C (steplog/_span_speedups.c).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+#define INTERN(var, text)                                    \
+    if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL;
+
+PyMODINIT_FUNC PyInit__span_speedups(void) {
+    INTERN(s_takes_records, "takes_records");
+    INTERN(s_emits, "emits");
+    INTERN(s_ends, "ends");
+    INTERN(s_hand_readable, "_hand_readable");
+    INTERN(s_group, "group");
+    INTERN(s_value_, "_value_");
+    INTERN(s_dict, "_dict");
+    INTERN(s_to_header, "to_header");
+    INTERN(s_max_events, "max_events");
+    INTERN(s_max_attributes, "max_attributes");
+    INTERN(s_add_event, "add_event");
+    INTERN(s_set_attributes, "set_attributes");
+    INTERN(s_status_code, "status_code");
+    INTERN(s_description, "description");
+    INTERN(s_end, "end");
+    INTERN(s_is_recording, "is_recording");
+    INTERN(s_samples_children, "samples_children");
+    INTERN(s_starts, "starts");
+    INTERN(s_processors, "_processors");
+    INTERN(s_processor, "processor");
+    INTERN(s_span_processors, "_span_processors");
+    INTERN(s_random_span_ids, "random_span_ids");
+    INTERN(s_span_id, "_span_id");
+    INTERN(empty_str, "");
+    if ((empty_tuple = PyTuple_New(0)) == NULL) return NULL;
+    if ((zero = PyLong_FromLong(0)) == NULL) return NULL;
+    if ((sixty_four = PyLong_FromLong(64)) == NULL) return NULL;
+    if (PyType_Ready(&SpanCoreType) < 0 || PyType_Ready(&CurrentSpanType) < 0) return NULL;
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL) return NULL;
+    if (PyModule_AddObjectRef(module, "SpanCore", (PyObject *)&SpanCoreType) < 0 ||
+        PyModule_AddObjectRef(module, "CurrentSpan", (PyObject *)&CurrentSpanType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

@@ -1,0 +1,157 @@
+"""steplog._span_speedups (C) starts, makes current and ends steplog's spans as
+steplog.tracing's Python does (tests/unit/test_otlp.py runs every test of spans with
+both, against the SDK's spans); here, what only C can get wrong: that it is built, that
+its children of any traceparent are the Python's, that a span it made is freed, and
+that a span missing a field raises rather than crashes. Where a C compiler is, `make
+install` builds it."""
+
+from __future__ import annotations
+
+import contextvars
+import gc
+import logging
+import shutil
+import sysconfig
+import weakref
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from engine.tracecontext import current_span
+from steplog import tracing
+from steplog.tracing import LeanTracer
+
+speedups = tracing._speedups
+needs_speedups = pytest.mark.skipif(speedups is None, reason="built only with a C compiler")
+REMOTE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+# Every field of a span but the two that differ from span to span (its id, its start).
+FIELDS = (
+    "_tracer _name _kind _trace _flags _trace_state _parent _attributes _links _context "
+    "_end_time _events _status _dropped_attributes _dropped_events"
+).split()
+
+
+def test_it_is_built_where_a_c_compiler_is() -> None:
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is not None:
+        assert speedups is not None, "setup.py's optional extension did not build"
+    else:  # (the install went on without it: steplog.tracing spans in Python)
+        assert speedups is None
+
+
+def _tracer() -> LeanTracer:
+    return LeanTracer(TracerProvider())
+
+
+def _fields(span: Any) -> dict[str, object]:
+    return {name: getattr(span, name) for name in FIELDS}
+
+
+_HEX = "0123456789abcdefABCDEF"
+
+
+def _traceparents() -> st.SearchStrategy[str]:
+    """Traceparents steplog writes, and near misses: other versions, upper case, zero
+    ids, unsampled flags, other lengths and separators, non-ASCII text."""
+
+    def hexes(n: int) -> st.SearchStrategy[str]:
+        return st.text(_HEX, min_size=n, max_size=n) | st.just("0" * n)
+
+    shaped = st.builds(
+        lambda v, t, p, f, sep: sep.join((v, t, p, f)),
+        st.sampled_from(["00", "01", "ff", "0"]),
+        hexes(32),
+        hexes(16),
+        st.sampled_from(["01", "00", "03", "02", "0F", "f1"]) | hexes(2),
+        st.sampled_from(["-", "-", "-", "_"]),
+    )
+    return shaped | st.text(max_size=60) | st.just(REMOTE) | st.just(REMOTE + "\n")
+
+
+@needs_speedups
+@settings(max_examples=400, deadline=None)
+@given(
+    traceparent=_traceparents(),
+    attributes=st.none()
+    | st.dictionaries(
+        st.text(max_size=4),
+        st.integers() | st.text(max_size=4) | st.booleans() | st.floats() | st.just([1]),
+        max_size=3,
+    ),
+    own=st.booleans(),
+)
+def test_its_children_are_the_pythons(
+    traceparent: str, attributes: dict[str, Any] | None, own: bool
+) -> None:
+    # The C `child` takes a traceparent exactly when the Python `_unparsed_child` does,
+    # and makes the same span of it (C fields, Python's in the instance dict).
+    tracer = _tracer()
+    fast = tracer._child
+    assert fast is not None
+    made = fast(tracer, tracer.span_type, "n", traceparent, SpanKind.CONSUMER, attributes, own)
+    tracer.span_type = tracing.LeanSpan
+    reference = tracer._unparsed_child("n", traceparent, SpanKind.CONSUMER, attributes, own)
+    assert (made is None) == (reference is None)
+    if made is not None and reference is not None:
+        assert type(made) is tracing._FastLeanSpan
+        assert _fields(made) == _fields(reference)
+        assert 0 < made._span_id < 2**64
+        if own and attributes:  # (steplog's own dict, kept as it is)
+            assert made._attributes is attributes
+
+
+@needs_speedups
+def test_a_span_and_its_block_are_freed_once_ended() -> None:
+    tracer = _tracer()
+    with tracer.start_child("n", REMOTE, SpanKind.CONSUMER, {"a": 1}, True) as span:
+        assert type(span) is tracing._FastLeanSpan
+        assert current_span() is span
+    gone = weakref.ref(span)
+    del span
+    assert gone() is None
+    # One in a reference cycle (through its instance dict) is collected.
+    with tracer.start_as_current_span("m") as span:
+        span.itself = span  # type: ignore[attr-defined]
+    gone = weakref.ref(span)
+    del span
+    gc.collect()
+    assert gone() is None
+
+
+@needs_speedups
+def test_a_span_missing_a_field_raises_and_does_not_crash() -> None:
+    assert speedups is not None
+    span = tracing._FastLeanSpan.__new__(tracing._FastLeanSpan)
+    for call in (span.end, span.record, lambda: span.set_own_attributes({})):
+        with pytest.raises(AttributeError):
+            call()
+    with pytest.raises(AttributeError):
+        span.add_own_event("e", {})
+    with pytest.raises(TypeError):
+        speedups.child(_tracer(), object, "n", REMOTE, SpanKind.CONSUMER, None, True)
+
+
+@pytest.mark.parametrize("spans_in", ["C", "Python"])
+def test_a_context_that_cannot_be_reset_is_logged_and_the_span_still_ends(
+    spans_in: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Entered in one context and left in another (as a block split across tasks could
+    # be), the reset fails: logged as OpenTelemetry's detach logs it, not raised.
+    if spans_in == "Python":
+        monkeypatch.setattr(tracing, "_speedups", None)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    block = LeanTracer(provider).start_child("n", REMOTE, SpanKind.CONSUMER, {}, True)
+    contextvars.copy_context().run(block.__enter__)
+    with caplog.at_level(logging.ERROR, logger="steplog.tracing"):
+        block.__exit__(None, None, None)
+    assert [r.getMessage() for r in caplog.records] == ["Failed to detach context"]
+    assert caplog.records[0].exc_info is not None
+    assert [s.name for s in exporter.get_finished_spans()] == ["n"]
