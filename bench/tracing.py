@@ -36,7 +36,9 @@ Prints, per mode and workload, the median over rounds of:
   ratios agree; on a shared one the wall clock swings with the neighbours' load);
 - spans exported per execution;
 - per mode, the ratios to "off" within each cycle (every mode runs once per cycle,
-  next to the others): their median and spread;
+  next to the others): their median and spread, for the CPU per transition of all,
+  of this process and of this process's system time alone (the kernel's share: pipe
+  writes, thread wake-ups, sockets), and for transitions/s;
 - what tracing off still does per transition, timed alone (`_off_path`): the
   `tracer is None` tests of the roles and the API's look-up of the request's trace
   context, as an upper bound, against the CPU per transition of "off".
@@ -60,6 +62,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import socket
 import statistics
@@ -290,10 +293,11 @@ async def _workload(
     n: int,
     conc: int,
     rate: float = 0.0,
-) -> tuple[float, float, float, float]:
+) -> tuple[float, float, float, float, float]:
     """Seconds from the first start to the last execution's end, and the CPU seconds
     this process, this process with the servers and the span export process alone spent
-    meanwhile. With ``rate`` the starts are offered open-loop at that many per second
+    meanwhile, and of this process's the kernel's share (system time: its pipe writes,
+    its threads' wake-ups, its sockets). With ``rate`` the starts are offered open-loop at that many per second
     (start i sent at i / rate, at most ``conc`` in flight), else as fast as ``conc``
     clients can send them."""
     async with http.put(f"{url}/v1/workflows/{name}", json={"definition": definition}) as resp:
@@ -319,6 +323,7 @@ async def _workload(
             raise RuntimeError(f"could not start execution {i}")
 
     own0, all0, export0 = meter.read()
+    kernel0 = os.times().system
     began = time.perf_counter()
     await asyncio.gather(*(start(i) for i in range(n)))
     while True:
@@ -327,7 +332,8 @@ async def _workload(
         await asyncio.sleep(0.02)
     elapsed = time.perf_counter() - began
     own1, all1, export1 = meter.read()
-    return elapsed, own1 - own0, all1 - all0, export1 - export0
+    kernel = os.times().system - kernel0
+    return elapsed, own1 - own0, all1 - all0, export1 - export0, kernel
 
 
 async def _round(
@@ -382,7 +388,7 @@ async def _round(
                 async with aiohttp.ClientSession() as http:
                     for name, definition, states in WORKLOADS:
                         before = exporter.spans if exporter is not None else 0
-                        elapsed, own, total, export = await _workload(
+                        elapsed, own, total, export, kernel = await _workload(
                             http,
                             r.pool,
                             meter,
@@ -395,6 +401,7 @@ async def _round(
                         )
                         results[name] = n * states / elapsed
                         results[f"{name}/own-ms"] = own * 1000 / (n * states)
+                        results[f"{name}/own-sys-ms"] = kernel * 1000 / (n * states)
                         results[f"{name}/all-ms"] = total * 1000 / (n * states)
                         if mode != "off":
                             results[f"{name}/export-ms"] = export * 1000 / (n * states)
@@ -514,9 +521,12 @@ def _bench(n: int, rounds: int, conc: int, modes: Sequence[str], rate: float = 0
             for figure, label in (
                 (f"{name}/all-ms", "all CPU/tr"),
                 (f"{name}/own-ms", "own CPU/tr"),
+                (f"{name}/own-sys-ms", "of it system"),
                 (name, "tr/s"),
             ):
-                ratios = [a / b for a, b in zip(f[figure], off[figure], strict=True)]
+                ratios = [
+                    a / b if b else math.nan for a, b in zip(f[figure], off[figure], strict=True)
+                ]
                 parts.append(f"{label} {statistics.median(ratios):.3f} ({_spread(ratios)})")
             print(f"  {mode:8} {name:8} " + ", ".join(parts))
     check, lookup = _off_path()
