@@ -17,8 +17,9 @@ COPY engine ./engine
 COPY api ./api
 COPY projections ./projections
 COPY steplog ./steplog
-# setup.py builds steplog's optional C extension (the span export process's OTLP
-# encoding; without it steplog encodes in Python): gcc only for the build.
+# setup.py builds steplog's optional C extensions (the span export process's OTLP
+# encoding, and the life of a span; without them steplog does both in Python): gcc only
+# for the build.
 COPY setup.py ./
 # migrate.py finds ./migrations through the working directory when installed as a wheel.
 COPY migrations ./migrations
