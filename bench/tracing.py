@@ -297,9 +297,9 @@ async def _workload(
     """Seconds from the first start to the last execution's end, and the CPU seconds
     this process, this process with the servers and the span export process alone spent
     meanwhile, and of this process's the kernel's share (system time: its pipe writes,
-    its threads' wake-ups, its sockets). With ``rate`` the starts are offered open-loop at that many per second
-    (start i sent at i / rate, at most ``conc`` in flight), else as fast as ``conc``
-    clients can send them."""
+    its threads' wake-ups, its sockets). With ``rate`` the starts are offered open-loop
+    at that many per second (start i sent at i / rate, at most ``conc`` in flight), else
+    as fast as ``conc`` clients can send them."""
     async with http.put(f"{url}/v1/workflows/{name}", json={"definition": definition}) as resp:
         assert resp.status in (200, 201), await resp.text()
     sem = asyncio.Semaphore(conc)

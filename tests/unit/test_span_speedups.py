@@ -53,25 +53,32 @@ def _fields(span: Any) -> dict[str, object]:
     return {name: getattr(span, name) for name in FIELDS}
 
 
-_HEX = "0123456789abcdefABCDEF"
-
-
 def _traceparents() -> st.SearchStrategy[str]:
-    """Traceparents steplog writes, and near misses: other versions, upper case, zero
-    ids, unsampled flags, other lengths and separators, non-ASCII text."""
+    """Traceparents steplog writes (most of them, so that both answers are common), and
+    near misses: other versions, upper case, zero ids, unsampled flags, other lengths
+    and separators, text that is not hex, non-ASCII text."""
 
-    def hexes(n: int) -> st.SearchStrategy[str]:
-        return st.text(_HEX, min_size=n, max_size=n) | st.just("0" * n)
+    def ids(n: int) -> st.SearchStrategy[str]:
+        return st.integers(1, 16**n - 1).map(lambda v: f"{v:0{n}x}")
+
+    written = st.builds(
+        lambda t, p, f: f"00-{t}-{p}-{f:02x}", ids(32), ids(16), st.sampled_from([1, 3])
+    )
+
+    def near(n: int) -> st.SearchStrategy[str]:
+        return st.one_of(
+            ids(n), ids(n).map(str.upper), st.just("0" * n), st.text(min_size=n, max_size=n)
+        )
 
     shaped = st.builds(
         lambda v, t, p, f, sep: sep.join((v, t, p, f)),
         st.sampled_from(["00", "01", "ff", "0"]),
-        hexes(32),
-        hexes(16),
-        st.sampled_from(["01", "00", "03", "02", "0F", "f1"]) | hexes(2),
-        st.sampled_from(["-", "-", "-", "_"]),
+        near(32),
+        near(16),
+        st.sampled_from(["01", "00", "03", "02", "0F", "f1"]) | near(2),
+        st.sampled_from(["-", "-", "_"]),
     )
-    return shaped | st.text(max_size=60) | st.just(REMOTE) | st.just(REMOTE + "\n")
+    return st.one_of(written, written, shaped, shaped, st.text(max_size=60), st.just(REMOTE + "\n"))
 
 
 @needs_speedups
