@@ -39,12 +39,28 @@ Prints, per mode and workload, the median over rounds of:
   next to the others): their median and spread, for the CPU per transition of all,
   of this process and of this process's system time alone (the kernel's share: pipe
   writes, thread wake-ups, sockets), and for transitions/s;
+- how the process did the work, per transition: the event loop thread's CPU (what
+  bounds transitions/s: the roles and the client run on it, the span processor's
+  thread does not), the commands Redis served and the transactions PostgreSQL
+  committed (fewer per transition: larger batches; their ratios to "off" say whether
+  tracing changed how the roles batch);
 - what tracing off still does per transition, timed alone (`_off_path`): the
   `tracer is None` tests of the roles and the API's look-up of the request's trace
   context, as an upper bound, against the CPU per transition of "off".
 
+Each round first runs ``--warmup`` executions of each workload (300 by default), then
+measures: a process's first requests, decisions, spans and batches are paid once.
+
+``--paired PAIRS`` measures another way (`_paired`): "off" and one other mode side by
+side in one interpreter, each a steplog on servers of its own, given phases of ``-n``
+executions in turns, a few seconds apart, so that the machine's drift (which here moves
+a mode's transitions/s by more than the budget between rounds a minute apart) falls on
+both sides of each pair's ratio.
+
     .venv/bin/python bench/tracing.py [-n 300] [--rounds 3] [--concurrency 32]
         [--modes off,on,discard,sampled,drivers] [--rate TRANSITIONS_PER_S]
+        [--warmup 300]
+    .venv/bin/python bench/tracing.py --modes off,on --paired 30 -n 500
 
 With ``--rate`` each workload's starts are offered open-loop at that many transitions/s
 (of its states: task3 at 1,000 is 333 starts/s) instead of as fast as the clients can
@@ -71,8 +87,9 @@ import sys
 import tempfile
 import time
 import timeit
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -286,6 +303,7 @@ WHERE x.workflow = $1 AND e.type = ANY($2::text[])"""
 async def _workload(
     http: aiohttp.ClientSession,
     pool: asyncpg.Pool,
+    redis: Any,
     meter: CpuMeter,
     url: str,
     name: str,
@@ -293,11 +311,12 @@ async def _workload(
     n: int,
     conc: int,
     rate: float = 0.0,
-) -> tuple[float, float, float, float, float]:
+) -> tuple[float, float, float, float, float, dict[str, float]]:
     """Seconds from the first start to the last execution's end, and the CPU seconds
     this process, this process with the servers and the span export process alone spent
     meanwhile, and of this process's the kernel's share (system time: its pipe writes,
-    its threads' wake-ups, its sockets). With ``rate`` the starts are offered open-loop
+    its threads' wake-ups, its sockets); and what tells how the process did the work
+    (`_counts`). With ``rate`` the starts are offered open-loop
     at that many per second (start i sent at i / rate, at most ``conc`` in flight), else
     as fast as ``conc`` clients can send them."""
     async with http.put(f"{url}/v1/workflows/{name}", json={"definition": definition}) as resp:
@@ -322,6 +341,7 @@ async def _workload(
                     await asyncio.sleep(0.1)
             raise RuntimeError(f"could not start execution {i}")
 
+    counts0 = await _counts(pool, redis)
     own0, all0, export0 = meter.read()
     kernel0 = os.times().system
     began = time.perf_counter()
@@ -333,7 +353,58 @@ async def _workload(
     elapsed = time.perf_counter() - began
     own1, all1, export1 = meter.read()
     kernel = os.times().system - kernel0
-    return elapsed, own1 - own0, all1 - all0, export1 - export0, kernel
+    counts = {k: v - counts0[k] for k, v in (await _counts(pool, redis)).items()}
+    return elapsed, own1 - own0, all1 - all0, export1 - export0, kernel, counts
+
+
+async def _counts(pool: asyncpg.Pool, redis: Any) -> dict[str, float]:
+    """What tells how the process did its work, as totals to subtract: the event loop's
+    thread's CPU seconds (what bounds transitions/s: the roles and the client run on
+    it; the span processor's thread does not), the commands Redis served (fewer per
+    transition: larger batches), and the transactions PostgreSQL committed (as its
+    statistics have them: flushed within a second)."""
+    info = await redis.info("commandstats")
+    commits = await pool.fetchval(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+    )
+    return {
+        "loop-ms": time.thread_time() * 1000,
+        "redis": float(sum(v["calls"] for v in info.values())),
+        "commits": float(commits),
+    }
+
+
+def _settings(db_url: str, redis_url: str, data: Path, index: int) -> Settings:
+    return Settings(
+        database_url=db_url,
+        redis_url=redis_url,
+        data_dir=data,
+        port=free_port(),
+        redis_prefix=f"bench{index}",
+        log_level="WARNING",
+        auth=False,  # the loopback bench's client is the anonymous admin
+        # Capacity, not the rate limits that protect a deployment (bench/goal.py).
+        rate_limits=goal.UNLIMITED["STEPLOG_RATE_LIMITS"],
+        key_rate_limits=goal.UNLIMITED["STEPLOG_KEY_RATE_LIMITS"],
+    )
+
+
+def _provider(
+    mode: str, endpoint: str
+) -> tuple[TracerProvider, CountingOtlpExporter | CountingChildExporter, Callable[[], None]]:
+    """The tracer provider of a mode other than "off", its exporter, and what undoes the
+    drivers' instrumentation ("drivers")."""
+    kind = {"discard": DiscardingExporter, "in-process": CountingOtlpExporter}.get(
+        mode, CountingChildExporter
+    )
+    exporter = kind(endpoint)
+    sampler = ParentBased(TraceIdRatioBased(0.1)) if mode == "sampled" else ALWAYS_ON
+    provider = TracerProvider(sampler=InsideTraces(sampler), shutdown_on_exit=False)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    undo: Callable[[], None] = lambda: None  # noqa: E731
+    if mode == "drivers":
+        undo = instrument_drivers(provider)
+    return provider, exporter, undo
 
 
 async def _round(
@@ -347,33 +418,15 @@ async def _round(
     conc: int,
     index: int,
     rate: float = 0.0,
+    warmup: int = 0,
 ) -> dict[str, float]:
-    """Figures per workload in one mode."""
-    settings = Settings(
-        database_url=db_url,
-        redis_url=redis_url,
-        data_dir=data,
-        port=free_port(),
-        redis_prefix=f"bench{index}",
-        log_level="WARNING",
-        auth=False,  # the loopback bench's client is the anonymous admin
-        # Capacity, not the rate limits that protect a deployment (bench/goal.py).
-        rate_limits=goal.UNLIMITED["STEPLOG_RATE_LIMITS"],
-        key_rate_limits=goal.UNLIMITED["STEPLOG_KEY_RATE_LIMITS"],
-    )
+    """Figures per workload in one mode, after ``warmup`` executions of each."""
+    settings = _settings(db_url, redis_url, data, index)
     exporter: CountingOtlpExporter | CountingChildExporter | None = None
     provider: TracerProvider | None = None
     undo: Callable[[], None] = lambda: None  # noqa: E731
     if mode != "off":
-        kind = {"discard": DiscardingExporter, "in-process": CountingOtlpExporter}.get(
-            mode, CountingChildExporter
-        )
-        exporter = kind(endpoint)
-        sampler = ParentBased(TraceIdRatioBased(0.1)) if mode == "sampled" else ALWAYS_ON
-        provider = TracerProvider(sampler=InsideTraces(sampler), shutdown_on_exit=False)
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-        if mode == "drivers":
-            undo = instrument_drivers(provider)
+        provider, exporter, undo = _provider(mode, endpoint)
     results: dict[str, float] = {}
     stop, ready = asyncio.Event(), asyncio.Event()
     try:
@@ -386,11 +439,32 @@ async def _round(
             url = f"http://{settings.host}:{settings.port}"
             try:
                 async with aiohttp.ClientSession() as http:
+                    if warmup:
+                        # What a process does once (its first requests, decisions, spans
+                        # and batches) is not what each transition costs.
+                        for name, definition, _ in WORKLOADS:
+                            await _workload(
+                                http,
+                                r.pool,
+                                r.redis,
+                                meter,
+                                url,
+                                f"{name}-{index}-warm",
+                                definition,
+                                warmup,
+                                conc,
+                            )
+                        if provider is not None:
+                            provider.force_flush()
+                        if isinstance(exporter, CountingChildExporter) and exporter._child:
+                            wait_idle(exporter._child.pid, interval=0.05)
+                        await _settle()
                     for name, definition, states in WORKLOADS:
                         before = exporter.spans if exporter is not None else 0
-                        elapsed, own, total, export, kernel = await _workload(
+                        elapsed, own, total, export, kernel, counts = await _workload(
                             http,
                             r.pool,
+                            r.redis,
                             meter,
                             url,
                             f"{name}-{index}",
@@ -403,6 +477,8 @@ async def _round(
                         results[f"{name}/own-ms"] = own * 1000 / (n * states)
                         results[f"{name}/own-sys-ms"] = kernel * 1000 / (n * states)
                         results[f"{name}/all-ms"] = total * 1000 / (n * states)
+                        for key, value in counts.items():
+                            results[f"{name}/{key}"] = value / (n * states)
                         if mode != "off":
                             results[f"{name}/export-ms"] = export * 1000 / (n * states)
                         if provider is not None and exporter is not None:
@@ -440,7 +516,9 @@ def _spread(values: list[float]) -> str:
     return f"{min(values):.3f}-{max(values):.3f}"
 
 
-async def _one_round(mode: str, n: int, conc: int, index: int, rate: float) -> dict[str, float]:
+async def _one_round(
+    mode: str, n: int, conc: int, index: int, rate: float, warmup: int = 0
+) -> dict[str, float]:
     """One round of ``mode`` on servers of its own (embedded PostgreSQL and Redis in a
     new temporary folder) and a receiver of its own: the round `_bench` runs in a child
     interpreter (``--one-round``)."""
@@ -452,21 +530,178 @@ async def _one_round(mode: str, n: int, conc: int, index: int, rate: float) -> d
                 # (read by the span export process, which inherits the environment)
                 os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = endpoint
                 return await _round(
-                    mode, db_url, redis_url, data, meter, endpoint, n, conc, index, rate
+                    mode, db_url, redis_url, data, meter, endpoint, n, conc, index, rate, warmup
                 )
 
 
-def _round_in_child(mode: str, n: int, conc: int, index: int, rate: float) -> dict[str, float]:
+def _round_in_child(
+    mode: str, n: int, conc: int, index: int, rate: float, warmup: int
+) -> dict[str, float]:
     """`_one_round` in a new interpreter (why: the module's docstring), its figures read
     from the last line it prints."""
     argv = [sys.executable, __file__, "--one-round", mode, "-n", str(n)]
     argv += ["--concurrency", str(conc), "--index", str(index), "--rate", str(rate)]
+    argv += ["--warmup", str(warmup)]
     done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True)
     results: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return results
 
 
-def _bench(n: int, rounds: int, conc: int, modes: Sequence[str], rate: float = 0.0) -> None:
+async def _paired(mode: str, n: int, pairs: int, conc: int) -> None:
+    """``--paired``: "off" and ``mode`` side by side in this one interpreter, each a
+    steplog (every role, `open_resources` + `run_roles`) on embedded servers of its own,
+    given the same workload in turns: a phase of ``n`` executions to one, then to the
+    other (the first of each pair alternating), ``pairs`` times per workload after one
+    pair of warm-up. The steplog not given a phase idles beside the one that works, in
+    both modes alike.
+
+    Why: between rounds in new interpreters (`_bench`) this machine's speed drifts by
+    more than the budget (one cycle's two rounds are a minute apart); a pair of phases
+    here is a few seconds apart, on one heap, so the drift falls on both sides of each
+    ratio. What it cannot show is what a new interpreter shows: the heap and tables as a
+    deployment's first minutes have them (both steplogs grow alike here)."""
+    with tempfile.TemporaryDirectory(prefix="steplog-bench-paired-") as folder:
+        async with (
+            local_servers(Path(folder) / "off", own=True) as (db_off, redis_off),
+            local_servers(Path(folder) / mode, own=True) as (db_on, redis_on),
+        ):
+            with otlp_receiver() as endpoint:
+                os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = endpoint
+                sides = {
+                    "off": (db_off, redis_off, Path(folder) / "off"),
+                    mode: (db_on, redis_on, Path(folder) / mode),
+                }
+                async with _steplogs(sides, endpoint) as running:
+                    freeze_heap()
+                    await _paired_phases(running, mode, n, pairs, conc)
+
+
+@dataclass
+class _Side:
+    """One steplog of `_paired`: its resources, its API's URL, the CPU meter of its
+    servers, and (tracing on) its tracer provider and exporter."""
+
+    resources: Any
+    url: str
+    meter: CpuMeter
+    provider: TracerProvider | None = None
+    exporter: Any = None
+
+
+@asynccontextmanager
+async def _steplogs(
+    sides: dict[str, tuple[str, str, Path]], endpoint: str
+) -> AsyncIterator[dict[str, _Side]]:
+    """Each side's steplog, running."""
+    running: dict[str, _Side] = {}
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    async with AsyncExitStack() as stack:
+        for index, (mode, (db_url, redis_url, data)) in enumerate(sides.items(), 1):
+            provider, exporter = None, None
+            if mode != "off":
+                provider, exporter, undo = _provider(mode, endpoint)
+                stack.callback(provider.shutdown)
+                stack.callback(undo)
+            settings = _settings(db_url, redis_url, data, index)
+            r = await stack.enter_async_context(
+                open_resources(settings, db_url, redis_url, tracer_provider=provider)
+            )
+            ready = asyncio.Event()
+            tasks.append(asyncio.create_task(run_roles(r, stop, ready=ready)))
+            await asyncio.wait_for(ready.wait(), 30)
+            url = f"http://{settings.host}:{settings.port}"
+            running[mode] = _Side(r, url, CpuMeter(data), provider, exporter)
+        try:
+            yield running
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 60)
+
+
+async def _settle(interval: float = 0.1, busy: float = 0.05) -> None:
+    """Until this process's threads use less than ``busy`` of a core over ``interval``
+    seconds: what a phase left behind (its projections catching up, its relay and
+    acknowledgements) done before the next phase, not in it."""
+    while True:
+        before = time.process_time()
+        await asyncio.sleep(interval)
+        if time.process_time() - before < busy * interval:
+            return
+
+
+_PAIRED = ("tr/s", "loop CPU/tr", "own CPU/tr", "all CPU/tr", "Redis commands/tr")
+
+
+async def _paired_phases(
+    running: dict[str, _Side], mode: str, n: int, pairs: int, conc: int
+) -> None:
+    """The phases of `_paired`, and what they show: per pair, ``mode`` / off of
+    transitions/s, the event loop thread's CPU per transition, this process's, this
+    process's with the side's servers and the span export process, and Redis commands
+    per transition."""
+    async with aiohttp.ClientSession() as http:
+        for name, definition, states in WORKLOADS:
+            ratios: dict[str, list[float]] = {key: [] for key in _PAIRED}
+            totals = {side: [0.0, 0.0] for side in running}  # transitions, seconds
+            spans = 0.0
+            for pair in range(pairs + 1):
+                figures = {}
+                for side in ["off", mode] if pair % 2 else [mode, "off"]:
+                    s = running[side]
+                    before = s.exporter.spans if s.exporter is not None else 0
+                    elapsed, own, total, _, _, counts = await _workload(
+                        http,
+                        s.resources.pool,
+                        s.resources.redis,
+                        s.meter,
+                        s.url,
+                        f"{name}-{side}-{pair}",
+                        definition,
+                        n,
+                        conc,
+                    )
+                    if s.provider is not None:
+                        # What is left of the phase's spans leaves now, not in the
+                        # other side's phase.
+                        s.provider.force_flush()
+                        spans = (s.exporter.spans - before) / n
+                        if (child := getattr(s.exporter, "_child", None)) is not None:
+                            wait_idle(child.pid, interval=0.05)
+                    await _settle()
+                    transitions = n * states
+                    figures[side] = (
+                        transitions / elapsed,
+                        counts["loop-ms"] / transitions,
+                        own * 1000 / transitions,
+                        total * 1000 / transitions,
+                        counts["redis"] / transitions,
+                    )
+                    if pair:  # (the first pair warms both up)
+                        totals[side][0] += transitions
+                        totals[side][1] += elapsed
+                if pair:
+                    for key, a, b in zip(_PAIRED, figures[mode], figures["off"], strict=True):
+                        ratios[key].append(a / b)
+                    shown = ", ".join(f"{key} {ratios[key][-1]:.3f}" for key in _PAIRED)
+                    print(f"  {name} pair {pair}, {mode} / off: {shown}", flush=True)
+            pooled = (totals[mode][0] / totals[mode][1]) / (totals["off"][0] / totals["off"][1])
+            print(
+                f"\n{name}: {pairs} pairs of {n} executions, concurrency {conc}, "
+                f"{spans:.1f} spans per execution; {mode} / off:"
+            )
+            for key, values in ratios.items():
+                q1, _, q3 = statistics.quantiles(values, n=4)
+                print(
+                    f"  {key:18} median {statistics.median(values):.3f}"
+                    f" (quartiles {q1:.3f}-{q3:.3f}, {_spread(values)})"
+                )
+            print(f"  transitions/s over all pairs: {pooled:.3f}\n", flush=True)
+
+
+def _bench(
+    n: int, rounds: int, conc: int, modes: Sequence[str], rate: float = 0.0, warmup: int = 0
+) -> None:
     figures: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
     index = 0
     for cycle in range(rounds):
@@ -475,13 +710,16 @@ def _bench(n: int, rounds: int, conc: int, modes: Sequence[str], rate: float = 0
         shift = cycle % len(modes)
         for mode in [*modes[shift:], *modes[:shift]]:
             index += 1
-            results = _round_in_child(mode, n, conc, index, rate)
+            results = _round_in_child(mode, n, conc, index, rate, warmup)
             for name, value in results.items():
                 figures[mode].setdefault(name, []).append(value)
             shown = {k: round(v, 3) for k, v in results.items()}
             print(f"  round {index}: {mode:8} {shown}", flush=True)
     offered = f", offered open-loop at {rate:,.0f} transitions/s" if rate else ""
-    print(f"\n{n} executions per workload and round, {rounds} rounds, concurrency {conc}{offered}")
+    print(
+        f"\n{n} executions per workload and round (after {warmup} of each), {rounds} rounds,"
+        f" concurrency {conc}{offered}"
+    )
     print(
         "CPU ms per transition: this process + PostgreSQL + Redis + the span export process"
         " (median, min-max, vs off); this process alone; the span export process alone;"
@@ -510,6 +748,19 @@ def _bench(n: int, rounds: int, conc: int, modes: Sequence[str], rate: float = 0
                 f"{statistics.median(f.get(f'{name}/export-ms', [0.0])):9.3f} {wall:8.1f} "
                 f"{wall / wall_off:7.3f} {statistics.median(f.get(f'{name}/spans', [0.0])):10.1f}"
             )
+    print(
+        "\nhow the work was done, per transition (medians): the event loop thread's CPU ms,"
+        " Redis commands, PostgreSQL commits"
+    )
+    for mode in modes:
+        for name, _, _ in WORKLOADS:
+            f = figures[mode]
+            shown = " ".join(
+                f"{key} {statistics.median(f[f'{name}/{key}']):.4f}"
+                for key in ("loop-ms", "redis", "commits")
+                if f"{name}/{key}" in f
+            )
+            print(f"  {mode:8} {name:8} {shown}")
     # Each cycle ran every mode once, next to each other: a ratio within a cycle leaves
     # out most of the drift between cycles, and its spread says how far to trust the
     # median's margin to a budget.
@@ -522,6 +773,9 @@ def _bench(n: int, rounds: int, conc: int, modes: Sequence[str], rate: float = 0
                 (f"{name}/all-ms", "all CPU/tr"),
                 (f"{name}/own-ms", "own CPU/tr"),
                 (f"{name}/own-sys-ms", "of it system"),
+                (f"{name}/loop-ms", "loop thread CPU/tr"),
+                (f"{name}/redis", "Redis commands/tr"),
+                (f"{name}/commits", "PG commits/tr"),
                 (name, "tr/s"),
             ):
                 ratios = [
@@ -560,12 +814,28 @@ def main() -> None:
         "fast as the clients can; a rate below what tracing on sustains compares the CPU "
         "per transition at equal load)",
     )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=300,
+        help="executions of each workload a round runs before it measures (its process's"
+        " first requests, decisions, spans and batches); 0: none",
+    )
+    parser.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="instead of rounds in new interpreters: off and the one other mode of --modes "
+        "side by side in one interpreter, PAIRS phases of -n executions each, in turns "
+        "(`_paired`)",
+    )
     parser.add_argument("--one-round", metavar="MODE", help=argparse.SUPPRESS)
     parser.add_argument("--index", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_round:  # (a round in a child interpreter: `_round_in_child`)
         results = asyncio.run(
-            _one_round(args.one_round, args.n, args.concurrency, args.index, args.rate)
+            _one_round(args.one_round, args.n, args.concurrency, args.index, args.rate, args.warmup)
         )
         print(json.dumps(results), flush=True)
         return
@@ -574,7 +844,14 @@ def main() -> None:
         parser.error(f"--modes: off first, then any of {MODES}")
     if args.rate < 0:
         parser.error("--rate: not negative")
-    _bench(args.n, args.rounds, args.concurrency, modes, args.rate)
+    if args.paired:
+        if args.paired < 2 or len(modes) != 2 or modes[1] == "drivers":
+            # (the drivers' instrumentation wraps asyncpg and redis for the whole
+            # process: the "off" steplog beside it would run through it too)
+            parser.error("--paired: at least 2 pairs; --modes off and one other, not drivers")
+        asyncio.run(_paired(modes[1], args.n, args.paired, args.concurrency))
+        return
+    _bench(args.n, args.rounds, args.concurrency, modes, args.rate, args.warmup)
 
 
 if __name__ == "__main__":
