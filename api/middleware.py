@@ -44,6 +44,9 @@ def request_traceparent() -> str:
 
 
 def _traceparent(span: Span) -> str:
+    own = getattr(span, "traceparent", None)
+    if own is not None:  # (steplog's spans write theirs without building their context)
+        return str(own)
     # A SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state,
     # is_valid); read as one, without its properties' calls.
     trace_id, span_id, _, flags, _, valid = span.get_span_context()

@@ -1,7 +1,10 @@
 /* The life of a steplog span, in C: steplog.tracing's LeanSpan (its `end`, `record`,
  * `add_own_event` and `set_own_attributes`), `_CurrentSpan` (a span made current for a
- * `with` block) and `LeanTracer._unparsed_child` (a child span started from a message's
- * traceparent, as it is). Optional: where this module is not built (no C compiler) the
+ * `with` block), `LeanTracer._unparsed_child` (a child span started from a message's
+ * traceparent, as it is: `child`), and `LeanTracer.start_span`'s two common spans
+ * (`local_child`: a child of a span of this process, the API's first decision under its
+ * request's span; `root`: a new trace, a request's span when no traceparent came).
+ * Optional: where this module is not built (no C compiler) the
  * Python of those names runs, and tests/unit/test_otlp.py runs its tests of spans with
  * both, against the SDK's spans.
  *
@@ -37,7 +40,7 @@ static PyObject *link_records;   /* (links): their records (span_export.link_rec
 static long sampled_flag;        /* TraceFlags.SAMPLED */
 static long random_flag;         /* W3C level 2's random trace id flag (0: none) */
 
-static PyObject *empty_tuple, *empty_str, *zero, *sixty_four;
+static PyObject *empty_tuple, *empty_str, *zero, *sixty_four, *one_twenty_eight;
 
 /* Whether `configure` was called (0: an error set). */
 static int ready(void) {
@@ -50,7 +53,7 @@ static int ready(void) {
 static PyObject *s_takes_records, *s_emits, *s_ends, *s_hand_readable, *s_group, *s_value_,
     *s_dict, *s_to_header, *s_max_events, *s_max_attributes, *s_add_event, *s_set_attributes,
     *s_status_code, *s_description, *s_end, *s_is_recording, *s_samples_children, *s_starts,
-    *s_processors, *s_processor, *s_span_processors, *s_random_span_ids, *s_span_id;
+    *s_get_span_context, *s_samples_roots, *s_random_ids, *hex_32, *s_processors, *s_processor, *s_span_processors, *s_random_span_ids, *s_span_id;
 
 static PyObject *now_ns(void) {
     /* What time.time_ns() reads (the system clock). */
@@ -665,72 +668,64 @@ static int plain_values(PyObject *attributes) {
     return 1;
 }
 
-static PyObject *child(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError,
-                        "child(tracer, span_type, name, traceparent, kind, attributes, own)");
-        return NULL;
-    }
-    if (!ready()) return NULL;
-    PyObject *tracer = args[0], *span_type = args[1], *name = args[2], *traceparent = args[3],
-             *kind = args[4], *attributes = args[5];
-    int own = PyObject_IsTrue(args[6]);
-    if (own < 0) return NULL;
-    if (!PyType_Check(span_type) ||
-        !PyType_IsSubtype((PyTypeObject *)span_type, &SpanCoreType)) {
-        PyErr_SetString(PyExc_TypeError, "span_type is not a SpanCore");
-        return NULL;
-    }
-    /* What steplog writes: "00-" 32 hex "-" 16 hex "-" 2 hex, lower case. */
-    if (!PyUnicode_CheckExact(traceparent) || PyUnicode_GET_LENGTH(traceparent) != 55 ||
-        PyUnicode_KIND(traceparent) != PyUnicode_1BYTE_KIND)
-        Py_RETURN_NONE;
-    const Py_UCS1 *s = PyUnicode_1BYTE_DATA(traceparent);
-    int trace_nonzero, parent_nonzero, flags_nonzero;
-    if (s[0] != '0' || s[1] != '0' || s[2] != '-' || s[35] != '-' || s[52] != '-' ||
-        !hex_run(s, 3, 35, &trace_nonzero) || !hex_run(s, 36, 52, &parent_nonzero) ||
-        !hex_run(s, 53, 55, &flags_nonzero))
-        Py_RETURN_NONE;
-    long parent_flags = hex_digit(s[53]) * 16 + hex_digit(s[54]);
-    /* The tracer samples this child with its parent, calls no on_start, and its hooks
-     * are for the processors it has. */
-    int yes = tracer_flag(tracer, s_samples_children);
-    if (yes <= 0) return yes < 0 ? NULL : Py_NewRef(Py_None);
+/* Whether the tracer calls no on_start, and its hooks are for the processors it has
+ * (-1: an error). */
+static int hooks_current(PyObject *tracer) {
     Py_ssize_t starts = tracer_count(tracer, s_starts);
-    if (starts != 0) return starts < 0 ? NULL : Py_NewRef(Py_None);
-    yes = same_processors(tracer);
-    if (yes <= 0) return yes < 0 ? NULL : Py_NewRef(Py_None);
-    if (!(parent_flags & sampled_flag) || !trace_nonzero || !parent_nonzero) Py_RETURN_NONE;
-    int has_attributes = 0;
-    if (attributes != Py_None) {
-        if (!PyDict_Check(attributes)) Py_RETURN_NONE;
-        has_attributes = PyDict_GET_SIZE(attributes) > 0;
-    }
-    if (has_attributes) {
-        Py_ssize_t limit = tracer_size(tracer, s_max_attributes);
-        if (limit == -1 && PyErr_Occurred()) return NULL;
-        if (PyDict_GET_SIZE(attributes) > limit || (!own && !plain_values(attributes)))
-            Py_RETURN_NONE;
-    }
+    if (starts != 0) return starts < 0 ? -1 : 0;
+    return same_processors(tracer);
+}
+
+/* Whether the tracer samples a child with its sampled parent and its hooks are current
+ * (-1: an error). */
+static int tracer_admits(PyObject *tracer) {
+    int yes = tracer_flag(tracer, s_samples_children);
+    if (yes <= 0) return yes;
+    return hooks_current(tracer);
+}
+
+/* The span of span_type that `child`, `local_child` and `root` start (a new reference),
+ * None when its new id is not valid, NULL on an error; its attributes admitted
+ * (`attributes_admitted`). Takes ``trace`` (a new reference) whatever it returns. */
+/* Whether a span may take ``attributes`` without the Python's checks: None, or a dict
+ * within the tracer's limit, of plain values unless it is steplog's ``own`` (-1: an
+ * error). Asked before any id is drawn, so that a span left to the Python draws its
+ * ids as though C had not looked. */
+static int attributes_admitted(PyObject *tracer, PyObject *attributes, int own) {
+    if (attributes == Py_None) return 1;
+    if (!PyDict_Check(attributes)) return 0;
+    if (PyDict_GET_SIZE(attributes) == 0) return 1;
+    Py_ssize_t limit = tracer_size(tracer, s_max_attributes);
+    if (limit == -1 && PyErr_Occurred()) return -1;
+    return PyDict_GET_SIZE(attributes) <= limit && (own || plain_values(attributes));
+}
+
+static PyObject *make_span(PyObject *tracer, PyTypeObject *type, PyObject *name,
+                           PyObject *kind, PyObject *trace, long flags_value,
+                           PyObject *trace_state, PyObject *parent, PyObject *attributes,
+                           int own) {
+    int has_attributes = attributes != Py_None && PyDict_GET_SIZE(attributes) > 0;
     PyObject *span_id = new_span_id(tracer);
-    if (span_id == NULL) return NULL;
+    if (span_id == NULL) {
+        Py_DECREF(trace);
+        return NULL;
+    }
     int valid = valid_span_id(span_id);
     if (valid <= 0) {
         Py_DECREF(span_id);
+        Py_DECREF(trace);
         return valid < 0 ? NULL : Py_NewRef(Py_None);
     }
-    PyObject *trace = PyUnicode_Substring(traceparent, 3, 35);
-    PyObject *flags = PyLong_FromLong(parent_flags & (sampled_flag | random_flag));
+    PyObject *flags = PyLong_FromLong(flags_value);
     PyObject *recorded = has_attributes ? (own ? Py_NewRef(attributes) : PyDict_Copy(attributes))
                                         : PyDict_New();
     PyObject *start = now_ns();
-    PyTypeObject *type = (PyTypeObject *)span_type;
     SpanCore *span = NULL;
-    if (trace != NULL && flags != NULL && recorded != NULL && start != NULL)
+    if (flags != NULL && recorded != NULL && start != NULL)
         span = (SpanCore *)type->tp_alloc(type, 0);
     if (span == NULL) {
         Py_DECREF(span_id);
-        Py_XDECREF(trace);
+        Py_DECREF(trace);
         Py_XDECREF(flags);
         Py_XDECREF(recorded);
         Py_XDECREF(start);
@@ -742,8 +737,8 @@ static PyObject *child(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     span->trace = trace;
     span->span_id = span_id;
     span->flags = flags;
-    span->trace_state = Py_NewRef(no_trace_state);
-    span->parent = Py_NewRef(traceparent);
+    span->trace_state = Py_NewRef(trace_state);
+    span->parent = Py_NewRef(parent);
     span->attributes = recorded;
     span->links = Py_NewRef(empty_tuple);
     span->start_time = start;
@@ -754,6 +749,146 @@ static PyObject *child(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     span->dropped_attributes = Py_NewRef(zero);
     span->dropped_events = Py_NewRef(zero);
     return (PyObject *)span;
+}
+
+static int is_span_type(PyObject *span_type) {
+    if (PyType_Check(span_type) && PyType_IsSubtype((PyTypeObject *)span_type, &SpanCoreType))
+        return 1;
+    PyErr_SetString(PyExc_TypeError, "span_type is not a SpanCore");
+    return 0;
+}
+
+static PyObject *child(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "child(tracer, span_type, name, traceparent, kind, attributes, own)");
+        return NULL;
+    }
+    if (!ready()) return NULL;
+    PyObject *tracer = args[0], *span_type = args[1], *name = args[2], *traceparent = args[3],
+             *kind = args[4], *attributes = args[5];
+    int own = PyObject_IsTrue(args[6]);
+    if (own < 0) return NULL;
+    if (!is_span_type(span_type)) return NULL;
+    /* What steplog writes: "00-" 32 hex "-" 16 hex "-" 2 hex, lower case. */
+    if (!PyUnicode_CheckExact(traceparent) || PyUnicode_GET_LENGTH(traceparent) != 55 ||
+        PyUnicode_KIND(traceparent) != PyUnicode_1BYTE_KIND)
+        Py_RETURN_NONE;
+    const Py_UCS1 *s = PyUnicode_1BYTE_DATA(traceparent);
+    int trace_nonzero, parent_nonzero, flags_nonzero;
+    if (s[0] != '0' || s[1] != '0' || s[2] != '-' || s[35] != '-' || s[52] != '-' ||
+        !hex_run(s, 3, 35, &trace_nonzero) || !hex_run(s, 36, 52, &parent_nonzero) ||
+        !hex_run(s, 53, 55, &flags_nonzero))
+        Py_RETURN_NONE;
+    long parent_flags = hex_digit(s[53]) * 16 + hex_digit(s[54]);
+    int yes = tracer_admits(tracer);
+    if (yes <= 0) return yes < 0 ? NULL : Py_NewRef(Py_None);
+    if (!(parent_flags & sampled_flag) || !trace_nonzero || !parent_nonzero) Py_RETURN_NONE;
+    yes = attributes_admitted(tracer, attributes, own);
+    if (yes <= 0) return yes < 0 ? NULL : Py_NewRef(Py_None);
+    PyObject *trace = PyUnicode_Substring(traceparent, 3, 35);
+    if (trace == NULL) return NULL;
+    return make_span(tracer, (PyTypeObject *)span_type, name, kind, trace,
+                     parent_flags & (sampled_flag | random_flag), no_trace_state, traceparent,
+                     attributes, own);
+}
+
+/* `start_span`'s span for a child of the current span when that is a SpanCore of this
+ * process (a request's span, the span a handler's own spans start under): its trace id,
+ * flags and trace state, its SpanContext as the parent (local), without the context's
+ * and the sampler's calls. None: `start_span` decides (a parent not sampled or not
+ * valid, attributes to check, a tracer that needs its sampler or on_start calls). */
+static PyObject *local_child(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "local_child(tracer, span_type, parent, name, kind, attributes, own)");
+        return NULL;
+    }
+    if (!ready()) return NULL;
+    PyObject *tracer = args[0], *span_type = args[1], *parent = args[2], *name = args[3],
+             *kind = args[4], *attributes = args[5];
+    int own = PyObject_IsTrue(args[6]);
+    if (own < 0) return NULL;
+    if (!is_span_type(span_type)) return NULL;
+    if (!PyObject_TypeCheck(parent, &SpanCoreType)) Py_RETURN_NONE;
+    SpanCore *p = (SpanCore *)parent;
+    if (p->trace == NULL || p->flags == NULL || p->trace_state == NULL ||
+        !PyUnicode_CheckExact(p->trace) || !PyLong_CheckExact(p->flags))
+        Py_RETURN_NONE;
+    long parent_flags = PyLong_AsLong(p->flags);
+    if (parent_flags == -1 && PyErr_Occurred()) return NULL;
+    int yes = tracer_admits(tracer);
+    if (yes <= 0) return yes < 0 ? NULL : Py_NewRef(Py_None);
+    if (!(parent_flags & sampled_flag)) Py_RETURN_NONE;
+    yes = attributes_admitted(tracer, attributes, own);
+    if (yes <= 0) return yes < 0 ? NULL : Py_NewRef(Py_None);
+    /* The parent's SpanContext (built once, kept by the parent): what the SDK's span
+     * holds as its parent, and what says whether the parent is valid. */
+    PyObject *context = PyObject_CallMethodNoArgs(parent, s_get_span_context);
+    if (context == NULL) return NULL;
+    PyObject *valid = PyTuple_Check(context) && PyTuple_GET_SIZE(context) == 6
+                          ? PyTuple_GET_ITEM(context, 5)
+                          : NULL;
+    int is_valid = valid == NULL ? 0 : PyObject_IsTrue(valid);
+    if (is_valid <= 0) {
+        Py_DECREF(context);
+        return is_valid < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *span = make_span(tracer, (PyTypeObject *)span_type, name, kind,
+                               Py_NewRef(p->trace), parent_flags & (sampled_flag | random_flag),
+                               p->trace_state, context, attributes, own);
+    Py_DECREF(context);
+    return span;
+}
+
+/* `start_span`'s span for a new trace under a tracer that samples every root
+ * (`LeanTracer.samples_roots`: a static sampler's RECORD_AND_SAMPLE, the SDK's random
+ * ids): a request's span when no traceparent came. None: `start_span` decides. */
+static PyObject *root(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "root(tracer, span_type, name, kind, attributes, own)");
+        return NULL;
+    }
+    if (!ready()) return NULL;
+    PyObject *tracer = args[0], *span_type = args[1], *name = args[2], *kind = args[3],
+             *attributes = args[4];
+    int own = PyObject_IsTrue(args[5]);
+    if (own < 0) return NULL;
+    if (!is_span_type(span_type)) return NULL;
+    int yes = tracer_flag(tracer, s_samples_roots);
+    if (yes > 0) yes = hooks_current(tracer);
+    if (yes > 0) yes = attributes_admitted(tracer, attributes, own);
+    if (yes <= 0) return yes < 0 ? NULL : Py_NewRef(Py_None);
+    PyObject *random_ids = PyObject_GetAttr(tracer, s_random_ids);
+    if (random_ids == NULL) return NULL;
+    long random = PyLong_AsLong(random_ids);
+    Py_DECREF(random_ids);
+    if (random == -1 && PyErr_Occurred()) return NULL;
+    PyObject *trace_id = NULL;
+    for (;;) { /* (RandomIdGenerator's generate_trace_id: getrandbits(128), never 0) */
+        trace_id = PyObject_CallOneArg(getrandbits, one_twenty_eight);
+        if (trace_id == NULL) return NULL;
+        int nonzero = PyObject_IsTrue(trace_id);
+        if (nonzero) {
+            if (nonzero < 0) {
+                Py_DECREF(trace_id);
+                return NULL;
+            }
+            break;
+        }
+        Py_DECREF(trace_id);
+    }
+    PyObject *trace = PyObject_Format(trace_id, hex_32);
+    Py_DECREF(trace_id);
+    if (trace == NULL) return NULL;
+    if (!PyUnicode_Check(trace) || PyUnicode_GET_LENGTH(trace) != 32) {
+        /* (beyond 128 bits: not the SDK's generator) */
+        Py_DECREF(trace);
+        Py_RETURN_NONE;
+    }
+    return make_span(tracer, (PyTypeObject *)span_type, name, kind, trace,
+                     sampled_flag | (random & random_flag), no_trace_state, Py_None,
+                     attributes, own);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -784,6 +919,12 @@ static PyMethodDef module_methods[] = {
     {"child", (PyCFunction)(void (*)(void))child, METH_FASTCALL,
      "child(tracer, span_type, name, traceparent, kind, attributes, own): "
      "LeanTracer._unparsed_child, a span of span_type or None."},
+    {"root", (PyCFunction)(void (*)(void))root, METH_FASTCALL,
+     "root(tracer, span_type, name, kind, attributes, own): "
+     "LeanTracer.start_span's span of a new trace, a span of span_type or None."},
+    {"local_child", (PyCFunction)(void (*)(void))local_child, METH_FASTCALL,
+     "local_child(tracer, span_type, parent, name, kind, attributes, own): "
+     "LeanTracer.start_span's child of a current SpanCore, a span of span_type or None."},
     {NULL},
 };
 
@@ -822,10 +963,15 @@ PyMODINIT_FUNC PyInit__span_speedups(void) {
     INTERN(s_span_processors, "_span_processors");
     INTERN(s_random_span_ids, "random_span_ids");
     INTERN(s_span_id, "_span_id");
+    INTERN(s_get_span_context, "get_span_context");
+    INTERN(s_samples_roots, "samples_roots");
+    INTERN(s_random_ids, "random_ids");
+    INTERN(hex_32, "032x");
     INTERN(empty_str, "");
     if ((empty_tuple = PyTuple_New(0)) == NULL) return NULL;
     if ((zero = PyLong_FromLong(0)) == NULL) return NULL;
     if ((sixty_four = PyLong_FromLong(64)) == NULL) return NULL;
+    if ((one_twenty_eight = PyLong_FromLong(128)) == NULL) return NULL;
     if (PyType_Ready(&SpanCoreType) < 0 || PyType_Ready(&CurrentSpanType) < 0) return NULL;
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL) return NULL;

@@ -26,6 +26,19 @@ def child(
     own: bool,
     /,
 ) -> Any: ...
+def root(
+    tracer: Any, span_type: type[Any], name: str, kind: Any, attributes: Any, own: bool, /
+) -> Any: ...
+def local_child(
+    tracer: Any,
+    span_type: type[Any],
+    parent: Any,
+    name: str,
+    kind: Any,
+    attributes: Any,
+    own: bool,
+    /,
+) -> Any: ...
 def configure(
     *,
     current_var: ContextVar[Any] | None,

@@ -723,6 +723,11 @@ class LeanTracer(Tracer):
         fast = _speedups is not None
         self.span_type: type[LeanSpan] = _FastLeanSpan if fast else LeanSpan
         self._child: Callable[..., LeanSpan | None] | None = _speedups.child if fast else None
+        self._local: Callable[..., LeanSpan | None] | None = _speedups.local_child if fast else None
+        self._root: Callable[..., LeanSpan | None] | None = _speedups.root if fast else None
+        # Whether `start_span` samples every new trace without the sampler's calls, its
+        # ids the SDK's random ones (C's `root` draws them as RandomIdGenerator does).
+        self.samples_roots = self.random_span_ids and self.fixed is Decision.RECORD_AND_SAMPLE
         self._current: Callable[[Span, bool], AbstractContextManager[Span]] = (
             _speedups.CurrentSpan if fast and _CURRENT is not None else _CurrentSpan
         )
@@ -783,6 +788,23 @@ class LeanTracer(Tracer):
         if context is None:
             context = context_api.get_current() if _CURRENT is None else _CURRENT.get()
         current = context.get(_SPAN_KEY)
+        if self._local is not None and not links and not start_time:
+            # In C, as `start_child`'s children are: a child of a span of this process (a
+            # request's, the attempt's that a handler's own spans start under) sampled
+            # with it, and a new trace (a request's span, when no traceparent came)
+            # under a tracer that samples every root.
+            span = None
+            if type(current) is self.span_type:
+                span = self._local(self, self.span_type, current, name, kind, attributes, False)
+            elif (
+                current is None
+                and self._root is not None
+                and self.samples_roots
+                and not (kind is SpanKind.CLIENT and self.drops_client_roots)
+            ):
+                span = self._root(self, self.span_type, name, kind, attributes, False)
+            if span is not None:
+                return span
         if type(current) in _SPAN_TYPES:  # (else the API's check: not a Span, no parent)
             parent: SpanContext | None = current.get_span_context()  # type: ignore[attr-defined]
         else:

@@ -1,8 +1,9 @@
 """steplog._span_speedups (C) starts, makes current and ends steplog's spans as
 steplog.tracing's Python does (tests/unit/test_otlp.py runs every test of spans with
 both, against the SDK's spans); here, what only C can get wrong: that it is built, that
-its children of any traceparent are the Python's, that a span it made is freed, and
-that a span missing a field raises rather than crashes. Where a C compiler is, `make
+its children of any traceparent, its children of a current span and its new traces are
+the Python's, that a span it made is freed, and that a span missing a field raises
+rather than crashes. Where a C compiler is, `make
 install` builds it."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import gc
 import logging
+import random
 import shutil
 import sysconfig
 import weakref
@@ -18,14 +20,23 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, TraceIdRatioBased
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
 
 from engine.tracecontext import current_span
 from steplog import tracing
-from steplog.tracing import LeanTracer
+from steplog.tracing import InsideTraces, LeanTracer
 
 speedups = tracing._speedups
 needs_speedups = pytest.mark.skipif(speedups is None, reason="built only with a C compiler")
@@ -111,6 +122,117 @@ def test_its_children_are_the_pythons(
         assert 0 < made._span_id < 2**64
         if own and attributes:  # (steplog's own dict, kept as it is)
             assert made._attributes is attributes
+
+
+SAMPLERS = {
+    "parent-based": lambda: ParentBased(ALWAYS_ON),
+    "always on": lambda: ALWAYS_ON,
+    "ratio": lambda: TraceIdRatioBased(0.5),
+}
+
+
+@needs_speedups
+@settings(max_examples=300, deadline=None)
+@given(
+    flags=st.sampled_from([0, 1, 2, 3]),
+    state=st.sampled_from([[], [("k", "v")]]),
+    attributes=st.none()
+    | st.dictionaries(
+        st.text(max_size=4),
+        st.integers() | st.text(max_size=4) | st.booleans() | st.floats() | st.just([1]),
+        max_size=3,
+    ),
+    kind=st.sampled_from(list(SpanKind)),
+    sampler=st.sampled_from(sorted(SAMPLERS)),
+    seed=st.integers(0, 2**32),
+)
+def test_its_children_of_a_current_span_are_the_pythons(
+    flags: int,
+    state: list[tuple[str, str]],
+    attributes: dict[str, Any] | None,
+    kind: SpanKind,
+    sampler: str,
+    seed: int,
+) -> None:
+    # `start_span` under a current span of this process (a request's, an attempt's):
+    # C's `local_child` makes the span the Python makes, or leaves it to the Python.
+    tracer = LeanTracer(TracerProvider(sampler=SAMPLERS[sampler]()))
+    remote = SpanContext(
+        0x0AF7651916CD43DD8448EB211C80319C,
+        0xB7AD6B7169203331,
+        is_remote=True,
+        trace_flags=TraceFlags(flags),
+        trace_state=TraceState(state),
+    )
+    parent = tracer.start_span("p", set_span_in_context(NonRecordingSpan(remote)))
+    context = set_span_in_context(parent)
+    random.seed(seed)  # (both draw the new span's id from it)
+    made = tracer.start_span("c", context, kind, attributes)
+    tracer._local = None
+    random.seed(seed)
+    reference = tracer.start_span("c", context, kind, attributes)
+    assert type(made) is type(reference)
+    assert made.get_span_context() == reference.get_span_context()
+    if isinstance(made, tracing.LeanSpan):
+        assert {k: v for k, v in _fields(made).items() if k != "_context"} == {
+            k: v for k, v in _fields(reference).items() if k != "_context"
+        }
+        assert made.parent == parent.get_span_context()
+        assert made.parent is not None and not made.parent.is_remote
+        if attributes:  # (a copy: the caller may reuse its dict)
+            assert made._attributes is not attributes
+
+
+@needs_speedups
+@settings(max_examples=200, deadline=None)
+@given(
+    attributes=st.none()
+    | st.dictionaries(
+        st.text(max_size=4),
+        st.integers() | st.text(max_size=4) | st.booleans() | st.floats() | st.just([1]),
+        max_size=3,
+    ),
+    kind=st.sampled_from(list(SpanKind)),
+    sampler=st.sampled_from(["parentbased_always_on", "always_on", "always_off", "inside"]),
+    seed=st.integers(0, 2**32),
+)
+def test_its_new_traces_are_the_pythons(
+    attributes: dict[str, Any] | None, kind: SpanKind, sampler: str, seed: int
+) -> None:
+    # `start_span` with no current span (a request's, when no traceparent came): C's
+    # `root` makes the span the Python makes (the same ids from the same draws), or
+    # leaves it to the Python (a sampler it must ask, a client root InsideTraces drops).
+    chosen = {
+        "parentbased_always_on": ParentBased(ALWAYS_ON),
+        "always_on": ALWAYS_ON,
+        "always_off": ALWAYS_OFF,
+        "inside": InsideTraces(ParentBased(ALWAYS_ON)),
+    }[sampler]
+    tracer = LeanTracer(TracerProvider(sampler=chosen))
+    random.seed(seed)
+    made = tracer.start_span("r", Context(), kind, attributes)
+    tracer._local = tracer._root = None
+    random.seed(seed)
+    reference = tracer.start_span("r", Context(), kind, attributes)
+    assert type(made) is type(reference)
+    assert made.get_span_context() == reference.get_span_context()
+    if isinstance(made, tracing.LeanSpan):
+        assert {k: v for k, v in _fields(made).items() if k != "_context"} == {
+            k: v for k, v in _fields(reference).items() if k != "_context"
+        }
+        assert made.parent is None and len(made._trace) == 32
+
+
+@needs_speedups
+def test_local_children_are_made_in_c_where_they_can_be() -> None:
+    tracer = _tracer()  # (the SDK's default sampler: parent-based, always on)
+    with tracer.start_as_current_span("request", Context()) as request:
+        assert type(request) is tracing._FastLeanSpan and request._context is None
+        with tracer.start_as_current_span("decide", attributes={"a": 1}) as decide:
+            assert type(decide) is tracing._FastLeanSpan
+            assert decide._parent is request.get_span_context()
+            assert decide._context is None  # (C's: built when first asked for)
+    assert [s._end_time is not None for s in (request, decide)] == [True, True]
 
 
 @needs_speedups
