@@ -4,9 +4,9 @@
  * traceparent, as it is: `child`), and `LeanTracer.start_span`'s two common spans
  * (`local_child`: a child of a span of this process, the API's first decision under its
  * request's span; `root`: a new trace, a request's span when no traceparent came).
- * Optional: where this module is not built (no C compiler) the
- * Python of those names runs, and tests/unit/test_otlp.py runs its tests of spans with
- * both, against the SDK's spans.
+ * Optional: where this module is not built (no C compiler) the Python of those names
+ * runs, and tests/unit/test_otlp.py runs its tests of spans with both, against the
+ * SDK's spans.
  *
  * Why C: a decision's span and a task attempt's cost about 60,000 instructions each in
  * Python, two of them per transition of a Task chain, and that was most of what tracing
@@ -53,7 +53,8 @@ static int ready(void) {
 static PyObject *s_takes_records, *s_emits, *s_ends, *s_hand_readable, *s_group, *s_value_,
     *s_dict, *s_to_header, *s_max_events, *s_max_attributes, *s_add_event, *s_set_attributes,
     *s_status_code, *s_description, *s_end, *s_is_recording, *s_samples_children, *s_starts,
-    *s_get_span_context, *s_samples_roots, *s_random_ids, *hex_32, *s_processors, *s_processor, *s_span_processors, *s_random_span_ids, *s_span_id;
+    *s_get_span_context, *s_samples_roots, *s_random_ids, *hex_32, *s_processors, *s_processor,
+    *s_span_processors, *s_random_span_ids, *s_span_id;
 
 static PyObject *now_ns(void) {
     /* What time.time_ns() reads (the system clock). */
@@ -684,9 +685,6 @@ static int tracer_admits(PyObject *tracer) {
     return hooks_current(tracer);
 }
 
-/* The span of span_type that `child`, `local_child` and `root` start (a new reference),
- * None when its new id is not valid, NULL on an error; its attributes admitted
- * (`attributes_admitted`). Takes ``trace`` (a new reference) whatever it returns. */
 /* Whether a span may take ``attributes`` without the Python's checks: None, or a dict
  * within the tracer's limit, of plain values unless it is steplog's ``own`` (-1: an
  * error). Asked before any id is drawn, so that a span left to the Python draws its
@@ -700,6 +698,9 @@ static int attributes_admitted(PyObject *tracer, PyObject *attributes, int own) 
     return PyDict_GET_SIZE(attributes) <= limit && (own || plain_values(attributes));
 }
 
+/* The span of span_type that `child`, `local_child` and `root` start (a new reference),
+ * None when its new id is not valid, NULL on an error; its attributes admitted
+ * (`attributes_admitted`). Takes ``trace`` (a new reference) whatever it returns. */
 static PyObject *make_span(PyObject *tracer, PyTypeObject *type, PyObject *name,
                            PyObject *kind, PyObject *trace, long flags_value,
                            PyObject *trace_state, PyObject *parent, PyObject *attributes,
