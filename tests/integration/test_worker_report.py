@@ -29,6 +29,12 @@ from engine.messages import WORKER_GROUP, TaskMessage, TaskResult, decode_trigge
 OUTAGE_S = 1.5
 
 
+# The tests' clients' read timeout: the server fsyncs every write, and on a loaded disk
+# one fsync took more than the 1 s this was (the first command failed); a stopped server
+# refuses at once, so the outage is seen as fast.
+READ_TIMEOUT_S = 10.0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -90,7 +96,7 @@ async def test_a_finished_result_is_reported_after_a_redis_restart_and_the_task_
     own_redis: OwnRedis, eventually: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    client = aioredis.Redis.from_url(own_redis.url, socket_timeout=1.0)
+    client = aioredis.Redis.from_url(own_redis.url, socket_timeout=READ_TIMEOUT_S)
     bus = Bus(client, prefix="report", partitions=2)
     calls: list[str] = []
     finished = asyncio.Event()
@@ -144,7 +150,7 @@ async def test_a_result_past_its_tasks_deadline_is_given_up_and_the_task_left_pe
     own_redis: OwnRedis, eventually: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The attempt timed out (TimeoutSeconds): the execution would ignore the result.
-    client = aioredis.Redis.from_url(own_redis.url, socket_timeout=1.0)
+    client = aioredis.Redis.from_url(own_redis.url, socket_timeout=READ_TIMEOUT_S)
     bus = Bus(client, prefix="late", partitions=2)
     worker = Worker(bus, HandlerRegistry(), visibility_timeout_s=1.0, max_deliveries=3)
     task = TaskMessage(
