@@ -16,14 +16,14 @@ import uuid
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from api.keys import METRICS
 from api.metrics import route_label
 from api.problems import Handler
 from engine.logcontext import execution_id_var, request_id_var
-from engine.tracecontext import current_span
+from engine.tracecontext import current_span, traceparent_of
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A caller's id is echoed only when it is short and plain (it goes into logs and headers).
@@ -40,19 +40,7 @@ def request_traceparent() -> str:
     """The W3C traceparent of the current request's span ("" with tracing off): what
     a start records in ExecutionStarted, so the execution's spans join the request's
     trace."""
-    return _traceparent(current_span())
-
-
-def _traceparent(span: Span) -> str:
-    own = getattr(span, "traceparent", None)
-    if own is not None:  # (steplog's spans write theirs without building their context)
-        return str(own)
-    # A SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state,
-    # is_valid); read as one, without its properties' calls.
-    trace_id, span_id, _, flags, _, valid = span.get_span_context()
-    if not valid:
-        return ""
-    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+    return traceparent_of(current_span())
 
 
 def trace_middleware(tracer: Tracer) -> Middleware:
@@ -87,7 +75,7 @@ def trace_middleware(tracer: Tracer) -> Middleware:
             if response.status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
             if not response.prepared:
-                response.headers[TRACEPARENT_HEADER] = _traceparent(span)
+                response.headers[TRACEPARENT_HEADER] = traceparent_of(span)
             return response
 
     return middleware

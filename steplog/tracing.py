@@ -262,7 +262,8 @@ class LeanSpan(Span):
     @property
     def traceparent(self) -> str:
         """The span's W3C traceparent, without its context built ("" for a span whose
-        ids are not valid: an id generator's zero, as `traceparent_of` says of one)."""
+        ids are not valid: an id generator's zero, as `traceparent_of` in
+        engine.tracecontext says of one)."""
         context = self._context
         if context is not None and not context[5]:  # (a SpanContext: is_valid)
             return ""

@@ -57,8 +57,8 @@ from engine.adapters.outbound import (
 )
 from engine.core.asl.validate.fields import HTTP_INVOKE as HTTP_INVOKE
 from engine.core.asl.validate.fields import HTTP_METHODS
-from engine.loops.tracing import traceparent_of
 from engine.loops.worker import HandlerRegistry, TaskContext, TaskFailure
+from engine.tracecontext import traceparent_of
 
 METHODS = HTTP_METHODS
 REFUSED_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding"})

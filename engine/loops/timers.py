@@ -36,9 +36,10 @@ from engine.adapters.bus import Bus, PartlyPublished
 from engine.adapters.store import DueTimer, EventStore
 from engine.errors import Unavailable
 from engine.loops import metrics
-from engine.loops.tracing import ExecutionTraces, end_spans, timer_spans, traceparent_of
+from engine.loops.tracing import ExecutionTraces, end_spans, timer_spans
 from engine.messages import TimerFired, TriggerMessage
 from engine.stopping import sleep_or_stop
+from engine.tracecontext import traceparent_of
 
 log = logging.getLogger("steplog.timers")
 

@@ -111,20 +111,6 @@ def start_child(
     )
 
 
-def traceparent_of(span: Span) -> str:
-    """``span``'s W3C traceparent (``00-<trace id>-<span id>-<flags>``), "" for a span
-    that is not valid (tracing off)."""
-    own = getattr(span, "traceparent", None)
-    if own is not None:  # (steplog's spans write theirs without building their context)
-        return str(own)
-    # A SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state,
-    # is_valid).
-    trace_id, span_id, _, flags, _, valid = span.get_span_context()
-    if not valid:
-        return ""
-    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
-
-
 class _TraceOnly(msgspec.Struct, rename="camel"):
     """The one field of an ExecutionStarted event read here (the rest is skipped)."""
 

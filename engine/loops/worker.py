@@ -72,7 +72,7 @@ from engine.core.timestamps import parse_iso
 from engine.errors import BusError, MissingGroup, Unavailable
 from engine.logcontext import execution_id_var
 from engine.loops import metrics
-from engine.loops.tracing import EXECUTION_ID, record_publish, start_child, traceparent_of
+from engine.loops.tracing import EXECUTION_ID, record_publish, start_child
 from engine.messages import (
     DEFAULT_QUEUE,
     DELIVERY_EXCEEDED,
@@ -82,7 +82,7 @@ from engine.messages import (
     TaskResult,
 )
 from engine.stopping import cancel_and_wait, log_failure, sleep_or_stop
-from engine.tracecontext import current_span
+from engine.tracecontext import current_span, traceparent_of
 
 log = logging.getLogger("steplog.worker")
 

@@ -27,8 +27,8 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import TraceState
 
-from engine.loops.tracing import parent_context, start_child, traceparent_of
-from engine.tracecontext import add_own_event, current_span, set_own_attributes
+from engine.loops.tracing import parent_context, start_child
+from engine.tracecontext import add_own_event, current_span, set_own_attributes, traceparent_of
 from steplog import tracing
 from steplog.otlp import encode_spans, lean_grpc_exporter
 from steplog.tracing import InsideTraces, LeanTracer
