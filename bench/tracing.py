@@ -80,6 +80,7 @@ import asyncio
 import json
 import math
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -541,7 +542,7 @@ def _round_in_child(
     from the last line it prints."""
     argv = [sys.executable, __file__, "--one-round", mode, "-n", str(n)]
     argv += ["--concurrency", str(conc), "--index", str(index), "--rate", str(rate)]
-    argv += ["--warmup", str(warmup)]
+    argv += ["--warmup", str(warmup), "--workloads", ",".join(w[0] for w in WORKLOADS)]
     done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True)
     results: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return results
@@ -643,7 +644,7 @@ async def _paired_phases(
     async with aiohttp.ClientSession() as http:
         for name, definition, states in WORKLOADS:
             ratios: dict[str, list[float]] = {key: [] for key in _PAIRED}
-            totals = {side: [0.0, 0.0] for side in running}  # transitions, seconds
+            seconds: dict[str, list[float]] = {side: [] for side in running}  # per phase
             spans = 0.0
             for pair in range(pairs + 1):
                 figures = {}
@@ -678,14 +679,16 @@ async def _paired_phases(
                         counts["redis"] / transitions,
                     )
                     if pair:  # (the first pair warms both up)
-                        totals[side][0] += transitions
-                        totals[side][1] += elapsed
+                        seconds[side].append(elapsed)
                 if pair:
                     for key, a, b in zip(_PAIRED, figures[mode], figures["off"], strict=True):
                         ratios[key].append(a / b)
                     shown = ", ".join(f"{key} {ratios[key][-1]:.3f}" for key in _PAIRED)
                     print(f"  {name} pair {pair}, {mode} / off: {shown}", flush=True)
-            pooled = (totals[mode][0] / totals[mode][1]) / (totals["off"][0] / totals["off"][1])
+            # Every phase runs the same transitions: over all pairs, the ratio of
+            # transitions/s is that of the seconds, off's over the mode's.
+            pooled = sum(seconds["off"]) / sum(seconds[mode])
+            low, high = _bootstrap_interval(list(zip(seconds["off"], seconds[mode], strict=True)))
             print(
                 f"\n{name}: {pairs} pairs of {n} executions, concurrency {conc}, "
                 f"{spans:.1f} spans per execution; {mode} / off:"
@@ -696,7 +699,32 @@ async def _paired_phases(
                     f"  {key:18} median {statistics.median(values):.3f}"
                     f" (quartiles {q1:.3f}-{q3:.3f}, {_spread(values)})"
                 )
-            print(f"  transitions/s over all pairs: {pooled:.3f}\n", flush=True)
+            print(
+                f"  transitions/s over all pairs: {pooled:.3f}"
+                f" (95% interval {low:.3f}-{high:.3f}, pairs resampled)\n",
+                flush=True,
+            )
+
+
+def _bootstrap_interval(
+    pairs: list[tuple[float, float]], draws: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
+    """The 95% percentile bootstrap interval of sum(off seconds) / sum(mode seconds)
+    over ``pairs``: the pairs drawn again with replacement ``draws`` times. Each pair is
+    one sample of the machine's speed at its moment, which both of its phases share;
+    resampling pairs, not phases, keeps that."""
+    rng = random.Random(seed)
+    count = len(pairs)
+    ratios = []
+    for _ in range(draws):
+        off = mode = 0.0
+        for _ in range(count):
+            a, b = pairs[rng.randrange(count)]
+            off += a
+            mode += b
+        ratios.append(off / mode)
+    ratios.sort()
+    return ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]
 
 
 def _bench(
@@ -830,9 +858,18 @@ def main() -> None:
         "side by side in one interpreter, PAIRS phases of -n executions each, in turns "
         "(`_paired`)",
     )
+    parser.add_argument(
+        "--workloads",
+        default=",".join(w[0] for w in WORKLOADS),
+        help=f"comma separated, of {tuple(w[0] for w in WORKLOADS)}",
+    )
     parser.add_argument("--one-round", metavar="MODE", help=argparse.SUPPRESS)
     parser.add_argument("--index", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    chosen = {w.strip() for w in args.workloads.split(",") if w.strip()}
+    if not chosen or not chosen <= {w[0] for w in WORKLOADS}:
+        parser.error(f"--workloads: any of {tuple(w[0] for w in WORKLOADS)}")
+    WORKLOADS[:] = [w for w in WORKLOADS if w[0] in chosen]
     if args.one_round:  # (a round in a child interpreter: `_round_in_child`)
         results = asyncio.run(
             _one_round(args.one_round, args.n, args.concurrency, args.index, args.rate, args.warmup)
