@@ -25,6 +25,7 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <time.h>
+#include <pthread.h>
 
 /* What steplog.tracing gives `configure` at import. */
 static PyObject *current_var;    /* the ContextVar of OpenTelemetry's current context */
@@ -40,7 +41,8 @@ static PyObject *link_records;   /* (links): their records (span_export.link_rec
 static long sampled_flag;        /* TraceFlags.SAMPLED */
 static long random_flag;         /* W3C level 2's random trace id flag (0: none) */
 
-static PyObject *empty_tuple, *empty_str, *zero, *sixty_four, *one_twenty_eight;
+static PyObject *empty_tuple, *empty_str, *zero, *sixty_four, *one_twenty_eight, *hex_16,
+    *hex_2;
 
 /* Whether `configure` was called (0: an error set). */
 static int ready(void) {
@@ -391,6 +393,46 @@ static PyObject *span_set_own_attributes(SpanCore *self, PyObject *attributes) {
     return PyObject_CallMethodOneArg((PyObject *)self, s_set_attributes, attributes);
 }
 
+/* LeanSpan.traceparent: "00-<trace id>-<span id>-<flags>" from the span's fields, ""
+ * when its context was built and is not valid. */
+static PyObject *span_traceparent(SpanCore *self, void *unused) {
+    if (!FIELD(self, trace) || !FIELD(self, span_id) || !FIELD(self, flags)) return NULL;
+    if (!is_none(self->context)) {
+        PyObject *is_valid = PySequence_GetItem(self->context, 5);
+        if (is_valid == NULL) return NULL;
+        int valid = PyObject_IsTrue(is_valid);
+        Py_DECREF(is_valid);
+        if (valid < 0) return NULL;
+        if (!valid) return Py_NewRef(empty_str);
+    }
+    if (PyUnicode_CheckExact(self->trace) && PyLong_CheckExact(self->span_id) &&
+        PyLong_CheckExact(self->flags)) {
+        unsigned long long span_id = PyLong_AsUnsignedLongLong(self->span_id);
+        long flags = PyLong_AsLong(self->flags);
+        if (!PyErr_Occurred() && flags >= 0 && flags <= 0xFF) {
+            char ids[24];
+            snprintf(ids, sizeof ids, "%016llx-%02lx", span_id, flags);
+            return PyUnicode_FromFormat("00-%U-%s", self->trace, ids);
+        }
+        PyErr_Clear();
+    }
+    /* (any other value: as the f-string formats it, its result or its error) */
+    PyObject *trace = PyObject_Format(self->trace, empty_str);
+    PyObject *span_id = trace ? PyObject_Format(self->span_id, hex_16) : NULL;
+    PyObject *flags = span_id ? PyObject_Format(self->flags, hex_2) : NULL;
+    PyObject *text = flags ? PyUnicode_FromFormat("00-%U-%U-%U", trace, span_id, flags) : NULL;
+    Py_XDECREF(trace);
+    Py_XDECREF(span_id);
+    Py_XDECREF(flags);
+    return text;
+}
+
+static PyGetSetDef span_getset[] = {
+    {"traceparent", (getter)span_traceparent, NULL,
+     "The span's W3C traceparent: LeanSpan.traceparent.", NULL},
+    {NULL},
+};
+
 static PyMethodDef span_methods[] = {
     {"end", (PyCFunction)(void (*)(void))span_end, METH_FASTCALL | METH_KEYWORDS,
      "End the span (once): LeanSpan.end."},
@@ -418,6 +460,134 @@ static PyTypeObject SpanCoreType = {
     .tp_clear = (inquiry)span_clear,
     .tp_methods = span_methods,
     .tp_members = span_members,
+    .tp_getset = span_getset,
+};
+
+/* ------------------------------------------------------------------------------------ */
+/* QueueEmit: a batch processor's `emit` (opentelemetry.sdk._shared_internal's
+ * BatchProcessor), for the records every sampled span ends with. What it does for a
+ * record while the processor runs in the process that made it and its queue has room:
+ * append the record to the queue and, when a batch waits, wake the processor's thread,
+ * as `emit` does, without its Python (nor its `os.getpid()`: a fork is seen by
+ * `pthread_atfork` instead). Anything else (a processor shut down, a queue full, a
+ * forked child) is the processor's own `emit`, which logs, counts drops and starts
+ * over after a fork. */
+
+static unsigned long forks; /* how many times this process's line forked (child side) */
+
+static void forked(void) { forks++; }
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *processor;  /* the BatchProcessor */
+    PyObject *emit;       /* its emit */
+    PyObject *appendleft; /* its queue's appendleft */
+    PyObject *queue;
+    Py_ssize_t batch; /* its batch size */
+    Py_ssize_t limit; /* its queue's size */
+    unsigned long forks;
+} QueueEmit;
+
+static PyObject *s_shutdown, *s_queue, *s_max_queue_size, *s_max_export_batch_size,
+    *s_worker_awaken, *s_appendleft, *s_emit_name, *s_is_set, *s_set;
+
+static int emit_traverse(QueueEmit *self, visitproc visit, void *arg) {
+    Py_VISIT(self->processor);
+    Py_VISIT(self->emit);
+    Py_VISIT(self->appendleft);
+    Py_VISIT(self->queue);
+    return 0;
+}
+
+static int emit_clear(QueueEmit *self) {
+    Py_CLEAR(self->processor);
+    Py_CLEAR(self->emit);
+    Py_CLEAR(self->appendleft);
+    Py_CLEAR(self->queue);
+    return 0;
+}
+
+static void emit_dealloc(QueueEmit *self) {
+    PyObject_GC_UnTrack(self);
+    emit_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *emit_call(QueueEmit *self, PyObject *const *args, size_t nargsf,
+                           PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 1 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "QueueEmit takes one record");
+        return NULL;
+    }
+    PyObject *record = args[0];
+    if (self->forks != forks) return PyObject_CallOneArg(self->emit, record);
+    PyObject *shutdown = PyObject_GetAttr(self->processor, s_shutdown);
+    if (shutdown == NULL) return NULL;
+    int down = PyObject_IsTrue(shutdown);
+    Py_DECREF(shutdown);
+    if (down < 0) return NULL;
+    Py_ssize_t held = PyObject_Length(self->queue);
+    if (held < 0) return NULL;
+    if (down || held >= self->limit) return PyObject_CallOneArg(self->emit, record);
+    PyObject *done = PyObject_CallOneArg(self->appendleft, record);
+    if (done == NULL) return NULL;
+    Py_DECREF(done);
+    if (held + 1 >= self->batch) { /* (its thread's Event, as it is now) */
+        PyObject *awaken = PyObject_GetAttr(self->processor, s_worker_awaken);
+        if (awaken == NULL) return NULL;
+        PyObject *is_set = PyObject_CallMethodNoArgs(awaken, s_is_set);
+        int awake = is_set == NULL ? -1 : PyObject_IsTrue(is_set);
+        Py_XDECREF(is_set);
+        PyObject *set = awake == 0 ? PyObject_CallMethodNoArgs(awaken, s_set) : Py_None;
+        Py_DECREF(awaken);
+        if (awake < 0 || set == NULL) return NULL;
+        if (set != Py_None) Py_DECREF(set);
+    }
+    Py_RETURN_NONE;
+}
+
+static Py_ssize_t size_of(PyObject *owner, PyObject *name) {
+    PyObject *value = PyObject_GetAttr(owner, name);
+    if (value == NULL) return -1;
+    Py_ssize_t size = PyLong_AsSsize_t(value);
+    Py_DECREF(value);
+    return size;
+}
+
+static PyObject *emit_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    PyObject *processor;
+    if (!PyArg_ParseTuple(args, "O:QueueEmit", &processor)) return NULL;
+    QueueEmit *self = (QueueEmit *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    self->vectorcall = (vectorcallfunc)emit_call;
+    self->forks = forks;
+    self->processor = Py_NewRef(processor);
+    if ((self->emit = PyObject_GetAttr(processor, s_emit_name)) == NULL ||
+        (self->queue = PyObject_GetAttr(processor, s_queue)) == NULL ||
+        (self->appendleft = PyObject_GetAttr(self->queue, s_appendleft)) == NULL ||
+        (self->batch = size_of(processor, s_max_export_batch_size)) < 0 ||
+        (self->limit = size_of(processor, s_max_queue_size)) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "QueueEmit: a negative batch or queue size");
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static PyTypeObject QueueEmitType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "steplog._span_speedups.QueueEmit",
+    .tp_doc = "QueueEmit(batch_processor): its emit, for a record, in C.",
+    .tp_basicsize = sizeof(QueueEmit),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = emit_new,
+    .tp_dealloc = (destructor)emit_dealloc,
+    .tp_traverse = (traverseproc)emit_traverse,
+    .tp_clear = (inquiry)emit_clear,
+    .tp_vectorcall_offset = offsetof(QueueEmit, vectorcall),
+    .tp_call = PyVectorcall_Call,
 };
 
 /* ------------------------------------------------------------------------------------ */
@@ -969,15 +1139,33 @@ PyMODINIT_FUNC PyInit__span_speedups(void) {
     INTERN(s_random_ids, "random_ids");
     INTERN(hex_32, "032x");
     INTERN(empty_str, "");
+    INTERN(hex_16, "016x");
+    INTERN(s_shutdown, "_shutdown");
+    INTERN(s_queue, "_queue");
+    INTERN(s_max_queue_size, "_max_queue_size");
+    INTERN(s_max_export_batch_size, "_max_export_batch_size");
+    INTERN(s_worker_awaken, "_worker_awaken");
+    INTERN(s_appendleft, "appendleft");
+    INTERN(s_emit_name, "emit");
+    INTERN(s_is_set, "is_set");
+    INTERN(s_set, "set");
+    INTERN(hex_2, "02x");
     if ((empty_tuple = PyTuple_New(0)) == NULL) return NULL;
     if ((zero = PyLong_FromLong(0)) == NULL) return NULL;
     if ((sixty_four = PyLong_FromLong(64)) == NULL) return NULL;
     if ((one_twenty_eight = PyLong_FromLong(128)) == NULL) return NULL;
-    if (PyType_Ready(&SpanCoreType) < 0 || PyType_Ready(&CurrentSpanType) < 0) return NULL;
+    if (PyType_Ready(&SpanCoreType) < 0 || PyType_Ready(&CurrentSpanType) < 0 ||
+        PyType_Ready(&QueueEmitType) < 0)
+        return NULL;
+    if (pthread_atfork(NULL, NULL, forked) != 0) {
+        PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+        return NULL;
+    }
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL) return NULL;
     if (PyModule_AddObjectRef(module, "SpanCore", (PyObject *)&SpanCoreType) < 0 ||
-        PyModule_AddObjectRef(module, "CurrentSpan", (PyObject *)&CurrentSpanType) < 0) {
+        PyModule_AddObjectRef(module, "CurrentSpan", (PyObject *)&CurrentSpanType) < 0 ||
+        PyModule_AddObjectRef(module, "QueueEmit", (PyObject *)&QueueEmitType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextvars
 import gc
 import logging
+import os
 import random
 import shutil
 import sysconfig
+import threading
 import weakref
 from typing import Any
 
@@ -22,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import (
@@ -256,6 +258,120 @@ def test_a_span_missing_a_field_raises_and_does_not_crash() -> None:
         span.add_own_event("e", {})
     with pytest.raises(TypeError):
         speedups.child(_tracer(), object, "n", REMOTE, SpanKind.CONSUMER, None, True)
+
+
+def _outcome(read: Any) -> object:
+    try:
+        return read()
+    except Exception as error:  # (both must fail alike)
+        return type(error)
+
+
+@needs_speedups
+@settings(max_examples=300, deadline=None)
+@given(
+    trace=st.integers(0, 16**32 - 1).map(lambda v: f"{v:032x}") | st.text(max_size=6),
+    span_id=st.integers(0, 2**64 - 1) | st.integers(-(2**70), 2**70),
+    flags=st.integers(0, 255) | st.integers(-300, 300) | st.just(True),
+    context=st.none() | st.booleans().map(lambda valid: (1, 2, False, 1, None, valid)),
+)
+def test_its_traceparent_is_the_pythons(
+    trace: str, span_id: int, flags: int, context: tuple[Any, ...] | None
+) -> None:
+    # C's `traceparent` (what a message carries to the span's children) writes what
+    # the Python's does, for any value of the fields it reads, or fails alike.
+    span = tracing._FastLeanSpan.__new__(tracing._FastLeanSpan)
+    span._trace, span._span_id, span._flags, span._context = trace, span_id, flags, context
+    python = tracing.LeanSpan.traceparent.fget  # type: ignore[attr-defined]
+    assert _outcome(lambda: span.traceparent) == _outcome(lambda: python(span))
+
+
+def _processor(**sizes: int) -> Any:
+    """A batch processor's queue (the SDK's), exporting to memory; a batch leaves only
+    when one is full (or at a flush)."""
+    exporter = InMemorySpanExporter()
+    processor = BatchSpanProcessor(exporter, schedule_delay_millis=3_600_000, **sizes)
+    return processor._batch_processor, exporter
+
+
+@needs_speedups
+def test_queue_emit_queues_and_wakes_as_the_processors_emit() -> None:
+    assert speedups is not None
+    queue, exporter = _processor(max_export_batch_size=4)
+    emit = speedups.QueueEmit(queue)
+    for record in range(3):
+        emit(record)
+    assert list(queue._queue) == [2, 1, 0] and not queue._worker_awaken.is_set()
+    emit(3)  # (a batch waits: the processor's thread is woken and sends it)
+    for _ in range(500):
+        if exporter.get_finished_spans():
+            break
+        threading.Event().wait(0.01)
+    assert list(exporter.get_finished_spans()) == [0, 1, 2, 3]
+    queue.shutdown()
+
+
+@needs_speedups
+def test_queue_emit_leaves_a_full_queue_and_a_shut_down_processor_to_its_emit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert speedups is not None
+    queue, _ = _processor(max_queue_size=2, max_export_batch_size=2)
+    queue._worker_awaken.set()  # (its thread busy: nothing leaves meanwhile)
+    queue._export_lock.acquire()
+    emit = speedups.QueueEmit(queue)
+    with caplog.at_level(logging.WARNING):
+        for record in range(3):
+            emit(record)
+    # The SDK's emit: a warning, and the oldest record gives way.
+    assert "Queue full" in caplog.text and list(queue._queue) == [2, 1]
+    queue._export_lock.release()
+    queue.shutdown()
+    emit(4)  # (after shutdown: ignored, as the SDK's emit ignores it)
+    assert 4 not in queue._queue
+
+
+@needs_speedups
+def test_queue_emit_in_a_forked_child_is_the_processors_emit() -> None:
+    # After a fork the SDK starts its processor over (its queue emptied, a new thread
+    # and Event); C hands the child's records to its emit, and they are sent there.
+    assert speedups is not None
+    queue, exporter = _processor(max_export_batch_size=1)
+    queue._worker_awaken.set()  # (its thread busy: the parent's record stays queued)
+    queue._export_lock.acquire()
+    emit = speedups.QueueEmit(queue)
+    emit("parent")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and leave without pytest's teardown
+        try:
+            emit("child")
+            for _ in range(500):
+                if exporter.get_finished_spans():
+                    break
+                threading.Event().wait(0.01)
+            os.write(write, repr(list(exporter.get_finished_spans())).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    told = os.read(read, 1000)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert told == b"['child']"
+    assert list(queue._queue) == ["parent"]
+    queue._export_lock.release()
+    queue.shutdown()
+
+
+@needs_speedups
+def test_the_tracer_queues_records_through_queue_emit() -> None:
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    exporter.takes_records = True  # type: ignore[attr-defined]
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    tracer = LeanTracer(provider)
+    assert [type(take).__name__ for take in tracer.takes_records] == ["QueueEmit"]
+    provider.shutdown()
 
 
 @pytest.mark.parametrize("spans_in", ["C", "Python"])
