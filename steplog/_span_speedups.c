@@ -433,7 +433,15 @@ static PyGetSetDef span_getset[] = {
     {NULL},
 };
 
+/* LeanSpan.is_recording: until it ends. */
+static PyObject *span_is_recording(SpanCore *self, PyObject *unused) {
+    if (!FIELD(self, end_time)) return NULL;
+    return Py_NewRef(self->end_time == Py_None ? Py_True : Py_False);
+}
+
 static PyMethodDef span_methods[] = {
+    {"is_recording", (PyCFunction)span_is_recording, METH_NOARGS,
+     "Whether the span has not ended: LeanSpan.is_recording."},
     {"end", (PyCFunction)(void (*)(void))span_end, METH_FASTCALL | METH_KEYWORDS,
      "End the span (once): LeanSpan.end."},
     {"record", (PyCFunction)span_record, METH_NOARGS,

@@ -82,7 +82,7 @@ from engine.messages import (
     TaskResult,
 )
 from engine.stopping import cancel_and_wait, log_failure, sleep_or_stop
-from engine.tracecontext import current_span, traceparent_of
+from engine.tracecontext import current_span, set_own_attributes, traceparent_of
 
 log = logging.getLogger("steplog.worker")
 
@@ -746,10 +746,11 @@ class Worker:
         ) as span:
             record_publish(span, delivery.entry.id)
             result = await self._call(task, ctx)
-            span.set_attribute("steplog.task.ok", result.ok)
+            outcome: dict[str, AttributeValue] = {"steplog.task.ok": result.ok}
             if not result.ok:
-                span.set_attribute("steplog.task.error", result.error or "")
+                outcome["steplog.task.error"] = result.error or ""
                 span.set_status(Status(StatusCode.ERROR, result.error))
+            set_own_attributes(span, outcome)
             return msgspec.structs.replace(result, traceparent=traceparent_of(span))
 
     async def _call(self, task: TaskMessage, ctx: TaskContext) -> TaskResult:

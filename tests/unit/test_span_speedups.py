@@ -251,7 +251,8 @@ def test_a_span_and_its_block_are_freed_once_ended() -> None:
 def test_a_span_missing_a_field_raises_and_does_not_crash() -> None:
     assert speedups is not None
     span = tracing._FastLeanSpan.__new__(tracing._FastLeanSpan)
-    for call in (span.end, span.record, lambda: span.set_own_attributes({})):
+    calls = (span.end, span.record, span.is_recording, lambda: span.traceparent)
+    for call in (*calls, lambda: span.set_own_attributes({})):
         with pytest.raises(AttributeError):
             call()
     with pytest.raises(AttributeError):
