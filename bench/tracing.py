@@ -55,12 +55,16 @@ measures: a process's first requests, decisions, spans and batches are paid once
 side in one interpreter, each a steplog on servers of its own, given phases of ``-n``
 executions in turns, a few seconds apart, so that the machine's drift (which here moves
 a mode's transitions/s by more than the budget between rounds a minute apart) falls on
-both sides of each pair's ratio.
+both sides of each pair's ratio. It prints, per workload, the median and quartiles of the
+pairs' ratios, and for transitions/s two 95% bootstrap intervals (the pairs resampled):
+of the median of the pairs' ratios (which a pair's stall moves least) and of the ratio
+over all pairs (every phase weighed by its length). ``--workloads task3`` runs one
+workload (a longer run in the same time).
 
     .venv/bin/python bench/tracing.py [-n 300] [--rounds 3] [--concurrency 32]
         [--modes off,on,discard,sampled,drivers] [--rate TRANSITIONS_PER_S]
         [--warmup 300]
-    .venv/bin/python bench/tracing.py --modes off,on --paired 30 -n 500
+    .venv/bin/python bench/tracing.py --modes off,on --paired 120 -n 500 --workloads task3
 
 With ``--rate`` each workload's starts are offered open-loop at that many transitions/s
 (of its states: task3 at 1,000 is 333 starts/s) instead of as fast as the clients can
@@ -92,7 +96,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import asyncpg
@@ -115,6 +119,7 @@ from steplog.span_export import ChildProcessExporter
 from steplog.tracing import InsideTraces, instrument_drivers
 from tests.serving import free_port
 
+T = TypeVar("T")
 WORKLOADS = [("task3", TASK_3, 3), ("pass10", PASS_10, 10)]
 MODES = ("off", "on", "in-process", "discard", "sampled", "drivers")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -688,7 +693,8 @@ async def _paired_phases(
             # Every phase runs the same transitions: over all pairs, the ratio of
             # transitions/s is that of the seconds, off's over the mode's.
             pooled = sum(seconds["off"]) / sum(seconds[mode])
-            low, high = _bootstrap_interval(list(zip(seconds["off"], seconds[mode], strict=True)))
+            pairs_seconds = list(zip(seconds["off"], seconds[mode], strict=True))
+            low, high = _bootstrap_interval(pairs_seconds, _pooled)
             print(
                 f"\n{name}: {pairs} pairs of {n} executions, concurrency {conc}, "
                 f"{spans:.1f} spans per execution; {mode} / off:"
@@ -699,32 +705,35 @@ async def _paired_phases(
                     f"  {key:18} median {statistics.median(values):.3f}"
                     f" (quartiles {q1:.3f}-{q3:.3f}, {_spread(values)})"
                 )
+            # The median of the pairs' ratios: what one pair's stall (a phase held up
+            # for seconds by the machine) moves least; over all pairs: every phase
+            # weighed by its length.
+            median_low, median_high = _bootstrap_interval(ratios["tr/s"], statistics.median)
             print(
-                f"  transitions/s over all pairs: {pooled:.3f}"
-                f" (95% interval {low:.3f}-{high:.3f}, pairs resampled)\n",
+                f"  tr/s, 95% intervals (pairs resampled): median {median_low:.3f}-"
+                f"{median_high:.3f}; over all pairs {pooled:.3f} ({low:.3f}-{high:.3f})\n",
                 flush=True,
             )
 
 
+def _pooled(pairs: Sequence[tuple[float, float]]) -> float:
+    """transitions/s over all ``pairs`` of (off's seconds, the mode's), mode / off."""
+    return sum(off for off, _ in pairs) / sum(mode for _, mode in pairs)
+
+
 def _bootstrap_interval(
-    pairs: list[tuple[float, float]], draws: int = 10_000, seed: int = 0
+    samples: Sequence[T], statistic: Callable[[list[T]], float], draws: int = 10_000
 ) -> tuple[float, float]:
-    """The 95% percentile bootstrap interval of sum(off seconds) / sum(mode seconds)
-    over ``pairs``: the pairs drawn again with replacement ``draws`` times. Each pair is
-    one sample of the machine's speed at its moment, which both of its phases share;
-    resampling pairs, not phases, keeps that."""
-    rng = random.Random(seed)
-    count = len(pairs)
-    ratios = []
-    for _ in range(draws):
-        off = mode = 0.0
-        for _ in range(count):
-            a, b = pairs[rng.randrange(count)]
-            off += a
-            mode += b
-        ratios.append(off / mode)
-    ratios.sort()
-    return ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]
+    """The 95% percentile bootstrap interval of ``statistic`` over ``samples`` (one per
+    pair), drawn again with replacement ``draws`` times (a fixed seed: the same figures
+    give the same interval). Each pair is one sample of the machine's speed at its
+    moment, which both of its phases share; resampling pairs, not phases, keeps that."""
+    rng = random.Random(0)
+    count = len(samples)
+    values = sorted(
+        statistic([samples[rng.randrange(count)] for _ in range(count)]) for _ in range(draws)
+    )
+    return values[int(0.025 * draws)], values[int(0.975 * draws) - 1]
 
 
 def _bench(
