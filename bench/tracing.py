@@ -820,6 +820,12 @@ def _bench(
                 ]
                 parts.append(f"{label} {statistics.median(ratios):.3f} ({_spread(ratios)})")
             print(f"  {mode:8} {name:8} " + ", ".join(parts))
+            if rounds > 1:  # (the cycles resampled, as `_paired` resamples its pairs)
+                wall = [a / b for a, b in zip(f[name], off[name], strict=True)]
+                low, high = _bootstrap_interval(wall, statistics.median)
+                print(
+                    f"  {'':8} {'':8} tr/s per cycle, 95% interval of the median {low:.3f}-{high:.3f}"
+                )
     check, lookup = _off_path()
     per_transition = CHECKS_PER_TRANSITION * check + lookup
     print(
