@@ -25,6 +25,7 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <time.h>
+#include <string.h>
 #include <pthread.h>
 
 /* What steplog.tracing gives `configure` at import. */
@@ -405,14 +406,26 @@ static PyObject *span_traceparent(SpanCore *self, void *unused) {
         if (valid < 0) return NULL;
         if (!valid) return Py_NewRef(empty_str);
     }
-    if (PyUnicode_CheckExact(self->trace) && PyLong_CheckExact(self->span_id) &&
+    /* The common case written out: a trace id of 32 ASCII characters, a span id of 64
+     * bits, flags of 8. */
+    if (PyUnicode_CheckExact(self->trace) && PyUnicode_IS_COMPACT_ASCII(self->trace) &&
+        PyUnicode_GET_LENGTH(self->trace) == 32 && PyLong_CheckExact(self->span_id) &&
         PyLong_CheckExact(self->flags)) {
         unsigned long long span_id = PyLong_AsUnsignedLongLong(self->span_id);
         long flags = PyLong_AsLong(self->flags);
         if (!PyErr_Occurred() && flags >= 0 && flags <= 0xFF) {
-            char ids[24];
-            snprintf(ids, sizeof ids, "%016llx-%02lx", span_id, flags);
-            return PyUnicode_FromFormat("00-%U-%s", self->trace, ids);
+            static const char hex[] = "0123456789abcdef";
+            PyObject *text = PyUnicode_New(55, 127);
+            if (text == NULL) return NULL;
+            Py_UCS1 *out = PyUnicode_1BYTE_DATA(text);
+            memcpy(out, "00-", 3);
+            memcpy(out + 3, PyUnicode_1BYTE_DATA(self->trace), 32);
+            out[35] = '-';
+            for (int i = 15; i >= 0; i--, span_id >>= 4) out[36 + i] = hex[span_id & 0xF];
+            out[52] = '-';
+            out[53] = hex[(flags >> 4) & 0xF];
+            out[54] = hex[flags & 0xF];
+            return text;
         }
         PyErr_Clear();
     }

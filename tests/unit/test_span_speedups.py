@@ -271,7 +271,9 @@ def _outcome(read: Any) -> object:
 @needs_speedups
 @settings(max_examples=300, deadline=None)
 @given(
-    trace=st.integers(0, 16**32 - 1).map(lambda v: f"{v:032x}") | st.text(max_size=6),
+    trace=st.integers(0, 16**32 - 1).map(lambda v: f"{v:032x}")
+    | st.text(max_size=6)
+    | st.text(min_size=32, max_size=32),
     span_id=st.integers(0, 2**64 - 1) | st.integers(-(2**70), 2**70),
     flags=st.integers(0, 255) | st.integers(-300, 300) | st.just(True),
     context=st.none() | st.booleans().map(lambda valid: (1, 2, False, 1, None, valid)),
