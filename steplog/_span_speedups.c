@@ -1,9 +1,11 @@
 /* The life of a steplog span, in C: steplog.tracing's LeanSpan (its `end`, `record`,
- * `add_own_event` and `set_own_attributes`), `_CurrentSpan` (a span made current for a
- * `with` block), `LeanTracer._unparsed_child` (a child span started from a message's
- * traceparent, as it is: `child`), and `LeanTracer.start_span`'s two common spans
- * (`local_child`: a child of a span of this process, the API's first decision under its
- * request's span; `root`: a new trace, a request's span when no traceparent came).
+ * `add_own_event`, `set_own_attributes`, `traceparent` and `is_recording`),
+ * `_CurrentSpan` (a span made current for a `with` block), `LeanTracer._unparsed_child`
+ * (a child span started from a message's traceparent, as it is: `child`),
+ * `LeanTracer.start_span`'s two common spans (`local_child`: a child of a span of this
+ * process, the API's first decision under its request's span; `root`: a new trace, a
+ * request's span when no traceparent came), and `QueueEmit`, the SDK batch processor's
+ * `emit` of the record a span ends as.
  * Optional: where this module is not built (no C compiler) the Python of those names
  * runs, and tests/unit/test_otlp.py runs its tests of spans with both, against the
  * SDK's spans.
