@@ -127,10 +127,10 @@ static PyObject *field(PyObject *value, const char *name) {
 
 static int is_none(PyObject *value) { return value == NULL || value == Py_None; }
 
-/* An int attribute of the tracer (its limits), as a Py_ssize_t (-1 and an error set when
- * it is not one). */
-static Py_ssize_t tracer_size(PyObject *tracer, PyObject *name) {
-    PyObject *value = PyObject_GetAttr(tracer, name);
+/* An int attribute (a tracer's limits, a batch processor's sizes), as a Py_ssize_t (-1
+ * and an error set when it is not one). */
+static Py_ssize_t size_attribute(PyObject *owner, PyObject *name) {
+    PyObject *value = PyObject_GetAttr(owner, name);
     if (value == NULL) return -1;
     Py_ssize_t size = PyLong_AsSsize_t(value);
     Py_DECREF(value);
@@ -342,7 +342,7 @@ static PyObject *span_add_own_event(SpanCore *self, PyObject *const *args, Py_ss
     if (!FIELD(self, events) || !FIELD(self, tracer)) return NULL;
     PyObject *name = args[0], *attributes = args[1];
     PyObject *timestamp = nargs == 3 ? args[2] : Py_None;
-    Py_ssize_t limit = tracer_size(self->tracer, s_max_events);
+    Py_ssize_t limit = size_attribute(self->tracer, s_max_events);
     if (limit == -1 && PyErr_Occurred()) return NULL;
     Py_ssize_t held = PyObject_Length(self->events);
     if (held < 0) return NULL;
@@ -373,7 +373,7 @@ static PyObject *span_set_own_attributes(SpanCore *self, PyObject *attributes) {
     if (!FIELD(self, attributes) || !FIELD(self, tracer)) return NULL;
     if (is_none(self->end_time) && PyDict_CheckExact(attributes) &&
         PyDict_CheckExact(self->attributes)) {
-        Py_ssize_t limit = tracer_size(self->tracer, s_max_attributes);
+        Py_ssize_t limit = size_attribute(self->tracer, s_max_attributes);
         if (limit == -1 && PyErr_Occurred()) return NULL;
         if (PyDict_GET_SIZE(self->attributes) + PyDict_GET_SIZE(attributes) <= limit) {
             Py_ssize_t pos = 0;
@@ -571,14 +571,6 @@ static PyObject *emit_call(QueueEmit *self, PyObject *const *args, size_t nargsf
     Py_RETURN_NONE;
 }
 
-static Py_ssize_t size_of(PyObject *owner, PyObject *name) {
-    PyObject *value = PyObject_GetAttr(owner, name);
-    if (value == NULL) return -1;
-    Py_ssize_t size = PyLong_AsSsize_t(value);
-    Py_DECREF(value);
-    return size;
-}
-
 static PyObject *emit_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     PyObject *processor;
     if (!PyArg_ParseTuple(args, "O:QueueEmit", &processor)) return NULL;
@@ -590,8 +582,8 @@ static PyObject *emit_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
     if ((self->emit = PyObject_GetAttr(processor, s_emit_name)) == NULL ||
         (self->queue = PyObject_GetAttr(processor, s_queue)) == NULL ||
         (self->appendleft = PyObject_GetAttr(self->queue, s_appendleft)) == NULL ||
-        (self->batch = size_of(processor, s_max_export_batch_size)) < 0 ||
-        (self->limit = size_of(processor, s_max_queue_size)) < 0) {
+        (self->batch = size_attribute(processor, s_max_export_batch_size)) < 0 ||
+        (self->limit = size_attribute(processor, s_max_queue_size)) < 0) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "QueueEmit: a negative batch or queue size");
         Py_DECREF(self);
@@ -886,7 +878,7 @@ static int attributes_admitted(PyObject *tracer, PyObject *attributes, int own) 
     if (attributes == Py_None) return 1;
     if (!PyDict_Check(attributes)) return 0;
     if (PyDict_GET_SIZE(attributes) == 0) return 1;
-    Py_ssize_t limit = tracer_size(tracer, s_max_attributes);
+    Py_ssize_t limit = size_attribute(tracer, s_max_attributes);
     if (limit == -1 && PyErr_Occurred()) return -1;
     return PyDict_GET_SIZE(attributes) <= limit && (own || plain_values(attributes));
 }
