@@ -690,10 +690,8 @@ async def _paired_phases(
                         ratios[key].append(a / b)
                     shown = ", ".join(f"{key} {ratios[key][-1]:.3f}" for key in _PAIRED)
                     print(f"  {name} pair {pair}, {mode} / off: {shown}", flush=True)
-            # Every phase runs the same transitions: over all pairs, the ratio of
-            # transitions/s is that of the seconds, off's over the mode's.
-            pooled = sum(seconds["off"]) / sum(seconds[mode])
             pairs_seconds = list(zip(seconds["off"], seconds[mode], strict=True))
+            pooled = _pooled(pairs_seconds)
             low, high = _bootstrap_interval(pairs_seconds, _pooled)
             print(
                 f"\n{name}: {pairs} pairs of {n} executions, concurrency {conc}, "
@@ -717,7 +715,9 @@ async def _paired_phases(
 
 
 def _pooled(pairs: Sequence[tuple[float, float]]) -> float:
-    """transitions/s over all ``pairs`` of (off's seconds, the mode's), mode / off."""
+    """transitions/s over all ``pairs`` of (off's seconds, the mode's), mode / off: every
+    phase runs the same transitions, so it is the ratio of the seconds, off's over the
+    mode's."""
     return sum(off for off, _ in pairs) / sum(mode for _, mode in pairs)
 
 
